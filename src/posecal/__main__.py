@@ -1,0 +1,3 @@
+from posecal.cli import main
+
+raise SystemExit(main())

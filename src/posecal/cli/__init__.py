@@ -1,0 +1,66 @@
+"""The ``posecal`` command: one entry point, one module per subcommand.
+
+Each module in :data:`SUBCOMMANDS` defines ``add_parser(subparsers) -> argparse.ArgumentParser`` and
+``run(args) -> int``. Modules are imported lazily so that ``posecal evaluate`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from posecal.errors import PosecalInputError
+
+# name -> module; order is the order shown in --help
+SUBCOMMANDS: dict[str, str] = {
+    "evaluate": "posecal.cli.evaluate",
+    "rescore": "posecal.cli.rescore",
+    "convert": "posecal.cli.convert",
+    "extract": "posecal.cli.extract",
+    "fit": "posecal.cli.fit",
+    "apply": "posecal.cli.apply",
+    "export": "posecal.cli.export",
+    "study": "posecal.cli.study",
+    "demo": "posecal.cli.demo",
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="posecal", description="Calibrated confidence for 2D pose estimation.")
+    from posecal import __version__
+
+    parser.add_argument("--version", action="version", version=f"posecal {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, modname in SUBCOMMANDS.items():
+        if only is not None and name != only:
+            # cheap placeholder so --help lists every command without importing it
+            sub.add_parser(name, add_help=False)
+            continue
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name == modname:
+                continue  # subcommand not built yet
+            raise
+        p = mod.add_parser(sub)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(first if first in SUBCOMMANDS else None)
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args._run(args) or 0)
+    except PosecalInputError as e:
+        print(f"posecal {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,26 @@
+"""Errors with one clear line naming file, record and field."""
+
+from __future__ import annotations
+
+
+class PosecalInputError(ValueError):
+    """Bad user input. ``str(err)`` is one line: ``FILE: record R: field F: message``.
+
+    The CLI prints it and exits with code 2 without writing any output file.
+    """
+
+    def __init__(self, message: str, file: str | None = None, record: object = None, field: str | None = None):
+        self.file, self.record, self.field, self.message = file, record, field, message
+        parts = []
+        if file is not None:
+            parts.append(str(file))
+        if record is not None:
+            parts.append(f"record {record}")
+        if field is not None:
+            parts.append(f"field {field!r}")
+        parts.append(message)
+        super().__init__(": ".join(parts))
+
+
+class PosecalWarning(UserWarning):
+    """Legal-but-suspicious input (e.g. keypoint scores above 1). Never silently corrected."""

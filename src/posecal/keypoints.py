@@ -1,0 +1,195 @@
+"""Keypoint sets: names, OKS sigmas, flip pairs and parts — data, not code.
+
+Each set is a frozen :class:`KeypointSet`. Sigmas are the per-keypoint OKS constants ``k`` of
+COCO (``kappa`` in the paper, Sec. 3); the OKS falloff uses ``(2k)^2 * area`` (paper Eq. 7,
+pycocotools convention). MPII-16 and LSP-14 have no official sigmas; they borrow COCO's as
+documented per joint below.
+
+>>> COCO17.num_keypoints, round(float(COCO17.sigmas[0]), 3)
+(17, 0.026)
+>>> find_keypoint_set(["nose"] + list(COCO17.names[1:])).name
+'coco17'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+__all__ = [
+    "KeypointSet",
+    "COCO17",
+    "COCO_WHOLEBODY133",
+    "MPII16",
+    "LSP14",
+    "CROWDPOSE14",
+    "KEYPOINT_SETS",
+    "find_keypoint_set",
+    "get_keypoint_set",
+]
+
+
+@dataclass(frozen=True)
+class KeypointSet:
+    """A named keypoint definition.
+
+    Attributes:
+        name: short identifier (``"coco17"``).
+        names: keypoint names, length K, in the dataset's order.
+        sigmas: OKS per-keypoint constants k, shape (K,), float64.
+        flip_pairs: index pairs (left, right) swapped by a horizontal flip.
+        parts: part name -> keypoint indices (e.g. WholeBody ``body``/``foot``/``face``/...).
+    """
+
+    name: str
+    names: tuple[str, ...]
+    sigmas: np.ndarray
+    flip_pairs: tuple[tuple[int, int], ...] = ()
+    parts: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.names)
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+    def flip_index(self) -> np.ndarray:
+        """Permutation (K,) mapping each keypoint to its mirror partner (itself if unpaired)."""
+        perm = np.arange(self.num_keypoints)
+        for a, b in self.flip_pairs:
+            perm[a], perm[b] = b, a
+        return perm
+
+    def part_sigmas(self, part: str) -> np.ndarray:
+        return self.sigmas[list(self.parts[part])]
+
+
+def _pairs(names: Sequence[str]) -> tuple[tuple[int, int], ...]:
+    """Flip pairs from left_/right_ (or 'Left '/'Right ') name prefixes."""
+    idx = {n: i for i, n in enumerate(names)}
+    out = []
+    for n, i in idx.items():
+        for left, right in (("left_", "right_"), ("l_", "r_")):
+            if n.startswith(left) and right + n[len(left):] in idx:
+                out.append((i, idx[right + n[len(left):]]))
+    return tuple(sorted(out))
+
+
+def _make(name: str, names: Sequence[str], sigmas: Sequence[float], parts=None) -> KeypointSet:
+    names = tuple(names)
+    s = np.asarray(sigmas, dtype=np.float64)
+    if len(names) != len(s):
+        raise ValueError(f"{name}: {len(names)} names but {len(s)} sigmas")
+    s.setflags(write=False)
+    return KeypointSet(name, names, s, _pairs(names), dict(parts or {"all": tuple(range(len(names)))}))
+
+
+# --- COCO-17 -------------------------------------------------------------------------------
+_COCO_NAMES = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+_COCO_SIGMAS = np.array(
+    [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89]
+) / 10.0  # exactly pycocotools' expression
+COCO17 = _make("coco17", _COCO_NAMES, _COCO_SIGMAS)
+
+# --- COCO-WholeBody-133 (sigmas as in xtcocotools' demo_coco_wholebody.py) ------------------
+_WB_FOOT = ("left_big_toe", "left_small_toe", "left_heel", "right_big_toe", "right_small_toe", "right_heel")
+_WB_FACE = tuple(f"face-{i}" for i in range(68))
+_FINGERS = ("thumb", "forefinger", "middle_finger", "ring_finger", "pinky_finger")
+
+
+def _hand(side: str) -> tuple[str, ...]:
+    return (f"{side}_hand_root",) + tuple(f"{side}_{f}{j}" for f in _FINGERS for j in range(1, 5))
+
+
+_S_BODY = [0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107,
+           0.087, 0.087, 0.089, 0.089]  # fmt: skip
+_S_FOOT = [0.068, 0.066, 0.066, 0.092, 0.094, 0.094]
+_S_FACE = [0.042, 0.043, 0.044, 0.043, 0.040, 0.035, 0.031, 0.025, 0.020, 0.023, 0.029, 0.032, 0.037, 0.038,
+           0.043, 0.041, 0.045, 0.013, 0.012, 0.011, 0.011, 0.012, 0.012, 0.011, 0.011, 0.013, 0.015, 0.009,
+           0.007, 0.007, 0.007, 0.012, 0.009, 0.008, 0.016, 0.010, 0.017, 0.011, 0.009, 0.011, 0.009, 0.007,
+           0.013, 0.008, 0.011, 0.012, 0.010, 0.034, 0.008, 0.008, 0.009, 0.008, 0.008, 0.007, 0.010, 0.008,
+           0.009, 0.009, 0.009, 0.007, 0.007, 0.008, 0.011, 0.008, 0.008, 0.008, 0.01, 0.008]  # fmt: skip
+_S_HAND = [0.029, 0.022, 0.035, 0.037, 0.047, 0.026, 0.025, 0.024, 0.035, 0.018, 0.024, 0.022, 0.026, 0.017,
+           0.021, 0.021, 0.032, 0.02, 0.019, 0.022, 0.031]  # fmt: skip
+_WB_NAMES = _COCO_NAMES + _WB_FOOT + _WB_FACE + _hand("left") + _hand("right")
+_WB_PARTS = {
+    "body": tuple(range(0, 17)),
+    "foot": tuple(range(17, 23)),
+    "face": tuple(range(23, 91)),
+    "lefthand": tuple(range(91, 112)),
+    "righthand": tuple(range(112, 133)),
+    "wholebody": tuple(range(133)),
+}
+COCO_WHOLEBODY133 = _make(
+    "coco_wholebody133", _WB_NAMES, _S_BODY + _S_FOOT + _S_FACE + _S_HAND + _S_HAND, _WB_PARTS
+)
+
+# --- MPII-16 (MMPose order); COCO sigmas borrowed ---------------------------------------------
+# hip->pelvis .107, shoulder->thorax and upper neck .079, nose->head top .026.
+_MPII = (
+    ("right_ankle", 0.089), ("right_knee", 0.087), ("right_hip", 0.107), ("left_hip", 0.107),
+    ("left_knee", 0.087), ("left_ankle", 0.089), ("pelvis", 0.107), ("thorax", 0.079),
+    ("upper_neck", 0.079), ("head_top", 0.026), ("right_wrist", 0.062), ("right_elbow", 0.072),
+    ("right_shoulder", 0.079), ("left_shoulder", 0.079), ("left_elbow", 0.072), ("left_wrist", 0.062),
+)  # fmt: skip
+MPII16 = _make("mpii16", [n for n, _ in _MPII], [s for _, s in _MPII])
+
+# --- LSP-14; COCO sigmas borrowed (neck .079, head top .026) ----------------------------------
+_LSP = (
+    ("right_ankle", 0.089), ("right_knee", 0.087), ("right_hip", 0.107), ("left_hip", 0.107),
+    ("left_knee", 0.087), ("left_ankle", 0.089), ("right_wrist", 0.062), ("right_elbow", 0.072),
+    ("right_shoulder", 0.079), ("left_shoulder", 0.079), ("left_elbow", 0.072), ("left_wrist", 0.062),
+    ("neck", 0.079), ("head_top", 0.026),
+)  # fmt: skip
+LSP14 = _make("lsp14", [n for n, _ in _LSP], [s for _, s in _LSP])
+
+# --- CrowdPose-14 (names as the CrowdPose JSON; sigmas as xtcocotools' crowdpose demo) --------
+_CROWD_NAMES = (
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "head", "neck",
+)  # fmt: skip
+_CROWD_SIGMAS = np.array([0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89, 0.79, 0.79]) / 10.0
+CROWDPOSE14 = _make("crowdpose14", _CROWD_NAMES, _CROWD_SIGMAS)
+
+KEYPOINT_SETS: dict[str, KeypointSet] = {
+    s.name: s for s in (COCO17, COCO_WHOLEBODY133, MPII16, LSP14, CROWDPOSE14)
+}
+
+_ALIASES = {"coco": "coco17", "wholebody": "coco_wholebody133", "coco_wholebody": "coco_wholebody133",
+            "mpii": "mpii16", "lsp": "lsp14", "crowdpose": "crowdpose14"}  # fmt: skip
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def get_keypoint_set(name: str) -> KeypointSet:
+    """Look a set up by name or alias (``"coco"``, ``"lsp14"``...). Raises KeyError listing known names."""
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in KEYPOINT_SETS:
+        raise KeyError(f"unknown keypoint set {name!r}; known: {', '.join(sorted(KEYPOINT_SETS))}")
+    return KEYPOINT_SETS[key]
+
+
+def find_keypoint_set(names: Sequence[str] | None, num_keypoints: int | None = None) -> KeypointSet | None:
+    """The set whose keypoint names equal ``names`` (case, space and dash insensitive), else None.
+
+    If ``names`` is None, a set is returned only when ``num_keypoints`` identifies exactly one set.
+    """
+    if names is not None:
+        want = tuple(_norm(n) for n in names)
+        for s in KEYPOINT_SETS.values():
+            if tuple(_norm(n) for n in s.names) == want:
+                return s
+        return None
+    if num_keypoints is not None:
+        hits = [s for s in KEYPOINT_SETS.values() if s.num_keypoints == num_keypoints]
+        return hits[0] if len(hits) == 1 else None
+    return None
