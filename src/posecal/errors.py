@@ -9,7 +9,9 @@ class PosecalInputError(ValueError):
     The CLI prints it and exits with code 2 without writing any output file.
     """
 
-    def __init__(self, message: str, file: str | None = None, record: object = None, field: str | None = None):
+    def __init__(
+        self, message: str, file: str | None = None, record: object = None, field: str | None = None
+    ):
         self.file, self.record, self.field, self.message = file, record, field, message
         parts = []
         if file is not None:

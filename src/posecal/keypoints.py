@@ -13,8 +13,8 @@ documented per joint below.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -155,7 +155,9 @@ _CROWD_NAMES = (
     "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
     "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "head", "neck",
 )  # fmt: skip
-_CROWD_SIGMAS = np.array([0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89, 0.79, 0.79]) / 10.0
+_CROWD_SIGMAS = (
+    np.array([0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89, 0.79, 0.79]) / 10.0
+)
 CROWDPOSE14 = _make("crowdpose14", _CROWD_NAMES, _CROWD_SIGMAS)
 
 KEYPOINT_SETS: dict[str, KeypointSet] = {

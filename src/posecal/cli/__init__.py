@@ -27,7 +27,9 @@ SUBCOMMANDS: dict[str, str] = {
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="posecal", description="Calibrated confidence for 2D pose estimation.")
+    parser = argparse.ArgumentParser(
+        prog="posecal", description="Calibrated confidence for 2D pose estimation."
+    )
     from posecal import __version__
 
     parser.add_argument("--version", action="version", version=f"posecal {__version__}")
