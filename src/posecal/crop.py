@@ -12,7 +12,8 @@ import numpy as np
 __all__ = ["box_to_center_size", "crop_matrix", "invert_affine", "apply_affine", "warp", "load_image"]
 
 
-def box_to_center_size(bbox: np.ndarray, aspect: float, padding: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
+def box_to_center_size(bbox: np.ndarray, aspect: float,
+                       padding: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
     """Box(es) (..., 4) x, y, w, h -> centre (..., 2) and crop size (..., 2) = (w, h) in image px.
 
     The shorter side is extended to the input aspect ratio ``aspect = W/H``, then both are scaled by

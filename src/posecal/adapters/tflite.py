@@ -89,8 +89,9 @@ class Graph:
             return self.constant(self.g.operators[k].inputs[0]).astype(np.float32)
         S = _schema()
         ten = self.g.tensors[t]
-        dt = {S.TensorType.FLOAT32: np.float32, S.TensorType.FLOAT16: np.float16,
-              S.TensorType.INT8: np.int8, S.TensorType.INT32: np.int32, S.TensorType.UINT8: np.uint8}[ten.type]
+        T = S.TensorType
+        dt = {T.FLOAT32: np.float32, T.FLOAT16: np.float16, T.INT8: np.int8, T.INT32: np.int32,
+              T.UINT8: np.uint8}[ten.type]
         raw = np.asarray(self.model.buffers[ten.buffer].data, dtype=np.uint8).tobytes()
         return np.frombuffer(raw, dtype=dt).reshape(self.shape(t))
 
@@ -182,7 +183,8 @@ class TFLiteAdapter:
             tensor = g.names[g.g.operators[head].inputs[0]]
         if tensor not in g.index or g.is_constant(g.index[tensor]):
             raise PosecalInputError(f"unknown tensor {tensor!r}; candidates: "
-                                    + ", ".join(g.feature_candidates()), file=str(self.path), field="--tensor")
+                                    + ", ".join(g.feature_candidates()), file=str(self.path),
+                                    field="--tensor")
         self.tensor_name = tensor
         self._feat_idx = g.index[tensor]
         inp = g.g.inputs[0]
@@ -223,7 +225,8 @@ class TFLiteAdapter:
         """(weight (O, C), bias (O,)) of the 1×1 conv that maps the default feature to the pooled heatmap."""
         op = self.graph.g.operators[self.head_op]
         w = self.graph.constant(op.inputs[1])
-        b = self.graph.constant(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else np.zeros(w.shape[0])
+        has_b = len(op.inputs) > 2 and op.inputs[2] >= 0
+        b = self.graph.constant(op.inputs[2]) if has_b else np.zeros(w.shape[0])
         return w.reshape(w.shape[0], -1).astype(np.float32), b.astype(np.float32)
 
     def preprocess(self, crops: np.ndarray) -> np.ndarray:

@@ -130,7 +130,8 @@ def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, f
                                         field="bbox")
             iid = int(a["image_id"])
             if iid not in imgs:
-                raise PosecalInputError(f"image_id {iid} not in images", file=file, record=r, field="image_id")
+                raise PosecalInputError(f"image_id {iid} not in images", file=file, record=r,
+                                        field="image_id")
             out.append(Instance(iid, int(a.get("id", r)), imgs[iid]["file_name"], bbox, 1.0, kpa,
                                 float(a.get("area", bbox[2] * bbox[3]))))
     else:
