@@ -1,0 +1,174 @@
+"""``posecal extract`` end to end on real images: accuracy, store contract, resume, shards, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from posecal.cli import main
+from posecal.keypoints import LSP14, MPII16
+from posecal.store import FeatureStore, instance_score
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def lsp40(shared_dir, tmp_path_factory):
+    """LSP test images 1001–1040 as COCO JSON (via posecal convert)."""
+    d = tmp_path_factory.mktemp("lsp")
+    full = d / "lsp_test.json"
+    assert main(["convert", "lsp", str(shared_dir / "data/lsp/joints.mat"), "--images",
+                 str(shared_dir / "data/lsp/images"), "--split", "test", "--out", str(full)]) == 0
+    g = json.loads(full.read_text())
+    g["images"] = g["images"][:40]
+    g["annotations"] = g["annotations"][:40]
+    out = d / "lsp40.json"
+    out.write_text(json.dumps(g))
+    return out
+
+
+@pytest.fixture(scope="module")
+def shared_dir():
+    from conftest import shared_path
+
+    return shared_path()
+
+
+def _gt_rows(store: FeatureStore, K: int):
+    gt = json.loads(store.gt_path.read_text())
+    by_id = {a["id"]: a for a in gt["annotations"]}
+    ann = store.read("ann_id")
+    G = np.array([by_id[int(a)]["keypoints"] for a in ann], dtype=float).reshape(-1, K, 3)
+    area = np.array([by_id[int(a)]["area"] for a in ann], dtype=float)
+    return G, area
+
+
+def _mean_kpt_oks(kp, G, area, sigmas):
+    d2 = ((kp - G[..., :2]) ** 2).sum(-1)
+    oks = np.exp(-d2 / (2 * (2 * sigmas) ** 2 * (area[:, None] + np.spacing(1))))
+    return float(oks[G[..., 2] > 0].mean())
+
+
+def test_efficientpose_on_lsp_lands_on_bodies(shared_dir, lsp40, tmp_path):
+    model = shared_dir / "models/efficientpose/EfficientPoseI.tflite"
+    out = tmp_path / "st"
+    assert main(["extract", "--model", str(model), "--data", str(lsp40), "--images",
+                 str(shared_dir / "data/lsp/images"), "--out", str(out), "--threads", "2"]) == 0
+    fs = FeatureStore.open(out)
+    assert fs.num_instances == 40 and fs.meta["keypoint_set"] == "lsp14"
+    assert fs.meta["tensor"] == "pass3_block1_mbconv3_detection2_dense/concat"
+    import hashlib
+
+    assert fs.meta["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    kp, sc = fs.read("keypoints"), fs.read("scores")
+    assert kp.shape == (40, 14, 2) and fs.read("features_gap").shape == (40, 144)
+    assert fs.read("crop_transform").shape == (40, 2, 3)
+    G, area = _gt_rows(fs, 14)
+    assert _mean_kpt_oks(kp, G, area, LSP14.sigmas) >= 0.5
+    # predictions.json: row i = instance i, bbox_keypoint instance score with box score 1
+    preds = fs.predictions
+    assert len(preds) == 40
+    np.testing.assert_allclose([p["score"] for p in preds], instance_score(sc, np.ones(40)))
+    np.testing.assert_allclose(np.array(preds[5]["keypoints"]).reshape(14, 3)[:, :2], kp[5])
+    assert [p["image_id"] for p in preds] == fs.read("image_id").tolist()
+    assert np.isnan(fs.read("sigma_hat")).all() or fs.meta["sigma_hat"].startswith("posecal.heatmap")
+
+
+def test_mpii_fixtures_pckh(shared_dir, tmp_path):
+    mp = tmp_path / "mpii.json"
+    imgs = shared_dir / "data/mmpose-fixtures/mpii"
+    assert main(["convert", "mpii", str(imgs / "test_mpii.json"), "--images", str(imgs), "--out", str(mp)]) == 0
+    out = tmp_path / "st"
+    assert main(["extract", "--model", str(shared_dir / "models/efficientpose/EfficientPoseI.tflite"),
+                 "--data", str(mp), "--images", str(imgs), "--out", str(out), "--pooling", "heatmap"]) == 0
+    fs = FeatureStore.open(out)
+    G, _ = _gt_rows(fs, 16)
+    # PCKh@0.5 with the head segment (head_top – upper_neck) as head size (no MPII head boxes here)
+    head = np.linalg.norm(G[:, MPII16.index("head_top"), :2] - G[:, MPII16.index("upper_neck"), :2], axis=1)
+    d = np.linalg.norm(fs.read("keypoints") - G[..., :2], axis=-1) / head[:, None]
+    vis = G[..., 2] > 0
+    assert (d[vis] <= 0.5).mean() >= 0.9
+    assert fs.read("features_kpt").shape == (5, 16, 144)
+
+
+def _extract(shared_dir, data, out, *extra):
+    return main(["extract", "--model", str(shared_dir / "models/efficientpose/EfficientPoseRT.tflite"),
+                 "--data", str(data), "--images", str(shared_dir / "data/lsp/images"), "--out", str(out),
+                 "--chunk-size", "8", "--threads", "1", *extra])
+
+
+def test_resume_after_interruption_and_shards_are_bit_identical(shared_dir, lsp40, tmp_path, monkeypatch):
+    import posecal.store as store_mod
+
+    data = tmp_path / "d.json"
+    g = json.loads(lsp40.read_text())
+    g["images"], g["annotations"] = g["images"][:20], g["annotations"][:20]
+    data.write_text(json.dumps(g))
+    extra = ["--pooling", "spatial", "--augment", "2", "--seed", "3"]
+    ref = tmp_path / "ref"
+    assert _extract(shared_dir, data, ref, *extra) == 0
+    # interrupted after 2 chunks (of 5) ...
+    orig = store_mod.StoreWriter.write_chunk
+    calls = []
+
+    def dying(self, j, arrays):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(j)
+        return orig(self, j, arrays)
+
+    monkeypatch.setattr(store_mod.StoreWriter, "write_chunk", dying)
+    part = tmp_path / "part"
+    assert _extract(shared_dir, data, part, *extra) == 130
+    assert not (part / "meta.json").exists()
+    monkeypatch.setattr(store_mod.StoreWriter, "write_chunk", orig)
+    # ... resumes and ends bit-identical
+    assert _extract(shared_dir, data, part, *extra) == 0
+    assert _tree(part) == _tree(ref)
+    # a different setting never mixes into the partial store
+    assert _extract(shared_dir, data, part, "--pooling", "gap") == 2
+    # shards (one via torchrun's env vars) merge to the same bytes
+    assert _extract(shared_dir, data, tmp_path / "m", *extra, "--shard", "0/2") == 0
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _extract(shared_dir, data, tmp_path / "m", *extra) == 0
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert main(["extract", "--merge", "--out", str(tmp_path / "m")]) == 0
+    assert _tree(tmp_path / "m") == _tree(ref)
+    fs = FeatureStore.open(ref)
+    assert fs.num_instances == 40 and fs.read("features_spatial").dtype == np.float16
+    assert fs.read("gt_keypoints").shape == (40, 14, 3)
+    # augmented crops are mapped back to image pixels: predictions still land on the bodies
+    G, area = _gt_rows(fs, 14)
+    assert _mean_kpt_oks(fs.read("keypoints"), G, area, LSP14.sigmas) >= 0.5
+
+
+def test_bad_input_one_line_exit_2(shared_dir, lsp40, tmp_path, capsys):
+    g = json.loads(lsp40.read_text())
+    g["images"], g["annotations"] = g["images"][:6], g["annotations"][:6]
+    g["images"][2]["file_name"] = "does_not_exist.jpg"
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(g))
+    assert _extract(shared_dir, data, tmp_path / "a") == 2
+    err = capsys.readouterr().err
+    assert "1 image(s) missing: does_not_exist.jpg" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()
+    assert _extract(shared_dir, data, tmp_path / "b", "--skip-missing") == 0
+    fs = FeatureStore.open(tmp_path / "b")
+    assert fs.num_instances == 5 and fs.meta["skipped_missing_images"] == ["does_not_exist.jpg"]
+    assert len(json.loads(fs.gt_path.read_text())["images"]) == 5
+    capsys.readouterr()
+    assert _extract(shared_dir, data, tmp_path / "c", "--skip-missing", "--tensor", "nope") == 2
+    err = capsys.readouterr().err
+    assert "unknown tensor 'nope'; candidates:" in err and len(err.strip().splitlines()) == 1
+    notmodel = tmp_path / "m.tflite"
+    notmodel.write_text("not a model")
+    assert main(["extract", "--model", str(notmodel), "--data", str(data), "--images", ".", "--out",
+                 str(tmp_path / "d")]) == 2
+    assert "not a model" in capsys.readouterr().err
