@@ -30,17 +30,32 @@ def test_oks_l2_matches_pycocotools():
     gt = {
         "images": [{"id": 1, "width": 300, "height": 300}],
         "categories": [{"id": 1, "name": "person", "keypoints": list(COCO17.names), "skeleton": []}],
-        "annotations": [{
-            "id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": area,
-            "bbox": [40, 40, 120, 120], "num_keypoints": K,
-            "keypoints": np.column_stack([gt_xy, np.full(K, 2)]).ravel().tolist(),
-        }],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "area": area,
+                "bbox": [40, 40, 120, 120],
+                "num_keypoints": K,
+                "keypoints": np.column_stack([gt_xy, np.full(K, 2)]).ravel().tolist(),
+            }
+        ],
     }
     coco = COCO()
     coco.dataset = gt
     coco.createIndex()
-    dets = coco.loadRes([{"image_id": 1, "category_id": 1, "score": 1.0,
-                          "keypoints": np.column_stack([dt_xy, np.ones(K)]).ravel().tolist()}])
+    dets = coco.loadRes(
+        [
+            {
+                "image_id": 1,
+                "category_id": 1,
+                "score": 1.0,
+                "keypoints": np.column_stack([dt_xy, np.ones(K)]).ravel().tolist(),
+            }
+        ]
+    )
     ev = COCOeval(coco, dets, "keypoints")
     ev.params.kpt_oks_sigmas = COCO17.sigmas
     ev.evaluate()
@@ -52,7 +67,14 @@ def test_oks_l2_matches_pycocotools():
 
 @pytest.mark.parametrize(
     "sigma,l,delta",
-    [(0.0001, 3.0, 0.0), (2.0, 3.0, 0.0), (5.0, 2.0, 0.0), (2.0, 3.0, 4.0), (6.0, 10.0, 12.0), (1.0, 1.0, 3.0)],
+    [
+        (0.0001, 3.0, 0.0),
+        (2.0, 3.0, 0.0),
+        (5.0, 2.0, 0.0),
+        (2.0, 3.0, 4.0),
+        (6.0, 10.0, 12.0),
+        (1.0, 1.0, 3.0),
+    ],
 )
 def test_expected_oks_monte_carlo(sigma, l, delta):
     """Eqs. 10-11: E_p[exp(-||p_hat - p||^2/(2 l^2))], p ~ N(mu, sigma^2 I), p_hat = mu + (delta, 0)."""
@@ -148,15 +170,16 @@ def test_detection_imperfect_optimum(sigma, delta):
     lt = 2.0
     mu = np.array([0.0, 0.0])
     p_hat = mu + np.array([delta, 0.0])
-    step = 0.25
+    step = 0.5
     gx = np.arange(-25, 30 + step, step)
     gy = np.arange(-25, 25 + step, step)
     o_cf = float(theory.heatmap_peak_imperfect(sigma**2, delta**2, lt**2))
     w_cf = float(theory.heatmap_optimal_width2(sigma**2, delta**2, lt**2))
 
     # exact expectation -> tight check of the algebra
-    exact = theory.heatmap_expected_target((gx[None, :] - mu[0]) ** 2 + (gy[:, None] - mu[1]) ** 2,
-                                           sigma**2, lt**2)
+    exact = theory.heatmap_expected_target(
+        (gx[None, :] - mu[0]) ** 2 + (gy[:, None] - mu[1]) ** 2, sigma**2, lt**2
+    )
     o_ex, w_ex = _fit_gaussian_family(exact, gx, gy, p_hat)
     assert o_ex == pytest.approx(o_cf, rel=1e-6)
     assert w_ex == pytest.approx(w_cf, rel=1e-6)
@@ -167,8 +190,8 @@ def test_detection_imperfect_optimum(sigma, delta):
     for _ in range(8):
         px = mu[0] + sigma * rng.standard_normal(125_000)
         py = mu[1] + sigma * rng.standard_normal(125_000)
-        hx = np.exp(-(gx[None, :] - px[:, None]) ** 2 / (2 * lt**2)).mean(0)
-        hy = np.exp(-(gy[None, :] - py[:, None]) ** 2 / (2 * lt**2)).mean(0)
+        hx = np.exp(-((gx[None, :] - px[:, None]) ** 2) / (2 * lt**2)).mean(0)
+        hy = np.exp(-((gy[None, :] - py[:, None]) ** 2) / (2 * lt**2)).mean(0)
         fits.append(_fit_gaussian_family(hy[:, None] * hx[None, :], gx, gy, p_hat))
     fits = np.array(fits)
     mean, se = fits.mean(0), fits.std(0, ddof=1) / np.sqrt(len(fits))

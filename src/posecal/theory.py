@@ -111,7 +111,9 @@ def heatmap_peak(sigma2: ArrayLike, target_l2: ArrayLike = 4.0) -> np.ndarray:
     return perfect_expected_oks(sigma2, target_l2)
 
 
-def sigma2_from_heatmap_peak(peak: ArrayLike, target_l2: ArrayLike = 4.0, min_peak: float = 1e-6) -> np.ndarray:
+def sigma2_from_heatmap_peak(
+    peak: ArrayLike, target_l2: ArrayLike = 4.0, min_peak: float = 1e-6
+) -> np.ndarray:
     """Invert Eq. 17: ``sigma^2 = l~^2 (1/s - 1)`` in squared heatmap pixels.
 
     Peaks ``>= 1`` (legal for real heatmaps) give ``sigma^2 = 0``; peaks below ``min_peak`` are
@@ -182,7 +184,9 @@ def heatmap_peak_imperfect(
     return 2.0 * np.asarray(target_l2, dtype=np.float64) / sbar2 * np.exp(-d2 / (2.0 * sbar2))
 
 
-def heatmap_peak_imperfect_paper_eq110(sigma2: ArrayLike, delta2: ArrayLike, target_l2: ArrayLike = 4.0) -> np.ndarray:
+def heatmap_peak_imperfect_paper_eq110(
+    sigma2: ArrayLike, delta2: ArrayLike, target_l2: ArrayLike = 4.0
+) -> np.ndarray:
     """Eq. 110 exactly as printed (no exponential factor) — kept only to document the typo; do not use."""
     st2 = np.asarray(sigma2, dtype=np.float64) + np.asarray(target_l2, dtype=np.float64)
     d2 = np.asarray(delta2, dtype=np.float64)
