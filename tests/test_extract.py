@@ -177,3 +177,27 @@ def test_bad_input_one_line_exit_2(shared_dir, lsp40, tmp_path, capsys):
     assert main(["extract", "--model", str(notmodel), "--data", str(data), "--images", ".", "--out",
                  str(tmp_path / "d")]) == 2
     assert "not a model" in capsys.readouterr().err
+
+
+def test_blazepose_on_detector_boxes_evaluates(shared_dir, tmp_path):
+    """BlazePose-lite -> COCO-17 on detector boxes; predictions.json goes straight into the COCO evaluator."""
+    from posecal.io.coco import load_gt, load_results
+    from posecal.metrics.cocoeval import evaluate
+
+    coco = shared_dir / "data/mmpose-fixtures/coco"
+    det = json.loads((coco / "test_coco_det_AP_H_56.json").read_text())
+    out = tmp_path / "st"
+    assert main(["extract", "--model", str(shared_dir / "models/mediapipe/pose_landmark_lite.tflite"),
+                 "--data", str(coco / "test_coco.json"), "--images", str(coco), "--out", str(out),
+                 "--boxes", str(coco / "test_coco_det_AP_H_56.json"), "--pooling", "heatmap"]) == 0
+    fs = FeatureStore.open(out)
+    assert fs.meta["model_kind"] == "blazepose" and fs.meta["keypoint_set"] == "coco17"
+    assert fs.num_instances == len(det) and (fs.read("ann_id") == -1).all()
+    np.testing.assert_allclose(fs.read("box_score"), [d["score"] for d in det])
+    np.testing.assert_allclose([p["score"] for p in fs.predictions],
+                               instance_score(fs.read("scores"), fs.read("box_score")))
+    assert fs.read("features_kpt").shape == (len(det), 17, 32)
+    gt = load_gt(fs.gt_path)
+    res = load_results(out / "predictions.json", gt)
+    r = evaluate(gt, res)
+    assert 0.0 < r.stats["AP"] <= 1.0
