@@ -201,3 +201,78 @@ def test_blazepose_on_detector_boxes_evaluates(shared_dir, tmp_path):
     res = load_results(out / "predictions.json", gt)
     r = evaluate(gt, res)
     assert 0.0 < r.stats["AP"] <= 1.0
+
+
+class _DotModel:
+    """A stand-in pose model with exact, mirror-consistent semantics: 'left_wrist' is the leftmost of two
+    white dots in the crop, 'right_wrist' the rightmost (so a mirrored crop swaps them, as for a person)."""
+
+    kind = "dots"
+    input_size = (48, 64)
+    joint_names = ("left_wrist", "right_wrist")
+    tensor_name = "fake"
+    preprocessing = {"note": "test"}
+    info = {"backend": "test"}
+
+    def predict(self, crops):
+        from posecal.adapters.base import ModelOutput
+
+        B = crops.shape[0]
+        coords = np.zeros((B, 2, 2))
+        for b in range(B):
+            m = crops[b].astype(float).sum(-1)
+            ys, xs = np.nonzero(m > 60)
+            w = m[ys, xs]
+            split = xs < (xs.min() + xs.max()) / 2
+            for j, sel in enumerate((split, ~split)):
+                coords[b, j] = [np.average(xs[sel], weights=w[sel]), np.average(ys[sel], weights=w[sel])]
+        feats = crops.astype(np.float32).transpose(0, 3, 1, 2)[:, :, ::8, ::8]
+        return ModelOutput(coords=coords, scores=np.full((B, 2), 0.9), features=np.ascontiguousarray(feats))
+
+
+def test_flip_test_and_augmentation_map_back_to_image_pixels(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import posecal.cli.extract as ex
+    from posecal.cli.extract import extract
+    from posecal.keypoints import COCO17
+
+    rng = np.random.default_rng(0)
+    images, anns, truth = [], [], []
+    for i in range(6):
+        img = np.zeros((120, 160, 3), np.uint8)
+        a = rng.uniform([30, 30], [60, 90])
+        b = a + [rng.uniform(35, 60), rng.uniform(-15, 15)]
+        for p in (a, b):  # smooth blobs so the centroid is sub-pixel accurate after warping
+            yy, xx = np.mgrid[0:120, 0:160]
+            img = np.maximum(img, (255 * np.exp(-((xx - p[0]) ** 2 + (yy - p[1]) ** 2) / 32.0))[..., None]
+                             .astype(np.uint8))
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+        kp = np.zeros((17, 3))
+        kp[COCO17.index("left_wrist")] = [*a, 2]  # image-left dot is the person's left wrist
+        kp[COCO17.index("right_wrist")] = [*b, 2]
+        x0, y0 = np.minimum(a, b) - 15
+        x1, y1 = np.maximum(a, b) + 15
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": 160, "height": 120})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "keypoints": kp.ravel().tolist(),
+                     "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float((x1 - x0) * (y1 - y0))})
+        truth.append(kp[[COCO17.index("left_wrist"), COCO17.index("right_wrist")], :2])
+    data = {"images": images, "annotations": anns,
+            "categories": [{"id": 1, "name": "person", "keypoints": list(COCO17.names)}]}
+    truth = np.array(truth)
+    # geometry only: keep flip / scale / rotation / shift jitter, drop the occluders (they may hide a dot)
+    orig = ex._augment_params
+    monkeypatch.setattr(ex, "_augment_params", lambda rng: {**orig(rng), "occluders": []})
+    idx = [COCO17.index("left_wrist"), COCO17.index("right_wrist")]
+    for name, kw, copies in (("plain", {}, 1), ("flip", {"flip": True}, 1),
+                             ("aug", {"augment": 4, "seed": 1}, 4)):
+        fs = extract(_DotModel(), data, tmp_path, tmp_path / name, allow_missing_joints=True,
+                     model_sha256="0", chunk_size=5, **kw)
+        kp = fs.read("keypoints")[:, idx]
+        np.testing.assert_allclose(kp, np.repeat(truth, copies, axis=0), atol=1.0)
+        sc = fs.read("scores")
+        assert (sc[:, idx] == 0.9).all() and (np.delete(sc, idx, axis=1) == 0).all()
+        if name == "aug":
+            M = fs.read("crop_transform")
+            assert (M[:, 0, 0] < 0).any() and (M[:, 0, 0] > 0).any()  # both mirrored and plain copies
+            np.testing.assert_array_equal(fs.read("gt_keypoints")[:, idx, :2], np.repeat(truth, 4, axis=0))
