@@ -148,9 +148,12 @@ def test_resume_after_interruption_and_shards_are_bit_identical(shared_dir, lsp4
     assert _tree(tmp_path / "m") == _tree(ref)
     fs = FeatureStore.open(ref)
     assert fs.num_instances == 40 and fs.read("features_spatial").dtype == np.float16
-    assert fs.read("gt_keypoints").shape == (40, 14, 3)
+    gk = fs.read("gt_keypoints")
     # augmented crops are mapped back to image pixels: predictions still land on the bodies
     G, area = _gt_rows(fs, 14)
+    np.testing.assert_array_equal(gk[..., :2], G[..., :2])  # gt stays in image px
+    assert (gk[..., 2] <= G[..., 2]).all() and (gk[..., 2] < G[..., 2]).any()  # occluded -> v = 1
+    assert set(np.unique(gk[..., 2][gk[..., 2] < G[..., 2]])) == {1}
     assert _mean_kpt_oks(fs.read("keypoints"), G, area, LSP14.sigmas) >= 0.5
 
 
