@@ -52,6 +52,10 @@ def test_lsp_splits_and_convert_cli(shared, tmp_path):
     assert rc == 0
     d = json.loads(out.read_text())
     assert len(d["annotations"]) == 2000 and len(instances(d)) == 2000
+    from posecal.io.coco import load_gt
+
+    g = load_gt(out)  # the evaluator's reader recognises the set by the category's keypoint names
+    assert g.keypoint_set.name == "lsp14" and g.keypoints.shape == (2000, 14, 3)
 
 
 def test_mpii_reader(shared):
