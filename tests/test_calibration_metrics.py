@@ -160,11 +160,3 @@ def test_brier_hand():
     assert M.brier([1.0, 0.0, 0.5], [1, 1, 0]) == pytest.approx((0 + 1 + 0.25) / 3)
     with pytest.raises(ValueError):
         M.brier([0.5], [2])
-
-
-def test_pck_correct():
-    pred = np.array([[[0, 0], [3, 4], [10, 0]]], float)
-    gt = np.array([[[0, 0, 2], [0, 0, 1], [0, 0, 0]]], float)
-    out = M.pck_correct(pred, gt, np.array([10.0]), 0.5)  # threshold 5 px
-    assert out[0, 0] == 1 and out[0, 1] == 1 and np.isnan(out[0, 2])
-    assert M.pck_correct(pred, gt, np.array([9.0]), 0.5)[0, 1] == 0

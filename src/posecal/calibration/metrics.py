@@ -30,7 +30,6 @@ __all__ = [
     "brier",
     "calibration_error",
     "pearson",
-    "pck_correct",
     "sparsification",
     "spearman",
 ]
@@ -332,21 +331,3 @@ def brier(probability: np.ndarray, label: np.ndarray) -> float:
     """Brier score ``mean((p - y)^2)`` of ``probability (N,)`` for binary ``label (N,)`` (Brier 1950)."""
     p, y = _binary(probability, label)
     return float(np.mean((p - y) ** 2))
-
-
-# ----------------------------------------------------------------------------------------------
-# PCK (for the AUSE-PCK variant of paper Table 4)
-# ----------------------------------------------------------------------------------------------
-def pck_correct(pred: np.ndarray, gt: np.ndarray, norm: np.ndarray, alpha: float) -> np.ndarray:
-    """Per-keypoint PCK@alpha: 1.0 where ``||pred - gt|| <= alpha * norm``, else 0.0; NaN where gt v == 0.
-
-    ``pred (N, K, 2)`` and ``gt (N, K, 3)`` in image pixels, ``norm (N,)`` the per-instance normaliser in
-    image pixels (head size for PCKh, Andriluka et al. 2014; the gt box's longer side for bbox-PCK).
-    Returns ``(N, K)`` float64.
-    """
-    pred = np.asarray(pred, dtype=np.float64)[..., :2]
-    gt = np.asarray(gt, dtype=np.float64)
-    d = np.linalg.norm(pred - gt[..., :2], axis=-1)
-    out = (d <= alpha * np.asarray(norm, dtype=np.float64)[:, None]).astype(np.float64)
-    out[gt[..., 2] <= 0] = np.nan
-    return out
