@@ -10,7 +10,7 @@ COCO_MINI = ("data", "coco-mini", "person_keypoints_train2017.json")
 
 
 def perturb_gt(
-    gt_dict: dict, seed: int = 0, n_false_pos: int = 10, with_visibility: bool = True
+    gt_dict: dict, seed: int = 0, n_false_pos: int = 10, with_visibility: bool = True, max_level: float = 0.15
 ) -> list[dict]:
     """COCO results from a gt dict: one detection per gt with labelled keypoints, jittered by a per-instance
     noise level (in units of sqrt(area)), keypoint scores that decrease (noisily) with the error, the
@@ -22,7 +22,7 @@ def perturb_gt(
         kp = np.asarray(a["keypoints"], dtype=float).reshape(-1, 3)
         x, y, w, h = a["bbox"]
         s = np.sqrt(max(a["area"], 1.0))
-        level = rng.uniform(0.0, 0.15)
+        level = rng.uniform(0.0, max_level)
         xy = kp[:, :2].copy()
         unl = kp[:, 2] == 0
         xy[unl] = [x + w / 2, y + h / 2]

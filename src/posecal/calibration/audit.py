@@ -82,10 +82,10 @@ def _set(out: dict[str, Any], key: str, fn: Callable[[], float]) -> float | None
     return v
 
 
-def _ap(stats: dict[str, float], key: str) -> float:
+def _ap(stats: dict[str, float], key: str, n_det: int = 1) -> float:
     v = float(stats[key])
     if v < 0:  # pycocotools' -1: nothing to evaluate
-        raise M.MetricUndefined("no labelled ground truth to evaluate")
+        raise M.MetricUndefined("no detections" if n_det == 0 else "no labelled ground truth to evaluate")
     return v
 
 
@@ -133,7 +133,9 @@ def run_audit(
         if ks is None:
             raise PosecalInputError(
                 "unknown keypoint set (categories[0].keypoints not recognised); pass OKS sigmas",
-                getattr(gt, "path", None), None, "categories",
+                getattr(gt, "path", None),
+                None,
+                "categories",
             )
         sigmas = ks.sigmas
     sigmas = np.asarray(sigmas, dtype=np.float64)
@@ -147,8 +149,8 @@ def run_audit(
 
     # --- mAP, mAR, gap; oracle and random bounds (Fig. 1) ---------------------------------------
     stats = {k: float(v) for k, v in ev.stats.items()}
-    ap = _set(m, "mAP", lambda: _ap(stats, "AP"))
-    ar = _set(m, "mAR", lambda: _ap(stats, "AR"))
+    ap = _set(m, "mAP", lambda: _ap(stats, "AP", n_det))
+    ar = _set(m, "mAR", lambda: _ap(stats, "AR", n_det))
     if ap is not None and ar is not None:
         m["gap"] = ar - ap
     else:
@@ -287,6 +289,70 @@ def run_audit(
         }
     m["keypoint_score_by_visibility"] = dist
     curves["score_by_visibility"] = by_v
+    # a clearer reason than "no pairs" for empty inputs
+    why = (
+        "no detections"
+        if n_det == 0
+        else (
+            "no detection matched a gt at OKS 0.50" if len(inst) else "no detection counted by the evaluator"
+        )
+    )
+    for d in (m, vis):
+        for k, v in list(d.items()):
+            if k.endswith("_reason") and v == "no pairs":
+                d[k] = why
     if notes:
         m["notes"] = notes
     return Audit(metrics=m, curves=curves, coco=stats, instance=inst, keypoint=kp, notes=notes)
+
+
+def _v(m: dict[str, Any], key: str, digits: int = 3) -> str:
+    v = m.get(key)
+    if v is None:
+        return "n/a"
+    return f"{v:.{digits}f}"
+
+
+def summary_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(label, value, note)`` rows of the terminal summary, in reading order."""
+    vis = m.get("visibility", {})
+    rows = [
+        ("mAP / mAR", f"{_v(m, 'mAP')} / {_v(m, 'mAR')}", "COCO keypoint AP, AR (OKS .50:.95)"),
+        ("gap mAR − mAP", _v(m, "gap"), "0 = confidence ranks as well as it can"),
+        ("AP oracle / random", f"{_v(m, 'oracle_AP')} / {_v(m, 'random_AP')}", "conf = OKS / seeded uniform"),
+        ("Pearson inst / kpt", f"{_v(m, 'pearson_instance')} / {_v(m, 'pearson_keypoint')}", "1 = linear"),
+        (
+            "Spearman inst / kpt",
+            f"{_v(m, 'spearman_instance')} / {_v(m, 'spearman_keypoint')}",
+            "1 = same order",
+        ),
+        (
+            "AUSE inst / kpt",
+            f"{_v(m, 'ause_instance', 4)} / {_v(m, 'ause_keypoint', 4)}",
+            "1 − OKS; 0 = oracle",
+        ),
+        (
+            "ECE / MCE",
+            f"{_v(m, 'ece')} / {_v(m, 'mce')}",
+            f"vs mean OKS, {m.get('ece_bins')} equal-width bins",
+        ),
+        ("AURC", _v(m, "aurc", 4), "risk 1 − OKS over coverage; lower is better"),
+        ("visibility AUROC", _v(vis, "auroc"), vis.get("auroc_reason") or "predicted visibility vs gt v > 0"),
+    ]
+    reasons = [f"{k}: {m[k + '_reason']}" for k in PRIMARY_KEYS if m.get(k) is None and m.get(k + "_reason")]
+    if reasons:
+        rows.append(("n/a because", "", "; ".join(dict.fromkeys(reasons))))
+    return rows
+
+
+def format_summary(m: dict[str, Any]) -> str:
+    """Plain-text table of :func:`summary_rows` (what ``posecal evaluate --report`` prints)."""
+    rows = summary_rows(m)
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    head = (
+        f"calibration audit: {m.get('n_instance_pairs', 0)} detections counted, "
+        f"{m.get('n_matched', 0)} matched at OKS 0.50, {m.get('n_keypoint_pairs', 0)} labelled keypoints"
+    )
+    lines = [head] + [f"  {a:<{w0}}  {b:>{w1}}  {c}" for a, b, c in rows]
+    return "\n".join(lines)
