@@ -126,6 +126,8 @@ def best_oks(gt: Any, res: Any, sigmas: np.ndarray, category_id: int | None = No
     :func:`posecal.metrics.oks.oks_matrix`)."""
     d_img = np.asarray(res.image_id, dtype=np.int64)
     out = np.zeros(d_img.size, dtype=np.float64)
+    if d_img.size == 0:
+        return out
     g_ok = ~np.asarray(gt.iscrowd, dtype=bool) & (np.asarray(gt.keypoints)[..., 2] > 0).any(axis=-1)
     if category_id is not None:
         g_ok &= np.asarray(gt.category_id) == category_id
