@@ -36,7 +36,7 @@ def perturb_gt(
             "score": float(score.mean()),
         }
         if with_visibility:
-            vis = np.clip((kp[:, 2] > 0) * 0.6 + rng.uniform(0, 0.4, len(kp)), 0, 1)
+            vis = np.clip((kp[:, 2] > 0) * 0.3 + rng.uniform(0, 0.7, len(kp)), 0, 1)
             rec["visibility"] = vis.round(3).tolist()
         out.append(rec)
     for i in rng.choice(len(out), size=min(n_false_pos, len(out)), replace=False):

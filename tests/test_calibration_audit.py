@@ -178,3 +178,21 @@ def test_empty_results(mini, tmp_path):
 def test_audit_does_not_import_matplotlib():
     code = "import sys, posecal.calibration.audit; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(REPO / "src")})
+
+
+def test_scores_above_one_are_kept(mini):
+    from posecal.errors import PosecalWarning
+
+    _, gt_dict, gt = mini
+    dets = perturb_gt(gt_dict, seed=5)
+    for d in dets:
+        d["score"] *= 3.0
+    with pytest.warns(PosecalWarning):
+        res = load_results(dets, gt)
+    a = run_audit(gt, res, n_random=1)
+    m = a.metrics
+    assert any("above 1" in n for n in m["notes"])
+    # never clipped: the equal-width bins stretch to the largest counted score
+    assert a.instance.confidence.max() > 1.0
+    assert m["reliability"]["ece"]["edges"][-1] == pytest.approx(a.instance.confidence.max())
+    assert m["ece"] is not None

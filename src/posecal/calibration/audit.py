@@ -121,6 +121,12 @@ def run_audit(
         sigmas = ks.sigmas
     sigmas = np.asarray(sigmas, dtype=np.float64)
     kw.setdefault("sigmas", sigmas)
+    if kw.get("keypoints") is not None:
+        raise PosecalInputError(
+            "the calibration audit evaluates all keypoints (no part subset)", None, None, "keypoints"
+        )
+    # the area the evaluator uses for OKS: gt 'area', or 0.53·w·h of the gt box with use_area=False
+    gt_area = None if kw.get("use_area", True) else 0.53 * gt.bbox[:, 2] * gt.bbox[:, 3]
     if ev is None:
         ev = evaluate(gt, res, **kw)
     n_det = int(np.asarray(res.score).size)
@@ -144,7 +150,7 @@ def run_audit(
     if cats.size == 1:
         cat = int(cats[0])
     # also for empty results: the AP of nothing is 0, as pycocotools reports it
-    oracle_scores = best_oks(gt, res, sigmas, category_id=cat)
+    oracle_scores = best_oks(gt, res, sigmas, category_id=cat, gt_area=gt_area)
     ev_o = evaluate(gt, res, scores=oracle_scores, **kw)
     _set(m, "oracle_AP", lambda: _ap(ev_o.stats, "AP"))
     _set(m, "oracle_AP50", lambda: _ap(ev_o.stats, "AP50"))
@@ -169,7 +175,7 @@ def run_audit(
 
     # --- pairs ------------------------------------------------------------------------------------
     inst = instance_pairs(ev, res)
-    kp = keypoint_pairs(inst, gt, res, sigmas, pck_alpha=pck_alpha)
+    kp = keypoint_pairs(inst, gt, res, sigmas, pck_alpha=pck_alpha, gt_area=gt_area)
     lab = kp.labelled
     k_score, k_oks, k_pck = kp.score[lab], kp.oks[lab], kp.pck[lab]
     m["n_detections"] = n_det

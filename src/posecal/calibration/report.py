@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -238,4 +239,13 @@ def write_report(
     figs = [f for f in FIGURES if f in written and (out / f).is_file()]
     write_bytes_atomic(out / "index.html", _html(a, figs, coco, title).encode())
     written["index.html"] = out / "index.html"
+    mode = _file_mode()
+    for p in written.values():  # the atomic temporary files are 0600; a report is meant to be shared
+        os.chmod(p, mode)
     return written
+
+
+def _file_mode() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return 0o666 & ~old
