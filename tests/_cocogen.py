@@ -89,10 +89,12 @@ def make_coco_set(seed: int, *, n_images: int = 5, max_gts: int = 6, max_dets: i
                 kp[:, 2] = 0
             kp = np.round(kp, 3)
             score = float(rng.choice(score_pool)) if rng.uniform() < p_tie else float(rng.uniform(0, 1))
-            r = {"image_id": int(img), "category_id": int(cat), "keypoints": kp.ravel().tolist(), "score": score}
+            r = {"image_id": int(img), "category_id": int(cat), "keypoints": kp.ravel().tolist(),
+                 "score": score}
             if result_bbox:
                 x0, y0 = kp[:, 0].min(), kp[:, 1].min()
-                r["bbox"] = [float(x0), float(y0), float(kp[:, 0].max() - x0) * 1.1, float(kp[:, 1].max() - y0)]
+                w, h = float(kp[:, 0].max() - x0) * 1.1, float(kp[:, 1].max() - y0)
+                r["bbox"] = [float(x0), float(y0), w, h]
             res.append(r)
     if gt_id_zero and anns:
         anns[int(rng.integers(0, len(anns)))]["id"] = 0

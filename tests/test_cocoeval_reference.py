@@ -9,11 +9,11 @@ import warnings
 
 import numpy as np
 import pytest
-from _cocogen import make_coco_set, perturb_gt
-from _cocoref import run_pycocotools, run_xtcocotools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _cocogen import make_coco_set, perturb_gt
+from _cocoref import run_pycocotools, run_xtcocotools
 from posecal.io.coco import load_gt, load_results
 from posecal.keypoints import COCO_WHOLEBODY133, CROWDPOSE14
 from posecal.metrics.cocoeval import STAT_NAMES, evaluate, evaluate_wholebody
@@ -163,7 +163,8 @@ def test_fixture_wholebody_parts(shared, seed):
     # foot_score fields
     plain = [{k: v for k, v in r.items() if not k.endswith("_score")} for r in res_l]
     whole = evaluate_wholebody(gt, res, part_scores=False, parts=("foot",))["foot"]
-    ref = run_xtcocotools(gt_d, plain, sigmas=COCO_WHOLEBODY133.part_sigmas("foot"), iou_type="keypoints_foot")
+    ref = run_xtcocotools(gt_d, plain, sigmas=COCO_WHOLEBODY133.part_sigmas("foot"),
+                          iou_type="keypoints_foot")
     assert_same(whole, ref, label="foot with instance score")
 
 
