@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from calib_helpers import COCO_MINI, perturb_gt
+from calib_helpers import COCO_MINI, check_report, perturb_gt
 from conftest import REPO, shared_path
 from posecal.calibration.audit import PRIMARY_KEYS, format_summary, run_audit
 from posecal.io.coco import load_gt, load_results
@@ -23,43 +21,6 @@ def mini():
     path = shared_path(*COCO_MINI)
     gt_dict = json.loads(path.read_text())
     return path, gt_dict, load_gt(gt_dict)
-
-
-def _strict_json(path: Path) -> dict:
-    def bad(c):
-        raise AssertionError(f"{c} in {path}")
-
-    return json.loads(path.read_text(), parse_constant=bad)
-
-
-def _check_no_nan_and_reasons(cal: dict) -> None:
-    for k in PRIMARY_KEYS:
-        assert k in cal, k
-        if cal[k] is None:
-            assert isinstance(cal.get(k + "_reason"), str) and cal[k + "_reason"], k
-        else:
-            assert np.isfinite(cal[k]), k
-
-
-def _check_report(out: Path) -> dict:
-    from PIL import Image
-
-    html = (out / "index.html").read_text()
-    refs = re.findall(r'(?:src|href)="([^"]+)"', html)
-    assert refs and all((out / r).is_file() for r in refs), refs
-    pngs = [r for r in refs if r.endswith(".png")]
-    assert set(pngs) >= {"pr_curves.png", "reliability.png", "sparsification.png", "visibility_scores.png"}
-    for f in pngs:
-        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        with Image.open(out / f) as im:
-            im.verify()
-        with Image.open(out / f) as im:
-            assert im.size[0] > 100 and im.size[1] > 100
-    assert not list(out.glob(".*tmp")), "temporary files left behind"
-    metrics = _strict_json(out / "metrics.json")
-    assert set(metrics) >= {"coco", "calibration"}
-    _check_no_nan_and_reasons(metrics["calibration"])
-    return metrics
 
 
 def _exact_scores(gt_dict, gt, dets, reverse=False):
@@ -89,7 +50,7 @@ def test_report_on_coco_mini(mini, tmp_path):
     res = load_results(perturb_gt(gt_dict, seed=0, n_false_pos=12), gt)
     a = run_audit(gt, res, n_random=3, seed=0)
     write_report(a, tmp_path / "rep")
-    metrics = _check_report(tmp_path / "rep")
+    metrics = check_report(tmp_path / "rep")
     cal = metrics["calibration"]
     assert all(cal[k] is not None for k in PRIMARY_KEYS), {k: cal.get(k + "_reason") for k in PRIMARY_KEYS}
     # the two bounds of Fig. 1 bracket the informative (error-driven) scores of the fixture
@@ -156,7 +117,7 @@ def test_constant_confidence_gives_null_with_reason(mini, tmp_path):
     assert m["ece"] is not None and m["ause_instance"] is not None
     assert m["visibility"]["auroc"] is None and "visibility" in m["visibility"]["auroc_reason"]
     write_report(a, tmp_path / "rep")
-    _check_report(tmp_path / "rep")
+    check_report(tmp_path / "rep")
     assert "constant confidence" in format_summary(m)
 
 
@@ -172,7 +133,7 @@ def test_empty_results(mini, tmp_path):
         assert m[k] is None and m[k + "_reason"] == "no detections", k
     assert "no detections" in format_summary(m)
     write_report(a, tmp_path / "rep")
-    _check_report(tmp_path / "rep")
+    check_report(tmp_path / "rep")
 
 
 def test_audit_does_not_import_matplotlib():

@@ -323,9 +323,15 @@ def summary_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("AURC", _v(m, "aurc", 4), "risk 1 − OKS over coverage; lower is better"),
         ("visibility AUROC", _v(vis, "auroc"), vis.get("auroc_reason") or "predicted visibility vs gt v > 0"),
     ]
-    reasons = [f"{k}: {m[k + '_reason']}" for k in PRIMARY_KEYS if m.get(k) is None and m.get(k + "_reason")]
-    if reasons:
-        rows.append(("n/a because", "", "; ".join(dict.fromkeys(reasons))))
+    by_reason: dict[str, list[str]] = {}
+    for k in PRIMARY_KEYS:
+        if m.get(k) is None and m.get(k + "_reason"):
+            by_reason.setdefault(m[k + "_reason"], []).append(k)
+    if by_reason:
+        parts = [
+            f"{r}: {', '.join(ks) if len(ks) <= 2 else f'{len(ks)} metrics'}" for r, ks in by_reason.items()
+        ]
+        rows.append(("n/a because", "", "; ".join(parts)))
     return rows
 
 
