@@ -157,3 +157,28 @@ def test_scores_above_one_are_kept(mini):
     assert a.instance.confidence.max() > 1.0
     assert m["reliability"]["ece"]["edges"][-1] == pytest.approx(a.instance.confidence.max())
     assert m["ece"] is not None
+
+
+def test_perturbation_free_predictions(mini, tmp_path):
+    """Predictions equal to the gt (seeded random scores): every OKS is 1, so AP is 1 whatever the
+    ranking, accuracy is constant (correlations null with that reason) and every AUSE is 0."""
+    from posecal.calibration.report import write_report
+
+    _, gt_dict, gt = mini
+    rng = np.random.default_rng(11)
+    dets = []
+    for a in gt_dict["annotations"]:
+        if a["num_keypoints"] > 0 and not a["iscrowd"]:
+            kp = np.asarray(a["keypoints"], float).reshape(-1, 3)
+            kp[:, 2] = rng.random(len(kp))
+            dets.append({"image_id": a["image_id"], "category_id": 1, "keypoints": kp.ravel().tolist(),
+                         "score": rng.random()})  # fmt: skip
+    a = run_audit(gt, load_results(dets, gt), n_random=2)
+    m = a.metrics
+    for k in ("mAP", "mAR", "oracle_AP", "random_AP"):
+        assert m[k] == pytest.approx(1.0, abs=1e-9), k
+    assert m["n_matched"] == len(dets)
+    assert m["pearson_instance"] is None and m["pearson_instance_reason"] == "constant accuracy"
+    assert m["ause_instance"] == 0.0 and m["aurc"] == 0.0
+    write_report(a, tmp_path / "rep")
+    check_report(tmp_path / "rep")
