@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from posecal._util import progress
 from posecal.calibration import metrics as M
 from posecal.calibration.pairs import InstancePairs, KeypointPairs, best_oks, instance_pairs, keypoint_pairs
 from posecal.errors import PosecalInputError
@@ -156,7 +157,7 @@ def run_audit(
     _set(m, "oracle_AP50", lambda: _ap(ev_o.stats, "AP50"))
     curves["pr"]["oracle"] = {0.5: _pr(ev_o, t50), 0.75: _pr(ev_o, t75)}
     rand_ap, pr50, pr75 = [], [], []
-    for s in range(n_random):
+    for s in progress(range(n_random), desc="random-confidence AP"):
         rs = np.random.default_rng(seed + s).random(n_det)
         ev_r = evaluate(gt, res, scores=rs, **kw)
         rand_ap.append(float(ev_r.stats["AP"]))
@@ -220,6 +221,7 @@ def run_audit(
     m["pck_alpha"] = pck_alpha
     m["pck_normaliser"] = "max(w, h) of the matched gt bbox"
     curves["sparsification"] = sp
+    m["sparsification"] = {k: v.to_dict(points=21) for k, v in sp.items()}  # resampled for JSON
 
     # --- ECE / MCE against the continuous OKS; AURC ----------------------------------------------
     rel = {}
