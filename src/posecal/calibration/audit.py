@@ -217,7 +217,7 @@ def run_audit(
         m[key] = s.ause
         m[key + "_max"] = s.ause_max
         sp[key] = s
-    m["ause_units"] = "error in [0,1] (1-OKS or 1-PCK), curves not normalised; x100 for the paper's scale"
+    m["ause_units"] = "error in [0,1] (1-OKS or 1-PCK), curves not normalised by the full-set error"
     m["pck_alpha"] = pck_alpha
     m["pck_normaliser"] = "max(w, h) of the matched gt bbox"
     curves["sparsification"] = sp
