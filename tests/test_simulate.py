@@ -1,4 +1,4 @@
-"""The simulator: determinism, labelling, COCO validity, and its truths checked by Monte Carlo / recomputation."""
+"""The simulator: determinism, labels, COCO validity, its truths checked by Monte Carlo / recomputation."""
 
 from __future__ import annotations
 
@@ -29,11 +29,24 @@ def test_seeded_and_labelled(sim):
 
 def test_shapes_and_coco_validity(sim):
     N, K = 600, 17
-    for name, shape in [("area", (N,)), ("bbox", (N, 4)), ("crop", (N, 4)), ("visibility", (N, K)),
-                        ("mu", (N, K, 2)), ("gt_xy", (N, K, 2)), ("sigma", (N, K)), ("pred_heatmap", (N, K, 2)),
-                        ("pred_rle", (N, K, 2)), ("score_heatmap", (N, K)), ("score_rle", (N, K)),
-                        ("expected_oks", (N, K)), ("expected_oks_rle", (N, K)), ("expected_instance_oks", (N,)),
-                        ("features", (N, 128)), ("features_kpt", (N, K, 16))]:  # fmt: skip
+    for name, shape in [
+        ("area", (N,)),
+        ("bbox", (N, 4)),
+        ("crop", (N, 4)),
+        ("visibility", (N, K)),
+        ("mu", (N, K, 2)),
+        ("gt_xy", (N, K, 2)),
+        ("sigma", (N, K)),
+        ("pred_heatmap", (N, K, 2)),
+        ("pred_rle", (N, K, 2)),
+        ("score_heatmap", (N, K)),
+        ("score_rle", (N, K)),
+        ("expected_oks", (N, K)),
+        ("expected_oks_rle", (N, K)),
+        ("expected_instance_oks", (N,)),
+        ("features", (N, 128)),
+        ("features_kpt", (N, K, 16)),
+    ]:
         assert getattr(sim, name).shape == shape, name
     gt = load_gt(sim.gt)
     assert gt.keypoint_set is COCO17 and len(gt) == N
@@ -83,7 +96,8 @@ def test_rendered_heatmaps_encode_prediction_and_width():
     d = simulate(40, seed=6, render_heatmaps=True, score_noise=0.0)
     assert d.heatmaps.shape == (40, 17, 64, 48) and d.heatmaps.dtype == np.float32
     inside = (d.pred_heatmap[..., 0] > d.crop[:, None, 0] - 0.4 * d.crop[:, None, 2]) & (
-        d.pred_heatmap[..., 0] < d.crop[:, None, 0] + 0.4 * d.crop[:, None, 2])  # fmt: skip
+        d.pred_heatmap[..., 0] < d.crop[:, None, 0] + 0.4 * d.crop[:, None, 2]
+    )
     coords, _ = heatmap.decode_dark(d.heatmaps)
     img = heatmap.heatmap_to_image(coords, d.crop, d.heatmap_size)
     scale = heatmap.image_px_per_heatmap_px(d.crop, d.heatmap_size)[:, None]

@@ -160,13 +160,16 @@ def _sigmas_for(pred: CocoResults, gt: CocoGroundTruth | None, sigmas: Any) -> n
         ks = COCO17
     if ks is None:
         raise PosecalInputError(
-            f"cannot tell the OKS sigmas of {K} keypoints; give --gt with named keypoints", pred.path, None, "keypoints"
+            f"cannot tell the OKS sigmas of {K} keypoints; give --gt with named keypoints",
+            pred.path,
+            None,
+            "keypoints",
         )
     return ks.sigmas
 
 
 def match_to_gt(pred: CocoResults, gt: CocoGroundTruth, sigmas: np.ndarray | None = None) -> np.ndarray:
-    """For each detection, the gt row (same image and category, not crowd) with the highest OKS; ``(D,)``, −1 if none.
+    """Per detection, the gt row (same image and category, not crowd) of highest OKS; ``(D,)``, −1 if none.
 
     This is a many-to-one assignment (no greedy one-to-one as in COCOeval) used to pick the gt area and
     fitting pairs for a detection.
@@ -187,7 +190,9 @@ def match_to_gt(pred: CocoResults, gt: CocoGroundTruth, sigmas: np.ndarray | Non
         if not gts:
             continue
         dets_a, gts_a = np.array(dets), np.array(gts)
-        O = oks_matrix(pred.keypoints[dets_a, :, :2], gt.keypoints[gts_a], gt.area[gts_a], sig, gt.bbox[gts_a])
+        O = oks_matrix(
+            pred.keypoints[dets_a, :, :2], gt.keypoints[gts_a], gt.area[gts_a], sig, gt.bbox[gts_a]
+        )
         out[dets_a] = gts_a[np.argmax(O, axis=1)]
     return out
 
@@ -278,7 +283,9 @@ class Rescorer:
         for s, v in (obj.get("state") or {}).items():
             if s not in r._state:
                 raise PosecalInputError(f"unknown state field {s!r} for {method}", file, None, "state")
-            setattr(r, s, None if v is None else (np.asarray(v, dtype=np.float64) if isinstance(v, list) else v))
+            setattr(
+                r, s, None if v is None else (np.asarray(v, dtype=np.float64) if isinstance(v, list) else v)
+            )
         if r.needs_fit and not r.is_fitted:
             raise PosecalInputError(f"{method} calibrator has no fitted state", file, None, "state")
         return r
@@ -304,7 +311,7 @@ class Rescorer:
 
 
 class MMPoseRescorer(Rescorer):
-    """MMPose instance score modes (``bbox``, ``keypoint``, ``bbox_keypoint``, ``bbox_rle``); keypoints unchanged.
+    """MMPose instance score modes ``bbox``, ``keypoint``, ``bbox_keypoint``, ``bbox_rle`` (keypoints kept).
 
     The box score is the records' ``bbox_score`` field when every record has one, else 1.
     """
@@ -328,16 +335,19 @@ class MMPoseRescorer(Rescorer):
 
 
 class VisibilityRescorer(Rescorer):
-    """ĉ = Σ v̂ₖ ŝₖ / Σ v̂ₖ with per-keypoint visibility ``(D, K)`` (records' ``visibility`` or ``visibility=``)."""
+    """ĉ = Σ v̂ₖ ŝₖ / Σ v̂ₖ, visibility ``(D, K)`` from the records' ``visibility`` or ``visibility=``."""
 
     method = "visibility"
 
-    def transform(self, pred: Any, gt: Any = None, *, visibility: np.ndarray | None = None, **kw) -> RescoreResult:
+    def transform(
+        self, pred: Any, gt: Any = None, *, visibility: np.ndarray | None = None, **kw
+    ) -> RescoreResult:
         pred = _as_pred(pred)
         v = visibility if visibility is not None else pred.visibility
         if v is None:
-            raise PosecalInputError("visibility rescoring needs a 'visibility' list per record", pred.path, 0,
-                                    "visibility")  # fmt: skip
+            raise PosecalInputError(
+                "visibility rescoring needs a 'visibility' list per record", pred.path, 0, "visibility"
+            )
         s = pred.keypoints[..., 2].copy()
         return RescoreResult(s, aggregate(s, "visibility", visibility=v))
 
@@ -360,8 +370,17 @@ class ClosedFormRescorer(Rescorer):
     """
 
     method = "closed-form"
-    _params = ("area", "model", "target_sigma", "heatmap_size", "input_size", "padding", "aggregate",
-               "keypoint_score_thr", "sigmas")  # fmt: skip
+    _params = (
+        "area",
+        "model",
+        "target_sigma",
+        "heatmap_size",
+        "input_size",
+        "padding",
+        "aggregate",
+        "keypoint_score_thr",
+        "sigmas",
+    )
     _state = ("mean_area",)
 
     def __init__(
@@ -386,12 +405,16 @@ class ClosedFormRescorer(Rescorer):
         self.area, self.model, self.target_sigma = area, model, float(target_sigma)
         self.heatmap_size = tuple(int(v) for v in heatmap_size)
         self.input_size = tuple(int(v) for v in input_size)
-        self.padding, self.aggregate, self.keypoint_score_thr = float(padding), aggregate, float(keypoint_score_thr)
+        self.padding, self.aggregate, self.keypoint_score_thr = (
+            float(padding),
+            aggregate,
+            float(keypoint_score_thr),
+        )
         self.sigmas = None if sigmas is None else np.asarray(sigmas, dtype=np.float64)
         self.mean_area = None if mean_area is None else float(mean_area)
 
     def fit(self, pred: Any, gt: Any = None, **kw: Any) -> ClosedFormRescorer:
-        """Record the dataset mean area (gt areas of non-crowd annotations with keypoints, else detection areas)."""
+        """Record the mean area (gt: non-crowd annotations with keypoints; else detection areas)."""
         gt = _as_gt(gt)
         if gt is not None:
             ok = (~gt.iscrowd) & (gt.num_keypoints > 0) & np.isfinite(gt.area)
@@ -401,7 +424,7 @@ class ClosedFormRescorer(Rescorer):
         return self
 
     def crops(self, pred: CocoResults) -> np.ndarray:
-        """``(D, 4)`` top-down crops ``(cx, cy, cw, ch)`` from the records' ``bbox`` (else keypoint extent)."""
+        """``(D, 4)`` top-down crops ``(cx, cy, cw, ch)`` from records' ``bbox`` (else keypoint extent)."""
         if pred.bbox is not None:
             box = pred.bbox
         else:
@@ -429,21 +452,30 @@ class ClosedFormRescorer(Rescorer):
                 self.fit(pred, gt)
             return np.full(len(pred), self.mean_area)
         if gt is None:
-            raise PosecalInputError("closed-form with area 'gt' needs the ground truth (--gt)", pred.path, None,
-                                    "area")  # fmt: skip
+            raise PosecalInputError(
+                "closed-form with area 'gt' needs the ground truth (--gt)", pred.path, None, "area"
+            )
         m = match_to_gt(pred, gt, self.sigmas)
         a = np.where(m >= 0, gt.area[np.maximum(m, 0)], np.nan)
         miss = ~np.isfinite(a)
         if miss.any():
-            warnings.warn(f"{int(miss.sum())} detections have no gt in their image; using their predicted area",
-                          PosecalWarning, stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"{int(miss.sum())} detections have no gt in their image; using their predicted area",
+                PosecalWarning,
+                stacklevel=2,
+            )
             a[miss] = pred.det_area[miss]
         return a
 
     def transform(
-        self, pred: Any, gt: Any = None, *, sigma: np.ndarray | None = None, visibility: np.ndarray | None = None,
+        self,
+        pred: Any,
+        gt: Any = None,
+        *,
+        sigma: np.ndarray | None = None,
+        visibility: np.ndarray | None = None,
         **kw: Any,
-    ) -> RescoreResult:  # fmt: skip
+    ) -> RescoreResult:
         """New keypoint scores ``l^2/(sigma^2 + l^2)`` (Eq. 12) and their aggregation.
 
         Args:
@@ -456,8 +488,9 @@ class ClosedFormRescorer(Rescorer):
         pred = _as_pred(pred, gt)
         sig = self.sigma_from_scores(pred) if sigma is None else np.asarray(sigma, dtype=np.float64)
         if sig.shape != pred.keypoints.shape[:2]:
-            raise PosecalInputError(f"sigma has shape {sig.shape}, expected {pred.keypoints.shape[:2]}", pred.path,
-                                    None, "sigma")  # fmt: skip
+            raise PosecalInputError(
+                f"sigma has shape {sig.shape}, expected {pred.keypoints.shape[:2]}", pred.path, None, "sigma"
+            )
         area = self.areas(pred, gt)
         k = _sigmas_for(pred, gt, self.sigmas)
         s = theory.perfect_expected_oks(sig**2, theory.oks_l2(k[None], area[:, None]))
@@ -512,13 +545,18 @@ class _KeypointMapRescorer(Rescorer):
         pred = _as_pred(pred, gt)
         p = matched_keypoint_pairs(pred, gt, self.sigmas)
         if p["score"].size < 2:
-            raise PosecalInputError(f"{self.method}: fewer than 2 matched labelled keypoints to fit on", pred.path)
+            raise PosecalInputError(
+                f"{self.method}: fewer than 2 matched labelled keypoints to fit on", pred.path
+            )
         return p
 
-    def transform(self, pred: Any, gt: Any = None, *, visibility: np.ndarray | None = None, **kw) -> RescoreResult:
+    def transform(
+        self, pred: Any, gt: Any = None, *, visibility: np.ndarray | None = None, **kw
+    ) -> RescoreResult:
         if not self.is_fitted:
-            raise PosecalInputError(f"{self.method} calibrator is not fitted (fit it or load one)", None, None,
-                                    "calibrator")  # fmt: skip
+            raise PosecalInputError(
+                f"{self.method} calibrator is not fitted (fit it or load one)", None, None, "calibrator"
+            )
         pred = _as_pred(pred)
         s = self.map_scores(pred.keypoints[..., 2])
         v = visibility if visibility is not None else pred.visibility
@@ -562,8 +600,13 @@ class LogLogRescorer(_KeypointMapRescorer):
     _state = ("coef_",)
     needs_fit = True
 
-    def __init__(self, aggregate: str = "bbox_keypoint", keypoint_score_thr: float = 0.2, sigmas: Any = None,
-                 min_score: float = 1e-4):  # fmt: skip
+    def __init__(
+        self,
+        aggregate: str = "bbox_keypoint",
+        keypoint_score_thr: float = 0.2,
+        sigmas: Any = None,
+        min_score: float = 1e-4,
+    ):
         super().__init__(aggregate, keypoint_score_thr, sigmas)
         self.min_score = float(min_score)
         self.coef_: np.ndarray | None = None
@@ -610,5 +653,5 @@ def get_rescorer(method: str, **params: Any) -> Rescorer:
         return VisibilityRescorer(**params)
     if method.startswith("mmpose-"):
         params.pop("mode", None)
-        return MMPoseRescorer(method[len("mmpose-"):], **params)
+        return MMPoseRescorer(method[len("mmpose-") :], **params)
     raise ValueError(f"unknown rescoring method {method!r}; use one of {', '.join(RESCORERS)}")

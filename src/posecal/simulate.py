@@ -72,8 +72,8 @@ class SimulatedDataset:
             noise; enough to recover ``expected_oks`` with a learned head.
         features_kpt: ``(N, K, Ck)`` per-keypoint form of the same (projection of the keypoint's own
             descriptors and a keypoint embedding).
-        heatmaps: ``(N, K, H, W)`` float32 rendered heatmaps ``o* exp(-||m - p_hat||^2 / (2 w*^2))`` in heatmap
-            pixels, or None unless ``render_heatmaps=True``.
+        heatmaps: ``(N, K, H, W)`` float32 rendered maps ``o* exp(-||m - p_hat||^2 / (2 w*^2))``
+            (heatmap pixels), or None unless ``render_heatmaps=True``.
         heatmap_size: ``(W, H)``; input_size: ``(W, H)``; target_sigma: ``l~`` (heatmap px).
         label: always ``"simulation"``.
     """
@@ -198,6 +198,7 @@ def simulate(
     sigma = np.exp(log_gamma) * k[None] * np.sqrt(area)[:, None]
     # 4. annotation
     gt_xy = mu + sigma[..., None] * rng.standard_normal((n, K, 2))
+
     # 5. predictions (two independent models)
     def _pred():
         d = pred_error * sigma[..., None] * rng.standard_normal((n, K, 2))
@@ -279,7 +280,12 @@ def simulate(
     gt = {
         "info": {"description": f"posecal {LABEL} (synthetic data, seed {seed})"},
         "images": [
-            {"id": int(image_id[i]), "width": int(W_img[i]), "height": int(H_img[i]), "file_name": f"sim_{i:06d}"}
+            {
+                "id": int(image_id[i]),
+                "width": int(W_img[i]),
+                "height": int(H_img[i]),
+                "file_name": f"sim_{i:06d}",
+            }
             for i in range(n)
         ],
         "annotations": [
@@ -296,7 +302,13 @@ def simulate(
             for i in range(n)
         ],
         "categories": [
-            {"id": 1, "name": "person", "supercategory": "person", "keypoints": list(COCO17.names), "skeleton": []}
+            {
+                "id": 1,
+                "name": "person",
+                "supercategory": "person",
+                "keypoints": list(COCO17.names),
+                "skeleton": [],
+            }
         ],
     }
     return SimulatedDataset(

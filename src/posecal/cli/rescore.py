@@ -30,16 +30,30 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--pred", required=True, help="COCO keypoint results JSON to rescore")
     p.add_argument("--method", required=True, choices=RESCORERS)
-    p.add_argument("--gt", help="ground truth of PRED (needed for closed-form --area gt; used for --area mean)")
-    p.add_argument("--area", choices=("gt", "pred", "mean"), default="gt", help="closed-form: instance area source")
-    p.add_argument("--model", choices=("heatmap", "rle"), default="heatmap",
-                   help="closed-form: how keypoint scores encode sigma (heatmap peak, Eq. 17; RLE 1-sigma, Eq. 3)")
-    p.add_argument("--target-sigma", type=float, default=2.0, help="closed-form: heatmap target l~ (heatmap px)")
+    p.add_argument(
+        "--gt", help="ground truth of PRED (needed for closed-form --area gt; used for --area mean)"
+    )
+    p.add_argument(
+        "--area", choices=("gt", "pred", "mean"), default="gt", help="closed-form: instance area source"
+    )
+    p.add_argument(
+        "--model",
+        choices=("heatmap", "rle"),
+        default="heatmap",
+        help="closed-form: how keypoint scores encode sigma (heatmap peak, Eq. 17; RLE 1-sigma, Eq. 3)",
+    )
+    p.add_argument(
+        "--target-sigma", type=float, default=2.0, help="closed-form: heatmap target l~ (heatmap px)"
+    )
     p.add_argument("--heatmap-size", type=int, nargs=2, default=(48, 64), metavar=("W", "H"))
     p.add_argument("--input-size", type=int, nargs=2, default=(192, 256), metavar=("W", "H"))
     p.add_argument("--padding", type=float, default=1.25, help="closed-form: top-down crop padding")
-    p.add_argument("--aggregate", choices=AGGREGATES, default="bbox_keypoint",
-                   help="instance aggregation of the new keypoint scores (closed-form, isotonic, loglog)")
+    p.add_argument(
+        "--aggregate",
+        choices=AGGREGATES,
+        default="bbox_keypoint",
+        help="instance aggregation of the new keypoint scores (closed-form, isotonic, loglog)",
+    )
     p.add_argument("--keypoint-score-thr", type=float, default=0.2)
     p.add_argument("--fit-gt", help="ground truth to fit a learned calibrator on")
     p.add_argument("--fit-pred", help="results to fit a learned calibrator on (with --fit-gt)")
@@ -54,10 +68,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _params(args: argparse.Namespace) -> dict:
     m = args.method
     if m == "closed-form":
-        return dict(area=args.area, model=args.model, target_sigma=args.target_sigma,
-                    heatmap_size=tuple(args.heatmap_size), input_size=tuple(args.input_size),
-                    padding=args.padding, aggregate=args.aggregate,
-                    keypoint_score_thr=args.keypoint_score_thr)  # fmt: skip
+        return dict(
+            area=args.area,
+            model=args.model,
+            target_sigma=args.target_sigma,
+            heatmap_size=tuple(args.heatmap_size),
+            input_size=tuple(args.input_size),
+            padding=args.padding,
+            aggregate=args.aggregate,
+            keypoint_score_thr=args.keypoint_score_thr,
+        )
     if m in ("isotonic", "loglog"):
         return dict(aggregate=args.aggregate, keypoint_score_thr=args.keypoint_score_thr)
     if m.startswith("mmpose-"):
@@ -82,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
     if args.calibrator:
         r = Rescorer.load(args.calibrator)
         if r.method != args.method:
-            raise PosecalInputError(f"calibrator is {r.method!r}, not {args.method!r}", args.calibrator, None,
-                                    "method")  # fmt: skip
+            raise PosecalInputError(
+                f"calibrator is {r.method!r}, not {args.method!r}", args.calibrator, None, "method"
+            )
     else:
         r = get_rescorer(args.method, **_params(args))
         if args.fit_gt:
@@ -93,8 +114,9 @@ def run(args: argparse.Namespace) -> int:
                 fpred = load_results(args.fit_pred, fgt)
             r.fit(fpred, fgt)
         elif r.needs_fit:
-            raise PosecalInputError(f"{args.method} needs --fit-gt/--fit-pred or --calibrator", None, None,
-                                    "--fit-gt")  # fmt: skip
+            raise PosecalInputError(
+                f"{args.method} needs --fit-gt/--fit-pred or --calibrator", None, None, "--fit-gt"
+            )
         else:
             r.fit(pred, gt)
     out = r.transform(pred, gt)
