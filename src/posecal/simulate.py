@@ -67,9 +67,9 @@ class SimulatedDataset:
         expected_oks: ``(N, K)`` true expected OKS (Eq. 11) of the heatmap model's prediction, for every
             keypoint (COCO only counts v > 0).   expected_oks_rle: same for the RLE model.
         expected_instance_oks: ``(N,)`` mean of ``expected_oks`` over v > 0 (the expected instance OKS).
-        features: ``(N, C)`` synthetic penultimate features: a fixed random projection of per-keypoint
-            ``log(sigma/sqrt(area))``, ``log(Delta/sqrt(area))``, visibility flags and ``log area``, plus
-            noise; enough to recover ``expected_oks`` with a learned head.
+        features: ``(N, C)`` synthetic penultimate features: a fixed random projection (``feature_seed``) of
+            per-keypoint ``log(sigma / l)``, ``log(Delta / l + 0.01)`` (``l = 2 k sqrt(area)``), visibility
+            flags and ``log area / 10``, plus Gaussian noise; a learned head recovers ``expected_oks``.
         features_kpt: ``(N, K, Ck)`` per-keypoint form of the same (projection of the keypoint's own
             descriptors and a keypoint embedding).
         heatmaps: ``(N, K, H, W)`` float32 rendered maps ``o* exp(-||m - p_hat||^2 / (2 w*^2))``
@@ -131,6 +131,7 @@ def simulate(
     feature_dim: int = 128,
     feature_kpt_dim: int = 16,
     feature_noise: float = 0.05,
+    feature_seed: int = 0,
     heatmap_size: tuple[int, int] = (48, 64),
     input_size: tuple[int, int] = (192, 256),
     target_sigma: float = 2.0,
@@ -149,10 +150,11 @@ def simulate(
 
     Args:
         n: number of instances (= images).
-        seed: all randomness derives from ``np.random.default_rng(seed)``; the feature projection is fixed
-            by ``seed`` too.
+        seed: all data randomness derives from ``np.random.default_rng(seed)``.
         feature_dim / feature_kpt_dim: C and Ck of ``features`` / ``features_kpt``.
         feature_noise: std of the Gaussian noise added to the features.
+        feature_seed: fixes the random feature projection (the simulated "network"); it does not depend on
+            ``seed``, so splits drawn with different seeds share one feature space.
         heatmap_size, input_size, target_sigma, padding: the simulated top-down heatmap model
             (64x48 maps, 256x192 input, l~ = 2 heatmap px, crop padding 1.25 — SBL/MMPose defaults).
         gamma_median, gamma_spread, image_difficulty: ``sigma = gamma k sqrt(area)`` with
@@ -233,12 +235,12 @@ def simulate(
     lab = vis > 0
     inst_eoks = (eoks * lab).sum(1) / lab.sum(1)
     # features
-    frng = np.random.default_rng([seed, 7919])
-    sq = np.sqrt(area)[:, None]
+    frng = np.random.default_rng([feature_seed, 7919])  # the 'network': fixed across data seeds
+    sq = 2.0 * k[None] * np.sqrt(area)[:, None]  # l: descriptors in OKS units
     desc = np.concatenate(
         [
             np.log(sigma / sq),
-            np.log(np.sqrt(delta2_hm) / sq + 1e-3),
+            np.log(np.sqrt(delta2_hm) / sq + 1e-2),
             (vis == 2).astype(float),
             (vis == 1).astype(float),
             np.log(area)[:, None] / 10.0,
@@ -250,7 +252,7 @@ def simulate(
     kdesc = np.stack(
         [
             np.log(sigma / sq),
-            np.log(np.sqrt(delta2_hm) / sq + 1e-3),
+            np.log(np.sqrt(delta2_hm) / sq + 1e-2),
             (vis == 2).astype(float),
             (vis == 1).astype(float),
             np.broadcast_to(np.log(area)[:, None] / 10.0, (n, K)),
