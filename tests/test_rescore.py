@@ -84,10 +84,18 @@ def test_mmpose_rescorer_uses_bbox_score_and_keeps_keypoints(sims):
     )
 
 
-def test_visibility_aggregation():
+def test_visibility_aggregation(sims):
     s = np.array([[0.9, 0.5, 0.1], [0.3, 0.3, 0.3]])
     v = np.array([[1.0, 0.5, 0.0], [0.0, 0.0, 0.0]])
     np.testing.assert_allclose(aggregate(s, "visibility", visibility=v), [(0.9 + 0.25) / 1.5, 0.0])
+    gt, res = _load(sims[0])
+    with pytest.raises(PosecalInputError, match="visibility"):
+        get_rescorer("visibility").transform(res)
+    with pytest.raises(PosecalInputError, match="visibility"):
+        ClosedFormRescorer(aggregate="visibility").transform(res, gt)
+    vis = (sims[0].visibility > 0).astype(float)
+    out = get_rescorer("visibility").transform(res, visibility=vis)
+    np.testing.assert_allclose(out.instance_scores, (res.keypoints[..., 2] * vis).sum(1) / vis.sum(1))
 
 
 # --- closed form --------------------------------------------------------------------------------

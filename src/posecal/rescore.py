@@ -149,6 +149,15 @@ def _bbox_score(pred: CocoResults) -> np.ndarray:
     return np.ones(len(pred))
 
 
+def _aggregate_for(pred: CocoResults, s: np.ndarray, mode: str, thr: float, visibility: Any) -> np.ndarray:
+    v = visibility if visibility is not None else pred.visibility
+    if mode == "visibility" and v is None:
+        raise PosecalInputError(
+            "aggregation 'visibility' needs a 'visibility' list per record", pred.path, 0, "visibility"
+        )
+    return aggregate(s, mode, _bbox_score(pred), thr, v)
+
+
 def _sigmas_for(pred: CocoResults, gt: CocoGroundTruth | None, sigmas: Any) -> np.ndarray:
     if sigmas is not None:
         return np.asarray(sigmas, dtype=np.float64)
@@ -494,8 +503,7 @@ class ClosedFormRescorer(Rescorer):
         area = self.areas(pred, gt)
         k = _sigmas_for(pred, gt, self.sigmas)
         s = theory.perfect_expected_oks(sig**2, theory.oks_l2(k[None], area[:, None]))
-        v = visibility if visibility is not None else pred.visibility
-        inst = aggregate(s, self.aggregate, _bbox_score(pred), self.keypoint_score_thr, v)
+        inst = _aggregate_for(pred, s, self.aggregate, self.keypoint_score_thr, visibility)
         return RescoreResult(s, inst)
 
 
@@ -559,8 +567,7 @@ class _KeypointMapRescorer(Rescorer):
             )
         pred = _as_pred(pred)
         s = self.map_scores(pred.keypoints[..., 2])
-        v = visibility if visibility is not None else pred.visibility
-        return RescoreResult(s, aggregate(s, self.aggregate, _bbox_score(pred), self.keypoint_score_thr, v))
+        return RescoreResult(s, _aggregate_for(pred, s, self.aggregate, self.keypoint_score_thr, visibility))
 
 
 class IsotonicRescorer(_KeypointMapRescorer):
