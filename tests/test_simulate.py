@@ -129,3 +129,23 @@ def test_features_carry_expected_oks(sim):
     r = np.corrcoef(eoks.ravel(), other.expected_oks.ravel())[0, 1]
     assert r > 0.95
     assert not simulate(300, seed=8, feature_seed=1).features.tolist() == other.features.tolist()
+
+
+def test_spatial_features_localise_keypoint_information():
+    """Reading features_spatial at a keypoint's predicted cell and regressing linearly recovers that
+    keypoint's log(sigma / l): the information sits where the keypoint is. (Face keypoints overlap at this
+    resolution, so the median over keypoints is asserted.)"""
+    W, H = 24, 32
+    d = simulate(800, seed=2, spatial_size=(W, H))
+    assert d.features_spatial.shape == (800, 16, H, W) and d.features_spatial.dtype == np.float32
+    assert simulate(20, seed=2).features_spatial is None
+    desc = _descriptors(d)
+    rs = []
+    for k in range(17):
+        u = (d.pred_heatmap[:, k, 0] - (d.crop[:, 0] - 0.5 * d.crop[:, 2])) / d.crop[:, 2] * W - 0.5
+        v = (d.pred_heatmap[:, k, 1] - (d.crop[:, 1] - 0.5 * d.crop[:, 3])) / d.crop[:, 3] * H - 0.5
+        iu, iv = np.clip(np.round(u).astype(int), 0, W - 1), np.clip(np.round(v).astype(int), 0, H - 1)
+        X = np.column_stack([d.features_spatial[np.arange(800), :, iv, iu], np.ones(800)])
+        w = np.linalg.lstsq(X[:600], desc[:600, k], rcond=None)[0]
+        rs.append(np.corrcoef(X[600:] @ w, desc[600:, k])[0, 1])
+    assert np.median(rs) > 0.9

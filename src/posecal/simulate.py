@@ -72,6 +72,9 @@ class SimulatedDataset:
             flags and ``log area / 10``, plus Gaussian noise; a learned head recovers ``expected_oks``.
         features_kpt: ``(N, K, Ck)`` per-keypoint form of the same (projection of the keypoint's own
             descriptors and a keypoint embedding).
+        features_spatial: ``(N, Ck, H, W)`` float32 spatial form, or None unless ``spatial_size`` is given:
+            per-keypoint projected descriptors as unit-width Gaussian blobs at the predicted keypoint's
+            position in the crop (cells), summed over keypoints, plus noise.
         heatmaps: ``(N, K, H, W)`` float32 rendered maps ``o* exp(-||m - p_hat||^2 / (2 w*^2))``
             (heatmap pixels), or None unless ``render_heatmaps=True``.
         heatmap_size: ``(W, H)``; input_size: ``(W, H)``; target_sigma: ``l~`` (heatmap px).
@@ -100,6 +103,7 @@ class SimulatedDataset:
     expected_instance_oks: np.ndarray
     features: np.ndarray
     features_kpt: np.ndarray
+    features_spatial: np.ndarray | None = None
     heatmaps: np.ndarray | None = None
     heatmap_size: tuple[int, int] = (48, 64)
     input_size: tuple[int, int] = (192, 256)
@@ -145,6 +149,7 @@ def simulate(
     p_occluded: float = 0.15,
     p_unlabelled: float = 0.08,
     render_heatmaps: bool = False,
+    spatial_size: tuple[int, int] | None = None,
 ) -> SimulatedDataset:
     """Generate a SIMULATION dataset (see the module docstring for the generative model).
 
@@ -165,6 +170,7 @@ def simulate(
         score_noise: std of the log-normal multiplicative noise on keypoint scores.
         p_occluded, p_unlabelled: probabilities of v=1 and v=0 per keypoint.
         render_heatmaps: also render ``heatmaps (N, K, H, W)`` float32 (memory: N*K*H*W*4 bytes).
+        spatial_size: ``(W, H)``: also build ``features_spatial (N, Ck, H, W)`` float32.
     """
     rng = np.random.default_rng(seed)
     K = COCO17.num_keypoints
@@ -263,6 +269,20 @@ def simulate(
     kdesc = np.concatenate([kdesc, np.broadcast_to(kemb[None], (n, K, 3))], -1)
     kproj = frng.normal(0, 1.0 / np.sqrt(kdesc.shape[-1]), (kdesc.shape[-1], feature_kpt_dim))
     features_kpt = kdesc @ kproj + feature_noise * rng.standard_normal((n, K, feature_kpt_dim))
+    features_spatial = None
+    if spatial_size is not None:
+        # per-keypoint vectors (a second fixed projection of the keypoint descriptors) placed as unit-width
+        # Gaussian blobs at the predicted keypoint's position in the crop, summed over keypoints
+        Ws, Hs = spatial_size
+        sproj = frng.normal(0, 1.0 / np.sqrt(kdesc.shape[-1]), (kdesc.shape[-1], feature_kpt_dim))
+        fk = kdesc @ sproj  # (N, K, Cs)
+        u = (pred_hm[..., 0] - (crop[:, 0] - 0.5 * crop[:, 2])[:, None]) / crop[:, 2][:, None] * Ws - 0.5
+        v = (pred_hm[..., 1] - (crop[:, 1] - 0.5 * crop[:, 3])[:, None]) / crop[:, 3][:, None] * Hs - 0.5
+        bx = np.exp(-0.5 * (np.arange(Ws)[None, None] - u[..., None]) ** 2)  # (N, K, Ws)
+        by = np.exp(-0.5 * (np.arange(Hs)[None, None] - v[..., None]) ** 2)  # (N, K, Hs)
+        features_spatial = np.einsum("nkh,nkw,nkc->nchw", by, bx, fk, optimize=True)
+        features_spatial += feature_noise * rng.standard_normal(features_spatial.shape)
+        features_spatial = features_spatial.astype(np.float32)
     heatmaps = None
     if render_heatmaps:
         Wh, Hh = heatmap_size
@@ -336,6 +356,7 @@ def simulate(
         expected_instance_oks=inst_eoks,
         features=features,
         features_kpt=features_kpt,
+        features_spatial=features_spatial,
         heatmaps=heatmaps,
         heatmap_size=tuple(heatmap_size),
         input_size=tuple(input_size),
