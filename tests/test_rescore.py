@@ -366,3 +366,55 @@ def test_cli_rescore_round_trip(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("posecal rescore: error:")
         assert not (tmp_path / "x.json").exists()
+
+
+def test_cli_rescore_from_feature_store(tmp_path, capsys):
+    """--store: predictions, gt and sigma_hat come from the store (NaN rows: score-derived sigma)."""
+    from posecal.cli import main
+    from posecal.store import StoreWriter
+
+    sim = simulate(100, seed=13)
+    sig = sim.sigma.copy()
+    sig[:5] = np.nan
+    w = StoreWriter(tmp_path / "store", num_instances=100, chunk_size=32, settings={"model": "simulation"})
+    for j in w.pending_chunks():
+        a, b = w.chunk_rows(j)
+        w.write_chunk(
+            j,
+            {
+                "image_id": sim.image_id[a:b],
+                "ann_id": sim.ann_id[a:b],
+                "bbox": sim.bbox[a:b],
+                "box_score": np.ones(b - a),
+                "keypoints": sim.pred_heatmap[a:b],
+                "scores": sim.score_heatmap[a:b],
+                "sigma_hat": sig[a:b],
+            },
+        )
+    w.finalize(gt=sim.gt)
+    rc = main(
+        [
+            "rescore",
+            "--store",
+            str(tmp_path / "store"),
+            "--method",
+            "closed-form",
+            "--area",
+            "gt",
+            "--aggregate",
+            "mean",
+            "--out",
+            str(tmp_path / "o.json"),
+            "--json",
+        ]
+    )
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out)["sigma"] == "store sigma_hat"
+    out = json.loads((tmp_path / "o.json").read_text())
+    gt, res = _load(sim)
+    r = ClosedFormRescorer(area="gt", aggregate="mean")
+    want = r.transform(res, gt, sigma=sim.sigma).keypoint_scores
+    want[:5] = r.transform(res, gt).keypoint_scores[:5]
+    got = np.array([o["keypoints"][2::3] for o in out])
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert np.allclose([o["keypoints"][0::3] for o in out], sim.pred_heatmap[..., 0])

@@ -490,12 +490,17 @@ class ClosedFormRescorer(Rescorer):
         Args:
             pred, gt: results and (for ``area="gt"``) ground truth.
             sigma: optional ``(D, K)`` ambiguity in image pixels (e.g. a feature store's ``sigma_hat``);
-                default derived from the keypoint scores (``model``).
+                default (and where ``sigma`` is NaN) derived from the keypoint scores (``model``).
             visibility: optional ``(D, K)`` for ``aggregate="visibility"`` (default: records' ``visibility``).
         """
         gt = _as_gt(gt)
         pred = _as_pred(pred, gt)
-        sig = self.sigma_from_scores(pred) if sigma is None else np.asarray(sigma, dtype=np.float64)
+        if sigma is None:
+            sig = self.sigma_from_scores(pred)
+        else:
+            sig = np.asarray(sigma, dtype=np.float64)
+            if sig.shape == pred.keypoints.shape[:2] and not np.isfinite(sig).all():
+                sig = np.where(np.isfinite(sig), sig, self.sigma_from_scores(pred))  # NaN: from the scores
         if sig.shape != pred.keypoints.shape[:2]:
             raise PosecalInputError(
                 f"sigma has shape {sig.shape}, expected {pred.keypoints.shape[:2]}", pred.path, None, "sigma"

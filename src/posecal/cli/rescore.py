@@ -28,7 +28,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Write NEW.json: the records of PRED.json with new keypoint and instance scores. "
         "Coordinates never change.",
     )
-    p.add_argument("--pred", required=True, help="COCO keypoint results JSON to rescore")
+    p.add_argument(
+        "--pred", help="COCO keypoint results JSON to rescore (default: the store's predictions.json)"
+    )
+    p.add_argument(
+        "--store",
+        help="feature store directory (posecal extract): its predictions.json, gt.json and, "
+        "for closed-form, its sigma_hat (image px) replace the score-derived sigma",
+    )
     p.add_argument("--method", required=True, choices=RESCORERS)
     p.add_argument(
         "--gt", help="ground truth of PRED (needed for closed-form --area gt; used for --area mean)"
@@ -92,10 +99,29 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.fit_gt is None) != (args.fit_pred is None):
         raise PosecalInputError("--fit-gt and --fit-pred go together", None, None, "--fit-gt/--fit-pred")
-    gt = load_gt(args.gt) if args.gt else None
+    if args.pred is None and args.store is None:
+        raise PosecalInputError("give --pred or --store", None, None, "--pred")
+    store = sigma = None
+    if args.store:
+        from posecal.store import FeatureStore
+
+        store = FeatureStore.open(args.store)
+    gt_src = args.gt or (str(store.gt_path) if store is not None and store.gt_path is not None else None)
+    gt = load_gt(gt_src) if gt_src else None
+    pred_src = args.pred if args.pred else str(store.path / "predictions.json")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PosecalWarning)
-        pred = load_results(args.pred, gt)
+        pred = load_results(pred_src, gt)
+    if store is not None:
+        if store.num_instances != len(pred):
+            raise PosecalInputError(
+                f"store has {store.num_instances} instances, predictions {len(pred)}",
+                pred_src,
+                None,
+                "records",
+            )
+        if args.method == "closed-form" and "sigma_hat" in store.arrays:
+            sigma = store.read("sigma_hat")
     for w in caught:  # scores above 1 are legal (heatmap maxima): say it once, never squash
         print(f"posecal rescore: warning: {w.message}", file=sys.stderr)
 
@@ -119,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             r.fit(pred, gt)
-    out = r.transform(pred, gt)
+    out = r.transform(pred, gt, sigma=sigma) if sigma is not None else r.transform(pred, gt)
     records = out.to_records(pred)
     save_results(args.out, records)
     if args.save_calibrator:
@@ -129,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "method": r.method,
         "params": r.to_json()["params"],
-        "pred": str(args.pred),
+        "pred": str(pred_src),
+        "store": args.store,
+        "sigma": "store sigma_hat" if sigma is not None else "from keypoint scores",
         "out": str(args.out),
         "detections": len(pred),
         "instance_score": {"raw_mean": _mean(raw_inst), "new_mean": _mean(out.instance_scores)},
