@@ -116,6 +116,10 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
     return np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
+def _cat(xs: list, dtype) -> np.ndarray:
+    return np.concatenate(xs).astype(dtype, copy=False) if xs else np.zeros(0, dtype)
+
+
 def _last_argmax(key: np.ndarray) -> np.ndarray:
     """Index of the LAST maximum along the last axis (pycocotools: on equal OKS the later gt wins)."""
     G = key.shape[-1]
@@ -293,8 +297,8 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
     C = A * T
     thr_c = np.tile(np.minimum(IOU_THRS, 1 - 1e-10), A)
     a_of_c = np.repeat(np.arange(A), T)
-    g_row = np.full((nK, C), -1, dtype=np.int64)  # matched gt row per kept detection and combo
-    m_oks = np.zeros((nK, C), dtype=np.float64)
+    # matches, sparse: kept-detection row, combo, gt row, OKS
+    mk, mc, mg, mo = [], [], [], []
     good = np.flatnonzero(oks >= thr_c.min())
     if good.size:
         gk = pair_k[good]  # kept-det rows, sorted (pairs are generated det by det)
@@ -343,30 +347,29 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
             du = pos[np.searchsorted(u_list, a_unit[dsel])]
             dr = a_rank[dsel]
             mm = m[du, dr]  # (n, C)
-            hit = mm >= 0
-            safe = np.where(hit, mm, 0)
-            rows = a_rows[dsel]
-            g_row[rows] = np.where(hit, grow[du[:, None], safe], -1)
-            m_oks[rows] = np.where(hit, O[du[:, None], dr[:, None], safe], 0.0)
+            hi, hc = np.nonzero(mm >= 0)
+            slot = mm[hi, hc]
+            mk.append(a_rows[dsel][hi])
+            mc.append(hc)
+            mg.append(grow[du[hi], slot])
+            mo.append(O[du[hi], dr[hi], slot])
 
-    # ---- per kept detection, per combo: matched gt row, ignore, tp ----
-    has_m = g_row >= 0
-    if xt:
-        real = has_m
-    else:
-        real = has_m & (gt.ann_id[np.maximum(g_row, 0)] != 0) if G else has_m
-        zero_id = has_m & ~real
-        if warn and zero_id.any():
-            warnings.warn("a ground-truth annotation with id 0 was matched; pycocotools counts such a match "
-                          "as a false positive (reproduced here)", PosecalWarning, stacklevel=2)
+    # ---- per combo and kept detection (C, nK): ignore, tp, fp ----
+    mk, mc, mg, mo = _cat(mk, np.int64), _cat(mc, np.int64), _cat(mg, np.int64), _cat(mo, np.float64)
     d_area = res.det_area[k_idx]
     outside = (d_area[None, :] < AREA_RNGS[:, :1]) | (d_area[None, :] > AREA_RNGS[:, 1:])  # (A, nK)
-    g_ig_c = np.zeros((nK, C), dtype=bool)
-    if G and nK:
-        g_ig_c = np.where(has_m, g_ig_a[a_of_c[None, :], np.maximum(g_row, 0)], False)
-    d_ig = g_ig_c | (~real & outside[a_of_c].T)
-    tp = real & ~d_ig
-    fp = ~real & ~d_ig
+    d_ig = outside[a_of_c]  # unmatched: ignored iff outside the area range
+    tp = np.zeros((C, nK), dtype=bool)
+    fp = ~d_ig
+    if mk.size:
+        real = np.ones(mk.size, dtype=bool) if xt else gt.ann_id[mg] != 0
+        if warn and not real.all():
+            warnings.warn("a ground-truth annotation with id 0 was matched; pycocotools counts such a match "
+                          "as a false positive (reproduced here)", PosecalWarning, stacklevel=2)
+        ig = g_ig_a[a_of_c[mc], mg] | (~real & d_ig[mc, mk])
+        d_ig[mc, mk] = ig
+        tp[mc, mk] = real & ~ig
+        fp[mc, mk] = ~real & ~ig
 
     # ---- accumulate ----
     precision = -np.ones((T, R, nC, A, 1))
@@ -388,8 +391,8 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
             if npig == 0:
                 continue
             cs = slice(a * T, (a + 1) * T)
-            tps = tp[sel, cs].T
-            fps = fp[sel, cs].T
+            tps = tp[cs][:, sel]
+            fps = fp[cs][:, sel]
             tp_sum = np.cumsum(tps, axis=1).astype(np.float64)
             fp_sum = np.cumsum(fps, axis=1).astype(np.float64)
             rc = tp_sum / npig
@@ -418,15 +421,15 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
     det_tp = np.zeros((T, D), dtype=bool)
     gt_det = np.full((T, G), -1, dtype=np.int64)
     if nK:
-        det_gt[:, k_idx] = g_row[:, :T].T
-        det_ig[:, k_idx] = d_ig[:, :T].T
-        det_tp[:, k_idx] = tp[:, :T].T
-        hm = has_m[:, :T]
-        kk, tt = np.nonzero(hm)
-        det_oks[tt, k_idx[kk]] = m_oks[kk, tt]
+        det_ig[:, k_idx] = d_ig[:T]
+        det_tp[:, k_idx] = tp[:T]
+        at = mc < T  # area 'all' combos are the first T
+        kk, tt, gg = mk[at], mc[at], mg[at]
+        det_gt[tt, k_idx[kk]] = gg
+        det_oks[tt, k_idx[kk]] = mo[at]
         # gt -> det: the last detection (in rank order) matched to it
         order_k = np.lexsort((k_rank[kk], k_unit[kk]))
-        gt_det[tt[order_k], g_row[kk, tt][order_k]] = k_idx[kk][order_k]
+        gt_det[tt[order_k], gg[order_k]] = k_idx[kk][order_k]
     return CocoEvalResult(
         stats=stats, precision=precision, recall=recall, scores=score_arr, det_evaluated=det_evaluated,
         det_gt=det_gt, det_ignored=det_ig, det_oks=det_oks, det_tp=det_tp, gt_det=gt_det,
