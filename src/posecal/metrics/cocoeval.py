@@ -116,6 +116,31 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
     return np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
+def _may_reach(det_xy: np.ndarray, gkp: np.ndarray, g_area: np.ndarray, sig: np.ndarray, pd: np.ndarray,
+               pg: np.ndarray, thr: float) -> np.ndarray:
+    """(P,) bool: False only for pairs whose OKS is certainly below ``thr`` (upper bound from the gap
+    between the detection's keypoint box and the box of the gt's labelled keypoints). Gts without a
+    labelled keypoint (box-distance branch) are always kept."""
+    if pd.size == 0:
+        return np.zeros(0, dtype=bool)
+    dx0, dx1 = det_xy[:, :, 0].min(axis=1), det_xy[:, :, 0].max(axis=1)
+    dy0, dy1 = det_xy[:, :, 1].min(axis=1), det_xy[:, :, 1].max(axis=1)
+    lab = gkp[:, :, 2] > 0
+    gx = np.where(lab, gkp[:, :, 0], np.inf)
+    gy = np.where(lab, gkp[:, :, 1], np.inf)
+    gx0, gy0 = gx.min(axis=1), gy.min(axis=1)
+    gx = np.where(lab, gkp[:, :, 0], -np.inf)
+    gy = np.where(lab, gkp[:, :, 1], -np.inf)
+    gx1, gy1 = gx.max(axis=1), gy.max(axis=1)
+    has = lab.any(axis=1)
+    gap_x = np.maximum(0.0, np.maximum(gx0[pg] - dx1[pd], dx0[pd] - gx1[pg]))
+    gap_y = np.maximum(0.0, np.maximum(gy0[pg] - dy1[pd], dy0[pd] - gy1[pg]))
+    with np.errstate(invalid="ignore", over="ignore"):
+        bound = np.exp(-(gap_x**2 + gap_y**2) / (8.0 * float(sig.max()) ** 2 * (g_area[pg] + np.spacing(1))))
+    # generous margin against rounding: only clearly hopeless pairs are dropped
+    return ~has[pg] | ~(bound < thr * (1 - 1e-6))
+
+
 def _cat(xs: list, dtype) -> np.ndarray:
     return np.concatenate(xs).astype(dtype, copy=False) if xs else np.zeros(0, dtype)
 
@@ -286,9 +311,14 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
     pair_k = np.repeat(np.arange(nK), rep)
     pair_off = _offsets(rep)
     pair_g = g_order[np.repeat(gstart_u[k_unit], rep) + pair_off]
-    g_area_oks = g_area
-    det_xy = res.keypoints[:, kp_idx, :2] if D else np.zeros((0, kp_idx.shape[0], 2))
-    oks = oks_pairs(det_xy, gkp, g_area_oks, gt.bbox, sig, k_idx[pair_k], pair_g)
+    det_xy = res.keypoints[:, kp_idx, :2] if kp_idx.shape[0] != K_all else res.keypoints[:, :, :2]
+    pair_d = k_idx[pair_k]
+    # Pairs that provably cannot reach the lowest threshold are skipped (their OKS is never used):
+    # every labelled gt keypoint lies at least the gap between the two keypoint boxes from its
+    # prediction, so OKS <= exp(-gap² / (8·σmax²·(area+eps))).
+    cand = _may_reach(det_xy, gkp, g_area, sig, pair_d, pair_g, float(IOU_THRS[0]))
+    oks = np.zeros(pair_d.shape[0])
+    oks[cand] = oks_pairs(det_xy, gkp, g_area, gt.bbox, sig, pair_d[cand], pair_g[cand])
 
     # ---- greedy matching, bucketed by gt count ----
     # Only pairs with OKS >= the lowest threshold can ever match. Detections without such a pair are
