@@ -66,7 +66,7 @@ def generate(n_images: int, per_image: float, seed: int, out_dir: Path) -> tuple
     gt = {"info": {"description": f"posecal benchmark seed {seed}"}, "images": images, "annotations": anns,
           "categories": [{"id": 1, "name": "person", "supercategory": "person", "keypoints": NAMES,
                           "skeleton": []}]}
-    # detections: 92 % of people detected with a scale-relative error, plus FP_PER_IMAGE false positives per image
+    # detections: 92 % of people found (scale-relative error), plus FP_PER_IMAGE false positives per image
     det_of = np.flatnonzero(rng.uniform(size=G) < 0.92)
     err = np.exp(rng.normal(np.log(0.05), 0.8, det_of.size))
     d_kp = np.empty((det_of.size, 17, 3))
@@ -118,8 +118,9 @@ print('STATS', json.dumps([float(x) for x in ev.stats[:10]]))
 """
 
 
-def run_child_wait4(cmd: list[str], env: dict) -> tuple[float, float, str]:
-    """Like run_child, reaping with os.wait4 to get this child's own peak RSS."""
+def run_child_wait4(cmd: list[str], env: dict) -> tuple[float, float, float, str]:
+    """(wall s, CPU s = user + sys, peak RSS MiB, stdout) of one child, reaped with os.wait4 so the
+    rusage is this child's own."""
     with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, text=True)
@@ -131,13 +132,14 @@ def run_child_wait4(cmd: list[str], env: dict) -> tuple[float, float, str]:
         out, err = fo.read(), fe.read()
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed ({p.returncode}): {err[-2000:]}")
-    return wall, ru.ru_maxrss / 1024.0, out
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024.0, out
 
 
 def tools(gp: Path, pp: Path, out_json: Path) -> dict[str, list[str]]:
     py = sys.executable
     return {
-        "posecal": [py, "-m", "posecal", "evaluate", "--gt", str(gp), "--pred", str(pp), "--json", str(out_json)],
+        "posecal": [py, "-m", "posecal", "evaluate", "--gt", str(gp), "--pred", str(pp),
+                    "--json", str(out_json)],
         "pycocotools": [py, "-c", PYCOCOTOOLS, str(gp), str(pp)],
         "faster-coco-eval": [py, "-c", FASTER, str(gp), str(pp)],
     }
@@ -152,12 +154,13 @@ def bench_size(name: str, n_images: int, per_image: float, seed: int, repeats: i
            "gt_mb": gp.stat().st_size / 2**20, "pred_mb": pp.stat().st_size / 2**20}
     stats = {}
     for tool, cmd in tools(gp, pp, out_json).items():
-        walls, rsss = [], []
+        walls, cpus, rsss = [], [], []
         for _ in range(repeats):
-            w, r, out = run_child_wait4(cmd, env)
+            w, c, r, out = run_child_wait4(cmd, env)
             walls.append(w)
+            cpus.append(c)
             rsss.append(r)
-        row[tool] = {"wall_s": min(walls), "walls": walls, "peak_rss_mib": max(rsss)}
+        row[tool] = {"wall_s": min(walls), "walls": walls, "cpu_s": min(cpus), "peak_rss_mib": max(rsss)}
         if tool == "posecal":
             doc = json.loads(out_json.read_text())
             stats[tool] = [doc["coco"][k] for k in ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75",
@@ -165,7 +168,8 @@ def bench_size(name: str, n_images: int, per_image: float, seed: int, repeats: i
         else:
             m = re.search(r"STATS (\[.*\])", out)
             stats[tool] = json.loads(m.group(1))
-        print(f"  {name:5s} {tool:17s} best {min(walls):7.2f} s  (runs {', '.join(f'{w:.2f}' for w in walls)})"
+        runs = ", ".join(f"{w:.2f}" for w in walls)
+        print(f"  {name:5s} {tool:17s} best {min(walls):7.2f} s  (runs {runs})  CPU {min(cpus):7.2f} s"
               f"  peak RSS {max(rsss):7.0f} MiB", flush=True)
     row["stats"] = stats
     row["agree_pycocotools"] = stats["posecal"] == stats["pycocotools"]
@@ -182,46 +186,52 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import faster_coco_eval
-    import pycocotools  # noqa: F401
     from importlib.metadata import version
 
-    return (f"{cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, numpy {np.__version__}, "
-            f"pycocotools {version('pycocotools')}, faster-coco-eval {faster_coco_eval.__version__}")
+    import faster_coco_eval
+    import pycocotools  # noqa: F401
+
+    return (f"{cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, "
+            f"numpy {np.__version__}, pycocotools {version('pycocotools')}, "
+            f"faster-coco-eval {faster_coco_eval.__version__}")
 
 
 def markdown(rows: list[dict], repeats: dict, note: str) -> str:
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "## COCO evaluation",
         "",
         "<!-- written by benchmarks/bench_evaluate.py --write-doc; do not edit by hand -->",
         f"Measured {now} on {machine()}.",
         "",
-        "Whole process (interpreter start, imports, JSON parsing, evaluation, summary) of each evaluator as a "
-        "fresh subprocess on the same seeded COCO-keypoint files; wall time is the best of the runs, peak "
-        "memory the child's max RSS (`os.wait4`). Command: `nice python3 benchmarks/bench_evaluate.py "
-        "--write-doc`.",
+        "Whole process (interpreter start, imports, JSON parsing, evaluation, summary) of each evaluator "
+        "as a fresh subprocess on the same seeded COCO-keypoint files; wall and CPU (user + sys) time are "
+        "the best of the runs, peak memory the child's max RSS (`os.wait4`). Command: "
+        "`nice python3 benchmarks/bench_evaluate.py --write-doc`.",
         "",
-        "| set | images | gts | dets | tool | wall (s) | peak RSS (MiB) | pycocotools / tool | stats = pycocotools |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| set | images | gts | dets | tool | wall (s) | CPU (s) | peak RSS (MiB) "
+        "| pycocotools / tool (wall) | stats = pycocotools |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ref = r["pycocotools"]["wall_s"]
         for tool in ("posecal", "pycocotools", "faster-coco-eval"):
             t = r[tool]
             same = "yes" if r["stats"][tool] == r["stats"]["pycocotools"] else "NO"
-            lines.append(f"| {r['size']} | {r['images']} | {r['gts']} | {r['dets']} | {tool} | {t['wall_s']:.2f} "
-                         f"| {t['peak_rss_mib']:.0f} | {ref / t['wall_s']:.1f}× | {same} |")
+            lines.append(f"| {r['size']} | {r['images']} | {r['gts']} | {r['dets']} | {tool} "
+                         f"| {t['wall_s']:.2f} | {t['cpu_s']:.2f} | {t['peak_rss_mib']:.0f} "
+                         f"| {ref / t['wall_s']:.1f}× | {same} |")
     lines.append("")
     for r in rows:
         p, c, f = r["posecal"], r["pycocotools"], r["faster-coco-eval"]
         lines.append(
-            f"- {r['size']} ({r['images']} images, {r['gts']} gts; files {r['gt_mb']:.0f} + {r['pred_mb']:.0f} MB, "
-            f"{repeats[r['size']]} runs each): posecal is **{c['wall_s'] / p['wall_s']:.1f}×** pycocotools "
-            f"(target ≥ 10×) and **{f['wall_s'] / p['wall_s']:.1f}×** faster-coco-eval (target ≥ 3×); peak "
-            f"memory {p['peak_rss_mib']:.0f} MiB vs pycocotools {c['peak_rss_mib']:.0f} MiB "
-            f"(target ≤).")
+            f"- {r['size']} ({r['images']} images, {r['gts']} gts, {r['dets']} detections; files "
+            f"{r['gt_mb']:.0f} + {r['pred_mb']:.0f} MB; {repeats[r['size']]} runs each): wall time posecal "
+            f"is "
+            f"**{c['wall_s'] / p['wall_s']:.1f}×** pycocotools (target ≥ 10×) and "
+            f"**{f['wall_s'] / p['wall_s']:.1f}×** faster-coco-eval (target ≥ 3×); CPU time "
+            f"{c['cpu_s'] / p['cpu_s']:.1f}× and {f['cpu_s'] / p['cpu_s']:.1f}×; peak memory "
+            f"{p['peak_rss_mib']:.0f} MiB vs pycocotools {c['peak_rss_mib']:.0f} MiB (target ≤).")
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"

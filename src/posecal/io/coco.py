@@ -151,6 +151,8 @@ CocoResults.records = property(_get_records, _set_records, doc="the parsed resul
 _KP_ARRAY = re.compile(rb'"keypoints"\s*:\s*\[([-0-9.eE+,\s]*)\]')
 _NUM_CHARS = b"0123456789-+.eE, \t\n\r\x01"
 _NL_TO_SPACE = bytes.maketrans(b"\n\r", b"  ")
+_FAST_MIN_BYTES = 1 << 16  # below this the plain orjson path is as fast
+_FAST_MIN_RECORDS = 64
 
 
 def _fast_keypoints(data: bytes) -> tuple[bytes, np.ndarray] | None:
@@ -160,7 +162,7 @@ def _fast_keypoints(data: bytes) -> tuple[bytes, np.ndarray] | None:
     parses normally, so errors are reported exactly as on the normal path)."""
     parts = _KP_ARRAY.split(data)  # [text, numbers, text, numbers, ..., text]
     nums = parts[1::2]
-    if len(nums) < 64 or b"" in nums:
+    if len(nums) < _FAST_MIN_RECORDS or b"" in nums:
         return None
     joined = b"\x01".join(nums)
     if joined.translate(None, _NUM_CHARS):
@@ -199,7 +201,7 @@ def _read_json(src: Any, file: str | None, locate=None) -> tuple[Any, str | None
         data = bytes(src)
     else:
         return src, file, None
-    if locate is not None and len(data) > 1 << 16 and not os.environ.get("POSECAL_NO_FAST_JSON"):
+    if locate is not None and len(data) >= _FAST_MIN_BYTES and not os.environ.get("POSECAL_NO_FAST_JSON"):
         fast = _fast_keypoints(data)
         if fast is not None:
             try:
@@ -456,11 +458,13 @@ def load_gt(src: str | os.PathLike | dict | bytes, *, file: str | None = None) -
                            for i, v in enumerate(nk_vals)], dtype=np.int64)
 
     images = {int(i): im for i, im in zip(img_ids.tolist(), images_l, strict=True)}
-    return CocoGroundTruth(
+    out = CocoGroundTruth(
         ann_id=ann_id, image_id=image_id, category_id=category_id, keypoints=kps, area=area, bbox=bbox,
         iscrowd=iscrowd, num_keypoints=num_kp, image_ids=np.sort(img_ids), images=images,
         categories=list(cats), keypoint_set=kset, has_area=has_area, path=file,
     )
+    out._fast = fast_kp is not None
+    return out
 
 
 def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | None = None, *,
@@ -590,6 +594,7 @@ def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | No
                       path=file)
     if fast_kp is not None:  # the record dicts get their keypoints lists back on first access
         out.__dict__["_restore_kp"] = fast_kp
+    out._fast = fast_kp is not None
     return out
 
 
