@@ -48,7 +48,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-@dataclass
+@dataclass(eq=False)  # holds arrays: identity comparison
 class Evaluation:
     """Everything :func:`build_output` may report."""
 

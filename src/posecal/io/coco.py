@@ -41,7 +41,7 @@ WHOLEBODY_FIELDS: tuple[tuple[str, str, int], ...] = (
 _PART_SCORE_KEYS = ("body", "foot", "face", "lefthand", "righthand", "wholebody")
 
 
-@dataclass
+@dataclass(eq=False)  # holds arrays: identity comparison
 class CocoGroundTruth:
     """COCO keypoint ground truth as arrays over G annotations (file order) and I images.
 
@@ -94,7 +94,7 @@ class CocoGroundTruth:
         return np.unique(np.array([c["id"] for c in self.categories], dtype=np.int64))
 
 
-@dataclass
+@dataclass(eq=False)  # holds arrays: identity comparison
 class CocoResults:
     """COCO keypoint results as arrays over D detections (file order).
 

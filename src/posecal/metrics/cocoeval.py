@@ -42,7 +42,7 @@ AREA_LABELS = ("all", "medium", "large")
 WHOLEBODY_PARTS = ("body", "foot", "face", "lefthand", "righthand", "wholebody")
 
 
-@dataclass
+@dataclass(eq=False)  # holds arrays: identity comparison
 class CocoEvalResult:
     """Result of :func:`evaluate`.
 
