@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from posecal.errors import PosecalInputError, PosecalWarning
-from posecal.io.coco import CocoGroundTruth, CocoResults, load_gt, load_results
+from posecal.io.coco import CocoGroundTruth, CocoResults, load_gt, load_results, no_gc
 from posecal.metrics.oks import oks_pairs
 
 __all__ = ["CocoEvalResult", "evaluate", "evaluate_wholebody", "summary_lines", "STAT_NAMES", "IOU_THRS",
@@ -216,6 +216,15 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
     Returns:
         :class:`CocoEvalResult` (stats, precision/recall/scores arrays and per-detection matches).
     """
+    with no_gc():
+        return _evaluate(gt, res, sigmas=sigmas, use_area=use_area, flavor=flavor, keypoints=keypoints,
+                         scores=scores, max_dets=max_dets, warn=warn)
+
+
+def _evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *, sigmas: Any = None,
+              use_area: bool = True, flavor: str = "pycocotools", keypoints: Any = None,
+              scores: np.ndarray | None = None, max_dets: int = 20, warn: bool = True) -> CocoEvalResult:
+    # body of evaluate (run with the garbage collector paused)
     if flavor not in ("pycocotools", "xtcocotools"):
         raise ValueError(f"flavor must be 'pycocotools' or 'xtcocotools', not {flavor!r}")
     if not isinstance(gt, CocoGroundTruth):
@@ -395,7 +404,7 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
         real = np.ones(mk.size, dtype=bool) if xt else gt.ann_id[mg] != 0
         if warn and not real.all():
             warnings.warn("a ground-truth annotation with id 0 was matched; pycocotools counts such a match "
-                          "as a false positive (reproduced here)", PosecalWarning, stacklevel=2)
+                          "as a false positive (reproduced here)", PosecalWarning, stacklevel=3)
         ig = g_ig_a[a_of_c[mc], mg] | (~real & d_ig[mc, mk])
         d_ig[mc, mk] = ig
         tp[mc, mk] = real & ~ig
