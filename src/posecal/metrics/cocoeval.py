@@ -432,8 +432,8 @@ def _evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *
             cs = slice(a * T, (a + 1) * T)
             tps = tp[cs][:, sel]
             fps = fp[cs][:, sel]
-            tp_sum = np.cumsum(tps, axis=1).astype(np.float64)
-            fp_sum = np.cumsum(fps, axis=1).astype(np.float64)
+            tp_sum = np.cumsum(tps, axis=1, dtype=np.float64)  # exact: counts < 2**53
+            fp_sum = np.cumsum(fps, axis=1, dtype=np.float64)
             rc = tp_sum / npig
             pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
             if nd:
