@@ -25,14 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {"small": (5_000, 2.2), "large": (50_000, 2.28)}  # images, mean people per image
 FP_PER_IMAGE = 6.0  # mean false-positive detections per image (a person detector's low-score boxes)
 
-SIGMAS = np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87,
-                   0.89, 0.89]) / 10.0
 NAMES = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
          "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
          "right_knee", "left_ankle", "right_ankle"]
@@ -40,6 +36,8 @@ NAMES = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulde
 
 def generate(n_images: int, per_image: float, seed: int, out_dir: Path) -> tuple[Path, Path, int, int]:
     """Write gt.json and pred.json; return their paths and the gt / detection counts."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     n_per = rng.poisson(per_image, n_images)
     G = int(n_per.sum())
@@ -147,7 +145,12 @@ def tools(gp: Path, pp: Path, out_json: Path) -> dict[str, list[str]]:
 
 def bench_size(name: str, n_images: int, per_image: float, seed: int, repeats: int, work: Path) -> dict:
     d = work / name
-    gp, pp, G, D = generate(n_images, per_image, seed, d)
+    # generated in a child process: this parent stays small, so the children's peak RSS is their own
+    # (Linux carries a forked parent's high-water mark into the child's ru_maxrss)
+    out = subprocess.run([sys.executable, __file__, "--generate", str(n_images), str(per_image), str(seed),
+                          str(d)], check=True, capture_output=True, text=True).stdout
+    G, D = (int(v) for v in out.split())
+    gp, pp = d / "gt.json", d / "pred.json"
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     out_json = d / "posecal_out.json"
     row = {"size": name, "images": n_images, "gts": G, "dets": D,
@@ -188,12 +191,9 @@ def machine() -> str:
         pass
     from importlib.metadata import version
 
-    import faster_coco_eval
-    import pycocotools  # noqa: F401
-
     return (f"{cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, "
-            f"numpy {np.__version__}, pycocotools {version('pycocotools')}, "
-            f"faster-coco-eval {faster_coco_eval.__version__}")
+            f"numpy {version('numpy')}, pycocotools {version('pycocotools')}, "
+            f"faster-coco-eval {version('faster-coco-eval')}")
 
 
 def markdown(rows: list[dict], repeats: dict, note: str) -> str:
@@ -248,6 +248,11 @@ def write_doc(section: str) -> Path:
 
 
 def main() -> int:
+    if len(sys.argv) == 6 and sys.argv[1] == "--generate":
+        _, _, n, per, seed, out = sys.argv
+        _, _, G, D = generate(int(n), float(per), int(seed), Path(out))
+        print(G, D)
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=["small", "large"], choices=list(SIZES))
     ap.add_argument("--repeats", type=int, default=None, help="runs per tool (default: 3 small, 2 large)")
