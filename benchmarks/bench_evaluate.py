@@ -262,6 +262,7 @@ def main() -> int:
     ap.add_argument("--note", default="", help="a remark appended to the doc section")
     args = ap.parse_args()
     rows, reps = [], {}
+    load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="posecal-bench-") as tmp:
         work = args.workdir or Path(tmp)
         for name in args.sizes:
@@ -269,7 +270,10 @@ def main() -> int:
             reps[name] = args.repeats or (3 if name == "small" else 2)
             print(f"{name}: generating {n_images} images ...", flush=True)
             rows.append(bench_size(name, n_images, per, args.seed, reps[name], work))
-    md = markdown(rows, reps, args.note)
+    load = (f"Load average (1 min) at start / end: {load0:.1f} / {os.getloadavg()[0]:.1f} on "
+            f"{os.cpu_count()} cores — the machine is shared, so wall times include waiting for a core; "
+            "the CPU column is less affected.")
+    md = markdown(rows, reps, "\n\n".join(x for x in (load, args.note) if x))
     print(md)
     if args.write_doc:
         print(f"wrote {write_doc(md)}")
