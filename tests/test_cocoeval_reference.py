@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from _cocogen import make_coco_set, perturb_gt
 from _cocoref import run_pycocotools, run_xtcocotools
 from posecal.io.coco import load_gt, load_results
-from posecal.keypoints import COCO_WHOLEBODY133, CROWDPOSE14
+from posecal.keypoints import COCO17, COCO_WHOLEBODY133, CROWDPOSE14
 from posecal.metrics.cocoeval import STAT_NAMES, evaluate, evaluate_wholebody
 
 pytest.importorskip("pycocotools")
@@ -152,8 +152,9 @@ def test_fixture_wholebody_parts(shared, seed):
     assert gt.keypoint_set is COCO_WHOLEBODY133 and gt.num_joints == 133
     res = load_results(res_l, gt)
     assert set(res.part_scores) == {"foot", "face", "lefthand", "righthand", "wholebody"}
-    # the body as pycocotools sees the file (gt 'keypoints', COCO sigmas, num_keypoints field)
-    assert_same(evaluate(gt, res, keypoints="body"), run_pycocotools(gt_d, res_l), label="body/pycocotools")
+    # the body as pycocotools sees the file (gt 'keypoints', its COCO sigmas, num_keypoints field)
+    assert_same(evaluate(gt, res, keypoints="body", sigmas=COCO17.sigmas), run_pycocotools(gt_d, res_l),
+                label="body/pycocotools")
     parts = evaluate_wholebody(gt, res)
     for part, r in parts.items():
         idx = list(COCO_WHOLEBODY133.parts[part])
