@@ -167,7 +167,7 @@ def no_gc() -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------------------------
-_KP_ARRAY = re.compile(rb'"keypoints"\s*:\s*\[([-0-9.eE+,\s]*)\]')
+_KP_ARRAY = re.compile(rb'"keypoints"\s*:\s*\[([^\]]*)\]')
 _NUM_CHARS = b"0123456789-+.eE, \t\n\r\x01"
 _NL_TO_SPACE = bytes.maketrans(b"\n\r", b"  ")
 _FAST_MIN_BYTES = 1 << 16  # below this the plain orjson path is as fast
@@ -179,13 +179,26 @@ def _fast_keypoints(data: bytes) -> tuple[bytes, np.ndarray] | None:
     parse them all at once with numpy's C reader (no Python float objects); returns the remaining JSON text
     (with ``"keypoints": []``) and the (N, 3K) array, or None when anything is unusual (the caller then
     parses normally, so errors are reported exactly as on the normal path)."""
-    parts = _KP_ARRAY.split(data)  # [text, numbers, text, numbers, ..., text]
+    parts = _KP_ARRAY.split(data)  # [text, array contents, text, array contents, ..., text]
     nums = parts[1::2]
     if len(nums) < _FAST_MIN_RECORDS or b"" in nums:
         return None
     joined = b"\x01".join(nums)
+    rest = None
     if joined.translate(None, _NUM_CHARS):
-        return None
+        # some "keypoints" arrays are not numbers (the names in categories, nested lists): keep them as text
+        texts, nums = parts[0::2], []
+        out = [texts[0]]
+        for c, t in zip(parts[1::2], texts[1:], strict=True):
+            if c.translate(None, _NUM_CHARS):
+                out.append(b'"keypoints":[' + c + b"]" + t)
+            else:
+                nums.append(c)
+                out.append(b'"keypoints":[]' + t)
+        if len(nums) < _FAST_MIN_RECORDS:
+            return None
+        joined = b"\x01".join(nums)
+        rest = b"".join(out)
     if b"\n" in joined or b"\r" in joined:
         joined = joined.translate(_NL_TO_SPACE)
     joined = joined.replace(b"\x01", b"\n")
@@ -199,7 +212,8 @@ def _fast_keypoints(data: bytes) -> tuple[bytes, np.ndarray] | None:
         return None
     if arr.shape[0] != len(nums):
         return None
-    rest = b'"keypoints":[]'.join(parts[0::2])
+    if rest is None:
+        rest = b'"keypoints":[]'.join(parts[0::2])
     return rest, arr
 
 
