@@ -430,24 +430,34 @@ def _evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *
             if npig == 0:
                 continue
             cs = slice(a * T, (a + 1) * T)
-            tps = tp[cs][:, sel]
-            fps = fp[cs][:, sel]
-            tp_sum = np.cumsum(tps, axis=1, dtype=np.float64)  # exact: counts < 2**53
-            fp_sum = np.cumsum(fps, axis=1, dtype=np.float64)
-            rc = tp_sum / npig
-            pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
-            if nd:
-                recall[:, ci, a, 0] = rc[:, -1]
-                pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-            else:
-                recall[:, ci, a, 0] = 0
+            tps = tp[cs][:, sel]  # (T, nd) in pycocotools' global score order
+            igs = d_ig[cs][:, sel]
             for t in range(T):
-                inds = np.searchsorted(rc[t], REC_THRS, side="left")
-                valid = inds < nd
+                # pycocotools' cumulative tp/fp curves change only at true positives, and the precision
+                # envelope is read only where recall first reaches a threshold — always a true positive
+                # (or position 0 for recall 0). So the curves are evaluated at the true positives only;
+                # fp = position + 1 - tp - ignored, all exact integers in float64 as in pycocotools.
+                tp_pos = np.flatnonzero(tps[t])
+                n_tp = tp_pos.size
                 q = np.zeros(R)
                 ss = np.zeros(R)
-                q[valid] = pr[t, inds[valid]]
-                ss[valid] = sc[inds[valid]]
+                if nd == 0:
+                    recall[t, ci, a, 0] = 0
+                else:
+                    tp_sum = np.arange(1, n_tp + 1, dtype=np.float64)
+                    ig_before = np.searchsorted(np.flatnonzero(igs[t]), tp_pos, side="right")
+                    fp_sum = (tp_pos + 1 - ig_before).astype(np.float64) - tp_sum
+                    rc = tp_sum / npig
+                    pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
+                    env = np.maximum.accumulate(pr[::-1])[::-1]
+                    recall[t, ci, a, 0] = rc[-1] if n_tp else 0.0
+                    k = np.searchsorted(rc, REC_THRS, side="left")
+                    valid = k < n_tp
+                    q[valid] = env[k[valid]]
+                    ss[valid] = sc[tp_pos[k[valid]]]
+                    if REC_THRS[0] <= 0:  # recall 0 is reached at position 0, whatever it holds
+                        q[0] = env[0] if n_tp else 0.0
+                        ss[0] = sc[0]
                 precision[t, :, ci, a, 0] = q
                 score_arr[t, :, ci, a, 0] = ss
 
