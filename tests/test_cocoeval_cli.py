@@ -101,14 +101,20 @@ def test_crowdpose_without_area(shared, tmp_path):
 
 
 def test_wholebody_reports_parts(shared, tmp_path):
+    pytest.importorskip("pycocotools")
     gt_path = shared("data", "mmpose-fixtures", "coco", "test_coco_wholebody.json")
-    pred = _write(tmp_path / "pred.json", perturb_gt(json.loads(gt_path.read_text()), 2, parts=True))
+    gt = json.loads(gt_path.read_text())
+    res = perturb_gt(gt, 2, parts=True)
+    pred = _write(tmp_path / "pred.json", res)
     out = tmp_path / "o.json"
     rc, stdout, err = _run(["evaluate", "--gt", str(gt_path), "--pred", str(pred), "--json", str(out)])
     assert rc == 0, err
     doc = json.loads(out.read_text())
     assert set(doc["wholebody"]) == {"body", "foot", "face", "lefthand", "righthand", "wholebody"}
     assert "foot" in stdout
+    # "coco" is what pycocotools reports for the file (body keypoints)
+    _, ref_stats = _pycocotools_summary(gt, res)
+    np.testing.assert_array_equal([doc["coco"][k] for k in STAT_NAMES], ref_stats)
 
 
 def _bad_cases(gt: dict, res: list):
