@@ -2,9 +2,12 @@
 
     posecal evaluate --gt GT.json --pred PRED.json [--sigmas S ... | --keypoint-set NAME]
                      [--use-area | --no-use-area] [--flavor pycocotools|xtcocotools] [--json OUT.json]
+                     [--report DIR [--random-seeds N]]
 
 Prints pycocotools' 10-line summary; ``--json`` writes ``{"coco": {"AP": ..., ..., "ARl": ...}, ...}``
-atomically. Bad input: one error line, exit code 2, no output file.
+atomically. Bad input: one error line, exit code 2, no output file. ``--report DIR`` adds the
+calibration audit (:mod:`posecal.calibration`): a compact table, a ``"calibration"`` block in the JSON,
+and ``DIR/metrics.json``, PNG figures and ``DIR/index.html``.
 
 Structure (for extensions such as a calibration report): :func:`load_inputs` → :func:`compute` →
 :func:`build_output` (the one place the output dict is assembled) → :func:`emit`; :func:`run` only chains
@@ -45,6 +48,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--flavor", choices=("pycocotools", "xtcocotools"), default="pycocotools",
                    help="reference to reproduce (default pycocotools)")
     p.add_argument("--json", metavar="OUT.json", help="write the numbers as JSON (atomic)")
+    p.add_argument("--report", metavar="DIR", help="calibration audit: metrics.json, figures, index.html "
+                   "in DIR (needs matplotlib) and a 'calibration' block in --json")
+    p.add_argument("--random-seeds", type=int, default=5, metavar="N",
+                   help="seeds for the AP with random confidence of --report (default 5)")
     return p
 
 
@@ -59,6 +66,7 @@ class Evaluation:
     use_area: bool
     parts: dict[str, Any] = field(default_factory=dict)  # WholeBody part -> CocoEvalResult
     notes: list[str] = field(default_factory=list)
+    calibration: Any = None  # posecal.calibration.audit.Audit with --report
 
 
 def _parse_sigmas(args: argparse.Namespace, gt) -> tuple[Any, str]:
@@ -114,9 +122,19 @@ def compute(args: argparse.Namespace, gt, res) -> Evaluation:
         # the body as pycocotools evaluates the file, plus xtcocotools' part-wise AP with part scores
         result = evaluate(gt, res, use_area=use_area, flavor=args.flavor, keypoints="body")
         parts = evaluate_wholebody(gt, res, use_area=use_area)
-        return Evaluation(gt, res, result, source, use_area, parts, notes)
-    result = evaluate(gt, res, sigmas=sigmas, use_area=use_area, flavor=args.flavor)
-    return Evaluation(gt, res, result, source, use_area, {}, notes)
+        ev = Evaluation(gt, res, result, source, use_area, parts, notes)
+    else:
+        result = evaluate(gt, res, sigmas=sigmas, use_area=use_area, flavor=args.flavor)
+        ev = Evaluation(gt, res, result, source, use_area, {}, notes)
+    if getattr(args, "report", None):
+        from posecal.calibration.audit import run_audit
+
+        if ev.parts:
+            notes.append("calibration audit over all keypoints of the whole body (COCO summary: body)")
+        ev.calibration = run_audit(gt, res, None if ev.parts else result, sigmas=sigmas,
+                                   n_random=args.random_seeds,
+                                   evaluate_kwargs={"use_area": use_area, "flavor": args.flavor})
+    return ev
 
 
 def build_output(args: argparse.Namespace, ev: Evaluation) -> dict:
@@ -135,6 +153,8 @@ def build_output(args: argparse.Namespace, ev: Evaluation) -> dict:
     }
     if ev.parts:
         out["wholebody"] = {p: {k: float(v) for k, v in r.stats.items()} for p, r in ev.parts.items()}
+    if ev.calibration is not None:
+        out["calibration"] = ev.calibration.metrics
     return out
 
 
@@ -152,14 +172,40 @@ def emit(args: argparse.Namespace, ev: Evaluation, out: dict) -> None:
         for p, r in ev.parts.items():
             s = r.stats
             lines.append(f"  {p:<10} {s['AP']:6.3f} {s['AP50']:6.3f} {s['AP75']:6.3f} {s['AR']:6.3f}")
+    if ev.calibration is not None:
+        from posecal.calibration.audit import format_summary
+
+        lines += ["", format_summary(ev.calibration.metrics)]
     sys.stdout.write("\n".join(lines) + "\n")
+    if ev.calibration is not None:
+        from posecal.calibration.report import write_report
+
+        write_report(ev.calibration, args.report, document=out)
+        print(f"posecal evaluate: report written to {args.report}/index.html", file=sys.stderr)
     if args.json:
         from posecal._util import write_json_atomic
 
         write_json_atomic(args.json, out)
 
 
+def _check_report_dir(args: argparse.Namespace) -> None:
+    """Fail before any work when --report cannot be written."""
+    import importlib.util
+    from pathlib import Path
+
+    if not getattr(args, "report", None):
+        return
+    if importlib.util.find_spec("matplotlib") is None:
+        raise PosecalInputError("needs matplotlib: pip install 'posecal[report]'", None, None, "--report")
+    d = Path(args.report)
+    if d.exists() and not d.is_dir():
+        raise PosecalInputError("exists and is not a directory", str(d), None, "--report")
+    if args.random_seeds < 0:
+        raise PosecalInputError("must be >= 0", None, None, "--random-seeds")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_report_dir(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         gt, res = load_inputs(args)
