@@ -67,13 +67,16 @@ class SimulatedDataset:
         expected_oks: ``(N, K)`` true expected OKS (Eq. 11) of the heatmap model's prediction, for every
             keypoint (COCO only counts v > 0).   expected_oks_rle: same for the RLE model.
         expected_instance_oks: ``(N,)`` mean of ``expected_oks`` over v > 0 (the expected instance OKS).
-        features: ``(N, C)`` synthetic penultimate features: a fixed random projection of per-keypoint
-            ``log(sigma/sqrt(area))``, ``log(Delta/sqrt(area))``, visibility flags and ``log area``, plus
-            noise; enough to recover ``expected_oks`` with a learned head.
+        features: ``(N, C)`` synthetic penultimate features: a fixed random projection (``feature_seed``) of
+            per-keypoint ``log(sigma / l)``, ``log(Delta / l + 0.01)`` (``l = 2 k sqrt(area)``), visibility
+            flags and ``log area / 10``, plus Gaussian noise; a learned head recovers ``expected_oks``.
         features_kpt: ``(N, K, Ck)`` per-keypoint form of the same (projection of the keypoint's own
             descriptors and a keypoint embedding).
-        heatmaps: ``(N, K, H, W)`` float32 rendered heatmaps ``o* exp(-||m - p_hat||^2 / (2 w*^2))`` in heatmap
-            pixels, or None unless ``render_heatmaps=True``.
+        features_spatial: ``(N, Ck, H, W)`` float32 spatial form, or None unless ``spatial_size`` is given:
+            per-keypoint projected descriptors as unit-width Gaussian blobs at the predicted keypoint's
+            position in the crop (cells), summed over keypoints, plus noise.
+        heatmaps: ``(N, K, H, W)`` float32 rendered maps ``o* exp(-||m - p_hat||^2 / (2 w*^2))``
+            (heatmap pixels), or None unless ``render_heatmaps=True``.
         heatmap_size: ``(W, H)``; input_size: ``(W, H)``; target_sigma: ``l~`` (heatmap px).
         label: always ``"simulation"``.
     """
@@ -100,6 +103,7 @@ class SimulatedDataset:
     expected_instance_oks: np.ndarray
     features: np.ndarray
     features_kpt: np.ndarray
+    features_spatial: np.ndarray | None = None
     heatmaps: np.ndarray | None = None
     heatmap_size: tuple[int, int] = (48, 64)
     input_size: tuple[int, int] = (192, 256)
@@ -131,6 +135,7 @@ def simulate(
     feature_dim: int = 128,
     feature_kpt_dim: int = 16,
     feature_noise: float = 0.05,
+    feature_seed: int = 0,
     heatmap_size: tuple[int, int] = (48, 64),
     input_size: tuple[int, int] = (192, 256),
     target_sigma: float = 2.0,
@@ -144,15 +149,17 @@ def simulate(
     p_occluded: float = 0.15,
     p_unlabelled: float = 0.08,
     render_heatmaps: bool = False,
+    spatial_size: tuple[int, int] | None = None,
 ) -> SimulatedDataset:
     """Generate a SIMULATION dataset (see the module docstring for the generative model).
 
     Args:
         n: number of instances (= images).
-        seed: all randomness derives from ``np.random.default_rng(seed)``; the feature projection is fixed
-            by ``seed`` too.
+        seed: all data randomness derives from ``np.random.default_rng(seed)``.
         feature_dim / feature_kpt_dim: C and Ck of ``features`` / ``features_kpt``.
         feature_noise: std of the Gaussian noise added to the features.
+        feature_seed: fixes the random feature projection (the simulated "network"); it does not depend on
+            ``seed``, so splits drawn with different seeds share one feature space.
         heatmap_size, input_size, target_sigma, padding: the simulated top-down heatmap model
             (64x48 maps, 256x192 input, l~ = 2 heatmap px, crop padding 1.25 — SBL/MMPose defaults).
         gamma_median, gamma_spread, image_difficulty: ``sigma = gamma k sqrt(area)`` with
@@ -163,6 +170,7 @@ def simulate(
         score_noise: std of the log-normal multiplicative noise on keypoint scores.
         p_occluded, p_unlabelled: probabilities of v=1 and v=0 per keypoint.
         render_heatmaps: also render ``heatmaps (N, K, H, W)`` float32 (memory: N*K*H*W*4 bytes).
+        spatial_size: ``(W, H)``: also build ``features_spatial (N, Ck, H, W)`` float32.
     """
     rng = np.random.default_rng(seed)
     K = COCO17.num_keypoints
@@ -198,6 +206,7 @@ def simulate(
     sigma = np.exp(log_gamma) * k[None] * np.sqrt(area)[:, None]
     # 4. annotation
     gt_xy = mu + sigma[..., None] * rng.standard_normal((n, K, 2))
+
     # 5. predictions (two independent models)
     def _pred():
         d = pred_error * sigma[..., None] * rng.standard_normal((n, K, 2))
@@ -232,12 +241,12 @@ def simulate(
     lab = vis > 0
     inst_eoks = (eoks * lab).sum(1) / lab.sum(1)
     # features
-    frng = np.random.default_rng([seed, 7919])
-    sq = np.sqrt(area)[:, None]
+    frng = np.random.default_rng([feature_seed, 7919])  # the 'network': fixed across data seeds
+    sq = 2.0 * k[None] * np.sqrt(area)[:, None]  # l: descriptors in OKS units
     desc = np.concatenate(
         [
             np.log(sigma / sq),
-            np.log(np.sqrt(delta2_hm) / sq + 1e-3),
+            np.log(np.sqrt(delta2_hm) / sq + 1e-2),
             (vis == 2).astype(float),
             (vis == 1).astype(float),
             np.log(area)[:, None] / 10.0,
@@ -249,7 +258,7 @@ def simulate(
     kdesc = np.stack(
         [
             np.log(sigma / sq),
-            np.log(np.sqrt(delta2_hm) / sq + 1e-3),
+            np.log(np.sqrt(delta2_hm) / sq + 1e-2),
             (vis == 2).astype(float),
             (vis == 1).astype(float),
             np.broadcast_to(np.log(area)[:, None] / 10.0, (n, K)),
@@ -260,6 +269,20 @@ def simulate(
     kdesc = np.concatenate([kdesc, np.broadcast_to(kemb[None], (n, K, 3))], -1)
     kproj = frng.normal(0, 1.0 / np.sqrt(kdesc.shape[-1]), (kdesc.shape[-1], feature_kpt_dim))
     features_kpt = kdesc @ kproj + feature_noise * rng.standard_normal((n, K, feature_kpt_dim))
+    features_spatial = None
+    if spatial_size is not None:
+        # per-keypoint vectors (a second fixed projection of the keypoint descriptors) placed as unit-width
+        # Gaussian blobs at the predicted keypoint's position in the crop, summed over keypoints
+        Ws, Hs = spatial_size
+        sproj = frng.normal(0, 1.0 / np.sqrt(kdesc.shape[-1]), (kdesc.shape[-1], feature_kpt_dim))
+        fk = kdesc @ sproj  # (N, K, Cs)
+        u = (pred_hm[..., 0] - (crop[:, 0] - 0.5 * crop[:, 2])[:, None]) / crop[:, 2][:, None] * Ws - 0.5
+        v = (pred_hm[..., 1] - (crop[:, 1] - 0.5 * crop[:, 3])[:, None]) / crop[:, 3][:, None] * Hs - 0.5
+        bx = np.exp(-0.5 * (np.arange(Ws)[None, None] - u[..., None]) ** 2)  # (N, K, Ws)
+        by = np.exp(-0.5 * (np.arange(Hs)[None, None] - v[..., None]) ** 2)  # (N, K, Hs)
+        features_spatial = np.einsum("nkh,nkw,nkc->nchw", by, bx, fk, optimize=True)
+        features_spatial += feature_noise * rng.standard_normal(features_spatial.shape)
+        features_spatial = features_spatial.astype(np.float32)
     heatmaps = None
     if render_heatmaps:
         Wh, Hh = heatmap_size
@@ -279,7 +302,12 @@ def simulate(
     gt = {
         "info": {"description": f"posecal {LABEL} (synthetic data, seed {seed})"},
         "images": [
-            {"id": int(image_id[i]), "width": int(W_img[i]), "height": int(H_img[i]), "file_name": f"sim_{i:06d}"}
+            {
+                "id": int(image_id[i]),
+                "width": int(W_img[i]),
+                "height": int(H_img[i]),
+                "file_name": f"sim_{i:06d}",
+            }
             for i in range(n)
         ],
         "annotations": [
@@ -296,7 +324,13 @@ def simulate(
             for i in range(n)
         ],
         "categories": [
-            {"id": 1, "name": "person", "supercategory": "person", "keypoints": list(COCO17.names), "skeleton": []}
+            {
+                "id": 1,
+                "name": "person",
+                "supercategory": "person",
+                "keypoints": list(COCO17.names),
+                "skeleton": [],
+            }
         ],
     }
     return SimulatedDataset(
@@ -322,6 +356,7 @@ def simulate(
         expected_instance_oks=inst_eoks,
         features=features,
         features_kpt=features_kpt,
+        features_spatial=features_spatial,
         heatmaps=heatmaps,
         heatmap_size=tuple(heatmap_size),
         input_size=tuple(input_size),
