@@ -1,0 +1,149 @@
+"""(confidence, accuracy) pairs from the evaluator's matches — the input of every calibration metric.
+
+Choice of matches (documented, used everywhere in the audit):
+
+* **Instance level** — one pair per detection that the evaluator *counts* at OKS threshold 0.50
+  (index 0 of ``det_gt`` / ``det_oks``): ``det_evaluated`` (inside maxDets = 20 per image and the
+  evaluated category) and not ``det_ignored[0]`` (not absorbed by a crowd / unlabelled gt). Confidence is
+  the detection's instance ``score``; accuracy is ``det_oks[0]``, the OKS with the gt it is greedily
+  matched to at threshold 0.50, and **0 when it is unmatched** (a false positive, including duplicates
+  and detections whose best OKS is below 0.50). This is the accuracy that COCO AP rewards.
+* **Keypoint level** — one row per *matched* instance pair (``det_gt[0] >= 0``); unmatched detections
+  have no gt keypoints and give no keypoint pairs. Per keypoint: the predicted keypoint score (third
+  value of the result's ``keypoints``), the per-keypoint OKS
+  ``exp(-d^2 / (2 (2 sigma_k)^2 (area + eps)))`` of the detection vs its matched gt (gt ``area``;
+  :func:`posecal.metrics.oks.keypoint_oks`, paper Eq. 6–7 per term; NaN where gt v == 0), the gt
+  visibility flag v in {0, 1, 2}, the predicted visibility when the results carry ``"visibility"``, and
+  PCK@alpha normalised by the gt box's longer side. Metrics on OKS/PCK use the entries with gt v > 0;
+  the visibility metrics and the visible/occluded distributions use all K entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from posecal.metrics.oks import box_size, keypoint_oks, oks_matrix, pck_correct
+
+__all__ = ["InstancePairs", "KeypointPairs", "instance_pairs", "keypoint_pairs", "best_oks"]
+
+
+@dataclass(frozen=True)
+class InstancePairs:
+    """N counted detections: ``det_index (N,)`` rows of the results, ``gt_index (N,)`` matched gt row
+    or −1, ``confidence (N,)`` instance score, ``oks (N,)`` OKS with the matched gt (0 if unmatched)."""
+
+    det_index: np.ndarray
+    gt_index: np.ndarray
+    confidence: np.ndarray
+    oks: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.det_index.size)
+
+
+@dataclass(frozen=True)
+class KeypointPairs:
+    """M matched detections × K keypoints: ``det_index (M,)``, ``gt_index (M,)``, ``score (M, K)``
+    keypoint score, ``oks (M, K)`` per-keypoint OKS (NaN where gt v == 0), ``gt_v (M, K)`` int in {0,1,2},
+    ``visibility (M, K) | None`` predicted visibility, ``pck (M, K)`` PCK@``pck_alpha`` (NaN where
+    v == 0 or the gt box is empty)."""
+
+    det_index: np.ndarray
+    gt_index: np.ndarray
+    score: np.ndarray
+    oks: np.ndarray
+    gt_v: np.ndarray
+    visibility: np.ndarray | None
+    pck: np.ndarray
+    pck_alpha: float
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """``(M, K)`` bool: gt v > 0 (the keypoints that OKS counts)."""
+        return self.gt_v > 0
+
+
+def instance_pairs(ev: Any, res: Any, threshold_index: int = 0) -> InstancePairs:
+    """Instance pairs from a ``CocoEvalResult`` ``ev`` and the ``CocoResults`` ``res`` it evaluated.
+
+    Uses ``ev.det_evaluated (D,)``, ``ev.det_ignored (T, D)``, ``ev.det_gt (T, D)``, ``ev.det_oks (T, D)``
+    at ``threshold_index`` (0 = OKS 0.50); see the module docstring for the choice.
+    """
+    t = threshold_index
+    sel = np.asarray(ev.det_evaluated, dtype=bool) & ~np.asarray(ev.det_ignored[t], dtype=bool)
+    det = np.flatnonzero(sel)
+    gt_index = np.asarray(ev.det_gt[t], dtype=np.int64)[det]
+    oks = np.where(gt_index >= 0, np.asarray(ev.det_oks[t], dtype=np.float64)[det], 0.0)
+    return InstancePairs(
+        det_index=det,
+        gt_index=gt_index,
+        confidence=np.asarray(res.score, dtype=np.float64)[det],
+        oks=oks,
+    )
+
+
+def keypoint_pairs(
+    inst: InstancePairs, gt: Any, res: Any, sigmas: np.ndarray, pck_alpha: float = 0.1
+) -> KeypointPairs:
+    """Keypoint pairs of the matched instance pairs (``inst.gt_index >= 0``).
+
+    ``gt`` a ``CocoGroundTruth`` (``keypoints (G, K, 3)``, ``area (G,)``, ``bbox (G, 4)``), ``res`` a
+    ``CocoResults`` (``keypoints (D, K, 3)``, ``visibility (D, K) | None``), ``sigmas (K,)``.
+    PCK is normalised by ``max(w, h)`` of the matched gt box (image pixels).
+    """
+    m = inst.gt_index >= 0
+    det, g = inst.det_index[m], inst.gt_index[m]
+    pred = np.asarray(res.keypoints, dtype=np.float64)[det]
+    gk = np.asarray(gt.keypoints, dtype=np.float64)[g]
+    k = gk.shape[1] if gk.ndim == 3 else np.asarray(sigmas).size
+    pred = pred.reshape(-1, k, 3)
+    gk = gk.reshape(-1, k, 3)
+    if det.size:
+        oks = np.asarray(keypoint_oks(pred[..., :2], gk, np.asarray(gt.area, float)[g], sigmas), float)
+    else:
+        oks = np.zeros((0, k))
+    bbox = np.asarray(gt.bbox, dtype=np.float64)[g].reshape(-1, 4)
+    vis = getattr(res, "visibility", None)
+    return KeypointPairs(
+        det_index=det,
+        gt_index=g,
+        score=pred[..., 2],
+        oks=oks,
+        gt_v=gk[..., 2].astype(np.int64),
+        visibility=None if vis is None else np.asarray(vis, dtype=np.float64)[det].reshape(-1, k),
+        pck=pck_correct(pred, gk, box_size(bbox), pck_alpha),
+        pck_alpha=pck_alpha,
+    )
+
+
+def best_oks(gt: Any, res: Any, sigmas: np.ndarray, category_id: int | None = None) -> np.ndarray:
+    """``(D,)`` the OKS of each detection with its best-matching gt of the same image (and category):
+    the max over that image's non-crowd gts with at least one labelled keypoint, 0 if there is none.
+    This is the *oracle confidence* of the paper's Fig. 1 (pycocotools-exact OKS,
+    :func:`posecal.metrics.oks.oks_matrix`)."""
+    d_img = np.asarray(res.image_id, dtype=np.int64)
+    out = np.zeros(d_img.size, dtype=np.float64)
+    g_ok = ~np.asarray(gt.iscrowd, dtype=bool) & (np.asarray(gt.keypoints)[..., 2] > 0).any(axis=-1)
+    if category_id is not None:
+        g_ok &= np.asarray(gt.category_id) == category_id
+    g_img = np.asarray(gt.image_id, dtype=np.int64)
+    g_sel = np.flatnonzero(g_ok)
+    order = np.argsort(g_img[g_sel], kind="stable")
+    g_sel = g_sel[order]
+    g_sorted = g_img[g_sel]
+    dkp = np.asarray(res.keypoints, dtype=np.float64)
+    d_order = np.argsort(d_img, kind="stable")
+    imgs, d_start = np.unique(d_img[d_order], return_index=True)
+    d_end = np.r_[d_start[1:], d_img.size]
+    for img, a, b in zip(imgs, d_start, d_end, strict=True):
+        lo, hi = np.searchsorted(g_sorted, img, "left"), np.searchsorted(g_sorted, img, "right")
+        if lo == hi:
+            continue
+        gi = g_sel[lo:hi]
+        di = d_order[a:b]
+        o = np.asarray(oks_matrix(dkp[di], np.asarray(gt.keypoints)[gi], np.asarray(gt.area)[gi], sigmas))
+        out[di] = o.max(axis=1)
+    return out

@@ -1,0 +1,241 @@
+"""Calibration report: ``metrics.json``, PNG figures and ``index.html`` in a directory.
+
+The only module of posecal that imports matplotlib (the ``report`` extra), with the Agg backend.
+Every file is written atomically (temporary file + rename), and ``index.html`` is written last and
+references only the figures that were written.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from posecal._util import atomic_path, write_bytes_atomic, write_json_atomic
+from posecal.calibration.audit import PRIMARY_KEYS, Audit
+
+__all__ = ["FIGURES", "write_report"]
+
+FIGURES = {
+    "pr_curves.png": "Precision–recall at OKS 0.50 / 0.75 with original, oracle (= OKS) and random "
+    "confidence (paper Fig. 1)",
+    "reliability.png": "Reliability diagram: mean OKS vs mean confidence per bin, with the confidence "
+    "histogram",
+    "sparsification.png": "Sparsification curves (remove the least confident fraction; mean error of the "
+    "rest) with the oracle",
+    "visibility_scores.png": "Keypoint confidence of visible / occluded / unlabelled keypoints "
+    "(paper Fig. 4a)",
+}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _no_data(ax, msg: str = "no data") -> None:
+    ax.text(0.5, 0.5, msg, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4f}" if math.isfinite(v) else "n/a"
+    return str(v)
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def _fig_pr(plt, a: Audit, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    rec = a.curves["recall"]
+    styles = {"original": ("C0", "-"), "oracle": ("C2", "--"), "random": ("C3", ":")}
+    labels = {"original": "original", "oracle": "oracle (conf = OKS)", "random": "random (mean over seeds)"}
+    for ax, thr in zip(axes, (0.5, 0.75), strict=True):
+        drawn = False
+        for name, curves in a.curves["pr"].items():
+            p = curves.get(thr)
+            if p is None or not np.isfinite(p).any():
+                continue
+            valid = np.isfinite(p)
+            ap = float(np.mean(np.where(valid, p, 0.0)))
+            c, ls = styles.get(name, ("k", "-"))
+            ax.plot(rec[valid], p[valid], color=c, ls=ls, label=f"{labels.get(name, name)}: AP {ap:.3f}")
+            drawn = True
+        if not drawn:
+            _no_data(ax)
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision", title=f"OKS {thr:.2f}")
+        if drawn:
+            ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _fig_reliability(plt, a: Audit, path: Path) -> None:
+    fig, (ax, axh) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=(3, 1.3), sharex=True)
+    r = a.curves["reliability"].get("ece")
+    if r is None:
+        _no_data(ax)
+        _no_data(axh)
+    else:
+        ok = r.count > 0
+        lo, hi = float(r.edges[0]), float(r.edges[-1])
+        centers = 0.5 * (r.edges[:-1] + r.edges[1:])
+        width = np.diff(r.edges)
+        ax.bar(
+            centers[ok], r.mean_target[ok], width=width[ok] * 0.9, color="C0", alpha=0.75, label="mean OKS"
+        )
+        ax.plot(
+            r.mean_confidence[ok], r.mean_target[ok], "o", color="C1", ms=4, label="(mean conf, mean OKS)"
+        )
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="perfect calibration")
+        ax.set(
+            ylabel="mean OKS in bin",
+            ylim=(0, max(1.0, hi)),
+            title=f"instance level: ECE {r.ece:.3f}, MCE {r.mce:.3f} ({r.count.size} equal-width bins)",
+        )
+        ax.legend(loc="upper left", fontsize=8)
+        axh.hist(a.curves["instance_confidence"], bins=r.edges, color="0.5")
+        axh.set(xlabel="instance confidence", ylabel="count")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _fig_sparsification(plt, a: Audit, path: Path) -> None:
+    panels = [
+        ("ause_instance", "instance, error = 1 − OKS"),
+        ("ause_keypoint", "keypoint, error = 1 − OKS"),
+        ("ause_instance_pck", f"instance, error = 1 − PCK@{a.metrics.get('pck_alpha')}"),
+        ("ause_keypoint_pck", f"keypoint, error = 1 − PCK@{a.metrics.get('pck_alpha')}"),
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
+    for ax, (key, title) in zip(axes.ravel(), panels, strict=True):
+        s = a.curves["sparsification"].get(key)
+        if s is None:
+            _no_data(ax, a.metrics.get(key + "_reason") or "no data")
+            ax.set_title(title, fontsize=10)
+            continue
+        ax.plot(s.fraction, s.curve, color="C0", label="confidence")
+        ax.plot(s.fraction, s.oracle, color="C2", ls="--", label="oracle")
+        ax.plot(s.fraction, s.worst, color="C3", ls=":", label="reversed oracle")
+        ax.set(
+            xlim=(0, 1), xlabel="fraction removed (least confident first)", ylabel="mean error of the rest"
+        )
+        ax.set_title(f"{title}: AUSE {s.ause:.4f}", fontsize=10)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _fig_visibility(plt, a: Audit, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups = {k: v for k, v in a.curves["score_by_visibility"].items() if v.size}
+    if not groups:
+        _no_data(ax)
+    else:
+        allv = np.concatenate(list(groups.values()))
+        edges = np.linspace(min(0.0, float(allv.min())), max(1.0, float(allv.max())), 31)
+        for i, (name, x) in enumerate(groups.items()):
+            ax.hist(
+                x,
+                bins=edges,
+                density=True,
+                histtype="step",
+                lw=1.8,
+                color=f"C{i}",
+                label=f"{name}, n={x.size}",
+            )
+        ax.legend(fontsize=8)
+    ax.set(xlabel="keypoint confidence", ylabel="density", title="keypoint confidence by gt visibility")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _html(a: Audit, figures: list[str], coco: dict[str, Any], title: str) -> str:
+    m = a.metrics
+    rows = []
+    for k in PRIMARY_KEYS:
+        reason = m.get(k + "_reason")
+        rows.append(f"<tr><td>{k}</td><td>{_fmt(m.get(k))}</td><td>{html.escape(reason or '')}</td></tr>")
+    extra = [
+        k
+        for k, v in m.items()
+        if k not in PRIMARY_KEYS
+        and not k.endswith("_reason")
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+    ]
+    for k in extra:
+        reason = html.escape(m.get(k + "_reason") or "")
+        rows.append(f"<tr><td>{k}</td><td>{_fmt(m.get(k))}</td><td>{reason}</td></tr>")
+    vis = m.get("visibility", {})
+    for k in ("auroc", "ap", "brier", "auroc_keypoint_score"):
+        rows.append(
+            f"<tr><td>visibility.{k}</td><td>{_fmt(vis.get(k))}</td>"
+            f"<td>{html.escape(vis.get(k + '_reason') or '')}</td></tr>"
+        )
+    coco_rows = "".join(f"<tr><td>{k}</td><td>{_fmt(float(v))}</td></tr>" for k, v in coco.items())
+    figs = "".join(
+        f'<figure><img src="{html.escape(f)}" alt="{html.escape(f)}"><figcaption>{html.escape(FIGURES[f])}'
+        f"</figcaption></figure>"
+        for f in figures
+    )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in m.get("notes", []))
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:1em auto}}table{{border-collapse:collapse}}
+td{{border:1px solid #ccc;padding:2px 8px}}img{{max-width:100%}}figure{{margin:1em 0}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<p><a href="metrics.json">metrics.json</a>. Pairs: {html.escape(m.get("pairs", ""))}</p>
+<h2>Calibration</h2><table><tr><td><b>metric</b></td><td><b>value</b></td><td><b>why n/a</b></td></tr>
+{"".join(rows)}</table><ul>{notes}</ul>
+<h2>COCO keypoint AP / AR</h2><table>{coco_rows}</table>
+<h2>Figures</h2>{figs}
+</body></html>
+"""
+
+
+def write_report(
+    a: Audit,
+    out_dir: str | Path,
+    *,
+    coco: dict[str, Any] | None = None,
+    title: str = "posecal calibration report",
+) -> dict[str, Path]:
+    """Write ``metrics.json`` (``{"coco": ..., "calibration": ...}``), the PNG figures of :data:`FIGURES`
+    and ``index.html`` into ``out_dir`` (created). Returns ``{name: path}`` of the files written."""
+    plt = _plt()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    makers = {
+        "pr_curves.png": _fig_pr,
+        "reliability.png": _fig_reliability,
+        "sparsification.png": _fig_sparsification,
+        "visibility_scores.png": _fig_visibility,
+    }
+    for name, fn in makers.items():
+        fn(plt, a, out / name)
+        written[name] = out / name
+    coco = a.coco if coco is None else coco
+    write_json_atomic(out / "metrics.json", {"coco": coco, "calibration": a.metrics})
+    written["metrics.json"] = out / "metrics.json"
+    figs = [f for f in FIGURES if f in written and (out / f).is_file()]
+    write_bytes_atomic(out / "index.html", _html(a, figs, coco, title).encode())
+    written["index.html"] = out / "index.html"
+    return written

@@ -1,0 +1,1 @@
+"""Accuracy metrics: OKS, PCK, EPE and the exact COCO keypoint evaluator."""

@@ -1,0 +1,108 @@
+"""Pairs from evaluator matches: selection rules, per-keypoint OKS, and the oracle OKS vs pycocotools."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from calib_helpers import COCO_MINI, perturb_gt
+from posecal.calibration.pairs import best_oks, instance_pairs, keypoint_pairs
+from posecal.io.coco import load_gt, load_results
+from posecal.keypoints import COCO17
+
+
+def _tiny():
+    kp = [0.0] * 51
+    kp[0:3] = [10, 10, 2]
+    kp[3:6] = [20, 10, 1]
+    gt = {
+        "images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],
+        "categories": [{"id": 1, "name": "person", "keypoints": list(COCO17.names), "skeleton": []}],
+        "annotations": [
+            {"id": 5, "image_id": 1, "category_id": 1, "keypoints": kp, "num_keypoints": 2, "area": 400.0,
+             "bbox": [5, 5, 20, 10], "iscrowd": 0},
+            {"id": 6, "image_id": 2, "category_id": 1, "keypoints": kp, "num_keypoints": 2, "area": 900.0,
+             "bbox": [5, 5, 30, 30], "iscrowd": 0},
+        ],
+    }  # fmt: skip
+    dets = []
+    for i in range(4):
+        k = np.zeros((17, 3))
+        k[0] = [13, 14, 0.9]  # 5 px from gt keypoint 0
+        k[1] = [20, 10, 0.4]
+        dets.append({"image_id": 1, "category_id": 1, "keypoints": k.ravel().tolist(), "score": 0.1 * (i + 1),
+                     "visibility": [0.5] * 17})  # fmt: skip
+    return load_gt(gt), load_results(dets)
+
+
+def test_instance_pairs_selection_and_unmatched_zero():
+    gt, res = _tiny()
+    T = 10
+    ev = SimpleNamespace(
+        det_evaluated=np.array([True, True, True, False]),
+        det_ignored=np.tile(np.array([False, False, True, False]), (T, 1)),
+        det_gt=np.tile(np.array([0, -1, -1, -1]), (T, 1)),
+        det_oks=np.tile(np.array([0.8, 0.3, 0.0, 0.0]), (T, 1)),  # unmatched must read as 0 whatever is there
+    )
+    p = instance_pairs(ev, res)
+    assert p.det_index.tolist() == [0, 1]
+    assert p.gt_index.tolist() == [0, -1]
+    np.testing.assert_allclose(p.oks, [0.8, 0.0])
+    np.testing.assert_allclose(p.confidence, [0.1, 0.2])
+
+    kp = keypoint_pairs(p, gt, res, COCO17.sigmas, pck_alpha=0.2)
+    assert kp.score.shape == (1, 17) and kp.det_index.tolist() == [0]
+    # hand value for keypoint 0: d^2 = 25, sigma = COCO17.sigmas[0], area 400
+    ref = np.exp(-25 / (2 * (2 * COCO17.sigmas[0]) ** 2 * (400 + np.spacing(1))))
+    assert kp.oks[0, 0] == pytest.approx(ref, rel=1e-12)
+    assert kp.oks[0, 1] == pytest.approx(1.0)
+    assert np.isnan(kp.oks[0, 2:]).all()
+    assert kp.gt_v[0, :3].tolist() == [2, 1, 0]
+    assert kp.labelled.sum() == 2
+    # PCK@0.2 of the box's longer side (20 px) = 4 px: keypoint 0 (5 px) wrong, keypoint 1 right
+    assert kp.pck[0, 0] == 0 and kp.pck[0, 1] == 1
+    assert kp.visibility is not None and kp.visibility.shape == (1, 17)
+    np.testing.assert_allclose(kp.score[0, :2], [0.9, 0.4])
+
+
+def test_best_oks_matches_pycocotools(shared):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    path = shared(*COCO_MINI)
+    gt_dict = json.loads(path.read_text())
+    dets = perturb_gt(gt_dict, seed=3, n_false_pos=15)
+    gt = load_gt(gt_dict)
+    res = load_results(dets, gt)
+    ours = best_oks(gt, res, gt.keypoint_set.sigmas, category_id=1)
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cg = COCO()
+        cg.dataset = copy.deepcopy(gt_dict)
+        cg.createIndex()
+        cd = cg.loadRes(copy.deepcopy(dets))
+        E = COCOeval(cg, cd, "keypoints")
+        E.params.maxDets = [100]  # keep every detection of an image in the OKS matrix
+        E.evaluate()
+    ref = np.zeros(len(dets))
+    for (img, cat), M in E.ious.items():
+        if len(M) == 0:
+            continue
+        d = sorted(E._dts[img, cat], key=lambda x: -x["score"])  # same order pycocotools uses (stable)
+        g = E._gts[img, cat]
+        keep = np.array([not x["iscrowd"] and np.any(np.asarray(x["keypoints"])[2::3] > 0) for x in g])
+        if not keep.any():
+            continue
+        best = np.asarray(M)[:, keep].max(axis=1)
+        for x, b in zip(d, best, strict=True):
+            ref[x["id"] - 1] = b  # loadRes numbers results 1..N in file order
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
+    assert (ours > 0).sum() > len(dets) // 2
