@@ -1,0 +1,65 @@
+"""Joint orders of the supported models and name-based maps onto a dataset's keypoint set.
+
+EfficientPose (16, MPII joints in its own order) maps to MPII-16 by name and to LSP-14 with
+``upper_neck -> neck``; BlazePose-33 maps to COCO-17 by name (indices 0, 2, 5, 7, 8, 11–16, 23–28).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from posecal.errors import PosecalInputError
+
+EFFICIENTPOSE16 = (
+    "head_top", "upper_neck", "right_shoulder", "right_elbow", "right_wrist", "thorax", "left_shoulder",
+    "left_elbow", "left_wrist", "pelvis", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee",
+    "left_ankle",
+)  # fmt: skip
+
+BLAZEPOSE33 = (
+    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye", "right_eye_outer",
+    "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_pinky", "right_pinky", "left_index", "right_index",
+    "left_thumb", "right_thumb", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+    "right_ankle", "left_heel", "right_heel", "left_foot_index", "right_foot_index",
+)  # fmt: skip
+
+# dataset name -> model name used when the names differ between conventions
+ALIASES = {"neck": ("upper_neck", "neck"), "upper_neck": ("upper_neck", "neck")}
+
+
+def joint_map(model_joints: Sequence[str], dataset_joints: Sequence[str], *,
+              allow_missing: bool = False, model: str = "model") -> np.ndarray:
+    """Index (K_data,) into the model's joints for each dataset keypoint, by name; -1 where missing.
+
+    A dataset keypoint the model lacks raises :class:`PosecalInputError` naming it, unless
+    ``allow_missing`` (then -1: such keypoints get score 0 downstream).
+    """
+    idx = {n: i for i, n in enumerate(model_joints)}
+    out = np.full(len(dataset_joints), -1, dtype=np.int64)
+    missing = []
+    for k, name in enumerate(dataset_joints):
+        for cand in (name, *ALIASES.get(name, ())):
+            if cand in idx:
+                out[k] = idx[cand]
+                break
+        else:
+            missing.append(name)
+    if missing and not allow_missing:
+        raise PosecalInputError(f"{model} has no joint for dataset keypoint(s) {', '.join(missing)} "
+                                "(use --allow-missing-joints to give them score 0)", field="keypoints")
+    return out
+
+
+def flip_index(names: Sequence[str]) -> np.ndarray:
+    """Permutation (K,) swapping left_/right_ (and mouth_left/mouth_right) partners."""
+    idx = {n: i for i, n in enumerate(names)}
+    perm = np.arange(len(names))
+    for n, i in idx.items():
+        for a, b in (("left", "right"), ("right", "left")):
+            m = n.replace(a, b)
+            if m != n and m in idx:
+                perm[i] = idx[m]
+    return perm

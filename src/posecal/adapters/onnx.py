@@ -1,0 +1,156 @@
+"""ONNX backend (onnxruntime): a heatmap model ``input (B, 3, H, W) -> heatmaps (B, J, h, w)``.
+
+The feature tensor is exposed as an **extra graph output** (added with the ``onnx`` package), so it costs
+one more output copy and nothing else. Default feature: the input of the last 1×1 ``Conv`` (or ``Gemm`` /
+``MatMul``) producing the heatmap output, walking back through element-wise ops.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from posecal.adapters.base import ModelOutput, decode_heatmaps
+from posecal.adapters.generic import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    default_joint_names,
+    preprocess_nchw,
+    preprocessing_info,
+)
+from posecal.errors import PosecalInputError
+
+PASS_THROUGH = {"Add", "Relu", "Sigmoid", "Identity", "Mul", "Reshape", "BatchNormalization", "Clip"}
+
+
+def _graph_maps(graph):
+    producer = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: i for i in graph.initializer}
+    return producer, inits
+
+
+def head_node(graph, output: str):
+    """The last 1×1 Conv / Gemm / MatMul node producing ``output`` (through element-wise ops), or None."""
+    producer, inits = _graph_maps(graph)
+    t = output
+    for _ in range(16):
+        n = producer.get(t)
+        if n is None:
+            return None
+        if n.op_type == "Conv":
+            w = inits.get(n.input[1])
+            if w is not None and len(w.dims) == 4 and tuple(w.dims[2:]) == (1, 1):
+                return n
+            return None
+        if n.op_type in ("Gemm", "MatMul"):
+            return n
+        if n.op_type not in PASS_THROUGH:
+            return None
+        t = next((i for i in n.input if i not in inits), n.input[0])
+    return None
+
+
+def feature_candidates(graph) -> list[str]:
+    """Inputs of 1×1 Conv / Gemm / MatMul nodes that are activations (not weights)."""
+    _, inits = _graph_maps(graph)
+    graph_in = {i.name for i in graph.input}
+    out = []
+    for n in graph.node:
+        if n.op_type == "Conv":
+            w = inits.get(n.input[1])
+            if w is None or tuple(w.dims[2:]) != (1, 1):
+                continue
+        elif n.op_type not in ("Gemm", "MatMul"):
+            continue
+        if n.input[0] not in inits and n.input[0] not in graph_in:
+            out.append(n.input[0])
+    return list(dict.fromkeys(out))
+
+
+class OnnxAdapter:
+    """ONNX heatmap model with the penultimate feature as an extra output.
+
+    Args:
+        path: .onnx file.
+        tensor: feature tensor (value) name; default discovered (see module docstring).
+        output: heatmap output name (default: the first 4-D output).
+        joint_names: model joint order (default: the unique keypoint set with J keypoints).
+        mean, std: input normalisation of ``rgb/255`` (default ImageNet, as MMPose).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, tensor: str | None = None, output: str | None = None,
+                 joint_names: Sequence[str] | None = None, num_threads: int | None = None,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        import onnx
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        try:
+            model = onnx.load_model(str(self.path))
+        except Exception as e:
+            raise PosecalInputError(f"not an ONNX model: {e}", file=str(self.path), field="--model") from None
+        graph = model.graph
+        if not graph.node:
+            raise PosecalInputError("not an ONNX model (empty graph)", file=str(self.path), field="--model")
+        outs = [o for o in graph.output]
+        if output is None:
+            four = [o for o in outs if len(o.type.tensor_type.shape.dim) == 4]
+            if not four:
+                raise PosecalInputError("no 4-D heatmap output; outputs: " + ", ".join(o.name for o in outs),
+                                        file=str(self.path))
+            output = four[0].name
+        elif output not in {o.name for o in outs}:
+            raise PosecalInputError(f"no output {output!r}", file=str(self.path), field="output")
+        self.output_name = output
+        cands = feature_candidates(graph)
+        if tensor is None:
+            head = head_node(graph, output)
+            if head is None:
+                raise PosecalInputError("no 1×1 conv head found; name the feature with --tensor; candidates: "
+                                        + ", ".join(cands), file=str(self.path), field="--tensor")
+            tensor = head.input[0]
+        values = {o for n in graph.node for o in n.output}
+        if tensor not in values:
+            raise PosecalInputError(f"unknown tensor {tensor!r}; candidates: " + ", ".join(cands),
+                                    file=str(self.path), field="--tensor")
+        self.tensor_name = tensor
+        self._cands = cands
+        if tensor not in {o.name for o in outs}:
+            graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+        so = ort.SessionOptions()
+        if num_threads:
+            so.intra_op_num_threads = num_threads
+            so.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        inp = self.session.get_inputs()[0]
+        self._input_name = inp.name
+        h, w = inp.shape[2], inp.shape[3]
+        if not (isinstance(h, int) and isinstance(w, int)):
+            raise PosecalInputError("model input needs a fixed H×W", file=str(self.path))
+        self.input_size = (int(w), int(h))
+        out_shape = next(o for o in self.session.get_outputs() if o.name == output).shape
+        self.joint_names = default_joint_names(int(out_shape[1]), joint_names)
+        self.kind = "onnx-heatmap"
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.preprocessing = preprocessing_info(self.mean, self.std)
+
+    def feature_candidates(self) -> list[str]:
+        return list(self._cands)
+
+    def predict(self, crops: np.ndarray) -> ModelOutput:
+        """crops (B, H, W, 3) uint8 -> ModelOutput; coords decoded from the heatmap argmax (input px)."""
+        x = preprocess_nchw(crops, self.mean, self.std)
+        hm, feat = self.session.run([self.output_name, self.tensor_name], {self._input_name: x})
+        coords, scores = decode_heatmaps(hm, self.input_size)
+        if feat.ndim == 2:
+            feat = feat[:, :, None, None]
+        return ModelOutput(coords=coords, scores=scores, features=np.asarray(feat, np.float32),
+                           heatmaps=np.asarray(hm, np.float32))
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"backend": "onnx", "kind": self.kind, "output": self.output_name}

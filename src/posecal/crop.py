@@ -1,0 +1,91 @@
+"""Top-down crops: box -> centre/size, the affine warp image -> model input and its inverse.
+
+Coordinates: image pixels and input pixels both have pixel centres at integers (COCO convention).
+An affine ``M`` of shape (2, 3) maps ``[x, y, 1]`` (image px) to input px; :func:`invert_affine`
+gives the way back. Warping uses PIL (bilinear), no OpenCV.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["box_to_center_size", "crop_matrix", "invert_affine", "apply_affine", "warp", "load_image"]
+
+
+def box_to_center_size(bbox: np.ndarray, aspect: float,
+                       padding: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
+    """Box(es) (..., 4) x, y, w, h -> centre (..., 2) and crop size (..., 2) = (w, h) in image px.
+
+    The shorter side is extended to the input aspect ratio ``aspect = W/H``, then both are scaled by
+    ``padding`` (MMPose's 1.25).
+    """
+    b = np.asarray(bbox, dtype=np.float64)
+    x, y, w, h = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
+    center = np.stack([x + w * 0.5, y + h * 0.5], axis=-1)
+    w2 = np.where(w > aspect * h, w, h * aspect)
+    h2 = np.where(w > aspect * h, w / aspect, h)
+    return center, np.stack([w2, h2], axis=-1) * padding
+
+
+def crop_matrix(center: np.ndarray, size: np.ndarray, out_size: tuple[int, int], rot: float = 0.0,
+                flip: bool = False) -> np.ndarray:
+    """(2, 3) affine image px -> input px for one crop.
+
+    ``center`` (2,), ``size`` (2,) crop extent in image px, ``out_size`` (W, H) input px, ``rot`` degrees
+    (counter-clockwise in the image, positive rotates the person clockwise in the crop as MMPose),
+    ``flip`` mirrors the crop horizontally (u -> W - 1 - u).
+    """
+    cx, cy = float(center[0]), float(center[1])
+    W, H = out_size
+    sx, sy = W / float(size[0]), H / float(size[1])
+    t = np.deg2rad(rot)
+    c, s = np.cos(t), np.sin(t)
+    # centre to origin, rotate, scale, centre of the output (pixel centres at integers: (W-1)/2)
+    R = np.array([[c, s], [-s, c]])
+    A = np.diag([sx, sy]) @ R
+    b = np.array([(W - 1) / 2.0, (H - 1) / 2.0]) - A @ np.array([cx, cy])
+    M = np.concatenate([A, b[:, None]], axis=1)
+    if flip:
+        M = np.array([[-1.0, 0.0, W - 1.0], [0.0, 1.0, 0.0]]) @ np.vstack([M, [0, 0, 1]])
+    return M
+
+
+def invert_affine(M: np.ndarray) -> np.ndarray:
+    """Inverse of a (..., 2, 3) affine."""
+    M = np.asarray(M, dtype=np.float64)
+    A, b = M[..., :2], M[..., 2:]
+    Ai = np.linalg.inv(A)
+    return np.concatenate([Ai, -Ai @ b], axis=-1)
+
+
+def apply_affine(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Apply (2, 3) affine(s) to points (..., P, 2); M may be (N, 2, 3) with pts (N, P, 2)."""
+    M = np.asarray(M, dtype=np.float64)
+    p = np.asarray(pts, dtype=np.float64)
+    return np.einsum("...ij,...pj->...pi", M[..., :2], p) + M[..., None, :, 2]
+
+
+def load_image(path) -> np.ndarray:
+    """RGB uint8 (H, W, 3)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def warp(image: np.ndarray, M: np.ndarray, out_size: tuple[int, int], fill: int = 0) -> np.ndarray:
+    """Warp an RGB uint8 image (H, W, 3) with the image -> input affine ``M``; returns (H_out, W_out, 3).
+
+    Bilinear (PIL). Input pixel u samples the image at ``invert_affine(M) @ [u, 1]``; outside is ``fill``.
+    """
+    from PIL import Image
+
+    Mi = invert_affine(M)
+    # PIL samples continuous coordinates whose pixel centres sit at +0.5; convert from integer centres
+    A, b = Mi[:, :2], Mi[:, 2]
+    b_pil = b + 0.5 - A @ np.array([0.5, 0.5])
+    coeffs = (A[0, 0], A[0, 1], b_pil[0], A[1, 0], A[1, 1], b_pil[1])
+    im = Image.fromarray(np.ascontiguousarray(image))
+    out = im.transform(tuple(int(v) for v in out_size), Image.Transform.AFFINE, coeffs,
+                       resample=Image.Resampling.BILINEAR, fillcolor=(fill,) * 3)
+    return np.asarray(out)

@@ -1,0 +1,78 @@
+"""MPII in MMPose's JSON form (list of {image, joints, joints_vis, center, scale}) -> COCO keypoints dict."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from posecal.errors import PosecalInputError
+from posecal.keypoints import MPII16
+
+PIXEL_STD = 200.0
+
+
+def read_mpii(path: str | os.PathLike, images: str | os.PathLike | None = None) -> dict[str, Any]:
+    """MMPose MPII annotations -> COCO keypoints dict in the MPII-16 set.
+
+    As MMPose's ``MpiiDataset``: joints and centre are 1-based (MATLAB) and get −1; the person box is
+    the square of side ``scale·200`` around ``center`` moved down by ``15·scale`` px. v = 2 where
+    ``joints_vis`` is 1, else 0 (MPII marks unlabelled, not occluded, joints). area = box w·h.
+    Image ids are 1.. in order of first appearance; annotation ids 1.. in file order.
+    """
+    file = str(path)
+    try:
+        recs = orjson.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise PosecalInputError("file not found", file=file) from None
+    except orjson.JSONDecodeError as e:
+        raise PosecalInputError(f"not JSON: {e}", file=file) from None
+    if not isinstance(recs, list):
+        raise PosecalInputError("expected a list of MPII records", file=file)
+    img_ids: dict[str, int] = {}
+    out_images, anns = [], []
+    for r, a in enumerate(recs):
+        for key in ("image", "joints", "joints_vis", "center", "scale"):
+            if key not in a:
+                raise PosecalInputError("missing", file=file, record=r, field=key)
+        joints = np.asarray(a["joints"], dtype=np.float64)
+        if joints.shape != (16, 2):
+            raise PosecalInputError(f"shape {joints.shape}, expected (16, 2)", file=file, record=r,
+                                    field="joints")
+        vis = np.asarray(a["joints_vis"], dtype=np.float64).reshape(-1)
+        if vis.shape != (16,):
+            raise PosecalInputError("expected 16 values", file=file, record=r, field="joints_vis")
+        name = a["image"]
+        if name not in img_ids:
+            img_ids[name] = len(img_ids) + 1
+            rec: dict[str, Any] = {"id": img_ids[name], "file_name": name}
+            if images is not None:
+                p = Path(images) / name
+                if p.is_file():
+                    from posecal.data.coco import image_size
+
+                    rec["width"], rec["height"] = image_size(p)
+            out_images.append(rec)
+        s = float(a["scale"]) * PIXEL_STD
+        c = np.asarray(a["center"], dtype=np.float64)
+        if c[0] != -1:
+            c[1] += 15.0 * float(a["scale"])
+        c -= 1.0
+        kp = np.concatenate([joints - 1.0, np.where(vis > 0, 2, 0)[:, None]], axis=1)
+        kp[vis <= 0, :2] = 0.0
+        anns.append({
+            "id": r + 1, "image_id": img_ids[name], "category_id": 1, "iscrowd": 0,
+            "keypoints": [float(t) for t in kp.reshape(-1)], "num_keypoints": int((vis > 0).sum()),
+            "bbox": [float(c[0] - s / 2), float(c[1] - s / 2), s, s], "area": s * s,
+            "mpii_center": c.tolist(), "mpii_scale": float(a["scale"]),
+        })
+    return {
+        "info": {"description": "MPII (MMPose JSON)", "source": os.path.basename(file)},
+        "images": out_images,
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "person", "supercategory": "person",
+                        "keypoints": list(MPII16.names)}],
+    }

@@ -1,0 +1,484 @@
+"""Feature store: per-instance predictions and penultimate features of a frozen pose model, on disk.
+
+A store is a **directory**::
+
+    STORE/
+      meta.json          model SHA-256, tensor name, keypoint set, input size, preprocessing, pooling,
+                         feature shapes, source data file, count, chunk size (written last, on finalize)
+      predictions.json   COCO results of the raw model, row i = instance i (finalize)
+      gt.json            the ground truth the instances came from (when given)
+      index.json         atomic progress index: settings (+fingerprint), chunk size, finished chunks
+      arrays/<name>/<j:06d>.npy   chunk j of array <name>: rows [j*chunk_size, min((j+1)*chunk_size, N))
+
+Arrays over N instances (contract of docs/design.md, "Feature store"):
+
+============================  ======================  ==========================================
+name                          shape, dtype            meaning
+============================  ======================  ==========================================
+``image_id``                  (N,) int64              COCO image id
+``ann_id``                    (N,) int64              gt annotation id (matching key), -1 if none
+``bbox``                      (N, 4) float64          box the crop was made from, x, y, w, h (image px)
+``box_score``                 (N,) float64            detector score of that box (1 for gt boxes) [ext.]
+``crop_transform``            (N, 2, 3) float64       affine image px -> model-input px
+``keypoints``                 (N, K, 2) float64       predicted keypoints, image pixels, dataset set
+``scores``                    (N, K) float64          raw keypoint scores (model's own scale)
+``sigma_hat``                 (N, K) float64          heatmap sigma estimate, image pixels (NaN if n/a)
+``features_gap``              (N, C) float32          global average pooled penultimate feature
+``features_kpt``              (N, K, C) float32       heatmap-weighted feature per keypoint
+``features_spatial``          (N, C, H, W) float16    the full penultimate map
+``gt_keypoints``              (N, K, 3) float64       [augment only] gt transformed with the jitter
+============================  ======================  ==========================================
+
+Only one ``features_*`` array is present (``meta["feature_array"]`` names it). Extra arrays are allowed.
+
+Why a directory of per-chunk ``.npy`` files (and not HDF5/zarr): each chunk is written to a temporary name
+and renamed into place, then the index is rewritten atomically, so a run killed at any instant leaves a
+store whose index only names complete chunks; a re-run recomputes exactly the missing chunks. ``np.save``
+is deterministic (no timestamps, no allocation order), so a resumed store is **bit-identical** to one
+written in a single pass, and shards (chunk j belongs to shard ``j % n``) merge by moving files, giving
+the same bytes as an unsharded run.
+
+Reading::
+
+    fs = FeatureStore.open("STORE")
+    fs.meta                  # dict from meta.json
+    fs.num_instances         # N
+    fs.arrays                # names of stored arrays
+    fs.feature_name          # e.g. "features_gap"
+    fs.read("scores")        # (N, K) ndarray
+    fs.read("features_gap", rows=np.arange(10))   # only the chunks holding those rows are read
+    fs.features()            # the features array (whichever pooling was used)
+    fs.predictions           # list of COCO result dicts (predictions.json), row i = instance i
+    fs.gt_path               # Path to gt.json or None
+
+Writing (used by ``posecal extract``)::
+
+    w = StoreWriter(path, num_instances=N, chunk_size=64, settings=meta_dict, shard=(i, n))
+    for j in w.pending_chunks():           # chunks of this shard not yet on disk
+        start, stop = w.chunk_rows(j)
+        w.write_chunk(j, {"image_id": ..., "keypoints": ..., ...})   # arrays of stop-start rows
+    store = w.finalize(gt=gt_dict)          # writes predictions.json, gt.json, meta.json
+    merge_stores([shard0, shard1, ...], out)   # combine shard stores
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from posecal._util import atomic_path, dumps_json, write_bytes_atomic, write_json_atomic
+from posecal.errors import PosecalInputError
+
+__all__ = ["FeatureStore", "StoreWriter", "merge_stores", "predictions_from_arrays", "file_sha256"]
+
+FORMAT = "posecal-store/1"
+FEATURE_ARRAYS = ("features_gap", "features_kpt", "features_spatial")
+REQUIRED_ARRAYS = ("image_id", "ann_id", "bbox", "box_score", "crop_transform", "keypoints", "scores",
+                   "sigma_hat")  # fmt: skip
+
+
+def file_sha256(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fingerprint(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(dumps_json(settings)).hexdigest()
+
+
+def instance_score(scores: np.ndarray, box_score: np.ndarray, thr: float = 0.2) -> np.ndarray:
+    """MMPose's default ``bbox_keypoint`` instance score.
+
+    ``box_score * mean(scores[k] for scores[k] > thr)`` (box_score alone when no keypoint passes).
+    scores (N, K), box_score (N,) -> (N,).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    m = scores > thr
+    cnt = m.sum(axis=1)
+    mean = np.where(cnt > 0, np.where(m, scores, 0.0).sum(axis=1) / np.maximum(cnt, 1), 1.0)
+    return np.asarray(box_score, dtype=np.float64) * mean
+
+
+def predictions_from_arrays(image_id: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
+                            box_score: np.ndarray, bbox: np.ndarray | None = None,
+                            category_id: int = 1) -> list[dict[str, Any]]:
+    """COCO keypoint results, one record per row.
+
+    keypoints (N, K, 2) image px, scores (N, K), box_score (N,), bbox (N, 4) or None.
+    ``score`` is :func:`instance_score`. Non-finite keypoint scores become 0.
+    """
+    kp = np.asarray(keypoints, dtype=np.float64)
+    sc = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0)
+    inst = instance_score(sc, box_score)
+    out = []
+    for i in range(kp.shape[0]):
+        flat = np.concatenate([kp[i], sc[i][:, None]], axis=1).reshape(-1)
+        rec: dict[str, Any] = {
+            "image_id": int(image_id[i]),
+            "category_id": int(category_id),
+            "keypoints": [float(v) for v in flat],
+            "score": float(inst[i]),
+        }
+        if bbox is not None:
+            rec["bbox"] = [float(v) for v in bbox[i]]
+        out.append(rec)
+    return out
+
+
+class FeatureStore:
+    """Read access to a finished store directory (see module docstring for the layout)."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], index: dict[str, Any]):
+        self.path = path
+        self.meta = meta
+        self._index = index
+        self._predictions: list[dict[str, Any]] | None = None
+        self._cache: dict[str, np.ndarray] = {}
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> FeatureStore:
+        """Open a finished store; PosecalInputError if it is missing, unfinished or a shard."""
+        p = Path(path)
+        meta_p = p / "meta.json"
+        if not meta_p.is_file():
+            if (p / "index.json").is_file():
+                raise PosecalInputError("store is unfinished (no meta.json); re-run extract to resume",
+                                        file=str(p))
+            raise PosecalInputError("not a posecal feature store (no meta.json)", file=str(p))
+        try:
+            meta = orjson.loads(meta_p.read_bytes())
+            index = orjson.loads((p / "index.json").read_bytes())
+        except (orjson.JSONDecodeError, FileNotFoundError) as e:
+            raise PosecalInputError(f"unreadable store metadata: {e}", file=str(p)) from None
+        if meta.get("format") != FORMAT:
+            raise PosecalInputError(f"unknown store format {meta.get('format')!r}", file=str(meta_p),
+                                    field="format")
+        return cls(p, meta, index)
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def num_instances(self) -> int:
+        return int(self.meta["num_instances"])
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.meta["chunk_size"])
+
+    @property
+    def arrays(self) -> list[str]:
+        return list(self.meta["arrays"].keys())
+
+    @property
+    def feature_name(self) -> str | None:
+        return self.meta.get("feature_array")
+
+    @property
+    def keypoint_names(self) -> list[str]:
+        return list(self.meta["keypoint_names"])
+
+    @property
+    def gt_path(self) -> Path | None:
+        g = self.path / "gt.json"
+        return g if g.is_file() else None
+
+    @property
+    def predictions(self) -> list[dict[str, Any]]:
+        """Records of predictions.json (COCO results; row i = instance i)."""
+        if self._predictions is None:
+            pp = self.path / "predictions.json"
+            self._predictions = orjson.loads(pp.read_bytes()) if pp.is_file() else []
+        return self._predictions
+
+    def _chunks(self) -> list[int]:
+        return sorted(int(j) for j in self._index["chunks"])
+
+    def _chunk_file(self, name: str, j: int) -> Path:
+        return self.path / "arrays" / name / f"{j:06d}.npy"
+
+    # -- reading -------------------------------------------------------------------------------
+    def read(self, name: str, rows: Sequence[int] | np.ndarray | slice | None = None) -> np.ndarray:
+        """Array ``name`` over all instances, or only ``rows`` (indices, bool mask or slice).
+
+        Only the chunks that hold the requested rows are loaded.
+        """
+        if name not in self.meta["arrays"]:
+            raise PosecalInputError(f"no array {name!r}; the store has: {', '.join(self.arrays)}",
+                                    file=str(self.path), field=name)
+        n, cs = self.num_instances, self.chunk_size
+        if rows is None:
+            parts = [np.load(self._chunk_file(name, j)) for j in self._chunks()]
+            if not parts:
+                info = self.meta["arrays"][name]
+                return np.zeros((0, *info["shape"]), dtype=info["dtype"])
+            return np.concatenate(parts, axis=0)
+        if isinstance(rows, slice):
+            idx = np.arange(n)[rows]
+        else:
+            idx = np.asarray(rows)
+            if idx.dtype == bool:
+                if idx.shape != (n,):
+                    raise PosecalInputError(f"boolean rows must have shape ({n},)", field="rows")
+                idx = np.flatnonzero(idx)
+            idx = idx.astype(np.int64)
+            if idx.size and (idx.min() < -n or idx.max() >= n):
+                raise PosecalInputError(f"row index out of range [0, {n})", field="rows")
+            idx = np.where(idx < 0, idx + n, idx)
+        info = self.meta["arrays"][name]
+        out = np.empty((idx.size, *info["shape"]), dtype=info["dtype"])
+        chunk_of = idx // cs
+        for j in np.unique(chunk_of):
+            arr = np.load(self._chunk_file(name, int(j)), mmap_mode="r")
+            sel = chunk_of == j
+            out[sel] = arr[idx[sel] - int(j) * cs]
+        return out
+
+    def features(self, rows: Any = None) -> np.ndarray:
+        """The stored feature array (features_gap / features_kpt / features_spatial)."""
+        if self.feature_name is None:
+            raise PosecalInputError("store has no feature array", file=str(self.path))
+        return self.read(self.feature_name, rows)
+
+    def __len__(self) -> int:
+        return self.num_instances
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.path)!r}, N={self.num_instances}, features={self.feature_name})"
+
+
+class StoreWriter:
+    """Writes a store chunk by chunk; resumable and shardable.
+
+    Args:
+        path: store directory (created).
+        num_instances: N, total over all shards.
+        chunk_size: rows per chunk; chunk j holds rows [j*chunk_size, min((j+1)*chunk_size, N)).
+        settings: JSON-able dict describing everything that determines the content (model hash, tensor,
+            pooling, data file hash, augmentation, ...). It becomes meta.json (plus bookkeeping keys) and its
+            fingerprint guards resumption: an existing store with other settings is an error, never mixed.
+        shard: (i, n): this writer only owns chunks j with j % n == i.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, num_instances: int, chunk_size: int,
+                 settings: dict[str, Any], shard: tuple[int, int] = (0, 1)):
+        if chunk_size < 1:
+            raise PosecalInputError("chunk size must be >= 1", field="chunk_size")
+        i, n = shard
+        if not (n >= 1 and 0 <= i < n):
+            raise PosecalInputError(f"bad shard {i}/{n}: need 0 <= i < n", field="shard")
+        self.path = Path(path)
+        self.num_instances = int(num_instances)
+        self.chunk_size = int(chunk_size)
+        self.settings = orjson.loads(dumps_json(settings))  # normalise (tuples -> lists, numpy -> py)
+        self.shard = (int(i), int(n))
+        self.fingerprint = _fingerprint(self.settings)
+        self.num_chunks = -(-self.num_instances // self.chunk_size)
+        self._arrays_info: dict[str, dict[str, Any]] = {}
+        self._done: set[int] = set()
+        self._open()
+
+    # -- index -----------------------------------------------------------------------------
+    def _index_obj(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "fingerprint": self.fingerprint,
+            "settings": self.settings,
+            "num_instances": self.num_instances,
+            "chunk_size": self.chunk_size,
+            "shard": list(self.shard),
+            "arrays": self._arrays_info,
+            "chunks": sorted(self._done),
+        }
+
+    def _open(self) -> None:
+        idx_p = self.path / "index.json"
+        if idx_p.is_file():
+            try:
+                idx = orjson.loads(idx_p.read_bytes())
+            except orjson.JSONDecodeError:
+                raise PosecalInputError("corrupt index.json; delete the store", file=str(idx_p)) from None
+            for key, mine in (("fingerprint", self.fingerprint), ("num_instances", self.num_instances),
+                              ("chunk_size", self.chunk_size), ("shard", list(self.shard))):
+                if idx.get(key) != mine:
+                    raise PosecalInputError(
+                        f"existing store was written with different settings ({key} differs); "
+                        "use another --out or delete it", file=str(self.path), field=key)
+            # temporaries of a killed run (atomic_path names them ".<name>.<random>.tmp")
+            for tmp in self.path.rglob(".*.tmp"):
+                tmp.unlink()
+            self._arrays_info = idx.get("arrays", {})
+            self._done = {int(j) for j in idx.get("chunks", [])}
+            # a chunk named in the index must have all its files (they are renamed in before the index)
+            for j in list(self._done):
+                if any(not self._chunk_file(name, j).is_file() for name in self._arrays_info):
+                    self._done.discard(j)
+        else:
+            if self.path.exists() and any(self.path.iterdir()):
+                raise PosecalInputError("output exists and is not a posecal store in progress; "
+                                        "choose an empty or new directory", file=str(self.path))
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._write_index()
+
+    def _write_index(self) -> None:
+        write_json_atomic(self.path / "index.json", self._index_obj())
+
+    def _chunk_file(self, name: str, j: int) -> Path:
+        return self.path / "arrays" / name / f"{j:06d}.npy"
+
+    # -- chunks ----------------------------------------------------------------------------
+    def chunk_rows(self, j: int) -> tuple[int, int]:
+        """Row range [start, stop) of chunk j."""
+        start = j * self.chunk_size
+        return start, min(start + self.chunk_size, self.num_instances)
+
+    def my_chunks(self) -> list[int]:
+        i, n = self.shard
+        return [j for j in range(self.num_chunks) if j % n == i]
+
+    def pending_chunks(self) -> list[int]:
+        """This shard's chunks not yet on disk, in order."""
+        return [j for j in self.my_chunks() if j not in self._done]
+
+    def write_chunk(self, j: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write chunk j: each array has ``stop - start`` rows; same names/shapes/dtypes every chunk."""
+        if j not in self.my_chunks():
+            raise ValueError(f"chunk {j} does not belong to shard {self.shard[0]}/{self.shard[1]}")
+        start, stop = self.chunk_rows(j)
+        info = {}
+        for name, a in arrays.items():
+            a = np.ascontiguousarray(a)
+            if a.shape[0] != stop - start:
+                raise ValueError(f"array {name}: {a.shape[0]} rows, chunk {j} needs {stop - start}")
+            info[name] = {"shape": list(a.shape[1:]), "dtype": a.dtype.str}
+        if self._arrays_info and info != self._arrays_info:
+            raise ValueError(f"chunk {j}: array names/shapes/dtypes differ from earlier chunks: "
+                             f"{info} vs {self._arrays_info}")
+        for name, a in arrays.items():
+            f = self._chunk_file(name, j)
+            f.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(f, suffix=".npy") as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, np.ascontiguousarray(a), allow_pickle=False)
+        self._arrays_info = info
+        self._done.add(j)
+        self._write_index()
+
+    @property
+    def complete(self) -> bool:
+        return not self.pending_chunks()
+
+    # -- finishing -------------------------------------------------------------------------
+    def finalize(self, gt: dict[str, Any] | bytes | None = None, category_id: int = 1) -> FeatureStore | None:
+        """Write meta.json (+ predictions.json and gt.json for a whole store). Returns the opened store.
+
+        For a shard (n > 1) only a ``shard.json`` marker is written and None returned: use
+        :func:`merge_stores`. ``gt`` may be a dict (serialised) or raw bytes (copied verbatim).
+        """
+        if not self.complete:
+            raise RuntimeError(f"{len(self.pending_chunks())} chunks still pending")
+        if self.shard[1] > 1:
+            if gt is not None:
+                write_bytes_atomic(self.path / "gt.json", gt if isinstance(gt, bytes) else dumps_json(gt))
+            write_json_atomic(self.path / "shard.json", {"shard": list(self.shard),
+                                                         "fingerprint": self.fingerprint})
+            return None
+        return _finish(self.path, self.settings, self._index_obj(), gt, category_id)
+
+
+def _finish(path: Path, settings: dict[str, Any], index: dict[str, Any],
+            gt: dict[str, Any] | bytes | None, category_id: int) -> FeatureStore:
+    arrays = index["arrays"]
+    feature = next((f for f in FEATURE_ARRAYS if f in arrays), None)
+    meta = dict(settings)
+    meta.update({
+        "format": FORMAT,
+        "num_instances": index["num_instances"],
+        "chunk_size": index["chunk_size"],
+        "arrays": arrays,
+        "feature_array": feature,
+        "fingerprint": index["fingerprint"],
+    })
+    tmp = FeatureStore(path, meta, index)
+    if index["num_instances"]:
+        bbox = tmp.read("bbox") if "bbox" in arrays else None
+        box_score = (tmp.read("box_score") if "box_score" in arrays
+                     else np.ones(index["num_instances"]))
+        preds = predictions_from_arrays(tmp.read("image_id"), tmp.read("keypoints"), tmp.read("scores"),
+                                        box_score, bbox, category_id)
+    else:
+        preds = []
+    write_bytes_atomic(path / "predictions.json", dumps_json(preds))
+    if gt is not None:
+        write_bytes_atomic(path / "gt.json", gt if isinstance(gt, bytes) else dumps_json(gt))
+    write_json_atomic(path / "meta.json", meta)  # last: its presence marks the store finished
+    return FeatureStore.open(path)
+
+
+def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
+                 category_id: int = 1, move: bool = False) -> FeatureStore:
+    """Combine shard stores (from ``StoreWriter(..., shard=(i, n))``) into one finished store at ``out``.
+
+    The result is byte-identical to the store an unsharded run writes. ``move`` renames chunk files instead
+    of copying them.
+    """
+    shards = [Path(s) for s in shards]
+    if not shards:
+        raise PosecalInputError("no shard stores given", field="shards")
+    idxs = []
+    for s in shards:
+        ip = s / "index.json"
+        if not ip.is_file():
+            raise PosecalInputError("not a posecal store (no index.json)", file=str(s))
+        idxs.append(orjson.loads(ip.read_bytes()))
+    ref = idxs[0]
+    n = ref["shard"][1]
+    for s, ix in zip(shards, idxs, strict=True):
+        for key in ("fingerprint", "num_instances", "chunk_size"):
+            if ix.get(key) != ref.get(key):
+                raise PosecalInputError(f"shard differs from {shards[0]} in {key}", file=str(s), field=key)
+        if ix["shard"][1] != n:
+            raise PosecalInputError(f"shard count {ix['shard'][1]} != {n}", file=str(s), field="shard")
+    seen = sorted(ix["shard"][0] for ix in idxs)
+    if seen != list(range(n)):
+        raise PosecalInputError(f"need shards 0..{n - 1} exactly once, got {seen}", field="shards")
+    num_chunks = -(-ref["num_instances"] // ref["chunk_size"])
+    arrays = next((ix["arrays"] for ix in idxs if ix["arrays"]), {})
+    for s, ix in zip(shards, idxs, strict=True):
+        i = ix["shard"][0]
+        want = [j for j in range(num_chunks) if j % n == i]
+        if sorted(ix["chunks"]) != want:
+            raise PosecalInputError(f"shard {i}/{n} is incomplete ({len(ix['chunks'])}/{len(want)} chunks); "
+                                    "re-run it", file=str(s))
+        if ix["arrays"] and ix["arrays"] != arrays:
+            raise PosecalInputError("shards hold different arrays", file=str(s), field="arrays")
+    outp = Path(out)
+    if outp.exists() and any(outp.iterdir()):
+        raise PosecalInputError("merge output exists and is not empty", file=str(outp))
+    settings_src = ref["settings"]
+    for s, ix in zip(shards, idxs, strict=True):
+        for name in arrays:
+            for j in ix["chunks"]:
+                src = s / "arrays" / name / f"{j:06d}.npy"
+                dst = outp / "arrays" / name / f"{j:06d}.npy"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                (shutil.move if move else shutil.copyfile)(src, dst)
+    index = {
+        "format": FORMAT, "fingerprint": ref["fingerprint"], "settings": settings_src,
+        "num_instances": ref["num_instances"],
+        "chunk_size": ref["chunk_size"], "shard": [0, 1], "arrays": arrays, "chunks": list(range(num_chunks)),
+    }
+    write_json_atomic(outp / "index.json", index)
+    gt_b = next(((s / "gt.json").read_bytes() for s in shards if (s / "gt.json").is_file()), None)
+    return _finish(outp, settings_src, index, gt_b, category_id)
+
