@@ -1,0 +1,45 @@
+"""``posecal convert``: dataset annotations -> COCO keypoints JSON.
+
+    posecal convert lsp JOINTS.mat --images DIR --split {train,test,all} --out LSP.json
+    posecal convert mpii MPII.json [--images DIR] --out MPII_COCO.json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from posecal._util import dumps_json, write_json_atomic
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("convert", help="convert LSP joints.mat / MPII JSON to COCO keypoints JSON",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("format", choices=["lsp", "mpii"], help="source format")
+    p.add_argument("src", help="joints.mat (lsp) or MMPose MPII JSON (mpii)")
+    p.add_argument("--images", default=None, help="image folder (image sizes are read from it)")
+    p.add_argument("--split", choices=["train", "test", "all"], default="all",
+                   help="LSP split: train = 1–1000, test = 1001–2000")
+    p.add_argument("--out", required=True, help="output COCO JSON")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.format == "lsp":
+        from posecal.data.lsp import read_lsp
+
+        d = read_lsp(args.src, args.images, args.split)
+    else:
+        from posecal.data.mpii import read_mpii
+
+        d = read_mpii(args.src, args.images)
+    write_json_atomic(args.out, d, indent=False)
+    summary = {"out": args.out, "format": args.format, "images": len(d["images"]),
+               "annotations": len(d["annotations"]),
+               "keypoints": len(d["categories"][0]["keypoints"])}
+    if args.json:
+        print(dumps_json(summary).decode())
+    else:
+        print(f"wrote {summary['annotations']} annotations on {summary['images']} images "
+              f"({summary['keypoints']} keypoints) to {args.out}")
+    return 0
