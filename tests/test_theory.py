@@ -205,3 +205,42 @@ def test_detection_imperfect_optimum(sigma, delta):
         printed = float(theory.heatmap_peak_imperfect_paper_eq110(sigma**2, delta**2, lt**2))
         assert abs(printed - mean[0]) > 20 * se[0]
         assert o_cf < float(theory.heatmap_peak(sigma**2, lt**2))  # "confidence decreases" (A.5)
+
+
+def test_eq105_and_eq87_agree_only_at_the_eq109_width():
+    """Eq. 106: the scale condition (Eq. 87) and the width condition (Eq. 105) coincide at Eq. 109's width."""
+    s2 = np.array([0.5, 2.0, 6.0])[:, None]
+    d2 = np.array([0.0, 1.0, 9.0, 25.0])[None, :]
+    np.testing.assert_allclose(
+        theory.heatmap_peak_width_condition(s2, d2, 4.0),
+        theory.heatmap_peak_imperfect(s2, d2, 4.0),
+        rtol=1e-12,
+    )
+    w2 = theory.heatmap_optimal_width2(s2, d2, 4.0) * 1.3
+    assert np.all(
+        np.abs(
+            theory.heatmap_peak_width_condition(s2, d2, 4.0, w2)
+            - theory.heatmap_peak_imperfect(s2, d2, 4.0, w2)
+        )
+        > 1e-4
+    )
+
+
+def test_eq87_scale_optimum_at_a_fixed_width_monte_carlo():
+    """Eq. 87 at a non-optimal fixed width: the least-squares scale against the Monte Carlo E_p[h]."""
+    sigma, delta, lt, w2 = 1.5, 2.0, 2.0, 9.0
+    step = 0.5
+    g = np.arange(-25, 25 + step, step)
+    rng = np.random.default_rng(6)
+    G = np.exp(-((g[None, :] - delta) ** 2 + g[:, None] ** 2) / (2 * w2))
+    fits = []
+    for _ in range(8):
+        px = sigma * rng.standard_normal(125_000)
+        py = sigma * rng.standard_normal(125_000)
+        hx = np.exp(-((g[None, :] - px[:, None]) ** 2) / (2 * lt**2)).mean(0)
+        hy = np.exp(-((g[None, :] - py[:, None]) ** 2) / (2 * lt**2)).mean(0)
+        T = hy[:, None] * hx[None, :]
+        fits.append((G * T).sum() / (G * G).sum())  # closed-form least squares in o
+    fits = np.array(fits)
+    cf = float(theory.heatmap_peak_imperfect(sigma**2, delta**2, lt**2, width2=w2))
+    assert abs(fits.mean() - cf) < Z * fits.std(ddof=1) / np.sqrt(len(fits)) + 1e-9

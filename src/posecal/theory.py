@@ -41,6 +41,7 @@ __all__ = [
     "rle_expected_l1_score",
     "heatmap_optimal_width2",
     "heatmap_peak_imperfect",
+    "heatmap_peak_width_condition",
     "heatmap_peak_imperfect_paper_eq110",
 ]
 
@@ -182,6 +183,24 @@ def heatmap_peak_imperfect(
     w2 = heatmap_optimal_width2(sigma2, delta2, target_l2) if width2 is None else np.asarray(width2, float)
     sbar2 = st2 + w2
     return 2.0 * np.asarray(target_l2, dtype=np.float64) / sbar2 * np.exp(-d2 / (2.0 * sbar2))
+
+
+def heatmap_peak_width_condition(
+    sigma2: ArrayLike, delta2: ArrayLike, target_l2: ArrayLike = 4.0, width2: ArrayLike | None = None
+) -> np.ndarray:
+    """Eq. 105: the scale ``o`` that makes the width derivative of the MSE vanish, for a given width.
+
+    ``o = 2 l~^2 (2 sigma~^2 sigma_bar^2 + sigma_hat^2 Delta^2) / sigma_bar^6 * K``,
+    ``K = exp(-Delta^2 / (2 sigma_bar^2))``.
+    Together with Eq. 87 (the scale condition) it pins down the joint optimum: both agree exactly at the
+    width of Eq. 109 (Eq. 106). Squared heatmap pixels; ``width2=None`` uses Eq. 109.
+    """
+    st2 = np.asarray(sigma2, dtype=np.float64) + np.asarray(target_l2, dtype=np.float64)
+    d2 = np.asarray(delta2, dtype=np.float64)
+    w2 = heatmap_optimal_width2(sigma2, delta2, target_l2) if width2 is None else np.asarray(width2, float)
+    sbar2 = st2 + w2
+    lt2 = np.asarray(target_l2, dtype=np.float64)
+    return 2.0 * lt2 * (2.0 * st2 * sbar2 + w2 * d2) / sbar2**3 * np.exp(-d2 / (2.0 * sbar2))
 
 
 def heatmap_peak_imperfect_paper_eq110(

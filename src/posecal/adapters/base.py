@@ -77,6 +77,18 @@ def decode_heatmaps(hm: np.ndarray, input_size: tuple[int, int], subpixel: bool 
     return coords, mx.astype(np.float64)
 
 
+def decode_heatmaps_nhwc(hm: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`decode_heatmaps` (argmax, no subpixel) for channels-last maps (B, h, w, J), no transpose."""
+    B, h, w, J = hm.shape
+    flat = hm.reshape(B, h * w, J)
+    am = flat.argmax(axis=1)  # (B, J)
+    mx = np.take_along_axis(flat, am[:, None, :], axis=1)[:, 0]
+    y, x = np.divmod(am, w)
+    xy = np.stack([x, y], axis=-1).astype(np.float64)
+    W, H = input_size
+    return (xy + 0.5) * np.array([W / w, H / h]) - 0.5, mx.astype(np.float64)
+
+
 def find_model_kind(path: str | os.PathLike) -> str:
     """'tflite' or 'onnx' from the file's content (not its name); PosecalInputError otherwise."""
     p = Path(path)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from posecal.adapters.base import ModelOutput, decode_heatmaps
+from posecal.adapters.base import ModelOutput, decode_heatmaps_nhwc
 from posecal.adapters.joints import BLAZEPOSE33, EFFICIENTPOSE16
 from posecal.errors import PosecalInputError
 
@@ -239,9 +239,10 @@ class TFLiteAdapter:
         """One preprocessed crop (1, H, W, 3) -> {'decode', 'pool', 'feature'} raw NHWC arrays."""
         self.interp.set_tensor(self._in, x)
         self.interp.invoke()
-        return {"decode": self.interp.get_tensor(self._t_decode).copy(),
-                "pool": self.interp.get_tensor(self._t_pool).copy(),
-                "feature": self.interp.get_tensor(self._t_feat).copy()}
+        # get_tensor returns a copy (never a view into the interpreter's arena)
+        return {"decode": self.interp.get_tensor(self._t_decode),
+                "pool": self.interp.get_tensor(self._t_pool),
+                "feature": self.interp.get_tensor(self._t_feat)}
 
     def predict(self, crops: np.ndarray) -> ModelOutput:
         """crops (B, H, W, 3) uint8 RGB at the input size -> ModelOutput (input px, model joint order)."""
@@ -257,8 +258,7 @@ class TFLiteAdapter:
         hm = np.transpose(pool_a[..., :J], (0, 3, 1, 2)).astype(np.float32)
         features = np.transpose(feat_a, (0, 3, 1, 2)) if feat_a.ndim == 4 else feat_a[:, :, None, None]
         if self.kind == "efficientpose":
-            up = np.transpose(dec_a, (0, 3, 1, 2))
-            coords, scores = decode_heatmaps(up, self.input_size)
+            coords, scores = decode_heatmaps_nhwc(dec_a, self.input_size)
         else:  # blazepose: 39 × (x, y, z, visibility logit, presence logit), x/y in input px (edges at 0)
             lm = dec_a.reshape(dec_a.shape[0], -1, 5)[:, :J]
             coords = lm[..., :2].astype(np.float64) - 0.5

@@ -25,6 +25,10 @@ from posecal._util import dumps_json, progress
 from posecal.errors import PosecalInputError
 
 POOLINGS = ("gap", "heatmap", "spatial")
+# training-target Gaussian width (heatmap px) assumed by the sigma-hat estimator. EfficientPose's is not
+# published with the weights; 1.0 is inferred from the narrowest fitted widths on its 32×32 maps (LSP crops:
+# 5th percentile 1.04 px). Others: the estimator's default (SBL/HRNet convention at 64×48).
+DEFAULT_TARGET_SIGMA = {"efficientpose": 1.0}
 FEATURE_ARRAY = {"gap": "features_gap", "heatmap": "features_kpt", "spatial": "features_spatial"}
 
 
@@ -50,6 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model-kind", default=None, help="efficientpose or blazepose (default: recognised)")
     p.add_argument("--allow-missing-joints", action="store_true",
                    help="dataset keypoints the model lacks get score 0 instead of an error")
+    p.add_argument("--target-sigma", type=float, default=None,
+                   help="training-target Gaussian sigma in heatmap px for sigma-hat (default per model kind)")
+    p.add_argument("--sigma-method", choices=["fit", "peak"], default="fit", help="sigma-hat estimator")
     p.add_argument("--chunk-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=None)
@@ -125,9 +132,9 @@ def pool_heatmap(features: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
 
 
 def _sigma_estimator():
-    """The rescoring issue's heatmap σ̂ estimator when present (posecal.heatmap), else None."""
+    """The rescoring issue's heatmap σ̂ estimator (``posecal.heatmap.estimate_sigma``) or None if absent."""
     try:
-        from posecal import heatmap  # noqa: F401
+        from posecal import heatmap
     except ImportError:
         return None
     return getattr(heatmap, "estimate_sigma", None)
@@ -138,7 +145,8 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
             pooling: str = "gap", boxes: str | os.PathLike | list | None = None, flip: bool = False,
             augment: int = 0, seed: int = 0, shard: tuple[int, int] = (0, 1), skip_missing: bool = False,
             allow_missing_joints: bool = False, chunk_size: int = 64, batch_size: int = 16,
-            model_sha256: str | None = None, data_file: str | None = None, show_progress: bool | None = None):
+            model_sha256: str | None = None, data_file: str | None = None, show_progress: bool | None = None,
+            target_sigma: float | None = None, sigma_method: str = "fit"):
     """Top-down extraction into a store (see :mod:`posecal.store`). Returns the FeatureStore (or the shard
     writer's path for n > 1). Resumes a partial store with the same settings."""
     from posecal.adapters.joints import flip_index, joint_map
@@ -190,6 +198,8 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
     N = len(insts) * n_copies
     K = ks.num_keypoints
     sigma_fn = _sigma_estimator()
+    if target_sigma is None:
+        target_sigma = DEFAULT_TARGET_SIGMA.get(getattr(adapter, "kind", ""), 2.0)
     settings = {
         "model_file": os.path.basename(str(getattr(adapter, "path", "<module>"))),
         "model_sha256": model_sha256 or (file_sha256(adapter.path) if hasattr(adapter, "path") else None),
@@ -212,8 +222,9 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
         "data_sha256": file_sha256(data) if not isinstance(data, dict) else None,
         "images": str(img_dir),
         "skipped_missing_images": missing,
-        "sigma_hat": ("posecal.heatmap.estimate_sigma" if sigma_fn
-                      else "unavailable (posecal.heatmap absent): NaN"),
+        "sigma_hat": ({"estimator": "posecal.heatmap.estimate_sigma", "method": sigma_method,
+                       "target_sigma_heatmap_px": float(target_sigma), "units": "image px"}
+                      if sigma_fn else "unavailable (posecal.heatmap absent): NaN"),
         "score": "bbox_keypoint: box score x mean of keypoint scores > 0.2",
     }
     writer = StoreWriter(out, num_instances=N, chunk_size=chunk_size, settings=settings, shard=shard)
@@ -294,10 +305,11 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
         sc = np.where(have[None], scores[:, src], 0.0)
         sig = np.full((n, K), np.nan)
         if sigma_fn is not None and hms is not None:
-            s_hm = np.asarray(sigma_fn(hms), dtype=np.float64)  # (n, J) heatmap px
-            px = W / hms.shape[3]
-            scale = np.sqrt(np.abs(np.linalg.det(invert_affine(Ms)[:, :, :2])))  # image px per input px
-            sig = np.where(have[None], s_hm[:, src] * px * scale[:, None], np.nan)
+            # image px per heatmap px = image px per input px (crop scale) × input px per heatmap px
+            scale = np.sqrt(np.abs(np.linalg.det(invert_affine(Ms)[:, :, :2]))) * (W / hms.shape[3])
+            s_img = np.asarray(sigma_fn(hms, method=sigma_method, target_sigma=target_sigma, scale=scale),
+                               dtype=np.float64)  # (n, J) image px
+            sig = np.where(have[None], s_img[:, src], np.nan)
         arrays: dict[str, np.ndarray] = {
             "image_id": np.array([insts[r // n_copies].image_id for r in rows], dtype=np.int64),
             "ann_id": np.array([insts[r // n_copies].ann_id for r in rows], dtype=np.int64),
@@ -353,7 +365,8 @@ def run(args: argparse.Namespace) -> int:
                   flip=args.flip,
                   augment=args.augment, seed=args.seed, shard=shard, skip_missing=args.skip_missing,
                   allow_missing_joints=args.allow_missing_joints, chunk_size=args.chunk_size,
-                  batch_size=args.batch_size, model_sha256=file_sha256(args.model))
+                  batch_size=args.batch_size, model_sha256=file_sha256(args.model),
+                  target_sigma=args.target_sigma, sigma_method=args.sigma_method)
     if res is None:
         msg = (f"shard {shard[0]}/{shard[1]} written to {out}; "
                f"merge with: posecal extract --merge --out {args.out}")
