@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
+import re
+from pathlib import Path
 
 import numpy as np
+
+from posecal.calibration.audit import PRIMARY_KEYS
 
 COCO_MINI = ("data", "coco-mini", "person_keypoints_train2017.json")
 
@@ -36,7 +41,7 @@ def perturb_gt(
             "score": float(score.mean()),
         }
         if with_visibility:
-            vis = np.clip((kp[:, 2] > 0) * 0.6 + rng.uniform(0, 0.4, len(kp)), 0, 1)
+            vis = np.clip((kp[:, 2] > 0) * 0.3 + rng.uniform(0, 0.7, len(kp)), 0, 1)
             rec["visibility"] = vis.round(3).tolist()
         out.append(rec)
     for i in rng.choice(len(out), size=min(n_false_pos, len(out)), replace=False):
@@ -47,3 +52,41 @@ def perturb_gt(
         fp["score"] = float(rng.uniform(0, 0.8))
         out.append(fp)
     return out
+
+
+def strict_json(path: Path) -> dict:
+    def bad(c):
+        raise AssertionError(f"{c} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=bad)
+
+
+def check_no_nan_and_reasons(cal: dict) -> None:
+    for k in PRIMARY_KEYS:
+        assert k in cal, k
+        if cal[k] is None:
+            assert isinstance(cal.get(k + "_reason"), str) and cal[k + "_reason"], k
+        else:
+            assert np.isfinite(cal[k]), k
+
+
+def check_report(out: Path) -> dict:
+    """Every figure a valid PNG, index.html refs exist, metrics.json strict JSON without NaN."""
+    from PIL import Image
+
+    html = (out / "index.html").read_text()
+    refs = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert refs and all((out / r).is_file() for r in refs), refs
+    pngs = [r for r in refs if r.endswith(".png")]
+    assert set(pngs) >= {"pr_curves.png", "reliability.png", "sparsification.png", "visibility_scores.png"}
+    for f in pngs:
+        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(out / f) as im:
+            im.verify()
+        with Image.open(out / f) as im:
+            assert im.size[0] > 100 and im.size[1] > 100
+    assert not list(out.glob(".*tmp")), "temporary files left behind"
+    metrics = strict_json(out / "metrics.json")
+    assert set(metrics) >= {"coco", "calibration"}
+    check_no_nan_and_reasons(metrics["calibration"])
+    return metrics

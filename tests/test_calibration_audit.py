@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from calib_helpers import COCO_MINI, perturb_gt
+from calib_helpers import COCO_MINI, check_report, perturb_gt
 from conftest import REPO, shared_path
 from posecal.calibration.audit import PRIMARY_KEYS, format_summary, run_audit
 from posecal.io.coco import load_gt, load_results
@@ -23,43 +21,6 @@ def mini():
     path = shared_path(*COCO_MINI)
     gt_dict = json.loads(path.read_text())
     return path, gt_dict, load_gt(gt_dict)
-
-
-def _strict_json(path: Path) -> dict:
-    def bad(c):
-        raise AssertionError(f"{c} in {path}")
-
-    return json.loads(path.read_text(), parse_constant=bad)
-
-
-def _check_no_nan_and_reasons(cal: dict) -> None:
-    for k in PRIMARY_KEYS:
-        assert k in cal, k
-        if cal[k] is None:
-            assert isinstance(cal.get(k + "_reason"), str) and cal[k + "_reason"], k
-        else:
-            assert np.isfinite(cal[k]), k
-
-
-def _check_report(out: Path) -> dict:
-    from PIL import Image
-
-    html = (out / "index.html").read_text()
-    refs = re.findall(r'(?:src|href)="([^"]+)"', html)
-    assert refs and all((out / r).is_file() for r in refs), refs
-    pngs = [r for r in refs if r.endswith(".png")]
-    assert set(pngs) >= {"pr_curves.png", "reliability.png", "sparsification.png", "visibility_scores.png"}
-    for f in pngs:
-        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        with Image.open(out / f) as im:
-            im.verify()
-        with Image.open(out / f) as im:
-            assert im.size[0] > 100 and im.size[1] > 100
-    assert not list(out.glob(".*tmp")), "temporary files left behind"
-    metrics = _strict_json(out / "metrics.json")
-    assert set(metrics) >= {"coco", "calibration"}
-    _check_no_nan_and_reasons(metrics["calibration"])
-    return metrics
 
 
 def _exact_scores(gt_dict, gt, dets, reverse=False):
@@ -89,7 +50,7 @@ def test_report_on_coco_mini(mini, tmp_path):
     res = load_results(perturb_gt(gt_dict, seed=0, n_false_pos=12), gt)
     a = run_audit(gt, res, n_random=3, seed=0)
     write_report(a, tmp_path / "rep")
-    metrics = _check_report(tmp_path / "rep")
+    metrics = check_report(tmp_path / "rep")
     cal = metrics["calibration"]
     assert all(cal[k] is not None for k in PRIMARY_KEYS), {k: cal.get(k + "_reason") for k in PRIMARY_KEYS}
     # the two bounds of Fig. 1 bracket the informative (error-driven) scores of the fixture
@@ -98,7 +59,9 @@ def test_report_on_coco_mini(mini, tmp_path):
     assert cal["pearson_instance"] > 0 and cal["pearson_keypoint"] > 0
     assert 0 <= cal["ause_instance"] <= cal["ause_instance_max"]
     assert cal["visibility"]["auroc"] is not None and cal["visibility"]["auroc"] > 0.5
-    assert cal["n_instance_pairs"] == len(res) and cal["n_matched"] <= 86
+    ev = a.evaluation  # counted = evaluated and not absorbed by an ignored (crowd / unlabelled) gt
+    assert cal["n_instance_pairs"] == int((ev.det_evaluated & ~ev.det_ignored[0]).sum()) > 0
+    assert cal["n_matched"] == int((ev.det_gt[0] >= 0).sum() - (ev.det_ignored[0] & ev.det_evaluated).sum())
     assert metrics["coco"]["AP"] == pytest.approx(cal["mAP"])
     text = format_summary(cal)
     assert "gap" in text and len(text.splitlines()) <= 14
@@ -154,7 +117,7 @@ def test_constant_confidence_gives_null_with_reason(mini, tmp_path):
     assert m["ece"] is not None and m["ause_instance"] is not None
     assert m["visibility"]["auroc"] is None and "visibility" in m["visibility"]["auroc_reason"]
     write_report(a, tmp_path / "rep")
-    _check_report(tmp_path / "rep")
+    check_report(tmp_path / "rep")
     assert "constant confidence" in format_summary(m)
 
 
@@ -164,12 +127,58 @@ def test_empty_results(mini, tmp_path):
     _, _, gt = mini
     a = run_audit(gt, load_results([], gt), n_random=2)
     m = a.metrics
-    for k in PRIMARY_KEYS:
+    # nothing detected: AP = AR = 0 as pycocotools reports it; every pair metric is null with a reason
+    assert m["mAP"] == m["mAR"] == m["gap"] == m["oracle_AP"] == m["random_AP"] == 0.0
+    for k in PRIMARY_KEYS[5:]:
         assert m[k] is None and m[k + "_reason"] == "no detections", k
+    assert "no detections" in format_summary(m)
     write_report(a, tmp_path / "rep")
-    _check_report(tmp_path / "rep")
+    check_report(tmp_path / "rep")
 
 
 def test_audit_does_not_import_matplotlib():
     code = "import sys, posecal.calibration.audit; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(REPO / "src")})
+
+
+def test_scores_above_one_are_kept(mini):
+    from posecal.errors import PosecalWarning
+
+    _, gt_dict, gt = mini
+    dets = perturb_gt(gt_dict, seed=5)
+    for d in dets:
+        d["score"] *= 3.0
+    with pytest.warns(PosecalWarning):
+        res = load_results(dets, gt)
+    a = run_audit(gt, res, n_random=1)
+    m = a.metrics
+    assert any("above 1" in n for n in m["notes"])
+    # never clipped: the equal-width bins stretch to the largest counted score
+    assert a.instance.confidence.max() > 1.0
+    assert m["reliability"]["ece"]["edges"][-1] == pytest.approx(a.instance.confidence.max())
+    assert m["ece"] is not None
+
+
+def test_perturbation_free_predictions(mini, tmp_path):
+    """Predictions equal to the gt (seeded random scores): every OKS is 1, so AP is 1 whatever the
+    ranking, accuracy is constant (correlations null with that reason) and every AUSE is 0."""
+    from posecal.calibration.report import write_report
+
+    _, gt_dict, gt = mini
+    rng = np.random.default_rng(11)
+    dets = []
+    for a in gt_dict["annotations"]:
+        if a["num_keypoints"] > 0 and not a["iscrowd"]:
+            kp = np.asarray(a["keypoints"], float).reshape(-1, 3)
+            kp[:, 2] = rng.random(len(kp))
+            dets.append({"image_id": a["image_id"], "category_id": 1, "keypoints": kp.ravel().tolist(),
+                         "score": rng.random()})  # fmt: skip
+    a = run_audit(gt, load_results(dets, gt), n_random=2)
+    m = a.metrics
+    for k in ("mAP", "mAR", "oracle_AP", "random_AP"):
+        assert m[k] == pytest.approx(1.0, abs=1e-9), k
+    assert m["n_matched"] == len(dets)
+    assert m["pearson_instance"] is None and m["pearson_instance_reason"] == "constant accuracy"
+    assert m["ause_instance"] == 0.0 and m["aurc"] == 0.0
+    write_report(a, tmp_path / "rep")
+    check_report(tmp_path / "rep")

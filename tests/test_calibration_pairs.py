@@ -106,3 +106,19 @@ def test_best_oks_matches_pycocotools(shared):
             ref[x["id"] - 1] = b  # loadRes numbers results 1..N in file order
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
     assert (ours > 0).sum() > len(dets) // 2
+
+
+@pytest.mark.parametrize("use_area", [True, False])
+def test_keypoint_oks_averages_to_the_evaluators_instance_oks(shared, use_area):
+    from posecal.calibration.audit import run_audit
+
+    gt_dict = json.loads(shared(*COCO_MINI).read_text())
+    gt = load_gt(gt_dict)
+    res = load_results(perturb_gt(gt_dict, seed=4), gt)
+    a = run_audit(gt, res, n_random=0, evaluate_kwargs={"use_area": use_area})
+    kp, inst = a.keypoint, a.instance
+    assert len(kp.det_index) > 20
+    # the mean of the per-keypoint OKS over labelled keypoints is the instance OKS the evaluator matched with
+    matched_oks = inst.oks[inst.gt_index >= 0]
+    np.testing.assert_allclose(np.nanmean(kp.oks, axis=1), matched_oks, rtol=1e-12)
+    assert a.metrics["random_AP"] is None and a.metrics["random_AP_reason"] == "n_random = 0"

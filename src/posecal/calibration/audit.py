@@ -7,8 +7,6 @@ whose ``curves`` holds the arrays the report plots. numpy/scipy only; matplotlib
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from posecal._util import progress
 from posecal.calibration import metrics as M
 from posecal.calibration.pairs import InstancePairs, KeypointPairs, best_oks, instance_pairs, keypoint_pairs
 from posecal.errors import PosecalInputError
 
-__all__ = ["Audit", "run_audit", "with_scores", "PAIRS_DOC"]
+__all__ = ["Audit", "PAIRS_DOC", "PRIMARY_KEYS", "format_summary", "run_audit", "summary_rows"]
 
 PAIRS_DOC = (
     "instance: every detection counted at OKS 0.50 (within maxDets=20, not matched to an ignored gt); "
@@ -39,7 +38,8 @@ PRIMARY_KEYS = (
 @dataclass
 class Audit:
     """``metrics``: JSON-ready dict (the ``"calibration"`` block); ``curves``: plot data (numpy arrays);
-    ``coco``: the evaluator's 10 stats; ``instance`` / ``keypoint``: the pairs used."""
+    ``coco``: the evaluator's 10 stats; ``instance`` / ``keypoint``: the pairs used; ``evaluation``: the
+    evaluator's ``CocoEvalResult`` on the original scores."""
 
     metrics: dict[str, Any]
     curves: dict[str, Any]
@@ -47,25 +47,7 @@ class Audit:
     instance: InstancePairs
     keypoint: KeypointPairs
     notes: list[str] = field(default_factory=list)
-
-
-def with_scores(res: Any, scores: np.ndarray) -> Any:
-    """A copy of the ``CocoResults`` ``res`` with instance scores replaced by ``scores (D,)``."""
-    scores = np.asarray(scores, dtype=np.float64)
-    records = getattr(res, "records", None)
-    new_records = None
-    if records is not None:
-        new_records = [dict(r, score=float(s)) for r, s in zip(records, scores, strict=True)]
-    if dataclasses.is_dataclass(res):
-        kw: dict[str, Any] = {"score": scores}
-        if new_records is not None and any(f.name == "records" for f in dataclasses.fields(res)):
-            kw["records"] = new_records
-        return dataclasses.replace(res, **kw)
-    out = copy.copy(res)
-    out.score = scores
-    if new_records is not None:
-        out.records = new_records
-    return out
+    evaluation: Any = None
 
 
 def _set(out: dict[str, Any], key: str, fn: Callable[[], float]) -> float | None:
@@ -140,6 +122,12 @@ def run_audit(
         sigmas = ks.sigmas
     sigmas = np.asarray(sigmas, dtype=np.float64)
     kw.setdefault("sigmas", sigmas)
+    if kw.get("keypoints") is not None:
+        raise PosecalInputError(
+            "the calibration audit evaluates all keypoints (no part subset)", None, None, "keypoints"
+        )
+    # the area the evaluator uses for OKS: gt 'area', or 0.53·w·h of the gt box with use_area=False
+    gt_area = None if kw.get("use_area", True) else 0.53 * gt.bbox[:, 2] * gt.bbox[:, 3]
     if ev is None:
         ev = evaluate(gt, res, **kw)
     n_det = int(np.asarray(res.score).size)
@@ -162,36 +150,33 @@ def run_audit(
     cats = np.unique(np.asarray(res.category_id)) if n_det else np.array([])
     if cats.size == 1:
         cat = int(cats[0])
-    if n_det:
-        oracle_scores = best_oks(gt, res, sigmas, category_id=cat)
-        ev_o = evaluate(gt, with_scores(res, oracle_scores), **kw)
-        _set(m, "oracle_AP", lambda: _ap(ev_o.stats, "AP"))
-        _set(m, "oracle_AP50", lambda: _ap(ev_o.stats, "AP50"))
-        curves["pr"]["oracle"] = {0.5: _pr(ev_o, t50), 0.75: _pr(ev_o, t75)}
-        rand_ap, pr50, pr75 = [], [], []
-        for s in range(n_random):
-            rs = np.random.default_rng(seed + s).random(n_det)
-            ev_r = evaluate(gt, with_scores(res, rs), **kw)
-            rand_ap.append(float(ev_r.stats["AP"]))
-            pr50.append(_pr(ev_r, t50))
-            pr75.append(_pr(ev_r, t75))
-        m["random_seeds"] = [seed, seed + n_random - 1] if n_random else None
-        if n_random == 0:
-            m["random_AP"], m["random_AP_reason"] = None, "n_random = 0"
-        elif min(rand_ap) < 0:
-            m["random_AP"], m["random_AP_reason"] = None, "no labelled ground truth to evaluate"
-        else:
-            m["random_AP"] = float(np.mean(rand_ap))
-            m["random_AP_std"] = float(np.std(rand_ap))
-            with np.errstate(all="ignore"):
-                curves["pr"]["random"] = {0.5: np.mean(pr50, axis=0), 0.75: np.mean(pr75, axis=0)}
+    # also for empty results: the AP of nothing is 0, as pycocotools reports it
+    oracle_scores = best_oks(gt, res, sigmas, category_id=cat, gt_area=gt_area)
+    ev_o = evaluate(gt, res, scores=oracle_scores, **kw)
+    _set(m, "oracle_AP", lambda: _ap(ev_o.stats, "AP"))
+    _set(m, "oracle_AP50", lambda: _ap(ev_o.stats, "AP50"))
+    curves["pr"]["oracle"] = {0.5: _pr(ev_o, t50), 0.75: _pr(ev_o, t75)}
+    rand_ap, pr50, pr75 = [], [], []
+    for s in progress(range(n_random), desc="random-confidence AP"):
+        rs = np.random.default_rng(seed + s).random(n_det)
+        ev_r = evaluate(gt, res, scores=rs, **kw)
+        rand_ap.append(float(ev_r.stats["AP"]))
+        pr50.append(_pr(ev_r, t50))
+        pr75.append(_pr(ev_r, t75))
+    m["random_seeds"] = [seed, seed + n_random - 1] if n_random else None
+    if n_random == 0:
+        m["random_AP"], m["random_AP_reason"] = None, "n_random = 0"
+    elif min(rand_ap) < 0:
+        m["random_AP"], m["random_AP_reason"] = None, "no labelled ground truth to evaluate"
     else:
-        for k in ("oracle_AP", "random_AP"):
-            m[k], m[k + "_reason"] = None, "no detections"
+        m["random_AP"] = float(np.mean(rand_ap))
+        m["random_AP_std"] = float(np.std(rand_ap))
+        with np.errstate(all="ignore"):
+            curves["pr"]["random"] = {0.5: np.mean(pr50, axis=0), 0.75: np.mean(pr75, axis=0)}
 
     # --- pairs ------------------------------------------------------------------------------------
     inst = instance_pairs(ev, res)
-    kp = keypoint_pairs(inst, gt, res, sigmas, pck_alpha=pck_alpha)
+    kp = keypoint_pairs(inst, gt, res, sigmas, pck_alpha=pck_alpha, gt_area=gt_area)
     lab = kp.labelled
     k_score, k_oks, k_pck = kp.score[lab], kp.oks[lab], kp.pck[lab]
     m["n_detections"] = n_det
@@ -232,10 +217,11 @@ def run_audit(
         m[key] = s.ause
         m[key + "_max"] = s.ause_max
         sp[key] = s
-    m["ause_units"] = "error in [0,1] (1-OKS or 1-PCK), curves not normalised; x100 for the paper's scale"
+    m["ause_units"] = "error in [0,1] (1-OKS or 1-PCK), curves not normalised by the full-set error"
     m["pck_alpha"] = pck_alpha
     m["pck_normaliser"] = "max(w, h) of the matched gt bbox"
     curves["sparsification"] = sp
+    m["sparsification"] = {k: v.to_dict(points=21) for k, v in sp.items()}  # resampled for JSON
 
     # --- ECE / MCE against the continuous OKS; AURC ----------------------------------------------
     rel = {}
@@ -303,7 +289,7 @@ def run_audit(
                 d[k] = why
     if notes:
         m["notes"] = notes
-    return Audit(metrics=m, curves=curves, coco=stats, instance=inst, keypoint=kp, notes=notes)
+    return Audit(metrics=m, curves=curves, coco=stats, instance=inst, keypoint=kp, notes=notes, evaluation=ev)
 
 
 def _v(m: dict[str, Any], key: str, digits: int = 3) -> str:
@@ -339,9 +325,15 @@ def summary_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("AURC", _v(m, "aurc", 4), "risk 1 − OKS over coverage; lower is better"),
         ("visibility AUROC", _v(vis, "auroc"), vis.get("auroc_reason") or "predicted visibility vs gt v > 0"),
     ]
-    reasons = [f"{k}: {m[k + '_reason']}" for k in PRIMARY_KEYS if m.get(k) is None and m.get(k + "_reason")]
-    if reasons:
-        rows.append(("n/a because", "", "; ".join(dict.fromkeys(reasons))))
+    by_reason: dict[str, list[str]] = {}
+    for k in PRIMARY_KEYS:
+        if m.get(k) is None and m.get(k + "_reason"):
+            by_reason.setdefault(m[k + "_reason"], []).append(k)
+    if by_reason:
+        parts = [
+            f"{r}: {', '.join(ks) if len(ks) <= 2 else f'{len(ks)} metrics'}" for r, ks in by_reason.items()
+        ]
+        rows.append(("n/a because", "", "; ".join(parts)))
     return rows
 
 

@@ -161,7 +161,8 @@ def sparsification(confidence: np.ndarray, error: np.ndarray) -> Sparsification:
     normalise the plots for display; we keep the error's own units, so AUSE is in units of ``error``
     and lies in [0, ausemax] with ausemax <= max(error)). The curve is exact at every removal count:
     fraction n/N for n = 0..N-1, and AUSE is the left Riemann sum ``mean_n(curve[n] - oracle[n])``
-    over [0, 1) — no resampling grid. Multiply by 100 to read it in "percent" as in the paper's tables.
+    over [0, 1) — no resampling grid. (The paper does not state its scale; its Table 5 values, e.g.
+    2.72, look like this quantity x100, which we have not verified.)
     Ties in confidence are averaged over random orders (see module docstring), so a constant
     confidence gives a flat curve at the mean error.
     """

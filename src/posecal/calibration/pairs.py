@@ -86,13 +86,19 @@ def instance_pairs(ev: Any, res: Any, threshold_index: int = 0) -> InstancePairs
 
 
 def keypoint_pairs(
-    inst: InstancePairs, gt: Any, res: Any, sigmas: np.ndarray, pck_alpha: float = 0.1
+    inst: InstancePairs,
+    gt: Any,
+    res: Any,
+    sigmas: np.ndarray,
+    pck_alpha: float = 0.1,
+    gt_area: np.ndarray | None = None,
 ) -> KeypointPairs:
     """Keypoint pairs of the matched instance pairs (``inst.gt_index >= 0``).
 
     ``gt`` a ``CocoGroundTruth`` (``keypoints (G, K, 3)``, ``area (G,)``, ``bbox (G, 4)``), ``res`` a
     ``CocoResults`` (``keypoints (D, K, 3)``, ``visibility (D, K) | None``), ``sigmas (K,)``.
-    PCK is normalised by ``max(w, h)`` of the matched gt box (image pixels).
+    PCK is normalised by ``max(w, h)`` of the matched gt box (image pixels). ``gt_area (G,)`` replaces
+    ``gt.area`` in the OKS (e.g. 0.53·w·h for the evaluator's ``use_area=False``).
     """
     m = inst.gt_index >= 0
     det, g = inst.det_index[m], inst.gt_index[m]
@@ -102,7 +108,8 @@ def keypoint_pairs(
     pred = pred.reshape(-1, k, 3)
     gk = gk.reshape(-1, k, 3)
     if det.size:
-        oks = np.asarray(keypoint_oks(pred[..., :2], gk, np.asarray(gt.area, float)[g], sigmas), float)
+        area = np.asarray(gt.area if gt_area is None else gt_area, dtype=np.float64)[g]
+        oks = np.asarray(keypoint_oks(pred[..., :2], gk, area, sigmas), dtype=np.float64)
     else:
         oks = np.zeros((0, k))
     bbox = np.asarray(gt.bbox, dtype=np.float64)[g].reshape(-1, 4)
@@ -119,13 +126,22 @@ def keypoint_pairs(
     )
 
 
-def best_oks(gt: Any, res: Any, sigmas: np.ndarray, category_id: int | None = None) -> np.ndarray:
+def best_oks(
+    gt: Any,
+    res: Any,
+    sigmas: np.ndarray,
+    category_id: int | None = None,
+    gt_area: np.ndarray | None = None,
+) -> np.ndarray:
     """``(D,)`` the OKS of each detection with its best-matching gt of the same image (and category):
     the max over that image's non-crowd gts with at least one labelled keypoint, 0 if there is none.
     This is the *oracle confidence* of the paper's Fig. 1 (pycocotools-exact OKS,
-    :func:`posecal.metrics.oks.oks_matrix`)."""
+    :func:`posecal.metrics.oks.oks_matrix`; ``gt_area (G,)`` replaces ``gt.area`` as in
+    :func:`keypoint_pairs`)."""
     d_img = np.asarray(res.image_id, dtype=np.int64)
     out = np.zeros(d_img.size, dtype=np.float64)
+    if d_img.size == 0:
+        return out
     g_ok = ~np.asarray(gt.iscrowd, dtype=bool) & (np.asarray(gt.keypoints)[..., 2] > 0).any(axis=-1)
     if category_id is not None:
         g_ok &= np.asarray(gt.category_id) == category_id
@@ -135,6 +151,7 @@ def best_oks(gt: Any, res: Any, sigmas: np.ndarray, category_id: int | None = No
     g_sel = g_sel[order]
     g_sorted = g_img[g_sel]
     dkp = np.asarray(res.keypoints, dtype=np.float64)
+    area = np.asarray(gt.area if gt_area is None else gt_area, dtype=np.float64)
     d_order = np.argsort(d_img, kind="stable")
     imgs, d_start = np.unique(d_img[d_order], return_index=True)
     d_end = np.r_[d_start[1:], d_img.size]
@@ -144,6 +161,6 @@ def best_oks(gt: Any, res: Any, sigmas: np.ndarray, category_id: int | None = No
             continue
         gi = g_sel[lo:hi]
         di = d_order[a:b]
-        o = np.asarray(oks_matrix(dkp[di], np.asarray(gt.keypoints)[gi], np.asarray(gt.area)[gi], sigmas))
+        o = np.asarray(oks_matrix(dkp[di], np.asarray(gt.keypoints)[gi], area[gi], sigmas))
         out[di] = o.max(axis=1)
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -214,11 +215,13 @@ def write_report(
     a: Audit,
     out_dir: str | Path,
     *,
-    coco: dict[str, Any] | None = None,
+    document: dict[str, Any] | None = None,
     title: str = "posecal calibration report",
 ) -> dict[str, Path]:
-    """Write ``metrics.json`` (``{"coco": ..., "calibration": ...}``), the PNG figures of :data:`FIGURES`
-    and ``index.html`` into ``out_dir`` (created). Returns ``{name: path}`` of the files written."""
+    """Write ``metrics.json``, the PNG figures of :data:`FIGURES` and ``index.html`` into ``out_dir``
+    (created). ``metrics.json`` is ``document`` (e.g. the ``posecal evaluate --json`` output, which has
+    the ``"coco"`` key) with ``"calibration"`` set to ``a.metrics``; by default
+    ``{"coco": a.coco, "calibration": a.metrics}``. Returns ``{name: path}`` of the files written."""
     plt = _plt()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,10 +235,21 @@ def write_report(
     for name, fn in makers.items():
         fn(plt, a, out / name)
         written[name] = out / name
-    coco = a.coco if coco is None else coco
-    write_json_atomic(out / "metrics.json", {"coco": coco, "calibration": a.metrics})
+    doc = dict(document) if document is not None else {"coco": a.coco}
+    doc["calibration"] = a.metrics
+    coco = doc.get("coco", a.coco)
+    write_json_atomic(out / "metrics.json", doc)
     written["metrics.json"] = out / "metrics.json"
     figs = [f for f in FIGURES if f in written and (out / f).is_file()]
     write_bytes_atomic(out / "index.html", _html(a, figs, coco, title).encode())
     written["index.html"] = out / "index.html"
+    mode = _file_mode()
+    for p in written.values():  # the atomic temporary files are 0600; a report is meant to be shared
+        os.chmod(p, mode)
     return written
+
+
+def _file_mode() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return 0o666 & ~old

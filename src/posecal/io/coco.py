@@ -164,6 +164,8 @@ def _check_int(value: Any, file, record, fld) -> int:
         isinstance(value, float) and (not math.isfinite(value) or not value.is_integer())
     ):
         raise PosecalInputError(f"expected an integer, got {value!r:.40}", file, record, fld)
+    if not -(2**63) <= value < 2**63:
+        raise PosecalInputError(f"integer out of range: {value!r:.40}", file, record, fld)
     return int(value)
 
 
@@ -478,7 +480,8 @@ def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | No
         if all(isinstance(v, int) for v in ids):
             dup = _first_dup(np.array(ids, dtype=np.int64))
             if dup is not None:
-                raise PosecalInputError(f"duplicate id {dup}", file, ids.index(dup), "id")
+                second = [i for i, v in enumerate(ids) if v == dup][1]
+                raise PosecalInputError(f"duplicate id {dup}", file, second, "id")
 
     if D:
         out = (score > 1) | (score < 0)
@@ -500,7 +503,7 @@ def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | No
 def results_to_records(res: CocoResults) -> list[dict]:
     """COCO result records from arrays (image_id, category_id, flat keypoints, score, bbox when present)."""
     out = []
-    kp = res.keypoints.reshape(len(res), -1).tolist()
+    kp = res.keypoints.reshape(len(res), res.keypoints.shape[1] * 3).tolist()
     cols = zip(res.image_id.tolist(), res.category_id.tolist(), res.score.tolist(), strict=True)
     for i, (im, c, s) in enumerate(cols):
         r = {"image_id": im, "category_id": c, "keypoints": kp[i], "score": s}

@@ -276,7 +276,6 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
     n_units = nC * nI
     ng_u = np.bincount(g_unit, minlength=n_units)
     gstart_u = np.r_[0, np.cumsum(ng_u)[:-1]]
-    nd_u = np.bincount(k_unit, minlength=n_units)
 
     # ---- OKS for all (kept det, gt of its unit) pairs ----
     rep = ng_u[k_unit]
@@ -288,50 +287,70 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
     oks = oks_pairs(det_xy, gkp, g_area_oks, gt.bbox, sig, k_idx[pair_k], pair_g)
 
     # ---- greedy matching, bucketed by gt count ----
+    # Only pairs with OKS >= the lowest threshold can ever match. Detections without such a pair are
+    # unmatched at every threshold, and gts without one are never chosen, so both are left out of the
+    # padded arrays (the greedy order of the remaining ones is unchanged).
     C = A * T
     thr_c = np.tile(np.minimum(IOU_THRS, 1 - 1e-10), A)
     a_of_c = np.repeat(np.arange(A), T)
-    match_slot = np.full((nK, C), -1, dtype=np.int64)  # matched slot (index within unit's gts)
-    pair_oks_by_slot = None
-    active = np.flatnonzero((nd_u > 0) & (ng_u > 0))
-    if active.size:
-        gm = np.maximum(1, 2 ** np.ceil(np.log2(np.maximum(ng_u[active], 1))).astype(np.int64))
-        # first kept det row of every unit (kept dets are grouped by unit)
-        kstart_u = np.r_[0, np.cumsum(nd_u)[:-1]]
-        pair_start_k = np.r_[0, np.cumsum(rep)[:-1]]
+    g_row = np.full((nK, C), -1, dtype=np.int64)  # matched gt row per kept detection and combo
+    m_oks = np.zeros((nK, C), dtype=np.float64)
+    good = np.flatnonzero(oks >= thr_c.min())
+    if good.size:
+        gk = pair_k[good]  # kept-det rows, sorted (pairs are generated det by det)
+        gu = k_unit[gk]
+        gs = pair_off[good]  # gt slot within the unit
+        # active detections: compressed rank within unit, in rank order
+        a_rows = np.unique(gk)
+        a_unit = k_unit[a_rows]
+        u_list, u_first, u_nd = np.unique(a_unit, return_index=True, return_counts=True)
+        a_rank = np.arange(a_rows.size) - np.repeat(u_first, u_nd)
+        # active gts: compressed slot within unit, in file order
+        gkey = gu * (int(ng_u.max()) + 1) + gs
+        g_keys, g_inv = np.unique(gkey, return_inverse=True)
+        g_key_unit = g_keys // (int(ng_u.max()) + 1)
+        g_key_slot = g_keys % (int(ng_u.max()) + 1)
+        g_key_row = g_order[gstart_u[g_key_unit] + g_key_slot]
+        _, gu_first, u_ng = np.unique(g_key_unit, return_index=True, return_counts=True)
+        g_cslot = np.arange(g_keys.size) - np.repeat(gu_first, u_ng)
+        # per pair: unit index (into u_list), compressed rank, compressed slot
+        pu_idx = np.searchsorted(u_list, gu)
+        p_rank = a_rank[np.searchsorted(a_rows, gk)]
+        p_slot = g_cslot[g_inv]
+        gm = 2 ** np.ceil(np.log2(u_ng)).astype(np.int64)
+        bucket_of_u = gm
+        # position of each unit inside its bucket (units sorted by active-detection count, descending)
         for b in np.unique(gm).tolist():
-            units = active[gm == b]
-            units = units[np.argsort(-nd_u[units], kind="stable")]
-            Ub = units.size
-            Rb = int(min(max_dets, nd_u[units].max()))
+            ub = np.flatnonzero(bucket_of_u == b)
+            ub = ub[np.argsort(-u_nd[ub], kind="stable")]
+            Ub = ub.size
+            pos = np.full(u_list.size, -1, dtype=np.int64)
+            pos[ub] = np.arange(Ub)
+            Rb = int(u_nd[ub].max())
             O = np.full((Ub, Rb, b), -1.0)
-            # pairs of these units
-            ndb, ngb = nd_u[units], ng_u[units]
-            u_pos = np.repeat(np.arange(Ub), ndb)
-            krow = np.repeat(kstart_u[units], ndb) + _offsets(ndb)
-            reps = ngb[u_pos]
-            pk_rows = np.repeat(pair_start_k[krow], reps) + _offsets(reps)
-            pu = np.repeat(u_pos, reps)
-            pr = np.repeat(k_rank[krow], reps)
-            pj = pair_off[pk_rows]
-            O[pu, pr, pj] = oks[pk_rows]
+            sel = np.flatnonzero(pos[pu_idx] >= 0)
+            O[pos[pu_idx[sel]], p_rank[sel], p_slot[sel]] = oks[good[sel]]
+            ngb = u_ng[ub]
             exists = np.arange(b)[None, :] < ngb[:, None]
-            gidx = np.full((Ub, b), 0, dtype=np.int64)
+            grow = np.zeros((Ub, b), dtype=np.int64)
             off = _offsets(ngb)
-            gidx[np.repeat(np.arange(Ub), ngb), off] = g_order[np.repeat(gstart_u[units], ngb) + off]
-            crowd = gt.iscrowd[gidx] & exists
-            ig_c = np.transpose(g_ig_a[:, gidx], (1, 0, 2))[:, a_of_c, :]  # (Ub, C, b)
-            m = _match_bucket(O, ndb, exists, crowd, ig_c, thr_c)  # (Ub, Rb, C)
-            match_slot[krow] = m[u_pos, k_rank[krow]]
-        pair_oks_by_slot = (pair_start_k, oks)
+            grow[np.repeat(np.arange(Ub), ngb), off] = g_key_row[np.repeat(gu_first[ub], ngb) + off]
+            crowd = gt.iscrowd[grow] & exists
+            ig_c = np.transpose(g_ig_a[:, grow], (1, 0, 2))[:, a_of_c, :]  # (Ub, C, b)
+            m = _match_bucket(O, u_nd[ub], exists, crowd, ig_c, thr_c)  # (Ub, Rb, C)
+            # back to kept-detection rows
+            dsel = np.flatnonzero(pos[np.searchsorted(u_list, a_unit)] >= 0)
+            du = pos[np.searchsorted(u_list, a_unit[dsel])]
+            dr = a_rank[dsel]
+            mm = m[du, dr]  # (n, C)
+            hit = mm >= 0
+            safe = np.where(hit, mm, 0)
+            rows = a_rows[dsel]
+            g_row[rows] = np.where(hit, grow[du[:, None], safe], -1)
+            m_oks[rows] = np.where(hit, O[du[:, None], dr[:, None], safe], 0.0)
 
     # ---- per kept detection, per combo: matched gt row, ignore, tp ----
-    has_m = match_slot >= 0
-    slot = np.where(has_m, match_slot, 0)
-    if G:
-        g_row = np.where(has_m, g_order[np.minimum(gstart_u[k_unit][:, None] + slot, G - 1)], -1)
-    else:
-        g_row = np.full((nK, C), -1, dtype=np.int64)
+    has_m = g_row >= 0
     if xt:
         real = has_m
     else:
@@ -402,14 +421,12 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
         det_gt[:, k_idx] = g_row[:, :T].T
         det_ig[:, k_idx] = d_ig[:, :T].T
         det_tp[:, k_idx] = tp[:, :T].T
-        if pair_oks_by_slot is not None:
-            pstart, oks_v = pair_oks_by_slot
-            hm = has_m[:, :T]
-            kk, tt = np.nonzero(hm)
-            det_oks[tt, k_idx[kk]] = oks_v[pstart[kk] + match_slot[kk, tt]]
-            # gt -> det: the last detection (in rank order) matched to it
-            order_k = np.lexsort((k_rank[kk], k_unit[kk]))
-            gt_det[tt[order_k], g_row[kk, tt][order_k]] = k_idx[kk][order_k]
+        hm = has_m[:, :T]
+        kk, tt = np.nonzero(hm)
+        det_oks[tt, k_idx[kk]] = m_oks[kk, tt]
+        # gt -> det: the last detection (in rank order) matched to it
+        order_k = np.lexsort((k_rank[kk], k_unit[kk]))
+        gt_det[tt[order_k], g_row[kk, tt][order_k]] = k_idx[kk][order_k]
     return CocoEvalResult(
         stats=stats, precision=precision, recall=recall, scores=score_arr, det_evaluated=det_evaluated,
         det_gt=det_gt, det_ignored=det_ig, det_oks=det_oks, det_tp=det_tp, gt_det=gt_det,

@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""Benchmark: whole-process ``posecal evaluate`` vs pycocotools vs faster-coco-eval (COCO keypoints).
+
+Generates seeded COCO-format keypoint sets (ground truth + detector-like results: one perturbed detection for
+most people, plus false positives), then runs each evaluator as a fresh subprocess that loads both JSON files,
+evaluates and prints the 10 stats. Reports wall time (best of ``--repeats``) and peak RSS of that child
+(``os.wait4``), checks the three agree on the 10 stats, and writes a table to docs/benchmarks.md
+(section "COCO evaluation") with ``--write-doc``.
+
+    nice python3 benchmarks/bench_evaluate.py --write-doc          # both sizes
+    python3 benchmarks/bench_evaluate.py --sizes small --repeats 1  # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SIZES = {"small": (5_000, 2.2), "large": (50_000, 2.28)}  # images, mean people per image
+FP_PER_IMAGE = 3.0  # mean false-positive detections per image (a person detector's low-score boxes)
+
+SIGMAS = np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87,
+                   0.89, 0.89]) / 10.0
+NAMES = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+         "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+         "right_knee", "left_ankle", "right_ankle"]
+
+
+def generate(n_images: int, per_image: float, seed: int, out_dir: Path) -> tuple[Path, Path, int, int]:
+    """Write gt.json and pred.json; return their paths and the gt / detection counts."""
+    rng = np.random.default_rng(seed)
+    n_per = rng.poisson(per_image, n_images)
+    G = int(n_per.sum())
+    img_of = np.repeat(np.arange(1, n_images + 1), n_per)
+    s = np.exp(rng.uniform(np.log(20), np.log(400), G))  # person scale, pixels
+    cx, cy = rng.uniform(0, 640, G), rng.uniform(0, 480, G)
+    kp = np.empty((G, 17, 3))
+    kp[:, :, 0] = cx[:, None] + rng.normal(0, 1, (G, 17)) * s[:, None] / 4
+    kp[:, :, 1] = cy[:, None] + rng.normal(0, 1, (G, 17)) * s[:, None] / 3
+    vis = rng.choice([0, 1, 2], size=(G, 17), p=[0.25, 0.15, 0.6])
+    vis[rng.uniform(size=G) < 0.08] = 0  # people without labelled keypoints
+    kp[:, :, 2] = vis
+    kp[vis == 0, :2] = 0
+    kp = np.round(kp, 2)
+    area = np.round(s * s * rng.uniform(0.3, 0.7, G), 2)
+    bbox = np.round(np.stack([cx - s / 2, cy - s / 2, s * 0.8, s], axis=1), 2)
+    crowd = rng.uniform(size=G) < 0.01
+    nk = np.count_nonzero(vis > 0, axis=1)
+    images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": 640, "height": 480}
+              for i in range(1, n_images + 1)]
+    anns = [{"id": j + 1, "image_id": int(img_of[j]), "category_id": 1, "iscrowd": int(crowd[j]),
+             "num_keypoints": int(nk[j]), "area": float(area[j]), "bbox": bbox[j].tolist(),
+             "keypoints": kp[j].ravel().tolist()} for j in range(G)]
+    gt = {"info": {"description": f"posecal benchmark seed {seed}"}, "images": images, "annotations": anns,
+          "categories": [{"id": 1, "name": "person", "supercategory": "person", "keypoints": NAMES,
+                          "skeleton": []}]}
+    # detections: 92 % of people detected with a scale-relative error, plus FP_PER_IMAGE false positives per image
+    det_of = np.flatnonzero(rng.uniform(size=G) < 0.92)
+    err = np.exp(rng.normal(np.log(0.05), 0.8, det_of.size))
+    d_kp = np.empty((det_of.size, 17, 3))
+    base = kp[det_of, :, :2].copy()
+    lab = vis[det_of] > 0
+    base[~lab] = np.stack([cx[det_of], cy[det_of]], axis=1)[:, None, :].repeat(17, 1)[~lab]
+    d_kp[:, :, :2] = base + rng.normal(0, 1, (det_of.size, 17, 2)) * (err * s[det_of])[:, None, None]
+    d_kp[:, :, 2] = rng.uniform(0.05, 1.0, (det_of.size, 17))
+    d_score = np.clip(1.0 - err + rng.normal(0, 0.1, det_of.size), 0.01, 1.0)
+    n_fp = rng.poisson(FP_PER_IMAGE, n_images)
+    F = int(n_fp.sum())
+    f_img = np.repeat(np.arange(1, n_images + 1), n_fp)
+    f_kp = np.empty((F, 17, 3))
+    f_kp[:, :, 0] = rng.uniform(0, 640, F)[:, None] + rng.normal(0, 30, (F, 17))
+    f_kp[:, :, 1] = rng.uniform(0, 480, F)[:, None] + rng.normal(0, 40, (F, 17))
+    f_kp[:, :, 2] = rng.uniform(0.0, 0.6, (F, 17))
+    f_score = rng.uniform(0.01, 0.95, F)
+    all_img = np.concatenate([img_of[det_of], f_img])
+    all_kp = np.round(np.concatenate([d_kp, f_kp]), 3)
+    all_score = np.round(np.concatenate([d_score, f_score]), 4)
+    order = np.argsort(all_img, kind="stable")
+    res = [{"image_id": int(all_img[i]), "category_id": 1, "keypoints": all_kp[i].ravel().tolist(),
+            "score": float(all_score[i])} for i in order]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gp, pp = out_dir / "gt.json", out_dir / "pred.json"
+    gp.write_text(json.dumps(gt))
+    pp.write_text(json.dumps(res))
+    return gp, pp, G, len(res)
+
+
+PYCOCOTOOLS = """
+import sys, json, contextlib, io
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+with contextlib.redirect_stdout(io.StringIO()):
+    gt = COCO(sys.argv[1]); dt = gt.loadRes(sys.argv[2])
+    ev = COCOeval(gt, dt, 'keypoints'); ev.evaluate(); ev.accumulate(); ev.summarize()
+print('STATS', json.dumps([float(x) for x in ev.stats]))
+"""
+
+FASTER = """
+import sys, json, contextlib, io
+from faster_coco_eval import COCO, COCOeval_faster
+with contextlib.redirect_stdout(io.StringIO()):
+    gt = COCO(sys.argv[1]); dt = gt.loadRes(sys.argv[2])
+    ev = COCOeval_faster(gt, dt, 'keypoints', print_function=lambda *a, **k: None)
+    ev.evaluate(); ev.accumulate(); ev.summarize()
+print('STATS', json.dumps([float(x) for x in ev.stats[:10]]))
+"""
+
+
+def run_child_wait4(cmd: list[str], env: dict) -> tuple[float, float, str]:
+    """Like run_child, reaping with os.wait4 to get this child's own peak RSS."""
+    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, text=True)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        fo.seek(0)
+        fe.seek(0)
+        out, err = fo.read(), fe.read()
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed ({p.returncode}): {err[-2000:]}")
+    return wall, ru.ru_maxrss / 1024.0, out
+
+
+def tools(gp: Path, pp: Path, out_json: Path) -> dict[str, list[str]]:
+    py = sys.executable
+    return {
+        "posecal": [py, "-m", "posecal", "evaluate", "--gt", str(gp), "--pred", str(pp), "--json", str(out_json)],
+        "pycocotools": [py, "-c", PYCOCOTOOLS, str(gp), str(pp)],
+        "faster-coco-eval": [py, "-c", FASTER, str(gp), str(pp)],
+    }
+
+
+def bench_size(name: str, n_images: int, per_image: float, seed: int, repeats: int, work: Path) -> dict:
+    d = work / name
+    gp, pp, G, D = generate(n_images, per_image, seed, d)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    out_json = d / "posecal_out.json"
+    row = {"size": name, "images": n_images, "gts": G, "dets": D,
+           "gt_mb": gp.stat().st_size / 2**20, "pred_mb": pp.stat().st_size / 2**20}
+    stats = {}
+    for tool, cmd in tools(gp, pp, out_json).items():
+        walls, rsss = [], []
+        for _ in range(repeats):
+            w, r, out = run_child_wait4(cmd, env)
+            walls.append(w)
+            rsss.append(r)
+        row[tool] = {"wall_s": min(walls), "walls": walls, "peak_rss_mib": max(rsss)}
+        if tool == "posecal":
+            doc = json.loads(out_json.read_text())
+            stats[tool] = [doc["coco"][k] for k in ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75",
+                                                      "ARm", "ARl")]
+        else:
+            m = re.search(r"STATS (\[.*\])", out)
+            stats[tool] = json.loads(m.group(1))
+        print(f"  {name:5s} {tool:17s} best {min(walls):7.2f} s  (runs {', '.join(f'{w:.2f}' for w in walls)})"
+              f"  peak RSS {max(rsss):7.0f} MiB", flush=True)
+    row["stats"] = stats
+    row["agree_pycocotools"] = stats["posecal"] == stats["pycocotools"]
+    row["agree_faster"] = stats["posecal"] == stats["faster-coco-eval"]
+    return row
+
+
+def machine() -> str:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import faster_coco_eval
+    import pycocotools  # noqa: F401
+    from importlib.metadata import version
+
+    return (f"{cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, numpy {np.__version__}, "
+            f"pycocotools {version('pycocotools')}, faster-coco-eval {faster_coco_eval.__version__}")
+
+
+def markdown(rows: list[dict], repeats: dict, note: str) -> str:
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "## COCO evaluation",
+        "",
+        "<!-- written by benchmarks/bench_evaluate.py --write-doc; do not edit by hand -->",
+        f"Measured {now} on {machine()}.",
+        "",
+        "Whole process (interpreter start, imports, JSON parsing, evaluation, summary) of each evaluator as a "
+        "fresh subprocess on the same seeded COCO-keypoint files; wall time is the best of the runs, peak "
+        "memory the child's max RSS (`os.wait4`). Command: `nice python3 benchmarks/bench_evaluate.py "
+        "--write-doc`.",
+        "",
+        "| set | images | gts | dets | tool | wall (s) | peak RSS (MiB) | pycocotools / tool | stats = pycocotools |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ref = r["pycocotools"]["wall_s"]
+        for tool in ("posecal", "pycocotools", "faster-coco-eval"):
+            t = r[tool]
+            same = "yes" if r["stats"][tool] == r["stats"]["pycocotools"] else "NO"
+            lines.append(f"| {r['size']} | {r['images']} | {r['gts']} | {r['dets']} | {tool} | {t['wall_s']:.2f} "
+                         f"| {t['peak_rss_mib']:.0f} | {ref / t['wall_s']:.1f}× | {same} |")
+    lines.append("")
+    for r in rows:
+        p, c, f = r["posecal"], r["pycocotools"], r["faster-coco-eval"]
+        lines.append(
+            f"- {r['size']} ({r['images']} images, {r['gts']} gts; files {r['gt_mb']:.0f} + {r['pred_mb']:.0f} MB, "
+            f"{repeats[r['size']]} runs each): posecal is **{c['wall_s'] / p['wall_s']:.1f}×** pycocotools "
+            f"(target ≥ 10×) and **{f['wall_s'] / p['wall_s']:.1f}×** faster-coco-eval (target ≥ 3×); peak "
+            f"memory {p['peak_rss_mib']:.0f} MiB vs pycocotools {c['peak_rss_mib']:.0f} MiB "
+            f"(target ≤).")
+    if note:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(section: str) -> Path:
+    path = REPO / "docs" / "benchmarks.md"
+    text = path.read_text() if path.exists() else "# posecal benchmarks\n\n"
+    pat = re.compile(r"## COCO evaluation\n.*?(?=\n## |\Z)", re.S)
+    text = pat.sub(lambda _: section.rstrip("\n") + "\n", text) if pat.search(text) else \
+        text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+    return path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", default=["small", "large"], choices=list(SIZES))
+    ap.add_argument("--repeats", type=int, default=None, help="runs per tool (default: 3 small, 2 large)")
+    ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--workdir", type=Path, default=None, help="where the generated JSON goes (default: tmp)")
+    ap.add_argument("--write-doc", action="store_true", help="write the table into docs/benchmarks.md")
+    ap.add_argument("--note", default="", help="a remark appended to the doc section")
+    args = ap.parse_args()
+    rows, reps = [], {}
+    with tempfile.TemporaryDirectory(prefix="posecal-bench-") as tmp:
+        work = args.workdir or Path(tmp)
+        for name in args.sizes:
+            n_images, per = SIZES[name]
+            reps[name] = args.repeats or (3 if name == "small" else 2)
+            print(f"{name}: generating {n_images} images ...", flush=True)
+            rows.append(bench_size(name, n_images, per, args.seed, reps[name], work))
+    md = markdown(rows, reps, args.note)
+    print(md)
+    if args.write_doc:
+        print(f"wrote {write_doc(md)}")
+    ok = all(r["agree_pycocotools"] for r in rows)
+    if not ok:
+        print("MISMATCH: posecal stats differ from pycocotools", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

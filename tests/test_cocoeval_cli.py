@@ -1,0 +1,175 @@
+"""``posecal evaluate``: summary text and JSON equal pycocotools'; bad input → exit 2, one line, no file."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _cocogen import make_coco_set, perturb_gt
+from posecal.cli import main
+from posecal.metrics.cocoeval import STAT_NAMES
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _pycocotools_summary(gt: dict, res: list, sigmas=None) -> tuple[list[str], np.ndarray]:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        cg = COCO()
+        cg.dataset = copy.deepcopy(gt)
+        cg.createIndex()
+        cd = cg.loadRes(copy.deepcopy(res))
+        ev = COCOeval(cg, cd, "keypoints")
+        if sigmas is not None:
+            ev.params.kpt_oks_sigmas = np.asarray(sigmas)
+        ev.evaluate()
+        ev.accumulate()
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        ev.summarize()
+    return buf.getvalue().splitlines(), np.asarray(ev.stats)
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _write(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_fixture_summary_and_json_equal_pycocotools(shared, tmp_path):
+    pytest.importorskip("pycocotools")
+    gt_path = shared("data", "mmpose-fixtures", "coco", "test_coco.json")
+    gt = json.loads(gt_path.read_text())
+    res = perturb_gt(gt, 5)
+    pred = _write(tmp_path / "pred.json", res)
+    out = tmp_path / "sub" / "out.json"
+    rc, stdout, err = _run(["evaluate", "--gt", str(gt_path), "--pred", str(pred), "--json", str(out)])
+    assert rc == 0, err
+    ref_lines, ref_stats = _pycocotools_summary(gt, res)
+    assert stdout.splitlines() == ref_lines
+    doc = json.loads(out.read_text())
+    assert list(doc["coco"]) == list(STAT_NAMES)
+    np.testing.assert_array_equal([doc["coco"][k] for k in STAT_NAMES], ref_stats)
+
+
+def test_custom_keypoints_need_sigmas(tmp_path):
+    pytest.importorskip("pycocotools")
+    gt, res = make_coco_set(11, n_images=6, max_gts=4, max_dets=6, K=5)
+    g, p = _write(tmp_path / "gt.json", gt), _write(tmp_path / "pred.json", res)
+    out = tmp_path / "o.json"
+    rc, _, err = _run(["evaluate", "--gt", str(g), "--pred", str(p), "--json", str(out)])
+    assert rc == 2 and "--sigmas" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    sig = [0.05, 0.06, 0.07, 0.08, 0.09]
+    rc, stdout, err = _run(["evaluate", "--gt", str(g), "--pred", str(p), "--sigmas", "0.05,0.06", "0.07",
+                            "0.08", "0.09", "--json", str(out)])
+    assert rc == 0, err
+    ref_lines, ref_stats = _pycocotools_summary(gt, res, sigmas=sig)
+    assert stdout.splitlines() == ref_lines
+    np.testing.assert_array_equal([json.loads(out.read_text())["coco"][k] for k in STAT_NAMES], ref_stats)
+    rc, _, err = _run(["evaluate", "--gt", str(g), "--pred", str(p), "--sigmas", "0.05", "0.06"])
+    assert rc == 2 and "sigmas" in err
+
+
+def test_crowdpose_without_area(shared, tmp_path):
+    gt_path = shared("data", "mmpose-fixtures", "crowdpose", "test_crowdpose.json")
+    pred = _write(tmp_path / "pred.json", perturb_gt(json.loads(gt_path.read_text()), 1))
+    out = tmp_path / "o.json"
+    argv = ["evaluate", "--gt", str(gt_path), "--pred", str(pred), "--json", str(out)]
+    rc, _, err = _run(argv + ["--use-area"])
+    assert rc == 2 and "area" in err and not out.exists()
+    rc, stdout, err = _run(argv)
+    assert rc == 0 and "0.53" in err and len(stdout.splitlines()) == 10
+    assert json.loads(out.read_text())["use_area"] is False
+
+
+def test_wholebody_reports_parts(shared, tmp_path):
+    gt_path = shared("data", "mmpose-fixtures", "coco", "test_coco_wholebody.json")
+    pred = _write(tmp_path / "pred.json", perturb_gt(json.loads(gt_path.read_text()), 2, parts=True))
+    out = tmp_path / "o.json"
+    rc, stdout, err = _run(["evaluate", "--gt", str(gt_path), "--pred", str(pred), "--json", str(out)])
+    assert rc == 0, err
+    doc = json.loads(out.read_text())
+    assert set(doc["wholebody"]) == {"body", "foot", "face", "lefthand", "righthand", "wholebody"}
+    assert "foot" in stdout
+
+
+def _bad_cases(gt: dict, res: list):
+    """(name, gt, res or raw text) for every validation failure the issue lists."""
+    yield "bad json", gt, "[{"
+    r = copy.deepcopy(res)
+    r[0]["keypoints"] = r[0]["keypoints"][:-3]
+    yield "keypoint count", gt, r
+    r = copy.deepcopy(res)
+    r[1]["keypoints"][0] = math.nan
+    yield "nan", gt, json.dumps(r)
+    r = copy.deepcopy(res)
+    r[1]["score"] = math.inf
+    yield "inf", gt, json.dumps(r)
+    r = copy.deepcopy(res)
+    r[0]["image_id"] = 987654321
+    yield "unknown image", gt, r
+    r = copy.deepcopy(res)
+    r[0]["category_id"] = 77
+    yield "unknown category", gt, r
+    g = copy.deepcopy(gt)
+    g["annotations"][0]["area"] = -5
+    yield "negative area", g, res
+    g = copy.deepcopy(gt)
+    g["annotations"][0]["bbox"][3] = -5
+    yield "negative box", g, res
+    g = copy.deepcopy(gt)
+    g["annotations"][1]["id"] = g["annotations"][0]["id"]
+    yield "duplicate ids", g, res
+    yield "not a list", gt, {"x": 1}
+
+
+def test_bad_inputs_exit_2_one_line_no_file(tmp_path):
+    gt, res = make_coco_set(21, n_images=4, max_gts=4, max_dets=5)
+    assert len(gt["annotations"]) >= 2 and len(res) >= 2
+    names = []
+    for i, (name, g, r) in enumerate(_bad_cases(gt, res)):
+        gp = _write(tmp_path / f"gt{i}.json", g)
+        rp = tmp_path / f"pred{i}.json"
+        rp.write_text(r if isinstance(r, str) else json.dumps(r))
+        out = tmp_path / f"out{i}.json"
+        rc, stdout, err = _run(["evaluate", "--gt", str(gp), "--pred", str(rp), "--json", str(out)])
+        assert rc == 2, (name, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("posecal evaluate: error: "), (name, err)
+        assert str(gp) in lines[0] or str(rp) in lines[0], name
+        assert not out.exists() and stdout == "", name
+        assert not list(tmp_path.glob(f".out{i}.json*")), name  # no temp file left either
+        names.append(name)
+    assert len(names) == 10
+    rc, _, err = _run(["evaluate", "--gt", str(tmp_path / "nope.json"), "--pred", str(rp)])
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_cli_imports_stay_light(shared, tmp_path):
+    gt_path = shared("data", "mmpose-fixtures", "coco", "test_coco.json")
+    pred = _write(tmp_path / "pred.json", perturb_gt(json.loads(gt_path.read_text()), 3))
+    code = ("import sys; from posecal.cli import main; rc = main(['evaluate', '--gt', sys.argv[1], '--pred', "
+            "sys.argv[2]]); heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'matplotlib', 'h5py', "
+            "'scipy', 'pycocotools', 'tqdm') if m in sys.modules]; print('HEAVY', heavy); sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code, str(gt_path), str(pred)], capture_output=True, text=True,
+                       env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "HEAVY []" in p.stdout
