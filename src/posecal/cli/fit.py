@@ -132,7 +132,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Train a CCNet confidence/visibility head on a feature store (paper Sec. 5). "
         "With no other option: the recommended recipe.",
     )
-    p.add_argument("--store", required=True, help="feature store directory (from posecal extract)")
+    p.add_argument("--store", required=True, action="append",
+                   help="feature store directory (from posecal extract); repeat to train on several stores "
+                   "of the same model/tensor/pooling (e.g. a plain and an --augment store)")
     p.add_argument("--out", required=True, help="head directory to write (head.safetensors + head.json)")
     p.add_argument("--val-store", help="store to validate on (AP, Pearson) during training")
     p.add_argument("--head", choices=["fc", "conv_gap", "conv_sigmoid_gap", "kpt"],
@@ -162,13 +164,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1 or args.batch_size < 1:
         raise PosecalInputError("--steps and --batch-size must be >= 1", field="--steps/--batch-size")
-    train = load_store(args.store)
+    stores = [load_store(p) for p in args.store]
+    train = stores[0]
+    for p, d in zip(args.store[1:], stores[1:], strict=True):
+        if d.head_meta != train.head_meta:
+            diffs = [k for k in train.head_meta if train.head_meta[k] != d.head_meta[k]]
+            raise PosecalInputError(f"store differs from {args.store[0]} in {', '.join(diffs)}", file=p)
     val = load_store(args.val_store) if args.val_store else None
     feat_name = train.head_meta["feature_tensor"]
     kind = args.head or DEFAULT_HEAD[feat_name]
     if HEAD_KINDS[kind] != feat_name:
         raise PosecalInputError(f"head {kind!r} reads {HEAD_KINDS[kind]}, the store has {feat_name}",
-                                file=args.store, field="--head")
+                                file=args.store[0], field="--head")
     if val is not None and val.head_meta != train.head_meta:
         diffs = [k for k in train.head_meta if train.head_meta[k] != val.head_meta[k]]
         raise PosecalInputError(f"validation store differs from the training store in {', '.join(diffs)}",
@@ -176,9 +183,11 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or (1 if feat_name != "features_spatial" else None)
     if threads:
         torch.set_num_threads(threads)
-    sel = train.has_target
-    if not sel.any():
-        raise PosecalInputError("no row of the store has a gt with a labelled keypoint", file=args.store)
+    X = np.concatenate([d.features[d.has_target] for d in stores])
+    T = np.concatenate([d.oks[d.has_target] for d in stores])
+    V = np.concatenate([d.vis[d.has_target] for d in stores])
+    if not len(X):
+        raise PosecalInputError("no row of the store has a gt with a labelled keypoint", file=args.store[0])
     cfg = TrainConfig(head=kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr, lam=args.lam,
                       conf_loss=args.conf_loss, weight_decay=args.weight_decay, seed=args.seed,
                       eval_every=args.eval_every)
@@ -189,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
             m = scores_and_ap(head, val, use_box_score=args.box_score)
             print(f"step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()), file=sys.stderr)
             return m
-    res = fit_head(train.features[sel], train.oks[sel], train.vis[sel], cfg, on_eval=on_eval)
+    res = fit_head(X, T, V, cfg, on_eval=on_eval)
     if rank == 0:
         metrics = {"train": scores_and_ap(res.head, train, use_box_score=args.box_score)}
         if val is not None:
@@ -198,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
             **train.head_meta,
             "aggregation": "sum(v_hat*s_hat)/sum(v_hat)" + (" * box_score" if args.box_score else ""),
             "box_score": bool(args.box_score),
-            "train": {**cfg.to_dict(), "store": os.path.abspath(args.store), "rows": int(sel.sum()),
+            "train": {**cfg.to_dict(), "stores": [os.path.abspath(p) for p in args.store], "rows": len(X),
                       "world_size": world, "final_loss": float(res.losses[-100:].mean())},
             "metrics": metrics,
             "history": res.history,
