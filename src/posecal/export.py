@@ -48,7 +48,8 @@ import numpy as np
 
 from posecal.errors import PosecalInputError, PosecalWarning
 
-__all__ = ["OUTPUTS", "export_calibrated", "export_head_only", "run_two_stage", "head_arrays"]
+__all__ = ["OUTPUTS", "export_calibrated", "export_head_only", "run_two_stage", "head_arrays",
+           "check_head_against_model"]
 
 OUTPUTS = ("keypoint_confidence", "keypoint_visibility", "instance_confidence")
 PREFIX = "posecal_ccnet/"
@@ -185,9 +186,10 @@ def _output_infos(K: int, batch: Any = "batch") -> list[Any]:
             onnx.helper.make_tensor_value_info(OUTPUTS[2], TP.FLOAT, [batch])]
 
 
-def _check_head(meta: dict[str, Any], head_dir: str | os.PathLike, adapter: Any, model: str | os.PathLike,
-                probe_features: np.ndarray) -> tuple[str, np.ndarray]:
-    """Compare the head's metadata with the model; return (pooling, joint map)."""
+def check_head_against_model(meta: dict[str, Any], head_dir: str | os.PathLike, adapter: Any,
+                             model: str | os.PathLike, probe_features: np.ndarray) -> tuple[str, np.ndarray]:
+    """Compare a head's metadata with a model (adapter, file, probe features (1, C, h, w)); refuse a
+    mismatch with :class:`PosecalInputError`. Returns (pooling, joint map model → head keypoint set)."""
     from posecal.adapters.joints import joint_map
     from posecal.keypoints import get_keypoint_set
     from posecal.store import file_sha256
@@ -249,7 +251,7 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
     arrs, meta = head_arrays(head_dir)
     adapter = OnnxAdapter(model, tensor=meta.get("model_tensor"), output=heatmap_output)
     probe = adapter.predict(np.zeros((1, adapter.input_size[1], adapter.input_size[0], 3), np.uint8))
-    pooling, jmap = _check_head(meta, head_dir, adapter, model, probe.features)
+    pooling, jmap = check_head_against_model(meta, head_dir, adapter, model, probe.features)
     m = onnx.load_model(str(model))
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
@@ -298,7 +300,7 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
     arrs, meta = head_arrays(head_dir)
     adapter = load_adapter(model, tensor=meta.get("model_tensor"))
     probe = adapter.predict(np.zeros((1, adapter.input_size[1], adapter.input_size[0], 3), np.uint8))
-    pooling, jmap = _check_head(meta, head_dir, adapter, model, probe.features)
+    pooling, jmap = check_head_against_model(meta, head_dir, adapter, model, probe.features)
     K, C = int(meta["num_keypoints"]), int(probe.features.shape[1])
     TP = onnx.TensorProto
     inputs = [onnx.helper.make_tensor_value_info("features", TP.FLOAT, ["batch", *probe.features.shape[1:]])]
