@@ -165,6 +165,8 @@ def plot_visibility(result: dict[str, Any], path: str | os.PathLike) -> None:
         ax2.bar(x + i * width, [np.nan if v is None else 100 * v for v in vals], width, label=n)
     ax2.set_xticks(x + width * (len(names) - 1) / 2, [v.replace("_", "\n") for v in VARIANTS], fontsize=7)
     finite = [100 * v for n in names for v in result["AP"][n].values() if v is not None]
+    if result.get("AR") is not None:
+        finite.append(100 * result["AR"])
     if finite:
         ax2.set_ylim(min(finite) - 2, max(finite) + 1)
     if result.get("AR") is not None:
