@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from _cocogen import make_coco_set, perturb_gt
 from _cocoref import run_pycocotools, run_xtcocotools
 from posecal.io.coco import load_gt, load_results
-from posecal.keypoints import COCO_WHOLEBODY133, CROWDPOSE14
+from posecal.keypoints import COCO17, COCO_WHOLEBODY133, CROWDPOSE14
 from posecal.metrics.cocoeval import STAT_NAMES, evaluate, evaluate_wholebody
 
 pytest.importorskip("pycocotools")
@@ -67,7 +67,7 @@ knobs = st.fixed_dictionaries({
 })
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31 - 1), kw=knobs)
 def test_random_sets_match_pycocotools(seed, kw):
     gt_d, res_l = make_coco_set(seed, **kw)
@@ -81,7 +81,7 @@ def test_random_sets_match_pycocotools(seed, kw):
     assert_same_matches(ours, ref, gt, res, zero_sentinel=True)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31 - 1), kw=knobs, use_area=st.booleans(), custom_sigmas=st.booleans())
 def test_random_sets_match_xtcocotools(seed, kw, use_area, custom_sigmas):
     pytest.importorskip("xtcocotools")
@@ -152,8 +152,9 @@ def test_fixture_wholebody_parts(shared, seed):
     assert gt.keypoint_set is COCO_WHOLEBODY133 and gt.num_joints == 133
     res = load_results(res_l, gt)
     assert set(res.part_scores) == {"foot", "face", "lefthand", "righthand", "wholebody"}
-    # the body as pycocotools sees the file (gt 'keypoints', COCO sigmas, num_keypoints field)
-    assert_same(evaluate(gt, res, keypoints="body"), run_pycocotools(gt_d, res_l), label="body/pycocotools")
+    # the body as pycocotools sees the file (gt 'keypoints', its COCO sigmas, num_keypoints field)
+    assert_same(evaluate(gt, res, keypoints="body", sigmas=COCO17.sigmas), run_pycocotools(gt_d, res_l),
+                label="body/pycocotools")
     parts = evaluate_wholebody(gt, res)
     for part, r in parts.items():
         idx = list(COCO_WHOLEBODY133.parts[part])
@@ -176,3 +177,17 @@ def test_stats_dict_names_and_minus_one():
     assert list(ours.stats) == list(STAT_NAMES)
     assert_same(ours, ref)
     assert all(v == -1 for v in ours.stats.values())
+
+
+def test_results_of_other_categories_are_dropped_like_pycocotools():
+    """Loaded without a gt (no category check), results of categories the gt lacks are left out."""
+    gt_d, res_l = make_coco_set(31, n_images=8, max_gts=4, max_dets=8)
+    extra = [dict(r, category_id=99, score=1.0) for r in res_l[:5]]
+    mixed = res_l[:3] + extra + res_l[3:]
+    gt = load_gt(gt_d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = load_results(mixed)  # no gt: no category validation
+        ours = evaluate(gt, res)
+    assert_same(ours, run_pycocotools(gt_d, mixed))
+    assert not ours.det_evaluated[3:8].any()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import os
 import warnings
 
 import numpy as np
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 
 from _cocogen import make_coco_set
 from posecal.errors import PosecalInputError, PosecalWarning
+from posecal.io import coco
 from posecal.io.coco import load_gt, load_results, save_results
 from posecal.keypoints import COCO17, COCO_WHOLEBODY133, CROWDPOSE14
 from posecal.metrics.cocoeval import evaluate
@@ -256,3 +259,92 @@ def test_corrupted_records_raise_only_input_errors(seed, field, value, target):
             evaluate(g, r)
     except PosecalInputError as e:
         assert "\n" not in str(e)
+
+
+# ---- the fast keypoint-array path must give exactly what the plain orjson path gives ------------------
+@contextlib.contextmanager
+def _fast_path(on: bool):
+    """Force the fast path on (for any size) or off."""
+    saved = coco._FAST_MIN_BYTES, coco._FAST_MIN_RECORDS, os.environ.get("POSECAL_NO_FAST_JSON")
+    coco._FAST_MIN_BYTES, coco._FAST_MIN_RECORDS = 0, 1
+    if on:
+        os.environ.pop("POSECAL_NO_FAST_JSON", None)
+    else:
+        os.environ["POSECAL_NO_FAST_JSON"] = "1"
+    try:
+        yield
+    finally:
+        coco._FAST_MIN_BYTES, coco._FAST_MIN_RECORDS = saved[:2]
+        if saved[2] is None:
+            os.environ.pop("POSECAL_NO_FAST_JSON", None)
+        else:
+            os.environ["POSECAL_NO_FAST_JSON"] = saved[2]
+
+
+def _dump(obj, style: str) -> bytes:
+    if style == "orjson":
+        return orjson.dumps(obj)
+    if style == "indent":
+        return json.dumps(obj, indent=2).encode()
+    return json.dumps(obj).encode()  # ", " separators as MMPose writes
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), style=st.sampled_from(["orjson", "indent", "spaces"]),
+       exotic=st.booleans())
+def test_fast_json_path_equals_plain_path(seed, style, exotic):
+    gt, res = make_coco_set(seed, n_images=6, max_gts=4, max_dets=6)
+    rng = np.random.default_rng(seed)
+    if exotic and res:  # numbers in every JSON spelling: ints, exponents, many digits, negative zero
+        for r in res:
+            k = np.asarray(r["keypoints"])
+            vals = [float(v) * 10.0 ** int(rng.integers(-8, 9)) for v in k]
+            vals[0] = -0.0
+            vals[1] = int(rng.integers(-1000, 1000))
+            r["keypoints"] = vals
+    gbytes, rbytes = _dump(gt, style), _dump(res, style)
+    with warnings.catch_warnings(), _fast_path(True):
+        warnings.simplefilter("ignore")
+        g_fast = coco.load_gt(gbytes)
+        r_fast = coco.load_results(rbytes, g_fast)
+    with warnings.catch_warnings(), _fast_path(False):
+        warnings.simplefilter("ignore")
+        g_slow = coco.load_gt(gbytes)
+        r_slow = coco.load_results(rbytes, g_slow)
+    if len(res) and len(gt["annotations"]):
+        assert g_fast._fast and r_fast._fast and not g_slow._fast and not r_slow._fast
+    np.testing.assert_array_equal(g_fast.keypoints, g_slow.keypoints)
+    np.testing.assert_array_equal(r_fast.keypoints, r_slow.keypoints)
+    np.testing.assert_array_equal(r_fast.det_area, r_slow.det_area)
+    assert np.array_equal(np.signbit(r_fast.keypoints), np.signbit(r_slow.keypoints))
+    # the record dicts get their keypoints back
+    slow_kp = [list(map(float, r["keypoints"])) for r in r_slow.records]
+    assert [r["keypoints"] for r in r_fast.records] == slow_kp
+
+
+def test_fast_json_path_falls_back_for_errors(tmp_path, small):
+    """Bad input on the fast path is reported exactly like on the plain path."""
+    gt, res = small
+    g = coco.load_gt(gt)
+    for mutate, field in [(lambda r: r[2]["keypoints"].pop(), "keypoints"),
+                          (lambda r: r[1]["keypoints"].__setitem__(3, math.nan), "keypoints"),
+                          (lambda r: r[0].__setitem__("keypoints", []), "keypoints"),
+                          (lambda r: r[1].__setitem__("extra", {"keypoints": [1, 2, 3]}), None)]:
+        bad = copy.deepcopy(res)
+        mutate(bad)
+        p = tmp_path / "r.json"
+        p.write_text(json.dumps(bad))
+        with _fast_path(True):
+            _check_bad(coco, p, g, bad, field)
+
+
+def _check_bad(coco, p, g, bad, field):
+    if field is None:  # legal: a nested "keypoints" elsewhere must not confuse the fast path
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = coco.load_results(p, g)
+        assert r.records[1]["extra"] == {"keypoints": [1, 2, 3]}
+        np.testing.assert_array_equal(r.keypoints.reshape(len(r), -1)[0], bad[0]["keypoints"])
+        return
+    e = _err(coco.load_results, p, g)
+    assert e.field == field and e.file == str(p)

@@ -55,7 +55,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-@dataclass
+@dataclass(eq=False)  # holds arrays: identity comparison
 class Evaluation:
     """Everything :func:`build_output` may report."""
 
@@ -119,8 +119,12 @@ def compute(args: argparse.Namespace, gt, res) -> Evaluation:
         if not use_area:
             notes.append("ground truth has no 'area': OKS scaled by 0.53·w·h of the gt box (--no-use-area)")
     if gt.keypoint_set is COCO_WHOLEBODY133 and sigmas is None:
-        # the body as pycocotools evaluates the file, plus xtcocotools' part-wise AP with part scores
-        result = evaluate(gt, res, use_area=use_area, flavor=args.flavor, keypoints="body")
+        # the body as pycocotools evaluates the file (its own COCO sigmas, which differ from the WholeBody
+        # list in the last bit), plus xtcocotools' part-wise AP with part scores
+        from posecal.keypoints import COCO17
+
+        result = evaluate(gt, res, sigmas=COCO17.sigmas, use_area=use_area, flavor=args.flavor,
+                          keypoints="body")
         parts = evaluate_wholebody(gt, res, use_area=use_area)
         ev = Evaluation(gt, res, result, source, use_area, parts, notes)
     else:

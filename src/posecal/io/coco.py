@@ -14,10 +14,13 @@ issued, values are never clipped.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import os
+import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,7 @@ WHOLEBODY_FIELDS: tuple[tuple[str, str, int], ...] = (
 _PART_SCORE_KEYS = ("body", "foot", "face", "lefthand", "righthand", "wholebody")
 
 
-@dataclass
+@dataclass(eq=False)  # holds arrays: identity comparison
 class CocoGroundTruth:
     """COCO keypoint ground truth as arrays over G annotations (file order) and I images.
 
@@ -93,7 +96,7 @@ class CocoGroundTruth:
         return np.unique(np.array([c["id"] for c in self.categories], dtype=np.int64))
 
 
-@dataclass
+@dataclass(eq=False)  # holds arrays: identity comparison
 class CocoResults:
     """COCO keypoint results as arrays over D detections (file order).
 
@@ -128,10 +131,84 @@ class CocoResults:
         return int(self.image_id.shape[0])
 
 
+def _get_records(self: CocoResults) -> list[dict]:
+    recs = self.__dict__["_records"]
+    pending = self.__dict__.pop("_restore_kp", None)
+    if pending is not None:
+        for r, row in zip(recs, pending.tolist(), strict=True):
+            r["keypoints"] = row
+    return recs
+
+
+def _set_records(self: CocoResults, value: list[dict]) -> None:
+    self.__dict__.pop("_restore_kp", None)
+    self.__dict__["_records"] = value
+
+
+# the fast JSON path leaves ``"keypoints": []`` in the record dicts; restore them lazily on access
+CocoResults.records = property(_get_records, _set_records, doc="the parsed result dicts (file order)")
+
+
+@contextlib.contextmanager
+def no_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector (restored afterwards).
+
+    Parsing creates hundreds of thousands of dicts and lists; with them alive every automatic collection
+    rescans them all, which can double the time of loading and evaluating a large file. Nothing here
+    creates reference cycles, so pausing is safe.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 # ----------------------------------------------------------------------------------------------
-def _read_json(src: Any, file: str | None) -> tuple[Any, str | None]:
+_KP_ARRAY = re.compile(rb'"keypoints"\s*:\s*\[([-0-9.eE+,\s]*)\]')
+_NUM_CHARS = b"0123456789-+.eE, \t\n\r\x01"
+_NL_TO_SPACE = bytes.maketrans(b"\n\r", b"  ")
+_FAST_MIN_BYTES = 1 << 16  # below this the plain orjson path is as fast
+_FAST_MIN_RECORDS = 64
+
+
+def _fast_keypoints(data: bytes) -> tuple[bytes, np.ndarray] | None:
+    """Fast path for big files: cut every numeric ``"keypoints": [...]`` array out of the JSON text and
+    parse them all at once with numpy's C reader (no Python float objects); returns the remaining JSON text
+    (with ``"keypoints": []``) and the (N, 3K) array, or None when anything is unusual (the caller then
+    parses normally, so errors are reported exactly as on the normal path)."""
+    parts = _KP_ARRAY.split(data)  # [text, numbers, text, numbers, ..., text]
+    nums = parts[1::2]
+    if len(nums) < _FAST_MIN_RECORDS or b"" in nums:
+        return None
+    joined = b"\x01".join(nums)
+    if joined.translate(None, _NUM_CHARS):
+        return None
+    if b"\n" in joined or b"\r" in joined:
+        joined = joined.translate(_NL_TO_SPACE)
+    joined = joined.replace(b"\x01", b"\n")
+    import io
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            arr = np.loadtxt(io.BytesIO(joined), delimiter=",", dtype=np.float64, ndmin=2, comments=None)
+    except (ValueError, UserWarning):
+        return None
+    if arr.shape[0] != len(nums):
+        return None
+    rest = b'"keypoints":[]'.join(parts[0::2])
+    return rest, arr
+
+
+def _read_json(src: Any, file: str | None, locate=None) -> tuple[Any, str | None, np.ndarray | None]:
     """Parse ``src`` (path, bytes or already-parsed object). orjson first; NaN/Infinity (written by
-    Python's json) fall back to the stdlib parser so validation can name the record and field."""
+    Python's json) fall back to the stdlib parser so validation can name the record and field.
+
+    With ``locate`` (parsed object -> list of records), big inputs take :func:`_fast_keypoints`; the
+    third value is then the (N, 3K) keypoint array of those records (their dicts hold ``[]``)."""
     if isinstance(src, (str, os.PathLike)):
         path = str(src)
         file = file or path
@@ -142,17 +219,42 @@ def _read_json(src: Any, file: str | None) -> tuple[Any, str | None]:
     elif isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
     else:
-        return src, file
+        return src, file, None
+    if locate is not None and len(data) >= _FAST_MIN_BYTES and not os.environ.get("POSECAL_NO_FAST_JSON"):
+        fast = _fast_keypoints(data)
+        if fast is not None:
+            try:
+                obj = orjson.loads(fast[0])
+                recs = locate(obj)
+            except (orjson.JSONDecodeError, TypeError, AttributeError):
+                recs = None
+            if (isinstance(recs, list) and len(recs) == fast[1].shape[0]
+                    and all(type(r) is dict and r.get("keypoints") == [] for r in recs)):
+                return obj, file, fast[1]
     try:
-        return orjson.loads(data), file
+        return orjson.loads(data), file, None
     except orjson.JSONDecodeError as e:
         import json
 
         try:  # Python's json accepts NaN / Infinity; let the field check report them precisely
-            return json.loads(data), file
+            return json.loads(data), file, None
         except (ValueError, UnicodeDecodeError):
             pass
         raise PosecalInputError(f"invalid JSON: {e}", file) from None
+
+
+def _checked_rows(arr: np.ndarray, k3: int, file, fld: str, rec_ids=None) -> np.ndarray:
+    """Validate an (N, k3') array from the fast path as :func:`_flat_array` validates lists."""
+    if arr.shape[1] != k3:
+        rid = rec_ids[0] if rec_ids is not None else 0
+        raise PosecalInputError(f"expected {k3} numbers ({k3 // 3} x 3), got a list of {arr.shape[1]} "
+                                "numbers", file, rid, fld)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        i = int(np.argmin(finite.all(axis=1)))
+        rid = rec_ids[i] if rec_ids is not None else i
+        raise PosecalInputError("NaN or infinite value", file, rid, fld)
+    return arr
 
 
 def _num(v: Any) -> bool:
@@ -275,7 +377,13 @@ def load_gt(src: str | os.PathLike | dict | bytes, *, file: str | None = None) -
         PosecalInputError: bad JSON, missing/ill-typed field, wrong keypoint count, NaN/inf, unknown
             image_id or category_id, negative area or box size, duplicate image/category/annotation ids.
     """
-    d, file = _read_json(src, file)
+    with no_gc():
+        return _load_gt(src, file=file)
+
+
+def _load_gt(src: str | os.PathLike | dict | bytes, *, file: str | None = None) -> CocoGroundTruth:
+    # body of load_gt (run with the garbage collector paused)
+    d, file, fast_kp = _read_json(src, file, _gt_annotations)
     if not isinstance(d, dict):
         raise PosecalInputError("ground truth must be a JSON object with images/annotations/categories", file)
     for key in ("images", "annotations", "categories"):
@@ -317,16 +425,21 @@ def load_gt(src: str | os.PathLike | dict | bytes, *, file: str | None = None) -
         i = int(np.argmin(known))
         raise PosecalInputError(f"unknown category_id {int(category_id[i])}", file, rec_ids[i], "category_id")
 
-    kp_rows = _column(anns, "keypoints", file, "annotation")
+    kp_rows = fast_kp if fast_kp is not None else _column(anns, "keypoints", file, "annotation")
     if names is not None:
         K = len(names)
+    elif fast_kp is not None:
+        K = fast_kp.shape[1] // 3
     elif G:
         K = len(kp_rows[0]) // 3 if isinstance(kp_rows[0], list) else 0
         if K == 0:
             raise PosecalInputError("empty keypoints", file, rec_ids[0], "keypoints")
     else:
         K = 17
-    kps = _flat_array(kp_rows, 3 * K, file, "keypoints", rec_ids).reshape(G, K, 3)
+    if fast_kp is not None:
+        kps = _checked_rows(fast_kp, 3 * K, file, "keypoints", rec_ids).reshape(G, K, 3)
+    else:
+        kps = _flat_array(kp_rows, 3 * K, file, "keypoints", rec_ids).reshape(G, K, 3)
 
     wholebody = G > 0 and isinstance(anns[0], dict) and all(f in anns[0] for _, f, _ in WHOLEBODY_FIELDS)
     kset: KeypointSet | None = None
@@ -370,11 +483,13 @@ def load_gt(src: str | os.PathLike | dict | bytes, *, file: str | None = None) -
                            for i, v in enumerate(nk_vals)], dtype=np.int64)
 
     images = {int(i): im for i, im in zip(img_ids.tolist(), images_l, strict=True)}
-    return CocoGroundTruth(
+    out = CocoGroundTruth(
         ann_id=ann_id, image_id=image_id, category_id=category_id, keypoints=kps, area=area, bbox=bbox,
         iscrowd=iscrowd, num_keypoints=num_kp, image_ids=np.sort(img_ids), images=images,
         categories=list(cats), keypoint_set=kset, has_area=has_area, path=file,
     )
+    out._fast = fast_kp is not None
+    return out
 
 
 def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | None = None, *,
@@ -396,7 +511,14 @@ def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | No
     Warns:
         PosecalWarning: instance or keypoint scores above 1 or below 0 (kept as they are).
     """
-    recs, file = _read_json(src, file)
+    with no_gc():
+        return _load_results(src, gt, file=file)
+
+
+def _load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | None = None, *,
+                 file: str | None = None) -> CocoResults:
+    # body of load_results (run with the garbage collector paused)
+    recs, file, fast_kp = _read_json(src, file, _result_records)
     if isinstance(recs, dict) and isinstance(recs.get("annotations"), list):
         recs = recs["annotations"]
     if not isinstance(recs, list):
@@ -410,17 +532,20 @@ def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | No
         category_id = _ints(_column(recs, "category_id", file, "result"), file, "category_id")
     score = _floats(_column(recs, "score", file, "result"), file, "score")
 
-    kp_rows = _column(recs, "keypoints", file, "result")
+    kp_rows = fast_kp if fast_kp is not None else _column(recs, "keypoints", file, "result")
     wholebody = D > 0 and all(f in recs[0] for _, f, _ in WHOLEBODY_FIELDS)
     if gt is not None:
         K_total = gt.num_joints
+    elif fast_kp is not None:
+        K_total = fast_kp.shape[1] // 3 + (sum(k for *_, k in WHOLEBODY_FIELDS) if wholebody else 0)
     elif D:
         K_total = (len(kp_rows[0]) // 3 if isinstance(kp_rows[0], list) else 0) + (
             sum(k for *_, k in WHOLEBODY_FIELDS) if wholebody else 0)
     else:
         K_total = 17
     if wholebody and K_total == 133:
-        body = _flat_array(kp_rows, 51, file, "keypoints").reshape(D, 17, 3)
+        body = (_checked_rows(kp_rows, 51, file, "keypoints") if fast_kp is not None
+                else _flat_array(kp_rows, 51, file, "keypoints")).reshape(D, 17, 3)
         parts = [body]
         for _, fld, k in WHOLEBODY_FIELDS:
             rows = _column(recs, fld, file, "result")
@@ -430,7 +555,8 @@ def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | No
     else:
         if K_total <= 0:
             raise PosecalInputError("empty keypoints", file, 0, "keypoints")
-        kps = _flat_array(kp_rows, 3 * K_total, file, "keypoints").reshape(D, K_total, 3)
+        kps = (_checked_rows(kp_rows, 3 * K_total, file, "keypoints") if fast_kp is not None
+               else _flat_array(kp_rows, 3 * K_total, file, "keypoints")).reshape(D, K_total, 3)
         own = kps
 
     # detection area as pycocotools' loadRes assigns it
@@ -488,16 +614,28 @@ def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | No
         if out.any():
             warnings.warn(f"{file or 'results'}: {int(out.sum())} instance scores outside [0, 1] "
                           f"(range {score.min():.4g}..{score.max():.4g}); kept as they are",
-                          PosecalWarning, stacklevel=2)
+                          PosecalWarning, stacklevel=3)
         ks = kps[:, :, 2]
         out = (ks > 1) | (ks < 0)
         if out.any():
             warnings.warn(f"{file or 'results'}: {int(out.sum())} keypoint scores outside [0, 1]; "
                           "kept as they are",
-                          PosecalWarning, stacklevel=2)
-    return CocoResults(image_id=image_id, category_id=category_id, keypoints=kps, score=score, bbox=bbox,
-                       visibility=visibility, det_area=det_area, part_scores=part_scores, records=recs,
-                       path=file)
+                          PosecalWarning, stacklevel=3)
+    out = CocoResults(image_id=image_id, category_id=category_id, keypoints=kps, score=score, bbox=bbox,
+                      visibility=visibility, det_area=det_area, part_scores=part_scores, records=recs,
+                      path=file)
+    if fast_kp is not None:  # the record dicts get their keypoints lists back on first access
+        out.__dict__["_restore_kp"] = fast_kp
+    out._fast = fast_kp is not None
+    return out
+
+
+def _gt_annotations(d: Any) -> Any:
+    return d.get("annotations") if isinstance(d, dict) else None
+
+
+def _result_records(d: Any) -> Any:
+    return d
 
 
 def results_to_records(res: CocoResults) -> list[dict]:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from posecal.errors import PosecalInputError, PosecalWarning
-from posecal.io.coco import CocoGroundTruth, CocoResults, load_gt, load_results
+from posecal.io.coco import CocoGroundTruth, CocoResults, load_gt, load_results, no_gc
 from posecal.metrics.oks import oks_pairs
 
 __all__ = ["CocoEvalResult", "evaluate", "evaluate_wholebody", "summary_lines", "STAT_NAMES", "IOU_THRS",
@@ -42,7 +42,7 @@ AREA_LABELS = ("all", "medium", "large")
 WHOLEBODY_PARTS = ("body", "foot", "face", "lefthand", "righthand", "wholebody")
 
 
-@dataclass
+@dataclass(eq=False)  # holds arrays: identity comparison
 class CocoEvalResult:
     """Result of :func:`evaluate`.
 
@@ -116,6 +116,35 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
     return np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
+def _may_reach(det_xy: np.ndarray, gkp: np.ndarray, g_area: np.ndarray, sig: np.ndarray, pd: np.ndarray,
+               pg: np.ndarray, thr: float) -> np.ndarray:
+    """(P,) bool: False only for pairs whose OKS is certainly below ``thr`` (upper bound from the gap
+    between the detection's keypoint box and the box of the gt's labelled keypoints). Gts without a
+    labelled keypoint (box-distance branch) are always kept."""
+    if pd.size == 0:
+        return np.zeros(0, dtype=bool)
+    dx0, dx1 = det_xy[:, :, 0].min(axis=1), det_xy[:, :, 0].max(axis=1)
+    dy0, dy1 = det_xy[:, :, 1].min(axis=1), det_xy[:, :, 1].max(axis=1)
+    lab = gkp[:, :, 2] > 0
+    gx = np.where(lab, gkp[:, :, 0], np.inf)
+    gy = np.where(lab, gkp[:, :, 1], np.inf)
+    gx0, gy0 = gx.min(axis=1), gy.min(axis=1)
+    gx = np.where(lab, gkp[:, :, 0], -np.inf)
+    gy = np.where(lab, gkp[:, :, 1], -np.inf)
+    gx1, gy1 = gx.max(axis=1), gy.max(axis=1)
+    has = lab.any(axis=1)
+    gap_x = np.maximum(0.0, np.maximum(gx0[pg] - dx1[pd], dx0[pd] - gx1[pg]))
+    gap_y = np.maximum(0.0, np.maximum(gy0[pg] - dy1[pd], dy0[pd] - gy1[pg]))
+    with np.errstate(invalid="ignore", over="ignore"):
+        bound = np.exp(-(gap_x**2 + gap_y**2) / (8.0 * float(sig.max()) ** 2 * (g_area[pg] + np.spacing(1))))
+    # generous margin against rounding: only clearly hopeless pairs are dropped
+    return ~has[pg] | ~(bound < thr * (1 - 1e-6))
+
+
+def _cat(xs: list, dtype) -> np.ndarray:
+    return np.concatenate(xs).astype(dtype, copy=False) if xs else np.zeros(0, dtype)
+
+
 def _last_argmax(key: np.ndarray) -> np.ndarray:
     """Index of the LAST maximum along the last axis (pycocotools: on equal OKS the later gt wins)."""
     G = key.shape[-1]
@@ -187,6 +216,15 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
     Returns:
         :class:`CocoEvalResult` (stats, precision/recall/scores arrays and per-detection matches).
     """
+    with no_gc():
+        return _evaluate(gt, res, sigmas=sigmas, use_area=use_area, flavor=flavor, keypoints=keypoints,
+                         scores=scores, max_dets=max_dets, warn=warn)
+
+
+def _evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *, sigmas: Any = None,
+              use_area: bool = True, flavor: str = "pycocotools", keypoints: Any = None,
+              scores: np.ndarray | None = None, max_dets: int = 20, warn: bool = True) -> CocoEvalResult:
+    # body of evaluate (run with the garbage collector paused)
     if flavor not in ("pycocotools", "xtcocotools"):
         raise ValueError(f"flavor must be 'pycocotools' or 'xtcocotools', not {flavor!r}")
     if not isinstance(gt, CocoGroundTruth):
@@ -282,9 +320,14 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
     pair_k = np.repeat(np.arange(nK), rep)
     pair_off = _offsets(rep)
     pair_g = g_order[np.repeat(gstart_u[k_unit], rep) + pair_off]
-    g_area_oks = g_area
-    det_xy = res.keypoints[:, kp_idx, :2] if D else np.zeros((0, kp_idx.shape[0], 2))
-    oks = oks_pairs(det_xy, gkp, g_area_oks, gt.bbox, sig, k_idx[pair_k], pair_g)
+    det_xy = res.keypoints[:, kp_idx, :2] if kp_idx.shape[0] != K_all else res.keypoints[:, :, :2]
+    pair_d = k_idx[pair_k]
+    # Pairs that provably cannot reach the lowest threshold are skipped (their OKS is never used):
+    # every labelled gt keypoint lies at least the gap between the two keypoint boxes from its
+    # prediction, so OKS <= exp(-gap² / (8·σmax²·(area+eps))).
+    cand = _may_reach(det_xy, gkp, g_area, sig, pair_d, pair_g, float(IOU_THRS[0]))
+    oks = np.zeros(pair_d.shape[0])
+    oks[cand] = oks_pairs(det_xy, gkp, g_area, gt.bbox, sig, pair_d[cand], pair_g[cand])
 
     # ---- greedy matching, bucketed by gt count ----
     # Only pairs with OKS >= the lowest threshold can ever match. Detections without such a pair are
@@ -293,8 +336,8 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
     C = A * T
     thr_c = np.tile(np.minimum(IOU_THRS, 1 - 1e-10), A)
     a_of_c = np.repeat(np.arange(A), T)
-    g_row = np.full((nK, C), -1, dtype=np.int64)  # matched gt row per kept detection and combo
-    m_oks = np.zeros((nK, C), dtype=np.float64)
+    # matches, sparse: kept-detection row, combo, gt row, OKS
+    mk, mc, mg, mo = [], [], [], []
     good = np.flatnonzero(oks >= thr_c.min())
     if good.size:
         gk = pair_k[good]  # kept-det rows, sorted (pairs are generated det by det)
@@ -343,30 +386,29 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
             du = pos[np.searchsorted(u_list, a_unit[dsel])]
             dr = a_rank[dsel]
             mm = m[du, dr]  # (n, C)
-            hit = mm >= 0
-            safe = np.where(hit, mm, 0)
-            rows = a_rows[dsel]
-            g_row[rows] = np.where(hit, grow[du[:, None], safe], -1)
-            m_oks[rows] = np.where(hit, O[du[:, None], dr[:, None], safe], 0.0)
+            hi, hc = np.nonzero(mm >= 0)
+            slot = mm[hi, hc]
+            mk.append(a_rows[dsel][hi])
+            mc.append(hc)
+            mg.append(grow[du[hi], slot])
+            mo.append(O[du[hi], dr[hi], slot])
 
-    # ---- per kept detection, per combo: matched gt row, ignore, tp ----
-    has_m = g_row >= 0
-    if xt:
-        real = has_m
-    else:
-        real = has_m & (gt.ann_id[np.maximum(g_row, 0)] != 0) if G else has_m
-        zero_id = has_m & ~real
-        if warn and zero_id.any():
-            warnings.warn("a ground-truth annotation with id 0 was matched; pycocotools counts such a match "
-                          "as a false positive (reproduced here)", PosecalWarning, stacklevel=2)
+    # ---- per combo and kept detection (C, nK): ignore, tp, fp ----
+    mk, mc, mg, mo = _cat(mk, np.int64), _cat(mc, np.int64), _cat(mg, np.int64), _cat(mo, np.float64)
     d_area = res.det_area[k_idx]
     outside = (d_area[None, :] < AREA_RNGS[:, :1]) | (d_area[None, :] > AREA_RNGS[:, 1:])  # (A, nK)
-    g_ig_c = np.zeros((nK, C), dtype=bool)
-    if G and nK:
-        g_ig_c = np.where(has_m, g_ig_a[a_of_c[None, :], np.maximum(g_row, 0)], False)
-    d_ig = g_ig_c | (~real & outside[a_of_c].T)
-    tp = real & ~d_ig
-    fp = ~real & ~d_ig
+    d_ig = outside[a_of_c]  # unmatched: ignored iff outside the area range
+    tp = np.zeros((C, nK), dtype=bool)
+    fp = ~d_ig
+    if mk.size:
+        real = np.ones(mk.size, dtype=bool) if xt else gt.ann_id[mg] != 0
+        if warn and not real.all():
+            warnings.warn("a ground-truth annotation with id 0 was matched; pycocotools counts such a match "
+                          "as a false positive (reproduced here)", PosecalWarning, stacklevel=3)
+        ig = g_ig_a[a_of_c[mc], mg] | (~real & d_ig[mc, mk])
+        d_ig[mc, mk] = ig
+        tp[mc, mk] = real & ~ig
+        fp[mc, mk] = ~real & ~ig
 
     # ---- accumulate ----
     precision = -np.ones((T, R, nC, A, 1))
@@ -388,10 +430,10 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
             if npig == 0:
                 continue
             cs = slice(a * T, (a + 1) * T)
-            tps = tp[sel, cs].T
-            fps = fp[sel, cs].T
-            tp_sum = np.cumsum(tps, axis=1).astype(np.float64)
-            fp_sum = np.cumsum(fps, axis=1).astype(np.float64)
+            tps = tp[cs][:, sel]
+            fps = fp[cs][:, sel]
+            tp_sum = np.cumsum(tps, axis=1, dtype=np.float64)  # exact: counts < 2**53
+            fp_sum = np.cumsum(fps, axis=1, dtype=np.float64)
             rc = tp_sum / npig
             pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
             if nd:
@@ -418,15 +460,15 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
     det_tp = np.zeros((T, D), dtype=bool)
     gt_det = np.full((T, G), -1, dtype=np.int64)
     if nK:
-        det_gt[:, k_idx] = g_row[:, :T].T
-        det_ig[:, k_idx] = d_ig[:, :T].T
-        det_tp[:, k_idx] = tp[:, :T].T
-        hm = has_m[:, :T]
-        kk, tt = np.nonzero(hm)
-        det_oks[tt, k_idx[kk]] = m_oks[kk, tt]
+        det_ig[:, k_idx] = d_ig[:T]
+        det_tp[:, k_idx] = tp[:T]
+        at = mc < T  # area 'all' combos are the first T
+        kk, tt, gg = mk[at], mc[at], mg[at]
+        det_gt[tt, k_idx[kk]] = gg
+        det_oks[tt, k_idx[kk]] = mo[at]
         # gt -> det: the last detection (in rank order) matched to it
         order_k = np.lexsort((k_rank[kk], k_unit[kk]))
-        gt_det[tt[order_k], g_row[kk, tt][order_k]] = k_idx[kk][order_k]
+        gt_det[tt[order_k], gg[order_k]] = k_idx[kk][order_k]
     return CocoEvalResult(
         stats=stats, precision=precision, recall=recall, scores=score_arr, det_evaluated=det_evaluated,
         det_gt=det_gt, det_ignored=det_ig, det_oks=det_oks, det_tp=det_tp, gt_det=gt_det,

@@ -84,34 +84,40 @@ def oks_pairs(det_xy: np.ndarray, gt_kp: np.ndarray, gt_area: np.ndarray, gt_bbo
     K = sigmas.shape[0]
     labelled = gt_kp[:, :, 2] > 0  # (G, K)
     k1 = np.count_nonzero(labelled, axis=1)  # (G,)
-    # labelled keypoint indices first, ascending (stable sort of the "unlabelled" flag)
-    lab_order = np.argsort(~labelled, axis=1, kind="stable")
-    area_eps = gt_area + EPS
+    area_eps = np.asarray(gt_area, dtype=np.float64) + EPS
+    xd_all = np.ascontiguousarray(det_xy[:, :, 0], dtype=np.float64)
+    yd_all = np.ascontiguousarray(det_xy[:, :, 1], dtype=np.float64)
+    xg_all = np.ascontiguousarray(gt_kp[:, :, 0], dtype=np.float64)
+    yg_all = np.ascontiguousarray(gt_kp[:, :, 1], dtype=np.float64)
+    # pairs ordered by the gt's labelled-keypoint count: each count is one contiguous block
     pk1 = k1[gt_index]
-    xd_all, yd_all = det_xy[:, :, 0], det_xy[:, :, 1]
-    xg_all, yg_all = gt_kp[:, :, 0], gt_kp[:, :, 1]
-    for n in np.unique(pk1).tolist():
-        sel = np.flatnonzero(pk1 == n)
-        di, gi = det_index[sel], gt_index[sel]
-        if n > 0:
-            idx = lab_order[gi, :n]  # (p, n)
-            dx = xd_all[di[:, None], idx] - xg_all[gi[:, None], idx]
-            dy = yd_all[di[:, None], idx] - yg_all[gi[:, None], idx]
-            e = (dx**2 + dy**2) / var[idx] / area_eps[gi][:, None] / 2
-            out[sel] = np.sum(np.exp(-e), axis=1) / n
-        else:
-            if gt_bbox is None:
-                continue
-            bb = gt_bbox[gi]
-            x0 = (bb[:, 0] - bb[:, 2])[:, None]
-            x1 = (bb[:, 0] + bb[:, 2] * 2)[:, None]
-            y0 = (bb[:, 1] - bb[:, 3])[:, None]
-            y1 = (bb[:, 1] + bb[:, 3] * 2)[:, None]
+    order = np.argsort(pk1, kind="stable")
+    counts = np.bincount(pk1, minlength=K + 1)
+    bounds = np.r_[0, np.cumsum(counts)]
+    chunk = max(1, (1 << 22) // max(K, 1))  # ~4M keypoint terms per step: bounded memory
+    for n in np.flatnonzero(counts).tolist():
+        for a in range(int(bounds[n]), int(bounds[n + 1]), chunk):
+            sel = order[a:min(a + chunk, int(bounds[n + 1]))]
+            di, gi = det_index[sel], gt_index[sel]
             xd, yd = xd_all[di], yd_all[di]
-            dx = np.maximum(0.0, x0 - xd) + np.maximum(0.0, xd - x1)
-            dy = np.maximum(0.0, y0 - yd) + np.maximum(0.0, yd - y1)
+            if n > 0:
+                dx = xd - xg_all[gi]
+                dy = yd - yg_all[gi]
+            else:  # pycocotools' box branch: distance outside [x - w, x + 2w] x [y - h, y + 2h]
+                if gt_bbox is None:
+                    continue
+                bb = gt_bbox[gi]
+                x0 = (bb[:, 0] - bb[:, 2])[:, None]
+                x1 = (bb[:, 0] + bb[:, 2] * 2)[:, None]
+                y0 = (bb[:, 1] - bb[:, 3])[:, None]
+                y1 = (bb[:, 1] + bb[:, 3] * 2)[:, None]
+                dx = np.maximum(0.0, x0 - xd) + np.maximum(0.0, xd - x1)
+                dy = np.maximum(0.0, y0 - yd) + np.maximum(0.0, yd - y1)
             e = (dx**2 + dy**2) / var / area_eps[gi][:, None] / 2
-            out[sel] = np.sum(np.exp(-e), axis=1) / K
+            ex = np.exp(-e)
+            if 0 < n < K:  # the labelled terms of each pair, compacted in keypoint order: (p, n)
+                ex = ex[labelled[gi]].reshape(-1, n)
+            out[sel] = np.sum(ex, axis=1) / (n if n > 0 else K)
     return out
 
 
