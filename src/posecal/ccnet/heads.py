@@ -66,10 +66,15 @@ class CCNetHead(nn.Module):
         self.feat_mean.copy_(mean.reshape(self.feat_mean.shape))
         self.feat_std.copy_(std.reshape(self.feat_std.shape).clamp_min(1e-6))
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std`` with the stored training statistics, float32."""
+        return (x.float() - self.feat_mean) / self.feat_std
+
+    def logits(self, x: torch.Tensor, normalised: bool = False) -> torch.Tensor:
         """Pre-sigmoid outputs (B, K, 2) for ``fc``/``conv_gap``/``kpt``; for ``conv_sigmoid_gap``
-        the already-pooled probabilities (B, K, 2)."""
-        x = (x.float() - self.feat_mean) / self.feat_std
+        the already-pooled probabilities (B, K, 2). ``normalised``: ``x`` already went through
+        :meth:`normalise` (training normalises a spatial feature array once, not every step)."""
+        x = x.float() if normalised else self.normalise(x)
         B, K = x.shape[0], self.num_keypoints
         if self.kind == "kpt":
             return torch.einsum("bkc,kjc->bkj", x, self.weight) + self.bias
@@ -80,8 +85,8 @@ class CCNetHead(nn.Module):
             y = torch.sigmoid(y)
         return y.mean(dim=(2, 3)).view(B, K, 2)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.logits(x)
+    def forward(self, x: torch.Tensor, normalised: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.logits(x, normalised)
         p = z if self.kind == "conv_sigmoid_gap" else torch.sigmoid(z)
         return p[..., 0], p[..., 1]
 

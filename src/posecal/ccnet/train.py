@@ -167,8 +167,12 @@ def fit_head(
 
             model = DDP(head)
         X = torch.from_numpy(np.ascontiguousarray(features))
-        if X.dtype not in (torch.float16, torch.float32):
-            X = X.float()
+        # normalise once (float32, chunked) instead of every step, unless a float16 array would not fit
+        # comfortably in memory once widened (> 4 GiB): then each batch is widened and normalised
+        prenorm = X.dtype != torch.float16 or X.numel() * 4 < 4 << 30
+        if prenorm:
+            m, sd = head.feat_mean.detach().cpu(), head.feat_std.detach().cpu()
+            X = torch.cat([(X[s : s + 1024].float() - m) / sd for s in range(0, N, 1024)])
         T = torch.from_numpy(np.nan_to_num(oks, nan=0.0)).float()
         V = torch.from_numpy(vis)
         opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -192,7 +196,7 @@ def fit_head(
             pos += B
             local = torch.from_numpy(np.sort(idx[rank::world]))
             x = X[local].to(device)
-            s_hat, v_hat = model(x)
+            s_hat, v_hat = model(x, prenorm)
             loss_sum = ccnet_loss(
                 s_hat,
                 v_hat,
