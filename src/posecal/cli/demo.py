@@ -25,13 +25,14 @@ import html
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from posecal.errors import PosecalInputError
+from posecal.errors import PosecalInputError, PosecalWarning
 
 SIM_BANNER = "SIMULATION — synthetic data from posecal.simulate, not a real model"
 COLUMNS = (("AP", "mAP"), ("AR", "mAR"), ("gap", "gap"), ("Pearson", "pearson_instance"),
@@ -188,7 +189,9 @@ def run_simulation(out: Path, *, n_train: int = 4000, n_test: int = 2000, seed: 
         rows.append(_audit_row("raw (heatmap max, MMPose bbox_keypoint)", gt, te.heatmap_results,
                                out / "before", f"{SIM_BANNER}: raw scores"))
     with st("closed-form"):
-        pred = load_results(te.heatmap_results, gt)
+        with warnings.catch_warnings():  # the same records as "evaluate before": warned there already
+            warnings.simplefilter("ignore", PosecalWarning)
+            pred = load_results(te.heatmap_results, gt)
         cf = ClosedFormRescorer(area="pred").transform(pred, gt)
         rows.append(_audit_row("closed-form (Eq. 12, predicted area)", gt, cf.to_records(pred),
                                out / "closed_form", f"{SIM_BANNER}: closed-form"))
@@ -260,7 +263,9 @@ def run_lsp(lsp: Path, model: Path, out: Path, *, augment: int = 0, steps: int =
         rows.append(_audit_row("raw (heatmap max, MMPose bbox_keypoint)", gt, test.records, out / "before",
                                f"{label}: raw scores"))
     with st("closed-form"):
-        pred = load_results(test.records, gt)
+        with warnings.catch_warnings():  # the same records as "evaluate before": warned there already
+            warnings.simplefilter("ignore", PosecalWarning)
+            pred = load_results(test.records, gt)
         fs = FeatureStore.open(work / "store_test")
         cf = ClosedFormRescorer(area="pred", target_sigma=DEFAULT_TARGET_SIGMA.get(adapter.kind, 2.0),
                                 input_size=tuple(adapter.input_size)).transform(pred, gt,
