@@ -5,6 +5,7 @@ ONNX here; its heads are fitted briefly on features extracted from it by ``posec
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -131,6 +132,9 @@ def test_grafted_model_equals_posecal_apply(world, pooling, head_kind, tensor):
     m = onnx.load_model(str(out))
     onnx.checker.check_model(m, full_check=True)
     assert [o.name for o in m.graph.output] == ["heatmaps", *OUTPUTS]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temporary file's 0600
     crops, x = _crops(store, world["images"])
     orig = ort.InferenceSession(str(world["model"]), providers=["CPUExecutionProvider"])
     cal = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

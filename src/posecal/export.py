@@ -56,6 +56,14 @@ PREFIX = "posecal_ccnet/"
 HEAD_ONLY_OPSET = 17
 
 
+def make_shareable(*paths: str | os.PathLike) -> None:
+    """Give files written through a temporary file (mode 0600) the usual ``0666 & ~umask`` mode."""
+    old = os.umask(0o022)
+    os.umask(old)
+    for p in paths:
+        os.chmod(p, 0o666 & ~old)
+
+
 def head_arrays(head_dir: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The head's weights as float32 numpy arrays (``feat_mean``, ``feat_std``, ``weight``/``bias`` or
     ``linear.*``/``conv.*``) and its ``head.json`` metadata."""
@@ -282,6 +290,7 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
     m.metadata_props.add(key="posecal_pooling", value=pooling)
     onnx.checker.check_model(m)
     write_bytes_atomic(out, m.SerializeToString())
+    make_shareable(out)
     return {"out": str(out), "outputs": [o.name for o in m.graph.output], "K": K, "pooling": pooling,
             "head": meta["head"], "model_tensor": adapter.tensor_name, "added_nodes": len(b.nodes),
             "mode": "grafted"}
@@ -324,6 +333,7 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
         m.metadata_props.add(key=k, value=str(v))
     onnx.checker.check_model(m)
     write_bytes_atomic(out, m.SerializeToString())
+    make_shareable(out)
     return {"out": str(out), "inputs": [i.name for i in inputs], "outputs": list(OUTPUTS), "K": K,
             "pooling": pooling, "head": meta["head"], "model_tensor": adapter.tensor_name,
             "added_nodes": len(b.nodes), "mode": "head-only"}

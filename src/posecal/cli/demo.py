@@ -149,9 +149,11 @@ changed: only the confidences differ between rows. <a href="demo.json">demo.json
 
 def _finish(out: Path, doc: dict[str, Any], args: argparse.Namespace) -> int:
     from posecal._util import dumps_json, write_json_atomic
+    from posecal.export import make_shareable
 
     write_json_atomic(out / "demo.json", doc)
     _write_index(out, doc)
+    make_shareable(out / "demo.json", out / "index.html")
     if args.json:
         sys.stdout.write(dumps_json(doc, indent=True).decode() + "\n")
     else:

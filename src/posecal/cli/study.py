@@ -40,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from posecal._util import dumps_json, write_json_atomic
+    from posecal.export import make_shareable
 
     out = Path(args.out)
     if args.study == "occlusion":
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         plot_occlusion(res, out / "occlusion.png")
         write_json_atomic(out / "occlusion.json", res)
+        make_shareable(out / "occlusion.png", out / "occlusion.json")
         if args.json:
             sys.stdout.write(dumps_json(res, indent=True).decode() + "\n")
             return 0
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     plot_visibility(res, out / "visibility.png")
     res.pop("_arrays")
     write_json_atomic(out / "visibility.json", res)
+    make_shareable(out / "visibility.png", out / "visibility.json")
     if args.json:
         sys.stdout.write(dumps_json(res, indent=True).decode() + "\n")
         return 0
