@@ -21,7 +21,7 @@ import numpy as np
 from posecal.errors import PosecalInputError
 
 # head chosen by default for each store feature tensor: the recommended recipe (see docs/results.md, "CCNet")
-DEFAULT_HEAD = {"features_kpt": "kpt", "features_gap": "fc", "features_spatial": "conv_sigmoid_gap"}
+DEFAULT_HEAD = {"features_kpt": "kpt", "features_gap": "fc", "features_spatial": "conv_gap"}
 
 
 @dataclass
