@@ -150,6 +150,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=0, help="steps between validations (0: 10 per run)")
     p.add_argument("--box-score", action="store_true", help="multiply ĉ by the box score")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1 if pooled)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (this rank's GPU under torchrun)")
     p.add_argument("--json", action="store_true", help="print the final metadata as JSON on stdout")
     return p
 
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     from posecal._util import dumps_json
     from posecal.ccnet import HEAD_KINDS
     from posecal.ccnet.checkpoint import save_head
-    from posecal.ccnet.train import TrainConfig, distributed_env, fit_head
+    from posecal.ccnet.train import TrainConfig, default_device, distributed_env, fit_head
 
     if args.steps < 1 or args.batch_size < 1:
         raise PosecalInputError("--steps and --batch-size must be >= 1", field="--steps/--batch-size")
@@ -191,14 +192,15 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(head=kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr, lam=args.lam,
                       conf_loss=args.conf_loss, weight_decay=args.weight_decay, seed=args.seed,
                       eval_every=args.eval_every)
-    rank, world = distributed_env()
+    device = default_device(args.device)
+    rank, world = distributed_env(device)
     on_eval = None
     if val is not None:
         def on_eval(step: int, head: Any) -> dict[str, Any]:
             m = scores_and_ap(head, val, use_box_score=args.box_score)
             print(f"step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()), file=sys.stderr)
             return m
-    res = fit_head(X, T, V, cfg, on_eval=on_eval)
+    res = fit_head(X, T, V, cfg, on_eval=on_eval, device=device)
     if rank == 0:
         metrics = {"train": scores_and_ap(res.head, train, use_box_score=args.box_score)}
         if val is not None:
