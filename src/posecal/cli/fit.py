@@ -39,6 +39,15 @@ class StoreData:
     vis: np.ndarray | None  # (N, K) bool labelled (gt v > 0)
     has_target: np.ndarray | None  # (N,) bool: the row has a gt with at least one labelled keypoint
     sigmas: np.ndarray
+    _results: Any = None
+
+    def results(self) -> Any:
+        """``records`` parsed as :class:`posecal.io.coco.CocoResults` against ``gt`` (cached)."""
+        if self._results is None:
+            from posecal.io.coco import load_results
+
+            self._results = load_results(self.records, self.gt)
+        return self._results
 
 
 def store_head_meta(meta: dict[str, Any], feature_name: str | None) -> dict[str, Any]:
@@ -109,20 +118,12 @@ def scores_and_ap(head: Any, data: StoreData, *, use_box_score: bool = False) ->
     c = aggregate(s, v, data.box_score if use_box_score else None)
     out: dict[str, float] = {}
     if data.gt is not None:
-        res = _results(data)
+        res = data.results()
         ev = evaluate(data.gt, res, scores=c, sigmas=data.sigmas, warn=False)
         out["AP"], out["AR"] = float(ev.stats["AP"]), float(ev.stats["AR"])
         sel = data.has_target
         out.update(quick_metrics(s[sel], v[sel], data.oks[sel], data.vis[sel]))
     return out
-
-
-def _results(data: StoreData) -> Any:
-    from posecal.io.coco import load_results
-
-    if not hasattr(data, "_res"):
-        data._res = load_results(data.records, data.gt)  # type: ignore[attr-defined]
-    return data._res  # type: ignore[attr-defined]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
