@@ -142,8 +142,9 @@ def fit_head(
     """Train a CCNet head.
 
     Args:
-        features: (N, C), (N, K, C) or (N, C, H, W) frozen features (any float dtype; float16 kept as is
-            in memory and cast per batch).
+        features: (N, C), (N, K, C) or (N, C, H, W) frozen features (any float dtype). They are
+            normalised once into a float32 copy, except a float16 array over 4 GiB widened, which stays
+            float16 and is normalised per batch.
         oks: (N, K) per-keypoint OKS of the frozen model's prediction vs gt (paper Eq. 7 per keypoint);
             ignored (may be NaN) where ``vis`` is 0.
         vis: (N, K) 1 where the gt keypoint is labelled (v > 0), else 0.
