@@ -196,3 +196,25 @@ def test_fit_ddp_matches_single_process(tmp_path):
     assert main([*args[2:], "--steps", "1", "--out", str(tmp_path / "h0")]) == 0
     h0, _ = load_head(tmp_path / "h0")
     assert float((h1.weight - h0.weight).detach().abs().max()) > 1e-2
+
+
+def test_fit_refuses_bad_input_with_exit_2(fitted, tmp_path, capsys):
+    store = fitted / "train"
+    rc = main(["fit", "--store", str(store), "--out", str(tmp_path / "h"), "--head", "fc"])
+    assert rc == 2 and "head 'fc' reads features_gap, the store has features_kpt" in capsys.readouterr().err
+    rc = main(["fit", "--store", str(tmp_path / "nope"), "--out", str(tmp_path / "h")])
+    assert rc == 2 and "no meta.json" in capsys.readouterr().err
+    other = make_store(tmp_path / "other", C=7)
+    rc = main(["fit", "--store", str(store), "--store", str(other), "--out", str(tmp_path / "h")])
+    assert rc == 2 and "feature_shape" in capsys.readouterr().err
+    assert not (tmp_path / "h").exists()
+
+
+def test_fit_head_refuses_non_finite_features():
+    from posecal.ccnet.train import TrainConfig, fit_head
+    from posecal.errors import PosecalInputError
+
+    X = np.ones((10, K, 3), np.float32)
+    X[3, 2, 1] = np.nan
+    with pytest.raises(PosecalInputError, match="NaN or infinite"):
+        fit_head(X, np.full((10, K), 0.5), np.ones((10, K)), TrainConfig(steps=1), show_progress=False)

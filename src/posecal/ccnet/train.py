@@ -34,6 +34,7 @@ __all__ = [
     "normalisation_stats",
     "quick_metrics",
     "distributed_env",
+    "default_device",
 ]
 
 
@@ -67,17 +68,24 @@ class FitResult:
     """One dict per validation callback: ``{"step": s, **metrics}``."""
 
 
-def distributed_env() -> tuple[int, int]:
-    """(rank, world size); initialises the default process group under torchrun when needed."""
+def distributed_env(device: str | torch.device = "cpu") -> tuple[int, int]:
+    """(rank, world size); under torchrun (``WORLD_SIZE > 1``) initialises the default process group:
+    gloo for a CPU ``device``, nccl for CUDA."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend="nccl" if torch.device(device).type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
+
+
+def default_device(device: str = "cpu") -> torch.device:
+    """``"cuda"`` → this process's GPU (``LOCAL_RANK`` under torchrun); anything else as given."""
+    if device == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(device)
 
 
 def normalisation_stats(kind: str, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -134,8 +142,9 @@ def fit_head(
     """Train a CCNet head.
 
     Args:
-        features: (N, C), (N, K, C) or (N, C, H, W) frozen features (any float dtype; float16 kept as is
-            in memory and cast per batch).
+        features: (N, C), (N, K, C) or (N, C, H, W) frozen features (any float dtype). They are
+            normalised once into a float32 copy, except a float16 array over 4 GiB widened, which stays
+            float16 and is normalised per batch.
         oks: (N, K) per-keypoint OKS of the frozen model's prediction vs gt (paper Eq. 7 per keypoint);
             ignored (may be NaN) where ``vis`` is 0.
         vis: (N, K) 1 where the gt keypoint is labelled (v > 0), else 0.
@@ -151,7 +160,8 @@ def fit_head(
     vis = (np.asarray(vis) > 0).astype(np.float32)
     _check(features, oks, vis)
     N, K = oks.shape
-    rank, world = distributed_env()
+    device = torch.device(device)
+    rank, world = distributed_env(device)
     if cfg.batch_size < world:
         raise PosecalInputError(f"batch_size {cfg.batch_size} is smaller than the world size {world}")
 
@@ -159,13 +169,15 @@ def fit_head(
         torch.manual_seed(cfg.seed)
         head = build_head(cfg.head, tuple(features.shape[1:]), K)
         mean, std = normalisation_stats(cfg.head, features)
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+            raise PosecalInputError("features contain NaN or infinite values", field=cfg.head)
         head.set_normalisation(torch.from_numpy(mean).float(), torch.from_numpy(std).float())
         head.to(device)
         model: torch.nn.Module = head
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            model = DDP(head)
+            model = DDP(head, device_ids=[device.index] if device.type == "cuda" else None)
         X = torch.from_numpy(np.ascontiguousarray(features))
         # normalise once (float32, chunked) instead of every step, unless a float16 array would not fit
         # comfortably in memory once widened (> 4 GiB): then each batch is widened and normalised
@@ -238,9 +250,9 @@ def predict(head: CCNetHead, features: np.ndarray, batch_size: int = 2048) -> tu
             x = torch.from_numpy(np.ascontiguousarray(features[s : s + batch_size]))
             if x.dtype not in (torch.float16, torch.float32):
                 x = x.float()
-            a, b = head(x)
-            outs_s.append(a.double().numpy())
-            outs_v.append(b.double().numpy())
+            a, b = head(x.to(head.feat_mean.device))
+            outs_s.append(a.double().cpu().numpy())
+            outs_v.append(b.double().cpu().numpy())
     K = head.num_keypoints
     if not outs_s:
         return np.zeros((0, K)), np.zeros((0, K))

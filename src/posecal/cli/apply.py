@@ -13,8 +13,14 @@ import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("apply", help="rescore a store's predictions with a CCNet head",
-                       description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    p = sub.add_parser(
+        "apply",
+        help="rescore a store's predictions with a CCNet head",
+        description="Rescore STORE/predictions.json with a CCNet head: coordinates kept, keypoint "
+        "scores -> s_hat, instance score -> sum(v_hat*s_hat)/sum(v_hat), plus a 'visibility' "
+        "list. A head fitted on another keypoint set, feature tensor/shape, pooling or model "
+        "is refused (exit 2).",
+    )
     p.add_argument("--store", required=True, help="feature store directory")
     p.add_argument("--head", required=True, help="head directory from posecal fit")
     p.add_argument("--out", required=True, help="COCO results JSON to write")
@@ -37,11 +43,20 @@ def run(args: argparse.Namespace) -> int:
 
     feats = FeatureStore.open(args.store).features()
     s, v = predict(head, feats)
-    recs = rescore_records(data.records, s, v, box_score=data.box_score if meta.get("box_score") else None,
-                           file=f"{args.store}/predictions.json")
+    recs = rescore_records(
+        data.records,
+        s,
+        v,
+        box_score=data.box_score if meta.get("box_score") else None,
+        file=f"{args.store}/predictions.json",
+    )
     save_results(args.out, recs)
-    summary = {"records": len(recs), "head": args.head, "out": args.out,
-               "mean_score": float(sum(r["score"] for r in recs) / max(len(recs), 1))}
+    summary = {
+        "records": len(recs),
+        "head": args.head,
+        "out": args.out,
+        "mean_score": float(sum(r["score"] for r in recs) / max(len(recs), 1)),
+    }
     if args.json:
         sys.stdout.write(dumps_json(summary, indent=True).decode() + "\n")
     else:

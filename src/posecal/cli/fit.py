@@ -21,7 +21,7 @@ import numpy as np
 from posecal.errors import PosecalInputError
 
 # head chosen by default for each store feature tensor: the recommended recipe (see docs/results.md, "CCNet")
-DEFAULT_HEAD = {"features_kpt": "kpt", "features_gap": "fc", "features_spatial": "conv_sigmoid_gap"}
+DEFAULT_HEAD = {"features_kpt": "kpt", "features_gap": "fc", "features_spatial": "conv_gap"}
 
 
 @dataclass
@@ -39,6 +39,15 @@ class StoreData:
     vis: np.ndarray | None  # (N, K) bool labelled (gt v > 0)
     has_target: np.ndarray | None  # (N,) bool: the row has a gt with at least one labelled keypoint
     sigmas: np.ndarray
+    _results: Any = None
+
+    def results(self) -> Any:
+        """``records`` parsed as :class:`posecal.io.coco.CocoResults` against ``gt`` (cached)."""
+        if self._results is None:
+            from posecal.io.coco import load_results
+
+            self._results = load_results(self.records, self.gt)
+        return self._results
 
 
 def store_head_meta(meta: dict[str, Any], feature_name: str | None) -> dict[str, Any]:
@@ -109,20 +118,12 @@ def scores_and_ap(head: Any, data: StoreData, *, use_box_score: bool = False) ->
     c = aggregate(s, v, data.box_score if use_box_score else None)
     out: dict[str, float] = {}
     if data.gt is not None:
-        res = _results(data)
+        res = data.results()
         ev = evaluate(data.gt, res, scores=c, sigmas=data.sigmas, warn=False)
         out["AP"], out["AR"] = float(ev.stats["AP"]), float(ev.stats["AR"])
         sel = data.has_target
         out.update(quick_metrics(s[sel], v[sel], data.oks[sel], data.vis[sel]))
     return out
-
-
-def _results(data: StoreData) -> Any:
-    from posecal.io.coco import load_results
-
-    if not hasattr(data, "_res"):
-        data._res = load_results(data.records, data.gt)  # type: ignore[attr-defined]
-    return data._res  # type: ignore[attr-defined]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -150,6 +151,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=0, help="steps between validations (0: 10 per run)")
     p.add_argument("--box-score", action="store_true", help="multiply ĉ by the box score")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1 if pooled)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (this rank's GPU under torchrun)")
     p.add_argument("--json", action="store_true", help="print the final metadata as JSON on stdout")
     return p
 
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     from posecal._util import dumps_json
     from posecal.ccnet import HEAD_KINDS
     from posecal.ccnet.checkpoint import save_head
-    from posecal.ccnet.train import TrainConfig, distributed_env, fit_head
+    from posecal.ccnet.train import TrainConfig, default_device, distributed_env, fit_head
 
     if args.steps < 1 or args.batch_size < 1:
         raise PosecalInputError("--steps and --batch-size must be >= 1", field="--steps/--batch-size")
@@ -191,14 +193,15 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(head=kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr, lam=args.lam,
                       conf_loss=args.conf_loss, weight_decay=args.weight_decay, seed=args.seed,
                       eval_every=args.eval_every)
-    rank, world = distributed_env()
+    device = default_device(args.device)
+    rank, world = distributed_env(device)
     on_eval = None
     if val is not None:
         def on_eval(step: int, head: Any) -> dict[str, Any]:
             m = scores_and_ap(head, val, use_box_score=args.box_score)
             print(f"step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()), file=sys.stderr)
             return m
-    res = fit_head(X, T, V, cfg, on_eval=on_eval)
+    res = fit_head(X, T, V, cfg, on_eval=on_eval, device=device)
     if rank == 0:
         metrics = {"train": scores_and_ap(res.head, train, use_box_score=args.box_score)}
         if val is not None:
