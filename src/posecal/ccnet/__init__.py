@@ -1,0 +1,36 @@
+"""CCNet — Calibrated ConfidenceNet (paper Sec. 5, App. B, C): a light head on a frozen pose model's features.
+
+The numpy-only parts (:mod:`posecal.ccnet.aggregate`, :mod:`posecal.ccnet.apply` record rewriting) import no
+torch. :mod:`posecal.ccnet.heads`, :mod:`posecal.ccnet.loss`, :mod:`posecal.ccnet.train` and
+:mod:`posecal.ccnet.checkpoint` import torch (the ``posecal[torch]`` extra) when they are imported; this
+package's ``__init__`` imports none of them.
+
+Head kinds (``HEAD_KINDS``) and the store feature tensor each one reads:
+
+=====================  ======================  ==============================================================
+kind                   store tensor            computation
+=====================  ======================  ==============================================================
+``fc``                 ``features_gap (N,C)``  one FC C→2K, sigmoid (paper, RLE-style pooled vectors)
+``conv_gap``           ``features_spatial``    1×1 conv C→2K, global average pooling, sigmoid (paper). Since
+                       ``(N,C,H,W)``           both are linear, this equals GAP then FC.
+``conv_sigmoid_gap``   ``features_spatial``    1×1 conv C→2K, per-pixel sigmoid, then average pooling
+                                               (keeps spatial information: a non-linearity before pooling)
+``kpt``                ``features_kpt (N,K,C)``  per-keypoint FC C→2 on heatmap-weighted pooled features (the
+                                               predicted heatmap k used as attention over the spatial map,
+                                               pooled at extraction time)
+=====================  ======================  ==============================================================
+"""
+
+from __future__ import annotations
+
+HEAD_KINDS: dict[str, str] = {
+    "fc": "features_gap",
+    "conv_gap": "features_spatial",
+    "conv_sigmoid_gap": "features_spatial",
+    "kpt": "features_kpt",
+}
+"""Head kind → the feature-store tensor it reads."""
+
+FEATURE_TENSORS = ("features_gap", "features_kpt", "features_spatial")
+
+__all__ = ["HEAD_KINDS", "FEATURE_TENSORS"]

@@ -1,0 +1,58 @@
+"""Rewrite COCO keypoint results with CCNet scores. numpy only.
+
+Coordinates are never touched: for every record only ``keypoints[3k+2]`` (the keypoint score) becomes
+ŝ_k, ``score`` becomes the aggregated ĉ (:func:`posecal.ccnet.aggregate.aggregate`) and a
+``"visibility"`` list of v̂_k is added. Every other field is kept as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from posecal.ccnet.aggregate import aggregate
+from posecal.errors import PosecalInputError
+
+__all__ = ["rescore_records"]
+
+
+def rescore_records(
+    records: Sequence[dict[str, Any]],
+    s_hat: np.ndarray,
+    v_hat: np.ndarray,
+    *,
+    box_score: np.ndarray | None = None,
+    keypoint_scores: bool = True,
+    file: str | None = None,
+) -> list[dict[str, Any]]:
+    """New records: record i gets ``score`` = ĉ_i, keypoint scores ŝ_i (if ``keypoint_scores``) and
+    ``visibility`` = v̂_i. ``s_hat``/``v_hat`` are (N, K) with N = len(records); ``box_score`` (N,)
+    optionally multiplies ĉ. The input records are not modified."""
+    s = np.asarray(s_hat, np.float64)
+    v = np.asarray(v_hat, np.float64)
+    if s.shape[0] != len(records) or v.shape != s.shape:
+        raise PosecalInputError(
+            f"{len(records)} records but predictions of shape {s.shape} / {v.shape}", file=file
+        )
+    c = aggregate(s, v, box_score)
+    K = s.shape[1]
+    out = []
+    for i, rec in enumerate(records):
+        kp = rec.get("keypoints")
+        if not isinstance(kp, list) or len(kp) != 3 * K:
+            raise PosecalInputError(
+                f"expected a list of {3 * K} numbers", file=file, record=i, field="keypoints"
+            )
+        new = copy.copy(rec)
+        if keypoint_scores:
+            kp = list(kp)
+            for k in range(K):
+                kp[3 * k + 2] = float(s[i, k])
+            new["keypoints"] = kp
+        new["score"] = float(c[i])
+        new["visibility"] = [float(x) for x in v[i]]
+        out.append(new)
+    return out

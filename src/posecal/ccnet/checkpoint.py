@@ -1,0 +1,113 @@
+"""CCNet checkpoints: ``HEAD_DIR/head.safetensors`` (weights and normalisation buffers) and
+``HEAD_DIR/head.json`` (metadata). Never pickle. Imports torch and safetensors.
+
+Metadata keys: ``format`` (``"posecal-ccnet/1"``), ``head`` (kind), ``in_channels``, ``num_keypoints``,
+``keypoint_set``, ``feature_tensor`` (store tensor name), ``feature_shape`` (per instance),
+``pooling`` (the store's pooling), ``model_tensor`` (the pose model's tensor the features come from),
+``model_sha256``, ``normalisation`` ({"mean", "std"} summary; the exact values are the
+``feat_mean``/``feat_std`` tensors), ``train`` (config), ``metrics`` (validation), ``aggregation``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from posecal._util import atomic_path, write_json_atomic
+from posecal.ccnet.heads import CCNetHead
+from posecal.errors import PosecalInputError
+
+__all__ = ["FORMAT", "COMPARED_KEYS", "save_head", "load_head", "check_compatible"]
+
+FORMAT = "posecal-ccnet/1"
+WEIGHTS, META = "head.safetensors", "head.json"
+COMPARED_KEYS = ("keypoint_set", "feature_tensor", "feature_shape", "pooling", "model_tensor", "model_sha256")
+"""Metadata that must agree between a head and the store (or model) it is applied to."""
+
+
+def save_head(head_dir: str | os.PathLike, head: CCNetHead, meta: dict[str, Any]) -> None:
+    """Write weights and metadata atomically (weights first, then the JSON that names them)."""
+    from safetensors.torch import save_file
+
+    d = Path(head_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    full = {
+        **meta,
+        "format": FORMAT,
+        "head": head.kind,
+        "in_channels": head.in_channels,
+        "num_keypoints": head.num_keypoints,
+        "normalisation": {
+            "mean": head.feat_mean.double().reshape(-1).tolist(),
+            "std": head.feat_std.double().reshape(-1).tolist(),
+            "shape": list(head.feat_mean.shape),
+        },
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    with atomic_path(d / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "head": head.kind})
+    write_json_atomic(d / META, full)
+
+
+def load_head(head_dir: str | os.PathLike) -> tuple[CCNetHead, dict[str, Any]]:
+    """Load a head saved by :func:`save_head`; raise :class:`PosecalInputError` on anything malformed."""
+    from safetensors.torch import load_file
+
+    d = Path(head_dir)
+    mpath, wpath = d / META, d / WEIGHTS
+    for p in (mpath, wpath):
+        if not p.is_file():
+            raise PosecalInputError("missing file (not a posecal CCNet head directory?)", file=str(p))
+    try:
+        meta = orjson.loads(mpath.read_bytes())
+    except orjson.JSONDecodeError as e:
+        raise PosecalInputError(f"invalid JSON: {e}", file=str(mpath)) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise PosecalInputError(f"expected format {FORMAT!r}", file=str(mpath), field="format")
+    for key in ("head", "in_channels", "num_keypoints"):
+        if key not in meta:
+            raise PosecalInputError("missing", file=str(mpath), field=key)
+    head = CCNetHead(meta["head"], int(meta["in_channels"]), int(meta["num_keypoints"]))
+    try:
+        state = load_file(str(wpath))
+    except Exception as e:  # safetensors raises its own error types
+        raise PosecalInputError(f"unreadable safetensors: {e}", file=str(wpath)) from None
+    want = head.state_dict()
+    if set(state) != set(want):
+        raise PosecalInputError(
+            f"tensors {sorted(state)} do not match head {meta['head']!r} ({sorted(want)})", file=str(wpath)
+        )
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(want[k].shape):
+            raise PosecalInputError(
+                f"shape {tuple(v.shape)} != expected {tuple(want[k].shape)}", file=str(wpath), field=k
+            )
+    head.load_state_dict(state)
+    head.eval()
+    return head, meta
+
+
+def check_compatible(
+    head_meta: dict[str, Any], store_meta: dict[str, Any], *, file: str | None = None
+) -> None:
+    """Refuse a head whose metadata differs from the store's (or model's), naming every difference.
+
+    Keys in :data:`COMPARED_KEYS` are compared when present on both sides (``feature_shape`` as lists);
+    ``keypoint_set``, ``feature_tensor`` and ``feature_shape`` must be present on both.
+    """
+    diffs = []
+    for key in COMPARED_KEYS:
+        a, b = head_meta.get(key), store_meta.get(key)
+        if a is None or b is None:
+            if key in ("keypoint_set", "feature_tensor", "feature_shape") and a != b:
+                diffs.append(f"{key}: head {a!r} vs store {b!r}")
+            continue
+        if key == "feature_shape":
+            a, b = [int(x) for x in a], [int(x) for x in b]
+        if a != b:
+            diffs.append(f"{key}: head {a!r} vs store {b!r}")
+    if diffs:
+        raise PosecalInputError("head does not fit this store: " + "; ".join(diffs), file=file)

@@ -1,0 +1,120 @@
+"""CCNet heads (paper Sec. 5, App. B). Imports torch.
+
+Every head maps a batch of frozen features to ``(s_hat, v_hat)``, both ``(B, K)`` in [0, 1]:
+``s_hat[k]`` the expected keypoint OKS, ``v_hat[k]`` the probability that keypoint k is labelled
+(counts in the OKS). Features are normalised inside the head with per-channel statistics of the
+training set, held as buffers (so they travel with the weights in the safetensors checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from posecal.ccnet import HEAD_KINDS
+from posecal.errors import PosecalInputError
+
+__all__ = ["CCNetHead", "build_head", "feature_shape_ok"]
+
+
+def _kaiming_(weight: torch.Tensor, bias: torch.Tensor | None, fan_in: int) -> None:
+    """PyTorch's default (Kaiming-uniform, a=√5) init, as nn.Linear / nn.Conv2d use (paper App. B)."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        nn.init.uniform_(bias, -bound, bound)
+
+
+class CCNetHead(nn.Module):
+    """One CCNet head.
+
+    Args:
+        kind: one of ``posecal.ccnet.HEAD_KINDS`` (``fc``, ``conv_gap``, ``conv_sigmoid_gap``, ``kpt``).
+        in_channels: C, the feature channel count (EfficientPose-I 144, BlazePose-full 48, SBL 256...).
+        num_keypoints: K.
+
+    Input shapes: ``fc`` (B, C); ``conv_gap`` / ``conv_sigmoid_gap`` (B, C, H, W); ``kpt`` (B, K, C).
+    Output: ``(s_hat (B, K), v_hat (B, K))`` in [0, 1].
+    """
+
+    def __init__(self, kind: str, in_channels: int, num_keypoints: int):
+        super().__init__()
+        if kind not in HEAD_KINDS:
+            raise PosecalInputError(f"unknown head kind {kind!r}; choose one of {sorted(HEAD_KINDS)}")
+        self.kind, self.in_channels, self.num_keypoints = kind, int(in_channels), int(num_keypoints)
+        C, K = self.in_channels, self.num_keypoints
+        if kind == "kpt":
+            # per-keypoint linear: K independent C→2 maps (confidence, visibility)
+            self.weight = nn.Parameter(torch.empty(K, 2, C))
+            self.bias = nn.Parameter(torch.empty(K, 2))
+            for k in range(K):
+                _kaiming_(self.weight.data[k], self.bias.data[k], C)
+            norm_shape: tuple[int, ...] = (K, C)
+        elif kind == "fc":
+            self.linear = nn.Linear(C, 2 * K)
+            norm_shape = (C,)
+        else:
+            self.conv = nn.Conv2d(C, 2 * K, kernel_size=1)
+            norm_shape = (C, 1, 1)
+        self.register_buffer("feat_mean", torch.zeros(norm_shape))
+        self.register_buffer("feat_std", torch.ones(norm_shape))
+
+    def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Set the feature normalisation (shape (C,) — or (K, C) for ``kpt``); std floored at 1e-6."""
+        self.feat_mean.copy_(mean.reshape(self.feat_mean.shape))
+        self.feat_std.copy_(std.reshape(self.feat_std.shape).clamp_min(1e-6))
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std`` with the stored training statistics, float32."""
+        return (x.float() - self.feat_mean) / self.feat_std
+
+    def logits(self, x: torch.Tensor, normalised: bool = False) -> torch.Tensor:
+        """Pre-sigmoid outputs (B, K, 2) for ``fc``/``conv_gap``/``kpt``; for ``conv_sigmoid_gap``
+        the already-pooled probabilities (B, K, 2). ``normalised``: ``x`` already went through
+        :meth:`normalise` (training normalises a spatial feature array once, not every step)."""
+        x = x.float() if normalised else self.normalise(x)
+        B, K = x.shape[0], self.num_keypoints
+        if self.kind == "kpt":
+            return torch.einsum("bkc,kjc->bkj", x, self.weight) + self.bias
+        if self.kind == "fc":
+            return self.linear(x).view(B, K, 2)
+        y = self.conv(x)  # (B, 2K, H, W)
+        if self.kind == "conv_sigmoid_gap":
+            y = torch.sigmoid(y)
+        return y.mean(dim=(2, 3)).view(B, K, 2)
+
+    def forward(self, x: torch.Tensor, normalised: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.logits(x, normalised)
+        p = z if self.kind == "conv_sigmoid_gap" else torch.sigmoid(z)
+        return p[..., 0], p[..., 1]
+
+    def flops_per_instance(self, feature_shape: tuple[int, ...]) -> int:
+        """Multiply-adds ×2 of one forward pass for one instance with ``feature_shape`` (no batch axis)."""
+        C, K = self.in_channels, self.num_keypoints
+        if self.kind == "kpt":
+            return 2 * K * 2 * C + 2 * K * C  # linear + normalisation
+        if self.kind == "fc":
+            return 2 * C * 2 * K + 2 * C
+        H, W = feature_shape[-2:]
+        return H * W * (2 * C * 2 * K + 2 * C + 2 * K)
+
+
+def feature_shape_ok(kind: str, shape: tuple[int, ...], num_keypoints: int) -> str | None:
+    """Why a per-instance feature shape does not fit head ``kind`` (None when it does)."""
+    want = {"fc": 1, "conv_gap": 3, "conv_sigmoid_gap": 3, "kpt": 2}[kind]
+    if len(shape) != want:
+        return f"head {kind!r} needs features of {want} axes per instance, got shape {tuple(shape)}"
+    if kind == "kpt" and shape[0] != num_keypoints:
+        return f"head 'kpt' needs (K={num_keypoints}, C) features, got {tuple(shape)}"
+    return None
+
+
+def build_head(kind: str, feature_shape: tuple[int, ...], num_keypoints: int) -> CCNetHead:
+    """Head of ``kind`` for per-instance features of ``feature_shape`` ((C,), (K, C) or (C, H, W))."""
+    why = feature_shape_ok(kind, tuple(feature_shape), num_keypoints)
+    if why:
+        raise PosecalInputError(why)
+    C = feature_shape[-1] if kind == "kpt" else feature_shape[0]
+    return CCNetHead(kind, C, num_keypoints)

@@ -1,0 +1,43 @@
+"""``posecal export --model MODEL.onnx --head HEAD_DIR --out MODEL_calibrated.onnx``: calibrated ONNX.
+
+An ONNX model gets the CCNet head grafted onto its penultimate tensor: one onnxruntime session returns the
+original outputs plus ``keypoint_confidence (B, K)``, ``keypoint_visibility (B, K)`` and
+``instance_confidence (B,)``. A TFLite model (``--model X.tflite``) cannot be grafted: the output is a
+head-only ONNX with inputs ``features (B, C, h, w)`` [and ``heatmaps (B, J, h', w')``], run after the TFLite
+model (two-stage use, see :mod:`posecal.export`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("export", help="graft a CCNet head onto an ONNX model (head-only ONNX for TFLite)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="pose model (.onnx: grafted; .tflite: head-only ONNX)")
+    p.add_argument("--head", required=True, help="head directory from posecal fit")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--head-only", action="store_true", help="write the head-only ONNX even for an ONNX model")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from posecal._util import dumps_json
+    from posecal.export import export, export_head_only
+
+    summary = export_head_only(args.model, args.head, args.out) if args.head_only else \
+        export(args.model, args.head, args.out)
+    if args.json:
+        sys.stdout.write(dumps_json(summary, indent=True).decode() + "\n")
+    elif summary["mode"] == "grafted":
+        print(f"{args.out}: {args.model} + {summary['head']} head at {summary['model_tensor']} "
+              f"({summary['pooling']} pooling, {summary['added_nodes']} nodes); outputs: "
+              + ", ".join(summary["outputs"]))
+    else:
+        print(f"{args.out}: head-only ONNX ({summary['head']}, {summary['pooling']} pooling); inputs "
+              + ", ".join(summary["inputs"]) + f" from {summary['model_tensor']}; outputs: "
+              + ", ".join(summary["outputs"]))
+    return 0

@@ -1,0 +1,230 @@
+"""``posecal fit --store STORE --out HEAD_DIR [--val-store STORE]``: train a CCNet head (paper Sec. 5).
+
+Targets are the per-keypoint OKS (Eq. 7, one term per keypoint) of the store's predictions against its
+gt (``gt_keypoints`` of an augmented store, else ``gt.json`` by ``ann_id``) with the keypoint set's
+sigmas and the gt area; the visibility target is "labelled" (gt v > 0). Rows without a gt or without
+any labelled keypoint carry no target and are left out of training.
+
+Distributed: ``torchrun --nproc_per_node N -m posecal fit ...`` (DDP, gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from posecal.errors import PosecalInputError
+
+# head chosen by default for each store feature tensor: the recommended recipe (see docs/results.md, "CCNet")
+DEFAULT_HEAD = {"features_kpt": "kpt", "features_gap": "fc", "features_spatial": "conv_gap"}
+
+
+@dataclass
+class StoreData:
+    """What CCNet needs from one feature store (row i = record i of predictions.json)."""
+
+    path: str
+    meta: dict[str, Any]
+    head_meta: dict[str, Any]  # the keys compared by posecal.ccnet.checkpoint.check_compatible
+    features: np.ndarray  # (N, ...) the store's feature tensor
+    records: list[dict[str, Any]]  # predictions.json
+    box_score: np.ndarray  # (N,)
+    gt: Any  # CocoGroundTruth | None
+    oks: np.ndarray | None  # (N, K) per-keypoint OKS target, NaN where unlabelled / no gt
+    vis: np.ndarray | None  # (N, K) bool labelled (gt v > 0)
+    has_target: np.ndarray | None  # (N,) bool: the row has a gt with at least one labelled keypoint
+    sigmas: np.ndarray
+    _results: Any = None
+
+    def results(self) -> Any:
+        """``records`` parsed as :class:`posecal.io.coco.CocoResults` against ``gt`` (cached)."""
+        if self._results is None:
+            from posecal.io.coco import load_results
+
+            self._results = load_results(self.records, self.gt)
+        return self._results
+
+
+def store_head_meta(meta: dict[str, Any], feature_name: str | None) -> dict[str, Any]:
+    """The store's side of the head/store compatibility check."""
+    arrays = meta.get("arrays", {})
+    return {
+        "keypoint_set": meta.get("keypoint_set"),
+        "feature_tensor": feature_name,
+        "feature_shape": list(arrays.get(feature_name, {}).get("shape", [])) if feature_name else None,
+        "pooling": meta.get("pooling"),
+        "model_tensor": meta.get("tensor"),
+        "model_sha256": meta.get("model_sha256"),
+    }
+
+
+def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> StoreData:
+    """Open a store and compute the CCNet targets (see module docstring)."""
+    from posecal.io.coco import load_gt
+    from posecal.keypoints import get_keypoint_set
+    from posecal.metrics.oks import keypoint_oks
+    from posecal.store import FeatureStore
+
+    fs = FeatureStore.open(path)
+    meta = fs.meta
+    if fs.feature_name is None:
+        raise PosecalInputError("store has no feature tensor (extract with --pooling)", file=str(path))
+    try:
+        ks = get_keypoint_set(str(meta.get("keypoint_set")))
+    except KeyError as e:
+        raise PosecalInputError(str(e), file=str(path), field="keypoint_set") from None
+    feats = fs.features() if features else np.zeros((fs.num_instances, 0))
+    records = fs.predictions
+    if len(records) != fs.num_instances:
+        raise PosecalInputError(f"{len(records)} predictions for {fs.num_instances} rows", file=str(path))
+    box_score = fs.read("box_score") if "box_score" in fs.arrays else np.ones(fs.num_instances)
+    gt = oks = vis = has = None
+    if fs.gt_path is not None:
+        gt = load_gt(fs.gt_path)
+        row_of = {int(a): i for i, a in enumerate(gt.ann_id)}
+        ann = fs.read("ann_id")
+        g = np.array([row_of.get(int(a), -1) for a in ann], dtype=np.int64)
+        K = ks.num_keypoints
+        gtk = np.zeros((fs.num_instances, K, 3))
+        ok = g >= 0
+        gtk[ok] = gt.keypoints[g[ok]]
+        if "gt_keypoints" in fs.arrays:  # augmented copies: gt with occluder-updated flags
+            gtk[ok] = fs.read("gt_keypoints")[ok]
+        area = np.where(ok, gt.area[np.maximum(g, 0)], 1.0)
+        vis = (gtk[..., 2] > 0) & ok[:, None]
+        oks = keypoint_oks(fs.read("keypoints"), gtk, area, ks.sigmas)
+        oks = np.where(vis, oks, np.nan)
+        has = vis.any(axis=1)
+    elif need_gt:
+        raise PosecalInputError("store has no gt.json: fit needs ground truth", file=str(path))
+    return StoreData(
+        path=str(path), meta=meta, head_meta=store_head_meta(meta, fs.feature_name), features=feats,
+        records=records, box_score=box_score, gt=gt, oks=oks, vis=vis, has_target=has, sigmas=ks.sigmas,
+    )
+
+
+def scores_and_ap(head: Any, data: StoreData, *, use_box_score: bool = False) -> dict[str, float]:
+    """AP/AR of ``data``'s predictions rescored by ``head`` (coordinates unchanged) and Pearson checks."""
+    from posecal.ccnet.aggregate import aggregate
+    from posecal.ccnet.train import predict, quick_metrics
+    from posecal.metrics.cocoeval import evaluate
+
+    s, v = predict(head, data.features)
+    c = aggregate(s, v, data.box_score if use_box_score else None)
+    out: dict[str, float] = {}
+    if data.gt is not None:
+        res = data.results()
+        ev = evaluate(data.gt, res, scores=c, sigmas=data.sigmas, warn=False)
+        out["AP"], out["AR"] = float(ev.stats["AP"]), float(ev.stats["AR"])
+        sel = data.has_target
+        out.update(quick_metrics(s[sel], v[sel], data.oks[sel], data.vis[sel]))
+    return out
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "fit",
+        help="train a CCNet head on a feature store",
+        description="Train a CCNet confidence/visibility head on a feature store (paper Sec. 5). "
+        "With no other option: the recommended recipe.",
+    )
+    p.add_argument("--store", required=True, action="append",
+                   help="feature store directory (from posecal extract); repeat to train on several stores "
+                   "of the same model/tensor/pooling (e.g. a plain and an --augment store)")
+    p.add_argument("--out", required=True, help="head directory to write (head.safetensors + head.json)")
+    p.add_argument("--val-store", help="store to validate on (AP, Pearson) during training")
+    p.add_argument("--head", choices=["fc", "conv_gap", "conv_sigmoid_gap", "kpt"],
+                   help="head kind; default: the recommended one for the store's feature tensor")
+    p.add_argument("--steps", type=int, default=12000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lam", type=float, default=0.2, help="visibility loss weight λ (Eq. 21)")
+    p.add_argument("--conf-loss", choices=["mse", "bce"], default="mse",
+                   help="confidence loss: MSE (Eq. 19) or BCE on the soft OKS target (App. C)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=0, help="steps between validations (0: 10 per run)")
+    p.add_argument("--box-score", action="store_true", help="multiply ĉ by the box score")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default 1 if pooled)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (this rank's GPU under torchrun)")
+    p.add_argument("--json", action="store_true", help="print the final metadata as JSON on stdout")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from posecal._util import dumps_json
+    from posecal.ccnet import HEAD_KINDS
+    from posecal.ccnet.checkpoint import save_head
+    from posecal.ccnet.train import TrainConfig, default_device, distributed_env, fit_head
+
+    if args.steps < 1 or args.batch_size < 1:
+        raise PosecalInputError("--steps and --batch-size must be >= 1", field="--steps/--batch-size")
+    stores = [load_store(p) for p in args.store]
+    train = stores[0]
+    for p, d in zip(args.store[1:], stores[1:], strict=True):
+        if d.head_meta != train.head_meta:
+            diffs = [k for k in train.head_meta if train.head_meta[k] != d.head_meta[k]]
+            raise PosecalInputError(f"store differs from {args.store[0]} in {', '.join(diffs)}", file=p)
+    val = load_store(args.val_store) if args.val_store else None
+    feat_name = train.head_meta["feature_tensor"]
+    kind = args.head or DEFAULT_HEAD[feat_name]
+    if HEAD_KINDS[kind] != feat_name:
+        raise PosecalInputError(f"head {kind!r} reads {HEAD_KINDS[kind]}, the store has {feat_name}",
+                                file=args.store[0], field="--head")
+    if val is not None and val.head_meta != train.head_meta:
+        diffs = [k for k in train.head_meta if train.head_meta[k] != val.head_meta[k]]
+        raise PosecalInputError(f"validation store differs from the training store in {', '.join(diffs)}",
+                                file=args.val_store)
+    threads = args.threads or (1 if feat_name != "features_spatial" else None)
+    if threads:
+        torch.set_num_threads(threads)
+    X = np.concatenate([d.features[d.has_target] for d in stores])
+    T = np.concatenate([d.oks[d.has_target] for d in stores])
+    V = np.concatenate([d.vis[d.has_target] for d in stores])
+    if not len(X):
+        raise PosecalInputError("no row of the store has a gt with a labelled keypoint", file=args.store[0])
+    cfg = TrainConfig(head=kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr, lam=args.lam,
+                      conf_loss=args.conf_loss, weight_decay=args.weight_decay, seed=args.seed,
+                      eval_every=args.eval_every)
+    device = default_device(args.device)
+    rank, world = distributed_env(device)
+    on_eval = None
+    if val is not None:
+        def on_eval(step: int, head: Any) -> dict[str, Any]:
+            m = scores_and_ap(head, val, use_box_score=args.box_score)
+            print(f"step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()), file=sys.stderr)
+            return m
+    res = fit_head(X, T, V, cfg, on_eval=on_eval, device=device)
+    if rank == 0:
+        metrics = {"train": scores_and_ap(res.head, train, use_box_score=args.box_score)}
+        if val is not None:
+            metrics["val"] = scores_and_ap(res.head, val, use_box_score=args.box_score)
+        meta = {
+            **train.head_meta,
+            "aggregation": "sum(v_hat*s_hat)/sum(v_hat)" + (" * box_score" if args.box_score else ""),
+            "box_score": bool(args.box_score),
+            "train": {**cfg.to_dict(), "stores": [os.path.abspath(p) for p in args.store], "rows": len(X),
+                      "world_size": world, "final_loss": float(res.losses[-100:].mean())},
+            "metrics": metrics,
+            "history": res.history,
+        }
+        save_head(args.out, res.head, meta)
+        if args.json:
+            sys.stdout.write(dumps_json(meta, indent=True).decode() + "\n")
+        else:
+            for split, m in metrics.items():
+                print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
+            print(f"head written to {args.out}")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0

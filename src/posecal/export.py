@@ -1,0 +1,359 @@
+"""Calibrated ONNX export: graft a trained CCNet head onto a pose model's ONNX graph.
+
+``export_calibrated(model.onnx, head_dir, out.onnx)`` writes a model whose single onnxruntime session
+returns the original outputs (same names, same nodes: bit-identical values) plus
+
+* ``keypoint_confidence (B, K)``: ŝ_k, the expected keypoint OKS (paper Eq. 19 target),
+* ``keypoint_visibility (B, K)``: v̂_k, the probability that keypoint k is labelled (Eq. 20),
+* ``instance_confidence (B,)``: ĉ = Σ v̂ŝ / Σ v̂ (the OKS form of Eq. 7; plain mean of ŝ where Σ v̂ = 0).
+  A head fitted with ``--box-score`` wants ĉ × the detector score: multiply outside the graph.
+
+K and the keypoint order are the head's **dataset** keypoint set (e.g. LSP-14), as in the feature store
+and in ``posecal apply``'s records: model joints are mapped by name
+(:func:`posecal.adapters.joints.joint_map`).
+
+The graft starts at the head's penultimate tensor (``model_tensor`` in ``head.json``) and reproduces the
+feature store's pooling in the graph, so the head sees exactly what it was trained on:
+
+* ``gap``: global average pooling of the (B, C, h, w) tensor (in float64, as ``posecal extract``);
+* ``spatial``: a float16 round trip (the store keeps spatial features as float16);
+* ``heatmap``: per model joint, the positive part of the heatmap output resampled to the feature grid
+  (nearest centre) and normalised to sum 1 (uniform if no positive value) weights the features
+  (float64), then the joints are mapped to the dataset keypoints (missing ones get zero features).
+
+Flip-test averaging is not reproduced: a head fitted on a ``--flip`` store sees single-pass features
+(a warning says so).
+
+TFLite source models cannot be grafted (no ONNX graph). :func:`export_head_only` then writes a small
+ONNX with inputs ``features (B, C, h, w)`` float32 channels-first (the penultimate tensor as
+:class:`posecal.adapters.base.ModelOutput` holds it) and, for heatmap pooling, ``heatmaps (B, J, h', w')``
+(model joint order), and the three outputs above. Two-stage use (see :func:`run_two_stage`)::
+
+    out = adapter.predict(crops)                     # posecal.adapters.load_adapter("EfficientPoseI.tflite")
+    s, v, c = session.run(None, {"features": out.features, "heatmaps": out.heatmaps})
+
+The head is written as plain ONNX operators (Conv / MatMul / Einsum / Sigmoid / GlobalAveragePool), from
+the safetensors weights of :func:`posecal.ccnet.checkpoint.load_head`; the default-domain opset must be
+≥ 13. Imports onnx, onnxruntime and torch (to read the head) inside the functions.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from posecal.errors import PosecalInputError, PosecalWarning
+
+__all__ = ["OUTPUTS", "export_calibrated", "export_head_only", "run_two_stage", "head_arrays",
+           "check_head_against_model"]
+
+OUTPUTS = ("keypoint_confidence", "keypoint_visibility", "instance_confidence")
+PREFIX = "posecal_ccnet/"
+HEAD_ONLY_OPSET = 17
+
+
+def make_shareable(*paths: str | os.PathLike) -> None:
+    """Give files written through a temporary file (mode 0600) the usual ``0666 & ~umask`` mode."""
+    old = os.umask(0o022)
+    os.umask(old)
+    for p in paths:
+        os.chmod(p, 0o666 & ~old)
+
+
+def head_arrays(head_dir: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The head's weights as float32 numpy arrays (``feat_mean``, ``feat_std``, ``weight``/``bias`` or
+    ``linear.*``/``conv.*``) and its ``head.json`` metadata."""
+    from posecal.ccnet.checkpoint import load_head
+
+    head, meta = load_head(head_dir)
+    arrs = {k: v.detach().cpu().float().numpy() for k, v in head.state_dict().items()}
+    return arrs, meta
+
+
+class _Builder:
+    """Collects ONNX nodes and initialisers under a name prefix."""
+
+    def __init__(self, prefix: str):
+        import onnx
+
+        self.onnx = onnx
+        self.prefix = prefix
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self._n = 0
+
+    def name(self, base: str) -> str:
+        self._n += 1
+        return f"{self.prefix}{base}_{self._n}"
+
+    def const(self, base: str, value: np.ndarray) -> str:
+        n = self.name(base)
+        self.inits.append(self.onnx.numpy_helper.from_array(np.asarray(value), n))
+        return n
+
+    def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs: Any) -> str:
+        out = out or self.name(op_type.lower())
+        node = self.onnx.helper.make_node(op_type, inputs, [out], name=self.name(op_type), **attrs)
+        self.nodes.append(node)
+        return out
+
+
+def _pool(b: _Builder, feat: str, heatmaps: str | None, pooling: str, feat_hw: tuple[int, int],
+          hm_hw: tuple[int, int] | None, feat_ndim: int, jmap: np.ndarray, C: int) -> str:
+    """Pooling subgraph: penultimate (B, C, h, w) [and heatmaps (B, J, h', w')] -> store feature."""
+    TP = b.onnx.TensorProto
+    if feat_ndim == 2:
+        feat = b.op("Reshape", [feat, b.const("shape", np.array([0, C, 1, 1], np.int64))])
+    h, w = feat_hw
+    P = h * w
+    if pooling == "gap":  # mean over h·w in float64 (a MatMul: GlobalAveragePool has no double kernel)
+        x = b.op("Cast", [feat], to=TP.DOUBLE)
+        x = b.op("Reshape", [x, b.const("shape", np.array([0, C, P], np.int64))])
+        x = b.op("MatMul", [x, b.const("meanP", np.full((P, 1), 1.0 / P))])
+        x = b.op("Reshape", [x, b.const("shape", np.array([0, C], np.int64))])
+        return b.op("Cast", [x], to=TP.FLOAT)  # (B, C)
+    if pooling == "spatial":
+        x = b.op("Cast", [feat], to=TP.FLOAT16)
+        return b.op("Cast", [x], to=TP.FLOAT)  # (B, C, h, w)
+    if pooling != "heatmap":
+        raise PosecalInputError(f"unknown pooling {pooling!r}", field="pooling")
+    if heatmaps is None or hm_hw is None:
+        raise PosecalInputError("heatmap pooling needs the model's heatmap output", field="pooling")
+    hh, ww = hm_hw
+    wts = heatmaps
+    if (hh, ww) != (h, w):  # nearest-centre resampling, as posecal.cli.extract._resample_to
+        yi = np.minimum(((np.arange(h) + 0.5) * hh / h).astype(np.int64), hh - 1)
+        xi = np.minimum(((np.arange(w) + 0.5) * ww / w).astype(np.int64), ww - 1)
+        wts = b.op("Gather", [wts, b.const("yi", yi)], axis=2)
+        wts = b.op("Gather", [wts, b.const("xi", xi)], axis=3)
+    wts = b.op("Cast", [wts], to=TP.DOUBLE)
+    wts = b.op("Relu", [wts])
+    wts = b.op("Reshape", [wts, b.const("shape", np.array([0, 0, P], np.int64))])  # (B, J, P)
+    s = b.op("MatMul", [wts, b.const("ones", np.ones((P, 1)))])  # (B, J, 1)
+    pos = b.op("Greater", [s, b.const("zero", np.zeros((), np.float64))])
+    safe = b.op("Where", [pos, s, b.const("one", np.ones((), np.float64))])
+    wn = b.op("Div", [wts, safe])
+    wts = b.op("Where", [pos, wn, b.const("uniform", np.full((), 1.0 / P))])
+    f = b.op("Cast", [feat], to=TP.DOUBLE)
+    f = b.op("Reshape", [f, b.const("shape", np.array([0, C, P], np.int64))])
+    f = b.op("Transpose", [f], perm=[0, 2, 1])  # (B, P, C)
+    pooled = b.op("MatMul", [wts, f])  # (B, J, C) float64
+    pooled = b.op("Cast", [pooled], to=TP.FLOAT)
+    have = jmap >= 0
+    pooled = b.op("Gather", [pooled, b.const("joint_map", np.where(have, jmap, 0).astype(np.int64))], axis=1)
+    if not have.all():
+        pooled = b.op("Mul", [pooled, b.const("have", have.astype(np.float32)[:, None])])
+    return pooled  # (B, K, C)
+
+
+def _head(b: _Builder, x: str, kind: str, arrs: dict[str, np.ndarray], K: int) -> list[str]:
+    """CCNet head subgraph (as :meth:`posecal.ccnet.heads.CCNetHead.forward`) + aggregation -> outputs."""
+    x = b.op("Sub", [x, b.const("feat_mean", arrs["feat_mean"])])
+    x = b.op("Div", [x, b.const("feat_std", arrs["feat_std"])])
+    if kind == "kpt":
+        z = b.op("Einsum", [x, b.const("weight", arrs["weight"])], equation="bkc,kjc->bkj")
+        z = b.op("Add", [z, b.const("bias", arrs["bias"])])
+    elif kind == "fc":
+        z = b.op("MatMul", [x, b.const("weight_t", np.ascontiguousarray(arrs["linear.weight"].T))])
+        z = b.op("Add", [z, b.const("bias", arrs["linear.bias"])])
+    elif kind in ("conv_gap", "conv_sigmoid_gap"):
+        cw, cb = b.const("conv_weight", arrs["conv.weight"]), b.const("conv_bias", arrs["conv.bias"])
+        z = b.op("Conv", [x, cw, cb])
+        if kind == "conv_sigmoid_gap":
+            z = b.op("Sigmoid", [z])
+        z = b.op("GlobalAveragePool", [z])
+    else:
+        raise PosecalInputError(f"unknown head kind {kind!r}", field="head")
+    z = b.op("Reshape", [z, b.const("shape", np.array([0, K, 2], np.int64))])
+    p = z if kind == "conv_sigmoid_gap" else b.op("Sigmoid", [z])
+    s = b.op("Gather", [p, b.const("i0", np.array(0, np.int64))], OUTPUTS[0], axis=2)
+    v = b.op("Gather", [p, b.const("i1", np.array(1, np.int64))], OUTPUTS[1], axis=2)
+    # ĉ = Σ v̂ŝ / Σ v̂, plain mean of ŝ where Σ v̂ = 0 (posecal.ccnet.aggregate)
+    ones = b.const("onesK", np.ones((K, 1), np.float32))
+    flat = b.const("shape", np.array([-1], np.int64))
+    num = b.op("Reshape", [b.op("MatMul", [b.op("Mul", [v, s]), ones]), flat])
+    den = b.op("Reshape", [b.op("MatMul", [v, ones]), flat])
+    mean_k = b.const("meanK", np.full((K, 1), 1.0 / K, np.float32))
+    mean = b.op("Reshape", [b.op("MatMul", [s, mean_k]), flat])
+    pos = b.op("Greater", [den, b.const("zero", np.zeros((), np.float32))])
+    safe = b.op("Where", [pos, den, b.const("one", np.ones((), np.float32))])
+    c = b.op("Where", [pos, b.op("Div", [num, safe]), mean], OUTPUTS[2])
+    return [s, v, c]
+
+
+def _output_infos(K: int, batch: Any = "batch") -> list[Any]:
+    import onnx
+
+    TP = onnx.TensorProto
+    return [onnx.helper.make_tensor_value_info(OUTPUTS[0], TP.FLOAT, [batch, K]),
+            onnx.helper.make_tensor_value_info(OUTPUTS[1], TP.FLOAT, [batch, K]),
+            onnx.helper.make_tensor_value_info(OUTPUTS[2], TP.FLOAT, [batch])]
+
+
+def check_head_against_model(meta: dict[str, Any], head_dir: str | os.PathLike, adapter: Any,
+                             model: str | os.PathLike, probe_features: np.ndarray) -> tuple[str, np.ndarray]:
+    """Compare a head's metadata with a model (adapter, file, probe features (1, C, h, w)); refuse a
+    mismatch with :class:`PosecalInputError`. Returns (pooling, joint map model → head keypoint set)."""
+    from posecal.adapters.joints import joint_map
+    from posecal.keypoints import get_keypoint_set
+    from posecal.store import file_sha256
+
+    hfile = str(Path(head_dir) / "head.json")
+    diffs = []
+    if meta.get("model_tensor") not in (None, adapter.tensor_name):
+        diffs.append(f"model_tensor: head {meta.get('model_tensor')!r} vs model {adapter.tensor_name!r}")
+    sha = file_sha256(model)
+    if meta.get("model_sha256") not in (None, sha):
+        diffs.append(f"model_sha256: head {meta.get('model_sha256')!r} vs model {sha!r}")
+    C = int(probe_features.shape[1])
+    if int(meta.get("in_channels", -1)) != C:
+        diffs.append(f"in_channels: head {meta.get('in_channels')} vs model tensor {C}")
+    pooling = meta.get("pooling")
+    if pooling == "spatial" and list(meta.get("feature_shape", []))[1:] != list(probe_features.shape[2:]):
+        diffs.append(f"feature_shape: head {meta.get('feature_shape')} vs model "
+                     f"{list(probe_features.shape[1:])}")
+    if diffs:
+        raise PosecalInputError("head does not fit this model: " + "; ".join(diffs), file=hfile)
+    try:
+        ks = get_keypoint_set(str(meta.get("keypoint_set")))
+    except KeyError as e:
+        raise PosecalInputError(str(e), file=hfile, field="keypoint_set") from None
+    if ks.num_keypoints != int(meta["num_keypoints"]):
+        raise PosecalInputError("num_keypoints differs from the keypoint set", file=hfile,
+                                field="num_keypoints")
+    jmap = joint_map(adapter.joint_names, ks.names, allow_missing=True)
+    train_store = (meta.get("train") or {}).get("store")
+    if train_store and Path(train_store, "meta.json").is_file():
+        import orjson
+
+        smeta = orjson.loads(Path(train_store, "meta.json").read_bytes())
+        if smeta.get("flip_test"):
+            warnings.warn("the head was fitted on flip-test features; the exported graph computes "
+                          "single-pass features", PosecalWarning, stacklevel=3)
+        if "joint_map" in smeta and list(smeta["joint_map"]) != jmap.tolist():
+            raise PosecalInputError(f"joint map of the training store {smeta['joint_map']} differs from the "
+                                    f"model's {jmap.tolist()}", file=hfile)
+    return str(pooling), jmap
+
+
+def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike, *,
+                      heatmap_output: str | None = None) -> dict[str, Any]:
+    """Graft the CCNet head in ``head_dir`` onto the ONNX ``model`` and write ``out`` (atomically).
+
+    ``heatmap_output`` names the heatmap output used for heatmap pooling (default: the adapter's, the
+    first 4-D output). Returns a summary dict (outputs, K, pooling, head kind, added node count).
+    """
+    import onnx
+
+    from posecal._util import write_bytes_atomic
+    from posecal.adapters.base import find_model_kind
+    from posecal.adapters.onnx import OnnxAdapter
+
+    if find_model_kind(model) != "onnx":
+        raise PosecalInputError("not an ONNX model: use export_head_only for TFLite models", file=str(model),
+                                field="--model")
+    arrs, meta = head_arrays(head_dir)
+    adapter = OnnxAdapter(model, tensor=meta.get("model_tensor"), output=heatmap_output)
+    probe = adapter.predict(np.zeros((1, adapter.input_size[1], adapter.input_size[0], 3), np.uint8))
+    pooling, jmap = check_head_against_model(meta, head_dir, adapter, model, probe.features)
+    m = onnx.load_model(str(model))
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        raise PosecalInputError(f"default-domain opset {opset} < 13: re-export the model with opset >= 13",
+                                file=str(model), field="opset_import")
+    names = {o for n in m.graph.node for o in n.output} | {i.name for i in m.graph.input}
+    clash = [o for o in OUTPUTS if o in names or o in {x.name for x in m.graph.output}]
+    if clash:
+        raise PosecalInputError(f"the model already has tensor(s) {', '.join(clash)}", file=str(model))
+    raw = adapter.session.run([adapter.tensor_name], {adapter._input_name: np.zeros(
+        (1, 3, adapter.input_size[1], adapter.input_size[0]), np.float32)})[0]
+    feat_ndim = raw.ndim
+    if feat_ndim not in (2, 4):
+        raise PosecalInputError(f"feature tensor {adapter.tensor_name!r} has {feat_ndim} axes (need 2 or 4)",
+                                file=str(model), field="model_tensor")
+    b = _Builder(PREFIX)
+    K = int(meta["num_keypoints"])
+    x = _pool(b, adapter.tensor_name, adapter.output_name, pooling, tuple(probe.features.shape[2:]),
+              None if probe.heatmaps is None else tuple(probe.heatmaps.shape[2:]), feat_ndim, jmap,
+              int(probe.features.shape[1]))
+    _head(b, x, str(meta["head"]), arrs, K)
+    m.graph.node.extend(b.nodes)
+    m.graph.initializer.extend(b.inits)
+    batch = m.graph.input[0].type.tensor_type.shape.dim[0]
+    m.graph.output.extend(_output_infos(K, batch.dim_param or batch.dim_value or "batch"))
+    m.metadata_props.add(key="posecal_ccnet_head", value=str(meta["head"]))
+    m.metadata_props.add(key="posecal_keypoint_set", value=str(meta.get("keypoint_set")))
+    m.metadata_props.add(key="posecal_pooling", value=pooling)
+    onnx.checker.check_model(m)
+    write_bytes_atomic(out, m.SerializeToString())
+    make_shareable(out)
+    return {"out": str(out), "outputs": [o.name for o in m.graph.output], "K": K, "pooling": pooling,
+            "head": meta["head"], "model_tensor": adapter.tensor_name, "added_nodes": len(b.nodes),
+            "mode": "grafted"}
+
+
+def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike,
+                     ) -> dict[str, Any]:
+    """Head-only ONNX for a model that cannot be grafted (TFLite): inputs ``features (B, C, h, w)``
+    float32 channels-first [and ``heatmaps (B, J, h', w')`` for heatmap pooling], outputs :data:`OUTPUTS`.
+    ``model`` is opened once to check the head against it and to read the joint order and grid sizes."""
+    import onnx
+
+    from posecal._util import write_bytes_atomic
+    from posecal.adapters.base import load_adapter
+
+    arrs, meta = head_arrays(head_dir)
+    adapter = load_adapter(model, tensor=meta.get("model_tensor"))
+    probe = adapter.predict(np.zeros((1, adapter.input_size[1], adapter.input_size[0], 3), np.uint8))
+    pooling, jmap = check_head_against_model(meta, head_dir, adapter, model, probe.features)
+    K, C = int(meta["num_keypoints"]), int(probe.features.shape[1])
+    TP = onnx.TensorProto
+    inputs = [onnx.helper.make_tensor_value_info("features", TP.FLOAT, ["batch", *probe.features.shape[1:]])]
+    use_hm = pooling == "heatmap"
+    if use_hm:
+        if probe.heatmaps is None:
+            raise PosecalInputError("heatmap pooling needs a heatmap model", file=str(model))
+        inputs.append(onnx.helper.make_tensor_value_info("heatmaps", TP.FLOAT,
+                                                         ["batch", *probe.heatmaps.shape[1:]]))
+    b = _Builder(PREFIX)
+    x = _pool(b, "features", "heatmaps" if use_hm else None, pooling, tuple(probe.features.shape[2:]),
+              tuple(probe.heatmaps.shape[2:]) if use_hm else None, 4, jmap, C)
+    _head(b, x, str(meta["head"]), arrs, K)
+    g = onnx.helper.make_graph(b.nodes, "posecal_ccnet_head", inputs, _output_infos(K), b.inits)
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", HEAD_ONLY_OPSET)],
+                               producer_name="posecal")
+    m.ir_version = 8
+    for k, v in (("posecal_ccnet_head", meta["head"]), ("posecal_keypoint_set", meta.get("keypoint_set")),
+                 ("posecal_pooling", pooling), ("posecal_model_tensor", adapter.tensor_name),
+                 ("posecal_joint_order", ",".join(adapter.joint_names))):
+        m.metadata_props.add(key=k, value=str(v))
+    onnx.checker.check_model(m)
+    write_bytes_atomic(out, m.SerializeToString())
+    make_shareable(out)
+    return {"out": str(out), "inputs": [i.name for i in inputs], "outputs": list(OUTPUTS), "K": K,
+            "pooling": pooling, "head": meta["head"], "model_tensor": adapter.tensor_name,
+            "added_nodes": len(b.nodes), "mode": "head-only"}
+
+
+def run_two_stage(adapter: Any, session: Any, crops: np.ndarray) -> dict[str, np.ndarray]:
+    """Run a (TFLite) adapter on ``crops (B, H, W, 3) uint8`` and a head-only ONNX ``session`` on its
+    penultimate features (and heatmaps): the model's ``ModelOutput`` fields plus the three head outputs."""
+    out = adapter.predict(crops)
+    feeds = {"features": np.ascontiguousarray(out.features, np.float32)}
+    if any(i.name == "heatmaps" for i in session.get_inputs()):
+        feeds["heatmaps"] = np.ascontiguousarray(out.heatmaps, np.float32)
+    res = dict(zip(OUTPUTS, session.run(list(OUTPUTS), feeds), strict=True))
+    return {"coords": out.coords, "scores": out.scores, **res}
+
+
+def export(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
+    """ONNX model → :func:`export_calibrated`; TFLite → :func:`export_head_only`."""
+    from posecal.adapters.base import find_model_kind
+
+    if find_model_kind(model) == "onnx":
+        return export_calibrated(model, head_dir, out)
+    return export_head_only(model, head_dir, out)

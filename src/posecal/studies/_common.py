@@ -1,0 +1,82 @@
+"""Shared pieces of the studies: top-down crops, store-identical feature pooling, the CCNet head."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+__all__ = ["crop_instances", "pooled_features", "open_head", "to_dataset"]
+
+
+def crop_instances(insts: list[Any], images: str | os.PathLike, input_size: tuple[int, int]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Crops ``(N, H, W, 3) uint8`` and their image → input affines ``(N, 2, 3)``, exactly as
+    ``posecal extract`` makes them (gt box, padding 1.25, model aspect)."""
+    from pathlib import Path
+
+    from posecal.crop import box_to_center_size, crop_matrix, load_image, warp
+
+    W, H = input_size
+    crops = np.zeros((len(insts), H, W, 3), np.uint8)
+    Ms = np.zeros((len(insts), 2, 3))
+    for i, inst in enumerate(insts):
+        c, s = box_to_center_size(inst.bbox, W / H)
+        Ms[i] = crop_matrix(c, s, (W, H))
+        crops[i] = warp(load_image(Path(images) / inst.file_name), Ms[i], (W, H))
+    return crops, Ms
+
+
+def _resample_to(hm: np.ndarray, h: int, w: int) -> np.ndarray:
+    if hm.shape[2:] == (h, w):
+        return hm
+    yi = np.minimum(((np.arange(h) + 0.5) * hm.shape[2] / h).astype(int), hm.shape[2] - 1)
+    xi = np.minimum(((np.arange(w) + 0.5) * hm.shape[3] / w).astype(int), hm.shape[3] - 1)
+    return hm[:, :, yi][:, :, :, xi]
+
+
+def pooled_features(out: Any, pooling: str, jmap: np.ndarray) -> np.ndarray:
+    """The feature-store tensor for one model batch (:class:`posecal.adapters.base.ModelOutput`), pooled
+    as ``posecal extract`` pools it: ``gap`` (N, C); ``heatmap`` (N, K, C) in the dataset keypoint set;
+    ``spatial`` (N, C, h, w) float16."""
+    f = np.asarray(out.features, np.float32)
+    if pooling == "gap":
+        return f.astype(np.float64).mean(axis=(2, 3)).astype(np.float32)
+    if pooling == "spatial":
+        return f.astype(np.float16)
+    if pooling != "heatmap":
+        raise ValueError(f"unknown pooling {pooling!r}")
+    B, C, h, w = f.shape
+    wts = np.maximum(_resample_to(np.asarray(out.heatmaps), h, w).astype(np.float64), 0.0)
+    s = wts.sum(axis=(2, 3), keepdims=True)
+    wts = np.where(s > 0, wts / np.where(s > 0, s, 1), 1.0 / (h * w))
+    pk = np.einsum("bjhw,bchw->bjc", wts, f.astype(np.float64)).astype(np.float32)
+    have = jmap >= 0
+    return np.where(have[None, :, None], pk[:, np.where(have, jmap, 0)], 0.0).astype(np.float32)
+
+
+def to_dataset(out: Any, Ms: np.ndarray, jmap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Model output (input px, model joints) → keypoints ``(N, K, 2)`` image px and raw scores ``(N, K)``
+    in the dataset keypoint set (0 where the model lacks the joint)."""
+    from posecal.crop import apply_affine, invert_affine
+
+    xy = apply_affine(invert_affine(Ms), np.asarray(out.coords, np.float64))
+    have = jmap >= 0
+    src = np.where(have, jmap, 0)
+    kp = np.where(have[None, :, None], xy[:, src], 0.0)
+    sc = np.where(have[None], np.asarray(out.scores, np.float64)[:, src], 0.0)
+    return kp, sc
+
+
+def open_head(head_dir: str | os.PathLike, model: str | os.PathLike, adapter: Any
+              ) -> tuple[Any, dict[str, Any], str, np.ndarray]:
+    """Load a CCNet head and check it against the model: (head, meta, pooling, joint map)."""
+    from posecal.ccnet.checkpoint import load_head
+    from posecal.export import check_head_against_model
+
+    head, meta = load_head(head_dir)
+    W, H = adapter.input_size
+    probe = adapter.predict(np.zeros((1, H, W, 3), np.uint8))
+    pooling, jmap = check_head_against_model(meta, head_dir, adapter, model, probe.features)
+    return head, meta, pooling, jmap

@@ -1,0 +1,201 @@
+"""Occlusion study (paper Sec. 6.5, Fig. 3): occlude one joint more and more; does confidence follow OKS?
+
+For every instance whose chosen joint is labelled visible (gt v = 2), the top-down crop (as ``posecal
+extract`` makes it) gets, centred on the joint, either a filled circle (**occluder**, colour ``fill``) or a
+Gaussian blur (σ = ``blur_sigma`` input px) inside a circle (**blur**), of radius r for each r in ``radii``
+(input pixels of the model crop; r = 0 is the untouched crop). The model is re-run on each perturbed crop
+and, averaged over instances, the study reports per radius:
+
+* ``joint_oks``: keypoint OKS of the chosen joint (one term of Eq. 7, gt area, the keypoint set's κ);
+* ``instance_oks``: mean keypoint OKS over the labelled keypoints (Eq. 7);
+* ``raw_confidence``: the model's own keypoint score of the joint (heatmap maximum; may exceed 1);
+* ``ccnet_confidence`` / ``ccnet_visibility``: the CCNet head's ŝ and v̂ of the joint (with a head).
+
+A calibrated confidence drops with ``joint_oks``; an uncalibrated one stays high (the paper's Fig. 3).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from posecal.errors import PosecalInputError
+
+__all__ = ["DEFAULT_RADII", "paste_occluder", "paste_blur", "occlusion_study", "plot_occlusion"]
+
+DEFAULT_RADII = (0, 8, 16, 24, 32, 48, 64)
+MODES = ("occluder", "blur")
+
+
+def _disc(shape: tuple[int, int], center: np.ndarray, r: float) -> np.ndarray:
+    """Boolean (H, W) mask of pixel centres within ``r`` input px of ``center`` (x, y)."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    return (xx - center[0]) ** 2 + (yy - center[1]) ** 2 <= r * r
+
+
+def paste_occluder(crop: np.ndarray, center: np.ndarray, r: float,
+                   fill: tuple[int, int, int] = (128, 128, 128)) -> np.ndarray:
+    """A copy of ``crop (H, W, 3) uint8`` with a filled disc of radius ``r`` (input px) at ``center``."""
+    out = crop.copy()
+    if r > 0:
+        out[_disc(crop.shape[:2], center, r)] = np.asarray(fill, np.uint8)
+    return out
+
+
+def paste_blur(crop: np.ndarray, center: np.ndarray, r: float, sigma: float = 6.0) -> np.ndarray:
+    """A copy of ``crop`` whose disc of radius ``r`` at ``center`` is Gaussian-blurred (σ input px)."""
+    out = crop.copy()
+    if r > 0:
+        from PIL import Image, ImageFilter
+
+        blurred = np.asarray(Image.fromarray(crop).filter(ImageFilter.GaussianBlur(radius=sigma)))
+        m = _disc(crop.shape[:2], center, r)
+        out[m] = blurred[m]
+    return out
+
+
+def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, images: str | os.PathLike,
+                    joint: str, *, head: str | os.PathLike | None = None, radii: Any = DEFAULT_RADII,
+                    limit: int | None = 100, fill: tuple[int, int, int] = (128, 128, 128),
+                    blur_sigma: float = 6.0, batch_size: int = 16, threads: int | None = None,
+                    show_progress: bool | None = None) -> dict[str, Any]:
+    """Run the study (see the module docstring); returns the JSON-ready result.
+
+    ``data``: COCO keypoints JSON (e.g. ``posecal convert lsp``); instances are its gt boxes, in file order,
+    those with ``joint`` visible (v = 2), at most ``limit``. ``radii`` in input px of the model crop.
+    """
+    from posecal._util import progress
+    from posecal.adapters.base import load_adapter
+    from posecal.adapters.joints import joint_map
+    from posecal.ccnet.train import predict
+    from posecal.crop import apply_affine
+    from posecal.data.coco import instances, keypoint_set, read_coco
+    from posecal.metrics.oks import keypoint_oks
+    from posecal.studies._common import crop_instances, open_head, pooled_features, to_dataset
+
+    file = str(data) if not isinstance(data, dict) else "<dict>"
+    d = read_coco(data, file=file)
+    ks = keypoint_set(d, file=file)
+    if joint not in ks.names:
+        raise PosecalInputError(f"unknown joint {joint!r}; {ks.name} has {', '.join(ks.names)}", file=file,
+                                field="--joint")
+    j = ks.names.index(joint)
+    radii = [float(r) for r in radii]
+    if not radii or min(radii) < 0:
+        raise PosecalInputError("radii must be >= 0", field="--radii")
+    insts = [i for i in instances(d, file=file) if i.keypoints[j, 2] == 2]
+    if limit is not None:
+        insts = insts[:limit]
+    if not insts:
+        raise PosecalInputError(f"no instance has {joint} visible (v = 2)", file=file, field="--joint")
+    adapter = load_adapter(model, num_threads=threads)
+    hd = hmeta = hjmap = None
+    pooling = None
+    if head is not None:
+        hd, hmeta, pooling, hjmap = open_head(head, model, adapter)
+        if hmeta.get("keypoint_set") != ks.name:
+            raise PosecalInputError(f"head keypoint set {hmeta.get('keypoint_set')!r} != data {ks.name!r}",
+                                    file=str(head), field="keypoint_set")
+        if hmeta.get("model_tensor") and hmeta["model_tensor"] != adapter.tensor_name:
+            adapter = load_adapter(model, tensor=hmeta["model_tensor"], num_threads=threads)
+    jmap = joint_map(adapter.joint_names, ks.names, allow_missing=True)
+    if jmap[j] < 0:
+        raise PosecalInputError(f"the model has no joint for {joint!r}", field="--joint")
+    crops, Ms = crop_instances(insts, images, adapter.input_size)
+    gt = np.stack([i.keypoints for i in insts])
+    area = np.array([i.area for i in insts])
+    centers = apply_affine(Ms, gt[:, j:j + 1, :2])[:, 0]  # the joint in input px
+    N = len(insts)
+    res: dict[str, Any] = {}
+    bar = progress(total=len(MODES) * len(radii) * N, desc="occlusion study", unit="crop",
+                   **({} if show_progress is None else {"disable": not show_progress}))
+    per_instance: dict[str, Any] = {}
+    for mode in MODES:
+        keys = ("joint_oks", "instance_oks", "raw_confidence", "ccnet_confidence", "ccnet_visibility")
+        curves: dict[str, list[float | None]] = {k: [] for k in keys}
+        inst_rows = []
+        for r in radii:
+            pairs = zip(crops, centers, strict=True)
+            if mode == "occluder":
+                pert = np.stack([paste_occluder(c, p, r, fill) for c, p in pairs])
+            else:
+                pert = np.stack([paste_blur(c, p, r, blur_sigma) for c, p in pairs])
+            kp_l, sc_l, s_l, v_l = [], [], [], []
+            for b in range(0, N, batch_size):
+                out = adapter.predict(pert[b:b + batch_size])
+                kp, sc = to_dataset(out, Ms[b:b + batch_size], jmap)
+                kp_l.append(kp)
+                sc_l.append(sc)
+                if hd is not None:
+                    s, v = predict(hd, pooled_features(out, pooling, hjmap))
+                    s_l.append(s)
+                    v_l.append(v)
+                bar.update(min(batch_size, N - b))
+            kp, sc = np.concatenate(kp_l), np.concatenate(sc_l)
+            oks = keypoint_oks(kp, gt, area, ks.sigmas)  # (N, K), NaN where unlabelled
+            curves["joint_oks"].append(float(np.mean(oks[:, j])))
+            curves["instance_oks"].append(float(np.mean(np.nanmean(oks, axis=1))))
+            curves["raw_confidence"].append(float(np.mean(sc[:, j])))
+            row = {"radius": r, "joint_oks": oks[:, j].tolist(), "raw_confidence": sc[:, j].tolist()}
+            if hd is not None:
+                s, v = np.concatenate(s_l), np.concatenate(v_l)
+                curves["ccnet_confidence"].append(float(np.mean(s[:, j])))
+                curves["ccnet_visibility"].append(float(np.mean(v[:, j])))
+                row["ccnet_confidence"] = s[:, j].tolist()
+            else:
+                curves["ccnet_confidence"].append(None)
+                curves["ccnet_visibility"].append(None)
+            inst_rows.append(row)
+        res[mode] = curves
+        per_instance[mode] = inst_rows
+    bar.close()
+    corr = {}
+    for mode in MODES:  # how well each confidence tracks the joint's OKS over all perturbed crops
+        o = np.concatenate([np.asarray(r["joint_oks"]) for r in per_instance[mode]])
+        for key in ("raw_confidence", "ccnet_confidence"):
+            if key in per_instance[mode][0]:
+                c = np.concatenate([np.asarray(r[key]) for r in per_instance[mode]])
+                corr[f"{mode}_{key}_pearson"] = float(np.corrcoef(c, o)[0, 1]) if c.std() > 0 else None
+    return {
+        "study": "occlusion", "joint": joint, "keypoint_set": ks.name, "radii_input_px": radii,
+        "input_size": list(adapter.input_size), "model": os.path.basename(str(model)),
+        "model_tensor": adapter.tensor_name, "head": None if head is None else str(head),
+        "instances": N, "image_ids": [int(i.image_id) for i in insts], "fill": list(fill),
+        "blur_sigma_input_px": blur_sigma, "curves": res, "pearson_vs_joint_oks": corr,
+        "per_instance": per_instance,
+    }
+
+
+def plot_occlusion(result: dict[str, Any], path: str | os.PathLike) -> None:
+    """Fig. 3: per mode, mean joint OKS, raw and CCNet confidence against the radius (PNG, atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from posecal._util import atomic_path
+
+    r = result["radii_input_px"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, mode in zip(axes, MODES, strict=True):
+        c = result["curves"][mode]
+        ax.plot(r, c["joint_oks"], "k-o", label=f"OKS of {result['joint']}")
+        ax.plot(r, c["instance_oks"], "k:", label="instance OKS")
+        ax.plot(r, c["raw_confidence"], "C1-s", label="raw confidence")
+        if c["ccnet_confidence"][0] is not None:
+            ax.plot(r, c["ccnet_confidence"], "C0-^", label="CCNet confidence")
+            ax.plot(r, c["ccnet_visibility"], "C0--", alpha=0.6, label="CCNet visibility")
+        ax.set_title(f"{mode} at {result['joint']} ({result['instances']} crops)")
+        ax.set_xlabel(f"radius (input px of the {result['input_size'][0]}×{result['input_size'][1]} crop)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean over crops")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Occlusion study: {result['model']}")
+    fig.tight_layout()
+    p = Path(path)
+    with atomic_path(p, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
