@@ -1,8 +1,10 @@
 """Table-1-style table: closed-form expected-OKS rescoring (Eq. 12) with mean / predicted / gt area.
 
 SIMULATION: the rows come from ``posecal.simulate`` (synthetic data under the paper's assumptions), not from
-real models. Real rows (e.g. EfficientPose on LSP through the adapters) can be added by passing a results and
-gt file pair with ``--real NAME PRED.json GT.json MODEL`` (MODEL = heatmap or rle).
+real models. Real rows come from feature stores written by ``posecal extract`` (``--store NAME TEST_STORE
+FIT_STORE``): sigma is the store's ``sigma_hat`` (Gaussian fit of the heatmaps, image px), areas as in the
+simulation, and the isotonic / log-log calibrators are fitted on FIT_STORE (another split). Results files
+without heatmaps can be added with ``--real NAME PRED.json GT.json MODEL`` (sigma from the scores).
 
 Columns: Orig (the model's own instance score: MMPose ``bbox_keypoint`` for heatmaps, ``bbox_rle`` for RLE),
 Mean / Pred / GT (closed form with that area), Isotonic / LogLog (feature-free calibrators fitted on a
@@ -39,13 +41,14 @@ def _load(gt_src, res_src):
         return gt, load_results(res_src, gt)
 
 
-def row(gt, res, model: str, fit_gt=None, fit_res=None, oracle=None) -> dict[str, float]:
+def row(gt, res, model: str, fit_gt=None, fit_res=None, oracle=None, sigma=None, **cf) -> dict[str, float]:
     raw = evaluate(gt, res)
     out = {"Orig": 100 * raw.stats["AP"], "mAR": 100 * raw.stats["AR"]}
     for area, col in (("mean", "Mean"), ("pred", "Pred"), ("gt", "GT")):
-        r = ClosedFormRescorer(area=area, model=model).fit(res, gt)
-        e = evaluate(gt, res, scores=r.transform(res, gt).instance_scores)
-        assert e.stats["AR"] == raw.stats["AR"]  # rescoring never changes recall here (one person per image)
+        r = ClosedFormRescorer(area=area, model=model, **cf).fit(res, gt)
+        new = r.transform(res, gt) if sigma is None else r.transform(res, gt, sigma=sigma)
+        e = evaluate(gt, res, scores=new.instance_scores)
+        assert e.stats["AR"] == raw.stats["AR"]  # never changes recall here (one person per image)
         out[col] = 100 * e.stats["AP"]
     if fit_gt is not None:
         for m, col in (("isotonic", "Isotonic"), ("loglog", "LogLog")):
@@ -61,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=5000, help="instances per simulated split")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--real", nargs=4, action="append", default=[], metavar=("NAME", "PRED", "GT", "MODEL"))
+    ap.add_argument("--store", nargs=3, action="append", default=[], metavar=("NAME", "STORE", "FIT_STORE"))
+    ap.add_argument(
+        "--store-peak",
+        nargs=3,
+        type=float,
+        metavar=("HM_W", "HM_H", "TARGET_SIGMA"),
+        help="also a row per store with sigma from the keypoint score as heatmap peak (Eq. 17), "
+        "heatmap size and target sigma of the model; input size and padding from the store",
+    )
     ap.add_argument("--out", help="write the table as JSON here")
     args = ap.parse_args(argv)
 
@@ -83,13 +95,32 @@ def main(argv: list[str] | None = None) -> int:
     for name, pred, gtf, model in args.real:
         gt, res = _load(gtf, pred)
         rows[name] = [row(gt, res, model)]
+    for name, store_dir, fit_dir in args.store:
+        from posecal.store import FeatureStore
+
+        st, ft = FeatureStore.open(store_dir), FeatureStore.open(fit_dir)
+        gt, res = _load(str(st.gt_path), st.predictions)
+        fgt, fres = _load(str(ft.gt_path), ft.predictions)
+        rows[name] = [row(gt, res, "heatmap", fgt, fres, sigma=st.read("sigma_hat"))]
+        if args.store_peak:
+            w, h, ts = args.store_peak
+            geo = dict(
+                heatmap_size=(int(w), int(h)),
+                input_size=tuple(st.meta["input_size"]),
+                padding=float(st.meta.get("crop", {}).get("padding", 1.25)),
+                target_sigma=ts,
+            )
+            rows[name + " (σ from peak)"] = [row(gt, res, "heatmap", **geo)]
 
     table = {}
-    print(f"Table 1 ({LABEL} rows: n={args.n} per split, seeds {args.seeds}); AP/AR in %, mean ± sd over seeds")
-    print(f"{'method':24s}" + "".join(f"{c:>14s}" for c in COLUMNS))
+    print(
+        f"Table 1 ({LABEL} rows: n={args.n} per split, seeds {args.seeds}, mean ± sd over seeds); AP/AR in %"
+    )
+    width = max(24, *(len(n) + 2 for n in rows))
+    print(f"{'method':{width}s}" + "".join(f"{c:>14s}" for c in COLUMNS))
     for name, rs in rows.items():
         stats = {}
-        line = f"{name:24s}"
+        line = f"{name:{width}s}"
         for c in COLUMNS:
             vals = np.array([r[c] for r in rs if c in r])
             if vals.size == 0:
@@ -111,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                 "columns": COLUMNS,
                 "table": table,
                 "simulate_1000_seconds": gen_s,
+                "real": args.real,
+                "stores": args.store,
+                "store_peak": args.store_peak,
                 "python": sys.version.split()[0],
                 "machine": platform.machine(),
             },

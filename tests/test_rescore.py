@@ -418,3 +418,32 @@ def test_cli_rescore_from_feature_store(tmp_path, capsys):
     got = np.array([o["keypoints"][2::3] for o in out])
     np.testing.assert_allclose(got, want, rtol=1e-12)
     assert np.allclose([o["keypoints"][0::3] for o in out], sim.pred_heatmap[..., 0])
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "closed-form",
+        "mmpose-bbox",
+        "mmpose-keypoint",
+        "mmpose-bbox_keypoint",
+        "mmpose-bbox_rle",
+        "visibility",
+        "isotonic",
+        "loglog",
+    ],
+)
+def test_every_method_round_trips_through_json(sims, method, tmp_path):
+    gt, res = _load(sims[0])
+    vis = (sims[0].visibility > 0).astype(float)
+    params = {"keypoint_score_thr": 0.3} if method.startswith("mmpose") else {}
+    r = get_rescorer(method, **params).fit(res, gt)
+    r.save(tmp_path / "c.json")
+    r2 = Rescorer.load(tmp_path / "c.json")
+    assert type(r2) is type(r) and r2.method == method
+    a, b = r.transform(res, gt, visibility=vis), r2.transform(res, gt, visibility=vis)
+    np.testing.assert_array_equal(a.keypoint_scores, b.keypoint_scores)
+    np.testing.assert_array_equal(a.instance_scores, b.instance_scores)
+    (tmp_path / "bad.json").write_text('{"method": "nope"}')
+    with pytest.raises(PosecalInputError, match="unknown method"):
+        Rescorer.load(tmp_path / "bad.json")
