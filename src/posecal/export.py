@@ -125,7 +125,7 @@ def _pool(b: _Builder, feat: str, heatmaps: str | None, pooling: str, feat_hw: t
         raise PosecalInputError("heatmap pooling needs the model's heatmap output", field="pooling")
     hh, ww = hm_hw
     wts = heatmaps
-    if (hh, ww) != (h, w):  # nearest-centre resampling, as posecal.cli.extract._resample_to
+    if (hh, ww) != (h, w):  # nearest-centre resampling, as posecal.adapters.pooling.resample_to
         yi = np.minimum(((np.arange(h) + 0.5) * hh / h).astype(np.int64), hh - 1)
         xi = np.minimum(((np.arange(w) + 0.5) * ww / w).astype(np.int64), ww - 1)
         wts = b.op("Gather", [wts, b.const("yi", yi)], axis=2)

@@ -22,9 +22,9 @@ import numpy as np
 import orjson
 
 from posecal._util import dumps_json, progress
+from posecal.adapters.pooling import POOLINGS, STORE_FIELD, pool_features
 from posecal.errors import PosecalInputError
 
-POOLINGS = ("gap", "heatmap", "spatial")
 # training-target Gaussian width (heatmap px) assumed by the sigma-hat estimator. EfficientPose's is not
 # published with the weights; 1.0 is inferred from the narrowest fitted widths on its 32×32 maps (LSP crops:
 # 5th percentile 1.04 px). Others: the estimator's default (SBL/HRNet convention at 64×48).
@@ -107,28 +107,6 @@ def _paint_occluders(crop: np.ndarray, occ, size: tuple[int, int]) -> list[tuple
         crop[y0:y1, x0:x1] = np.asarray(col, dtype=np.uint8)
         rects.append((x0 - 0.5, y0 - 0.5, x1 - 0.5, y1 - 0.5))
     return rects
-
-
-def _resample_to(hm: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Nearest-centre resampling of (B, J, h', w') maps onto an (h, w) grid (identity when equal)."""
-    if hm.shape[2:] == (h, w):
-        return hm
-    yi = np.minimum(((np.arange(h) + 0.5) * hm.shape[2] / h).astype(int), hm.shape[2] - 1)
-    xi = np.minimum(((np.arange(w) + 0.5) * hm.shape[3] / w).astype(int), hm.shape[3] - 1)
-    return hm[:, :, yi][:, :, :, xi]
-
-
-def pool_heatmap(features: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
-    """Heatmap-weighted features: (B, C, h, w) and (B, J, h', w') -> (B, J, C).
-
-    Weights are the heatmap's positive part on the feature grid, normalised to sum 1 per joint
-    (uniform when a heatmap has no positive value).
-    """
-    B, C, h, w = features.shape
-    wts = np.maximum(_resample_to(heatmaps, h, w).astype(np.float64), 0.0)
-    s = wts.sum(axis=(2, 3), keepdims=True)
-    wts = np.where(s > 0, wts / np.where(s > 0, s, 1), 1.0 / (h * w))
-    return np.einsum("bjhw,bchw->bjc", wts, features.astype(np.float64)).astype(np.float32)
 
 
 def _sigma_estimator():
@@ -322,15 +300,9 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
         }
         if gt_kp is not None:
             arrays["gt_keypoints"] = gt_kp
-        if pooling == "gap":
-            arrays["features_gap"] = feats.mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
-        elif pooling == "heatmap":
-            if hms is None:
-                raise PosecalInputError("--pooling heatmap needs a heatmap model", field="--pooling")
-            pk = pool_heatmap(feats, hms)
-            arrays["features_kpt"] = np.where(have[None, :, None], pk[:, src], 0.0).astype(np.float32)
-        else:
-            arrays["features_spatial"] = feats.astype(np.float16)
+        if pooling == "heatmap" and hms is None:
+            raise PosecalInputError("--pooling heatmap needs a heatmap model", field="--pooling")
+        arrays[STORE_FIELD[pooling]] = pool_features(feats, hms, pooling, jmap)
         writer.write_chunk(j, arrays)
         bar.update(n)
     bar.close()

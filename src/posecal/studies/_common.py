@@ -28,32 +28,12 @@ def crop_instances(insts: list[Any], images: str | os.PathLike, input_size: tupl
     return crops, Ms
 
 
-def _resample_to(hm: np.ndarray, h: int, w: int) -> np.ndarray:
-    if hm.shape[2:] == (h, w):
-        return hm
-    yi = np.minimum(((np.arange(h) + 0.5) * hm.shape[2] / h).astype(int), hm.shape[2] - 1)
-    xi = np.minimum(((np.arange(w) + 0.5) * hm.shape[3] / w).astype(int), hm.shape[3] - 1)
-    return hm[:, :, yi][:, :, :, xi]
-
-
 def pooled_features(out: Any, pooling: str, jmap: np.ndarray) -> np.ndarray:
     """The feature-store tensor for one model batch (:class:`posecal.adapters.base.ModelOutput`), pooled
-    as ``posecal extract`` pools it: ``gap`` (N, C); ``heatmap`` (N, K, C) in the dataset keypoint set;
-    ``spatial`` (N, C, h, w) float16."""
-    f = np.asarray(out.features, np.float32)
-    if pooling == "gap":
-        return f.astype(np.float64).mean(axis=(2, 3)).astype(np.float32)
-    if pooling == "spatial":
-        return f.astype(np.float16)
-    if pooling != "heatmap":
-        raise ValueError(f"unknown pooling {pooling!r}")
-    B, C, h, w = f.shape
-    wts = np.maximum(_resample_to(np.asarray(out.heatmaps), h, w).astype(np.float64), 0.0)
-    s = wts.sum(axis=(2, 3), keepdims=True)
-    wts = np.where(s > 0, wts / np.where(s > 0, s, 1), 1.0 / (h * w))
-    pk = np.einsum("bjhw,bchw->bjc", wts, f.astype(np.float64)).astype(np.float32)
-    have = jmap >= 0
-    return np.where(have[None, :, None], pk[:, np.where(have, jmap, 0)], 0.0).astype(np.float32)
+    as ``posecal extract`` pools it (:func:`posecal.adapters.pooling.pool_features`)."""
+    from posecal.adapters.pooling import pool_features
+
+    return pool_features(out.features, out.heatmaps, pooling, jmap)
 
 
 def to_dataset(out: Any, Ms: np.ndarray, jmap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
