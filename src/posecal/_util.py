@@ -67,3 +67,15 @@ def progress(iterable: Iterable | None = None, total: int | None = None, desc: s
     if disable is None:
         disable = not (sys.stderr.isatty() or os.environ.get("POSECAL_PROGRESS") == "1")
     return tqdm(iterable, total=total, desc=desc, disable=disable, file=sys.stderr, **kw)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file with orjson; a missing file or bad JSON raises one-line ``PosecalInputError``."""
+    from posecal.errors import PosecalInputError
+
+    try:
+        return orjson.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise PosecalInputError("file not found", file=str(path)) from None
+    except orjson.JSONDecodeError as e:
+        raise PosecalInputError(f"not JSON: {e}", file=str(path)) from None

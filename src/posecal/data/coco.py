@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
+from posecal._util import read_json
 from posecal.errors import PosecalInputError
 from posecal.keypoints import KeypointSet, find_keypoint_set
 
@@ -55,12 +54,7 @@ def read_coco(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
         d, file = src, file or "<dict>"
     else:
         file = file or str(src)
-        try:
-            d = orjson.loads(Path(src).read_bytes())
-        except FileNotFoundError:
-            raise PosecalInputError("file not found", file=file) from None
-        except orjson.JSONDecodeError as e:
-            raise PosecalInputError(f"not JSON: {e}", file=file) from None
+        d = read_json(src)
     if not isinstance(d, dict):
         raise PosecalInputError("expected a COCO dict with images/annotations/categories", file=file)
     for key in ("images", "annotations", "categories"):

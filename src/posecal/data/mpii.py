@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
+from posecal._util import read_json
 from posecal.errors import PosecalInputError
 from posecal.keypoints import MPII16
 
@@ -24,12 +24,7 @@ def read_mpii(path: str | os.PathLike, images: str | os.PathLike | None = None) 
     Image ids are 1.. in order of first appearance; annotation ids 1.. in file order.
     """
     file = str(path)
-    try:
-        recs = orjson.loads(Path(path).read_bytes())
-    except FileNotFoundError:
-        raise PosecalInputError("file not found", file=file) from None
-    except orjson.JSONDecodeError as e:
-        raise PosecalInputError(f"not JSON: {e}", file=file) from None
+    recs = read_json(path)
     if not isinstance(recs, list):
         raise PosecalInputError("expected a list of MPII records", file=file)
     img_ids: dict[str, int] = {}
