@@ -102,10 +102,10 @@ def _fig_reliability(plt, a: Audit, path: Path) -> None:
             r.mean_confidence[ok], r.mean_target[ok], "o", color="C1", ms=4, label="(mean conf, mean OKS)"
         )
         ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="perfect calibration")
-        ax.set(
-            ylabel="mean OKS in bin",
-            ylim=(0, max(1.0, hi)),
-            title=f"instance level: ECE {r.ece:.3f}, MCE {r.mce:.3f} ({r.count.size} equal-width bins)",
+        ax.set(ylabel="mean OKS in bin", ylim=(0, max(1.0, hi)))
+        ax.set_title(
+            f"instance level: ECE {r.ece:.3f}, MCE {r.mce:.3f}\n({r.count.size} equal-width bins)",
+            fontsize=10,
         )
         ax.legend(loc="upper left", fontsize=8)
         axh.hist(a.curves["instance_confidence"], bins=r.edges, color="0.5")
