@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from posecal.errors import PosecalInputError, PosecalWarning
-from posecal.io.coco import CocoGroundTruth, CocoResults, load_gt, load_results, no_gc
+from posecal.io.coco import CocoGroundTruth, CocoResults, _unique, load_gt, load_results, no_gc
 from posecal.metrics.oks import oks_pairs
 
 __all__ = ["CocoEvalResult", "evaluate", "evaluate_wholebody", "summary_lines", "STAT_NAMES", "IOU_THRS",
@@ -340,11 +340,26 @@ def _evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *
     mk, mc, mg, mo = [], [], [], []
     good = np.flatnonzero(oks >= thr_c.min())
     if good.size:
+        # A detection whose only candidate gt has no other candidate detection matches it at exactly the
+        # combos whose threshold its OKS reaches (nothing competes; ignored or not, it is the only choice).
+        # Those pairs form components of their own, so the greedy matching of the rest is unchanged.
+        gd_rows, gg_rows = pair_k[good], pair_g[good]
+        solo = np.bincount(gd_rows, minlength=nK)[gd_rows] == 1
+        solo &= np.bincount(gg_rows, minlength=G)[gg_rows] == 1
+        if solo.any():
+            s_oks = oks[good[solo]]
+            hi, hc = np.nonzero(s_oks[:, None] >= thr_c[None, :])
+            mk.append(gd_rows[solo][hi])
+            mc.append(hc)
+            mg.append(gg_rows[solo][hi])
+            mo.append(s_oks[hi])
+            good = good[~solo]
+    if good.size:
         gk = pair_k[good]  # kept-det rows, sorted (pairs are generated det by det)
         gu = k_unit[gk]
         gs = pair_off[good]  # gt slot within the unit
         # active detections: compressed rank within unit, in rank order
-        a_rows = np.unique(gk)
+        a_rows = _unique(gk)
         a_unit = k_unit[a_rows]
         u_list, u_first, u_nd = np.unique(a_unit, return_index=True, return_counts=True)
         a_rank = np.arange(a_rows.size) - np.repeat(u_first, u_nd)
@@ -363,7 +378,7 @@ def _evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *
         gm = 2 ** np.ceil(np.log2(u_ng)).astype(np.int64)
         bucket_of_u = gm
         # position of each unit inside its bucket (units sorted by active-detection count, descending)
-        for b in np.unique(gm).tolist():
+        for b in _unique(gm).tolist():
             ub = np.flatnonzero(bucket_of_u == b)
             ub = ub[np.argsort(-u_nd[ub], kind="stable")]
             Ub = ub.size
