@@ -191,6 +191,7 @@ def _fast_keypoints(data: bytes | mmap.mmap) -> tuple[bytes, np.ndarray] | None:
     if len(nums) < _FAST_MIN_RECORDS or b"" in nums:
         return None
     joined = b"\x01".join(nums)
+    line_breaks = joined.find(b"\n") >= 0 or joined.find(b"\r") >= 0
     if joined.translate(None, _NUM_CHARS):
         # some "keypoints" arrays are not numbers (the names in categories, nested lists): keep them as text.
         # Find them from the positions of the non-numeric bytes (few arrays, usually one).
@@ -208,7 +209,7 @@ def _fast_keypoints(data: bytes | mmap.mmap) -> tuple[bytes, np.ndarray] | None:
     else:
         parts[1::2] = [b'"keypoints":[]'] * len(nums)
     del joined  # freed before the array is made, which then reuses its memory (fewer page faults)
-    if data.find(b"\n") >= 0 or data.find(b"\r") >= 0:  # a line break inside an array reads as a space
+    if line_breaks:  # a line break inside an array reads as a space
         nums = [c.translate(_NL_TO_SPACE) for c in nums]
     # one list item = one row (no line breaks inside); max_rows lets the reader size the array once
     try:
@@ -260,10 +261,12 @@ def _read_json(src: Any, file: str | None, locate=None) -> tuple[Any, str | None
             try:
                 obj = orjson.loads(fast[0])
                 recs = locate(obj)
-            except (orjson.JSONDecodeError, TypeError, AttributeError):
-                recs = None
-            if (isinstance(recs, list) and len(recs) == fast[1].shape[0]
-                    and all(type(r) is dict and r.get("keypoints") == [] for r in recs)):
+                # every record a dict whose "keypoints" were cut out (only dicts take a str index)
+                ok = (isinstance(recs, list) and len(recs) == fast[1].shape[0]
+                      and [r["keypoints"] for r in recs].count([]) == len(recs))
+            except (orjson.JSONDecodeError, TypeError, AttributeError, KeyError):
+                ok = False
+            if ok:
                 return obj, file, fast[1]
     if not isinstance(data, bytes):
         data = data[:]  # mmap -> bytes
