@@ -123,16 +123,16 @@ def _may_reach(det_xy: np.ndarray, gkp: np.ndarray, g_area: np.ndarray, sig: np.
     labelled keypoint (box-distance branch) are always kept."""
     if pd.size == 0:
         return np.zeros(0, dtype=bool)
-    dx0, dx1 = det_xy[:, :, 0].min(axis=1), det_xy[:, :, 0].max(axis=1)
-    dy0, dy1 = det_xy[:, :, 1].min(axis=1), det_xy[:, :, 1].max(axis=1)
-    lab = gkp[:, :, 2] > 0
-    gx = np.where(lab, gkp[:, :, 0], np.inf)
-    gy = np.where(lab, gkp[:, :, 1], np.inf)
-    gx0, gy0 = gx.min(axis=1), gy.min(axis=1)
-    gx = np.where(lab, gkp[:, :, 0], -np.inf)
-    gy = np.where(lab, gkp[:, :, 1], -np.inf)
-    gx1, gy1 = gx.max(axis=1), gy.max(axis=1)
-    has = lab.any(axis=1)
+    # (K, N) contiguous copies: reducing over the first axis is vectorised (several times faster than
+    # reducing each short row); min / max are exact in any order
+    xt, yt = np.ascontiguousarray(det_xy[:, :, 0].T), np.ascontiguousarray(det_xy[:, :, 1].T)
+    dx0, dx1 = xt.min(axis=0), xt.max(axis=0)
+    dy0, dy1 = yt.min(axis=0), yt.max(axis=0)
+    lab = np.ascontiguousarray(gkp[:, :, 2].T) > 0
+    xt, yt = np.ascontiguousarray(gkp[:, :, 0].T), np.ascontiguousarray(gkp[:, :, 1].T)
+    gx0, gy0 = np.where(lab, xt, np.inf).min(axis=0), np.where(lab, yt, np.inf).min(axis=0)
+    gx1, gy1 = np.where(lab, xt, -np.inf).max(axis=0), np.where(lab, yt, -np.inf).max(axis=0)
+    has = lab.any(axis=0)
     gap_x = np.maximum(0.0, np.maximum(gx0[pg] - dx1[pd], dx0[pd] - gx1[pg]))
     gap_y = np.maximum(0.0, np.maximum(gy0[pg] - dy1[pd], dy0[pd] - gy1[pg]))
     with np.errstate(invalid="ignore", over="ignore"):
