@@ -17,6 +17,7 @@ them. Imports stay light (numpy + orjson): whole-process time is benchmarked.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -232,7 +233,15 @@ def run(args: argparse.Namespace) -> int:
     _keep_freed_memory()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        gt, res = load_inputs(args)
+        # the garbage collector paused over the first imports (numpy) too, not only while loading: their
+        # many new objects otherwise trigger collections that find nothing to free
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            gt, res = load_inputs(args)
+        finally:
+            if was:
+                gc.enable()
         ev = compute(args, gt, res)
     for w in caught:
         print(f"posecal evaluate: warning: {w.message}", file=sys.stderr)
