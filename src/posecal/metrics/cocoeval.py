@@ -141,6 +141,30 @@ def _may_reach(det_xy: np.ndarray, gkp: np.ndarray, g_area: np.ndarray, sig: np.
     return ~has[pg] | ~(bound < thr * (1 - 1e-6))
 
 
+def _score_order(score: np.ndarray, group: np.ndarray | None = None) -> np.ndarray:
+    """The permutation ``np.lexsort((-score, group))`` (``np.argsort(-score, kind="mergesort")`` without
+    ``group``): by group, then score descending, ties in index order.
+
+    Computed from one unstable (SIMD) float sort, which gives each score its dense rank, and one sort of the
+    unique integer keys (group, rank, index) — several times faster than a stable float sort, same result."""
+    N = score.shape[0]
+    neg = -score
+    if N == 0 or not np.isfinite(neg).all():  # NaN: keep numpy's own ordering
+        return np.lexsort((neg,) if group is None else (neg, group))
+    o = np.argsort(neg)
+    v = neg[o]
+    dense = np.empty(N, dtype=np.int64)
+    dense[o] = np.cumsum(np.r_[False, v[1:] != v[:-1]])  # equal scores (also 0.0 / -0.0) share a rank
+    nv = int(dense[o[-1]]) + 1
+    ng = 1 if group is None else int(group.max()) + 1
+    if group is not None and int(group.min()) < 0 or ng * nv * N >= 2**62:
+        return np.lexsort((neg,) if group is None else (neg, group))
+    key = dense * N + np.arange(N, dtype=np.int64)
+    if group is not None:
+        key += group.astype(np.int64) * (nv * N)
+    return np.argsort(key)
+
+
 def _cat(xs: list, dtype) -> np.ndarray:
     return np.concatenate(xs).astype(dtype, copy=False) if xs else np.zeros(0, dtype)
 
@@ -291,7 +315,7 @@ def _evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *
     cand = np.flatnonzero(ok)
     d_unit_all = (np.searchsorted(cats, res.category_id[cand]) * nI
                   + np.searchsorted(img_ids, res.image_id[cand]))
-    order = np.lexsort((-s_all[cand], d_unit_all))  # stable: ties keep file order
+    order = _score_order(s_all[cand], d_unit_all)  # stable: ties keep file order
     sorted_idx = cand[order]
     sorted_unit = d_unit_all[order]
     if sorted_idx.size:
@@ -436,7 +460,7 @@ def _evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *
         g_in = g_cat == ci
         if sel.size == 0 and not g_in.any():
             continue
-        o = np.argsort(-k_score[sel], kind="mergesort")
+        o = _score_order(k_score[sel])  # = np.argsort(-k_score[sel], kind="mergesort")
         sel = sel[o]
         sc = k_score[sel]
         nd = sel.size
@@ -492,7 +516,7 @@ def _evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *
         det_gt[tt, k_idx[kk]] = gg
         det_oks[tt, k_idx[kk]] = mo[at]
         # gt -> det: the last detection (in rank order) matched to it
-        order_k = np.lexsort((k_rank[kk], k_unit[kk]))
+        order_k = np.argsort(k_unit[kk] * (int(k_rank.max()) + 1) + k_rank[kk], kind="stable")  # (unit, rank)
         gt_det[tt[order_k], gg[order_k]] = k_idx[kk][order_k]
     return CocoEvalResult(
         stats=stats, precision=precision, recall=recall, scores=score_arr, det_evaluated=det_evaluated,
