@@ -23,6 +23,7 @@ import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -188,7 +189,7 @@ def _fast_keypoints(data: bytes | mmap.mmap) -> tuple[bytes, np.ndarray] | None:
     parses normally, so errors are reported exactly as on the normal path)."""
     parts = _KP_ARRAY.split(data)  # [text, array contents, text, array contents, ..., text]
     nums = parts[1::2]
-    if len(nums) < _FAST_MIN_RECORDS or b"" in nums:
+    if len(nums) < _FAST_MIN_RECORDS:  # (an empty array makes numpy's reader warn: None below)
         return None
     joined = b"\x01".join(nums)
     line_breaks = joined.find(b"\n") >= 0 or joined.find(b"\r") >= 0
@@ -288,6 +289,10 @@ def _checked_rows(arr: np.ndarray, k3: int, file, fld: str, rec_ids=None) -> np.
         rid = rec_ids[0] if rec_ids is not None else 0
         raise PosecalInputError(f"expected {k3} numbers ({k3 // 3} x 3), got a list of {arr.shape[1]} "
                                 "numbers", file, rid, fld)
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(arr, axis=None)
+    if np.isfinite(total):  # a finite sum: no NaN / inf anywhere (fast check; an overflow checks fully)
+        return arr
     finite = np.isfinite(arr)
     if not finite.all():
         i = int(np.argmin(finite.all(axis=1)))
@@ -347,7 +352,7 @@ def _flat_array(rows: list, k3: int, file, fld: str, rec_ids: Sequence | None = 
 
 def _column(recs: list[dict], key: str, file, what: str, default: Any = KeyError) -> list:
     try:
-        return [r[key] for r in recs]
+        return list(map(itemgetter(key), recs))
     except (KeyError, TypeError):
         for i, r in enumerate(recs):
             if not isinstance(r, dict):
@@ -656,8 +661,8 @@ def _load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | N
                           f"(range {score.min():.4g}..{score.max():.4g}); kept as they are",
                           PosecalWarning, stacklevel=3)
         ks = kps[:, :, 2]
-        out = (ks > 1) | (ks < 0)
-        if out.any():
+        if ks.max() > 1 or ks.min() < 0:
+            out = (ks > 1) | (ks < 0)
             warnings.warn(f"{file or 'results'}: {int(out.sum())} keypoint scores outside [0, 1]; "
                           "kept as they are",
                           PosecalWarning, stacklevel=3)
