@@ -79,3 +79,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def console_main() -> None:
+    """The process entry point (the ``posecal`` script and ``python -m posecal``): :func:`main`, then exit.
+
+    When ``posecal evaluate`` (without ``--report``) has printed and written everything, the process ends
+    at once (``os._exit``) instead of tearing the interpreter down: freeing the ~10⁵ objects of the parsed
+    files and the modules costs ~20 ms of a 0.35 s run, and nothing is left to flush or finalise.
+    """
+    rc = main()
+    if rc == 0 and getattr(sys.modules.get("posecal.cli.evaluate"), "_finished_plain", False):
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # e.g. a closed pipe: exit normally, which reports it
+        else:
+            os._exit(0)
+    sys.exit(rc)

@@ -209,6 +209,9 @@ def _check_report_dir(args: argparse.Namespace) -> None:
         raise PosecalInputError("must be >= 0", None, None, "--random-seeds")
 
 
+_finished_plain = False  # set by run(); read by posecal.cli.console_main
+
+
 def _keep_freed_memory() -> None:
     """glibc only, this process only: keep freed blocks for reuse instead of returning them to the OS.
 
@@ -246,4 +249,6 @@ def run(args: argparse.Namespace) -> int:
     for w in caught:
         print(f"posecal evaluate: warning: {w.message}", file=sys.stderr)
     emit(args, ev, build_output(args, ev))
+    global _finished_plain
+    _finished_plain = ev.calibration is None  # everything written: the process may end without teardown
     return 0
