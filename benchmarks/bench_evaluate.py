@@ -152,6 +152,9 @@ def bench_size(name: str, n_images: int, per_image: float, seed: int, repeats: i
     G, D = (int(v) for v in out.split())
     gp, pp = d / "gt.json", d / "pred.json"
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    # byte-compile posecal as an install does (pycocotools and faster-coco-eval run from compiled
+    # site-packages); with PYTHONDONTWRITEBYTECODE set, src/ would otherwise be recompiled on every run
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src" / "posecal")], check=True)
     out_json = d / "posecal_out.json"
     row = {"size": name, "images": n_images, "gts": G, "dets": D,
            "gt_mb": gp.stat().st_size / 2**20, "pred_mb": pp.stat().st_size / 2**20}

@@ -1,3 +1,3 @@
-from posecal.cli import main
+from posecal.cli import console_main
 
-raise SystemExit(main())
+console_main()

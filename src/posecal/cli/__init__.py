@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from posecal.errors import PosecalInputError
@@ -50,9 +51,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _single_thread_blas() -> None:
+    """Before numpy is first imported: one OpenBLAS thread unless the user chose a number.
+
+    ``posecal evaluate`` makes no BLAS call, but OpenBLAS starts a worker thread per core when numpy is
+    imported, and on a 2-core machine those idle workers spin for ~0.1 s of CPU time during a 0.4 s run.
+    """
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith("-")), None)
+    if first == "evaluate":
+        _single_thread_blas()
     parser = build_parser(first if first in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
@@ -66,3 +79,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def console_main() -> None:
+    """The process entry point (the ``posecal`` script and ``python -m posecal``): :func:`main`, then exit.
+
+    When ``posecal evaluate`` (without ``--report``) has printed and written everything, the process ends
+    at once (``os._exit``) instead of tearing the interpreter down: freeing the ~10⁵ objects of the parsed
+    files and the modules costs ~20 ms of a 0.35 s run, and nothing is left to flush or finalise.
+    """
+    rc = main()
+    if rc == 0 and getattr(sys.modules.get("posecal.cli.evaluate"), "_finished_plain", False):
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # e.g. a closed pipe: exit normally, which reports it
+        else:
+            os._exit(0)
+    sys.exit(rc)

@@ -17,6 +17,7 @@ them. Imports stay light (numpy + orjson): whole-process time is benchmarked.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -208,6 +209,9 @@ def _check_report_dir(args: argparse.Namespace) -> None:
         raise PosecalInputError("must be >= 0", None, None, "--random-seeds")
 
 
+_finished_plain = False  # set by run(); read by posecal.cli.console_main
+
+
 def _keep_freed_memory() -> None:
     """glibc only, this process only: keep freed blocks for reuse instead of returning them to the OS.
 
@@ -232,9 +236,19 @@ def run(args: argparse.Namespace) -> int:
     _keep_freed_memory()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        gt, res = load_inputs(args)
+        # the garbage collector paused over the first imports (numpy) too, not only while loading: their
+        # many new objects otherwise trigger collections that find nothing to free
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            gt, res = load_inputs(args)
+        finally:
+            if was:
+                gc.enable()
         ev = compute(args, gt, res)
     for w in caught:
         print(f"posecal evaluate: warning: {w.message}", file=sys.stderr)
     emit(args, ev, build_output(args, ev))
+    global _finished_plain
+    _finished_plain = ev.calibration is None  # everything written: the process may end without teardown
     return 0

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from posecal.errors import PosecalInputError, PosecalWarning
-from posecal.io.coco import CocoGroundTruth, CocoResults, load_gt, load_results, no_gc
+from posecal.io.coco import CocoGroundTruth, CocoResults, _unique, load_gt, load_results, no_gc
 from posecal.metrics.oks import oks_pairs
 
 __all__ = ["CocoEvalResult", "evaluate", "evaluate_wholebody", "summary_lines", "STAT_NAMES", "IOU_THRS",
@@ -123,22 +123,46 @@ def _may_reach(det_xy: np.ndarray, gkp: np.ndarray, g_area: np.ndarray, sig: np.
     labelled keypoint (box-distance branch) are always kept."""
     if pd.size == 0:
         return np.zeros(0, dtype=bool)
-    dx0, dx1 = det_xy[:, :, 0].min(axis=1), det_xy[:, :, 0].max(axis=1)
-    dy0, dy1 = det_xy[:, :, 1].min(axis=1), det_xy[:, :, 1].max(axis=1)
-    lab = gkp[:, :, 2] > 0
-    gx = np.where(lab, gkp[:, :, 0], np.inf)
-    gy = np.where(lab, gkp[:, :, 1], np.inf)
-    gx0, gy0 = gx.min(axis=1), gy.min(axis=1)
-    gx = np.where(lab, gkp[:, :, 0], -np.inf)
-    gy = np.where(lab, gkp[:, :, 1], -np.inf)
-    gx1, gy1 = gx.max(axis=1), gy.max(axis=1)
-    has = lab.any(axis=1)
+    # (K, N) contiguous copies: reducing over the first axis is vectorised (several times faster than
+    # reducing each short row); min / max are exact in any order
+    xt, yt = np.ascontiguousarray(det_xy[:, :, 0].T), np.ascontiguousarray(det_xy[:, :, 1].T)
+    dx0, dx1 = xt.min(axis=0), xt.max(axis=0)
+    dy0, dy1 = yt.min(axis=0), yt.max(axis=0)
+    lab = np.ascontiguousarray(gkp[:, :, 2].T) > 0
+    xt, yt = np.ascontiguousarray(gkp[:, :, 0].T), np.ascontiguousarray(gkp[:, :, 1].T)
+    gx0, gy0 = np.where(lab, xt, np.inf).min(axis=0), np.where(lab, yt, np.inf).min(axis=0)
+    gx1, gy1 = np.where(lab, xt, -np.inf).max(axis=0), np.where(lab, yt, -np.inf).max(axis=0)
+    has = lab.any(axis=0)
     gap_x = np.maximum(0.0, np.maximum(gx0[pg] - dx1[pd], dx0[pd] - gx1[pg]))
     gap_y = np.maximum(0.0, np.maximum(gy0[pg] - dy1[pd], dy0[pd] - gy1[pg]))
     with np.errstate(invalid="ignore", over="ignore"):
         bound = np.exp(-(gap_x**2 + gap_y**2) / (8.0 * float(sig.max()) ** 2 * (g_area[pg] + np.spacing(1))))
     # generous margin against rounding: only clearly hopeless pairs are dropped
     return ~has[pg] | ~(bound < thr * (1 - 1e-6))
+
+
+def _score_order(score: np.ndarray, group: np.ndarray | None = None) -> np.ndarray:
+    """The permutation ``np.lexsort((-score, group))`` (``np.argsort(-score, kind="mergesort")`` without
+    ``group``): by group, then score descending, ties in index order.
+
+    Computed from one unstable (SIMD) float sort, which gives each score its dense rank, and one sort of the
+    unique integer keys (group, rank, index) — several times faster than a stable float sort, same result."""
+    N = score.shape[0]
+    neg = -score
+    if N == 0 or not np.isfinite(neg).all():  # NaN: keep numpy's own ordering
+        return np.lexsort((neg,) if group is None else (neg, group))
+    o = np.argsort(neg)
+    v = neg[o]
+    dense = np.empty(N, dtype=np.int64)
+    dense[o] = np.cumsum(np.r_[False, v[1:] != v[:-1]])  # equal scores (also 0.0 / -0.0) share a rank
+    nv = int(dense[o[-1]]) + 1
+    ng = 1 if group is None else int(group.max()) + 1
+    if group is not None and int(group.min()) < 0 or ng * nv * N >= 2**62:
+        return np.lexsort((neg,) if group is None else (neg, group))
+    key = dense * N + np.arange(N, dtype=np.int64)
+    if group is not None:
+        key += group.astype(np.int64) * (nv * N)
+    return np.argsort(key)
 
 
 def _cat(xs: list, dtype) -> np.ndarray:
@@ -291,7 +315,7 @@ def _evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *
     cand = np.flatnonzero(ok)
     d_unit_all = (np.searchsorted(cats, res.category_id[cand]) * nI
                   + np.searchsorted(img_ids, res.image_id[cand]))
-    order = np.lexsort((-s_all[cand], d_unit_all))  # stable: ties keep file order
+    order = _score_order(s_all[cand], d_unit_all)  # stable: ties keep file order
     sorted_idx = cand[order]
     sorted_unit = d_unit_all[order]
     if sorted_idx.size:
@@ -340,11 +364,26 @@ def _evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *
     mk, mc, mg, mo = [], [], [], []
     good = np.flatnonzero(oks >= thr_c.min())
     if good.size:
+        # A detection whose only candidate gt has no other candidate detection matches it at exactly the
+        # combos whose threshold its OKS reaches (nothing competes; ignored or not, it is the only choice).
+        # Those pairs form components of their own, so the greedy matching of the rest is unchanged.
+        gd_rows, gg_rows = pair_k[good], pair_g[good]
+        solo = np.bincount(gd_rows, minlength=nK)[gd_rows] == 1
+        solo &= np.bincount(gg_rows, minlength=G)[gg_rows] == 1
+        if solo.any():
+            s_oks = oks[good[solo]]
+            hi, hc = np.nonzero(s_oks[:, None] >= thr_c[None, :])
+            mk.append(gd_rows[solo][hi])
+            mc.append(hc)
+            mg.append(gg_rows[solo][hi])
+            mo.append(s_oks[hi])
+            good = good[~solo]
+    if good.size:
         gk = pair_k[good]  # kept-det rows, sorted (pairs are generated det by det)
         gu = k_unit[gk]
         gs = pair_off[good]  # gt slot within the unit
         # active detections: compressed rank within unit, in rank order
-        a_rows = np.unique(gk)
+        a_rows = _unique(gk)
         a_unit = k_unit[a_rows]
         u_list, u_first, u_nd = np.unique(a_unit, return_index=True, return_counts=True)
         a_rank = np.arange(a_rows.size) - np.repeat(u_first, u_nd)
@@ -363,7 +402,7 @@ def _evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *
         gm = 2 ** np.ceil(np.log2(u_ng)).astype(np.int64)
         bucket_of_u = gm
         # position of each unit inside its bucket (units sorted by active-detection count, descending)
-        for b in np.unique(gm).tolist():
+        for b in _unique(gm).tolist():
             ub = np.flatnonzero(bucket_of_u == b)
             ub = ub[np.argsort(-u_nd[ub], kind="stable")]
             Ub = ub.size
@@ -421,7 +460,7 @@ def _evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *
         g_in = g_cat == ci
         if sel.size == 0 and not g_in.any():
             continue
-        o = np.argsort(-k_score[sel], kind="mergesort")
+        o = _score_order(k_score[sel])  # = np.argsort(-k_score[sel], kind="mergesort")
         sel = sel[o]
         sc = k_score[sel]
         nd = sel.size
@@ -477,7 +516,7 @@ def _evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *
         det_gt[tt, k_idx[kk]] = gg
         det_oks[tt, k_idx[kk]] = mo[at]
         # gt -> det: the last detection (in rank order) matched to it
-        order_k = np.lexsort((k_rank[kk], k_unit[kk]))
+        order_k = np.argsort(k_unit[kk] * (int(k_rank.max()) + 1) + k_rank[kk], kind="stable")  # (unit, rank)
         gt_det[tt[order_k], gg[order_k]] = k_idx[kk][order_k]
     return CocoEvalResult(
         stats=stats, precision=precision, recall=recall, scores=score_arr, det_evaluated=det_evaluated,

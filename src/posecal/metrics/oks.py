@@ -99,10 +99,11 @@ def oks_pairs(det_xy: np.ndarray, gt_kp: np.ndarray, gt_area: np.ndarray, gt_bbo
         for a in range(int(bounds[n]), int(bounds[n + 1]), chunk):
             sel = order[a:min(a + chunk, int(bounds[n + 1]))]
             di, gi = det_index[sel], gt_index[sel]
-            xd, yd = xd_all[di], yd_all[di]
+            # np.take: the same rows as fancy indexing, gathered faster
+            xd, yd = np.take(xd_all, di, axis=0), np.take(yd_all, di, axis=0)
             if n > 0:
-                dx = xd - xg_all[gi]
-                dy = yd - yg_all[gi]
+                dx = xd - np.take(xg_all, gi, axis=0)
+                dy = yd - np.take(yg_all, gi, axis=0)
             else:  # pycocotools' box branch: distance outside [x - w, x + 2w] x [y - h, y + 2h]
                 if gt_bbox is None:
                     continue
@@ -116,7 +117,7 @@ def oks_pairs(det_xy: np.ndarray, gt_kp: np.ndarray, gt_area: np.ndarray, gt_bbo
             e = (dx**2 + dy**2) / var / area_eps[gi][:, None] / 2
             ex = np.exp(-e)
             if 0 < n < K:  # the labelled terms of each pair, compacted in keypoint order: (p, n)
-                ex = ex[labelled[gi]].reshape(-1, n)
+                ex = ex[np.take(labelled, gi, axis=0)].reshape(-1, n)
             out[sel] = np.sum(ex, axis=1) / (n if n > 0 else K)
     return out
 
