@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
+from _tinynet import tiny_heatmap_net
 from posecal.adapters.joints import BLAZEPOSE33, EFFICIENTPOSE16, joint_map
 from posecal.errors import PosecalInputError
 from posecal.keypoints import COCO17, LSP14, MPII16
@@ -81,35 +82,13 @@ def test_joint_maps():
     assert (joint_map(BLAZEPOSE33, LSP14.names, allow_missing=True)[-2:] == -1).all()
 
 
-def _tiny_net():
-    import torch
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone = torch.nn.Sequential(
-                torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-                torch.nn.Conv2d(8, 12, 3, stride=2, padding=1), torch.nn.ReLU())
-            self.final = torch.nn.Conv2d(12, 17, 1)
-
-        def forward(self, x):
-            return self.final(self.backbone(x))
-
-    torch.manual_seed(0)
-    net = Net()
-    with torch.no_grad():  # non-trivial BN statistics
-        net.backbone[1].running_mean.uniform_(-0.5, 0.5)
-        net.backbone[1].running_var.uniform_(0.5, 2.0)
-    return net.eval()
-
-
 def test_onnx_and_torch_adapters_agree(tmp_path):
     import torch
 
     from posecal.adapters.onnx import OnnxAdapter
     from posecal.adapters.torch import TorchAdapter
 
-    net = _tiny_net()
+    net = tiny_heatmap_net()
     path = tmp_path / "tiny.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -16,30 +16,11 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from _tinynet import tiny_heatmap_net  # noqa: E402
 from posecal.cli import main  # noqa: E402
 from posecal.keypoints import COCO17  # noqa: E402
 
 N_IMG = 24
-
-
-def _net():
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone = torch.nn.Sequential(
-                torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-                torch.nn.Conv2d(8, 12, 3, stride=2, padding=1), torch.nn.ReLU())
-            self.final = torch.nn.Conv2d(12, 17, 1)
-
-        def forward(self, x):
-            return self.final(self.backbone(x))
-
-    torch.manual_seed(0)
-    net = Net()
-    with torch.no_grad():
-        net.backbone[1].running_mean.uniform_(-0.5, 0.5)
-        net.backbone[1].running_var.uniform_(0.5, 2.0)
-    return net.eval()
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +32,7 @@ def world(tmp_path_factory):
     model = d / "tiny.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_net(), (torch.zeros(1, 3, 64, 48),), str(model), dynamo=False,
+        torch.onnx.export(tiny_heatmap_net(), (torch.zeros(1, 3, 64, 48),), str(model), dynamo=False,
                           input_names=["input"], output_names=["heatmaps"],
                           dynamic_axes={"input": {0: "b"}, "heatmaps": {0: "b"}})
     rng = np.random.default_rng(0)
@@ -161,7 +142,7 @@ def test_grafted_model_equals_posecal_apply(world, pooling, head_kind, tensor):
 
 def test_export_refuses_a_head_of_another_model(world, tmp_path, capsys):
     _, head, _ = _fit_apply(world, "other", "gap", "fc", None)
-    net = _net()
+    net = tiny_heatmap_net()
     with torch.no_grad():
         net.final.bias.add_(1.0)  # a different model file
     other = tmp_path / "other.onnx"

@@ -283,6 +283,16 @@ def _read_json(src: Any, file: str | None, locate=None) -> tuple[Any, str | None
         raise PosecalInputError(f"invalid JSON: {e}", file) from None
 
 
+def _require_finite(arr: np.ndarray, file, fld: str, rec_ids=None) -> np.ndarray:
+    """``arr`` (N, k3) unchanged, or a PosecalInputError naming the first record with NaN / inf."""
+    finite = np.isfinite(arr)
+    if not finite.all():
+        i = int(np.argmin(finite.all(axis=1)))
+        rid = rec_ids[i] if rec_ids is not None else i
+        raise PosecalInputError("NaN or infinite value", file, rid, fld)
+    return arr
+
+
 def _checked_rows(arr: np.ndarray, k3: int, file, fld: str, rec_ids=None) -> np.ndarray:
     """Validate an (N, k3') array from the fast path as :func:`_flat_array` validates lists."""
     if arr.shape[1] != k3:
@@ -293,12 +303,7 @@ def _checked_rows(arr: np.ndarray, k3: int, file, fld: str, rec_ids=None) -> np.
         total = np.add.reduce(arr, axis=None)
     if np.isfinite(total):  # a finite sum: no NaN / inf anywhere (fast check; an overflow checks fully)
         return arr
-    finite = np.isfinite(arr)
-    if not finite.all():
-        i = int(np.argmin(finite.all(axis=1)))
-        rid = rec_ids[i] if rec_ids is not None else i
-        raise PosecalInputError("NaN or infinite value", file, rid, fld)
-    return arr
+    return _require_finite(arr, file, fld, rec_ids)
 
 
 def _num(v: Any) -> bool:
@@ -342,12 +347,7 @@ def _flat_array(rows: list, k3: int, file, fld: str, rec_ids: Sequence | None = 
         raise
     if arr.shape != (n, k3):  # nested lists etc.
         raise PosecalInputError(f"expected {k3} numbers per record", file, None, fld)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        i = int(np.argmin(finite.all(axis=1)))
-        rid = rec_ids[i] if rec_ids is not None else i
-        raise PosecalInputError("NaN or infinite value", file, rid, fld)
-    return arr
+    return _require_finite(arr, file, fld, rec_ids)
 
 
 def _column(recs: list[dict], key: str, file, what: str, default: Any = KeyError) -> list:
