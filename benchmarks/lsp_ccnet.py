@@ -53,7 +53,7 @@ def with_scores(records: list[dict], kpt: np.ndarray, inst: np.ndarray) -> list[
 
 
 def baseline_rows(data: Any) -> dict[str, list[dict]]:
-    """heatmap max, closed-form, oracle records for a StoreData (posecal.cli.fit.load_store)."""
+    """heatmap max, closed-form, oracle records for a StoreData (posecal.training.load_store)."""
     from posecal.io.coco import load_results
     from posecal.rescore import get_rescorer
     from posecal.store import FeatureStore
@@ -91,7 +91,7 @@ def fit_predict(kind: str, Xtr: np.ndarray, T: np.ndarray, V: np.ndarray, Xte: n
 
 def lsp(cache: Path, steps: int, spatial_steps: int) -> dict[str, dict]:
     from posecal.cli import main as cli
-    from posecal.cli.fit import load_store
+    from posecal.training import load_store
 
     te, tr = load_store(str(cache / "lsp_test_hm")), load_store(str(cache / "lsp_train_hm"))
     rows = {k: audit_row(te.gt, r) for k, r in baseline_rows(te).items()}
@@ -148,8 +148,8 @@ def lsp(cache: Path, steps: int, spatial_steps: int) -> dict[str, dict]:
 def coco_mini_cv(cache: Path, steps: int, folds: int = 5, seed: int = 0) -> dict[str, dict]:
     """Out-of-fold CCNet scores on COCO-MINI: folds by image (seeded), each fold scored by a head trained on
     the other four; the whole set is then evaluated once (so AR is comparable across rows)."""
-    from posecal.cli.fit import load_store
     from posecal.store import FeatureStore
+    from posecal.training import load_store
 
     hm, sp = cache / "coco_mini_bp_hm", cache / "coco_mini_bp_sp"
     if not (hm / "meta.json").is_file():

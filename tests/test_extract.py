@@ -236,8 +236,8 @@ class _DotModel:
 def test_flip_test_and_augmentation_map_back_to_image_pixels(tmp_path, monkeypatch):
     from PIL import Image
 
-    import posecal.cli.extract as ex
-    from posecal.cli.extract import extract
+    import posecal.extraction as ex
+    from posecal.extraction import extract
     from posecal.keypoints import COCO17
 
     rng = np.random.default_rng(0)

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from posecal.ccnet.apply import rescore_records
     from posecal.ccnet.checkpoint import check_compatible, load_head
     from posecal.ccnet.train import predict
-    from posecal.cli.fit import load_store
+    from posecal.training import load_store
     from posecal.io.coco import save_results
 
     head, meta = load_head(args.head)
