@@ -33,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from posecal.ccnet.apply import rescore_records
     from posecal.ccnet.checkpoint import check_compatible, load_head
     from posecal.ccnet.train import predict
-    from posecal.training import load_store
     from posecal.io.coco import save_results
+    from posecal.training import load_store
 
     head, meta = load_head(args.head)
     data = load_store(args.store, need_gt=False, features=False)

@@ -224,12 +224,12 @@ def run_lsp(lsp: Path, model: Path, out: Path, *, augment: int = 0, steps: int =
     from posecal.ccnet.apply import rescore_records
     from posecal.ccnet.checkpoint import save_head
     from posecal.ccnet.train import TrainConfig, fit_head, predict
-    from posecal.training import load_store
     from posecal.data.lsp import read_lsp
     from posecal.extraction import DEFAULT_TARGET_SIGMA, extract
     from posecal.io.coco import load_results
     from posecal.rescore import ClosedFormRescorer
     from posecal.store import FeatureStore, file_sha256
+    from posecal.training import load_store
 
     t0 = time.perf_counter()
     joints, images = lsp / "joints.mat", lsp / "images"
