@@ -10,4 +10,5 @@ $PY -m pip install -q numpy wheel cython setuptools
 $PY -c "import xtcocotools.cocoeval" 2>/dev/null || \
   $PY -m pip install -q --no-binary xtcocotools --no-build-isolation xtcocotools
 $PY -m pip install -q -e ".[test]"
+$PY -m ruff check src tests benchmarks
 $PY -m pytest -q -p no:cacheprovider "$@"
