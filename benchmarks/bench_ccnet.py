@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tflite_flops(path: str) -> tuple[int, dict]:
     """(2 × multiply-adds of conv/FC ops, {feature tensor shapes}) of a TFLite model (batch 1)."""
-    from posecal.adapters.tflite import Graph, read_model
+    from posecal.models.adapters.tflite import Graph, read_model
 
     g = Graph(read_model(Path(path).read_bytes(), file=path))
     total = 0

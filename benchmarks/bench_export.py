@@ -2,7 +2,7 @@
 
 ONNX: a SimpleBaseline-style top-down model (ResNet-18 backbone, three 4×4 deconvolutions to 256×64×48, a 1×1
 conv to 17 COCO heatmaps; 256×192 input; random weights — latency does not depend on their values) is
-exported with torch, then each head kind is grafted with ``posecal.export.export_calibrated``. onnxruntime
+exported with torch, then each head kind is grafted with ``posecal.ccnet.export.export_calibrated``. onnxruntime
 CPU, batch 1, ``--threads`` intra-op threads; model alone, calibrated model and the head subgraph alone
 (the head-only ONNX on the model's own penultimate tensor): model alone and calibrated run interleaved
 (same load, order alternating), the head subgraph in its own warm loop; median and minimum of ``--reps``
@@ -95,9 +95,9 @@ def main() -> int:
     import onnxruntime as ort
     import torch
 
-    from posecal.adapters.onnx import OnnxAdapter
-    from posecal.export import export_calibrated, export_head_only
-    from posecal.store import file_sha256
+    from posecal.ccnet.export import export_calibrated, export_head_only
+    from posecal.models.adapters.onnx import OnnxAdapter
+    from posecal.models.store import file_sha256
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -151,8 +151,8 @@ def main() -> int:
             print(row, flush=True)
         tfl = SHARED / "models/efficientpose/EfficientPoseI.tflite"
         if tfl.is_file():
-            from posecal.adapters.base import load_adapter
-            from posecal.export import run_two_stage  # noqa: F401  (the two-stage helper being timed)
+            from posecal.ccnet.export import run_two_stage  # noqa: F401  (the two-stage helper being timed)
+            from posecal.models.adapters.base import load_adapter
 
             tad = load_adapter(tfl, num_threads=a.threads)
             W, H = tad.input_size

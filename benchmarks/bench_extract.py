@@ -35,8 +35,8 @@ MODELS = {
 
 
 def lsp_crops(size, n=8):
-    from posecal.crop import box_to_center_size, crop_matrix, load_image, warp
-    from posecal.data import read_lsp
+    from posecal.datasets import read_lsp
+    from posecal.models.crop import box_to_center_size, crop_matrix, load_image, warp
 
     d = read_lsp(SHARED / "data/lsp/joints.mat", split="test")
     out = []
@@ -78,7 +78,7 @@ def timeit_pair(f, g, crops, reps, warm=3):
 def bench_model(name, rel, threads, reps):
     from ai_edge_litert.interpreter import Interpreter
 
-    from posecal.adapters.tflite import TFLiteAdapter
+    from posecal.models.adapters.tflite import TFLiteAdapter
 
     path = SHARED / "models" / rel
     ad = TFLiteAdapter(path, num_threads=threads)

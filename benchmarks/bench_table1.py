@@ -1,6 +1,6 @@
 """Table-1-style table: closed-form expected-OKS rescoring (Eq. 12) with mean / predicted / gt area.
 
-SIMULATION: the rows come from ``posecal.simulate`` (synthetic data under the paper's assumptions), not from
+SIMULATION: the rows come from ``posecal.theory.simulate`` (synthetic data under the paper's assumptions), not from
 real models. Real rows come from feature stores written by ``posecal extract`` (``--store NAME TEST_STORE
 FIT_STORE``): sigma is the store's ``sigma_hat`` (Gaussian fit of the heatmaps, image px), areas as in the
 simulation, and the isotonic / log-log calibrators are fitted on FIT_STORE (another split). Results files
@@ -29,7 +29,7 @@ from posecal._util import write_json_atomic
 from posecal.io.coco import load_gt, load_results
 from posecal.metrics.cocoeval import evaluate
 from posecal.rescore import ClosedFormRescorer, get_rescorer
-from posecal.simulate import LABEL, simulate
+from posecal.theory.simulate import LABEL, simulate
 
 COLUMNS = ("Orig", "Mean", "Pred", "GT", "Isotonic", "LogLog", "Oracle", "mAR")
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         gt, res = _load(gtf, pred)
         rows[name] = [row(gt, res, model)]
     for name, store_dir, fit_dir in args.store:
-        from posecal.store import FeatureStore
+        from posecal.models.store import FeatureStore
 
         st, ft = FeatureStore.open(store_dir), FeatureStore.open(fit_dir)
         gt, res = _load(str(st.gt_path), st.predictions)

@@ -53,10 +53,10 @@ def with_scores(records: list[dict], kpt: np.ndarray, inst: np.ndarray) -> list[
 
 
 def baseline_rows(data: Any) -> dict[str, list[dict]]:
-    """heatmap max, closed-form, oracle records for a StoreData (posecal.training.load_store)."""
+    """heatmap max, closed-form, oracle records for a StoreData (posecal.ccnet.targets.load_store)."""
     from posecal.io.coco import load_results
+    from posecal.models.store import FeatureStore
     from posecal.rescore import get_rescorer
-    from posecal.store import FeatureStore
 
     rows = {"heatmap max (MMPose bbox_keypoint)": data.records}
     pred = load_results(data.records, data.gt)
@@ -90,8 +90,8 @@ def fit_predict(kind: str, Xtr: np.ndarray, T: np.ndarray, V: np.ndarray, Xte: n
 
 
 def lsp(cache: Path, steps: int, spatial_steps: int) -> dict[str, dict]:
+    from posecal.ccnet.targets import load_store
     from posecal.cli import main as cli
-    from posecal.training import load_store
 
     te, tr = load_store(str(cache / "lsp_test_hm")), load_store(str(cache / "lsp_train_hm"))
     rows = {k: audit_row(te.gt, r) for k, r in baseline_rows(te).items()}
@@ -130,7 +130,7 @@ def lsp(cache: Path, steps: int, spatial_steps: int) -> dict[str, dict]:
         }
     sp_tr, sp_te = cache / "lsp_train_sp", cache / "lsp_test_sp"
     if (sp_tr / "meta.json").is_file() and (sp_te / "meta.json").is_file():
-        from posecal.store import FeatureStore
+        from posecal.models.store import FeatureStore
 
         Str = FeatureStore.open(sp_tr).features()[sel]
         Ste = FeatureStore.open(sp_te).features()
@@ -148,8 +148,8 @@ def lsp(cache: Path, steps: int, spatial_steps: int) -> dict[str, dict]:
 def coco_mini_cv(cache: Path, steps: int, folds: int = 5, seed: int = 0) -> dict[str, dict]:
     """Out-of-fold CCNet scores on COCO-MINI: folds by image (seeded), each fold scored by a head trained on
     the other four; the whole set is then evaluated once (so AR is comparable across rows)."""
-    from posecal.store import FeatureStore
-    from posecal.training import load_store
+    from posecal.ccnet.targets import load_store
+    from posecal.models.store import FeatureStore
 
     hm, sp = cache / "coco_mini_bp_hm", cache / "coco_mini_bp_sp"
     if not (hm / "meta.json").is_file():

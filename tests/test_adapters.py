@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from _tinynet import tiny_heatmap_net
-from posecal.adapters.joints import BLAZEPOSE33, EFFICIENTPOSE16, joint_map
 from posecal.errors import PosecalInputError
 from posecal.keypoints import COCO17, LSP14, MPII16
+from posecal.models.adapters.joints import BLAZEPOSE33, EFFICIENTPOSE16, joint_map
 
 
 def _lsp_crops(shared, size, n=2):
-    from posecal.crop import box_to_center_size, crop_matrix, load_image, warp
-    from posecal.data import read_lsp
+    from posecal.datasets import read_lsp
+    from posecal.models.crop import box_to_center_size, crop_matrix, load_image, warp
 
     d = read_lsp(shared("data", "lsp", "joints.mat"), split="test")
     out = []
@@ -29,7 +29,7 @@ def _lsp_crops(shared, size, n=2):
 @pytest.mark.parametrize("model", [("efficientpose", "EfficientPoseI.tflite"),
                                    ("mediapipe", "pose_landmark_lite.tflite")])
 def test_tflite_feature_recomputes_the_head(shared, model):
-    from posecal.adapters.tflite import TFLiteAdapter
+    from posecal.models.adapters.tflite import TFLiteAdapter
 
     a = TFLiteAdapter(shared("models", *model), num_threads=2)
     # the XNNPACK trap: the feature must come back as a graph output, never as a preserved intermediate
@@ -51,7 +51,7 @@ def test_tflite_feature_recomputes_the_head(shared, model):
 
 
 def test_tflite_kinds_and_bad_input(shared, tmp_path):
-    from posecal.adapters.base import load_adapter
+    from posecal.models.adapters.base import load_adapter
 
     a = load_adapter(shared("models", "efficientpose", "EfficientPoseI.tflite"))
     assert a.kind == "efficientpose" and a.tensor_name == "pass3_block1_mbconv3_detection2_dense/concat"
@@ -85,8 +85,8 @@ def test_joint_maps():
 def test_onnx_and_torch_adapters_agree(tmp_path):
     import torch
 
-    from posecal.adapters.onnx import OnnxAdapter
-    from posecal.adapters.torch import TorchAdapter
+    from posecal.models.adapters.onnx import OnnxAdapter
+    from posecal.models.adapters.torch import TorchAdapter
 
     net = tiny_heatmap_net()
     path = tmp_path / "tiny.onnx"
@@ -120,7 +120,7 @@ def test_onnx_and_torch_adapters_agree(tmp_path):
 
 
 def test_decode_nhwc_matches_nchw():
-    from posecal.adapters.base import decode_heatmaps, decode_heatmaps_nhwc
+    from posecal.models.adapters.base import decode_heatmaps, decode_heatmaps_nhwc
 
     hm = np.random.default_rng(3).normal(size=(2, 8, 6, 5))
     c1, s1 = decode_heatmaps(hm, (24, 32))

@@ -7,13 +7,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from posecal.ccnet.aggregate import aggregate  # noqa: E402
 from posecal.ccnet.apply import rescore_records  # noqa: E402
 from posecal.ccnet.checkpoint import check_compatible, load_head, save_head  # noqa: E402
 from posecal.ccnet.heads import CCNetHead, build_head  # noqa: E402
 from posecal.ccnet.loss import ccnet_loss  # noqa: E402
 from posecal.ccnet.train import TrainConfig, fit_head, normalisation_stats, predict  # noqa: E402
 from posecal.errors import PosecalInputError  # noqa: E402
+from posecal.rescore.aggregate import instance_score  # noqa: E402
 
 
 def _problem(seed=0, N=800, K=4, C=10):
@@ -128,8 +128,8 @@ def test_normalisation_stats():
 def test_aggregate_is_visibility_weighted_mean():
     s = np.array([[0.2, 0.8, 0.5], [0.1, 0.1, 0.1]])
     v = np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
-    np.testing.assert_allclose(aggregate(s, v), [0.35, 0.1])
-    np.testing.assert_allclose(aggregate(s, v, np.array([0.5, 2.0])), [0.175, 0.2])
+    np.testing.assert_allclose(instance_score(s, "visibility", visibility=v), [0.35, 0.0])
+    np.testing.assert_allclose(instance_score(s, "visibility", np.array([0.5, 2.0]), visibility=v), [0.175, 0.0])
 
 
 def test_checkpoint_round_trip_and_refusal(tmp_path):
@@ -178,7 +178,7 @@ def test_head_trained_on_simulator_recovers_expected_oks(kind):
     expected OKS (Eq. 11) on a fresh split — better than the simulated heatmap model's own scores."""
     from posecal.keypoints import COCO17
     from posecal.metrics.oks import keypoint_oks
-    from posecal.simulate import simulate
+    from posecal.theory.simulate import simulate
 
     tr, te = simulate(2000, seed=0), simulate(1000, seed=1)
     gt = np.concatenate([tr.gt_xy, tr.visibility[..., None]], -1)
@@ -189,7 +189,7 @@ def test_head_trained_on_simulator_recovers_expected_oks(kind):
     s, v = predict(r.head, feats[1])
     lab = te.visibility > 0
     p_kpt = np.corrcoef(s[lab], te.expected_oks[lab])[0, 1]
-    p_inst = np.corrcoef(aggregate(s, v), te.expected_instance_oks)[0, 1]
+    p_inst = np.corrcoef(instance_score(s, "visibility", visibility=v), te.expected_instance_oks)[0, 1]
     assert p_kpt >= 0.9 and p_inst >= 0.9
     assert p_kpt > np.corrcoef(te.score_heatmap[lab], te.expected_oks[lab])[0, 1]
     assert ((v > 0.5) == lab).mean() > 0.95  # visibility (labelled) is in the simulated features too

@@ -1,4 +1,4 @@
-"""`posecal fit` / `posecal apply` on a small synthetic feature store (written with posecal.store)."""
+"""`posecal fit` / `posecal apply` on a small synthetic feature store (written with posecal.models.store)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from posecal.cli import main  # noqa: E402
 from posecal.io.coco import load_gt, load_results  # noqa: E402
 from posecal.keypoints import LSP14  # noqa: E402
 from posecal.metrics.cocoeval import evaluate  # noqa: E402
-from posecal.store import StoreWriter  # noqa: E402
+from posecal.models.store import StoreWriter  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 K = LSP14.num_keypoints

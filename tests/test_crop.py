@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from posecal.crop import apply_affine, box_to_center_size, crop_matrix, invert_affine, warp
+from posecal.models.crop import apply_affine, box_to_center_size, crop_matrix, invert_affine, warp
 
 
 def test_box_to_center_size_aspect_and_padding():

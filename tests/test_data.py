@@ -9,8 +9,8 @@ import pytest
 from scipy.io import loadmat
 
 from posecal.cli import main
-from posecal.data import instances, read_coco, read_lsp, read_mpii
-from posecal.data.coco import keypoint_set
+from posecal.datasets import instances, read_coco, read_lsp, read_mpii
+from posecal.datasets.coco import keypoint_set
 from posecal.errors import PosecalInputError
 from posecal.keypoints import LSP14
 

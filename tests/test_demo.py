@@ -16,7 +16,7 @@ from posecal.cli import main  # noqa: E402
 def test_simulation_demo_improves_ap_and_keeps_ar(tmp_path, capsys):
     from posecal.io.coco import load_gt, load_results
     from posecal.metrics.cocoeval import evaluate
-    from posecal.simulate import simulate
+    from posecal.theory.simulate import simulate
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--json"]) == 0

@@ -75,9 +75,9 @@ def _fit_apply(world, name: str, pooling: str, head_kind: str, tensor: str | Non
 
 def _crops(store: Path, images: Path) -> np.ndarray:
     """The exact crops posecal extract fed the model (from the stored crop transforms)."""
-    from posecal.adapters.generic import IMAGENET_MEAN, IMAGENET_STD, preprocess_nchw
-    from posecal.crop import load_image, warp
-    from posecal.store import FeatureStore
+    from posecal.models.adapters.generic import IMAGENET_MEAN, IMAGENET_STD, preprocess_nchw
+    from posecal.models.crop import load_image, warp
+    from posecal.models.store import FeatureStore
 
     fs = FeatureStore.open(store)
     gt = json.loads(fs.gt_path.read_text())
@@ -102,7 +102,7 @@ CASES = [("gap", "fc", None), ("heatmap", "kpt", None), ("spatial", "conv_sigmoi
 @pytest.mark.parametrize("pooling,head_kind,tensor", CASES,
                          ids=[f"{p}-{h}-{t or 'default'}" for p, h, t in CASES])
 def test_grafted_model_equals_posecal_apply(world, pooling, head_kind, tensor):
-    from posecal.export import OUTPUTS
+    from posecal.ccnet.export import OUTPUTS
 
     if tensor == "first_relu":  # a 32×24 feature grid under 16×12 heatmaps: the resampling path
         tensor = _first_relu_output(world["model"])
@@ -127,8 +127,8 @@ def test_grafted_model_equals_posecal_apply(world, pooling, head_kind, tensor):
     assert np.abs(s - es).max() <= 1e-5 and np.abs(v - ev).max() <= 1e-5 and np.abs(c - ec).max() <= 1e-5
     assert np.std(ec) > 0  # the head is not constant: the comparison can fail
     # head-only export of the same head, run in two stages after the model, agrees too
-    from posecal.adapters.onnx import OnnxAdapter
-    from posecal.export import run_two_stage
+    from posecal.ccnet.export import run_two_stage
+    from posecal.models.adapters.onnx import OnnxAdapter
 
     ho = world["dir"] / name / "head_only.onnx"
     assert main(["export", "--model", str(world["model"]), "--head", str(head), "--out", str(ho),

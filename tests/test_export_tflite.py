@@ -24,9 +24,9 @@ def world(tmp_path_factory):
 
 
 def test_head_only_onnx_two_stage_equals_apply(world, tmp_path):
-    from posecal.adapters.base import load_adapter
-    from posecal.data.coco import instances, read_coco
-    from posecal.export import OUTPUTS, run_two_stage
+    from posecal.ccnet.export import OUTPUTS, run_two_stage
+    from posecal.datasets.coco import instances, read_coco
+    from posecal.models.adapters.base import load_adapter
     from posecal.studies._common import crop_instances
 
     out = tmp_path / "head.onnx"

@@ -10,7 +10,8 @@ import pytest
 
 from posecal.cli import main
 from posecal.keypoints import LSP14, MPII16
-from posecal.store import FeatureStore, instance_score
+from posecal.models.store import FeatureStore
+from posecal.rescore.aggregate import instance_score
 
 
 def _tree(path: Path) -> dict[str, bytes]:
@@ -73,11 +74,11 @@ def test_efficientpose_on_lsp_lands_on_bodies(shared_dir, lsp40, tmp_path):
     # predictions.json: row i = instance i, bbox_keypoint instance score with box score 1
     preds = fs.predictions
     assert len(preds) == 40
-    np.testing.assert_allclose([p["score"] for p in preds], instance_score(sc, np.ones(40)))
+    np.testing.assert_allclose([p["score"] for p in preds], instance_score(sc, "bbox_keypoint", np.ones(40)))
     np.testing.assert_allclose(np.array(preds[5]["keypoints"]).reshape(14, 3)[:, :2], kp[5])
     assert [p["image_id"] for p in preds] == fs.read("image_id").tolist()
     sig = fs.read("sigma_hat")
-    if isinstance(fs.meta["sigma_hat"], dict):  # posecal.heatmap present: finite, non-negative image px
+    if isinstance(fs.meta["sigma_hat"], dict):  # posecal.theory.heatmap present: finite, non-negative image px
         assert np.isfinite(sig).all() and (sig >= 0).all()
     else:
         assert np.isnan(sig).all()
@@ -108,7 +109,7 @@ def _extract(shared_dir, data, out, *extra):
 
 
 def test_resume_after_interruption_and_shards_are_bit_identical(shared_dir, lsp40, tmp_path, monkeypatch):
-    import posecal.store as store_mod
+    import posecal.models.store as store_mod
 
     data = tmp_path / "d.json"
     g = json.loads(lsp40.read_text())
@@ -198,7 +199,7 @@ def test_blazepose_on_detector_boxes_evaluates(shared_dir, tmp_path):
     assert fs.num_instances == len(det) and (fs.read("ann_id") == -1).all()
     np.testing.assert_allclose(fs.read("box_score"), [d["score"] for d in det])
     np.testing.assert_allclose([p["score"] for p in fs.predictions],
-                               instance_score(fs.read("scores"), fs.read("box_score")))
+                               instance_score(fs.read("scores"), "bbox_keypoint", fs.read("box_score")))
     assert fs.read("features_kpt").shape == (len(det), 17, 32)
     gt = load_gt(fs.gt_path)
     res = load_results(out / "predictions.json", gt)
@@ -218,7 +219,7 @@ class _DotModel:
     info = {"backend": "test"}
 
     def predict(self, crops):
-        from posecal.adapters.base import ModelOutput
+        from posecal.models.adapters.base import ModelOutput
 
         B = crops.shape[0]
         coords = np.zeros((B, 2, 2))
@@ -236,9 +237,9 @@ class _DotModel:
 def test_flip_test_and_augmentation_map_back_to_image_pixels(tmp_path, monkeypatch):
     from PIL import Image
 
-    import posecal.extraction as ex
-    from posecal.extraction import extract
+    import posecal.models.extract as ex
     from posecal.keypoints import COCO17
+    from posecal.models.extract import extract
 
     rng = np.random.default_rng(0)
     images, anns, truth = [], [], []

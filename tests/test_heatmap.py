@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from posecal import heatmap, theory
+from posecal import theory
+from posecal.theory import heatmap
 
 
 def _gauss(H, W, cx, cy, w, amp=1.0):

@@ -19,11 +19,11 @@ from posecal.rescore import (
     LogLogRescorer,
     Rescorer,
     _pava,
-    aggregate,
     get_rescorer,
+    instance_score,
     match_to_gt,
 )
-from posecal.simulate import simulate
+from posecal.theory.simulate import simulate
 
 
 def _load(sim, model="heatmap"):
@@ -46,6 +46,8 @@ def _mmpose_reference(kpt_scores, bbox_score, mode, thr=0.2):
     for s, b in zip(kpt_scores, bbox_score, strict=True):
         if mode == "bbox":
             out.append(b)
+        elif mode == "keypoint":
+            out.append(np.mean(s))
         elif mode == "bbox_rle":
             out.append(float(b + np.mean(s) + np.max(s)))
         else:
@@ -60,17 +62,14 @@ def _mmpose_reference(kpt_scores, bbox_score, mode, thr=0.2):
     return np.array(out)
 
 
-@pytest.mark.parametrize("mode", ["bbox", "bbox_keypoint", "bbox_rle"])
+@pytest.mark.parametrize("mode", ["bbox", "keypoint", "bbox_keypoint", "bbox_rle"])
 def test_mmpose_modes_match_reference(mode):
     rng = np.random.default_rng(0)
     s = rng.uniform(0, 1.2, (300, 17))
     s[:5] = 0.1  # no keypoint above the threshold -> 0
     s[5, 3] = 0.2  # exactly at the threshold is not counted
     b = rng.uniform(0.3, 1, 300)
-    np.testing.assert_allclose(aggregate(s, mode, b, 0.2), _mmpose_reference(s, b, mode), rtol=1e-12)
-    np.testing.assert_allclose(
-        aggregate(s, "keypoint", b), _mmpose_reference(s, np.ones(300), "bbox_keypoint")
-    )
+    np.testing.assert_allclose(instance_score(s, mode, b, 0.2), _mmpose_reference(s, b, mode), rtol=1e-12)
 
 
 def test_mmpose_rescorer_uses_bbox_score_and_keeps_keypoints(sims):
@@ -87,7 +86,7 @@ def test_mmpose_rescorer_uses_bbox_score_and_keeps_keypoints(sims):
 def test_visibility_aggregation(sims):
     s = np.array([[0.9, 0.5, 0.1], [0.3, 0.3, 0.3]])
     v = np.array([[1.0, 0.5, 0.0], [0.0, 0.0, 0.0]])
-    np.testing.assert_allclose(aggregate(s, "visibility", visibility=v), [(0.9 + 0.25) / 1.5, 0.0])
+    np.testing.assert_allclose(instance_score(s, "visibility", visibility=v), [(0.9 + 0.25) / 1.5, 0.0])
     gt, res = _load(sims[0])
     with pytest.raises(PosecalInputError, match="visibility"):
         get_rescorer("visibility").transform(res)
@@ -371,7 +370,7 @@ def test_cli_rescore_round_trip(tmp_path, capsys):
 def test_cli_rescore_from_feature_store(tmp_path, capsys):
     """--store: predictions, gt and sigma_hat come from the store (NaN rows: score-derived sigma)."""
     from posecal.cli import main
-    from posecal.store import StoreWriter
+    from posecal.models.store import StoreWriter
 
     sim = simulate(100, seed=13)
     sig = sim.sigma.copy()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from posecal import heatmap, theory
+from posecal import theory
 from posecal.io.coco import load_gt, load_results
 from posecal.keypoints import COCO17
-from posecal.simulate import LABEL, simulate
+from posecal.theory import heatmap
+from posecal.theory.simulate import LABEL, simulate
 
 
 @pytest.fixture(scope="module")

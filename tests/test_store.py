@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from posecal.errors import PosecalInputError
-from posecal.store import FeatureStore, StoreWriter, instance_score, merge_stores
+from posecal.models.store import FeatureStore, StoreWriter, merge_stores
+from posecal.rescore.aggregate import instance_score
 
 N, K, C, CS = 23, 5, 7, 4
 SETTINGS = {"model_sha256": "ab" * 32, "tensor": "t", "pooling": "gap", "keypoint_set": "x"}
@@ -73,7 +74,8 @@ def test_round_trip_and_partial_reads(tmp_path):
 
 def test_instance_score_bbox_keypoint():
     sc = np.array([[0.1, 0.5, 0.9], [0.1, 0.1, 0.0]])
-    np.testing.assert_allclose(instance_score(sc, np.array([0.5, 0.8])), [0.5 * 0.7, 0.8])
+    # MMPose CocoMetric: no keypoint above 0.2 -> bbox_score * 0 = 0 (never the box score alone)
+    np.testing.assert_allclose(instance_score(sc, "bbox_keypoint", np.array([0.5, 0.8])), [0.5 * 0.7, 0.0])
 
 
 def test_resume_after_kill_is_bit_identical(tmp_path):

@@ -38,7 +38,7 @@ def test_paste_occluder_and_blur_touch_only_the_disc():
 
 
 def test_occlusion_study_on_lsp(world, tmp_path, capsys):
-    from posecal.store import FeatureStore
+    from posecal.models.store import FeatureStore
 
     joint = "head_top"
     j = LSP14.names.index(joint)
@@ -77,7 +77,7 @@ def test_occlusion_study_bad_joint_exit_2(world, tmp_path, capsys):
 def test_visibility_study_on_lsp(world, tmp_path, capsys):
     from posecal.io.coco import load_gt, load_results
     from posecal.metrics.cocoeval import evaluate
-    from posecal.store import FeatureStore
+    from posecal.models.store import FeatureStore
 
     out = tmp_path / "vis"
     assert main(["study", "visibility", "--store", str(world["test_store"]), "--head", str(world["head"]),

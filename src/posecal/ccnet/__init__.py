@@ -1,6 +1,6 @@
 """CCNet — Calibrated ConfidenceNet (paper Sec. 5, App. B, C): a light head on a frozen pose model's features.
 
-The numpy-only parts (:mod:`posecal.ccnet.aggregate`, :mod:`posecal.ccnet.apply` record rewriting) import no
+The numpy-only parts (:mod:`posecal.rescore.aggregate`, :mod:`posecal.ccnet.apply` record rewriting) import no
 torch. :mod:`posecal.ccnet.heads`, :mod:`posecal.ccnet.loss`, :mod:`posecal.ccnet.train` and
 :mod:`posecal.ccnet.checkpoint` import torch (the ``posecal[torch]`` extra) when they are imported; this
 package's ``__init__`` imports none of them.

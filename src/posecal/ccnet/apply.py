@@ -1,7 +1,7 @@
 """Rewrite COCO keypoint results with CCNet scores. numpy only.
 
 Coordinates are never touched: for every record only ``keypoints[3k+2]`` (the keypoint score) becomes
-ŝ_k, ``score`` becomes the aggregated ĉ (:func:`posecal.ccnet.aggregate.aggregate`) and a
+ŝ_k, ``score`` becomes the aggregated ĉ (:func:`posecal.rescore.aggregate.instance_score`, mode ``visibility``) and a
 ``"visibility"`` list of v̂_k is added. Every other field is kept as it was.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from posecal.ccnet.aggregate import aggregate
 from posecal.errors import PosecalInputError
+from posecal.rescore.aggregate import instance_score
 
 __all__ = ["rescore_records"]
 
@@ -37,7 +37,7 @@ def rescore_records(
         raise PosecalInputError(
             f"{len(records)} records but predictions of shape {s.shape} / {v.shape}", file=file
         )
-    c = aggregate(s, v, box_score)
+    c = instance_score(s, "visibility", box_score, visibility=v)
     K = s.shape[1]
     out = []
     for i, rec in enumerate(records):

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from posecal._util import progress
-from posecal.ccnet.aggregate import aggregate
 from posecal.ccnet.heads import CCNetHead, build_head
 from posecal.ccnet.loss import CONF_LOSSES, ccnet_loss
 from posecal.errors import PosecalInputError
+from posecal.rescore.aggregate import instance_score
 
 __all__ = [
     "TrainConfig",
@@ -276,7 +276,7 @@ def quick_metrics(s_hat: np.ndarray, v_hat: np.ndarray, oks: np.ndarray, vis: np
     lab = np.asarray(vis) > 0
     has = lab.any(axis=1)
     inst = np.where(has, np.nansum(np.where(lab, oks, 0.0), axis=1) / np.maximum(lab.sum(axis=1), 1), np.nan)
-    c = aggregate(s_hat, v_hat)
+    c = instance_score(s_hat, "visibility", visibility=v_hat)
     return {
         "pearson_kpt": _pearson(s_hat[lab], np.asarray(oks)[lab]),
         "pearson_inst": _pearson(c[has], inst[has]),

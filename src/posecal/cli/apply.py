@@ -32,14 +32,14 @@ def run(args: argparse.Namespace) -> int:
     from posecal._util import dumps_json
     from posecal.ccnet.apply import rescore_records
     from posecal.ccnet.checkpoint import check_compatible, load_head
+    from posecal.ccnet.targets import load_store
     from posecal.ccnet.train import predict
     from posecal.io.coco import save_results
-    from posecal.training import load_store
 
     head, meta = load_head(args.head)
     data = load_store(args.store, need_gt=False, features=False)
     check_compatible(meta, data.head_meta, file=args.head)
-    from posecal.store import FeatureStore
+    from posecal.models.store import FeatureStore
 
     feats = FeatureStore.open(args.store).features()
     s, v = predict(head, feats)

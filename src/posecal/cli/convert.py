@@ -26,11 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     if args.format == "lsp":
-        from posecal.data.lsp import read_lsp
+        from posecal.datasets.lsp import read_lsp
 
         d = read_lsp(args.src, args.images, args.split)
     else:
-        from posecal.data.mpii import read_mpii
+        from posecal.datasets.mpii import read_mpii
 
         d = read_mpii(args.src, args.images)
     write_json_atomic(args.out, d, indent=False)

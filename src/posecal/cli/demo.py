@@ -1,10 +1,10 @@
 """``posecal demo``: the whole story in one command — evaluate, closed form, fit CCNet, re-evaluate.
 
-    posecal demo [--out DIR] [--json]                                # SIMULATION (posecal.simulate), ~1 min
+    posecal demo [--out DIR] [--json]                                # SIMULATION (posecal.theory.simulate), ~1 min
     posecal demo --lsp LSP_DIR --model EfficientPoseI.tflite [--out DIR] [--augment N] [--json]   # real data
 
 Without ``--lsp`` every number comes from the embedded **SIMULATION** (synthetic data generated under the
-paper's assumptions, :mod:`posecal.simulate`), and says so in the table, the JSON and the report. With
+paper's assumptions, :mod:`posecal.theory.simulate`), and says so in the table, the JSON and the report. With
 ``--lsp DIR`` (``DIR/joints.mat``, ``DIR/images/``) and ``--model`` the real pipeline runs: convert LSP →
 extract the train split (images 1–1000, optionally ``--augment N`` jittered copies) and the test split
 (1001–2000) with heatmap-weighted pooling → evaluate the model's own scores (heatmap maximum, MMPose
@@ -34,7 +34,7 @@ import numpy as np
 
 from posecal.errors import PosecalInputError, PosecalWarning
 
-SIM_BANNER = "SIMULATION — synthetic data from posecal.simulate, not a real model"
+SIM_BANNER = "SIMULATION — synthetic data from posecal.theory.simulate, not a real model"
 COLUMNS = (("AP", "mAP"), ("AR", "mAR"), ("gap", "gap"), ("Pearson", "pearson_instance"),
            ("AUSE", "ause_instance"))
 
@@ -149,7 +149,7 @@ changed: only the confidences differ between rows. <a href="demo.json">demo.json
 
 def _finish(out: Path, doc: dict[str, Any], args: argparse.Namespace) -> int:
     from posecal._util import dumps_json, write_json_atomic
-    from posecal.export import make_shareable
+    from posecal.ccnet.export import make_shareable
 
     write_json_atomic(out / "demo.json", doc)
     _write_index(out, doc)
@@ -174,7 +174,7 @@ def run_simulation(out: Path, *, n_train: int = 4000, n_test: int = 2000, seed: 
     from posecal.keypoints import COCO17
     from posecal.metrics.oks import keypoint_oks
     from posecal.rescore import ClosedFormRescorer
-    from posecal.simulate import simulate
+    from posecal.theory.simulate import simulate
 
     t0 = time.perf_counter()
     if threads:
@@ -209,7 +209,7 @@ def run_simulation(out: Path, *, n_train: int = 4000, n_test: int = 2000, seed: 
         rows.append(_audit_row("CCNet (kpt head)", gt, recs, out / "ccnet", f"{SIM_BANNER}: CCNet"))
     return {"label": label, "simulation": True, "table": rows, "seconds": round(time.perf_counter() - t0, 1),
             "stage_seconds": st.times,
-            "provenance": {"data": "posecal.simulate (SIMULATION)", "train": f"simulate({n_train}, seed="
+            "provenance": {"data": "posecal.theory.simulate (SIMULATION)", "train": f"simulate({n_train}, seed="
                            f"{2 * seed + 1})", "test": f"simulate({n_test}, seed={2 * seed + 2})",
                            "ccnet": cfg.to_dict(), "closed_form": "ClosedFormRescorer(area='pred')"}}
 
@@ -220,16 +220,16 @@ def run_lsp(lsp: Path, model: Path, out: Path, *, augment: int = 0, steps: int =
     import torch
 
     from posecal._util import write_json_atomic
-    from posecal.adapters.base import load_adapter
     from posecal.ccnet.apply import rescore_records
     from posecal.ccnet.checkpoint import save_head
+    from posecal.ccnet.targets import load_store
     from posecal.ccnet.train import TrainConfig, fit_head, predict
-    from posecal.data.lsp import read_lsp
-    from posecal.extraction import DEFAULT_TARGET_SIGMA, extract
+    from posecal.datasets.lsp import read_lsp
     from posecal.io.coco import load_results
+    from posecal.models.adapters.base import load_adapter
+    from posecal.models.extract import DEFAULT_TARGET_SIGMA, extract
+    from posecal.models.store import FeatureStore, file_sha256
     from posecal.rescore import ClosedFormRescorer
-    from posecal.store import FeatureStore, file_sha256
-    from posecal.training import load_store
 
     t0 = time.perf_counter()
     joints, images = lsp / "joints.mat", lsp / "images"

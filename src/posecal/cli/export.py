@@ -4,7 +4,7 @@ An ONNX model gets the CCNet head grafted onto its penultimate tensor: one onnxr
 original outputs plus ``keypoint_confidence (B, K)``, ``keypoint_visibility (B, K)`` and
 ``instance_confidence (B,)``. A TFLite model (``--model X.tflite``) cannot be grafted: the output is a
 head-only ONNX with inputs ``features (B, C, h, w)`` [and ``heatmaps (B, J, h', w')``], run after the TFLite
-model (two-stage use, see :mod:`posecal.export`).
+model (two-stage use, see :mod:`posecal.ccnet.export`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from posecal._util import dumps_json
-    from posecal.export import export, export_head_only
+    from posecal.ccnet.export import export, export_head_only
 
     summary = export_head_only(args.model, args.head, args.out) if args.head_only else \
         export(args.model, args.head, args.out)

@@ -5,7 +5,7 @@
         [--shard i/n] [--skip-missing] [--tensor NAME] [--model-kind K] [--allow-missing-joints]
     posecal extract --merge --out STORE        # combine STORE.shard-<i>-of-<n> written with --shard
 
-The same pipeline is available from Python as :func:`posecal.extraction.extract` (any
+The same pipeline is available from Python as :func:`posecal.models.extract.extract` (any
 :class:`PoseAdapter`, e.g. a ``TorchAdapter`` around an in-memory module).
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from posecal._util import dumps_json
-from posecal.adapters.pooling import POOLINGS
 from posecal.errors import PosecalInputError
-from posecal.extraction import extract, parse_shard, shard_dir
+from posecal.models.adapters.pooling import POOLINGS
+from posecal.models.extract import extract, parse_shard, shard_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
-    from posecal.store import merge_stores
+    from posecal.models.store import merge_stores
 
     if args.merge:
         out = Path(args.out)
@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("model", "data", "images"):
         if not getattr(args, flag):
             raise PosecalInputError(f"--{flag} is required", field=f"--{flag}")
-    from posecal.adapters.base import load_adapter
-    from posecal.store import file_sha256
+    from posecal.models.adapters.base import load_adapter
+    from posecal.models.store import file_sha256
 
     shard = parse_shard(args.shard)
     out = Path(args.out) if shard[1] == 1 else shard_dir(args.out, *shard)

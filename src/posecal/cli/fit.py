@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from posecal.ccnet.targets import load_store, scores_and_ap
 from posecal.errors import PosecalInputError
-from posecal.training import load_store, scores_and_ap
 
 # head chosen by default for each store feature tensor: the recommended recipe (see docs/results.md, "CCNet")
 DEFAULT_HEAD = {"features_kpt": "kpt", "features_gap": "fc", "features_spatial": "conv_gap"}

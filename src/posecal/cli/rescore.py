@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         raise PosecalInputError("give --pred or --store", None, None, "--pred")
     store = sigma = None
     if args.store:
-        from posecal.store import FeatureStore
+        from posecal.models.store import FeatureStore
 
         store = FeatureStore.open(args.store)
     gt_src = args.gt or (str(store.gt_path) if store is not None and store.gt_path is not None else None)

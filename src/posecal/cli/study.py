@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from posecal._util import dumps_json, write_json_atomic
-    from posecal.export import make_shareable
+    from posecal.ccnet.export import make_shareable
 
     out = Path(args.out)
     if args.study == "occlusion":

@@ -16,7 +16,7 @@ def crop_instances(insts: list[Any], images: str | os.PathLike, input_size: tupl
     ``posecal extract`` makes them (gt box, padding 1.25, model aspect)."""
     from pathlib import Path
 
-    from posecal.crop import box_to_center_size, crop_matrix, load_image, warp
+    from posecal.models.crop import box_to_center_size, crop_matrix, load_image, warp
 
     W, H = input_size
     crops = np.zeros((len(insts), H, W, 3), np.uint8)
@@ -29,9 +29,9 @@ def crop_instances(insts: list[Any], images: str | os.PathLike, input_size: tupl
 
 
 def pooled_features(out: Any, pooling: str, jmap: np.ndarray) -> np.ndarray:
-    """The feature-store tensor for one model batch (:class:`posecal.adapters.base.ModelOutput`), pooled
-    as ``posecal extract`` pools it (:func:`posecal.adapters.pooling.pool_features`)."""
-    from posecal.adapters.pooling import pool_features
+    """The feature-store tensor for one model batch (:class:`posecal.models.adapters.base.ModelOutput`), pooled
+    as ``posecal extract`` pools it (:func:`posecal.models.adapters.pooling.pool_features`)."""
+    from posecal.models.adapters.pooling import pool_features
 
     return pool_features(out.features, out.heatmaps, pooling, jmap)
 
@@ -39,7 +39,7 @@ def pooled_features(out: Any, pooling: str, jmap: np.ndarray) -> np.ndarray:
 def to_dataset(out: Any, Ms: np.ndarray, jmap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Model output (input px, model joints) → keypoints ``(N, K, 2)`` image px and raw scores ``(N, K)``
     in the dataset keypoint set (0 where the model lacks the joint)."""
-    from posecal.crop import apply_affine, invert_affine
+    from posecal.models.crop import apply_affine, invert_affine
 
     xy = apply_affine(invert_affine(Ms), np.asarray(out.coords, np.float64))
     have = jmap >= 0
@@ -53,7 +53,7 @@ def open_head(head_dir: str | os.PathLike, model: str | os.PathLike, adapter: An
               ) -> tuple[Any, dict[str, Any], str, np.ndarray]:
     """Load a CCNet head and check it against the model: (head, meta, pooling, joint map)."""
     from posecal.ccnet.checkpoint import load_head
-    from posecal.export import check_head_against_model
+    from posecal.ccnet.export import check_head_against_model
 
     head, meta = load_head(head_dir)
     W, H = adapter.input_size

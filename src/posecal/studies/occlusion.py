@@ -68,12 +68,12 @@ def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, im
     those with ``joint`` visible (v = 2), at most ``limit``. ``radii`` in input px of the model crop.
     """
     from posecal._util import progress
-    from posecal.adapters.base import load_adapter
-    from posecal.adapters.joints import joint_map
     from posecal.ccnet.train import predict
-    from posecal.crop import apply_affine
-    from posecal.data.coco import instances, keypoint_set, read_coco
+    from posecal.datasets.coco import instances, keypoint_set, read_coco
     from posecal.metrics.oks import keypoint_oks
+    from posecal.models.adapters.base import load_adapter
+    from posecal.models.adapters.joints import joint_map
+    from posecal.models.crop import apply_affine
     from posecal.studies._common import crop_instances, open_head, pooled_features, to_dataset
 
     file = str(data) if not isinstance(data, dict) else "<dict>"

@@ -55,7 +55,7 @@ def visibility_study(store: str | os.PathLike, *, head: str | os.PathLike | None
     from posecal.keypoints import get_keypoint_set
     from posecal.metrics.cocoeval import evaluate
     from posecal.metrics.oks import keypoint_oks
-    from posecal.store import FeatureStore
+    from posecal.models.store import FeatureStore
 
     fs = FeatureStore.open(store)
     if fs.gt_path is None:

@@ -10,7 +10,7 @@ returns the original outputs (same names, same nodes: bit-identical values) plus
 
 K and the keypoint order are the head's **dataset** keypoint set (e.g. LSP-14), as in the feature store
 and in ``posecal apply``'s records: model joints are mapped by name
-(:func:`posecal.adapters.joints.joint_map`).
+(:func:`posecal.models.adapters.joints.joint_map`).
 
 The graft starts at the head's penultimate tensor (``model_tensor`` in ``head.json``) and reproduces the
 feature store's pooling in the graph, so the head sees exactly what it was trained on:
@@ -26,10 +26,10 @@ Flip-test averaging is not reproduced: a head fitted on a ``--flip`` store sees 
 
 TFLite source models cannot be grafted (no ONNX graph). :func:`export_head_only` then writes a small
 ONNX with inputs ``features (B, C, h, w)`` float32 channels-first (the penultimate tensor as
-:class:`posecal.adapters.base.ModelOutput` holds it) and, for heatmap pooling, ``heatmaps (B, J, h', w')``
+:class:`posecal.models.adapters.base.ModelOutput` holds it) and, for heatmap pooling, ``heatmaps (B, J, h', w')``
 (model joint order), and the three outputs above. Two-stage use (see :func:`run_two_stage`)::
 
-    out = adapter.predict(crops)                     # posecal.adapters.load_adapter("EfficientPoseI.tflite")
+    out = adapter.predict(crops)                     # posecal.models.adapters.load_adapter("EfficientPoseI.tflite")
     s, v, c = session.run(None, {"features": out.features, "heatmaps": out.heatmaps})
 
 The head is written as plain ONNX operators (Conv / MatMul / Einsum / Sigmoid / GlobalAveragePool), from
@@ -125,7 +125,7 @@ def _pool(b: _Builder, feat: str, heatmaps: str | None, pooling: str, feat_hw: t
         raise PosecalInputError("heatmap pooling needs the model's heatmap output", field="pooling")
     hh, ww = hm_hw
     wts = heatmaps
-    if (hh, ww) != (h, w):  # nearest-centre resampling, as posecal.adapters.pooling.resample_to
+    if (hh, ww) != (h, w):  # nearest-centre resampling, as posecal.models.adapters.pooling.resample_to
         yi = np.minimum(((np.arange(h) + 0.5) * hh / h).astype(np.int64), hh - 1)
         xi = np.minimum(((np.arange(w) + 0.5) * ww / w).astype(np.int64), ww - 1)
         wts = b.op("Gather", [wts, b.const("yi", yi)], axis=2)
@@ -172,16 +172,15 @@ def _head(b: _Builder, x: str, kind: str, arrs: dict[str, np.ndarray], K: int) -
     p = z if kind == "conv_sigmoid_gap" else b.op("Sigmoid", [z])
     s = b.op("Gather", [p, b.const("i0", np.array(0, np.int64))], OUTPUTS[0], axis=2)
     v = b.op("Gather", [p, b.const("i1", np.array(1, np.int64))], OUTPUTS[1], axis=2)
-    # ĉ = Σ v̂ŝ / Σ v̂, plain mean of ŝ where Σ v̂ = 0 (posecal.ccnet.aggregate)
+    # ĉ = Σ v̂ŝ / Σ v̂, 0 where Σ v̂ = 0 (posecal.rescore.aggregate.instance_score, mode "visibility")
     ones = b.const("onesK", np.ones((K, 1), np.float32))
     flat = b.const("shape", np.array([-1], np.int64))
     num = b.op("Reshape", [b.op("MatMul", [b.op("Mul", [v, s]), ones]), flat])
     den = b.op("Reshape", [b.op("MatMul", [v, ones]), flat])
-    mean_k = b.const("meanK", np.full((K, 1), 1.0 / K, np.float32))
-    mean = b.op("Reshape", [b.op("MatMul", [s, mean_k]), flat])
+    zero = b.const("zeroB", np.zeros((), np.float32))
     pos = b.op("Greater", [den, b.const("zero", np.zeros((), np.float32))])
     safe = b.op("Where", [pos, den, b.const("one", np.ones((), np.float32))])
-    c = b.op("Where", [pos, b.op("Div", [num, safe]), mean], OUTPUTS[2])
+    c = b.op("Where", [pos, b.op("Div", [num, safe]), zero], OUTPUTS[2])
     return [s, v, c]
 
 
@@ -198,9 +197,9 @@ def check_head_against_model(meta: dict[str, Any], head_dir: str | os.PathLike, 
                              model: str | os.PathLike, probe_features: np.ndarray) -> tuple[str, np.ndarray]:
     """Compare a head's metadata with a model (adapter, file, probe features (1, C, h, w)); refuse a
     mismatch with :class:`PosecalInputError`. Returns (pooling, joint map model → head keypoint set)."""
-    from posecal.adapters.joints import joint_map
     from posecal.keypoints import get_keypoint_set
-    from posecal.store import file_sha256
+    from posecal.models.adapters.joints import joint_map
+    from posecal.models.store import file_sha256
 
     hfile = str(Path(head_dir) / "head.json")
     diffs = []
@@ -250,8 +249,8 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
     import onnx
 
     from posecal._util import write_bytes_atomic
-    from posecal.adapters.base import find_model_kind
-    from posecal.adapters.onnx import OnnxAdapter
+    from posecal.models.adapters.base import find_model_kind
+    from posecal.models.adapters.onnx import OnnxAdapter
 
     if find_model_kind(model) != "onnx":
         raise PosecalInputError("not an ONNX model: use export_head_only for TFLite models", file=str(model),
@@ -304,7 +303,7 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
     import onnx
 
     from posecal._util import write_bytes_atomic
-    from posecal.adapters.base import load_adapter
+    from posecal.models.adapters.base import load_adapter
 
     arrs, meta = head_arrays(head_dir)
     adapter = load_adapter(model, tensor=meta.get("model_tensor"))
@@ -352,7 +351,7 @@ def run_two_stage(adapter: Any, session: Any, crops: np.ndarray) -> dict[str, np
 
 def export(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
     """ONNX model → :func:`export_calibrated`; TFLite → :func:`export_head_only`."""
-    from posecal.adapters.base import find_model_kind
+    from posecal.models.adapters.base import find_model_kind
 
     if find_model_kind(model) == "onnx":
         return export_calibrated(model, head_dir, out)

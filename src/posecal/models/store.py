@@ -75,6 +75,7 @@ import orjson
 
 from posecal._util import atomic_path, dumps_json, write_bytes_atomic, write_json_atomic
 from posecal.errors import PosecalInputError
+from posecal.rescore.aggregate import instance_score
 
 __all__ = ["FeatureStore", "StoreWriter", "merge_stores", "predictions_from_arrays", "file_sha256"]
 
@@ -97,30 +98,20 @@ def _fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(dumps_json(settings)).hexdigest()
 
 
-def instance_score(scores: np.ndarray, box_score: np.ndarray, thr: float = 0.2) -> np.ndarray:
-    """MMPose's default ``bbox_keypoint`` instance score.
-
-    ``box_score * mean(scores[k] for scores[k] > thr)`` (box_score alone when no keypoint passes).
-    scores (N, K), box_score (N,) -> (N,).
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    m = scores > thr
-    cnt = m.sum(axis=1)
-    mean = np.where(cnt > 0, np.where(m, scores, 0.0).sum(axis=1) / np.maximum(cnt, 1), 1.0)
-    return np.asarray(box_score, dtype=np.float64) * mean
-
-
 def predictions_from_arrays(image_id: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
                             box_score: np.ndarray, bbox: np.ndarray | None = None,
                             category_id: int = 1) -> list[dict[str, Any]]:
     """COCO keypoint results, one record per row.
 
     keypoints (N, K, 2) image px, scores (N, K), box_score (N,), bbox (N, 4) or None.
-    ``score`` is :func:`instance_score`. Non-finite keypoint scores become 0.
+    ``score`` is MMPose's ``bbox_keypoint`` score (:func:`posecal.rescore.aggregate.instance_score`) and
+    ``bbox_score`` the box score, so ``posecal rescore --method mmpose-bbox_keypoint`` reproduces it.
+    Non-finite keypoint scores become 0.
     """
     kp = np.asarray(keypoints, dtype=np.float64)
     sc = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0)
-    inst = instance_score(sc, box_score)
+    box = np.asarray(box_score, dtype=np.float64).reshape(-1)
+    inst = instance_score(sc, "bbox_keypoint", box)
     out = []
     for i in range(kp.shape[0]):
         flat = np.concatenate([kp[i], sc[i][:, None]], axis=1).reshape(-1)
@@ -129,6 +120,7 @@ def predictions_from_arrays(image_id: np.ndarray, keypoints: np.ndarray, scores:
             "category_id": int(category_id),
             "keypoints": [float(v) for v in flat],
             "score": float(inst[i]),
+            "bbox_score": float(box[i]),
         }
         if bbox is not None:
             rec["bbox"] = [float(v) for v in bbox[i]]

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from posecal import theory
-from posecal.heatmap import image_px_per_heatmap_px, topdown_crop_box
 from posecal.keypoints import COCO17
+from posecal.theory.heatmap import image_px_per_heatmap_px, topdown_crop_box
 
 __all__ = ["SimulatedDataset", "simulate", "LABEL"]
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from posecal.errors import PosecalInputError
+from posecal.rescore.aggregate import instance_score
 
 
 @dataclass
@@ -60,7 +61,7 @@ def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> Sto
     from posecal.io.coco import load_gt
     from posecal.keypoints import get_keypoint_set
     from posecal.metrics.oks import keypoint_oks
-    from posecal.store import FeatureStore
+    from posecal.models.store import FeatureStore
 
     fs = FeatureStore.open(path)
     meta = fs.meta
@@ -102,12 +103,11 @@ def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> Sto
 
 def scores_and_ap(head: Any, data: StoreData, *, use_box_score: bool = False) -> dict[str, float]:
     """AP/AR of ``data``'s predictions rescored by ``head`` (coordinates unchanged) and Pearson checks."""
-    from posecal.ccnet.aggregate import aggregate
     from posecal.ccnet.train import predict, quick_metrics
     from posecal.metrics.cocoeval import evaluate
 
     s, v = predict(head, data.features)
-    c = aggregate(s, v, data.box_score if use_box_score else None)
+    c = instance_score(s, "visibility", data.box_score if use_box_score else None, visibility=v)
     out: dict[str, float] = {}
     if data.gt is not None:
         res = data.results()

@@ -5,8 +5,8 @@ Every reader returns the same in-memory form, a COCO keypoints dict (``images``,
 extraction walks it with :func:`iter_instances` / :func:`instances`.
 """
 
-from posecal.data.coco import Instance, image_size, instances, read_coco
-from posecal.data.lsp import read_lsp
-from posecal.data.mpii import read_mpii
+from posecal.datasets.coco import Instance, image_size, instances, read_coco
+from posecal.datasets.lsp import read_lsp
+from posecal.datasets.mpii import read_mpii
 
 __all__ = ["Instance", "image_size", "instances", "read_coco", "read_lsp", "read_mpii"]

@@ -1,7 +1,7 @@
 """The adapter protocol and the heatmap decoding shared by the backends.
 
 An adapter wraps one frozen top-down pose model. ``predict(crops)`` takes a batch of RGB crops
-``(B, H, W, 3) uint8`` already warped to the model input (see :mod:`posecal.crop`) and returns a
+``(B, H, W, 3) uint8`` already warped to the model input (see :mod:`posecal.models.crop`) and returns a
 :class:`ModelOutput` in **input pixels** (pixel centres at integers) and the model's own joint order.
 """
 
@@ -108,9 +108,9 @@ def load_adapter(path: str | os.PathLike, *, tensor: str | None = None, model_ki
     """Open a model file with the right backend. ``tensor`` overrides the discovered feature tensor."""
     fmt = find_model_kind(path)
     if fmt == "tflite":
-        from posecal.adapters.tflite import TFLiteAdapter
+        from posecal.models.adapters.tflite import TFLiteAdapter
 
         return TFLiteAdapter(path, tensor=tensor, model_kind=model_kind, num_threads=num_threads, **kw)
-    from posecal.adapters.onnx import OnnxAdapter
+    from posecal.models.adapters.onnx import OnnxAdapter
 
     return OnnxAdapter(path, tensor=tensor, num_threads=num_threads, **kw)

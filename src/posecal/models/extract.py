@@ -1,9 +1,9 @@
-"""Top-down extraction: a frozen pose model over a dataset into a feature store (:mod:`posecal.store`).
+"""Top-down extraction: a frozen pose model over a dataset into a feature store (:mod:`posecal.models.store`).
 
 :func:`extract` crops every instance (gt or detector box, padding 1.25, the model's aspect; optional flip
-test and jittered copies for CCNet training), runs any :class:`posecal.adapters.base.PoseAdapter`, maps the
-model's joints to the dataset keypoint set, estimates heatmap σ̂ (:func:`posecal.heatmap.estimate_sigma`),
-pools the penultimate features (:mod:`posecal.adapters.pooling`) and writes chunk by chunk; a re-run with
+test and jittered copies for CCNet training), runs any :class:`posecal.models.adapters.base.PoseAdapter`, maps the
+model's joints to the dataset keypoint set, estimates heatmap σ̂ (:func:`posecal.theory.heatmap.estimate_sigma`),
+pools the penultimate features (:mod:`posecal.models.adapters.pooling`) and writes chunk by chunk; a re-run with
 the same settings resumes a partial store and finishes bit-identical. The CLI is ``posecal extract``.
 """
 
@@ -19,8 +19,8 @@ import numpy as np
 import orjson
 
 from posecal._util import dumps_json, progress
-from posecal.adapters.pooling import POOLINGS, STORE_FIELD, pool_features
 from posecal.errors import PosecalInputError, PosecalWarning
+from posecal.models.adapters.pooling import POOLINGS, STORE_FIELD, pool_features
 
 # training-target Gaussian width (heatmap px) assumed by the sigma-hat estimator. EfficientPose's is not
 # published with the weights; 1.0 is inferred from the narrowest fitted widths on its 32×32 maps (LSP crops:
@@ -79,13 +79,20 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
             allow_missing_joints: bool = False, chunk_size: int = 64, batch_size: int = 16,
             model_sha256: str | None = None, data_file: str | None = None, show_progress: bool | None = None,
             target_sigma: float | None = None, sigma_method: str = "fit"):
-    """Top-down extraction into a store (see :mod:`posecal.store`). Returns the FeatureStore (or the shard
+    """Top-down extraction into a store (see :mod:`posecal.models.store`). Returns the FeatureStore (or the shard
     writer's path for n > 1). Resumes a partial store with the same settings."""
-    from posecal.adapters.joints import flip_index, joint_map
-    from posecal.crop import apply_affine, box_to_center_size, crop_matrix, invert_affine, load_image, warp
-    from posecal.data.coco import instances, keypoint_set, read_coco
-    from posecal.heatmap import estimate_sigma
-    from posecal.store import StoreWriter, file_sha256
+    from posecal.datasets.coco import instances, keypoint_set, read_coco
+    from posecal.models.adapters.joints import flip_index, joint_map
+    from posecal.models.crop import (
+        apply_affine,
+        box_to_center_size,
+        crop_matrix,
+        invert_affine,
+        load_image,
+        warp,
+    )
+    from posecal.models.store import StoreWriter, file_sha256
+    from posecal.theory.heatmap import estimate_sigma
 
     if pooling not in POOLINGS:
         raise PosecalInputError(f"unknown pooling {pooling!r}", field="--pooling")
@@ -154,7 +161,7 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
         "data_sha256": file_sha256(data) if not isinstance(data, dict) else None,
         "images": str(img_dir),
         "skipped_missing_images": missing,
-        "sigma_hat": {"estimator": "posecal.heatmap.estimate_sigma", "method": sigma_method,
+        "sigma_hat": {"estimator": "posecal.theory.heatmap.estimate_sigma", "method": sigma_method,
                       "target_sigma_heatmap_px": float(target_sigma), "units": "image px"},
         "score": "bbox_keypoint: box score x mean of keypoint scores > 0.2",
     }

@@ -19,7 +19,8 @@ Methods (``RESCORERS``):
   (matched gt), ``pred`` (pycocotools' detection area: box w*h, else keypoint extent) or ``mean``
   (dataset mean) — the three columns of Table 1.
 - ``mmpose-bbox``, ``mmpose-bbox_keypoint``, ``mmpose-bbox_rle`` — MMPose 1.x ``CocoMetric`` score modes;
-  ``mmpose-keypoint`` — the same thresholded mean without the box factor (not a 1.x CocoMetric mode).
+  ``mmpose-keypoint`` — the plain mean of the keypoint scores (MMPose ``keypoint``).
+  All instance scores come from :func:`posecal.rescore.aggregate.instance_score` (MMPose-exact).
 - ``isotonic`` — monotone map raw keypoint score -> keypoint OKS fitted on matched pairs (PAVA).
 - ``loglog`` — linear fit of ``log(error / l)`` on ``log(score)`` (keypoint-moseq style), turned into an
   expected keypoint OKS through the Rayleigh mean-log and Eq. 12 (``1 / (1 + sigma_n^2)``, ``l = 1``).
@@ -36,9 +37,10 @@ import numpy as np
 
 from posecal import theory
 from posecal.errors import PosecalInputError, PosecalWarning
-from posecal.heatmap import image_px_per_heatmap_px, topdown_crop_box
 from posecal.io.coco import CocoGroundTruth, CocoResults, load_gt, load_results
 from posecal.keypoints import COCO17, find_keypoint_set
+from posecal.rescore.aggregate import INSTANCE_SCORE_MODES, instance_score
+from posecal.theory.heatmap import image_px_per_heatmap_px, topdown_crop_box
 
 __all__ = [
     "RescoreResult",
@@ -50,55 +52,15 @@ __all__ = [
     "LogLogRescorer",
     "RESCORERS",
     "get_rescorer",
-    "aggregate",
+    "instance_score",
     "match_to_gt",
     "matched_keypoint_pairs",
 ]
 
-AGGREGATES = ("bbox", "keypoint", "bbox_keypoint", "bbox_rle", "mean", "visibility")
+AGGREGATES = INSTANCE_SCORE_MODES
 
 
 # ------------------------------------------------------------------------------------------------
-def aggregate(
-    keypoint_scores: np.ndarray,
-    mode: str = "bbox_keypoint",
-    bbox_score: np.ndarray | None = None,
-    keypoint_score_thr: float = 0.2,
-    visibility: np.ndarray | None = None,
-) -> np.ndarray:
-    """Keypoint scores ``(D, K)`` -> instance scores ``(D,)``.
-
-    Modes (``bbox_score`` defaults to 1):
-        ``bbox``: the box score (MMPose ``bbox``).
-        ``keypoint``: mean of keypoint scores ``> thr`` (Eq. 5), 0 if none pass.
-        ``bbox_keypoint``: that mean times the box score (MMPose 1.x ``bbox_keypoint``).
-        ``bbox_rle``: box score + mean + max of all keypoint scores (MMPose 1.x ``bbox_rle``).
-        ``mean``: plain mean over K.
-        ``visibility``: Σ v̂ₖ ŝₖ / Σ v̂ₖ (CCNet, Eq. 19), 0 where Σ v̂ₖ = 0; needs ``visibility (D, K)``.
-    """
-    s = np.asarray(keypoint_scores, dtype=np.float64)
-    D = s.shape[0]
-    b = np.ones(D) if bbox_score is None else np.asarray(bbox_score, dtype=np.float64)
-    if mode == "bbox":
-        return b.copy()
-    if mode in ("keypoint", "bbox_keypoint"):
-        m = s > keypoint_score_thr
-        n = m.sum(1)
-        mean = np.where(n > 0, np.where(m, s, 0.0).sum(1) / np.maximum(n, 1), 0.0)
-        return mean * b if mode == "bbox_keypoint" else mean
-    if mode == "bbox_rle":
-        return b + s.mean(1) + s.max(1)
-    if mode == "mean":
-        return s.mean(1)
-    if mode == "visibility":
-        if visibility is None:
-            raise ValueError("aggregate(mode='visibility') needs a (D, K) visibility")
-        v = np.asarray(visibility, dtype=np.float64)
-        tot = v.sum(1)
-        return np.where(tot > 0, (v * s).sum(1) / np.where(tot > 0, tot, 1.0), 0.0)
-    raise ValueError(f"unknown aggregation {mode!r}; use one of {', '.join(AGGREGATES)}")
-
-
 @dataclass
 class RescoreResult:
     """New confidences. ``keypoint_scores (D, K)``, ``instance_scores (D,)``; row i = record i of ``pred``."""
@@ -155,7 +117,7 @@ def _aggregate_for(pred: CocoResults, s: np.ndarray, mode: str, thr: float, visi
         raise PosecalInputError(
             "aggregation 'visibility' needs a 'visibility' list per record", pred.path, 0, "visibility"
         )
-    return aggregate(s, mode, _bbox_score(pred), thr, v)
+    return instance_score(s, mode, _bbox_score(pred), thr, v)
 
 
 def _sigmas_for(pred: CocoResults, gt: CocoGroundTruth | None, sigmas: Any) -> np.ndarray:
@@ -339,7 +301,7 @@ class MMPoseRescorer(Rescorer):
     def transform(self, pred: Any, gt: Any = None, **kw: Any) -> RescoreResult:
         pred = _as_pred(pred)
         s = pred.keypoints[..., 2].copy()
-        inst = aggregate(s, self.mode, _bbox_score(pred), self.keypoint_score_thr)
+        inst = instance_score(s, self.mode, _bbox_score(pred), self.keypoint_score_thr)
         return RescoreResult(s, inst)
 
 
@@ -358,7 +320,7 @@ class VisibilityRescorer(Rescorer):
                 "visibility rescoring needs a 'visibility' list per record", pred.path, 0, "visibility"
             )
         s = pred.keypoints[..., 2].copy()
-        return RescoreResult(s, aggregate(s, "visibility", visibility=v))
+        return RescoreResult(s, instance_score(s, "visibility", visibility=v))
 
 
 class ClosedFormRescorer(Rescorer):
@@ -372,7 +334,8 @@ class ClosedFormRescorer(Rescorer):
             normalised per axis by the crop, Eq. 3) — ignored when ``sigma=`` is passed to ``transform``.
         target_sigma: ``l~`` of the heatmap target, heatmap pixels.
         heatmap_size, input_size: ``(W, H)`` of the model's heatmaps and input; padding: crop padding.
-        aggregate: instance aggregation of the new keypoint scores (see :func:`aggregate`).
+        aggregate: instance aggregation of the new keypoint scores
+            (:func:`posecal.rescore.aggregate.instance_score`).
         keypoint_score_thr: threshold of ``keypoint``/``bbox_keypoint`` aggregation (on the new scores).
         sigmas: OKS constants ``(K,)`` (default: the gt's keypoint set, or COCO-17 for K = 17).
         mean_area: fitted (or given) mean area for ``area="mean"``.

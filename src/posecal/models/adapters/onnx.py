@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from posecal.adapters.base import ModelOutput, decode_heatmaps
-from posecal.adapters.generic import (
+from posecal.errors import PosecalInputError
+from posecal.models.adapters.base import ModelOutput, decode_heatmaps
+from posecal.models.adapters.generic import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     default_joint_names,
     preprocess_nchw,
     preprocessing_info,
 )
-from posecal.errors import PosecalInputError
 
 PASS_THROUGH = {"Add", "Relu", "Sigmoid", "Identity", "Mul", "Reshape", "BatchNormalization", "Clip"}
 

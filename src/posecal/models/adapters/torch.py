@@ -12,15 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from posecal.adapters.base import ModelOutput, decode_heatmaps
-from posecal.adapters.generic import (
+from posecal.errors import PosecalInputError
+from posecal.models.adapters.base import ModelOutput, decode_heatmaps
+from posecal.models.adapters.generic import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     default_joint_names,
     preprocess_nchw,
     preprocessing_info,
 )
-from posecal.errors import PosecalInputError
 
 MMPOSE_DEFAULT_TENSOR = "head.final_layer:input"
 
@@ -39,7 +39,7 @@ class TorchAdapter:
             element is).
         input_size: (W, H) input pixels.
         tensor: feature name (see module docstring); default discovered.
-        joint_names, mean, std: as :class:`posecal.adapters.onnx.OnnxAdapter`.
+        joint_names, mean, std: as :class:`posecal.models.adapters.onnx.OnnxAdapter`.
     """
 
     def __init__(self, module, input_size: tuple[int, int], *, tensor: str | None = None,

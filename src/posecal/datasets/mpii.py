@@ -47,7 +47,7 @@ def read_mpii(path: str | os.PathLike, images: str | os.PathLike | None = None) 
             if images is not None:
                 p = Path(images) / name
                 if p.is_file():
-                    from posecal.data.coco import image_size
+                    from posecal.datasets.coco import image_size
 
                     rec["width"], rec["height"] = image_size(p)
             out_images.append(rec)

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from posecal.adapters.base import ModelOutput, decode_heatmaps_nhwc
-from posecal.adapters.joints import BLAZEPOSE33, EFFICIENTPOSE16
 from posecal.errors import PosecalInputError
+from posecal.models.adapters.base import ModelOutput, decode_heatmaps_nhwc
+from posecal.models.adapters.joints import BLAZEPOSE33, EFFICIENTPOSE16
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)

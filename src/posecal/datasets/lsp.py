@@ -58,7 +58,7 @@ def read_lsp(joints_mat: str | os.PathLike, images: str | os.PathLike | None = N
             p = img_dir / fname
             if not p.is_file():
                 raise PosecalInputError("image missing", file=str(p), record=num, field="file_name")
-            from posecal.data.coco import image_size
+            from posecal.datasets.coco import image_size
 
             rec["width"], rec["height"] = image_size(p)
         out_images.append(rec)
