@@ -1,6 +1,13 @@
-"""Errors with one clear line naming file, record and field."""
+"""Errors with one clear line naming file, record and field, and posecal's warning class.
+
+Conventions (as torchmetrics): :class:`PosecalInputError` for bad input *data* (a file, a record, a field);
+plain ``ValueError`` / ``TypeError`` for misuse of the Python API (an unknown option, a wrong shape passed
+by the caller); :class:`NotFittedError` for a learned estimator used before ``fit``.
+"""
 
 from __future__ import annotations
+
+__all__ = ["NotFittedError", "PosecalInputError", "PosecalWarning"]
 
 
 class PosecalInputError(ValueError):
@@ -26,3 +33,11 @@ class PosecalInputError(ValueError):
 
 class PosecalWarning(UserWarning):
     """Legal-but-suspicious input (e.g. keypoint scores above 1). Never silently corrected."""
+
+
+class NotFittedError(PosecalInputError, AttributeError):
+    """A learned estimator was used before :meth:`fit` (like ``sklearn.exceptions.NotFittedError``).
+
+    A subclass of ``ValueError`` and ``AttributeError`` as scikit-learn's is, and of
+    :class:`PosecalInputError` so that the CLI reports an unfitted calibrator as one line with exit code 2.
+    """

@@ -73,23 +73,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _params(args: argparse.Namespace) -> dict:
-    m = args.method
-    if m == "closed-form":
-        return dict(
-            area=args.area,
-            model=args.model,
-            target_sigma=args.target_sigma,
-            heatmap_size=tuple(args.heatmap_size),
-            input_size=tuple(args.input_size),
-            padding=args.padding,
-            aggregate=args.aggregate,
-            keypoint_score_thr=args.keypoint_score_thr,
-        )
-    if m in ("isotonic", "loglog"):
-        return dict(aggregate=args.aggregate, keypoint_score_thr=args.keypoint_score_thr)
-    if m.startswith("mmpose-"):
-        return dict(keypoint_score_thr=args.keypoint_score_thr)
-    return {}
+    """The CLI options that are constructor parameters of the chosen rescorer (from its ``get_params``)."""
+    from posecal.rescore import rescorer_class
+
+    given = dict(
+        area=args.area,
+        model=args.model,
+        target_sigma=args.target_sigma,
+        heatmap_size=tuple(args.heatmap_size),
+        input_size=tuple(args.input_size),
+        padding=args.padding,
+        aggregate=args.aggregate,
+        keypoint_score_thr=args.keypoint_score_thr,
+    )
+    accepted = rescorer_class(args.method)().get_params()
+    return {k: v for k, v in given.items() if k in accepted}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,289 @@
+"""The rescorer interface: :class:`Rescorer` (a scikit-learn-style estimator), :class:`RescoreResult`, the
+registry of method names and :func:`get_rescorer`. numpy only.
+
+A rescorer is built from keyword parameters only (``get_params`` / ``set_params`` as in scikit-learn),
+learns its state in :meth:`Rescorer.fit` (attributes ending in ``_``, or ``mean_area``) and writes new
+confidences in :meth:`Rescorer.transform`; coordinates are never changed. Learned calibrators used before
+``fit`` raise :class:`posecal.errors.NotFittedError`.
+
+Each concrete class registers its method name(s) with :func:`register_rescorer`; :func:`get_rescorer`
+looks the name up in that table.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, TypeAlias, TypeVar
+
+import numpy as np
+
+from posecal.errors import NotFittedError, PosecalInputError, PosecalWarning
+from posecal.io.coco import CocoGroundTruth, CocoResults, load_gt, load_results
+from posecal.rescore.aggregate import instance_score
+
+__all__ = [
+    "GtLike",
+    "NotFittedError",
+    "PredLike",
+    "RescoreResult",
+    "Rescorer",
+    "get_rescorer",
+    "register_rescorer",
+    "registered_rescorers",
+    "rescorer_class",
+]
+
+#: What ``pred`` may be: parsed results, a results file, or its records.
+PredLike: TypeAlias = CocoResults | str | os.PathLike | list[dict] | bytes
+#: What ``gt`` may be: parsed ground truth, a gt file, its dict, or ``None``.
+GtLike: TypeAlias = CocoGroundTruth | str | os.PathLike | dict | bytes | None
+#: A JSON value of a rescorer's parameters or state.
+JsonParam: TypeAlias = str | float | int | bool | list | None
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class RescoreResult:
+    """New confidences. ``keypoint_scores (D, K)``, ``instance_scores (D,)``; row i = record i of ``pred``."""
+
+    keypoint_scores: np.ndarray
+    instance_scores: np.ndarray
+
+    def to_records(self, pred: CocoResults) -> list[dict]:
+        """Copies of ``pred``'s records with the new scores; x, y and every other field unchanged."""
+        out = []
+        kps = self.keypoint_scores
+        for i, rec in enumerate(_records_of(pred)):
+            r = dict(rec)
+            kp = list(rec["keypoints"])
+            kp[2::3] = [float(v) for v in kps[i]]
+            r["keypoints"] = kp
+            r["score"] = float(self.instance_scores[i])
+            out.append(r)
+        return out
+
+
+def _records_of(pred: CocoResults) -> list[dict]:
+    if pred.records:
+        return pred.records
+    from posecal.io.coco import results_to_records
+
+    return results_to_records(pred)
+
+
+def _as_pred(pred: PredLike, gt: CocoGroundTruth | None = None) -> CocoResults:
+    if isinstance(pred, CocoResults):
+        return pred
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PosecalWarning)  # scores > 1 are legal and expected here
+        return load_results(pred, gt)
+
+
+def _as_gt(gt: GtLike) -> CocoGroundTruth | None:
+    if gt is None or isinstance(gt, CocoGroundTruth):
+        return gt
+    return load_gt(gt)
+
+
+def _bbox_score(pred: CocoResults) -> np.ndarray:
+    """``(D,)`` box scores: the records' ``bbox_score`` when every record has one, else 1."""
+    recs = pred.records
+    if recs and all("bbox_score" in r for r in recs):
+        return np.array([float(r["bbox_score"]) for r in recs], dtype=np.float64)
+    return np.ones(len(pred))
+
+
+def _aggregate_for(
+    pred: CocoResults, s: np.ndarray, mode: str, thr: float, visibility: np.ndarray | None
+) -> np.ndarray:
+    """Instance scores ``(D,)`` of keypoint scores ``s (D, K)`` by ``mode`` (MMPose-exact rule)."""
+    v = visibility if visibility is not None else pred.visibility
+    if mode == "visibility" and v is None:
+        raise PosecalInputError(
+            "aggregation 'visibility' needs a 'visibility' list per record", pred.path, 0, "visibility"
+        )
+    return instance_score(s, mode, _bbox_score(pred), thr, v)
+
+
+def _json_value(v: object) -> object:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, tuple):
+        return list(v)
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+# ------------------------------------------------------------------------------------------------
+class Rescorer:
+    """Base class of every rescorer (scikit-learn estimator conventions).
+
+    Subclasses declare ``_params`` (the keyword arguments of ``__init__``, returned by :meth:`get_params`),
+    ``_state`` (what :meth:`fit` learns; persisted by :meth:`to_json`), ``needs_fit`` (True for learned
+    calibrators) and implement :meth:`transform` (and :meth:`fit` when they learn something).
+    """
+
+    method: ClassVar[str] = ""
+    _params: ClassVar[tuple[str, ...]] = ()
+    _state: ClassVar[tuple[str, ...]] = ()
+    needs_fit: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        """A rescorer without parameters (subclasses take their ``_params`` as keywords)."""
+
+    def fit(self, pred: PredLike, gt: GtLike = None, **kw: object) -> Rescorer:
+        """Fit on ``pred`` and its ground truth; no-op for rescorers without state."""
+        return self
+
+    def transform(self, pred: PredLike, gt: GtLike = None, **kw: object) -> RescoreResult:  # pragma: no cover
+        """New keypoint ``(D, K)`` and instance ``(D,)`` scores of ``pred``'s D records."""
+        raise NotImplementedError
+
+    def fit_transform(self, pred: PredLike, gt: GtLike = None, **kw: object) -> RescoreResult:
+        """``fit(pred, gt)`` then ``transform(pred, gt)``."""
+        return self.fit(pred, gt, **kw).transform(pred, gt, **kw)
+
+    # --- parameters (scikit-learn's get_params / set_params) --------------------------------------
+    def get_params(self, deep: bool = True) -> dict[str, object]:
+        """The constructor parameters, ``{name: value}``; ``get_rescorer(r.method, **r.get_params())``
+        builds an unfitted copy. ``deep`` is accepted for scikit-learn compatibility (no nesting here)."""
+        return {p: getattr(self, p) for p in self._params}
+
+    def set_params(self, **params: object) -> Rescorer:
+        """Set constructor parameters (validated as ``__init__`` validates them); fitted state is kept.
+
+        Raises ``ValueError`` on a name that is not a parameter of this rescorer.
+        """
+        unknown = sorted(set(params) - set(self._params))
+        if unknown:
+            raise ValueError(
+                f"invalid parameter(s) {', '.join(unknown)} for {type(self).__name__}; "
+                f"valid: {', '.join(self._params) or 'none'}"
+            )
+        fresh = type(self)(**{**self.get_params(), **params})
+        for p in self._params:
+            setattr(self, p, getattr(fresh, p))
+        return self
+
+    # --- fitted state -------------------------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        """Every ``_state`` attribute is set (always True for rescorers without state)."""
+        return all(getattr(self, s, None) is not None for s in self._state)
+
+    def _check_is_fitted(self) -> None:
+        """Raise :class:`NotFittedError` when a learned calibrator has no fitted state."""
+        if self.needs_fit and not self.is_fitted:
+            raise NotFittedError(
+                f"{self.method} calibrator is not fitted (fit it or load one)", None, None, "calibrator"
+            )
+
+    # --- persistence --------------------------------------------------------------------------------
+    def to_json(self) -> dict[str, object]:
+        """Plain-JSON description: ``{"method", "params", "state", "posecal_version"}``."""
+        from posecal import __version__
+
+        return {
+            "method": self.method,
+            "params": {p: _json_value(v) for p, v in self.get_params().items()},
+            "state": {s: _json_value(getattr(self, s)) for s in self._state},
+            "posecal_version": __version__,
+        }
+
+    @staticmethod
+    def from_json(obj: dict[str, object], file: str | None = None) -> Rescorer:
+        """Inverse of :meth:`to_json`. Raises PosecalInputError on an unknown method or field."""
+        if not isinstance(obj, dict) or "method" not in obj:
+            raise PosecalInputError("not a posecal calibrator (no 'method')", file, None, "method")
+        method = obj["method"]
+        if not isinstance(method, str) or method not in _REGISTRY:
+            raise PosecalInputError(f"unknown method {method!r}", file, None, "method")
+        try:
+            r = get_rescorer(method, **obj.get("params", {}))
+        except (TypeError, ValueError) as e:
+            raise PosecalInputError(f"bad parameters: {e}", file, None, "params") from None
+        for s, v in (obj.get("state") or {}).items():
+            if s not in r._state:
+                raise PosecalInputError(f"unknown state field {s!r} for {method}", file, None, "state")
+            setattr(
+                r, s, None if v is None else (np.asarray(v, dtype=np.float64) if isinstance(v, list) else v)
+            )
+        if r.needs_fit and not r.is_fitted:
+            raise PosecalInputError(f"{method} calibrator has no fitted state", file, None, "state")
+        return r
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_json` to ``path`` atomically."""
+        from posecal._util import write_json_atomic
+
+        write_json_atomic(path, self.to_json())
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> Rescorer:
+        """Read a calibrator written by :meth:`save`; PosecalInputError on an unreadable or bad file."""
+        import orjson
+
+        try:
+            obj = orjson.loads(open(path, "rb").read())
+        except (OSError, orjson.JSONDecodeError) as e:
+            raise PosecalInputError(f"cannot read calibrator: {e}", str(path)) from None
+        return Rescorer.from_json(obj, str(path))
+
+    def __repr__(self) -> str:
+        ps = ", ".join(f"{p}={getattr(self, p)!r}" for p in self._params)
+        return f"{type(self).__name__}({ps})"
+
+
+# ------------------------------------------------------------------------------------------------
+# The registry: method name -> (class, parameters the name fixes). Filled by register_rescorer.
+_REGISTRY: dict[str, tuple[type[Rescorer], dict[str, object]]] = {}
+
+R = TypeVar("R", bound=type[Rescorer])
+
+
+def register_rescorer(method: str, **fixed: object) -> Callable[[R], R]:
+    """Class decorator: make ``get_rescorer(method, ...)`` build this class.
+
+    ``fixed`` are constructor parameters the name implies (e.g. ``mode="bbox"`` for ``mmpose-bbox``); they
+    override the same names given to :func:`get_rescorer`. Registering a name twice is a ``ValueError``.
+    """
+
+    def deco(cls: R) -> R:
+        if method in _REGISTRY:
+            raise ValueError(f"rescoring method {method!r} is already registered")
+        _REGISTRY[method] = (cls, dict(fixed))
+        return cls
+
+    return deco
+
+
+def registered_rescorers() -> dict[str, type[Rescorer]]:
+    """``{method name: class}`` in registration order (a copy)."""
+    return {m: cls for m, (cls, _) in _REGISTRY.items()}
+
+
+def rescorer_class(method: str) -> type[Rescorer]:
+    """The class :func:`get_rescorer` builds for ``method``; ``ValueError`` if unknown."""
+    return _lookup(method)[0]
+
+
+def _lookup(method: str) -> tuple[type[Rescorer], dict[str, object]]:
+    try:
+        return _REGISTRY[method]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown rescoring method {method!r}; use one of {', '.join(_REGISTRY)}"
+        ) from None
+
+
+def get_rescorer(method: str, **params: object) -> Rescorer:
+    """A rescorer by method name (``posecal.rescore.RESCORERS``) with its parameters.
+
+    ``ValueError`` for an unknown name or parameter value, ``TypeError`` for an unknown parameter name.
+    """
+    cls, fixed = _lookup(method)
+    return cls(**{**params, **fixed})
