@@ -8,18 +8,44 @@ whose ``curves`` holds the arrays the report plots. numpy/scipy only; matplotlib
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from posecal._util import progress
 from posecal.calibration import metrics as M
 from posecal.calibration.pairs import InstancePairs, KeypointPairs, best_oks, instance_pairs, keypoint_pairs
 from posecal.errors import PosecalInputError
 
-__all__ = ["Audit", "PAIRS_DOC", "PRIMARY_KEYS", "format_summary", "run_audit", "summary_rows"]
+if TYPE_CHECKING:
+    from posecal.io.coco import CocoGroundTruth, CocoResults
+    from posecal.metrics.cocoeval import CocoEvalResult
+
+__all__ = [
+    "Audit",
+    "PAIRS_DOC",
+    "PRIMARY_KEYS",
+    "aurc_metrics",
+    "ause_metrics",
+    "calibration_error_metrics",
+    "correlation_metrics",
+    "evaluator_gt_area",
+    "explain_no_pairs",
+    "format_summary",
+    "instance_pck",
+    "oracle_bound",
+    "pair_counts",
+    "random_bound",
+    "ranking_metrics",
+    "resolve_sigmas",
+    "run_audit",
+    "score_by_visibility",
+    "summary_rows",
+    "visibility_metrics",
+]
 
 PAIRS_DOC = (
     "instance: every detection counted at OKS 0.50 (within maxDets=20, not matched to an ignored gt); "
@@ -41,16 +67,16 @@ class Audit:
     ``coco``: the evaluator's 10 stats; ``instance`` / ``keypoint``: the pairs used; ``evaluation``: the
     evaluator's ``CocoEvalResult`` on the original scores."""
 
-    metrics: dict[str, Any]
-    curves: dict[str, Any]
+    metrics: dict[str, object]
+    curves: dict[str, object]
     coco: dict[str, float]
     instance: InstancePairs
     keypoint: KeypointPairs
     notes: list[str] = field(default_factory=list)
-    evaluation: Any = None
+    evaluation: CocoEvalResult | None = None
 
 
-def _set(out: dict[str, Any], key: str, fn: Callable[[], float]) -> float | None:
+def _set(out: dict[str, object], key: str, fn: Callable[[], float]) -> float | None:
     """``out[key] = fn()``; on :class:`MetricUndefined` (or a non-finite value) ``None`` + ``key_reason``."""
     try:
         v = float(fn())
@@ -71,14 +97,14 @@ def _ap(stats: dict[str, float], key: str, n_det: int = 1) -> float:
     return v
 
 
-def _pr(ev: Any, t: int) -> np.ndarray:
+def _pr(ev: CocoEvalResult, t: int) -> np.ndarray:
     """Precision at the 101 recall thresholds for threshold index t, area 'all', largest maxDets."""
     p = np.asarray(ev.precision, dtype=np.float64)[t, :, 0, 0, -1].copy()
     p[p < 0] = np.nan
     return p
 
 
-def _threshold_index(ev: Any, thr: float) -> int:
+def _threshold_index(ev: CocoEvalResult, thr: float) -> int:
     thrs = getattr(ev, "iou_thrs", None)
     if thrs is None:
         thrs = getattr(ev, "oks_thrs", None)
@@ -87,29 +113,11 @@ def _threshold_index(ev: Any, thr: float) -> int:
     return int(np.argmin(np.abs(np.asarray(thrs) - thr)))
 
 
-def run_audit(
-    gt: Any,
-    res: Any,
-    ev: Any = None,
-    *,
-    sigmas: np.ndarray | None = None,
-    n_random: int = 5,
-    seed: int = 0,
-    n_bins: int = 15,
-    pck_alpha: float = 0.1,
-    evaluate_kwargs: dict[str, Any] | None = None,
-) -> Audit:
-    """Run the calibration audit of results ``res`` against ground truth ``gt`` (``posecal.io.coco`` objects).
+def resolve_sigmas(gt: CocoGroundTruth, sigmas: ArrayLike | None) -> np.ndarray:
+    """The OKS constants ``(K,)``: ``sigmas`` if given, else those of ``gt``'s keypoint set.
 
-    ``ev``: the evaluator's result on (gt, res) if already computed. Re-runs the evaluator with oracle
-    confidence (each detection's OKS with its best-matching gt, :func:`best_oks`) and with ``n_random``
-    seeded uniform random confidences (seeds ``seed .. seed+n_random-1``; the mean AP is reported),
-    the two bounds of the paper's Fig. 1. ECE uses ``n_bins`` bins; AUSE-PCK uses PCK@``pck_alpha``
-    normalised by the gt box's longer side. AP/AR are fractions in [0, 1] as pycocotools reports them.
+    Raises :class:`PosecalInputError` when ``gt``'s keypoint set is not recognised and none is given.
     """
-    from posecal.metrics.cocoeval import evaluate
-
-    kw = dict(evaluate_kwargs or {})
     if sigmas is None:
         ks = getattr(gt, "keypoint_set", None)
         if ks is None:
@@ -120,89 +128,140 @@ def run_audit(
                 "categories",
             )
         sigmas = ks.sigmas
-    sigmas = np.asarray(sigmas, dtype=np.float64)
-    kw.setdefault("sigmas", sigmas)
-    if kw.get("keypoints") is not None:
-        raise PosecalInputError(
-            "the calibration audit evaluates all keypoints (no part subset)", None, None, "keypoints"
-        )
-    # the area the evaluator uses for OKS: gt 'area', or 0.53·w·h of the gt box with use_area=False
-    gt_area = None if kw.get("use_area", True) else 0.53 * gt.bbox[:, 2] * gt.bbox[:, 3]
-    if ev is None:
-        ev = evaluate(gt, res, **kw)
-    n_det = int(np.asarray(res.score).size)
-    m: dict[str, Any] = {"pairs": PAIRS_DOC}
-    curves: dict[str, Any] = {}
-    notes: list[str] = []
+    return np.asarray(sigmas, dtype=np.float64)
 
-    # --- mAP, mAR, gap; oracle and random bounds (Fig. 1) ---------------------------------------
-    stats = {k: float(v) for k, v in ev.stats.items()}
+
+def evaluator_gt_area(gt: CocoGroundTruth, evaluate_kwargs: dict[str, object]) -> np.ndarray | None:
+    """The area the evaluator uses for OKS: ``None`` (gt 'area') or ``0.53 w h`` of the gt box
+    (``use_area=False``), ``(G,)`` image px²."""
+    return None if evaluate_kwargs.get("use_area", True) else 0.53 * gt.bbox[:, 2] * gt.bbox[:, 3]
+
+
+def ranking_metrics(stats: dict[str, float], n_det: int) -> dict[str, object]:
+    """``mAP``, ``mAR`` and ``gap = mAR - mAP`` (paper Eqs. 8-9) from the evaluator's stats."""
+    m: dict[str, object] = {}
     ap = _set(m, "mAP", lambda: _ap(stats, "AP", n_det))
     ar = _set(m, "mAR", lambda: _ap(stats, "AR", n_det))
     if ap is not None and ar is not None:
         m["gap"] = ar - ap
     else:
         m["gap"], m["gap_reason"] = None, m.get("mAP_reason") or m.get("mAR_reason")
-    t50, t75 = _threshold_index(ev, 0.5), _threshold_index(ev, 0.75)
-    curves["recall"] = np.linspace(0.0, 1.0, 101)
-    curves["pr"] = {"original": {0.5: _pr(ev, t50), 0.75: _pr(ev, t75)}}
+    return m
+
+
+def oracle_bound(
+    gt: CocoGroundTruth,
+    res: CocoResults,
+    sigmas: np.ndarray,
+    evaluate_kwargs: dict[str, object],
+    gt_area: np.ndarray | None,
+    thr_index: tuple[int, int],
+) -> tuple[dict[str, object], dict[float, np.ndarray]]:
+    """AP with oracle confidence (each detection's OKS with its best gt, :func:`best_oks`): the upper bound
+    of the paper's Fig. 1. Returns ``({"oracle_AP", "oracle_AP50"}, {0.5: pr, 0.75: pr})``; ``thr_index``
+    are the OKS-threshold indices of 0.5 and 0.75, each ``pr`` is precision ``(101,)`` over recall."""
+    from posecal.metrics.cocoeval import evaluate
+
+    n_det = int(np.asarray(res.score).size)
     cat = None
     cats = np.unique(np.asarray(res.category_id)) if n_det else np.array([])
     if cats.size == 1:
         cat = int(cats[0])
     # also for empty results: the AP of nothing is 0, as pycocotools reports it
     oracle_scores = best_oks(gt, res, sigmas, category_id=cat, gt_area=gt_area)
-    ev_o = evaluate(gt, res, scores=oracle_scores, **kw)
+    ev_o = evaluate(gt, res, scores=oracle_scores, **evaluate_kwargs)
+    m: dict[str, object] = {}
     _set(m, "oracle_AP", lambda: _ap(ev_o.stats, "AP"))
     _set(m, "oracle_AP50", lambda: _ap(ev_o.stats, "AP50"))
-    curves["pr"]["oracle"] = {0.5: _pr(ev_o, t50), 0.75: _pr(ev_o, t75)}
+    return m, {0.5: _pr(ev_o, thr_index[0]), 0.75: _pr(ev_o, thr_index[1])}
+
+
+def random_bound(
+    gt: CocoGroundTruth,
+    res: CocoResults,
+    evaluate_kwargs: dict[str, object],
+    n_random: int,
+    seed: int,
+    thr_index: tuple[int, int],
+) -> tuple[dict[str, object], dict[float, np.ndarray] | None]:
+    """Mean AP over ``n_random`` seeded uniform random confidences (seeds ``seed .. seed+n_random-1``): the
+    lower bound of the paper's Fig. 1. Returns the ``random_*`` keys and the mean precision curves
+    ``{0.5: (101,), 0.75: (101,)}`` (``None`` when undefined)."""
+    from posecal.metrics.cocoeval import evaluate
+
+    n_det = int(np.asarray(res.score).size)
     rand_ap, pr50, pr75 = [], [], []
     for s in progress(range(n_random), desc="random-confidence AP"):
         rs = np.random.default_rng(seed + s).random(n_det)
-        ev_r = evaluate(gt, res, scores=rs, **kw)
+        ev_r = evaluate(gt, res, scores=rs, **evaluate_kwargs)
         rand_ap.append(float(ev_r.stats["AP"]))
-        pr50.append(_pr(ev_r, t50))
-        pr75.append(_pr(ev_r, t75))
-    m["random_seeds"] = [seed, seed + n_random - 1] if n_random else None
+        pr50.append(_pr(ev_r, thr_index[0]))
+        pr75.append(_pr(ev_r, thr_index[1]))
+    m: dict[str, object] = {"random_seeds": [seed, seed + n_random - 1] if n_random else None}
     if n_random == 0:
         m["random_AP"], m["random_AP_reason"] = None, "n_random = 0"
-    elif min(rand_ap) < 0:
+        return m, None
+    if min(rand_ap) < 0:
         m["random_AP"], m["random_AP_reason"] = None, "no labelled ground truth to evaluate"
-    else:
-        m["random_AP"] = float(np.mean(rand_ap))
-        m["random_AP_std"] = float(np.std(rand_ap))
-        with np.errstate(all="ignore"):
-            curves["pr"]["random"] = {0.5: np.mean(pr50, axis=0), 0.75: np.mean(pr75, axis=0)}
+        return m, None
+    m["random_AP"] = float(np.mean(rand_ap))
+    m["random_AP_std"] = float(np.std(rand_ap))
+    with np.errstate(all="ignore"):
+        return m, {0.5: np.mean(pr50, axis=0), 0.75: np.mean(pr75, axis=0)}
 
-    # --- pairs ------------------------------------------------------------------------------------
-    inst = instance_pairs(ev, res)
-    kp = keypoint_pairs(inst, gt, res, sigmas, pck_alpha=pck_alpha, gt_area=gt_area)
-    lab = kp.labelled
-    k_score, k_oks, k_pck = kp.score[lab], kp.oks[lab], kp.pck[lab]
-    m["n_detections"] = n_det
-    m["n_instance_pairs"] = len(inst)
-    m["n_matched"] = int((inst.gt_index >= 0).sum())
-    m["n_keypoint_pairs"] = int(lab.sum())
-    m["mean_oks_instance"] = float(inst.oks.mean()) if len(inst) else None
-    m["mean_confidence_instance"] = float(inst.confidence.mean()) if len(inst) else None
+
+def pair_counts(inst: InstancePairs, kp: KeypointPairs, n_det: int) -> tuple[dict[str, object], list[str]]:
+    """How many detections, matched pairs and labelled keypoints the audit uses, their mean OKS and
+    confidence; notes on legal-but-unusual input (instance scores above 1)."""
+    notes: list[str] = []
+    m: dict[str, object] = {
+        "n_detections": n_det,
+        "n_instance_pairs": len(inst),
+        "n_matched": int((inst.gt_index >= 0).sum()),
+        "n_keypoint_pairs": int(kp.labelled.sum()),
+        "mean_oks_instance": float(inst.oks.mean()) if len(inst) else None,
+        "mean_confidence_instance": float(inst.confidence.mean()) if len(inst) else None,
+    }
     if len(inst) and (inst.confidence > 1).any():
         notes.append(f"{int((inst.confidence > 1).sum())} instance scores above 1 (kept as is)")
+    return m, notes
 
-    # --- correlation (Table 5) ----------------------------------------------------------------------
+
+def correlation_metrics(inst: InstancePairs, kp: KeypointPairs) -> dict[str, object]:
+    """Pearson and Spearman correlation of confidence with OKS, instance and keypoint level (Table 5)."""
+    lab = kp.labelled
+    k_score, k_oks = kp.score[lab], kp.oks[lab]
+    m: dict[str, object] = {}
     _set(m, "pearson_instance", lambda: M.pearson(inst.confidence, inst.oks))
     _set(m, "pearson_keypoint", lambda: M.pearson(k_score, k_oks))
     _set(m, "spearman_instance", lambda: M.spearman(inst.confidence, inst.oks))
     _set(m, "spearman_keypoint", lambda: M.spearman(k_score, k_oks))
+    return m
 
-    # --- AUSE (Tables 4, 5): error 1 - OKS and 1 - PCK ---------------------------------------------
-    inst_pck = np.zeros(len(inst))
+
+def instance_pck(inst: InstancePairs, kp: KeypointPairs) -> np.ndarray:
+    """``(len(inst),)`` mean PCK of each counted detection over its scored keypoints; 0 when unmatched or
+    when none is scored."""
+    out = np.zeros(len(inst))
     matched = inst.gt_index >= 0
-    if lab.size:
+    if kp.labelled.size:
         scored = ~np.isnan(kp.pck)
         n_scored = scored.sum(axis=1)
-        inst_pck[matched] = np.where(n_scored > 0, np.nansum(kp.pck, axis=1) / np.maximum(n_scored, 1), 0.0)
+        out[matched] = np.where(n_scored > 0, np.nansum(kp.pck, axis=1) / np.maximum(n_scored, 1), 0.0)
+    return out
+
+
+def ause_metrics(
+    inst: InstancePairs, kp: KeypointPairs, pck_alpha: float
+) -> tuple[dict[str, object], dict[str, M.Sparsification]]:
+    """AUSE (Tables 4, 5) of confidence against the errors ``1 - OKS`` and ``1 - PCK@pck_alpha``, instance
+    and keypoint level. Returns the JSON keys and the sparsification curves by key."""
+    lab = kp.labelled
+    k_score, k_oks, k_pck = kp.score[lab], kp.oks[lab], kp.pck[lab]
+    inst_pck = instance_pck(inst, kp)
     k_pck_ok = ~np.isnan(k_pck)
-    sp = {}
+    m: dict[str, object] = {}
+    sp: dict[str, M.Sparsification] = {}
     for key, conf, err in (
         ("ause_instance", inst.confidence, 1.0 - inst.oks),
         ("ause_keypoint", k_score, 1.0 - k_oks),
@@ -220,11 +279,19 @@ def run_audit(
     m["ause_units"] = "error in [0,1] (1-OKS or 1-PCK), curves not normalised by the full-set error"
     m["pck_alpha"] = pck_alpha
     m["pck_normaliser"] = "max(w, h) of the matched gt bbox"
-    curves["sparsification"] = sp
     m["sparsification"] = {k: v.to_dict(points=21) for k, v in sp.items()}  # resampled for JSON
+    return m, sp
 
-    # --- ECE / MCE against the continuous OKS; AURC ----------------------------------------------
-    rel = {}
+
+def calibration_error_metrics(
+    inst: InstancePairs, kp: KeypointPairs, n_bins: int
+) -> tuple[dict[str, object], dict[str, M.Reliability]]:
+    """ECE / MCE of confidence against the continuous OKS (equal-width and equal-mass bins, instance and
+    keypoint level). Returns the JSON keys and the reliability diagrams by key."""
+    lab = kp.labelled
+    k_score, k_oks = kp.score[lab], kp.oks[lab]
+    m: dict[str, object] = {}
+    rel: dict[str, M.Reliability] = {}
     for key, conf, tgt, binning in (
         ("ece", inst.confidence, inst.oks, "width"),
         ("ece_mass", inst.confidence, inst.oks, "mass"),
@@ -240,13 +307,22 @@ def run_audit(
         rel[key] = r
     m["ece_bins"] = n_bins
     m["reliability"] = {k: r.to_dict() for k, r in rel.items()}
-    curves["reliability"] = rel
-    curves["instance_confidence"] = inst.confidence
-    _set(m, "aurc", lambda: M.aurc(inst.confidence, 1.0 - inst.oks))
-    _set(m, "aurc_keypoint", lambda: M.aurc(k_score, 1.0 - k_oks))
+    return m, rel
 
-    # --- visibility ------------------------------------------------------------------------------
-    vis: dict[str, Any] = {}
+
+def aurc_metrics(inst: InstancePairs, kp: KeypointPairs) -> dict[str, object]:
+    """Area under the risk-coverage curve with risk ``1 - OKS``, instance and keypoint level."""
+    lab = kp.labelled
+    m: dict[str, object] = {}
+    _set(m, "aurc", lambda: M.aurc(inst.confidence, 1.0 - inst.oks))
+    _set(m, "aurc_keypoint", lambda: M.aurc(kp.score[lab], 1.0 - kp.oks[lab]))
+    return m
+
+
+def visibility_metrics(kp: KeypointPairs) -> dict[str, object]:
+    """Predicted visibility (when the results carry it) and the raw keypoint score as detectors of
+    ``gt v > 0``: AUROC, AP and Brier score."""
+    vis: dict[str, object] = {}
     if kp.visibility is None:
         for k in ("auroc", "ap", "brier"):
             vis[k], vis[k + "_reason"] = None, "results carry no 'visibility'"
@@ -258,11 +334,13 @@ def run_audit(
     s_all, y_all = kp.score.ravel(), (kp.gt_v > 0).ravel().astype(float)
     _set(vis, "auroc_keypoint_score", lambda: M.auroc(s_all, y_all))
     vis["target"] = "gt v > 0 (labelled), over all keypoints of matched detections"
-    m["visibility"] = vis
+    return vis
 
-    # --- keypoint score by gt visibility (Fig. 4a) -------------------------------------------------
+
+def score_by_visibility(kp: KeypointPairs) -> tuple[dict[str, dict[str, object]], dict[str, np.ndarray]]:
+    """Keypoint score distribution by gt visibility (Fig. 4a): summary stats and the raw scores per group."""
     groups = {"visible (v=2)": 2, "occluded (v=1)": 1, "unlabelled (v=0)": 0}
-    dist: dict[str, Any] = {}
+    dist: dict[str, dict[str, object]] = {}
     by_v = {}
     for name, v in groups.items():
         x = kp.score[kp.gt_v == v]
@@ -273,33 +351,108 @@ def run_audit(
             "median": float(np.median(x)) if x.size else None,
             "frac_above_0.5": float((x > 0.5).mean()) if x.size else None,
         }
-    m["keypoint_score_by_visibility"] = dist
-    curves["score_by_visibility"] = by_v
-    # a clearer reason than "no pairs" for empty inputs
+    return dist, by_v
+
+
+def explain_no_pairs(blocks: Sequence[dict[str, object]], n_det: int, n_pairs: int) -> None:
+    """Replace the metrics' generic reason ``"no pairs"`` by why there are none (in place)."""
     why = (
         "no detections"
         if n_det == 0
         else (
-            "no detection matched a gt at OKS 0.50" if len(inst) else "no detection counted by the evaluator"
+            "no detection matched a gt at OKS 0.50" if n_pairs else "no detection counted by the evaluator"
         )
     )
-    for d in (m, vis):
+    for d in blocks:
         for k, v in list(d.items()):
             if k.endswith("_reason") and v == "no pairs":
                 d[k] = why
+
+
+def run_audit(
+    gt: CocoGroundTruth,
+    res: CocoResults,
+    ev: CocoEvalResult | None = None,
+    *,
+    sigmas: ArrayLike | None = None,
+    n_random: int = 5,
+    seed: int = 0,
+    n_bins: int = 15,
+    pck_alpha: float = 0.1,
+    evaluate_kwargs: dict[str, object] | None = None,
+) -> Audit:
+    """Run the calibration audit of results ``res`` against ground truth ``gt`` (``posecal.io.coco`` objects).
+
+    ``ev``: the evaluator's result on (gt, res) if already computed. Re-runs the evaluator with oracle
+    confidence (each detection's OKS with its best-matching gt, :func:`best_oks`) and with ``n_random``
+    seeded uniform random confidences (seeds ``seed .. seed+n_random-1``; the mean AP is reported),
+    the two bounds of the paper's Fig. 1. ECE uses ``n_bins`` bins; AUSE-PCK uses PCK@``pck_alpha``
+    normalised by the gt box's longer side. AP/AR are fractions in [0, 1] as pycocotools reports them.
+
+    Stages, each a function of this module: :func:`ranking_metrics`, :func:`oracle_bound`,
+    :func:`random_bound`, the pairs (:func:`instance_pairs`, :func:`keypoint_pairs`), :func:`pair_counts`,
+    :func:`correlation_metrics`, :func:`ause_metrics`, :func:`calibration_error_metrics`,
+    :func:`aurc_metrics`, :func:`visibility_metrics`, :func:`score_by_visibility`, :func:`explain_no_pairs`.
+    """
+    from posecal.metrics.cocoeval import evaluate
+
+    kw = dict(evaluate_kwargs or {})
+    sigmas = resolve_sigmas(gt, sigmas)
+    kw.setdefault("sigmas", sigmas)
+    if kw.get("keypoints") is not None:
+        raise PosecalInputError(
+            "the calibration audit evaluates all keypoints (no part subset)", None, None, "keypoints"
+        )
+    gt_area = evaluator_gt_area(gt, kw)
+    if ev is None:
+        ev = evaluate(gt, res, **kw)
+    n_det = int(np.asarray(res.score).size)
+    m: dict[str, object] = {"pairs": PAIRS_DOC}
+    curves: dict[str, object] = {}
+
+    # --- mAP, mAR, gap; oracle and random bounds (Fig. 1) ---------------------------------------
+    stats = {k: float(v) for k, v in ev.stats.items()}
+    m.update(ranking_metrics(stats, n_det))
+    thr = (_threshold_index(ev, 0.5), _threshold_index(ev, 0.75))
+    curves["recall"] = np.linspace(0.0, 1.0, 101)
+    pr: dict[str, dict[float, np.ndarray]] = {"original": {0.5: _pr(ev, thr[0]), 0.75: _pr(ev, thr[1])}}
+    curves["pr"] = pr
+    m_o, pr["oracle"] = oracle_bound(gt, res, sigmas, kw, gt_area, thr)
+    m.update(m_o)
+    m_r, pr_r = random_bound(gt, res, kw, n_random, seed, thr)
+    m.update(m_r)
+    if pr_r is not None:
+        pr["random"] = pr_r
+
+    # --- pairs and the metrics over them ----------------------------------------------------------
+    inst = instance_pairs(ev, res)
+    kp = keypoint_pairs(inst, gt, res, sigmas, pck_alpha=pck_alpha, gt_area=gt_area)
+    m_c, notes = pair_counts(inst, kp, n_det)
+    m.update(m_c)
+    m.update(correlation_metrics(inst, kp))
+    m_s, curves["sparsification"] = ause_metrics(inst, kp, pck_alpha)
+    m.update(m_s)
+    m_e, curves["reliability"] = calibration_error_metrics(inst, kp, n_bins)
+    m.update(m_e)
+    curves["instance_confidence"] = inst.confidence
+    m.update(aurc_metrics(inst, kp))
+    vis = visibility_metrics(kp)
+    m["visibility"] = vis
+    m["keypoint_score_by_visibility"], curves["score_by_visibility"] = score_by_visibility(kp)
+    explain_no_pairs((m, vis), n_det, len(inst))
     if notes:
         m["notes"] = notes
     return Audit(metrics=m, curves=curves, coco=stats, instance=inst, keypoint=kp, notes=notes, evaluation=ev)
 
 
-def _v(m: dict[str, Any], key: str, digits: int = 3) -> str:
+def _v(m: dict[str, object], key: str, digits: int = 3) -> str:
     v = m.get(key)
     if v is None:
         return "n/a"
     return f"{v:.{digits}f}"
 
 
-def summary_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
+def summary_rows(m: dict[str, object]) -> list[tuple[str, str, str]]:
     """``(label, value, note)`` rows of the terminal summary, in reading order."""
     vis = m.get("visibility", {})
     rows = [
@@ -337,7 +490,7 @@ def summary_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def format_summary(m: dict[str, Any]) -> str:
+def format_summary(m: dict[str, object]) -> str:
     """Plain-text table of :func:`summary_rows` (what ``posecal evaluate --report`` prints)."""
     rows = summary_rows(m)
     w0 = max(len(r[0]) for r in rows)
