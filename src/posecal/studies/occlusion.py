@@ -17,14 +17,24 @@ A calibrated confidence drops with ``joint_oks``; an uncalibrated one stays high
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from posecal.errors import PosecalInputError
 
-__all__ = ["DEFAULT_RADII", "paste_occluder", "paste_blur", "occlusion_study", "plot_occlusion"]
+if TYPE_CHECKING:
+    from posecal.ccnet.heads import CCNetHead
+    from posecal.datasets.coco import Instance
+    from posecal.keypoints import KeypointSet
+    from posecal.models.adapters.base import PoseAdapter
+
+__all__ = ["DEFAULT_RADII", "MODES", "StudyInstances", "StudyModel", "occlusion_study", "open_model",
+           "paste_blur", "paste_occluder", "pearson_vs_joint_oks", "perturb", "plot_occlusion",
+           "radius_summary", "run_model", "select_instances"]
 
 DEFAULT_RADII = (0, 8, 16, 24, 32, 48, 64)
 MODES = ("occluder", "blur")
@@ -57,24 +67,37 @@ def paste_blur(crop: np.ndarray, center: np.ndarray, r: float, sigma: float = 6.
     return out
 
 
-def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, images: str | os.PathLike,
-                    joint: str, *, head: str | os.PathLike | None = None, radii: Any = DEFAULT_RADII,
-                    limit: int | None = 100, fill: tuple[int, int, int] = (128, 128, 128),
-                    blur_sigma: float = 6.0, batch_size: int = 16, threads: int | None = None,
-                    show_progress: bool | None = None) -> dict[str, Any]:
-    """Run the study (see the module docstring); returns the JSON-ready result.
+@dataclass
+class StudyInstances:
+    """The instances of a study: ``insts`` (gt boxes with ``joint`` visible, file order), the keypoint set
+    ``ks``, the joint index ``j`` in it, the data file name and the radii (input px)."""
 
-    ``data``: COCO keypoints JSON (e.g. ``posecal convert lsp``); instances are its gt boxes, in file order,
-    those with ``joint`` visible (v = 2), at most ``limit``. ``radii`` in input px of the model crop.
+    insts: list[Instance]
+    ks: KeypointSet
+    j: int
+    file: str
+    radii: list[float]
+
+
+@dataclass
+class StudyModel:
+    """The pose model, its joint map to the dataset keypoints ``(K,)`` (−1 where missing) and, with a
+    CCNet head, the head, its feature pooling and its own joint map."""
+
+    adapter: PoseAdapter
+    jmap: np.ndarray
+    head: CCNetHead | None = None
+    pooling: str | None = None
+    head_jmap: np.ndarray | None = None
+
+
+def select_instances(data: str | os.PathLike | dict, joint: str, radii: Sequence[float],
+                     limit: int | None) -> StudyInstances:
+    """Read ``data`` and keep its instances with ``joint`` labelled visible (v = 2), at most ``limit``.
+
+    Raises :class:`PosecalInputError` for an unknown joint, a negative or empty ``radii`` or no instance.
     """
-    from posecal._util import progress
-    from posecal.ccnet.train import predict
     from posecal.datasets.coco import instances, keypoint_set, read_coco
-    from posecal.metrics.oks import keypoint_oks
-    from posecal.models.adapters.base import load_adapter
-    from posecal.models.adapters.joints import joint_map
-    from posecal.models.crop import apply_affine
-    from posecal.studies._common import crop_instances, open_head, pooled_features, to_dataset
 
     file = str(data) if not isinstance(data, dict) else "<dict>"
     d = read_coco(data, file=file)
@@ -91,85 +114,165 @@ def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, im
         insts = insts[:limit]
     if not insts:
         raise PosecalInputError(f"no instance has {joint} visible (v = 2)", file=file, field="--joint")
+    return StudyInstances(insts, ks, j, file, radii)
+
+
+def open_model(model: str | os.PathLike, head: str | os.PathLike | None, sel: StudyInstances,
+               threads: int | None) -> StudyModel:
+    """Load the model (and the CCNet head, checked against the model and the keypoint set)."""
+    from posecal.models.adapters.base import load_adapter
+    from posecal.models.adapters.joints import joint_map
+    from posecal.studies._common import open_head
+
     adapter = load_adapter(model, num_threads=threads)
-    hd = hmeta = hjmap = None
-    pooling = None
+    out = StudyModel(adapter, np.zeros(0, np.int64))
     if head is not None:
-        hd, hmeta, pooling, hjmap = open_head(head, model, adapter)
-        if hmeta.get("keypoint_set") != ks.name:
-            raise PosecalInputError(f"head keypoint set {hmeta.get('keypoint_set')!r} != data {ks.name!r}",
+        hd, hmeta, out.pooling, out.head_jmap = open_head(head, model, adapter)
+        out.head = hd
+        if hmeta.get("keypoint_set") != sel.ks.name:
+            raise PosecalInputError(f"head keypoint set {hmeta.get('keypoint_set')!r} != data {sel.ks.name!r}",
                                     file=str(head), field="keypoint_set")
         if hmeta.get("model_tensor") and hmeta["model_tensor"] != adapter.tensor_name:
-            adapter = load_adapter(model, tensor=hmeta["model_tensor"], num_threads=threads)
-    jmap = joint_map(adapter.joint_names, ks.names, allow_missing=True)
-    if jmap[j] < 0:
-        raise PosecalInputError(f"the model has no joint for {joint!r}", field="--joint")
-    crops, Ms = crop_instances(insts, images, adapter.input_size)
-    gt = np.stack([i.keypoints for i in insts])
-    area = np.array([i.area for i in insts])
-    centers = apply_affine(Ms, gt[:, j:j + 1, :2])[:, 0]  # the joint in input px
-    N = len(insts)
-    res: dict[str, Any] = {}
-    bar = progress(total=len(MODES) * len(radii) * N, desc="occlusion study", unit="crop",
-                   **({} if show_progress is None else {"disable": not show_progress}))
-    per_instance: dict[str, Any] = {}
-    for mode in MODES:
-        keys = ("joint_oks", "instance_oks", "raw_confidence", "ccnet_confidence", "ccnet_visibility")
-        curves: dict[str, list[float | None]] = {k: [] for k in keys}
-        inst_rows = []
-        for r in radii:
-            pairs = zip(crops, centers, strict=True)
-            if mode == "occluder":
-                pert = np.stack([paste_occluder(c, p, r, fill) for c, p in pairs])
-            else:
-                pert = np.stack([paste_blur(c, p, r, blur_sigma) for c, p in pairs])
-            kp_l, sc_l, s_l, v_l = [], [], [], []
-            for b in range(0, N, batch_size):
-                out = adapter.predict(pert[b:b + batch_size])
-                kp, sc = to_dataset(out, Ms[b:b + batch_size], jmap)
-                kp_l.append(kp)
-                sc_l.append(sc)
-                if hd is not None:
-                    s, v = predict(hd, pooled_features(out, pooling, hjmap))
-                    s_l.append(s)
-                    v_l.append(v)
-                bar.update(min(batch_size, N - b))
-            kp, sc = np.concatenate(kp_l), np.concatenate(sc_l)
-            oks = keypoint_oks(kp, gt, area, ks.sigmas)  # (N, K), NaN where unlabelled
-            curves["joint_oks"].append(float(np.mean(oks[:, j])))
-            curves["instance_oks"].append(float(np.mean(np.nanmean(oks, axis=1))))
-            curves["raw_confidence"].append(float(np.mean(sc[:, j])))
-            row = {"radius": r, "joint_oks": oks[:, j].tolist(), "raw_confidence": sc[:, j].tolist()}
-            if hd is not None:
-                s, v = np.concatenate(s_l), np.concatenate(v_l)
-                curves["ccnet_confidence"].append(float(np.mean(s[:, j])))
-                curves["ccnet_visibility"].append(float(np.mean(v[:, j])))
-                row["ccnet_confidence"] = s[:, j].tolist()
-            else:
-                curves["ccnet_confidence"].append(None)
-                curves["ccnet_visibility"].append(None)
-            inst_rows.append(row)
-        res[mode] = curves
-        per_instance[mode] = inst_rows
-    bar.close()
+            out.adapter = load_adapter(model, tensor=hmeta["model_tensor"], num_threads=threads)
+    out.jmap = joint_map(out.adapter.joint_names, sel.ks.names, allow_missing=True)
+    if out.jmap[sel.j] < 0:
+        raise PosecalInputError(f"the model has no joint for {sel.ks.names[sel.j]!r}", field="--joint")
+    return out
+
+
+def perturb(crops: np.ndarray, centers: np.ndarray, mode: str, r: float,
+            fill: tuple[int, int, int] = (128, 128, 128), blur_sigma: float = 6.0) -> np.ndarray:
+    """``crops (N, H, W, 3) uint8`` with an occluder (``mode="occluder"``) or a blur (``"blur"``) of radius
+    ``r`` input px at ``centers (N, 2)`` (input px); ``(N, H, W, 3) uint8``."""
+    pairs = zip(crops, centers, strict=True)
+    if mode == "occluder":
+        return np.stack([paste_occluder(c, p, r, fill) for c, p in pairs])
+    if mode == "blur":
+        return np.stack([paste_blur(c, p, r, blur_sigma) for c, p in pairs])
+    raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+
+
+def run_model(m: StudyModel, crops: np.ndarray, Ms: np.ndarray, batch_size: int,
+              on_batch: Callable[[int], object] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The model (and head) on ``crops (N, H, W, 3)`` whose image → input affines are ``Ms (N, 2, 3)``.
+
+    Returns keypoints ``(N, K, 2)`` image px and raw scores ``(N, K)`` in the dataset keypoint set, and the
+    head's ŝ, v̂ ``(N, K)`` (``None`` without a head). ``on_batch(n)`` is called after each batch of n.
+    """
+    from posecal.ccnet.train import predict
+    from posecal.studies._common import pooled_features, to_dataset
+
+    N = crops.shape[0]
+    kp_l, sc_l, s_l, v_l = [], [], [], []
+    for b in range(0, N, batch_size):
+        out = m.adapter.predict(crops[b:b + batch_size])
+        kp, sc = to_dataset(out, Ms[b:b + batch_size], m.jmap)
+        kp_l.append(kp)
+        sc_l.append(sc)
+        if m.head is not None:
+            s, v = predict(m.head, pooled_features(out, m.pooling, m.head_jmap))
+            s_l.append(s)
+            v_l.append(v)
+        if on_batch is not None:
+            on_batch(min(batch_size, N - b))
+    if m.head is None:
+        return np.concatenate(kp_l), np.concatenate(sc_l), None, None
+    return np.concatenate(kp_l), np.concatenate(sc_l), np.concatenate(s_l), np.concatenate(v_l)
+
+
+def radius_summary(r: float, j: int, oks: np.ndarray, sc: np.ndarray, s: np.ndarray | None,
+                   v: np.ndarray | None) -> tuple[dict[str, float | None], dict[str, object]]:
+    """One radius: the curve points (means over instances) and the per-instance row.
+
+    ``oks (N, K)`` keypoint OKS (NaN where unlabelled), ``sc (N, K)`` raw scores, ``s, v (N, K)`` the head's
+    ŝ and v̂ or ``None``; ``j`` the studied joint.
+    """
+    point: dict[str, float | None] = {
+        "joint_oks": float(np.mean(oks[:, j])),
+        "instance_oks": float(np.mean(np.nanmean(oks, axis=1))),
+        "raw_confidence": float(np.mean(sc[:, j])),
+        "ccnet_confidence": None,
+        "ccnet_visibility": None,
+    }
+    row: dict[str, object] = {"radius": r, "joint_oks": oks[:, j].tolist(), "raw_confidence": sc[:, j].tolist()}
+    if s is not None and v is not None:
+        point["ccnet_confidence"] = float(np.mean(s[:, j]))
+        point["ccnet_visibility"] = float(np.mean(v[:, j]))
+        row["ccnet_confidence"] = s[:, j].tolist()
+    return point, row
+
+
+def pearson_vs_joint_oks(per_instance: dict[str, list[dict[str, object]]]) -> dict[str, float | None]:
+    """Per mode, Pearson correlation of each confidence with the joint's OKS over all perturbed crops
+    (``None`` for a constant confidence)."""
     corr = {}
-    for mode in MODES:  # how well each confidence tracks the joint's OKS over all perturbed crops
+    for mode in MODES:
         o = np.concatenate([np.asarray(r["joint_oks"]) for r in per_instance[mode]])
         for key in ("raw_confidence", "ccnet_confidence"):
             if key in per_instance[mode][0]:
                 c = np.concatenate([np.asarray(r[key]) for r in per_instance[mode]])
                 corr[f"{mode}_{key}_pearson"] = float(np.corrcoef(c, o)[0, 1]) if c.std() > 0 else None
+    return corr
+
+
+def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, images: str | os.PathLike,
+                    joint: str, *, head: str | os.PathLike | None = None,
+                    radii: Sequence[float] = DEFAULT_RADII, limit: int | None = 100,
+                    fill: tuple[int, int, int] = (128, 128, 128), blur_sigma: float = 6.0, batch_size: int = 16,
+                    threads: int | None = None, show_progress: bool | None = None) -> dict[str, object]:
+    """Run the study (see the module docstring); returns the JSON-ready result.
+
+    ``data``: COCO keypoints JSON (e.g. ``posecal convert lsp``); instances are its gt boxes, in file order,
+    those with ``joint`` visible (v = 2), at most ``limit``. ``radii`` in input px of the model crop.
+
+    Stages: :func:`select_instances`, :func:`open_model`, the crops
+    (:func:`posecal.studies._common.crop_instances`), then per mode and radius :func:`perturb`,
+    :func:`run_model`, :func:`radius_summary`; finally :func:`pearson_vs_joint_oks`.
+    """
+    from posecal._util import progress
+    from posecal.metrics.oks import keypoint_oks
+    from posecal.models.crop import apply_affine
+    from posecal.studies._common import crop_instances
+
+    sel = select_instances(data, joint, radii, limit)
+    m = open_model(model, head, sel, threads)
+    insts, j, ks = sel.insts, sel.j, sel.ks
+    crops, Ms = crop_instances(insts, images, m.adapter.input_size)
+    gt = np.stack([i.keypoints for i in insts])
+    area = np.array([i.area for i in insts])
+    centers = apply_affine(Ms, gt[:, j:j + 1, :2])[:, 0]  # the joint in input px
+    N = len(insts)
+    res: dict[str, dict[str, list[float | None]]] = {}
+    bar = progress(total=len(MODES) * len(sel.radii) * N, desc="occlusion study", unit="crop",
+                   **({} if show_progress is None else {"disable": not show_progress}))
+    per_instance: dict[str, list[dict[str, object]]] = {}
+    for mode in MODES:
+        keys = ("joint_oks", "instance_oks", "raw_confidence", "ccnet_confidence", "ccnet_visibility")
+        curves: dict[str, list[float | None]] = {k: [] for k in keys}
+        inst_rows = []
+        for r in sel.radii:
+            pert = perturb(crops, centers, mode, r, fill, blur_sigma)
+            kp, sc, s, v = run_model(m, pert, Ms, batch_size, bar.update)
+            oks = keypoint_oks(kp, gt, area, ks.sigmas)  # (N, K), NaN where unlabelled
+            point, row = radius_summary(r, j, oks, sc, s, v)
+            for k in keys:
+                curves[k].append(point[k])
+            inst_rows.append(row)
+        res[mode] = curves
+        per_instance[mode] = inst_rows
+    bar.close()
     return {
-        "study": "occlusion", "joint": joint, "keypoint_set": ks.name, "radii_input_px": radii,
-        "input_size": list(adapter.input_size), "model": os.path.basename(str(model)),
-        "model_tensor": adapter.tensor_name, "head": None if head is None else str(head),
+        "study": "occlusion", "joint": joint, "keypoint_set": ks.name, "radii_input_px": sel.radii,
+        "input_size": list(m.adapter.input_size), "model": os.path.basename(str(model)),
+        "model_tensor": m.adapter.tensor_name, "head": None if head is None else str(head),
         "instances": N, "image_ids": [int(i.image_id) for i in insts], "fill": list(fill),
-        "blur_sigma_input_px": blur_sigma, "curves": res, "pearson_vs_joint_oks": corr,
+        "blur_sigma_input_px": blur_sigma, "curves": res, "pearson_vs_joint_oks": pearson_vs_joint_oks(per_instance),
         "per_instance": per_instance,
     }
 
 
-def plot_occlusion(result: dict[str, Any], path: str | os.PathLike) -> None:
+def plot_occlusion(result: dict[str, object], path: str | os.PathLike) -> None:
     """Fig. 3: per mode, mean joint OKS, raw and CCNet confidence against the radius (PNG, atomic)."""
     import matplotlib
 
