@@ -8,12 +8,18 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
 import orjson
 
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
-def _json_default(obj: Any) -> Any:
+#: A JSON document as orjson reads it.
+JSON: TypeAlias = "dict[str, JSON] | list[JSON] | str | int | float | bool | None"
+
+
+def _json_default(obj: object) -> object:
     import numpy as np
 
     if isinstance(obj, np.generic):
@@ -25,7 +31,7 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def dumps_json(obj: Any, indent: bool = False) -> bytes:
+def dumps_json(obj: object, indent: bool = False) -> bytes:
     """orjson dump that accepts numpy scalars/arrays. NaN/inf become null (orjson behaviour)."""
     opt = orjson.OPT_SERIALIZE_NUMPY | (orjson.OPT_INDENT_2 if indent else 0)
     return orjson.dumps(obj, default=_json_default, option=opt)
@@ -55,11 +61,11 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, indent: bool = True) -> None:
+def write_json_atomic(path: str | os.PathLike, obj: object, indent: bool = True) -> None:
     write_bytes_atomic(path, dumps_json(obj, indent=indent))
 
 
-def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", **kw: Any):
+def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", **kw: object) -> tqdm:
     """tqdm progress bar on stderr; silent when stderr is not a terminal unless POSECAL_PROGRESS=1."""
     from tqdm.auto import tqdm
 
@@ -69,7 +75,7 @@ def progress(iterable: Iterable | None = None, total: int | None = None, desc: s
     return tqdm(iterable, total=total, desc=desc, disable=disable, file=sys.stderr, **kw)
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def read_json(path: str | os.PathLike) -> JSON:
     """Parse a JSON file with orjson; a missing file or bad JSON raises one-line ``PosecalInputError``."""
     from posecal.errors import PosecalInputError
 

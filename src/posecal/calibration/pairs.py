@@ -21,11 +21,15 @@ Choice of matches (documented, used everywhere in the audit):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from posecal.metrics.oks import box_size, keypoint_oks, oks_matrix, pck_correct
+
+if TYPE_CHECKING:
+    from posecal.io.coco import CocoGroundTruth, CocoResults
+    from posecal.metrics.cocoeval import CocoEvalResult
 
 __all__ = ["InstancePairs", "KeypointPairs", "instance_pairs", "keypoint_pairs", "best_oks"]
 
@@ -66,7 +70,7 @@ class KeypointPairs:
         return self.gt_v > 0
 
 
-def instance_pairs(ev: Any, res: Any, threshold_index: int = 0) -> InstancePairs:
+def instance_pairs(ev: CocoEvalResult, res: CocoResults, threshold_index: int = 0) -> InstancePairs:
     """Instance pairs from a ``CocoEvalResult`` ``ev`` and the ``CocoResults`` ``res`` it evaluated.
 
     Uses ``ev.det_evaluated (D,)``, ``ev.det_ignored (T, D)``, ``ev.det_gt (T, D)``, ``ev.det_oks (T, D)``
@@ -87,8 +91,8 @@ def instance_pairs(ev: Any, res: Any, threshold_index: int = 0) -> InstancePairs
 
 def keypoint_pairs(
     inst: InstancePairs,
-    gt: Any,
-    res: Any,
+    gt: CocoGroundTruth,
+    res: CocoResults,
     sigmas: np.ndarray,
     pck_alpha: float = 0.1,
     gt_area: np.ndarray | None = None,
@@ -127,8 +131,8 @@ def keypoint_pairs(
 
 
 def best_oks(
-    gt: Any,
-    res: Any,
+    gt: CocoGroundTruth,
+    res: CocoResults,
     sigmas: np.ndarray,
     category_id: int | None = None,
     gt_area: np.ndarray | None = None,

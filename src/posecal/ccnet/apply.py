@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -20,14 +19,14 @@ __all__ = ["rescore_records"]
 
 
 def rescore_records(
-    records: Sequence[dict[str, Any]],
+    records: Sequence[dict[str, object]],
     s_hat: np.ndarray,
     v_hat: np.ndarray,
     *,
     box_score: np.ndarray | None = None,
     keypoint_scores: bool = True,
     file: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[dict[str, object]]:
     """New records: record i gets ``score`` = ĉ_i, keypoint scores ŝ_i (if ``keypoint_scores``) and
     ``visibility`` = v̂_i. ``s_hat``/``v_hat`` are (N, K) with N = len(records); ``box_score`` (N,)
     optionally multiplies ĉ. The input records are not modified."""

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from posecal._util import atomic_path, write_json_atomic
+from posecal.ccnet import HEAD_KINDS
 from posecal.ccnet.heads import CCNetHead
 from posecal.errors import PosecalInputError
 
@@ -28,7 +28,7 @@ COMPARED_KEYS = ("keypoint_set", "feature_tensor", "feature_shape", "pooling", "
 """Metadata that must agree between a head and the store (or model) it is applied to."""
 
 
-def save_head(head_dir: str | os.PathLike, head: CCNetHead, meta: dict[str, Any]) -> None:
+def save_head(head_dir: str | os.PathLike, head: CCNetHead, meta: dict[str, object]) -> None:
     """Write weights and metadata atomically (weights first, then the JSON that names them)."""
     from safetensors.torch import save_file
 
@@ -52,7 +52,7 @@ def save_head(head_dir: str | os.PathLike, head: CCNetHead, meta: dict[str, Any]
     write_json_atomic(d / META, full)
 
 
-def load_head(head_dir: str | os.PathLike) -> tuple[CCNetHead, dict[str, Any]]:
+def load_head(head_dir: str | os.PathLike) -> tuple[CCNetHead, dict[str, object]]:
     """Load a head saved by :func:`save_head`; raise :class:`PosecalInputError` on anything malformed."""
     from safetensors.torch import load_file
 
@@ -70,7 +70,15 @@ def load_head(head_dir: str | os.PathLike) -> tuple[CCNetHead, dict[str, Any]]:
     for key in ("head", "in_channels", "num_keypoints"):
         if key not in meta:
             raise PosecalInputError("missing", file=str(mpath), field=key)
-    head = CCNetHead(meta["head"], int(meta["in_channels"]), int(meta["num_keypoints"]))
+    if not isinstance(meta["head"], str) or meta["head"] not in HEAD_KINDS:
+        raise PosecalInputError(
+            f"unknown head kind {meta['head']!r}; choose one of {sorted(HEAD_KINDS)}", file=str(mpath), field="head"
+        )
+    try:
+        in_channels, num_keypoints = int(meta["in_channels"]), int(meta["num_keypoints"])
+    except (TypeError, ValueError):
+        raise PosecalInputError("in_channels and num_keypoints must be integers", file=str(mpath)) from None
+    head = CCNetHead(meta["head"], in_channels, num_keypoints)
     try:
         state = load_file(str(wpath))
     except Exception as e:  # safetensors raises its own error types
@@ -91,7 +99,7 @@ def load_head(head_dir: str | os.PathLike) -> tuple[CCNetHead, dict[str, Any]]:
 
 
 def check_compatible(
-    head_meta: dict[str, Any], store_meta: dict[str, Any], *, file: str | None = None
+    head_meta: dict[str, object], store_meta: dict[str, object], *, file: str | None = None
 ) -> None:
     """Refuse a head whose metadata differs from the store's (or model's), naming every difference.
 

@@ -41,8 +41,8 @@ class CCNetHead(nn.Module):
 
     def __init__(self, kind: str, in_channels: int, num_keypoints: int):
         super().__init__()
-        if kind not in HEAD_KINDS:
-            raise PosecalInputError(f"unknown head kind {kind!r}; choose one of {sorted(HEAD_KINDS)}")
+        if kind not in HEAD_KINDS:  # API misuse; a head file naming an unknown kind is checked by load_head
+            raise ValueError(f"unknown head kind {kind!r}; choose one of {sorted(HEAD_KINDS)}")
         self.kind, self.in_channels, self.num_keypoints = kind, int(in_channels), int(num_keypoints)
         C, K = self.in_channels, self.num_keypoints
         if kind == "kpt":
@@ -102,7 +102,11 @@ class CCNetHead(nn.Module):
 
 
 def feature_shape_ok(kind: str, shape: tuple[int, ...], num_keypoints: int) -> str | None:
-    """Why a per-instance feature shape does not fit head ``kind`` (None when it does)."""
+    """Why a per-instance feature shape does not fit head ``kind`` (None when it does).
+
+    ``ValueError`` for a ``kind`` not in ``HEAD_KINDS``."""
+    if kind not in HEAD_KINDS:
+        raise ValueError(f"unknown head kind {kind!r}; choose one of {sorted(HEAD_KINDS)}")
     want = {"fc": 1, "conv_gap": 3, "conv_sigmoid_gap": 3, "kpt": 2}[kind]
     if len(shape) != want:
         return f"head {kind!r} needs features of {want} axes per instance, got shape {tuple(shape)}"

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from posecal.ccnet.heads import CCNetHead
+    from posecal.datasets.coco import Instance
+    from posecal.models.adapters.base import ModelOutput, PoseAdapter
 
 __all__ = ["crop_instances", "pooled_features", "open_head", "to_dataset"]
 
 
-def crop_instances(insts: list[Any], images: str | os.PathLike, input_size: tuple[int, int]
+def crop_instances(insts: list[Instance], images: str | os.PathLike, input_size: tuple[int, int]
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Crops ``(N, H, W, 3) uint8`` and their image → input affines ``(N, 2, 3)``, exactly as
     ``posecal extract`` makes them (gt box, padding 1.25, model aspect)."""
@@ -28,7 +33,7 @@ def crop_instances(insts: list[Any], images: str | os.PathLike, input_size: tupl
     return crops, Ms
 
 
-def pooled_features(out: Any, pooling: str, jmap: np.ndarray) -> np.ndarray:
+def pooled_features(out: ModelOutput, pooling: str, jmap: np.ndarray) -> np.ndarray:
     """The feature-store tensor for one model batch (:class:`posecal.models.adapters.base.ModelOutput`), pooled
     as ``posecal extract`` pools it (:func:`posecal.models.adapters.pooling.pool_features`)."""
     from posecal.models.adapters.pooling import pool_features
@@ -36,7 +41,7 @@ def pooled_features(out: Any, pooling: str, jmap: np.ndarray) -> np.ndarray:
     return pool_features(out.features, out.heatmaps, pooling, jmap)
 
 
-def to_dataset(out: Any, Ms: np.ndarray, jmap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def to_dataset(out: ModelOutput, Ms: np.ndarray, jmap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Model output (input px, model joints) → keypoints ``(N, K, 2)`` image px and raw scores ``(N, K)``
     in the dataset keypoint set (0 where the model lacks the joint)."""
     from posecal.models.crop import apply_affine, invert_affine
@@ -49,8 +54,8 @@ def to_dataset(out: Any, Ms: np.ndarray, jmap: np.ndarray) -> tuple[np.ndarray, 
     return kp, sc
 
 
-def open_head(head_dir: str | os.PathLike, model: str | os.PathLike, adapter: Any
-              ) -> tuple[Any, dict[str, Any], str, np.ndarray]:
+def open_head(head_dir: str | os.PathLike, model: str | os.PathLike, adapter: PoseAdapter
+              ) -> tuple[CCNetHead, dict[str, object], str, np.ndarray]:
     """Load a CCNet head and check it against the model: (head, meta, pooling, joint map)."""
     from posecal.ccnet.checkpoint import load_head
     from posecal.ccnet.export import check_head_against_model

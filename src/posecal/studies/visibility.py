@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -40,7 +39,7 @@ def masked_mean(c: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.where(den > 0, (w * c).sum(axis=1) / np.where(den > 0, den, 1.0), c.mean(axis=1))
 
 
-def _stats(x: np.ndarray) -> dict[str, Any]:
+def _stats(x: np.ndarray) -> dict[str, object]:
     x = np.asarray(x, np.float64)
     if x.size == 0:
         return {"n": 0, "mean": None, "median": None, "std": None}
@@ -48,7 +47,7 @@ def _stats(x: np.ndarray) -> dict[str, Any]:
 
 
 def visibility_study(store: str | os.PathLike, *, head: str | os.PathLike | None = None, tau: float = 0.2
-                     ) -> dict[str, Any]:
+                     ) -> dict[str, object]:
     """Run the study on a feature store with gt (see the module docstring); returns the JSON-ready result
     and, under ``"_arrays"``, the per-keypoint arrays the plot uses (dropped from the JSON)."""
     from posecal.io.coco import load_gt, load_results
@@ -118,7 +117,7 @@ def visibility_study(store: str | os.PathLike, *, head: str | os.PathLike | None
     ap["raw"]["own_instance_score"] = float(ev0.stats["AP"])
     # (a) visible vs occluded, over matched detections' labelled keypoints
     groups = {"visible": gtv == 2, "occluded": gtv == 1}
-    part_a: dict[str, Any] = {}
+    part_a: dict[str, object] = {}
     for gname, m in groups.items():
         part_a[gname] = {"keypoint_oks": _stats(oks[m]), "raw": _stats(raw[m])}
         if head is not None:
@@ -135,7 +134,7 @@ def visibility_study(store: str | os.PathLike, *, head: str | os.PathLike | None
     }
 
 
-def plot_visibility(result: dict[str, Any], path: str | os.PathLike) -> None:
+def plot_visibility(result: dict[str, object], path: str | os.PathLike) -> None:
     """Fig. 4: (a) confidence of visible vs occluded joints (box plots), (b) AP per aggregation variant."""
     import matplotlib
 

@@ -128,6 +128,21 @@ def _records(image_id, pred, score, inst_score, bbox, model):
     ]
 
 
+def _check_simulation_args(n: int, gamma_median: float, p_occluded: float, p_unlabelled: float,
+                           **non_negative: float) -> None:
+    """``ValueError`` for arguments of :func:`simulate` outside their domain (API misuse)."""
+    if int(n) != n or n < 0:
+        raise ValueError(f"n must be a non-negative integer, not {n!r}")
+    if not gamma_median > 0:
+        raise ValueError(f"gamma_median must be > 0, not {gamma_median!r}")
+    for name, v in non_negative.items():
+        if not v >= 0:
+            raise ValueError(f"{name} must be >= 0, not {v!r}")
+    if not (0 <= p_occluded <= 1 and 0 <= p_unlabelled <= 1 and p_occluded + p_unlabelled <= 1):
+        raise ValueError(f"p_occluded={p_occluded!r} and p_unlabelled={p_unlabelled!r} must be probabilities "
+                         "with a sum <= 1")
+
+
 def simulate(
     n: int = 1000,
     seed: int = 0,
@@ -171,7 +186,13 @@ def simulate(
         p_occluded, p_unlabelled: probabilities of v=1 and v=0 per keypoint.
         render_heatmaps: also render ``heatmaps (N, K, H, W)`` float32 (memory: N*K*H*W*4 bytes).
         spatial_size: ``(W, H)``: also build ``features_spatial (N, Ck, H, W)`` float32.
+
+    Raises ``ValueError`` for a negative ``n``, a spread or noise below 0, ``gamma_median <= 0``, or
+    visibility probabilities outside [0, 1] (or summing above 1).
     """
+    _check_simulation_args(n, gamma_median, p_occluded, p_unlabelled, gamma_spread=gamma_spread,
+                           image_difficulty=image_difficulty, pred_error=pred_error, score_noise=score_noise,
+                           feature_noise=feature_noise, gross_error_rate=gross_error_rate)
     rng = np.random.default_rng(seed)
     K = COCO17.num_keypoints
     k = COCO17.sigmas
