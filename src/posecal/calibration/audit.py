@@ -54,7 +54,7 @@ PAIRS_DOC = (
     "matched gt (gt v > 0 entries); visibility metrics use all entries with target gt v > 0."
 )
 
-# primary keys of the "calibration" block (issue 3); everything else is extra detail
+# primary keys of the "calibration" block (the terminal summary and the report headline); the rest is detail
 PRIMARY_KEYS = (
     "mAP", "mAR", "gap", "oracle_AP", "random_AP", "pearson_instance", "pearson_keypoint",
     "spearman_instance", "ause_instance", "ause_keypoint", "ece", "aurc",
