@@ -159,6 +159,10 @@ def test_api_misuse_is_value_error_bad_file_is_input_error():
     assert not isinstance(e.value, PosecalInputError)
     with pytest.raises(TypeError):
         get_rescorer("isotonic", area="gt")  # not a parameter of isotonic
+    sim = simulate(20, seed=8)
+    with pytest.raises(ValueError, match="needs ground truth to fit") as e:
+        LogLogRescorer().fit(sim.heatmap_results)  # no gt
+    assert not isinstance(e.value, PosecalInputError)
     # the same mistakes inside a calibrator file are bad input data: PosecalInputError naming the field
     for params in ({"area": "box"}, {"nope": 1}):
         obj = {"method": "closed-form", "params": params, "state": {}}

@@ -82,8 +82,8 @@ class _KeypointMapRescorer(Rescorer):
 
     def _pairs(self, pred: PredLike, gt: GtLike) -> dict[str, np.ndarray]:
         gt = _as_gt(gt)
-        if gt is None:
-            raise PosecalInputError(f"{self.method} needs ground truth to fit (--fit-gt)", None, None, "gt")
+        if gt is None:  # API misuse: the CLI always passes --fit-gt
+            raise ValueError(f"{self.method} needs ground truth to fit: fit(pred, gt)")
         pred = _as_pred(pred, gt)
         p = matched_keypoint_pairs(pred, gt, self.sigmas)
         if p["score"].size < 2:
