@@ -31,16 +31,26 @@ def dumps_json(obj: Any, indent: bool = False) -> bytes:
     return orjson.dumps(obj, default=_json_default, option=opt)
 
 
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
 
-    Nothing half-written is ever left at ``path``.
+    Nothing half-written is ever left at ``path``. The file gets the usual ``0666 & ~umask`` mode.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp creates 0600; files honour the umask (0644 under 022)
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from posecal._util import dumps_json
+from posecal.cli._args import nonneg_int, positive_float, positive_int
 from posecal.errors import PosecalInputError
 from posecal.models.adapters.pooling import POOLINGS
 from posecal.models.extract import extract, parse_shard, shard_dir
@@ -32,9 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="gap: (C); heatmap: heatmap-weighted per keypoint (K, C); spatial: (C, H, W) float16")
     p.add_argument("--boxes", default="gt", help="'gt' or a COCO detection results JSON")
     p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop")
-    p.add_argument("--augment", type=int, default=0, metavar="N",
+    p.add_argument("--augment", type=nonneg_int, default=0, metavar="N",
                    help="N jittered copies per instance (flip, scale/rotation, occluders), for CCNet")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--shard", default=None, metavar="i/n",
                    help="write shard i of n to OUT.shard-i-of-n (default from RANK/WORLD_SIZE when n > 1)")
     p.add_argument("--merge", action="store_true", help="merge OUT.shard-*-of-n into OUT")
@@ -43,12 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model-kind", default=None, help="efficientpose or blazepose (default: recognised)")
     p.add_argument("--allow-missing-joints", action="store_true",
                    help="dataset keypoints the model lacks get score 0 instead of an error")
-    p.add_argument("--target-sigma", type=float, default=None,
+    p.add_argument("--target-sigma", type=positive_float, default=None,
                    help="training-target Gaussian sigma in heatmap px for sigma-hat (default per model kind)")
     p.add_argument("--sigma-method", choices=["fit", "peak"], default="fit", help="sigma-hat estimator")
-    p.add_argument("--chunk-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--chunk-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     return p
 

@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from posecal.cli._args import finite_float, positive_float, positive_int
 from posecal.errors import PosecalInputError, PosecalWarning
 
 
@@ -50,18 +51,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="closed-form: how keypoint scores encode sigma (heatmap peak, Eq. 17; RLE 1-sigma, Eq. 3)",
     )
     p.add_argument(
-        "--target-sigma", type=float, default=2.0, help="closed-form: heatmap target l~ (heatmap px)"
+        "--target-sigma", type=positive_float, default=2.0, help="closed-form: heatmap target l~ (heatmap px)"
     )
-    p.add_argument("--heatmap-size", type=int, nargs=2, default=(48, 64), metavar=("W", "H"))
-    p.add_argument("--input-size", type=int, nargs=2, default=(192, 256), metavar=("W", "H"))
-    p.add_argument("--padding", type=float, default=1.25, help="closed-form: top-down crop padding")
+    p.add_argument("--heatmap-size", type=positive_int, nargs=2, default=(48, 64), metavar=("W", "H"))
+    p.add_argument("--input-size", type=positive_int, nargs=2, default=(192, 256), metavar=("W", "H"))
+    p.add_argument("--padding", type=positive_float, default=1.25, help="closed-form: top-down crop padding")
     p.add_argument(
         "--aggregate",
         choices=AGGREGATES,
         default="bbox_keypoint",
         help="instance aggregation of the new keypoint scores (closed-form, isotonic, loglog)",
     )
-    p.add_argument("--keypoint-score-thr", type=float, default=0.2)
+    p.add_argument("--keypoint-score-thr", type=finite_float, default=0.2)
     p.add_argument("--fit-gt", help="ground truth to fit a learned calibrator on")
     p.add_argument("--fit-pred", help="results to fit a learned calibrator on (with --fit-gt)")
     g = p.add_mutually_exclusive_group()

@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from posecal.cli._args import finite_float, nonneg_float, nonneg_int, positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="occlusion / visibility robustness studies (paper Figs. 3, 4)",
@@ -24,16 +26,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     o.add_argument("--joint", required=True, help="keypoint name, e.g. right_wrist")
     o.add_argument("--head", default=None, help="CCNet head directory (adds the calibrated confidence)")
     o.add_argument("--out", required=True, help="output directory (occlusion.png, occlusion.json)")
-    o.add_argument("--radii", type=float, nargs="+", default=None, help="radii in input px (default 0..64)")
-    o.add_argument("--limit", type=int, default=100, help="at most N instances (0: all)")
-    o.add_argument("--blur-sigma", type=float, default=6.0, help="Gaussian blur sigma, input px")
-    o.add_argument("--threads", type=int, default=None)
+    o.add_argument("--radii", type=nonneg_float, nargs="+", default=None, help="radii in input px (default 0..64)")
+    o.add_argument("--limit", type=nonneg_int, default=100, help="at most N instances (0: all)")
+    o.add_argument("--blur-sigma", type=nonneg_float, default=6.0, help="Gaussian blur sigma, input px")
+    o.add_argument("--threads", type=positive_int, default=None)
     o.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     v = s.add_parser("visibility", help="visible vs occluded confidence; AP by aggregation (Fig. 4)")
     v.add_argument("--store", required=True, help="feature store with gt (posecal extract)")
     v.add_argument("--head", default=None, help="CCNet head directory (adds ŝ, v̂ and predicted visibility)")
     v.add_argument("--out", required=True, help="output directory (visibility.png, visibility.json)")
-    v.add_argument("--tau", type=float, default=0.2, help="threshold of the tau aggregation")
+    v.add_argument("--tau", type=finite_float, default=0.2, help="threshold of the tau aggregation")
     v.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     return p
 
