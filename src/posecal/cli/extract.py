@@ -12,6 +12,9 @@ The same pipeline is available from Python as :func:`posecal.models.extract.extr
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="write shard i of n to OUT.shard-i-of-n (default from RANK/WORLD_SIZE when n > 1)")
     p.add_argument("--merge", action="store_true", help="merge OUT.shard-*-of-n into OUT")
     p.add_argument("--skip-missing", action="store_true", help="skip instances whose image is missing")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip instances whose image cannot be decoded (empty, corrupt, truncated, too large); "
+                   "they are listed in the store's meta.json")
     p.add_argument("--tensor", default=None, help="feature tensor name (default: discovered penultimate)")
     p.add_argument("--model-kind", default=None, help="efficientpose or blazepose (default: recognised)")
     p.add_argument("--allow-missing-joints", action="store_true",
@@ -56,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
+    from posecal._outputs import check_creatable, refuse_clobber
     from posecal.models.store import merge_stores
 
     if args.merge:
@@ -63,7 +70,10 @@ def run(args: argparse.Namespace) -> int:
         shards = sorted(out.parent.glob(out.name + ".shard-*-of-*"))
         if not shards:
             raise PosecalInputError(f"no shard stores {out.name}.shard-*-of-* found", file=str(out.parent))
-        store = merge_stores(shards, out)
+        refuse_clobber({"shard": [str(x) for x in shards]}, {"--out": out})
+        check_creatable(out, "dir")
+        with _removed_on_failure(out):
+            store = merge_stores(shards, out)
         _report(store, args)
         return 0
     for flag in ("model", "data", "images"):
@@ -74,14 +84,19 @@ def run(args: argparse.Namespace) -> int:
 
     shard = parse_shard(args.shard)
     out = Path(args.out) if shard[1] == 1 else shard_dir(args.out, *shard)
+    refuse_clobber({"--model": args.model, "--data": args.data, "--images": args.images,
+                    "--boxes": None if args.boxes == "gt" else args.boxes}, {"--out": out})
+    check_creatable(out, "dir")
     adapter = load_adapter(args.model, tensor=args.tensor, model_kind=args.model_kind,
                            num_threads=args.threads)
-    res = extract(adapter, args.data, args.images, out, pooling=args.pooling, boxes=args.boxes,
-                  flip=args.flip,
-                  augment=args.augment, seed=args.seed, shard=shard, skip_missing=args.skip_missing,
-                  allow_missing_joints=args.allow_missing_joints, chunk_size=args.chunk_size,
-                  batch_size=args.batch_size, model_sha256=file_sha256(args.model),
-                  target_sigma=args.target_sigma, sigma_method=args.sigma_method)
+    with _removed_on_failure(out):
+        res = extract(adapter, args.data, args.images, out, pooling=args.pooling, boxes=args.boxes,
+                      flip=args.flip,
+                      augment=args.augment, seed=args.seed, shard=shard, skip_missing=args.skip_missing,
+                      skip_bad_images=args.skip_bad_images,
+                      allow_missing_joints=args.allow_missing_joints, chunk_size=args.chunk_size,
+                      batch_size=args.batch_size, model_sha256=file_sha256(args.model),
+                      target_sigma=args.target_sigma, sigma_method=args.sigma_method)
     if res is None:
         msg = (f"shard {shard[0]}/{shard[1]} written to {out}; "
                f"merge with: posecal extract --merge --out {args.out}")
@@ -89,6 +104,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _report(res, args)
     return 0
+
+
+@contextlib.contextmanager
+def _removed_on_failure(out: Path) -> Iterator[None]:
+    """A store this run creates is removed if the run fails on bad input (an existing partial store is kept:
+    its finished chunks are valid and a re-run resumes them). A killed run (SIGKILL) leaves it to resume."""
+    fresh = not out.exists()
+    try:
+        yield
+    except (PosecalInputError, OSError):
+        if fresh and out.is_dir():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def json_line(obj: Any) -> str:

@@ -11,6 +11,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 
@@ -94,10 +95,17 @@ def _params(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from posecal._util import dumps_json
+    from posecal._outputs import check_creatable, refuse_clobber
+    from posecal._util import atomic_path, dumps_json
     from posecal.io.coco import load_gt, load_results, save_results
     from posecal.rescore import Rescorer, get_rescorer
 
+    refuse_clobber({"--pred": args.pred, "--store": args.store, "--gt": args.gt, "--fit-gt": args.fit_gt,
+                    "--fit-pred": args.fit_pred, "--calibrator": args.calibrator},
+                   {"--out": args.out, "--save-calibrator": args.save_calibrator})
+    check_creatable(args.out, "file", field="--out")
+    if args.save_calibrator:
+        check_creatable(args.save_calibrator, "file", field="--save-calibrator")
     if (args.fit_gt is None) != (args.fit_pred is None):
         raise PosecalInputError("--fit-gt and --fit-pred go together", None, None, "--fit-gt/--fit-pred")
     if args.pred is None and args.store is None:
@@ -123,8 +131,8 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.method == "closed-form" and "sigma_hat" in store.arrays:
             sigma = store.read("sigma_hat")
-    for w in caught:  # scores above 1 are legal (heatmap maxima): say it once, never squash
-        print(f"posecal rescore: warning: {w.message}", file=sys.stderr)
+    for w in caught:  # scores above 1 are legal (heatmap maxima): say it once (on success), never squash
+        warnings.warn(w.message, PosecalWarning, stacklevel=1)
 
     if args.calibrator:
         r = Rescorer.load(args.calibrator)
@@ -148,9 +156,12 @@ def run(args: argparse.Namespace) -> int:
             r.fit(pred, gt)
     out = r.transform(pred, gt, sigma=sigma) if sigma is not None else r.transform(pred, gt)
     records = out.to_records(pred)
-    save_results(args.out, records)
-    if args.save_calibrator:
-        r.save(args.save_calibrator)
+    # both outputs or neither: each goes to a temporary sibling, renamed in only when both are written
+    with atomic_path(args.out) as tmp_out, \
+            (atomic_path(args.save_calibrator) if args.save_calibrator else contextlib.nullcontext()) as tmp_cal:
+        save_results(tmp_out, records)
+        if tmp_cal is not None:
+            r.save(tmp_cal)
 
     raw_inst, raw_kp = pred.score, pred.keypoints[..., 2]
     summary = {
