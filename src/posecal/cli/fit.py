@@ -59,6 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from posecal._outputs import check_creatable, refuse_clobber
     from posecal._util import dumps_json
     from posecal.ccnet import HEAD_KINDS
     from posecal.ccnet.checkpoint import save_head
@@ -66,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1 or args.batch_size < 1:
         raise PosecalInputError("--steps and --batch-size must be >= 1", field="--steps/--batch-size")
+    # before any training: the head folder is no input and can be written
+    refuse_clobber({"--store": args.store, "--val-store": args.val_store}, {"--out": args.out},
+                   dir_outputs={"--out": ["head.json", "head.safetensors"]})
+    check_creatable(args.out, "dir")
     stores = [load_store(p) for p in args.store]
     train = stores[0]
     for p, d in zip(args.store[1:], stores[1:], strict=True):

@@ -154,7 +154,14 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             r.fit(pred, gt)
+    sig = getattr(r, "sigmas", None)
+    if sig is not None and np.size(sig) != pred.keypoints.shape[1]:
+        raise PosecalInputError(f"{np.size(sig)} OKS sigmas for {pred.keypoints.shape[1]} keypoints",
+                                args.calibrator, None, "params.sigmas")
     out = r.transform(pred, gt, sigma=sigma) if sigma is not None else r.transform(pred, gt)
+    if not (np.isfinite(out.keypoint_scores).all() and np.isfinite(out.instance_scores).all()):
+        raise PosecalInputError("the rescorer produced non-finite scores (a tampered calibrator?)",
+                                args.calibrator, None, "state")
     records = out.to_records(pred)
     # both outputs or neither: each goes to a temporary sibling, renamed in only when both are written
     with atomic_path(args.out) as tmp_out, \

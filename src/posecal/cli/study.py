@@ -41,20 +41,27 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from posecal._outputs import atomic_dir, check_creatable, refuse_clobber
     from posecal._util import dumps_json, write_json_atomic
     from posecal.ccnet.export import make_shareable
 
     out = Path(args.out)
+    if args.study == "occlusion":
+        ins = {"--model": args.model, "--data": args.data, "--images": args.images, "--head": args.head}
+    else:
+        ins = {"--store": args.store, "--head": args.head}
+    refuse_clobber(ins, {"--out": out}, dir_outputs={"--out": [f"{args.study}.png", f"{args.study}.json"]})
+    check_creatable(out, "dir")
     if args.study == "occlusion":
         from posecal.studies.occlusion import DEFAULT_RADII, occlusion_study, plot_occlusion
 
         res = occlusion_study(args.model, args.data, args.images, args.joint, head=args.head,
                               radii=args.radii or DEFAULT_RADII, limit=args.limit or None,
                               blur_sigma=args.blur_sigma, threads=args.threads)
-        out.mkdir(parents=True, exist_ok=True)
-        plot_occlusion(res, out / "occlusion.png")
-        write_json_atomic(out / "occlusion.json", res)
-        make_shareable(out / "occlusion.png", out / "occlusion.json")
+        with atomic_dir(out) as tmp:  # both files or neither
+            plot_occlusion(res, tmp / "occlusion.png")
+            write_json_atomic(tmp / "occlusion.json", res)
+            make_shareable(tmp / "occlusion.png", tmp / "occlusion.json")
         if args.json:
             sys.stdout.write(dumps_json(res, indent=True).decode() + "\n")
             return 0
@@ -70,11 +77,11 @@ def run(args: argparse.Namespace) -> int:
     from posecal.studies.visibility import VARIANTS, plot_visibility, visibility_study
 
     res = visibility_study(args.store, head=args.head, tau=args.tau)
-    out.mkdir(parents=True, exist_ok=True)
-    plot_visibility(res, out / "visibility.png")
-    res.pop("_arrays")
-    write_json_atomic(out / "visibility.json", res)
-    make_shareable(out / "visibility.png", out / "visibility.json")
+    with atomic_dir(out) as tmp:  # both files or neither
+        plot_visibility(res, tmp / "visibility.png")
+        res.pop("_arrays")
+        write_json_atomic(tmp / "visibility.json", res)
+        make_shareable(tmp / "visibility.png", tmp / "visibility.json")
     if args.json:
         sys.stdout.write(dumps_json(res, indent=True).decode() + "\n")
         return 0
