@@ -13,7 +13,7 @@ import math
 import re
 import sys
 
-__all__ = ["positive_int", "nonneg_int", "finite_float", "positive_float", "nonneg_float", "unit_float",
+__all__ = ["positive_int", "nonneg_int", "threads", "finite_float", "positive_float", "nonneg_float", "unit_float",
            "device", "one_line", "PosecalArgumentParser", "plain_help"]
 
 
@@ -25,19 +25,30 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
+INT_MAX = 2**31 - 1
+
+
 def positive_int(text: str) -> int:
-    """An integer >= 1."""
+    """An integer in [1, 2³¹ − 1]."""
     v = _int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    if not 1 <= v <= INT_MAX:
+        raise argparse.ArgumentTypeError(f"must be in [1, {INT_MAX}], got {text!r}")
     return v
 
 
 def nonneg_int(text: str) -> int:
-    """An integer >= 0."""
+    """An integer in [0, 2³¹ − 1]."""
     v = _int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    if not 0 <= v <= INT_MAX:
+        raise argparse.ArgumentTypeError(f"must be in [0, {INT_MAX}], got {text!r}")
+    return v
+
+
+def threads(text: str) -> int:
+    """A thread count in [1, 1024]."""
+    v = _int(text)
+    if not 1 <= v <= 1024:
+        raise argparse.ArgumentTypeError(f"must be in [1, 1024], got {text!r}")
     return v
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from posecal.cli._args import nonneg_int, positive_int
+from posecal.cli._args import nonneg_int, positive_int, threads
 from posecal.errors import PosecalInputError, PosecalWarning
 
 SIM_BANNER = "SIMULATION — synthetic data from posecal.theory.simulate, not a real model"
@@ -54,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=positive_int, default=4000, help="simulation: train instances")
     p.add_argument("--n-test", type=positive_int, default=2000, help="simulation: test instances")
     p.add_argument("--seed", type=nonneg_int, default=0)
-    p.add_argument("--threads", type=positive_int, default=None, help="model / torch threads")
+    p.add_argument("--threads", type=threads, default=None, help="model / torch threads")
     p.add_argument("--json", action="store_true", help="print the before/after table as JSON on stdout")
     return p
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from posecal._util import dumps_json
-from posecal.cli._args import nonneg_int, positive_float, positive_int
+from posecal.cli._args import nonneg_int, positive_float, positive_int, threads
 from posecal.errors import PosecalInputError
 from posecal.models.adapters.pooling import POOLINGS
 from posecal.models.extract import extract, parse_shard, shard_dir
@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--sigma-method", choices=["fit", "peak"], default="fit", help="sigma-hat estimator")
     p.add_argument("--chunk-size", type=positive_int, default=64)
     p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--threads", type=threads, default=None)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     return p
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from posecal.ccnet.targets import load_store, scores_and_ap
-from posecal.cli._args import device, nonneg_float, nonneg_int, positive_float, positive_int
+from posecal.cli._args import device, nonneg_float, nonneg_int, positive_float, positive_int, threads
 from posecal.errors import PosecalInputError
 
 # head chosen by default for each store feature tensor: the recommended recipe (see docs/results.md, "CCNet")
@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--eval-every", type=nonneg_int, default=0, help="steps between validations (0: 10 per run)")
     p.add_argument("--box-score", action="store_true", help="multiply ĉ by the box score")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default 1 if pooled)")
+    p.add_argument("--threads", type=threads, default=None, help="torch threads (default 1 if pooled)")
     p.add_argument("--device", type=device, default="cpu",
                    help="cpu (default) or cuda (this rank's GPU under torchrun)")
     p.add_argument("--json", action="store_true", help="print the final metadata as JSON on stdout")

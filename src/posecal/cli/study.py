@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from posecal.cli._args import finite_float, nonneg_float, nonneg_int, positive_int
+from posecal.cli._args import finite_float, nonneg_float, nonneg_int, threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     o.add_argument("--radii", type=nonneg_float, nargs="+", default=None, help="radii in input px (default 0..64)")
     o.add_argument("--limit", type=nonneg_int, default=100, help="at most N instances (0: all)")
     o.add_argument("--blur-sigma", type=nonneg_float, default=6.0, help="Gaussian blur sigma, input px")
-    o.add_argument("--threads", type=positive_int, default=None)
+    o.add_argument("--threads", type=threads, default=None)
     o.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     v = s.add_parser("visibility", help="visible vs occluded confidence; AP by aggregation (Fig. 4)")
     v.add_argument("--store", required=True, help="feature store with gt (posecal extract)")

@@ -281,6 +281,9 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
             else:
                 acc = [a + c if a is not None else None for a, c in zip(acc, cur, strict=True)]
         img_xy, scores, feats, hms = (None if a is None else a / len(passes) for a in acc)
+        if not (np.isfinite(img_xy).all() and np.isfinite(scores).all() and np.isfinite(feats).all()):
+            raise PosecalInputError(f"the model produced non-finite outputs on rows {start}-{stop - 1}",
+                                    file=str(getattr(adapter, "path", "<model>")), field="--model")
         feats = feats.astype(np.float32)
         # model joints -> dataset keypoints
         have = jmap >= 0

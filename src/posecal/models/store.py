@@ -370,6 +370,14 @@ class FeatureStore:
             out[sel] = arr[idx[sel] - int(j) * cs]
         return out
 
+    def verify(self) -> None:
+        """Check every chunk of every array (present, checksum, shape, dtype) and predictions.json / gt.json;
+        PosecalInputError naming the store, array and chunk of the first damage found."""
+        for name in self.arrays:
+            for j in self._chunks():
+                self._chunk(name, j)
+        _ = self.predictions, self.gt_path
+
     def features(self, rows: Any = None) -> np.ndarray:
         """The stored feature array (features_gap / features_kpt / features_spatial)."""
         if self.feature_name is None:
@@ -418,8 +426,9 @@ class StoreWriter:
 
     def release(self) -> None:
         """Release the store's write lock (done by :meth:`finalize`; also when the writer is collected)."""
-        if self._lock_file is not None:
-            self._lock_file.close()
+        f = getattr(self, "_lock_file", None)
+        if f is not None:
+            f.close()
             self._lock_file = None
 
     def __del__(self) -> None:
