@@ -119,18 +119,30 @@ def check_creatable(path: PathLike, kind: str = "file", *, field: str = "--out",
         if p.is_dir():
             if not allow_existing_dir:
                 raise PosecalInputError("folder exists", file=raw, field=field)
-            if not os.access(p, os.W_OK | os.X_OK):
-                raise PosecalInputError("folder is not writable", file=raw, field=field)
+            _probe_writable(p, raw, field)
             return
     else:  # pragma: no cover - programming error
         raise ValueError(kind)
     anc = _nearest_existing(p.parent)
     if not anc.is_dir():
         raise PosecalInputError(f"cannot create: {anc} is not a folder", file=raw, field=field)
-    if not os.access(anc, os.W_OK | os.X_OK):
-        raise PosecalInputError(f"cannot create: folder {anc} is not writable", file=raw, field=field)
+    _probe_writable(anc, raw, field)
     if len(p.name.encode(errors="surrogateescape")) > 255 - 24:  # room for the temporary name
         raise PosecalInputError("file name too long", file=raw, field=field)
+
+
+def _probe_writable(folder: Path, raw: str, field: str) -> None:
+    """Create and remove a temporary file in ``folder`` (``os.access`` says yes to root even on read-only or
+    virtual file systems); PosecalInputError if that fails."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PosecalInputError(f"cannot create: folder {folder} is not writable", file=raw, field=field)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".posecal-probe.", dir=folder)
+    except OSError as e:
+        raise PosecalInputError(f"cannot create files in {folder}: {e.strerror or e}", file=raw,
+                                field=field) from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 @contextlib.contextmanager

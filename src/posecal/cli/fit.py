@@ -56,6 +56,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def _check_device(torch: Any, device: str) -> None:
+    """The --device exists on this machine (its syntax was checked at parse time)."""
+    if device.startswith("cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        idx = int(device.partition(":")[2] or os.environ.get("LOCAL_RANK", "0") or 0)
+        if idx >= n:
+            raise PosecalInputError(f"{device}: this machine has {n} CUDA device(s)", field="--device")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise PosecalInputError("mps is not available on this machine", field="--device")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -71,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     refuse_clobber({"--store": args.store, "--val-store": args.val_store}, {"--out": args.out},
                    dir_outputs={"--out": ["head.json", "head.safetensors"]})
     check_creatable(args.out, "dir")
+    _check_device(torch, args.device)
     stores = [load_store(p) for p in args.store]
     train = stores[0]
     for p, d in zip(args.store[1:], stores[1:], strict=True):

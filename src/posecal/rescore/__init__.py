@@ -287,6 +287,9 @@ class Rescorer:
         return f"{type(self).__name__}({ps})"
 
 
+_STRING_PARAMS = ("area", "model", "aggregate", "mode")
+
+
 def _check_calibrator_values(params: dict, state: dict, file: str | None) -> None:
     """Values of a calibrator JSON: strings where names belong, finite numbers (never booleans or numeric
     strings) or flat lists of them elsewhere."""
@@ -296,7 +299,7 @@ def _check_calibrator_values(params: dict, state: dict, file: str | None) -> Non
 
     for where, d in (("params", params), ("state", state)):
         for k, v in d.items():
-            ok = (v is None or num(v) or (isinstance(v, str) and where == "params")
+            ok = (v is None or num(v) or (isinstance(v, str) and where == "params" and k in _STRING_PARAMS)
                   or (isinstance(v, list) and all(num(x) for x in v)))
             if not ok:
                 raise PosecalInputError(f"bad value {str(v)[:40]!r}", file, None, f"{where}.{k}")
