@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-from posecal.errors import PosecalInputError
+from posecal.errors import PosecalInputError, PosecalWarning
 
 # name -> module; order is the order shown in --help
 SUBCOMMANDS: dict[str, str] = {
@@ -116,7 +116,10 @@ def _run_command(args: argparse.Namespace) -> int:
             print("interrupted", file=sys.stderr)
             return 130
     seen = set()
-    for w in caught:
+    own = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for w in caught:  # posecal's own warnings; third-party deprecation chatter stays off stderr
+        if not (issubclass(w.category, PosecalWarning) or os.path.abspath(w.filename).startswith(own)):
+            continue
         line = f"posecal {cmd}: warning: {one_line(w.message)}"
         if line not in seen:
             seen.add(line)

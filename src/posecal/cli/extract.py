@@ -28,7 +28,10 @@ from posecal.models.extract import extract, parse_shard, shard_dir
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="run a pose model top-down over a dataset into a feature store",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="model file (.tflite or .onnx)")
+    p.add_argument("--model", help="model file: .tflite, .onnx, TorchScript .pt (with --input-size) or "
+                   "torch.export .pt2")
+    p.add_argument("--input-size", type=positive_int, nargs=2, default=None, metavar=("W", "H"),
+                   help="model input size; needed for a TorchScript model only")
     p.add_argument("--data", help="COCO keypoints JSON (e.g. from posecal convert)")
     p.add_argument("--images", help="image folder")
     p.add_argument("--out", required=True, help="store directory")
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                     "--boxes": None if args.boxes == "gt" else args.boxes}, {"--out": out})
     check_creatable(out, "dir")
     adapter = load_adapter(args.model, tensor=args.tensor, model_kind=args.model_kind,
-                           num_threads=args.threads)
+                           num_threads=args.threads, input_size=args.input_size)
     with _removed_on_failure(out):
         res = extract(adapter, args.data, args.images, out, pooling=args.pooling, boxes=args.boxes,
                       flip=args.flip,
