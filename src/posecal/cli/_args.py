@@ -124,6 +124,7 @@ def plain_text(text: str) -> str:
     """reST markup -> plain text: ``x`` -> x, :func:`a.b` -> a.b, a trailing ``::`` -> ``:``."""
     text = _ROLE.sub(r"\1", text)
     text = _LITERAL.sub(r"\1", text)
+    text = re.sub(r"\*\*([^*\n]+)\*\*", r"\1", text)
     return re.sub(r"::(\s*\n)", r":\1", text)
 
 

@@ -115,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         from posecal.models.store import FeatureStore
 
         store = FeatureStore.open(args.store)
+        if args.pred is None:
+            _ = store.predictions  # checked against its checksum in meta.json
     gt_src = args.gt or (str(store.gt_path) if store is not None and store.gt_path is not None else None)
     gt = load_gt(gt_src) if gt_src else None
     pred_src = args.pred if args.pred else str(store.path / "predictions.json")
