@@ -15,7 +15,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from _tinynet import tiny_heatmap_net  # noqa: E402
-
 from posecal.cli import main  # noqa: E402
 from posecal.keypoints import COCO17  # noqa: E402
 from posecal.models.store import FeatureStore  # noqa: E402
