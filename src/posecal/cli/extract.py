@@ -113,9 +113,13 @@ def run(args: argparse.Namespace) -> int:
 def _removed_on_failure(out: Path) -> Iterator[None]:
     """A store this run creates is removed if the run fails on bad input (an existing partial store is kept:
     its finished chunks are valid and a re-run resumes them). A killed run (SIGKILL) leaves it to resume."""
+    from posecal.models.store import StoreLockedError
+
     fresh = not out.exists()
     try:
         yield
+    except StoreLockedError:
+        raise  # another process's store: never touched
     except (PosecalInputError, OSError):
         if fresh and out.is_dir():
             shutil.rmtree(out, ignore_errors=True)
