@@ -371,6 +371,26 @@ def test_outputs_never_clobber_inputs(world, tmp_path_factory, case, data):
     check_contract(_replace(argv, flag, out), d, inputs + ["afile", "model.onnx", "store", "head", "img"])
 
 
+@FUZZ
+@given(what=st.sampled_from(["store/index.json", "store/arrays/scores/000001.npy",
+                             "store/arrays/features_gap/000000.npy", "store/arrays/keypoints/000000.npy"]),
+       jdmg=json_damage(), bdmg=byte_damage(), finished=st.booleans())
+def test_resume_damaged_store(world, tmp_path_factory, what, jdmg, bdmg, finished):
+    """Any damage to a store being resumed: one error line, or a store bit-identical to the clean one."""
+    d = fresh(world, tmp_path_factory)
+    if not finished:
+        (d / "store/meta.json").unlink()
+    if what.endswith(".json"):
+        damage_json(d / what, jdmg)
+    else:
+        damage_bytes(d / what, bdmg)
+    argv = ["extract", "--model", world / "model.onnx", "--data", world / "data.json", "--images", world / "img",
+            "--out", d / "store", "--chunk-size", "4"]
+    rc, err = check_contract(argv, d, [])
+    if rc == 0:
+        assert _snapshot(d / "store") == _snapshot(world / "store"), err
+
+
 # -- targeted cases ------------------------------------------------------------------------------------
 def test_store_tampering_is_named_and_resume_recomputes(world, tmp_path_factory):
     d = fresh(world, tmp_path_factory)

@@ -463,7 +463,7 @@ class StoreWriter:
                 idx = _dict(orjson.loads(idx_p.read_bytes()), idx_p, "index.json")
             except orjson.JSONDecodeError:
                 raise PosecalInputError("corrupt index.json; delete the store", file=str(idx_p)) from None
-            for key, mine in (("fingerprint", self.fingerprint), ("num_instances", self.num_instances),
+            for key, mine in (("format", FORMAT), ("fingerprint", self.fingerprint), ("num_instances", self.num_instances),
                               ("chunk_size", self.chunk_size), ("shard", list(self.shard))):
                 if idx.get(key) != mine:
                     raise PosecalInputError(
@@ -480,7 +480,9 @@ class StoreWriter:
         """Take over the finished chunks of an index; a chunk whose files are missing, damaged (checksum) or
         of the wrong shape is dropped, so it is recomputed."""
         arrays, chunks, sums = idx.get("arrays", {}), idx.get("chunks", []), idx.get("checksums") or {}
-        if not isinstance(arrays, dict) or not isinstance(chunks, list) or not isinstance(sums, dict):
+        if not isinstance(arrays, dict) or not isinstance(chunks, list) or not isinstance(sums, dict) or not all(
+                isinstance(v, dict) and isinstance(k, str) and "/" not in k and not k.startswith(".")
+                for k, v in arrays.items()):
             raise PosecalInputError("corrupt index.json; delete the store", file=str(self.path / "index.json"))
         self._arrays_info = arrays
         dropped = []
@@ -494,6 +496,8 @@ class StoreWriter:
             else:
                 self._done.add(j)
                 self._sums[j] = got
+        if not self._done:
+            self._arrays_info = {}  # nothing trustworthy left: the first chunk written defines the arrays
         if dropped:
             import warnings
 
@@ -515,16 +519,14 @@ class StoreWriter:
                 return None
             h = _sha(data)
             want = sums.get(name) if isinstance(sums, dict) else None
-            if want is not None:
-                if h != want:
+            if want is not None and h != want:
+                return None
+            try:  # and it loads with the shape the index gives (an edited index is caught here)
+                a = _load_npy(data, store=self.path, name=name, j=j)
+                if a.shape != (stop - start, *info["shape"]) or a.dtype != np.dtype(info["dtype"]):
                     return None
-            else:  # an index without checksums (older store): check that the chunk loads with its shape
-                try:
-                    a = _load_npy(data, store=self.path, name=name, j=j)
-                    if a.shape != (stop - start, *info["shape"]) or a.dtype != np.dtype(info["dtype"]):
-                        return None
-                except (PosecalInputError, KeyError, TypeError):
-                    return None
+            except (PosecalInputError, KeyError, TypeError, ValueError):
+                return None
             out[name] = h
         return out
 
@@ -560,8 +562,9 @@ class StoreWriter:
                 raise ValueError(f"array {name}: {a.shape[0]} rows, chunk {j} needs {stop - start}")
             info[name] = {"shape": list(a.shape[1:]), "dtype": a.dtype.str}
         if self._arrays_info and info != self._arrays_info:
-            raise ValueError(f"chunk {j}: array names/shapes/dtypes differ from earlier chunks: "
-                             f"{info} vs {self._arrays_info}")
+            raise PosecalInputError(f"chunk {j}: array names/shapes/dtypes differ from the chunks already in "
+                                    "the store (an edited index.json?); delete the store or use another --out",
+                                    file=str(self.path), field="arrays")
         sums = {}
         for name, a in arrays.items():
             f = self._chunk_file(name, j)
@@ -591,6 +594,7 @@ class StoreWriter:
         if not self.complete:
             raise RuntimeError(f"{len(self.pending_chunks())} chunks still pending")
         if self.shard[1] > 1:
+            self._write_index()
             if gt is not None:
                 write_bytes_atomic(self.path / "gt.json", gt if isinstance(gt, bytes) else dumps_json(gt))
             write_json_atomic(self.path / "shard.json", {"shard": list(self.shard),
@@ -598,6 +602,7 @@ class StoreWriter:
             self.release()
             return None
         try:
+            self._write_index()  # the canonical index, whatever the file held when the run resumed
             return _finish(self.path, self.settings, self._index_obj(), gt, category_id)
         finally:
             self.release()
