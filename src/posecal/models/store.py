@@ -463,8 +463,9 @@ class StoreWriter:
                 idx = _dict(orjson.loads(idx_p.read_bytes()), idx_p, "index.json")
             except orjson.JSONDecodeError:
                 raise PosecalInputError("corrupt index.json; delete the store", file=str(idx_p)) from None
-            for key, mine in (("format", FORMAT), ("fingerprint", self.fingerprint), ("num_instances", self.num_instances),
-                              ("chunk_size", self.chunk_size), ("shard", list(self.shard))):
+            for key, mine in (("format", FORMAT), ("fingerprint", self.fingerprint),
+                              ("num_instances", self.num_instances), ("chunk_size", self.chunk_size),
+                              ("shard", list(self.shard))):
                 if idx.get(key) != mine:
                     raise PosecalInputError(
                         f"existing store was written with different settings ({key} differs); "
