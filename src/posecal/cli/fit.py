@@ -56,6 +56,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def _check_before_training(args: argparse.Namespace, torch: Any) -> None:
+    """Everything that can be checked before minutes of training: flags, outputs (no input, writable), device."""
+    from posecal._outputs import check_creatable, refuse_clobber
+
+    if args.steps < 1 or args.batch_size < 1:
+        raise PosecalInputError("--steps and --batch-size must be >= 1", field="--steps/--batch-size")
+    refuse_clobber({"--store": args.store, "--val-store": args.val_store}, {"--out": args.out},
+                   dir_outputs={"--out": ["head.json", "head.safetensors"]})
+    check_creatable(args.out, "dir")
+    _check_device(torch, args.device)
+
+
 def _check_device(torch: Any, device: str) -> None:
     """The --device exists on this machine (its syntax was checked at parse time)."""
     if device.startswith("cuda"):
@@ -70,19 +82,12 @@ def _check_device(torch: Any, device: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from posecal._outputs import check_creatable, refuse_clobber
     from posecal._util import dumps_json
     from posecal.ccnet import HEAD_KINDS
     from posecal.ccnet.checkpoint import save_head
     from posecal.ccnet.train import TrainConfig, default_device, distributed_env, fit_head
 
-    if args.steps < 1 or args.batch_size < 1:
-        raise PosecalInputError("--steps and --batch-size must be >= 1", field="--steps/--batch-size")
-    # before any training: the head folder is no input and can be written
-    refuse_clobber({"--store": args.store, "--val-store": args.val_store}, {"--out": args.out},
-                   dir_outputs={"--out": ["head.json", "head.safetensors"]})
-    check_creatable(args.out, "dir")
-    _check_device(torch, args.device)
+    _check_before_training(args, torch)
     stores = [load_store(p) for p in args.store]
     train = stores[0]
     for p, d in zip(args.store[1:], stores[1:], strict=True):

@@ -95,17 +95,11 @@ def _params(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from posecal._outputs import check_creatable, refuse_clobber
     from posecal._util import atomic_path, dumps_json
     from posecal.io.coco import load_gt, load_results, save_results
     from posecal.rescore import Rescorer, get_rescorer
 
-    refuse_clobber({"--pred": args.pred, "--store": args.store, "--gt": args.gt, "--fit-gt": args.fit_gt,
-                    "--fit-pred": args.fit_pred, "--calibrator": args.calibrator},
-                   {"--out": args.out, "--save-calibrator": args.save_calibrator})
-    check_creatable(args.out, "file", field="--out")
-    if args.save_calibrator:
-        check_creatable(args.save_calibrator, "file", field="--save-calibrator")
+    _check_outputs(args)
     if (args.fit_gt is None) != (args.fit_pred is None):
         raise PosecalInputError("--fit-gt and --fit-pred go together", None, None, "--fit-gt/--fit-pred")
     if args.pred is None and args.store is None:
@@ -156,14 +150,7 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             r.fit(pred, gt)
-    sig = getattr(r, "sigmas", None)
-    if sig is not None and np.size(sig) != pred.keypoints.shape[1]:
-        raise PosecalInputError(f"{np.size(sig)} OKS sigmas for {pred.keypoints.shape[1]} keypoints",
-                                args.calibrator, None, "params.sigmas")
-    out = r.transform(pred, gt, sigma=sigma) if sigma is not None else r.transform(pred, gt)
-    if not (np.isfinite(out.keypoint_scores).all() and np.isfinite(out.instance_scores).all()):
-        raise PosecalInputError("the rescorer produced non-finite scores (a tampered calibrator?)",
-                                args.calibrator, None, "state")
+    out = _transform(r, pred, gt, sigma, args.calibrator)
     records = out.to_records(pred)
     # both outputs or neither: each goes to a temporary sibling, renamed in only when both are written
     with atomic_path(args.out) as tmp_out, \
@@ -195,6 +182,31 @@ def run(args: argparse.Namespace) -> int:
         if args.save_calibrator:
             print(f"  calibrator saved to {args.save_calibrator}")
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before reading anything: no output is an input, each output can be written."""
+    from posecal._outputs import check_creatable, refuse_clobber
+
+    refuse_clobber({"--pred": args.pred, "--store": args.store, "--gt": args.gt, "--fit-gt": args.fit_gt,
+                    "--fit-pred": args.fit_pred, "--calibrator": args.calibrator},
+                   {"--out": args.out, "--save-calibrator": args.save_calibrator})
+    check_creatable(args.out, "file", field="--out")
+    if args.save_calibrator:
+        check_creatable(args.save_calibrator, "file", field="--save-calibrator")
+
+
+def _transform(r, pred, gt, sigma, calibrator: str | None):
+    """``r.transform`` with the checks a loaded calibrator needs: OKS sigmas fit the keypoints, scores finite."""
+    sig = getattr(r, "sigmas", None)
+    if sig is not None and np.size(sig) != pred.keypoints.shape[1]:
+        raise PosecalInputError(f"{np.size(sig)} OKS sigmas for {pred.keypoints.shape[1]} keypoints",
+                                calibrator, None, "params.sigmas")
+    out = r.transform(pred, gt, sigma=sigma) if sigma is not None else r.transform(pred, gt)
+    if not (np.isfinite(out.keypoint_scores).all() and np.isfinite(out.instance_scores).all()):
+        raise PosecalInputError("the rescorer produced non-finite scores (a tampered calibrator?)", calibrator,
+                                None, "state")
+    return out
 
 
 def _mean(a: np.ndarray) -> float:

@@ -133,6 +133,9 @@ def read_coco(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
         if "file_name" not in im:
             raise PosecalInputError("missing", file=file, record=f"images[{r}]", field="file_name")
         safe_file_name(im["file_name"], file, f"images[{r}]")
+        for key in ("width", "height"):
+            if key in im and number(im[key], file, f"images[{r}]", key, integer=True) < 1:
+                raise PosecalInputError("must be >= 1", file=file, record=f"images[{r}]", field=key)
     for r, a in enumerate(d["annotations"]):
         if not isinstance(a, dict):
             raise PosecalInputError("annotation is not an object", file=file, record=r)
@@ -146,6 +149,8 @@ def read_coco(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
     for r, c in enumerate(d["categories"]):
         if not isinstance(c, dict):
             raise PosecalInputError("category is not an object", file=file, record=f"categories[{r}]")
+        if "id" in c:
+            number(c["id"], file, f"categories[{r}]", "id", integer=True)
         names = c.get("keypoints")
         if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
             raise PosecalInputError("expected a list of keypoint names", file=file, record=f"categories[{r}]",

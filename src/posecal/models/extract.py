@@ -72,6 +72,42 @@ def _paint_occluders(crop: np.ndarray, occ, size: tuple[int, int]) -> list[tuple
     return rects
 
 
+def _drop_images(insts: list, d: dict[str, Any], names: set[str]) -> tuple[list, dict[str, Any]]:
+    """Instances and data without the images ``names``."""
+    insts = [i for i in insts if i.file_name not in names]
+    keep = {int(im["id"]) for im in d["images"] if im["file_name"] not in names}
+    d = dict(d, images=[im for im in d["images"] if int(im["id"]) in keep],
+             annotations=[a for a in d["annotations"] if int(a["image_id"]) in keep])
+    return insts, d
+
+
+def _usable_images(insts: list, d: dict[str, Any], img_dir: Path, *, skip_missing: bool,
+                   skip_bad_images: bool) -> tuple[list, dict[str, Any], list[str], list]:
+    """Refuse (or, with the skip flags, drop with a warning) instances whose image is missing or cannot be
+    decoded, before anything is written. Returns (instances, data, missing names, bad (name, record, why))."""
+    if not img_dir.is_dir():
+        raise PosecalInputError("image folder not found", file=str(img_dir), field="--images")
+    missing = sorted({i.file_name for i in insts if not (img_dir / i.file_name).is_file()})
+    if missing:
+        if not skip_missing:
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            raise PosecalInputError(f"{len(missing)} image(s) missing: {shown} (--skip-missing skips them)",
+                                    file=str(img_dir), field="--images")
+        warnings.warn(f"skipping {len(missing)} missing image(s): {', '.join(missing[:5])}"
+                      + (" ..." if len(missing) > 5 else ""), PosecalWarning, stacklevel=3)
+        insts, d = _drop_images(insts, d, set(missing))
+    bad = _bad_images(insts, img_dir, full=skip_bad_images)
+    if bad:
+        name, rec, why = bad[0]
+        if not skip_bad_images:
+            raise PosecalInputError(f"cannot read image: {why} ({len(bad)} bad image(s); --skip-bad-images "
+                                    "skips them)", file=str(img_dir / name), record=rec, field="file_name")
+        warnings.warn(f"skipping {len(bad)} unreadable image(s): {', '.join(b[0] for b in bad[:5])}"
+                      + (" ..." if len(bad) > 5 else ""), PosecalWarning, stacklevel=3)
+        insts, d = _drop_images(insts, d, {b[0] for b in bad})
+    return insts, d, missing, bad
+
+
 def _bad_images(insts: list, img_dir: Path, *, full: bool) -> list[tuple[str, int, str]]:
     """(file_name, record, reason) of each image that cannot be read: its header (size, format) always,
     its whole pixel data too when ``full`` (truncated files). Record = the first annotation id using it."""
@@ -147,34 +183,12 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
             boxes_src = {"file": os.path.basename(str(boxes)), "sha256": file_sha256(boxes)}
     insts = instances(d, boxes=det, file=data_file, boxes_file=str(boxes) if det is not None else None)
     img_dir = Path(images)
-    if not img_dir.is_dir():
-        raise PosecalInputError("image folder not found", file=str(img_dir), field="--images")
-    missing = sorted({i.file_name for i in insts if not (img_dir / i.file_name).is_file()})
-    if missing:
-        if not skip_missing:
-            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-            raise PosecalInputError(f"{len(missing)} image(s) missing: {shown} (--skip-missing skips them)",
-                                    file=str(img_dir), field="--images")
-        warnings.warn(f"skipping {len(missing)} missing image(s): {', '.join(missing[:5])}"
-                      + (" ..." if len(missing) > 5 else ""), PosecalWarning, stacklevel=2)
-        miss = set(missing)
-        insts = [i for i in insts if i.file_name not in miss]
-        keep = {int(im["id"]) for im in d["images"] if im["file_name"] not in miss}
-        d = dict(d, images=[im for im in d["images"] if int(im["id"]) in keep],
-                 annotations=[a for a in d["annotations"] if int(a["image_id"]) in keep])
-    bad = _bad_images(insts, img_dir, full=skip_bad_images)
-    if bad:
-        name, rec, why = bad[0]
-        if not skip_bad_images:
-            raise PosecalInputError(f"cannot read image: {why} ({len(bad)} bad image(s); --skip-bad-images "
-                                    "skips them)", file=str(img_dir / name), record=rec, field="file_name")
-        warnings.warn(f"skipping {len(bad)} unreadable image(s): {', '.join(b[0] for b in bad[:5])}"
-                      + (" ..." if len(bad) > 5 else ""), PosecalWarning, stacklevel=2)
-        skip = {b[0] for b in bad}
-        insts = [i for i in insts if i.file_name not in skip]
-        keep = {int(im["id"]) for im in d["images"] if im["file_name"] not in skip}
-        d = dict(d, images=[im for im in d["images"] if int(im["id"]) in keep],
-                 annotations=[a for a in d["annotations"] if int(a["image_id"]) in keep])
+    insts, d, missing, bad = _usable_images(insts, d, img_dir, skip_missing=skip_missing,
+                                            skip_bad_images=skip_bad_images)
+    if not insts:
+        raise PosecalInputError("no instance to crop (no non-crowd annotation with a labelled keypoint and a box"
+                                + (", no detection of category 1 on these images" if det is not None else "")
+                                + ")", file=data_file, field="annotations")
     jmap = joint_map(adapter.joint_names, ks.names, allow_missing=allow_missing_joints,
                      model=getattr(adapter, "kind", "model"))
     mflip = flip_index(adapter.joint_names)

@@ -642,6 +642,45 @@ def _finish(path: Path, settings: dict[str, Any], index: dict[str, Any],
     return FeatureStore.open(path)
 
 
+def _shard_index(s: Path) -> dict[str, Any]:
+    """A shard's index.json, checked for the keys merging needs."""
+    ip = s / "index.json"
+    if not ip.is_file():
+        raise PosecalInputError("not a posecal store (no index.json)", file=str(s))
+    try:
+        ix = _dict(orjson.loads(ip.read_bytes()), ip, "index.json")
+    except orjson.JSONDecodeError as e:
+        raise PosecalInputError(f"not JSON: {e}", file=str(ip)) from None
+    if not (isinstance(ix.get("shard"), list) and len(ix["shard"]) == 2 and isinstance(ix.get("chunks"), list)
+            and isinstance(ix.get("arrays"), dict)):
+        raise PosecalInputError("corrupt shard index", file=str(ip))
+    return ix
+
+
+def _copy_chunk(s: Path, outp: Path, j: int, arrays: dict[str, Any], want: dict[str, str],
+                move: bool) -> dict[str, str]:
+    """Copy chunk j of every array from shard ``s`` into ``outp``, checked against the shard's checksums."""
+    out = {}
+    for name in arrays:
+        src = s / "arrays" / name / f"{j:06d}.npy"
+        try:
+            data = src.read_bytes()
+        except OSError:
+            raise PosecalInputError(f"chunk {j} of array {name!r} is missing; re-run the shard", file=str(s),
+                                    field=name) from None
+        h = _sha(data)
+        if name in want and want[name] != h:
+            raise PosecalInputError(f"chunk {j} of array {name!r} is damaged (checksum mismatch); re-run the "
+                                    "shard", file=str(s), field=name)
+        out[name] = h
+        dst = outp / "arrays" / name / f"{j:06d}.npy"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(dst, data)
+        if move:
+            src.unlink()
+    return out
+
+
 def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
                  category_id: int = 1, move: bool = False) -> FeatureStore:
     """Combine shard stores (from ``StoreWriter(..., shard=(i, n))``) into one finished store at ``out``.
@@ -652,19 +691,7 @@ def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
     shards = [Path(s) for s in shards]
     if not shards:
         raise PosecalInputError("no shard stores given", field="shards")
-    idxs = []
-    for s in shards:
-        ip = s / "index.json"
-        if not ip.is_file():
-            raise PosecalInputError("not a posecal store (no index.json)", file=str(s))
-        try:
-            ix = _dict(orjson.loads(ip.read_bytes()), ip, "index.json")
-        except orjson.JSONDecodeError as e:
-            raise PosecalInputError(f"not JSON: {e}", file=str(ip)) from None
-        if not (isinstance(ix.get("shard"), list) and len(ix["shard"]) == 2 and isinstance(ix.get("chunks"), list)
-                and isinstance(ix.get("arrays"), dict)):
-            raise PosecalInputError("corrupt shard index", file=str(ip))
-        idxs.append(ix)
+    idxs = [_shard_index(s) for s in shards]
     ref = idxs[0]
     n = ref["shard"][1]
     for s, ix in zip(shards, idxs, strict=True):
@@ -695,26 +722,9 @@ def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
     lock = _lock(outp)
     try:
         for s, ix in zip(shards, idxs, strict=True):
-            shard_sums = ix.get("checksums") or {}
             for j in ix["chunks"]:
-                want = shard_sums.get(f"{j:06d}") or {}
-                for name in arrays:
-                    src = s / "arrays" / name / f"{j:06d}.npy"
-                    try:
-                        data = src.read_bytes()
-                    except OSError:
-                        raise PosecalInputError(f"chunk {j} of array {name!r} is missing; re-run the shard",
-                                                file=str(s), field=name) from None
-                    h = _sha(data)
-                    if name in want and want[name] != h:
-                        raise PosecalInputError(f"chunk {j} of array {name!r} is damaged (checksum mismatch); "
-                                                "re-run the shard", file=str(s), field=name)
-                    sums.setdefault(j, {})[name] = h
-                    dst = outp / "arrays" / name / f"{j:06d}.npy"
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    write_bytes_atomic(dst, data)
-                    if move:
-                        src.unlink()
+                sums[j] = _copy_chunk(s, outp, j, arrays, (ix.get("checksums") or {}).get(f"{j:06d}") or {},
+                                      move)
         index = {
             "format": FORMAT, "fingerprint": ref["fingerprint"], "settings": settings_src,
             "num_instances": ref["num_instances"],

@@ -76,6 +76,27 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
+def _image_input(session: Any, path: Path) -> tuple[str, tuple[int, int]]:
+    """Name and (W, H) of the model's one image input, which must be float (B, 3, H, W) with a fixed H×W."""
+    ins = session.get_inputs()
+    if len(ins) != 1:
+        raise PosecalInputError(f"expected one image input, the model has {len(ins)}", file=str(path),
+                                field="--model")
+    inp = ins[0]
+    shp = list(inp.shape)
+    if len(shp) != 4 or "float" not in str(inp.type):
+        raise PosecalInputError(f"input {inp.name!r} is {inp.type} {shp}; expected a float (B, 3, H, W) image "
+                                "(NCHW)", file=str(path), field="--model")
+    if shp[1] != 3:
+        layout = " (channels last: NHWC models are not supported)" if shp[3] == 3 else ""
+        raise PosecalInputError(f"input {inp.name!r} has shape {shp}: {shp[1]} channels, expected 3 "
+                                f"(B, 3, H, W){layout}", file=str(path), field="--model")
+    h, w = shp[2], shp[3]
+    if not (isinstance(h, int) and isinstance(w, int)) or h < 1 or w < 1:
+        raise PosecalInputError("model input needs a fixed H×W", file=str(path))
+    return inp.name, (int(w), int(h))
+
+
 class OnnxAdapter:
     """ONNX heatmap model with the penultimate feature as an extra output.
 
@@ -137,24 +158,7 @@ class OnnxAdapter:
         except Exception as e:  # onnxruntime's own error types (InvalidGraph, Fail, ...), bad strings
             raise PosecalInputError(f"cannot load the ONNX model: {_first_line(e)}", file=str(self.path),
                                     field="--model") from None
-        ins = self.session.get_inputs()
-        if len(ins) != 1:
-            raise PosecalInputError(f"expected one image input, the model has {len(ins)}", file=str(self.path),
-                                    field="--model")
-        inp = ins[0]
-        self._input_name = inp.name
-        shp = list(inp.shape)
-        if len(shp) != 4 or "float" not in str(inp.type):
-            raise PosecalInputError(f"input {inp.name!r} is {inp.type} {shp}; expected a float (B, 3, H, W) "
-                                    "image (NCHW)", file=str(self.path), field="--model")
-        if shp[1] != 3:
-            layout = " (channels last: NHWC models are not supported)" if shp[3] == 3 else ""
-            raise PosecalInputError(f"input {inp.name!r} has shape {shp}: {shp[1]} channels, expected 3 "
-                                    f"(B, 3, H, W){layout}", file=str(self.path), field="--model")
-        h, w = shp[2], shp[3]
-        if not (isinstance(h, int) and isinstance(w, int)) or h < 1 or w < 1:
-            raise PosecalInputError("model input needs a fixed H×W", file=str(self.path))
-        self.input_size = (int(w), int(h))
+        self._input_name, self.input_size = _image_input(self.session, self.path)
         out_shape = next(o for o in self.session.get_outputs() if o.name == output).shape
         if not isinstance(out_shape[1], int) or out_shape[1] < 1:
             raise PosecalInputError(f"heatmap output {output!r} has shape {out_shape}: no fixed joint count",
