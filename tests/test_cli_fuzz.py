@@ -542,3 +542,30 @@ def test_evaluate_outputs(world, tmp_path_factory, out):
     (d / "afile").write_text("x")
     argv, inputs = _cmd(d, "evaluate")
     check_contract([*argv, "--json", d / out], d, [*inputs, "afile"])
+
+
+@pytest.mark.parametrize("layout", ["gray", "nhwc"])
+def test_onnx_input_layout_refused(world, tmp_path_factory, layout):
+    d = fresh(world, tmp_path_factory)
+    net = tiny_heatmap_net()
+    if layout == "gray":
+        net.backbone[0] = torch.nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        x = torch.zeros(1, 1, 64, 48)
+    else:
+        class NHWC(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x):
+                return self.inner(x.permute(0, 3, 1, 2))
+
+        net, x = NHWC(net), torch.zeros(1, 64, 48, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), (x,), str(d / "bad.onnx"), dynamo=False, input_names=["input"],
+                          output_names=["heatmaps"])
+    for name in ("extract", "export"):
+        argv, inputs = _cmd(d, name)
+        rc, err = check_contract(_replace(argv, "--model", d / "bad.onnx"), d, inputs)
+        assert rc == 2 and (name == "export" or "channels" in err), err  # export may stop at the head first

@@ -134,6 +134,13 @@ def console_main() -> None:
     at once (``os._exit``) instead of tearing the interpreter down: freeing the ~10⁵ objects of the parsed
     files and the modules costs ~20 ms of a 0.35 s run, and nothing is left to flush or finalise.
     """
+    import warnings
+
+    from posecal.cli._args import one_line
+
+    # a warning that escapes the per-command handler is still one line, without source paths or code lines
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: (  # type: ignore[assignment]
+        f"posecal: warning: {one_line(message)}\n")
     rc = main()
     if rc == 0 and getattr(sys.modules.get("posecal.cli.evaluate"), "_finished_plain", False):
         try:
