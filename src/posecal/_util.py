@@ -28,7 +28,23 @@ def _json_default(obj: Any) -> Any:
 def dumps_json(obj: Any, indent: bool = False) -> bytes:
     """orjson dump that accepts numpy scalars/arrays. NaN/inf become null (orjson behaviour)."""
     opt = orjson.OPT_SERIALIZE_NUMPY | (orjson.OPT_INDENT_2 if indent else 0)
-    return orjson.dumps(obj, default=_json_default, option=opt)
+    try:
+        return orjson.dumps(obj, default=_json_default, option=opt)
+    except TypeError as e:
+        if "surrogates" not in str(e):
+            raise
+        # a file name that is not valid UTF-8 (undecodable bytes from argv): written as \udcXX escapes
+        return orjson.dumps(_no_surrogates(obj), default=_json_default, option=opt)
+
+
+def _no_surrogates(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return obj.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(obj, dict):
+        return {_no_surrogates(k): _no_surrogates(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_no_surrogates(v) for v in obj]
+    return obj
 
 
 def current_umask() -> int:
