@@ -248,7 +248,10 @@ BAD_FLOATS = st.sampled_from(["nan", "inf", "-inf", "abc", "", "1e999", "-1", "0
 def bad_outputs(d: Path, inputs: list[Path]) -> st.SearchStrategy:
     """Output paths a careless user or a script may give."""
     (d / "afile").write_text("x")
-    return st.sampled_from([*inputs, d / "img", d / "store", d / "store" / "x.json", d / "afile" / "sub.json",
+    (d / "link").symlink_to(inputs[0])
+    (d / "dangling").symlink_to(d / "nowhere")
+    return st.sampled_from([*inputs, d / "link", d / "dangling", Path("/dev/null"), d / "img", d / "store",
+                            d / "store" / "x.json", d / "afile" / "sub.json",
                             d / "nodir" / "deeper" / "afile" / "x", d, Path("/proc/posecal-nope/out.json"),
                             d / "new\nline.json", d / ("n" * 300 + ".json")])
 

@@ -111,6 +111,9 @@ def check_creatable(path: PathLike, kind: str = "file", *, field: str = "--out",
     if kind == "file":
         if p.is_dir():
             raise PosecalInputError("is a folder, expected a file path", file=raw, field=field)
+        if p.exists() and not p.is_file():
+            raise PosecalInputError("exists and is not a regular file (a device or a pipe?)", file=raw,
+                                    field=field)
         if raw.endswith(("/", os.sep)):
             raise PosecalInputError("names a folder (trailing '/'), expected a file path", file=raw, field=field)
     elif kind == "dir":

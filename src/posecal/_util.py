@@ -61,6 +61,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     Nothing half-written is ever left at ``path``. The file gets the usual ``0666 & ~umask`` mode.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # never rename over a device, a pipe or a folder
+        from posecal.errors import PosecalInputError
+
+        raise PosecalInputError("exists and is not a regular file", file=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
     try:

@@ -95,7 +95,8 @@ def _run_command(args: argparse.Namespace) -> int:
     """Run a subcommand under the error contract: a failure on user input is ONE stderr line and exit 2
     (``PosecalInputError``; ``OSError`` on a user path: unreadable, unwritable, a folder, no space; input
     nested too deeply for the parser). Warnings are printed as one line each once the command succeeded
-    (on failure the error line is the only output). Anything else is a bug: its traceback is shown."""
+    (on failure the error line is the only output). Anything else is a bug: its traceback is shown (and with
+    ``POSECAL_DEBUG=1`` also behind OSError / RecursionError / MemoryError)."""
     import warnings
 
     from posecal.cli._args import one_line
@@ -106,12 +107,13 @@ def _run_command(args: argparse.Namespace) -> int:
             rc = int(args._run(args) or 0)
         except PosecalInputError as e:
             return _error(cmd, e)
-        except OSError as e:
-            return _error(cmd, _os_error(e))
-        except RecursionError:
-            return _error(cmd, "input nested too deeply")
-        except MemoryError:
-            return _error(cmd, "out of memory (input too large?)")
+        except (OSError, RecursionError, MemoryError) as e:
+            if os.environ.get("POSECAL_DEBUG"):  # developers: the traceback behind the one line
+                raise
+            if isinstance(e, OSError):
+                return _error(cmd, _os_error(e))
+            return _error(cmd, "input nested too deeply (RecursionError)" if isinstance(e, RecursionError)
+                          else "out of memory (input too large?)")
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
