@@ -487,6 +487,10 @@ class StoreWriter:
             raise PosecalInputError("corrupt index.json; delete the store", file=str(self.path / "index.json"))
         self._arrays_info = arrays
         dropped = []
+        adir = self.path / "arrays"
+        on_disk = {p.name for p in adir.iterdir() if p.is_dir()} if adir.is_dir() else set()
+        if not arrays or on_disk - set(arrays):  # the index does not describe the arrays on disk: edited
+            dropped, chunks, self._arrays_info = [j for j in chunks if isinstance(j, int)], [], {}
         for j in chunks:
             if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < self.num_chunks:
                 raise PosecalInputError(f"bad chunk number {j!r}", file=str(self.path / "index.json"),
