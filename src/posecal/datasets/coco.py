@@ -229,6 +229,8 @@ def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, f
                 raise PosecalInputError(f"{len(kp)} keypoint values, expected {3 * k} ({ks.name})",
                                         file=file, record=r, field="keypoints")
             kpa = numbers(kp, 3 * k, file, r, "keypoints").reshape(k, 3)
+            if not np.isin(kpa[:, 2], (0, 1, 2)).all():
+                raise PosecalInputError("visibility flag not in {0, 1, 2}", file=file, record=r, field="keypoints")
             if int((kpa[:, 2] > 0).sum()) < min_keypoints:
                 continue
             if "bbox" not in a:
