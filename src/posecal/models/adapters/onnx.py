@@ -97,6 +97,12 @@ def _image_input(session: Any, path: Path) -> tuple[str, tuple[int, int]]:
     return inp.name, (int(w), int(h))
 
 
+def _fixed_batch(session: Any) -> int | None:
+    """The batch size the image input is fixed to (e.g. 1), or None when it is dynamic."""
+    b = session.get_inputs()[0].shape[0]
+    return int(b) if isinstance(b, int) and b >= 1 else None
+
+
 class OnnxAdapter:
     """ONNX heatmap model with the penultimate feature as an extra output.
 
@@ -159,6 +165,7 @@ class OnnxAdapter:
             raise PosecalInputError(f"cannot load the ONNX model: {_first_line(e)}", file=str(self.path),
                                     field="--model") from None
         self._input_name, self.input_size = _image_input(self.session, self.path)
+        self.max_batch = _fixed_batch(self.session)
         out_shape = next(o for o in self.session.get_outputs() if o.name == output).shape
         if not isinstance(out_shape[1], int) or out_shape[1] < 1:
             raise PosecalInputError(f"heatmap output {output!r} has shape {out_shape}: no fixed joint count",
@@ -173,7 +180,22 @@ class OnnxAdapter:
         return list(self._cands)
 
     def predict(self, crops: np.ndarray) -> ModelOutput:
-        """crops (B, H, W, 3) uint8 -> ModelOutput; coords decoded from the heatmap argmax (input px)."""
+        """crops (B, H, W, 3) uint8 -> ModelOutput; coords decoded from the heatmap argmax (input px).
+        A model exported with a fixed batch size b runs b crops at a time (the last group zero-padded)."""
+        mb = self.max_batch
+        if mb and len(crops) != mb:
+            outs = []
+            for i in range(0, len(crops), mb):
+                part = crops[i:i + mb]
+                n = len(part)
+                if n < mb:
+                    part = np.concatenate([part, np.zeros((mb - n, *part.shape[1:]), part.dtype)])
+                o = self._run(part)
+                outs.append([o.coords[:n], o.scores[:n], o.features[:n], o.heatmaps[:n]])
+            return ModelOutput(*(np.concatenate(a) for a in zip(*outs, strict=True)))
+        return self._run(crops)
+
+    def _run(self, crops: np.ndarray) -> ModelOutput:
         x = preprocess_nchw(crops, self.mean, self.std)
         try:
             hm, feat = self.session.run([self.output_name, self.tensor_name], {self._input_name: x})
