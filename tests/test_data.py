@@ -86,7 +86,8 @@ def test_coco_reader_and_bad_keypoint_count(shared, tmp_path, capsys):
     p = tmp_path / "bad.json"
     p.write_text(json.dumps(bad))
     model = shared("models", "efficientpose", "EfficientPoseRT.tflite")
-    rc = main(["extract", "--model", str(model), "--data", str(p), "--images", str(tmp_path),
+    (tmp_path / "img").mkdir()  # an output inside the image folder is refused: keep them apart
+    rc = main(["extract", "--model", str(model), "--data", str(p), "--images", str(tmp_path / "img"),
                "--out", str(tmp_path / "s")])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "33 keypoint values" in err

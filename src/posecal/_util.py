@@ -34,19 +34,49 @@ def _json_default(obj: object) -> object:
 def dumps_json(obj: object, indent: bool = False) -> bytes:
     """orjson dump that accepts numpy scalars/arrays. NaN/inf become null (orjson behaviour)."""
     opt = orjson.OPT_SERIALIZE_NUMPY | (orjson.OPT_INDENT_2 if indent else 0)
-    return orjson.dumps(obj, default=_json_default, option=opt)
+    try:
+        return orjson.dumps(obj, default=_json_default, option=opt)
+    except TypeError as e:
+        if "surrogates" not in str(e):
+            raise
+        # a file name that is not valid UTF-8 (undecodable bytes from argv): written as \udcXX escapes
+        return orjson.dumps(_no_surrogates(obj), default=_json_default, option=opt)
+
+
+def _no_surrogates(obj: object) -> object:
+    if isinstance(obj, str):
+        return obj.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(obj, dict):
+        return {_no_surrogates(k): _no_surrogates(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_no_surrogates(v) for v in obj]
+    return obj
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
 
-    Nothing half-written is ever left at ``path``.
+    Nothing half-written is ever left at ``path``. The file gets the usual ``0666 & ~umask`` mode.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # never rename over a device, a pipe or a folder
+        from posecal.errors import PosecalInputError
+
+        raise PosecalInputError("exists and is not a regular file", file=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp creates 0600; files honour the umask (0644 under 022)
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path

@@ -329,8 +329,12 @@ def visibility_metrics(kp: KeypointPairs) -> dict[str, object]:
     else:
         p, y = kp.visibility.ravel(), (kp.gt_v > 0).ravel().astype(float)
         _set(vis, "auroc", lambda: M.auroc(p, y))
-        _set(vis, "ap", lambda: M.average_precision_binary(p, y))
-        _set(vis, "brier", lambda: M.brier(p, y))
+        if y.size and (y.min() == y.max()):  # one class only: AP is trivially 1 (or 0), Brier says nothing
+            for k in ("ap", "brier"):
+                vis[k], vis[k + "_reason"] = None, "only one class in the labels"
+        else:
+            _set(vis, "ap", lambda: M.average_precision_binary(p, y))
+            _set(vis, "brier", lambda: M.brier(p, y))
     s_all, y_all = kp.score.ravel(), (kp.gt_v > 0).ravel().astype(float)
     _set(vis, "auroc_keypoint_score", lambda: M.auroc(s_all, y_all))
     vis["target"] = "gt v > 0 (labelled), over all keypoints of matched detections"

@@ -167,7 +167,31 @@ def _fig_visibility(plt, a: Audit, path: Path) -> None:
     plt.close(fig)
 
 
-def _html(a: Audit, figures: list[str], coco: dict[str, Any], title: str) -> str:
+HEADLINE = (
+    ("mAP", "AP", "COCO keypoint AP (OKS .50:.95), instances ranked by their confidence"),
+    ("mAR", "AR", "COCO keypoint AR: the same detections, no ranking; AP cannot exceed it"),
+    ("gap", "gap", "AR − AP: what ranking by confidence loses; 0 for a perfect ranking"),
+    ("oracle_AP", "oracle AP", "AP if each confidence were the detection's true OKS: the best any rescoring can do"),
+    ("pearson_instance", "Pearson", "correlation of instance confidence with OKS (1: confidence tracks accuracy)"),
+    ("ause_instance", "AUSE", "area between the sparsification curve and the oracle's (0: confidence orders "
+     "errors perfectly)"),
+    ("ece", "ECE", "expected calibration error: mean |confidence − OKS| over confidence bins (0: calibrated)"),
+)
+
+
+def _headline(m: dict[str, Any]) -> str:
+    cells = []
+    for key, name, meaning in HEADLINE:
+        v = m.get(key)
+        why = m.get(key + "_reason")
+        val = _fmt(v) + (f' <span class="why">({html.escape(why)})</span>' if v is None and why else "")
+        cells.append(f'<tr><th>{html.escape(name)}</th><td class="num">{val}</td>'
+                     f"<td>{html.escape(meaning)}</td></tr>")
+    return f'<table class="headline">{"".join(cells)}</table>'
+
+
+def _html(a: Audit, figures: list[str], coco: dict[str, Any], title: str,
+          sources: dict[str, str] | None = None) -> str:
     m = a.metrics
     rows = []
     for k in PRIMARY_KEYS:
@@ -197,16 +221,24 @@ def _html(a: Audit, figures: list[str], coco: dict[str, Any], title: str) -> str
         for f in figures
     )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in m.get("notes", []))
+    src = "".join(f"<li>{html.escape(k)}: <code>{html.escape(str(v))}</code></li>"
+                  for k, v in (sources or {}).items() if v)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:1em auto}}table{{border-collapse:collapse}}
-td{{border:1px solid #ccc;padding:2px 8px}}img{{max-width:100%}}figure{{margin:1em 0}}</style></head>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:1em auto;line-height:1.35}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}
+table.headline th{{font-size:1.1em}}table.headline td.num{{font-size:1.3em;font-weight:bold;
+font-variant-numeric:tabular-nums;text-align:right}}.why{{font-size:.7em;font-weight:normal;color:#666}}
+img{{max-width:100%}}figure{{margin:1em 0}}details{{margin:1em 0}}summary{{cursor:pointer;font-size:1.2em}}
+code{{background:#f4f4f4;padding:0 3px}}</style></head>
 <body><h1>{html.escape(title)}</h1>
-<p><a href="metrics.json">metrics.json</a>. Pairs: {html.escape(m.get("pairs", ""))}</p>
-<h2>Calibration</h2><table><tr><td><b>metric</b></td><td><b>value</b></td><td><b>why n/a</b></td></tr>
-{"".join(rows)}</table><ul>{notes}</ul>
-<h2>COCO keypoint AP / AR</h2><table>{coco_rows}</table>
+<ul>{src}<li>pairs: {html.escape(m.get("pairs", ""))}</li><li>all numbers: <a href="metrics.json">metrics.json</a></li>
+</ul>
+<h2>Headline</h2>{_headline(m)}<ul>{notes}</ul>
 <h2>Figures</h2>{figs}
+<details><summary>All {len(rows)} calibration metrics</summary>
+<table><tr><th>metric</th><th>value</th><th>why n/a</th></tr>{"".join(rows)}</table></details>
+<details><summary>COCO keypoint AP / AR (10 stats)</summary><table>{coco_rows}</table></details>
 </body></html>
 """
 
@@ -241,7 +273,8 @@ def write_report(
     write_json_atomic(out / "metrics.json", doc)
     written["metrics.json"] = out / "metrics.json"
     figs = [f for f in FIGURES if f in written and (out / f).is_file()]
-    write_bytes_atomic(out / "index.html", _html(a, figs, coco, title).encode())
+    sources = {"ground truth": doc.get("gt"), "predictions": doc.get("pred")}
+    write_bytes_atomic(out / "index.html", _html(a, figs, coco, title, sources).encode())
     written["index.html"] = out / "index.html"
     mode = _file_mode()
     for p in written.values():  # the atomic temporary files are 0600; a report is meant to be shared

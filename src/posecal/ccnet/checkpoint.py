@@ -32,8 +32,8 @@ def save_head(head_dir: str | os.PathLike, head: CCNetHead, meta: dict[str, obje
     """Write weights and metadata atomically (weights first, then the JSON that names them)."""
     from safetensors.torch import save_file
 
-    d = Path(head_dir)
-    d.mkdir(parents=True, exist_ok=True)
+    from posecal._outputs import atomic_dir
+
     full = {
         **meta,
         "format": FORMAT,
@@ -47,9 +47,10 @@ def save_head(head_dir: str | os.PathLike, head: CCNetHead, meta: dict[str, obje
         },
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    with atomic_path(d / WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "head": head.kind})
-    write_json_atomic(d / META, full)
+    with atomic_dir(head_dir) as d:  # both files or neither
+        with atomic_path(d / WEIGHTS) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT, "head": head.kind})
+        write_json_atomic(d / META, full)
 
 
 def load_head(head_dir: str | os.PathLike) -> tuple[CCNetHead, dict[str, object]]:
@@ -70,15 +71,22 @@ def load_head(head_dir: str | os.PathLike) -> tuple[CCNetHead, dict[str, object]
     for key in ("head", "in_channels", "num_keypoints"):
         if key not in meta:
             raise PosecalInputError("missing", file=str(mpath), field=key)
+    for key, top in (("in_channels", 1 << 16), ("num_keypoints", 1 << 10)):
+        v = meta[key]
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top:
+            raise PosecalInputError(f"expected an integer in [1, {top}], got {v!r}", file=str(mpath), field=key)
     if not isinstance(meta["head"], str) or meta["head"] not in HEAD_KINDS:
         raise PosecalInputError(
             f"unknown head kind {meta['head']!r}; choose one of {sorted(HEAD_KINDS)}", file=str(mpath), field="head"
         )
-    try:
-        in_channels, num_keypoints = int(meta["in_channels"]), int(meta["num_keypoints"])
-    except (TypeError, ValueError):
-        raise PosecalInputError("in_channels and num_keypoints must be integers", file=str(mpath)) from None
-    head = CCNetHead(meta["head"], in_channels, num_keypoints)
+    for key in ("keypoint_set", "feature_tensor", "pooling", "model_tensor", "model_sha256"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise PosecalInputError(f"expected a string, got {meta[key]!r}", file=str(mpath), field=key)
+    fs = meta.get("feature_shape")
+    if fs is not None and not (isinstance(fs, list) and all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in fs)):
+        raise PosecalInputError(f"expected a list of sizes, got {fs!r}", file=str(mpath), field="feature_shape")
+    head = CCNetHead(meta["head"], int(meta["in_channels"]), int(meta["num_keypoints"]))
     try:
         state = load_file(str(wpath))
     except Exception as e:  # safetensors raises its own error types
@@ -93,6 +101,8 @@ def load_head(head_dir: str | os.PathLike) -> tuple[CCNetHead, dict[str, object]
             raise PosecalInputError(
                 f"shape {tuple(v.shape)} != expected {tuple(want[k].shape)}", file=str(wpath), field=k
             )
+        if v.dtype.is_floating_point and not bool(v.isfinite().all()):
+            raise PosecalInputError("non-finite weights", file=str(wpath), field=k)
     head.load_state_dict(state)
     head.eval()
     return head, meta

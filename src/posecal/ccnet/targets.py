@@ -64,6 +64,7 @@ def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> Sto
     from posecal.models.store import FeatureStore
 
     fs = FeatureStore.open(path)
+    fs.verify()  # a missing, damaged or reshaped chunk is named here, whichever arrays are used below
     meta = fs.meta
     if fs.feature_name is None:
         raise PosecalInputError("store has no feature tensor (extract with --pooling)", file=str(path))

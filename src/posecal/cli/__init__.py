@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-from posecal.errors import PosecalInputError
+from posecal.errors import PosecalInputError, PosecalWarning
 
 # name -> module; order is the order shown in --help
 SUBCOMMANDS: dict[str, str] = {
@@ -28,7 +28,9 @@ SUBCOMMANDS: dict[str, str] = {
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from posecal.cli._args import PosecalArgumentParser, plain_help
+
+    parser = PosecalArgumentParser(
         prog="posecal", description="Calibrated confidence for 2D pose estimation."
     )
     from posecal import __version__
@@ -48,6 +50,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             raise
         p = mod.add_parser(sub)
         p.set_defaults(_run=mod.run)
+        plain_help(p)  # plain-text help (no reST markup), one-line argparse errors
     return parser
 
 
@@ -71,14 +74,59 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    try:
-        return int(args._run(args) or 0)
-    except PosecalInputError as e:
-        print(f"posecal {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return _run_command(args)
+
+
+def _error(command: str, message: object) -> int:
+    from posecal.cli._args import one_line
+
+    sys.stderr.write(f"posecal {command}: error: {one_line(message)}\n")
+    return 2
+
+
+def _os_error(e: OSError) -> str:
+    """One line for an OSError on a user path: ``FILE: reason``."""
+    what = e.strerror or str(e) or type(e).__name__
+    names = [n for n in (e.filename, e.filename2) if n is not None]
+    return ": ".join([*(os.fsdecode(n) if isinstance(n, bytes) else str(n) for n in names), what])
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run a subcommand under the error contract: a failure on user input is ONE stderr line and exit 2
+    (``PosecalInputError``; ``OSError`` on a user path: unreadable, unwritable, a folder, no space; input
+    nested too deeply for the parser). Warnings are printed as one line each once the command succeeded
+    (on failure the error line is the only output). Anything else is a bug: its traceback is shown (and with
+    ``POSECAL_DEBUG=1`` also behind OSError / RecursionError / MemoryError)."""
+    import warnings
+
+    from posecal.cli._args import one_line
+
+    cmd = args.command
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            rc = int(args._run(args) or 0)
+        except PosecalInputError as e:
+            return _error(cmd, e)
+        except (OSError, RecursionError, MemoryError) as e:
+            if os.environ.get("POSECAL_DEBUG"):  # developers: the traceback behind the one line
+                raise
+            if isinstance(e, OSError):
+                return _error(cmd, _os_error(e))
+            return _error(cmd, "input nested too deeply (RecursionError)" if isinstance(e, RecursionError)
+                          else "out of memory (input too large?)")
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+    seen = set()
+    own = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for w in caught:  # posecal's own warnings; third-party deprecation chatter stays off stderr
+        if not (issubclass(w.category, PosecalWarning) or os.path.abspath(w.filename).startswith(own)):
+            continue
+        line = f"posecal {cmd}: warning: {one_line(w.message)}"
+        if line not in seen:
+            seen.add(line)
+            sys.stderr.write(line + "\n")
+    return rc
 
 
 def console_main() -> None:
@@ -88,6 +136,13 @@ def console_main() -> None:
     at once (``os._exit``) instead of tearing the interpreter down: freeing the ~10⁵ objects of the parsed
     files and the modules costs ~20 ms of a 0.35 s run, and nothing is left to flush or finalise.
     """
+    import warnings
+
+    from posecal.cli._args import one_line
+
+    # a warning that escapes the per-command handler is still one line, without source paths or code lines
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: (  # type: ignore[assignment]
+        f"posecal: warning: {one_line(message)}\n")
     rc = main()
     if rc == 0 and getattr(sys.modules.get("posecal.cli.evaluate"), "_finished_plain", False):
         try:

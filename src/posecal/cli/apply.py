@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from posecal.errors import PosecalInputError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -29,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from posecal._outputs import check_creatable, refuse_clobber
     from posecal._util import dumps_json
     from posecal.ccnet.apply import rescore_records
     from posecal.ccnet.checkpoint import check_compatible, load_head
@@ -36,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from posecal.ccnet.train import predict
     from posecal.io.coco import save_results
 
+    refuse_clobber({"--store": args.store, "--head": args.head}, {"--out": args.out})
+    check_creatable(args.out, "file")
     head, meta = load_head(args.head)
     data = load_store(args.store, need_gt=False, features=False)
     check_compatible(meta, data.head_meta, file=args.head)
@@ -43,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
     feats = FeatureStore.open(args.store).features()
     s, v = predict(head, feats)
+    import numpy as np
+
+    if not (np.isfinite(s).all() and np.isfinite(v).all()):
+        raise PosecalInputError("the head produced non-finite scores on this store", file=args.head)
     recs = rescore_records(
         data.records,
         s,

@@ -25,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from posecal._outputs import check_creatable, refuse_clobber
+
+    refuse_clobber({"src": args.src, "--images": args.images}, {"--out": args.out})
+    check_creatable(args.out, "file")
     if args.format == "lsp":
         from posecal.datasets.lsp import read_lsp
 
@@ -33,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
         from posecal.datasets.mpii import read_mpii
 
         d = read_mpii(args.src, args.images)
+    from posecal.datasets.coco import check_converted
+
+    check_converted(d, file=args.src, split=args.split if args.format == "lsp" else None)
     write_json_atomic(args.out, d, indent=False)
     summary = {"out": args.out, "format": args.format, "images": len(d["images"]),
                "annotations": len(d["annotations"]),

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from posecal.cli._args import nonneg_int, positive_int, threads
 from posecal.errors import PosecalInputError, PosecalWarning
 
 SIM_BANNER = "SIMULATION — synthetic data from posecal.theory.simulate, not a real model"
@@ -42,16 +43,18 @@ COLUMNS = (("AP", "mAP"), ("AR", "mAR"), ("gap", "gap"), ("Pearson", "pearson_in
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="end-to-end demo: evaluate, closed form, CCNet (simulation or LSP)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="posecal-demo", help="output directory (report, table, head)")
+    p.add_argument("--out", default=None,
+                   help="output directory (report, table, head); default posecal-demo (simulation), "
+                   "posecal-demo-lsp (--lsp)")
     p.add_argument("--lsp", default=None, help="LSP directory (joints.mat, images/): run on real data")
     p.add_argument("--model", default=None, help="pose model for --lsp (EfficientPoseI.tflite)")
-    p.add_argument("--augment", type=int, default=0, help="--lsp: jittered copies per train instance")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--augment", type=nonneg_int, default=0, help="--lsp: jittered copies per train instance")
+    p.add_argument("--steps", type=positive_int, default=None,
                    help="CCNet training steps (default: 2000 simulation, 12000 LSP — the paper's recipe)")
-    p.add_argument("--n-train", type=int, default=4000, help="simulation: train instances")
-    p.add_argument("--n-test", type=int, default=2000, help="simulation: test instances")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="model / torch threads")
+    p.add_argument("--n-train", type=positive_int, default=4000, help="simulation: train instances")
+    p.add_argument("--n-test", type=positive_int, default=2000, help="simulation: test instances")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--threads", type=threads, default=None, help="model / torch threads")
     p.add_argument("--json", action="store_true", help="print the before/after table as JSON on stdout")
     return p
 
@@ -297,7 +300,11 @@ def run_lsp(lsp: Path, model: Path, out: Path, *, augment: int = 0, steps: int =
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    from posecal._outputs import check_creatable, refuse_clobber
+
+    out = Path(args.out or ("posecal-demo-lsp" if args.lsp is not None else "posecal-demo"))
+    refuse_clobber({"--lsp": args.lsp, "--model": args.model}, {"--out": out})
+    check_creatable(out, "dir")
     if args.lsp is None and args.model is not None:
         raise PosecalInputError("--model needs --lsp DIR (without both: the simulation demo)", field="--lsp")
     if args.lsp is not None:

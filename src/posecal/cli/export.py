@@ -25,8 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from posecal._outputs import check_creatable, refuse_clobber
     from posecal._util import dumps_json
     from posecal.ccnet.export import export, export_head_only
+
+    refuse_clobber({"--model": args.model, "--head": args.head}, {"--out": args.out})
+    check_creatable(args.out, "file")
 
     summary = export_head_only(args.model, args.head, args.out) if args.head_only else \
         export(args.model, args.head, args.out)

@@ -12,10 +12,14 @@ The same pipeline is available from Python as :func:`posecal.models.extract.extr
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from posecal._util import dumps_json
+from posecal.cli._args import nonneg_int, positive_float, positive_int, threads
 from posecal.errors import PosecalInputError
 from posecal.models.adapters.pooling import POOLINGS
 from posecal.models.extract import extract, parse_shard, shard_dir
@@ -24,7 +28,10 @@ from posecal.models.extract import extract, parse_shard, shard_dir
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="run a pose model top-down over a dataset into a feature store",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="model file (.tflite or .onnx)")
+    p.add_argument("--model", help="model file: .tflite, .onnx, TorchScript .pt (with --input-size) or "
+                   "torch.export .pt2")
+    p.add_argument("--input-size", type=positive_int, nargs=2, default=None, metavar=("W", "H"),
+                   help="model input size; needed for a TorchScript model only")
     p.add_argument("--data", help="COCO keypoints JSON (e.g. from posecal convert)")
     p.add_argument("--images", help="image folder")
     p.add_argument("--out", required=True, help="store directory")
@@ -32,29 +39,33 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="gap: (C); heatmap: heatmap-weighted per keypoint (K, C); spatial: (C, H, W) float16")
     p.add_argument("--boxes", default="gt", help="'gt' or a COCO detection results JSON")
     p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop")
-    p.add_argument("--augment", type=int, default=0, metavar="N",
+    p.add_argument("--augment", type=nonneg_int, default=0, metavar="N",
                    help="N jittered copies per instance (flip, scale/rotation, occluders), for CCNet")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--shard", default=None, metavar="i/n",
                    help="write shard i of n to OUT.shard-i-of-n (default from RANK/WORLD_SIZE when n > 1)")
     p.add_argument("--merge", action="store_true", help="merge OUT.shard-*-of-n into OUT")
     p.add_argument("--skip-missing", action="store_true", help="skip instances whose image is missing")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip instances whose image cannot be decoded (empty, corrupt, truncated, too large); "
+                   "they are listed in the store's meta.json")
     p.add_argument("--tensor", default=None, help="feature tensor name (default: discovered penultimate)")
     p.add_argument("--model-kind", default=None, help="efficientpose or blazepose (default: recognised)")
     p.add_argument("--allow-missing-joints", action="store_true",
                    help="dataset keypoints the model lacks get score 0 instead of an error")
-    p.add_argument("--target-sigma", type=float, default=None,
+    p.add_argument("--target-sigma", type=positive_float, default=None,
                    help="training-target Gaussian sigma in heatmap px for sigma-hat (default per model kind)")
     p.add_argument("--sigma-method", choices=["fit", "peak"], default="fit", help="sigma-hat estimator")
-    p.add_argument("--chunk-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--chunk-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--threads", type=threads, default=None)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     return p
 
 
 # --------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
+    from posecal._outputs import check_creatable, refuse_clobber
     from posecal.models.store import merge_stores
 
     if args.merge:
@@ -62,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
         shards = sorted(out.parent.glob(out.name + ".shard-*-of-*"))
         if not shards:
             raise PosecalInputError(f"no shard stores {out.name}.shard-*-of-* found", file=str(out.parent))
-        store = merge_stores(shards, out)
+        refuse_clobber({"shard": [str(x) for x in shards]}, {"--out": out})
+        check_creatable(out, "dir")
+        with _removed_on_failure(out):
+            store = merge_stores(shards, out)
         _report(store, args)
         return 0
     for flag in ("model", "data", "images"):
@@ -73,14 +87,19 @@ def run(args: argparse.Namespace) -> int:
 
     shard = parse_shard(args.shard)
     out = Path(args.out) if shard[1] == 1 else shard_dir(args.out, *shard)
+    refuse_clobber({"--model": args.model, "--data": args.data, "--images": args.images,
+                    "--boxes": None if args.boxes == "gt" else args.boxes}, {"--out": out})
+    check_creatable(out, "dir")
     adapter = load_adapter(args.model, tensor=args.tensor, model_kind=args.model_kind,
-                           num_threads=args.threads)
-    res = extract(adapter, args.data, args.images, out, pooling=args.pooling, boxes=args.boxes,
-                  flip=args.flip,
-                  augment=args.augment, seed=args.seed, shard=shard, skip_missing=args.skip_missing,
-                  allow_missing_joints=args.allow_missing_joints, chunk_size=args.chunk_size,
-                  batch_size=args.batch_size, model_sha256=file_sha256(args.model),
-                  target_sigma=args.target_sigma, sigma_method=args.sigma_method)
+                           num_threads=args.threads, input_size=args.input_size)
+    with _removed_on_failure(out):
+        res = extract(adapter, args.data, args.images, out, pooling=args.pooling, boxes=args.boxes,
+                      flip=args.flip,
+                      augment=args.augment, seed=args.seed, shard=shard, skip_missing=args.skip_missing,
+                      skip_bad_images=args.skip_bad_images,
+                      allow_missing_joints=args.allow_missing_joints, chunk_size=args.chunk_size,
+                      batch_size=args.batch_size, model_sha256=file_sha256(args.model),
+                      target_sigma=args.target_sigma, sigma_method=args.sigma_method)
     if res is None:
         msg = (f"shard {shard[0]}/{shard[1]} written to {out}; "
                f"merge with: posecal extract --merge --out {args.out}")
@@ -88,6 +107,23 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _report(res, args)
     return 0
+
+
+@contextlib.contextmanager
+def _removed_on_failure(out: Path) -> Iterator[None]:
+    """A store this run creates is removed if the run fails on bad input (an existing partial store is kept:
+    its finished chunks are valid and a re-run resumes them). A killed run (SIGKILL) leaves it to resume."""
+    from posecal.models.store import StoreLockedError
+
+    fresh = not out.exists()
+    try:
+        yield
+    except StoreLockedError:
+        raise  # another process's store: never touched
+    except (PosecalInputError, OSError):
+        if fresh and out.is_dir():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def json_line(obj: Any) -> str:

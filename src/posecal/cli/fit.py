@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from posecal.ccnet.targets import load_store, scores_and_ap
+from posecal.cli._args import device, nonneg_float, nonneg_int, positive_float, positive_int, threads
 from posecal.errors import PosecalInputError
 
 # head chosen by default for each store feature tensor: the recommended recipe (see docs/results.md, "CCNet")
@@ -38,20 +39,44 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--val-store", help="store to validate on (AP, Pearson) during training")
     p.add_argument("--head", choices=["fc", "conv_gap", "conv_sigmoid_gap", "kpt"],
                    help="head kind; default: the recommended one for the store's feature tensor")
-    p.add_argument("--steps", type=int, default=12000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--lam", type=float, default=0.2, help="visibility loss weight λ (Eq. 21)")
+    p.add_argument("--steps", type=positive_int, default=12000)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--lam", type=nonneg_float, default=0.2, help="visibility loss weight λ (Eq. 21)")
     p.add_argument("--conf-loss", choices=["mse", "bce"], default="mse",
                    help="confidence loss: MSE (Eq. 19) or BCE on the soft OKS target (App. C)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=0, help="steps between validations (0: 10 per run)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--eval-every", type=nonneg_int, default=0, help="steps between validations (0: 10 per run)")
     p.add_argument("--box-score", action="store_true", help="multiply ĉ by the box score")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default 1 if pooled)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (this rank's GPU under torchrun)")
+    p.add_argument("--threads", type=threads, default=None, help="torch threads (default 1 if pooled)")
+    p.add_argument("--device", type=device, default="cpu",
+                   help="cpu (default) or cuda (this rank's GPU under torchrun)")
     p.add_argument("--json", action="store_true", help="print the final metadata as JSON on stdout")
     return p
+
+
+def _check_before_training(args: argparse.Namespace, torch: Any) -> None:
+    """Everything that can be checked before minutes of training: flags, outputs (no input, writable), device."""
+    from posecal._outputs import check_creatable, refuse_clobber
+
+    if args.steps < 1 or args.batch_size < 1:
+        raise PosecalInputError("--steps and --batch-size must be >= 1", field="--steps/--batch-size")
+    refuse_clobber({"--store": args.store, "--val-store": args.val_store}, {"--out": args.out},
+                   dir_outputs={"--out": ["head.json", "head.safetensors"]})
+    check_creatable(args.out, "dir")
+    _check_device(torch, args.device)
+
+
+def _check_device(torch: Any, device: str) -> None:
+    """The --device exists on this machine (its syntax was checked at parse time)."""
+    if device.startswith("cuda"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        idx = int(device.partition(":")[2] or os.environ.get("LOCAL_RANK", "0") or 0)
+        if idx >= n:
+            raise PosecalInputError(f"{device}: this machine has {n} CUDA device(s)", field="--device")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise PosecalInputError("mps is not available on this machine", field="--device")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,8 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from posecal.ccnet.checkpoint import save_head
     from posecal.ccnet.train import TrainConfig, default_device, distributed_env, fit_head
 
-    if args.steps < 1 or args.batch_size < 1:
-        raise PosecalInputError("--steps and --batch-size must be >= 1", field="--steps/--batch-size")
+    _check_before_training(args, torch)
     stores = [load_store(p) for p in args.store]
     train = stores[0]
     for p, d in zip(args.store[1:], stores[1:], strict=True):

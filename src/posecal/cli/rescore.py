@@ -11,11 +11,13 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 
 import numpy as np
 
+from posecal.cli._args import finite_float, positive_float, positive_int
 from posecal.errors import PosecalInputError, PosecalWarning
 
 
@@ -50,18 +52,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="closed-form: how keypoint scores encode sigma (heatmap peak, Eq. 17; RLE 1-sigma, Eq. 3)",
     )
     p.add_argument(
-        "--target-sigma", type=float, default=2.0, help="closed-form: heatmap target l~ (heatmap px)"
+        "--target-sigma", type=positive_float, default=2.0, help="closed-form: heatmap target l~ (heatmap px)"
     )
-    p.add_argument("--heatmap-size", type=int, nargs=2, default=(48, 64), metavar=("W", "H"))
-    p.add_argument("--input-size", type=int, nargs=2, default=(192, 256), metavar=("W", "H"))
-    p.add_argument("--padding", type=float, default=1.25, help="closed-form: top-down crop padding")
+    p.add_argument("--heatmap-size", type=positive_int, nargs=2, default=(48, 64), metavar=("W", "H"))
+    p.add_argument("--input-size", type=positive_int, nargs=2, default=(192, 256), metavar=("W", "H"))
+    p.add_argument("--padding", type=positive_float, default=1.25, help="closed-form: top-down crop padding")
     p.add_argument(
         "--aggregate",
         choices=AGGREGATES,
         default="bbox_keypoint",
         help="instance aggregation of the new keypoint scores (closed-form, isotonic, loglog)",
     )
-    p.add_argument("--keypoint-score-thr", type=float, default=0.2)
+    p.add_argument("--keypoint-score-thr", type=finite_float, default=0.2)
     p.add_argument("--fit-gt", help="ground truth to fit a learned calibrator on")
     p.add_argument("--fit-pred", help="results to fit a learned calibrator on (with --fit-gt)")
     g = p.add_mutually_exclusive_group()
@@ -91,10 +93,11 @@ def _params(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from posecal._util import dumps_json
+    from posecal._util import atomic_path, dumps_json
     from posecal.io.coco import load_gt, load_results, save_results
     from posecal.rescore import Rescorer, get_rescorer
 
+    _check_outputs(args)
     if (args.fit_gt is None) != (args.fit_pred is None):
         raise PosecalInputError("--fit-gt and --fit-pred go together", None, None, "--fit-gt/--fit-pred")
     if args.pred is None and args.store is None:
@@ -104,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         from posecal.models.store import FeatureStore
 
         store = FeatureStore.open(args.store)
+        if args.pred is None:
+            _ = store.predictions  # checked against its checksum in meta.json
     gt_src = args.gt or (str(store.gt_path) if store is not None and store.gt_path is not None else None)
     gt = load_gt(gt_src) if gt_src else None
     pred_src = args.pred if args.pred else str(store.path / "predictions.json")
@@ -120,8 +125,8 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.method == "closed-form" and "sigma_hat" in store.arrays:
             sigma = store.read("sigma_hat")
-    for w in caught:  # scores above 1 are legal (heatmap maxima): say it once, never squash
-        print(f"posecal rescore: warning: {w.message}", file=sys.stderr)
+    for w in caught:  # scores above 1 are legal (heatmap maxima): say it once (on success), never squash
+        warnings.warn(w.message, PosecalWarning, stacklevel=1)
 
     if args.calibrator:
         r = Rescorer.load(args.calibrator)
@@ -143,11 +148,14 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             r.fit(pred, gt)
-    out = r.transform(pred, gt, sigma=sigma) if sigma is not None else r.transform(pred, gt)
+    out = _transform(r, pred, gt, sigma, args.calibrator)
     records = out.to_records(pred)
-    save_results(args.out, records)
-    if args.save_calibrator:
-        r.save(args.save_calibrator)
+    # both outputs or neither: each goes to a temporary sibling, renamed in only when both are written
+    with atomic_path(args.out) as tmp_out, \
+            (atomic_path(args.save_calibrator) if args.save_calibrator else contextlib.nullcontext()) as tmp_cal:
+        save_results(tmp_out, records)
+        if tmp_cal is not None:
+            r.save(tmp_cal)
 
     raw_inst, raw_kp = pred.score, pred.keypoints[..., 2]
     summary = {
@@ -172,6 +180,31 @@ def run(args: argparse.Namespace) -> int:
         if args.save_calibrator:
             print(f"  calibrator saved to {args.save_calibrator}")
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before reading anything: no output is an input, each output can be written."""
+    from posecal._outputs import check_creatable, refuse_clobber
+
+    refuse_clobber({"--pred": args.pred, "--store": args.store, "--gt": args.gt, "--fit-gt": args.fit_gt,
+                    "--fit-pred": args.fit_pred, "--calibrator": args.calibrator},
+                   {"--out": args.out, "--save-calibrator": args.save_calibrator})
+    check_creatable(args.out, "file", field="--out")
+    if args.save_calibrator:
+        check_creatable(args.save_calibrator, "file", field="--save-calibrator")
+
+
+def _transform(r, pred, gt, sigma, calibrator: str | None):
+    """``r.transform`` with the checks a loaded calibrator needs: OKS sigmas fit the keypoints, scores finite."""
+    sig = getattr(r, "sigmas", None)
+    if sig is not None and np.size(sig) != pred.keypoints.shape[1]:
+        raise PosecalInputError(f"{np.size(sig)} OKS sigmas for {pred.keypoints.shape[1]} keypoints",
+                                calibrator, None, "params.sigmas")
+    out = r.transform(pred, gt, sigma=sigma) if sigma is not None else r.transform(pred, gt)
+    if not (np.isfinite(out.keypoint_scores).all() and np.isfinite(out.instance_scores).all()):
+        raise PosecalInputError("the rescorer produced non-finite scores (a tampered calibrator?)", calibrator,
+                                None, "state")
+    return out
 
 
 def _mean(a: np.ndarray) -> float:

@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from posecal.cli._args import finite_float, nonneg_float, nonneg_int, threads
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="occlusion / visibility robustness studies (paper Figs. 3, 4)",
@@ -24,35 +26,42 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     o.add_argument("--joint", required=True, help="keypoint name, e.g. right_wrist")
     o.add_argument("--head", default=None, help="CCNet head directory (adds the calibrated confidence)")
     o.add_argument("--out", required=True, help="output directory (occlusion.png, occlusion.json)")
-    o.add_argument("--radii", type=float, nargs="+", default=None, help="radii in input px (default 0..64)")
-    o.add_argument("--limit", type=int, default=100, help="at most N instances (0: all)")
-    o.add_argument("--blur-sigma", type=float, default=6.0, help="Gaussian blur sigma, input px")
-    o.add_argument("--threads", type=int, default=None)
+    o.add_argument("--radii", type=nonneg_float, nargs="+", default=None, help="radii in input px (default 0..64)")
+    o.add_argument("--limit", type=nonneg_int, default=100, help="at most N instances (0: all)")
+    o.add_argument("--blur-sigma", type=nonneg_float, default=6.0, help="Gaussian blur sigma, input px")
+    o.add_argument("--threads", type=threads, default=None)
     o.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     v = s.add_parser("visibility", help="visible vs occluded confidence; AP by aggregation (Fig. 4)")
     v.add_argument("--store", required=True, help="feature store with gt (posecal extract)")
     v.add_argument("--head", default=None, help="CCNet head directory (adds ŝ, v̂ and predicted visibility)")
     v.add_argument("--out", required=True, help="output directory (visibility.png, visibility.json)")
-    v.add_argument("--tau", type=float, default=0.2, help="threshold of the tau aggregation")
+    v.add_argument("--tau", type=finite_float, default=0.2, help="threshold of the tau aggregation")
     v.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from posecal._outputs import atomic_dir, check_creatable, refuse_clobber
     from posecal._util import dumps_json, write_json_atomic
     from posecal.ccnet.export import make_shareable
 
     out = Path(args.out)
+    if args.study == "occlusion":
+        ins = {"--model": args.model, "--data": args.data, "--images": args.images, "--head": args.head}
+    else:
+        ins = {"--store": args.store, "--head": args.head}
+    refuse_clobber(ins, {"--out": out}, dir_outputs={"--out": [f"{args.study}.png", f"{args.study}.json"]})
+    check_creatable(out, "dir")
     if args.study == "occlusion":
         from posecal.studies.occlusion import DEFAULT_RADII, occlusion_study, plot_occlusion
 
         res = occlusion_study(args.model, args.data, args.images, args.joint, head=args.head,
                               radii=args.radii or DEFAULT_RADII, limit=args.limit or None,
                               blur_sigma=args.blur_sigma, threads=args.threads)
-        out.mkdir(parents=True, exist_ok=True)
-        plot_occlusion(res, out / "occlusion.png")
-        write_json_atomic(out / "occlusion.json", res)
-        make_shareable(out / "occlusion.png", out / "occlusion.json")
+        with atomic_dir(out) as tmp:  # both files or neither
+            plot_occlusion(res, tmp / "occlusion.png")
+            write_json_atomic(tmp / "occlusion.json", res)
+            make_shareable(tmp / "occlusion.png", tmp / "occlusion.json")
         if args.json:
             sys.stdout.write(dumps_json(res, indent=True).decode() + "\n")
             return 0
@@ -68,11 +77,11 @@ def run(args: argparse.Namespace) -> int:
     from posecal.studies.visibility import VARIANTS, plot_visibility, visibility_study
 
     res = visibility_study(args.store, head=args.head, tau=args.tau)
-    out.mkdir(parents=True, exist_ok=True)
-    plot_visibility(res, out / "visibility.png")
-    res.pop("_arrays")
-    write_json_atomic(out / "visibility.json", res)
-    make_shareable(out / "visibility.png", out / "visibility.json")
+    with atomic_dir(out) as tmp:  # both files or neither
+        plot_visibility(res, tmp / "visibility.png")
+        res.pop("_arrays")
+        write_json_atomic(tmp / "visibility.json", res)
+        make_shareable(tmp / "visibility.png", tmp / "visibility.json")
     if args.json:
         sys.stdout.write(dumps_json(res, indent=True).decode() + "\n")
         return 0

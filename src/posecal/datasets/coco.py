@@ -36,12 +36,72 @@ class Instance:
     area: float
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) from the image header (PIL, lazy)."""
+def image_size(path: str | os.PathLike, record: object = None) -> tuple[int, int]:
+    """(width, height) from the image header (PIL, lazy); an unreadable image raises PosecalInputError
+    naming the image and ``record``."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return int(im.size[0]), int(im.size[1])
+    try:
+        with Image.open(path) as im:
+            w, h = int(im.size[0]), int(im.size[1])
+    except OSError as e:  # includes PIL.UnidentifiedImageError
+        raise PosecalInputError(f"cannot read image: {e.strerror or e}", file=str(path), record=record,
+                                field="file_name") from None
+    except (ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise PosecalInputError(f"cannot read image: {e}", file=str(path), record=record,
+                                field="file_name") from None
+    if w < 1 or h < 1:
+        raise PosecalInputError(f"image has size {w}x{h}", file=str(path), record=record, field="file_name")
+    return w, h
+
+
+# -- field checks (one line naming file, record and field) -------------------------------------------
+def is_number(v: Any) -> bool:
+    """A JSON number: int or float, not bool (nor a numeric string)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def number(v: Any, file: str | None, record: object, field: str, *, integer: bool = False,
+           finite: bool = True) -> float | int:
+    """``v`` checked to be a JSON number (an integer when ``integer``), finite unless ``finite=False``."""
+    if not is_number(v) or (integer and not (isinstance(v, int) or float(v).is_integer())):
+        raise PosecalInputError(f"expected {'an integer' if integer else 'a number'}, got {_show(v)}",
+                                file=file, record=record, field=field)
+    if finite and not np.isfinite(v):
+        raise PosecalInputError(f"not finite: {v}", file=file, record=record, field=field)
+    return int(v) if integer else float(v)
+
+
+def numbers(v: Any, length: int | None, file: str | None, record: object, field: str) -> np.ndarray:
+    """A flat list of finite JSON numbers (of ``length`` when given) -> float64 array."""
+    if not isinstance(v, list):
+        raise PosecalInputError(f"expected a list of numbers, got {_show(v)}", file=file, record=record,
+                                field=field)
+    if length is not None and len(v) != length:
+        raise PosecalInputError(f"{len(v)} values, expected {length}", file=file, record=record, field=field)
+    for x in v:
+        if not is_number(x):
+            raise PosecalInputError(f"expected numbers, got {_show(x)}", file=file, record=record, field=field)
+    a = np.asarray(v, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise PosecalInputError("non-finite value", file=file, record=record, field=field)
+    return a
+
+
+def _show(v: Any) -> str:
+    r = repr(v)
+    return f"{type(v).__name__} {r[:40]}{'...' if len(r) > 40 else ''}"
+
+
+def safe_file_name(name: Any, file: str | None, record: object) -> str:
+    """An image ``file_name``: a non-empty relative path that stays inside the image folder."""
+    if not isinstance(name, str) or not name:
+        raise PosecalInputError(f"expected a non-empty string, got {_show(name)}", file=file, record=record,
+                                field="file_name")
+    if "\x00" in name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        raise PosecalInputError(f"must be a path inside the image folder, got {name!r}", file=file,
+                                record=record, field="file_name")
+    return name
 
 
 def read_coco(src: str | os.PathLike | dict[str, Any], *, file: str | None = None) -> dict[str, Any]:
@@ -60,8 +120,59 @@ def read_coco(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
     for key in ("images", "annotations", "categories"):
         if not isinstance(d.get(key), list):
             raise PosecalInputError("missing or not a list", file=file, field=key)
+    seen: set[int] = set()
+    for r, im in enumerate(d["images"]):
+        if not isinstance(im, dict):
+            raise PosecalInputError("image record is not an object", file=file, record=f"images[{r}]")
+        if "id" not in im:
+            raise PosecalInputError("missing", file=file, record=f"images[{r}]", field="id")
+        iid = number(im["id"], file, f"images[{r}]", "id", integer=True)
+        if iid in seen:
+            raise PosecalInputError(f"duplicate image id {iid}", file=file, record=f"images[{r}]", field="id")
+        seen.add(iid)
+        if "file_name" not in im:
+            raise PosecalInputError("missing", file=file, record=f"images[{r}]", field="file_name")
+        safe_file_name(im["file_name"], file, f"images[{r}]")
+        for key in ("width", "height"):
+            if key in im and number(im[key], file, f"images[{r}]", key, integer=True) < 1:
+                raise PosecalInputError("must be >= 1", file=file, record=f"images[{r}]", field=key)
+    for r, a in enumerate(d["annotations"]):
+        if not isinstance(a, dict):
+            raise PosecalInputError("annotation is not an object", file=file, record=r)
+        for key in ("id", "image_id"):
+            if key not in a:
+                raise PosecalInputError("missing", file=file, record=r, field=key)
+            number(a[key], file, r, key, integer=True)
+        for key in ("iscrowd", "area", "num_keypoints", "category_id"):
+            if key in a:
+                number(a[key], file, r, key, integer=key != "area")
+    for r, c in enumerate(d["categories"]):
+        if not isinstance(c, dict):
+            raise PosecalInputError("category is not an object", file=file, record=f"categories[{r}]")
+        if "id" in c:
+            number(c["id"], file, f"categories[{r}]", "id", integer=True)
+        names = c.get("keypoints")
+        if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+            raise PosecalInputError("expected a list of keypoint names", file=file, record=f"categories[{r}]",
+                                    field="keypoints")
     keypoint_set(d, file=file)
     return d
+
+
+def check_converted(d: dict[str, Any], *, file: str | None = None, split: str | None = None) -> None:
+    """What ``posecal convert`` writes must be what ``posecal evaluate`` accepts: at least one annotation,
+    every keypoint coordinate finite and every flag 0, 1 or 2 (checked again here, whatever the reader)."""
+    if not d["annotations"]:
+        what = f"split {split!r}" if split else "the conversion"
+        raise PosecalInputError(f"{what} holds no person; nothing to write", file=file, field="split")
+    for r, a in enumerate(d["annotations"]):
+        kp = np.asarray(a["keypoints"], dtype=np.float64).reshape(-1, 3)
+        if not np.isfinite(kp).all():
+            raise PosecalInputError("non-finite keypoint value", file=file, record=a.get("id", r),
+                                    field="keypoints")
+        if not np.isin(kp[:, 2], (0, 1, 2)).all():
+            raise PosecalInputError("keypoint flag not in {0, 1, 2}", file=file, record=a.get("id", r),
+                                    field="keypoints")
 
 
 def keypoint_set(d: dict[str, Any], *, file: str | None = None) -> KeypointSet:
@@ -77,10 +188,12 @@ def keypoint_set(d: dict[str, Any], *, file: str | None = None) -> KeypointSet:
         ks = find_keypoint_set(names)
         if ks is not None:
             return ks
-    anns = [a for a in d.get("annotations", []) if a.get("keypoints")]
+    anns = [a for a in d.get("annotations", []) if isinstance(a, dict) and a.get("keypoints")]
     if not anns:
         raise PosecalInputError("no keypoint names in categories[0] and no annotations with keypoints",
                                 file=file, field="categories")
+    if not isinstance(anns[0]["keypoints"], list):
+        raise PosecalInputError("expected a list of numbers", file=file, record=0, field="keypoints")
     n3 = len(anns[0]["keypoints"])
     k = n3 // 3
     sets = [s for s in KEYPOINT_SETS.values() if s.num_keypoints == k] if n3 % 3 == 0 else []
@@ -94,7 +207,7 @@ def keypoint_set(d: dict[str, Any], *, file: str | None = None) -> KeypointSet:
 
 
 def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, file: str | None = None,
-              min_keypoints: int = 1) -> list[Instance]:
+              min_keypoints: int = 1, boxes_file: str | None = None) -> list[Instance]:
     """Instances to crop, in a stable order (annotation file order, or detection file order).
 
     With ``boxes=None`` every non-crowd gt annotation with at least ``min_keypoints`` labelled keypoints
@@ -112,33 +225,41 @@ def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, f
             kp = a.get("keypoints")
             if not kp:
                 continue
-            if len(kp) != 3 * k:
+            if isinstance(kp, list) and len(kp) != 3 * k:
                 raise PosecalInputError(f"{len(kp)} keypoint values, expected {3 * k} ({ks.name})",
                                         file=file, record=r, field="keypoints")
-            kpa = np.asarray(kp, dtype=np.float64).reshape(k, 3)
+            kpa = numbers(kp, 3 * k, file, r, "keypoints").reshape(k, 3)
+            if not np.isin(kpa[:, 2], (0, 1, 2)).all():
+                raise PosecalInputError("visibility flag not in {0, 1, 2}", file=file, record=r, field="keypoints")
             if int((kpa[:, 2] > 0).sum()) < min_keypoints:
                 continue
-            bbox = np.asarray(a.get("bbox", [0, 0, 0, 0]), dtype=np.float64)
-            if bbox.shape != (4,) or bbox[2] <= 0 or bbox[3] <= 0:
+            if "bbox" not in a:
+                raise PosecalInputError("missing", file=file, record=r, field="bbox")
+            bbox = numbers(a["bbox"], 4, file, r, "bbox")
+            if bbox[2] <= 0 or bbox[3] <= 0:
                 raise PosecalInputError("bbox must be [x, y, w, h] with w, h > 0", file=file, record=r,
                                         field="bbox")
             iid = int(a["image_id"])
             if iid not in imgs:
                 raise PosecalInputError(f"image_id {iid} not in images", file=file, record=r,
                                         field="image_id")
-            out.append(Instance(iid, int(a.get("id", r)), imgs[iid]["file_name"], bbox, 1.0, kpa,
+            out.append(Instance(iid, int(a["id"]), imgs[iid]["file_name"], bbox, 1.0, kpa,
                                 float(a.get("area", bbox[2] * bbox[3]))))
     else:
         for r, b in enumerate(boxes):
-            try:
-                iid = int(b["image_id"])
-                bbox = np.asarray(b["bbox"], dtype=np.float64)
-                score = float(b.get("score", 1.0))
-            except (KeyError, TypeError, ValueError) as e:
-                raise PosecalInputError(f"bad detection record: {e}", record=r, field="bbox") from None
-            if bbox.shape != (4,) or bbox[2] <= 0 or bbox[3] <= 0:
-                raise PosecalInputError("bbox must be [x, y, w, h] with w, h > 0", record=r, field="bbox")
-            if iid not in imgs or int(b.get("category_id", 1)) != 1:
+            if not isinstance(b, dict):
+                raise PosecalInputError("detection is not an object", file=boxes_file, record=r)
+            for key in ("image_id", "bbox"):
+                if key not in b:
+                    raise PosecalInputError("missing", file=boxes_file, record=r, field=key)
+            iid = number(b["image_id"], boxes_file, r, "image_id", integer=True)
+            bbox = numbers(b["bbox"], 4, boxes_file, r, "bbox")
+            score = number(b.get("score", 1.0), boxes_file, r, "score")
+            cat = number(b.get("category_id", 1), boxes_file, r, "category_id", integer=True)
+            if bbox[2] <= 0 or bbox[3] <= 0:
+                raise PosecalInputError("bbox must be [x, y, w, h] with w, h > 0", file=boxes_file, record=r,
+                                        field="bbox")
+            if iid not in imgs or cat != 1:
                 continue
             out.append(Instance(iid, -1, imgs[iid]["file_name"], bbox, score, None, float("nan")))
     return out

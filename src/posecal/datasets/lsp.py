@@ -37,7 +37,10 @@ def read_lsp(joints_mat: str | os.PathLike, images: str | os.PathLike | None = N
         raise PosecalInputError(f"not a MATLAB file: {e}", file=file) from None
     if "joints" not in m:
         raise PosecalInputError("no 'joints' variable", file=file, field="joints")
-    j = np.asarray(m["joints"], dtype=np.float64)
+    try:
+        j = np.asarray(m["joints"], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PosecalInputError("'joints' is not a numeric array", file=file, field="joints") from None
     if j.ndim != 3:
         raise PosecalInputError(f"joints has shape {j.shape}, expected (3, 14, N)", file=file, field="joints")
     if j.shape[0] != 3 and j.shape[-1] == 3:  # LSP-extended stores (N, 14, 3)-like (14, 3, N)
@@ -47,6 +50,19 @@ def read_lsp(joints_mat: str | os.PathLike, images: str | os.PathLike | None = N
     n = j.shape[2]
     lo, hi = SPLITS[split]
     hi = min(hi, n)
+    if hi < lo:
+        raise PosecalInputError(f"split {split!r} (people {lo}–{SPLITS[split][1]}) is empty: the file holds "
+                                f"{n} people", file=file, field="split")
+    for num in range(lo, hi + 1):  # refuse what evaluate would refuse: NaN joints, unknown flags
+        col = j[:, :, num - 1]
+        bad = np.flatnonzero(~np.isfinite(col).all(axis=0))
+        if bad.size:
+            raise PosecalInputError(f"non-finite value at joint {int(bad[0]) + 1}", file=file, record=num,
+                                    field="joints")
+        bad = np.flatnonzero(~np.isin(col[2], (0, 1)))
+        if bad.size:
+            raise PosecalInputError(f"flag {col[2, bad[0]]:g} at joint {int(bad[0]) + 1} (expected 0 visible "
+                                    "or 1 occluded)", file=file, record=num, field="joints")
     img_dir = Path(images) if images is not None else None
     out_images, anns = [], []
     for num in range(lo, hi + 1):
@@ -60,7 +76,7 @@ def read_lsp(joints_mat: str | os.PathLike, images: str | os.PathLike | None = N
                 raise PosecalInputError("image missing", file=str(p), record=num, field="file_name")
             from posecal.datasets.coco import image_size
 
-            rec["width"], rec["height"] = image_size(p)
+            rec["width"], rec["height"] = image_size(p, record=num)
         out_images.append(rec)
         x0, y0, x1, y1 = x.min(), y.min(), x.max(), y.max()
         w, h = x1 - x0, y1 - y0

@@ -29,18 +29,22 @@ def read_mpii(path: str | os.PathLike, images: str | os.PathLike | None = None) 
         raise PosecalInputError("expected a list of MPII records", file=file)
     img_ids: dict[str, int] = {}
     out_images, anns = [], []
+    from posecal.datasets.coco import number, numbers, safe_file_name
+
     for r, a in enumerate(recs):
+        if not isinstance(a, dict):
+            raise PosecalInputError("record is not an object", file=file, record=r)
         for key in ("image", "joints", "joints_vis", "center", "scale"):
             if key not in a:
                 raise PosecalInputError("missing", file=file, record=r, field=key)
-        joints = np.asarray(a["joints"], dtype=np.float64)
-        if joints.shape != (16, 2):
-            raise PosecalInputError(f"shape {joints.shape}, expected (16, 2)", file=file, record=r,
-                                    field="joints")
-        vis = np.asarray(a["joints_vis"], dtype=np.float64).reshape(-1)
-        if vis.shape != (16,):
-            raise PosecalInputError("expected 16 values", file=file, record=r, field="joints_vis")
-        name = a["image"]
+        if not isinstance(a["joints"], list) or len(a["joints"]) != 16:
+            raise PosecalInputError("expected 16 [x, y] pairs", file=file, record=r, field="joints")
+        joints = np.stack([numbers(p, 2, file, r, "joints") for p in a["joints"]])
+        vis = numbers(a["joints_vis"], 16, file, r, "joints_vis")
+        c_in = numbers(a["center"], 2, file, r, "center")
+        if number(a["scale"], file, r, "scale") <= 0:
+            raise PosecalInputError("must be > 0", file=file, record=r, field="scale")
+        name = safe_file_name(a["image"], file, r)
         if name not in img_ids:
             img_ids[name] = len(img_ids) + 1
             rec: dict[str, Any] = {"id": img_ids[name], "file_name": name}
@@ -49,10 +53,10 @@ def read_mpii(path: str | os.PathLike, images: str | os.PathLike | None = None) 
                 if p.is_file():
                     from posecal.datasets.coco import image_size
 
-                    rec["width"], rec["height"] = image_size(p)
+                    rec["width"], rec["height"] = image_size(p, record=r)
             out_images.append(rec)
         s = float(a["scale"]) * PIXEL_STD
-        c = np.asarray(a["center"], dtype=np.float64)
+        c = c_in.copy()
         if c[0] != -1:
             c[1] += 15.0 * float(a["scale"])
         c -= 1.0

@@ -65,12 +65,25 @@ def apply_affine(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return np.einsum("...ij,...pj->...pi", M[..., :2], p) + M[..., None, :, 2]
 
 
-def load_image(path) -> np.ndarray:
-    """RGB uint8 (H, W, 3)."""
+def load_image(path, record: object = None) -> np.ndarray:
+    """RGB uint8 (H, W, 3). A missing, empty, corrupt, truncated or oversized image raises
+    :class:`posecal.errors.PosecalInputError` naming the image (and ``record``, e.g. the annotation id)."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    from posecal.errors import PosecalInputError
+
+    try:
+        with Image.open(path) as im:
+            a = np.asarray(im.convert("RGB"))
+    except OSError as e:  # missing, unreadable, not an image (UnidentifiedImageError), truncated
+        raise PosecalInputError(f"cannot read image: {e.strerror or e}", file=str(path), record=record,
+                                field="file_name") from None
+    except (ValueError, SyntaxError, EOFError, Image.DecompressionBombError, MemoryError) as e:
+        raise PosecalInputError(f"cannot read image: {type(e).__name__}: {e}", file=str(path), record=record,
+                                field="file_name") from None
+    if a.ndim != 3 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise PosecalInputError(f"image has shape {a.shape}", file=str(path), record=record, field="file_name")
+    return a
 
 
 def warp(image: np.ndarray, M: np.ndarray, out_size: tuple[int, int], fill: int = 0) -> np.ndarray:

@@ -72,10 +72,76 @@ def _paint_occluders(crop: np.ndarray, occ, size: tuple[int, int]) -> list[tuple
     return rects
 
 
+def _drop_images(insts: list, d: dict[str, Any], names: set[str]) -> tuple[list, dict[str, Any]]:
+    """Instances and data without the images ``names``."""
+    insts = [i for i in insts if i.file_name not in names]
+    keep = {int(im["id"]) for im in d["images"] if im["file_name"] not in names}
+    d = dict(d, images=[im for im in d["images"] if int(im["id"]) in keep],
+             annotations=[a for a in d["annotations"] if int(a["image_id"]) in keep])
+    return insts, d
+
+
+def _usable_images(insts: list, d: dict[str, Any], img_dir: Path, *, skip_missing: bool,
+                   skip_bad_images: bool) -> tuple[list, dict[str, Any], list[str], list]:
+    """Refuse (or, with the skip flags, drop with a warning) instances whose image is missing or cannot be
+    decoded, before anything is written. Returns (instances, data, missing names, bad (name, record, why))."""
+    if not img_dir.is_dir():
+        raise PosecalInputError("image folder not found", file=str(img_dir), field="--images")
+    missing = sorted({i.file_name for i in insts if not (img_dir / i.file_name).is_file()})
+    if missing:
+        if not skip_missing:
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            raise PosecalInputError(f"{len(missing)} image(s) missing: {shown} (--skip-missing skips them)",
+                                    file=str(img_dir), field="--images")
+        warnings.warn(f"skipping {len(missing)} missing image(s): {', '.join(missing[:5])}"
+                      + (" ..." if len(missing) > 5 else ""), PosecalWarning, stacklevel=3)
+        insts, d = _drop_images(insts, d, set(missing))
+    bad = _bad_images(insts, img_dir, full=skip_bad_images)
+    if bad:
+        name, rec, why = bad[0]
+        if not skip_bad_images:
+            raise PosecalInputError(f"cannot read image: {why} ({len(bad)} bad image(s); --skip-bad-images "
+                                    "skips them)", file=str(img_dir / name), record=rec, field="file_name")
+        warnings.warn(f"skipping {len(bad)} unreadable image(s): {', '.join(b[0] for b in bad[:5])}"
+                      + (" ..." if len(bad) > 5 else ""), PosecalWarning, stacklevel=3)
+        insts, d = _drop_images(insts, d, {b[0] for b in bad})
+    return insts, d, missing, bad
+
+
+def _bad_images(insts: list, img_dir: Path, *, full: bool) -> list[tuple[str, int, str]]:
+    """(file_name, record, reason) of each image that cannot be read: its header (size, format) always,
+    its whole pixel data too when ``full`` (truncated files). Record = the first annotation id using it."""
+    from PIL import Image
+
+    from posecal.models.crop import load_image
+
+    first: dict[str, int] = {}
+    for r, i in enumerate(insts):
+        first.setdefault(i.file_name, i.ann_id if i.ann_id >= 0 else r)
+    bad = []
+    for name, rec in first.items():
+        p = img_dir / name
+        if not p.is_file():
+            continue  # missing images are handled by --skip-missing
+        try:
+            if full:
+                load_image(p)
+            else:
+                with Image.open(p) as im:
+                    if im.size[0] < 1 or im.size[1] < 1:
+                        raise ValueError(f"size {im.size}")
+        except PosecalInputError as e:
+            bad.append((name, rec, e.message))
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+            bad.append((name, rec, f"{type(e).__name__}: {e}"))
+    return bad
+
+
 # --------------------------------------------------------------------------------------------------
 def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, out: str | os.PathLike, *,
             pooling: str = "gap", boxes: str | os.PathLike | list | None = None, flip: bool = False,
             augment: int = 0, seed: int = 0, shard: tuple[int, int] = (0, 1), skip_missing: bool = False,
+            skip_bad_images: bool = False,
             allow_missing_joints: bool = False, chunk_size: int = 64, batch_size: int = 16,
             model_sha256: str | None = None, data_file: str | None = None, show_progress: bool | None = None,
             target_sigma: float | None = None, sigma_method: str = "fit"):
@@ -115,21 +181,14 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
             if not isinstance(det, list):
                 raise PosecalInputError("expected a list of detections", file=str(boxes), field="--boxes")
             boxes_src = {"file": os.path.basename(str(boxes)), "sha256": file_sha256(boxes)}
-    insts = instances(d, boxes=det, file=data_file)
+    insts = instances(d, boxes=det, file=data_file, boxes_file=str(boxes) if det is not None else None)
     img_dir = Path(images)
-    missing = sorted({i.file_name for i in insts if not (img_dir / i.file_name).is_file()})
-    if missing:
-        if not skip_missing:
-            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-            raise PosecalInputError(f"{len(missing)} image(s) missing: {shown} (--skip-missing skips them)",
-                                    file=str(img_dir), field="--images")
-        warnings.warn(f"skipping {len(missing)} missing image(s): {', '.join(missing[:5])}"
-                      + (" ..." if len(missing) > 5 else ""), PosecalWarning, stacklevel=2)
-        miss = set(missing)
-        insts = [i for i in insts if i.file_name not in miss]
-        keep = {int(im["id"]) for im in d["images"] if im["file_name"] not in miss}
-        d = dict(d, images=[im for im in d["images"] if int(im["id"]) in keep],
-                 annotations=[a for a in d["annotations"] if int(a["image_id"]) in keep])
+    insts, d, missing, bad = _usable_images(insts, d, img_dir, skip_missing=skip_missing,
+                                            skip_bad_images=skip_bad_images)
+    if not insts:
+        raise PosecalInputError("no instance to crop (no non-crowd annotation with a labelled keypoint and a box"
+                                + (", no detection of category 1 on these images" if det is not None else "")
+                                + ")", file=data_file, field="annotations")
     jmap = joint_map(adapter.joint_names, ks.names, allow_missing=allow_missing_joints,
                      model=getattr(adapter, "kind", "model"))
     mflip = flip_index(adapter.joint_names)
@@ -161,6 +220,7 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
         "data_sha256": file_sha256(data) if not isinstance(data, dict) else None,
         "images": str(img_dir),
         "skipped_missing_images": missing,
+        **({"skipped_bad_images": sorted(b[0] for b in bad)} if skip_bad_images else {}),
         "sigma_hat": {"estimator": "posecal.theory.heatmap.estimate_sigma", "method": sigma_method,
                       "target_sigma_heatmap_px": float(target_sigma), "units": "image px"},
         "score": "bbox_keypoint: box score x mean of keypoint scores > 0.2",
@@ -172,10 +232,10 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
                    **({} if show_progress is None else {"disable": not show_progress}))
     cache: dict[str, np.ndarray] = {}
 
-    def image(name: str) -> np.ndarray:
+    def image(name: str, record: int) -> np.ndarray:
         if name not in cache:
             cache.clear()
-            cache[name] = load_image(img_dir / name)
+            cache[name] = load_image(img_dir / name, record=record)
         return cache[name]
 
     for j in pending:
@@ -197,7 +257,7 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
                 size = size * p["scale"]
                 rot, fl, occ = p["rot"], p["flip"], p["occluders"]
             M = crop_matrix(center, size, (W, H), rot=rot, flip=fl)
-            crops[r] = warp(image(inst.file_name), M, (W, H))
+            crops[r] = warp(image(inst.file_name, inst.ann_id if inst.ann_id >= 0 else row), M, (W, H))
             rects = _paint_occluders(crops[r], occ, (W, H)) if occ else []
             Ms[r], flips[r] = M, fl
             if gt_kp is not None:
@@ -235,6 +295,9 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
             else:
                 acc = [a + c if a is not None else None for a, c in zip(acc, cur, strict=True)]
         img_xy, scores, feats, hms = (None if a is None else a / len(passes) for a in acc)
+        if not (np.isfinite(img_xy).all() and np.isfinite(scores).all() and np.isfinite(feats).all()):
+            raise PosecalInputError(f"the model produced non-finite outputs on rows {start}-{stop - 1}",
+                                    file=str(getattr(adapter, "path", "<model>")), field="--model")
         feats = feats.astype(np.float32)
         # model joints -> dataset keypoints
         have = jmap >= 0

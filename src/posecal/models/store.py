@@ -7,8 +7,10 @@ A store is a **directory**::
                          feature shapes, source data file, count, chunk size (written last, on finalize)
       predictions.json   COCO results of the raw model, row i = instance i (finalize)
       gt.json            the ground truth the instances came from (when given)
-      index.json         atomic progress index: settings (+fingerprint), chunk size, finished chunks
+      index.json         atomic progress index: settings (+fingerprint), chunk size, finished chunks and
+                         the SHA-256 of every chunk file (verified when reading, resuming and merging)
       arrays/<name>/<j:06d>.npy   chunk j of array <name>: rows [j*chunk_size, min((j+1)*chunk_size, N))
+      .lock              held (``flock``, exclusive) by the one process writing the store
 
 Arrays over N instances (contract of docs/design.md, "Feature store"):
 
@@ -38,6 +40,10 @@ is deterministic (no timestamps, no allocation order), so a resumed store is **b
 written in a single pass, and shards (chunk j belongs to shard ``j % n``) merge by moving files, giving
 the same bytes as an unsharded run.
 
+Integrity: a second writer on a store that is being written gets a one-line error (never touches the
+first's files); a chunk whose bytes do not match its checksum, or whose shape does not match the index, is
+reported by the reader (store, array and chunk named) and recomputed by a resumed ``posecal extract``.
+
 Reading::
 
     fs = FeatureStore.open("STORE")
@@ -64,8 +70,8 @@ Writing (used by ``posecal extract``)::
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,6 +102,79 @@ def file_sha256(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
 
 def _fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(dumps_json(settings)).hexdigest()
+
+
+LOCK_NAME = ".lock"
+
+
+class StoreLockedError(PosecalInputError):
+    """Another process holds the store's write lock."""
+
+
+def _lock(path: Path):
+    """Exclusive non-blocking ``flock`` on ``path/.lock``; returns the open file (the lock lives as long as it)."""
+    import fcntl
+
+    f = open(path / LOCK_NAME, "a+b")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise StoreLockedError("the store is being written by another process (its .lock is held); wait for "
+                               "it to finish or choose another --out", file=str(path)) from None
+    return f
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _load_npy(data: bytes, *, store: Path, name: str, j: int) -> np.ndarray:
+    import io
+
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise PosecalInputError(f"chunk {j} of array {name!r} is unreadable ({e}); re-run posecal extract "
+                                "on this store to recompute it", file=str(store), field=name) from None
+
+
+def _dict(obj: Any, file: Path, what: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise PosecalInputError(f"{what} is not a JSON object", file=str(file))
+    return obj
+
+
+def _check_layout(meta: dict[str, Any], index: dict[str, Any], p: Path) -> None:
+    """meta.json and index.json of a finished store agree and are well-formed (an edited index is refused)."""
+    for key in ("num_instances", "chunk_size"):
+        v = meta.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key == "num_instances" else 1):
+            raise PosecalInputError(f"bad {key} {v!r}", file=str(p / "meta.json"), field=key)
+    arrays = meta.get("arrays")
+    if not isinstance(arrays, dict):
+        raise PosecalInputError("bad arrays", file=str(p / "meta.json"), field="arrays")
+    for name, info in arrays.items():
+        ok = isinstance(info, dict) and isinstance(info.get("shape"), list) and all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in info["shape"])
+        try:
+            ok = ok and np.dtype(info["dtype"]).kind in "biuf"
+        except (TypeError, ValueError, KeyError):
+            ok = False
+        if not ok or not isinstance(name, str) or "/" in name or name.startswith("."):
+            raise PosecalInputError("bad array description", file=str(p / "meta.json"), field=str(name))
+    n_chunks = -(-meta["num_instances"] // meta["chunk_size"])
+    for key in ("fingerprint", "num_instances", "chunk_size", "arrays"):
+        if index.get(key) != meta.get(key):
+            raise PosecalInputError(f"index.json and meta.json disagree on {key} (edited?)", file=str(p),
+                                    field=key)
+    if index.get("chunks") != list(range(n_chunks)):
+        raise PosecalInputError(f"index.json does not list the {n_chunks} chunks of a finished store (edited?)",
+                                file=str(p / "index.json"), field="chunks")
+    sums = index.get("checksums")
+    if sums is not None and not (isinstance(sums, dict) and all(
+            isinstance(v, dict) and all(isinstance(h, str) for h in v.values()) for v in sums.values())):
+        raise PosecalInputError("bad checksums", file=str(p / "index.json"), field="checksums")
 
 
 def predictions_from_arrays(image_id: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
@@ -136,7 +215,7 @@ class FeatureStore:
         self.meta = meta
         self._index = index
         self._predictions: list[dict[str, Any]] | None = None
-        self._cache: dict[str, np.ndarray] = {}
+        self._verified: set[tuple[str, int]] = set()
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -150,13 +229,14 @@ class FeatureStore:
                                         file=str(p))
             raise PosecalInputError("not a posecal feature store (no meta.json)", file=str(p))
         try:
-            meta = orjson.loads(meta_p.read_bytes())
-            index = orjson.loads((p / "index.json").read_bytes())
-        except (orjson.JSONDecodeError, FileNotFoundError) as e:
+            meta = _dict(orjson.loads(meta_p.read_bytes()), meta_p, "meta.json")
+            index = _dict(orjson.loads((p / "index.json").read_bytes()), p / "index.json", "index.json")
+        except (orjson.JSONDecodeError, FileNotFoundError, IsADirectoryError) as e:
             raise PosecalInputError(f"unreadable store metadata: {e}", file=str(p)) from None
         if meta.get("format") != FORMAT:
             raise PosecalInputError(f"unknown store format {meta.get('format')!r}", file=str(meta_p),
                                     field="format")
+        _check_layout(meta, index, p)
         return cls(p, meta, index)
 
     # -- properties --------------------------------------------------------------------------
@@ -182,15 +262,39 @@ class FeatureStore:
 
     @property
     def gt_path(self) -> Path | None:
+        """``STORE/gt.json`` (checked against its checksum in meta.json) or None."""
         g = self.path / "gt.json"
-        return g if g.is_file() else None
+        if not g.is_file():
+            return None
+        want = (self.meta.get("files") or {}).get("gt.json")
+        if want is not None and ("gt.json", -1) not in self._verified:
+            if file_sha256(g) != want:
+                raise PosecalInputError("gt.json does not match its checksum in meta.json (edited?)", file=str(g))
+            self._verified.add(("gt.json", -1))
+        return g
 
     @property
     def predictions(self) -> list[dict[str, Any]]:
         """Records of predictions.json (COCO results; row i = instance i)."""
         if self._predictions is None:
             pp = self.path / "predictions.json"
-            self._predictions = orjson.loads(pp.read_bytes()) if pp.is_file() else []
+            if not pp.is_file():
+                if self.num_instances:
+                    raise PosecalInputError("missing predictions.json", file=str(self.path))
+                self._predictions = []
+                return self._predictions
+            data = pp.read_bytes()
+            want = (self.meta.get("files") or {}).get("predictions.json")
+            if want is not None and _sha(data) != want:
+                raise PosecalInputError("predictions.json does not match its checksum in meta.json (edited?)",
+                                        file=str(pp))
+            try:
+                recs = orjson.loads(data)
+            except orjson.JSONDecodeError as e:
+                raise PosecalInputError(f"not JSON: {e}", file=str(pp)) from None
+            if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
+                raise PosecalInputError("expected a list of result records", file=str(pp))
+            self._predictions = recs
         return self._predictions
 
     def _chunks(self) -> list[int]:
@@ -198,6 +302,36 @@ class FeatureStore:
 
     def _chunk_file(self, name: str, j: int) -> Path:
         return self.path / "arrays" / name / f"{j:06d}.npy"
+
+    def _chunk(self, name: str, j: int) -> np.ndarray:
+        """Chunk j of ``name``, checked against the index: present, checksum, shape and dtype."""
+        key = (name, j)
+        f = self._chunk_file(name, j)
+        if key in self._verified:  # checked once per store object; later reads map the file
+            try:
+                return np.load(f, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError):
+                self._verified.discard(key)
+        where = f"chunk {j} of array {name!r}"
+        fix = "; re-run posecal extract on this store to recompute it"
+        try:
+            data = f.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise PosecalInputError(f"{where} is missing{fix}", file=str(self.path), field=name) from None
+        want = ((self._index.get("checksums") or {}).get(f"{j:06d}") or {}).get(name)
+        if want is not None and _sha(data) != want:
+            raise PosecalInputError(f"{where} is damaged (checksum mismatch){fix}", file=str(self.path),
+                                    field=name)
+        a = _load_npy(data, store=self.path, name=name, j=j)
+        info = self.meta["arrays"][name]
+        start = j * self.chunk_size
+        rows = min(start + self.chunk_size, self.num_instances) - start
+        if a.shape != (rows, *info["shape"]) or a.dtype != np.dtype(info["dtype"]):
+            raise PosecalInputError(f"{where} has shape {a.shape} {a.dtype}, the index says "
+                                    f"{(rows, *info['shape'])} {np.dtype(info['dtype'])}{fix}",
+                                    file=str(self.path), field=name)
+        self._verified.add(key)
+        return a
 
     # -- reading -------------------------------------------------------------------------------
     def read(self, name: str, rows: Sequence[int] | np.ndarray | slice | None = None) -> np.ndarray:
@@ -210,7 +344,7 @@ class FeatureStore:
                                     file=str(self.path), field=name)
         n, cs = self.num_instances, self.chunk_size
         if rows is None:
-            parts = [np.load(self._chunk_file(name, j)) for j in self._chunks()]
+            parts = [self._chunk(name, j) for j in self._chunks()]
             if not parts:
                 info = self.meta["arrays"][name]
                 return np.zeros((0, *info["shape"]), dtype=info["dtype"])
@@ -231,10 +365,18 @@ class FeatureStore:
         out = np.empty((idx.size, *info["shape"]), dtype=info["dtype"])
         chunk_of = idx // cs
         for j in np.unique(chunk_of):
-            arr = np.load(self._chunk_file(name, int(j)), mmap_mode="r")
+            arr = self._chunk(name, int(j))
             sel = chunk_of == j
             out[sel] = arr[idx[sel] - int(j) * cs]
         return out
+
+    def verify(self) -> None:
+        """Check every chunk of every array (present, checksum, shape, dtype) and predictions.json / gt.json;
+        PosecalInputError naming the store, array and chunk of the first damage found."""
+        for name in self.arrays:
+            for j in self._chunks():
+                self._chunk(name, j)
+        _ = self.predictions, self.gt_path
 
     def features(self, rows: Any = None) -> np.ndarray:
         """The stored feature array (features_gap / features_kpt / features_spatial)."""
@@ -278,7 +420,19 @@ class StoreWriter:
         self.num_chunks = -(-self.num_instances // self.chunk_size)
         self._arrays_info: dict[str, dict[str, Any]] = {}
         self._done: set[int] = set()
+        self._sums: dict[int, dict[str, str]] = {}
+        self._lock_file = None
         self._open()
+
+    def release(self) -> None:
+        """Release the store's write lock (done by :meth:`finalize`; also when the writer is collected)."""
+        f = getattr(self, "_lock_file", None)
+        if f is not None:
+            f.close()
+            self._lock_file = None
+
+    def __del__(self) -> None:
+        self.release()
 
     # -- index -----------------------------------------------------------------------------
     def _index_obj(self) -> dict[str, Any]:
@@ -291,17 +445,27 @@ class StoreWriter:
             "shard": list(self.shard),
             "arrays": self._arrays_info,
             "chunks": sorted(self._done),
+            "checksums": {f"{j:06d}": self._sums[j] for j in sorted(self._done)},
         }
 
     def _open(self) -> None:
         idx_p = self.path / "index.json"
+        if self.path.exists() and not self.path.is_dir():
+            raise PosecalInputError("output exists and is not a folder", file=str(self.path))
+        if not idx_p.is_file() and self.path.is_dir() and any(
+                p.name != LOCK_NAME for p in self.path.iterdir()):
+            raise PosecalInputError("output exists and is not a posecal store in progress; "
+                                    "choose an empty or new directory", file=str(self.path))
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock(self.path)  # before touching anything: a second writer stops here
         if idx_p.is_file():
             try:
-                idx = orjson.loads(idx_p.read_bytes())
+                idx = _dict(orjson.loads(idx_p.read_bytes()), idx_p, "index.json")
             except orjson.JSONDecodeError:
                 raise PosecalInputError("corrupt index.json; delete the store", file=str(idx_p)) from None
-            for key, mine in (("fingerprint", self.fingerprint), ("num_instances", self.num_instances),
-                              ("chunk_size", self.chunk_size), ("shard", list(self.shard))):
+            for key, mine in (("format", FORMAT), ("fingerprint", self.fingerprint),
+                              ("num_instances", self.num_instances), ("chunk_size", self.chunk_size),
+                              ("shard", list(self.shard))):
                 if idx.get(key) != mine:
                     raise PosecalInputError(
                         f"existing store was written with different settings ({key} differs); "
@@ -309,18 +473,67 @@ class StoreWriter:
             # temporaries of a killed run (atomic_path names them ".<name>.<random>.tmp")
             for tmp in self.path.rglob(".*.tmp"):
                 tmp.unlink()
-            self._arrays_info = idx.get("arrays", {})
-            self._done = {int(j) for j in idx.get("chunks", [])}
-            # a chunk named in the index must have all its files (they are renamed in before the index)
-            for j in list(self._done):
-                if any(not self._chunk_file(name, j).is_file() for name in self._arrays_info):
-                    self._done.discard(j)
+            self._resume(idx)
         else:
-            if self.path.exists() and any(self.path.iterdir()):
-                raise PosecalInputError("output exists and is not a posecal store in progress; "
-                                        "choose an empty or new directory", file=str(self.path))
-            self.path.mkdir(parents=True, exist_ok=True)
             self._write_index()
+
+    def _resume(self, idx: dict[str, Any]) -> None:
+        """Take over the finished chunks of an index; a chunk whose files are missing, damaged (checksum) or
+        of the wrong shape is dropped, so it is recomputed."""
+        arrays, chunks, sums = idx.get("arrays", {}), idx.get("chunks", []), idx.get("checksums") or {}
+        if not isinstance(arrays, dict) or not isinstance(chunks, list) or not isinstance(sums, dict) or not all(
+                isinstance(v, dict) and isinstance(k, str) and "/" not in k and not k.startswith(".")
+                for k, v in arrays.items()):
+            raise PosecalInputError("corrupt index.json; delete the store", file=str(self.path / "index.json"))
+        self._arrays_info = arrays
+        dropped = []
+        adir = self.path / "arrays"
+        on_disk = {p.name for p in adir.iterdir() if p.is_dir()} if adir.is_dir() else set()
+        if not arrays or on_disk - set(arrays):  # the index does not describe the arrays on disk: edited
+            dropped, chunks, self._arrays_info = [j for j in chunks if isinstance(j, int)], [], {}
+        for j in chunks:
+            if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < self.num_chunks:
+                raise PosecalInputError(f"bad chunk number {j!r}", file=str(self.path / "index.json"),
+                                        field="chunks")
+            got = self._verify_chunk(j, sums.get(f"{j:06d}"))
+            if got is None:
+                dropped.append(j)
+            else:
+                self._done.add(j)
+                self._sums[j] = got
+        if not self._done:
+            self._arrays_info = {}  # nothing trustworthy left: the first chunk written defines the arrays
+        if dropped:
+            import warnings
+
+            from posecal.errors import PosecalWarning
+
+            warnings.warn(f"{self.path}: recomputing {len(dropped)} missing or damaged chunk(s) "
+                          f"({', '.join(map(str, dropped[:5]))}{' ...' if len(dropped) > 5 else ''})",
+                          PosecalWarning, stacklevel=3)
+
+    def _verify_chunk(self, j: int, sums: Any) -> dict[str, str] | None:
+        """Checksums of chunk j's files if they are all present and match the index (and, without a
+        checksum, load with the indexed shape); else None."""
+        out = {}
+        start, stop = self.chunk_rows(j)
+        for name, info in self._arrays_info.items():
+            try:
+                data = self._chunk_file(name, j).read_bytes()
+            except OSError:
+                return None
+            h = _sha(data)
+            want = sums.get(name) if isinstance(sums, dict) else None
+            if want is not None and h != want:
+                return None
+            try:  # and it loads with the shape the index gives (an edited index is caught here)
+                a = _load_npy(data, store=self.path, name=name, j=j)
+                if a.shape != (stop - start, *info["shape"]) or a.dtype != np.dtype(info["dtype"]):
+                    return None
+            except (PosecalInputError, KeyError, TypeError, ValueError):
+                return None
+            out[name] = h
+        return out
 
     def _write_index(self) -> None:
         write_json_atomic(self.path / "index.json", self._index_obj())
@@ -354,16 +567,22 @@ class StoreWriter:
                 raise ValueError(f"array {name}: {a.shape[0]} rows, chunk {j} needs {stop - start}")
             info[name] = {"shape": list(a.shape[1:]), "dtype": a.dtype.str}
         if self._arrays_info and info != self._arrays_info:
-            raise ValueError(f"chunk {j}: array names/shapes/dtypes differ from earlier chunks: "
-                             f"{info} vs {self._arrays_info}")
+            raise PosecalInputError(f"chunk {j}: array names/shapes/dtypes differ from the chunks already in "
+                                    "the store (an edited index.json?); delete the store or use another --out",
+                                    file=str(self.path), field="arrays")
+        sums = {}
         for name, a in arrays.items():
             f = self._chunk_file(name, j)
             f.parent.mkdir(parents=True, exist_ok=True)
+            buf = io.BytesIO()
+            np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+            data = buf.getvalue()
+            sums[name] = _sha(data)
             with atomic_path(f, suffix=".npy") as tmp:
-                with open(tmp, "wb") as fh:
-                    np.save(fh, np.ascontiguousarray(a), allow_pickle=False)
+                tmp.write_bytes(data)
         self._arrays_info = info
         self._done.add(j)
+        self._sums[j] = sums
         self._write_index()
 
     @property
@@ -380,12 +599,18 @@ class StoreWriter:
         if not self.complete:
             raise RuntimeError(f"{len(self.pending_chunks())} chunks still pending")
         if self.shard[1] > 1:
+            self._write_index()
             if gt is not None:
                 write_bytes_atomic(self.path / "gt.json", gt if isinstance(gt, bytes) else dumps_json(gt))
             write_json_atomic(self.path / "shard.json", {"shard": list(self.shard),
                                                          "fingerprint": self.fingerprint})
+            self.release()
             return None
-        return _finish(self.path, self.settings, self._index_obj(), gt, category_id)
+        try:
+            self._write_index()  # the canonical index, whatever the file held when the run resumed
+            return _finish(self.path, self.settings, self._index_obj(), gt, category_id)
+        finally:
+            self.release()
 
 
 def _finish(path: Path, settings: dict[str, Any], index: dict[str, Any],
@@ -410,11 +635,54 @@ def _finish(path: Path, settings: dict[str, Any], index: dict[str, Any],
                                         box_score, bbox, category_id)
     else:
         preds = []
-    write_bytes_atomic(path / "predictions.json", dumps_json(preds))
+    pred_b = dumps_json(preds)
+    write_bytes_atomic(path / "predictions.json", pred_b)
+    meta["files"] = {"predictions.json": _sha(pred_b)}
     if gt is not None:
-        write_bytes_atomic(path / "gt.json", gt if isinstance(gt, bytes) else dumps_json(gt))
+        gt_b = gt if isinstance(gt, bytes) else dumps_json(gt)
+        write_bytes_atomic(path / "gt.json", gt_b)
+        meta["files"]["gt.json"] = _sha(gt_b)
     write_json_atomic(path / "meta.json", meta)  # last: its presence marks the store finished
     return FeatureStore.open(path)
+
+
+def _shard_index(s: Path) -> dict[str, Any]:
+    """A shard's index.json, checked for the keys merging needs."""
+    ip = s / "index.json"
+    if not ip.is_file():
+        raise PosecalInputError("not a posecal store (no index.json)", file=str(s))
+    try:
+        ix = _dict(orjson.loads(ip.read_bytes()), ip, "index.json")
+    except orjson.JSONDecodeError as e:
+        raise PosecalInputError(f"not JSON: {e}", file=str(ip)) from None
+    if not (isinstance(ix.get("shard"), list) and len(ix["shard"]) == 2 and isinstance(ix.get("chunks"), list)
+            and isinstance(ix.get("arrays"), dict)):
+        raise PosecalInputError("corrupt shard index", file=str(ip))
+    return ix
+
+
+def _copy_chunk(s: Path, outp: Path, j: int, arrays: dict[str, Any], want: dict[str, str],
+                move: bool) -> dict[str, str]:
+    """Copy chunk j of every array from shard ``s`` into ``outp``, checked against the shard's checksums."""
+    out = {}
+    for name in arrays:
+        src = s / "arrays" / name / f"{j:06d}.npy"
+        try:
+            data = src.read_bytes()
+        except OSError:
+            raise PosecalInputError(f"chunk {j} of array {name!r} is missing; re-run the shard", file=str(s),
+                                    field=name) from None
+        h = _sha(data)
+        if name in want and want[name] != h:
+            raise PosecalInputError(f"chunk {j} of array {name!r} is damaged (checksum mismatch); re-run the "
+                                    "shard", file=str(s), field=name)
+        out[name] = h
+        dst = outp / "arrays" / name / f"{j:06d}.npy"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(dst, data)
+        if move:
+            src.unlink()
+    return out
 
 
 def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
@@ -427,12 +695,7 @@ def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
     shards = [Path(s) for s in shards]
     if not shards:
         raise PosecalInputError("no shard stores given", field="shards")
-    idxs = []
-    for s in shards:
-        ip = s / "index.json"
-        if not ip.is_file():
-            raise PosecalInputError("not a posecal store (no index.json)", file=str(s))
-        idxs.append(orjson.loads(ip.read_bytes()))
+    idxs = [_shard_index(s) for s in shards]
     ref = idxs[0]
     n = ref["shard"][1]
     for s, ix in zip(shards, idxs, strict=True):
@@ -455,22 +718,26 @@ def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
         if ix["arrays"] and ix["arrays"] != arrays:
             raise PosecalInputError("shards hold different arrays", file=str(s), field="arrays")
     outp = Path(out)
-    if outp.exists() and any(outp.iterdir()):
+    if outp.exists() and (not outp.is_dir() or any(outp.iterdir())):
         raise PosecalInputError("merge output exists and is not empty", file=str(outp))
     settings_src = ref["settings"]
-    for s, ix in zip(shards, idxs, strict=True):
-        for name in arrays:
+    sums: dict[int, dict[str, str]] = {}
+    outp.mkdir(parents=True, exist_ok=True)
+    lock = _lock(outp)
+    try:
+        for s, ix in zip(shards, idxs, strict=True):
             for j in ix["chunks"]:
-                src = s / "arrays" / name / f"{j:06d}.npy"
-                dst = outp / "arrays" / name / f"{j:06d}.npy"
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                (shutil.move if move else shutil.copyfile)(src, dst)
-    index = {
-        "format": FORMAT, "fingerprint": ref["fingerprint"], "settings": settings_src,
-        "num_instances": ref["num_instances"],
-        "chunk_size": ref["chunk_size"], "shard": [0, 1], "arrays": arrays, "chunks": list(range(num_chunks)),
-    }
-    write_json_atomic(outp / "index.json", index)
-    gt_b = next(((s / "gt.json").read_bytes() for s in shards if (s / "gt.json").is_file()), None)
-    return _finish(outp, settings_src, index, gt_b, category_id)
+                sums[j] = _copy_chunk(s, outp, j, arrays, (ix.get("checksums") or {}).get(f"{j:06d}") or {},
+                                      move)
+        index = {
+            "format": FORMAT, "fingerprint": ref["fingerprint"], "settings": settings_src,
+            "num_instances": ref["num_instances"],
+            "chunk_size": ref["chunk_size"], "shard": [0, 1], "arrays": arrays, "chunks": list(range(num_chunks)),
+            "checksums": {f"{j:06d}": sums[j] for j in range(num_chunks)},
+        }
+        write_json_atomic(outp / "index.json", index)
+        gt_b = next(((s / "gt.json").read_bytes() for s in shards if (s / "gt.json").is_file()), None)
+        return _finish(outp, settings_src, index, gt_b, category_id)
+    finally:
+        lock.close()
 

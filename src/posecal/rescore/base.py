@@ -202,18 +202,23 @@ class Rescorer:
         method = obj["method"]
         if not isinstance(method, str) or method not in _REGISTRY:
             raise PosecalInputError(f"unknown method {method!r}", file, None, "method")
+        params, state = obj.get("params", {}), obj.get("state") or {}
+        if not isinstance(params, dict) or not isinstance(state, dict):
+            raise PosecalInputError("params and state must be objects", file, None, "params")
+        _check_calibrator_values(params, state, file)
         try:
-            r = get_rescorer(method, **obj.get("params", {}))
+            r = get_rescorer(method, **params)
         except (TypeError, ValueError) as e:
             raise PosecalInputError(f"bad parameters: {e}", file, None, "params") from None
-        for s, v in (obj.get("state") or {}).items():
+        for s, v in state.items():
             if s not in r._state:
                 raise PosecalInputError(f"unknown state field {s!r} for {method}", file, None, "state")
             setattr(
-                r, s, None if v is None else (np.asarray(v, dtype=np.float64) if isinstance(v, list) else v)
+                r, s, None if v is None else (np.asarray(v, dtype=np.float64) if isinstance(v, list) else float(v))
             )
         if r.needs_fit and not r.is_fitted:
             raise PosecalInputError(f"{method} calibrator has no fitted state", file, None, "state")
+        _check_calibrator_state(r, file)
         return r
 
     def save(self, path: str | os.PathLike) -> None:
@@ -228,9 +233,10 @@ class Rescorer:
         import orjson
 
         try:
-            obj = orjson.loads(open(path, "rb").read())
+            with open(path, "rb") as f:
+                obj = orjson.loads(f.read())
         except (OSError, orjson.JSONDecodeError) as e:
-            raise PosecalInputError(f"cannot read calibrator: {e}", str(path)) from None
+            raise PosecalInputError(f"cannot read calibrator: {getattr(e, 'strerror', None) or e}", str(path)) from None
         return Rescorer.from_json(obj, str(path))
 
     def __repr__(self) -> str:
@@ -287,3 +293,46 @@ def get_rescorer(method: str, **params: object) -> Rescorer:
     """
     cls, fixed = _lookup(method)
     return cls(**{**params, **fixed})
+
+
+_STRING_PARAMS = ("area", "model", "aggregate", "mode")
+
+
+def _check_calibrator_values(params: dict, state: dict, file: str | None) -> None:
+    """Values of a calibrator JSON: strings where names belong, finite numbers (never booleans or numeric
+    strings) or flat lists of them elsewhere."""
+
+    def num(v: object) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+    for where, d in (("params", params), ("state", state)):
+        for k, v in d.items():
+            ok = (v is None or num(v) or (isinstance(v, str) and where == "params" and k in _STRING_PARAMS)
+                  or (isinstance(v, list) and all(num(x) for x in v)))
+            if not ok:
+                raise PosecalInputError(f"bad value {str(v)[:40]!r}", file, None, f"{where}.{k}")
+    for k in ("heatmap_size", "input_size"):
+        v = params.get(k)
+        if v is not None and not (isinstance(v, list) and len(v) == 2 and all(x >= 1 for x in v)):
+            raise PosecalInputError("expected [W, H] with W, H >= 1", file, None, f"params.{k}")
+    for k in ("target_sigma", "padding", "min_score"):
+        v = params.get(k)
+        if v is not None and not (num(v) and v > 0):
+            raise PosecalInputError("expected a number > 0", file, None, f"params.{k}")
+    v = params.get("sigmas")
+    if v is not None and not (isinstance(v, list) and v and all(x > 0 for x in v)):
+        raise PosecalInputError("expected a list of OKS constants > 0", file, None, "params.sigmas")
+
+
+def _check_calibrator_state(r: Rescorer, file: str | None) -> None:
+    """Fitted state of a loaded calibrator has the shapes its method uses."""
+    if r.method == "isotonic":
+        x, y = np.asarray(r.x_), np.asarray(r.y_)
+        if x.ndim != 1 or x.shape != y.shape or x.size < 1 or np.any(np.diff(x) < 0):
+            raise PosecalInputError("x_ and y_ must be lists of equal length >= 1, x_ increasing", file, None,
+                                    "state")
+    elif r.method == "loglog":
+        if np.asarray(r.coef_).shape != (2,):
+            raise PosecalInputError("coef_ must be [a, b]", file, None, "state.coef_")
+    elif r.method == "closed-form" and r.mean_area is not None and not r.mean_area > 0:
+        raise PosecalInputError("mean_area must be > 0", file, None, "state.mean_area")

@@ -29,7 +29,7 @@ def crop_instances(insts: list[Instance], images: str | os.PathLike, input_size:
     for i, inst in enumerate(insts):
         c, s = box_to_center_size(inst.bbox, W / H)
         Ms[i] = crop_matrix(c, s, (W, H))
-        crops[i] = warp(load_image(Path(images) / inst.file_name), Ms[i], (W, H))
+        crops[i] = warp(load_image(Path(images) / inst.file_name, record=inst.ann_id), Ms[i], (W, H))
     return crops, Ms
 
 

@@ -90,23 +90,32 @@ def decode_heatmaps_nhwc(hm: np.ndarray, input_size: tuple[int, int]) -> tuple[n
 
 
 def find_model_kind(path: str | os.PathLike) -> str:
-    """'tflite' or 'onnx' from the file's content (not its name); PosecalInputError otherwise."""
+    """'tflite', 'onnx' or 'torch' (a zip archive: TorchScript / torch.export) from the file's content (not
+    its name); PosecalInputError otherwise."""
     p = Path(path)
     if not p.is_file():
         raise PosecalInputError("model file not found", file=str(p), field="--model")
-    head = p.read_bytes()[:8]
+    with open(p, "rb") as f:
+        head = f.read(8)
     if head[4:8] == b"TFL3":
         return "tflite"
+    if head[:4] == b"PK\x03\x04":
+        return "torch"
     if p.suffix.lower() == ".onnx" or head[:1] == b"\x08":
         return "onnx"
-    raise PosecalInputError("not a model: neither a TFLite flatbuffer (TFL3) nor an ONNX protobuf",
-                            file=str(p), field="--model")
+    raise PosecalInputError("not a model: neither a TFLite flatbuffer (TFL3), an ONNX protobuf nor a PyTorch "
+                            "archive (TorchScript .pt, torch.export .pt2)", file=str(p), field="--model")
 
 
 def load_adapter(path: str | os.PathLike, *, tensor: str | None = None, model_kind: str | None = None,
-                 num_threads: int | None = None, **kw: Any) -> PoseAdapter:
-    """Open a model file with the right backend. ``tensor`` overrides the discovered feature tensor."""
+                 num_threads: int | None = None, input_size: Any = None, **kw: Any) -> PoseAdapter:
+    """Open a model file with the right backend. ``tensor`` overrides the discovered feature tensor;
+    ``input_size`` (W, H) is needed by TorchScript models only."""
     fmt = find_model_kind(path)
+    if fmt == "torch":
+        from posecal.models.adapters.torch import load_torch_model
+
+        return load_torch_model(path, tensor=tensor, num_threads=num_threads, input_size=input_size)
     if fmt == "tflite":
         from posecal.models.adapters.tflite import TFLiteAdapter
 

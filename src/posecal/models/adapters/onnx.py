@@ -71,6 +71,38 @@ def feature_candidates(graph) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]
+
+
+def _image_input(session: Any, path: Path) -> tuple[str, tuple[int, int]]:
+    """Name and (W, H) of the model's one image input, which must be float (B, 3, H, W) with a fixed H×W."""
+    ins = session.get_inputs()
+    if len(ins) != 1:
+        raise PosecalInputError(f"expected one image input, the model has {len(ins)}", file=str(path),
+                                field="--model")
+    inp = ins[0]
+    shp = list(inp.shape)
+    if len(shp) != 4 or "float" not in str(inp.type):
+        raise PosecalInputError(f"input {inp.name!r} is {inp.type} {shp}; expected a float (B, 3, H, W) image "
+                                "(NCHW)", file=str(path), field="--model")
+    if shp[1] != 3:
+        layout = " (channels last: NHWC models are not supported)" if shp[3] == 3 else ""
+        raise PosecalInputError(f"input {inp.name!r} has shape {shp}: {shp[1]} channels, expected 3 "
+                                f"(B, 3, H, W){layout}", file=str(path), field="--model")
+    h, w = shp[2], shp[3]
+    if not (isinstance(h, int) and isinstance(w, int)) or h < 1 or w < 1:
+        raise PosecalInputError("model input needs a fixed H×W", file=str(path))
+    return inp.name, (int(w), int(h))
+
+
+def _fixed_batch(session: Any) -> int | None:
+    """The batch size the image input is fixed to (e.g. 1), or None when it is dynamic."""
+    b = session.get_inputs()[0].shape[0]
+    return int(b) if isinstance(b, int) and b >= 1 else None
+
+
 class OnnxAdapter:
     """ONNX heatmap model with the penultimate feature as an extra output.
 
@@ -122,29 +154,57 @@ class OnnxAdapter:
         if tensor not in {o.name for o in outs}:
             graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
         so = ort.SessionOptions()
+        so.log_severity_level = 4  # failures become one PosecalInputError line, not C++ log lines on stderr
         if num_threads:
             so.intra_op_num_threads = num_threads
             so.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        inp = self.session.get_inputs()[0]
-        self._input_name = inp.name
-        h, w = inp.shape[2], inp.shape[3]
-        if not (isinstance(h, int) and isinstance(w, int)):
-            raise PosecalInputError("model input needs a fixed H×W", file=str(self.path))
-        self.input_size = (int(w), int(h))
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), so,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's own error types (InvalidGraph, Fail, ...), bad strings
+            raise PosecalInputError(f"cannot load the ONNX model: {_first_line(e)}", file=str(self.path),
+                                    field="--model") from None
+        self._input_name, self.input_size = _image_input(self.session, self.path)
+        self.max_batch = _fixed_batch(self.session)
         out_shape = next(o for o in self.session.get_outputs() if o.name == output).shape
+        if not isinstance(out_shape[1], int) or out_shape[1] < 1:
+            raise PosecalInputError(f"heatmap output {output!r} has shape {out_shape}: no fixed joint count",
+                                    file=str(self.path), field="--model")
         self.joint_names = default_joint_names(int(out_shape[1]), joint_names)
         self.kind = "onnx-heatmap"
         self.mean, self.std = tuple(mean), tuple(std)
         self.preprocessing = preprocessing_info(self.mean, self.std)
+        self.predict(np.zeros((1, self.input_size[1], self.input_size[0], 3), np.uint8))  # fails here, not later
 
     def feature_candidates(self) -> list[str]:
         return list(self._cands)
 
     def predict(self, crops: np.ndarray) -> ModelOutput:
-        """crops (B, H, W, 3) uint8 -> ModelOutput; coords decoded from the heatmap argmax (input px)."""
+        """crops (B, H, W, 3) uint8 -> ModelOutput; coords decoded from the heatmap argmax (input px).
+        A model exported with a fixed batch size b runs b crops at a time (the last group zero-padded)."""
+        mb = self.max_batch
+        if mb and len(crops) != mb:
+            outs = []
+            for i in range(0, len(crops), mb):
+                part = crops[i:i + mb]
+                n = len(part)
+                if n < mb:
+                    part = np.concatenate([part, np.zeros((mb - n, *part.shape[1:]), part.dtype)])
+                o = self._run(part)
+                outs.append([o.coords[:n], o.scores[:n], o.features[:n], o.heatmaps[:n]])
+            return ModelOutput(*(np.concatenate(a) for a in zip(*outs, strict=True)))
+        return self._run(crops)
+
+    def _run(self, crops: np.ndarray) -> ModelOutput:
         x = preprocess_nchw(crops, self.mean, self.std)
-        hm, feat = self.session.run([self.output_name, self.tensor_name], {self._input_name: x})
+        try:
+            hm, feat = self.session.run([self.output_name, self.tensor_name], {self._input_name: x})
+        except Exception as e:  # a damaged model that loads but cannot run
+            raise PosecalInputError(f"the model fails to run: {_first_line(e)}", file=str(self.path),
+                                    field="--model") from None
+        if hm.ndim != 4 or hm.shape[0] != x.shape[0] or feat.ndim not in (2, 4) or feat.shape[0] != x.shape[0]:
+            raise PosecalInputError(f"unexpected output shapes: heatmaps {hm.shape}, feature {feat.shape}",
+                                    file=str(self.path), field="--model")
         coords, scores = decode_heatmaps(hm, self.input_size)
         if feat.ndim == 2:
             feat = feat[:, :, None, None]

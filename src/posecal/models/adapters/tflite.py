@@ -13,7 +13,9 @@ a recomputation of the final 1×1 conv and with the delegate-free preserved-tens
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +145,27 @@ def detect_kind(graph: Graph) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def quiet_stderr_fd():
+    """Point file descriptor 2 at /dev/null for the block (native libraries' log lines), then restore it."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+        finally:
+            os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class TFLiteAdapter:
     """EfficientPose / BlazePose TFLite model with the penultimate feature as an extra output.
 
@@ -197,19 +220,27 @@ class TFLiteAdapter:
         else:
             self.preprocessing = {"color": "RGB", "layout": "NHWC", "scale": 1 / 255, "mean": [0, 0, 0],
                                   "std": [1, 1, 1]}
-        if delegate == "xnnpack":
-            if self._feat_idx not in list(g.g.outputs):
-                model.subgraphs[0].outputs = np.append(np.asarray(g.g.outputs, dtype=np.int32),
-                                                       np.int32(self._feat_idx))
-            content = pack_model(model)
-            self.interp = Interpreter(model_content=content, num_threads=num_threads)
-        elif delegate == "none":
-            self.interp = Interpreter(model_content=data, num_threads=num_threads,
-                                      experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-                                      experimental_preserve_all_tensors=True)
-        else:
+        if delegate not in ("xnnpack", "none"):
             raise ValueError(f"delegate must be 'xnnpack' or 'none', not {delegate!r}")
-        self.interp.allocate_tensors()
+        # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on fd 2: keep it off stderr
+        with quiet_stderr_fd():
+            try:
+                if delegate == "xnnpack":
+                    if self._feat_idx not in list(g.g.outputs):
+                        model.subgraphs[0].outputs = np.append(np.asarray(g.g.outputs, dtype=np.int32),
+                                                               np.int32(self._feat_idx))
+                    content = pack_model(model)
+                    self.interp = Interpreter(model_content=content, num_threads=num_threads)
+                else:
+                    self.interp = Interpreter(
+                        model_content=data, num_threads=num_threads,
+                        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                        experimental_preserve_all_tensors=True)
+                self.interp.allocate_tensors()
+            except (RuntimeError, ValueError) as e:
+                msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise PosecalInputError(f"cannot load the TFLite model: {msg}", file=str(self.path),
+                                        field="--model") from None
         self._in = self.interp.get_input_details()[0]["index"]
         by_name = {d["name"]: d["index"] for d in self.interp.get_tensor_details()}
         outs = {d["name"]: d["index"] for d in self.interp.get_output_details()}

@@ -1,0 +1,174 @@
+"""Output safety shared by every command: outputs never clobber inputs, outputs are creatable before any
+long work starts, multi-file outputs appear all at once or not at all. Internal.
+
+Every check raises :class:`posecal.errors.PosecalInputError` (one line, exit 2 in the CLI)::
+
+    refuse_clobber({"--pred": args.pred}, {"--out": args.out})   # before reading anything
+    check_creatable(args.out, "file")                             # before fitting / extracting
+    with atomic_dir(args.out) as tmp:                            # several files, all or nothing
+        (tmp / "a.json").write_bytes(...)
+
+Single files are written with :func:`posecal._util.atomic_path` (temporary sibling + rename, umask mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from posecal.errors import PosecalInputError
+
+__all__ = ["refuse_clobber", "check_creatable", "atomic_dir", "real"]
+
+PathLike = str | os.PathLike
+
+
+def real(path: PathLike) -> Path:
+    """Absolute path with every link resolved (the path need not exist)."""
+    return Path(os.path.realpath(os.path.abspath(os.path.expanduser(os.fspath(path)))))
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child != parent and parent in child.parents
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a == b:
+        return True
+    try:  # hard links and bind mounts: same inode
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _items(paths: Mapping[str, PathLike | None | list]) -> list[tuple[str, Path, str]]:
+    out = []
+    for flag, p in paths.items():
+        for q in p if isinstance(p, (list, tuple)) else [p]:
+            if q is None or os.fspath(q) in ("", "-"):
+                continue
+            out.append((flag, real(q), os.fspath(q)))
+    return out
+
+
+def refuse_clobber(inputs: Mapping[str, PathLike | None | list], outputs: Mapping[str, PathLike | None | list],
+                   *, dir_outputs: Mapping[str, list[str]] | None = None) -> None:
+    """Refuse (PosecalInputError) an output that is, or resolves to, an input, or lies inside an input folder.
+
+    ``inputs``/``outputs`` map a flag name (for the message) to a path, a list of paths or None (ignored;
+    ``-`` means stdin/stdout and is ignored too). ``dir_outputs`` maps an output flag that names a folder to
+    the file names written inside it, so ``fit --out DIR`` is refused when ``DIR/head.json`` is an input.
+    Two outputs naming the same path are refused as well.
+    """
+    ins = _items(inputs)
+    outs = _items(outputs)
+    for oflag, o, oraw in outs:
+        targets = [o] + [o / f for f in (dir_outputs or {}).get(oflag, [])]
+        for iflag, i, _ in ins:
+            for t in targets:
+                if _same(t, i):
+                    raise PosecalInputError(f"output is the input {iflag} ({t}); choose another path",
+                                            file=oraw, field=oflag)
+                if _inside(t, i):
+                    raise PosecalInputError(f"output lies inside the input {iflag} ({i}); choose another path",
+                                            file=oraw, field=oflag)
+    for a in range(len(outs)):
+        for b in range(a + 1, len(outs)):
+            if _same(outs[a][1], outs[b][1]):
+                raise PosecalInputError(f"{outs[a][0]} and {outs[b][0]} name the same file", file=outs[b][2],
+                                        field=outs[b][0])
+
+
+def _nearest_existing(p: Path) -> Path:
+    q = p
+    while not q.exists() and not q.is_symlink():
+        if q.parent == q:
+            break
+        q = q.parent
+    return q
+
+
+def check_creatable(path: PathLike, kind: str = "file", *, field: str = "--out",
+                    allow_existing_dir: bool = True) -> None:
+    """Check, before any long work, that ``path`` can be written as a ``kind`` ('file' or 'dir').
+
+    file: ``path`` must not be a folder; its nearest existing ancestor must be a writable folder (missing
+    parents are created at write time). dir: ``path`` must not be a file and (if it exists) be a writable
+    folder, or its nearest existing ancestor must be a writable folder.
+    """
+    raw = os.fspath(path)
+    if raw == "":
+        raise PosecalInputError("empty path", field=field)
+    if "\x00" in raw:
+        raise PosecalInputError("path contains a NUL byte", file=repr(raw), field=field)
+    p = Path(os.path.abspath(os.path.expanduser(raw)))
+    if p.is_symlink() and not p.exists():
+        raise PosecalInputError("output is a dangling link", file=raw, field=field)
+    if kind == "file":
+        if p.is_dir():
+            raise PosecalInputError("is a folder, expected a file path", file=raw, field=field)
+        if p.exists() and not p.is_file():
+            raise PosecalInputError("exists and is not a regular file (a device or a pipe?)", file=raw,
+                                    field=field)
+        if raw.endswith(("/", os.sep)):
+            raise PosecalInputError("names a folder (trailing '/'), expected a file path", file=raw, field=field)
+    elif kind == "dir":
+        if p.exists() and not p.is_dir():
+            raise PosecalInputError("exists and is not a folder", file=raw, field=field)
+        if p.is_dir():
+            if not allow_existing_dir:
+                raise PosecalInputError("folder exists", file=raw, field=field)
+            _probe_writable(p, raw, field)
+            return
+    else:  # pragma: no cover - programming error
+        raise ValueError(kind)
+    anc = _nearest_existing(p.parent)
+    if not anc.is_dir():
+        raise PosecalInputError(f"cannot create: {anc} is not a folder", file=raw, field=field)
+    _probe_writable(anc, raw, field)
+    if len(p.name.encode(errors="surrogateescape")) > 255 - 24:  # room for the temporary name
+        raise PosecalInputError("file name too long", file=raw, field=field)
+
+
+def _probe_writable(folder: Path, raw: str, field: str) -> None:
+    """Create and remove a temporary file in ``folder`` (``os.access`` says yes to root even on read-only or
+    virtual file systems); PosecalInputError if that fails."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PosecalInputError(f"cannot create: folder {folder} is not writable", file=raw, field=field)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".posecal-probe.", dir=folder)
+    except OSError as e:
+        raise PosecalInputError(f"cannot create files in {folder}: {e.strerror or e}", file=raw,
+                                field=field) from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success its files move into ``path`` (created if needed).
+
+    A new ``path`` appears in one rename; into an existing folder each file is renamed in (files only,
+    one level). On failure the temporary folder and everything in it are removed, and ``path`` is
+    left as it was.
+    """
+    from posecal._util import current_umask
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())
+        yield tmp
+        if not path.exists():
+            os.replace(tmp, path)
+        else:
+            for f in sorted(tmp.iterdir()):
+                os.replace(f, path / f.name)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

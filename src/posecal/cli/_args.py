@@ -1,0 +1,146 @@
+"""Shared CLI plumbing: parse-time flag validators (argparse ``type=``), the one-line argparse error, the
+plain-text help formatter and the one-line message escaping. Used by every subcommand.
+
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--device", type=device, default="cpu")
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+
+__all__ = ["positive_int", "nonneg_int", "threads", "finite_float", "positive_float", "nonneg_float", "unit_float",
+           "device", "one_line", "PosecalArgumentParser", "plain_help"]
+
+
+# -- validators --------------------------------------------------------------------------------------
+def _int(text: str) -> int:
+    try:
+        return int(text, 10)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+INT_MAX = 2**31 - 1
+
+
+def positive_int(text: str) -> int:
+    """An integer in [1, 2³¹ − 1]."""
+    v = _int(text)
+    if not 1 <= v <= INT_MAX:
+        raise argparse.ArgumentTypeError(f"must be in [1, {INT_MAX}], got {text!r}")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    """An integer in [0, 2³¹ − 1]."""
+    v = _int(text)
+    if not 0 <= v <= INT_MAX:
+        raise argparse.ArgumentTypeError(f"must be in [0, {INT_MAX}], got {text!r}")
+    return v
+
+
+def threads(text: str) -> int:
+    """A thread count in [1, 1024]."""
+    v = _int(text)
+    if not 1 <= v <= 1024:
+        raise argparse.ArgumentTypeError(f"must be in [1, 1024], got {text!r}")
+    return v
+
+
+def finite_float(text: str) -> float:
+    """A finite float (no nan / inf)."""
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """A finite float > 0."""
+    v = finite_float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    """A finite float >= 0."""
+    v = finite_float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return v
+
+
+def unit_float(text: str) -> float:
+    """A finite float in [0, 1]."""
+    v = finite_float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text!r}")
+    return v
+
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
+
+
+def device(text: str) -> str:
+    """A torch device name: cpu, cuda, cuda:N or mps (checked for syntax, not availability)."""
+    if not isinstance(text, str) or not _DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda, cuda:N or mps")
+    return text
+
+
+# -- one-line messages -------------------------------------------------------------------------------
+_BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def one_line(text: object) -> str:
+    """``str(text)`` with control and line-break characters escaped (``\\n``, ``\\x1b``...), so a message
+    naming a file whose name holds a newline stays one line."""
+    return _BREAKS.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), str(text))
+
+
+class PosecalArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (``posecal CMD: error: ...``, exit 2; no usage block)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(f"{one_line(self.prog)}: error: {one_line(message)} (see --help)\n")
+        sys.exit(2)
+
+
+# -- plain-text help ---------------------------------------------------------------------------------
+_ROLE = re.compile(r":(?:func|mod|class|meth|data|attr|obj|exc|ref|doc):`~?([^`]+)`")
+_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain_text(text: str) -> str:
+    """reST markup -> plain text: ``x`` -> x, :func:`a.b` -> a.b, a trailing ``::`` -> ``:``."""
+    text = _ROLE.sub(r"\1", text)
+    text = _LITERAL.sub(r"\1", text)
+    text = re.sub(r"\*\*([^*\n]+)\*\*", r"\1", text)
+    return re.sub(r"::(\s*\n)", r":\1", text)
+
+
+class _PlainMixin:
+    def format_help(self) -> str:
+        return plain_text(super().format_help())  # type: ignore[misc]
+
+
+def plain_help(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser`` (and its sub-parsers, recursively) render help as plain text and fail in one line."""
+    cls = parser.formatter_class
+    if not issubclass(cls, _PlainMixin):
+        parser.formatter_class = type(f"Plain{cls.__name__}", (_PlainMixin, cls), {})
+    if not isinstance(parser, PosecalArgumentParser):
+        parser.error = PosecalArgumentParser.error.__get__(parser)  # type: ignore[method-assign]
+    for act in parser._actions:
+        if isinstance(act, argparse._SubParsersAction):
+            for sp in act.choices.values():
+                plain_help(sp)
