@@ -26,7 +26,10 @@ from posecal.ccnet.loss import CONF_LOSSES, ccnet_loss
 from posecal.errors import PosecalInputError
 from posecal.rescore.aggregate import instance_score
 
+OPTIMIZERS = ("adam", "lbfgs")
+
 __all__ = [
+    "OPTIMIZERS",
     "TrainConfig",
     "FitResult",
     "fit_head",
@@ -54,6 +57,10 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 0
     """Steps between validation callbacks; 0 → 10 evaluations over the run."""
+    optimizer: str = "adam"
+    """``adam`` (mini-batches of ``batch_size``, the paper's) or ``lbfgs``: full-batch L-BFGS with a
+    strong-Wolfe line search for ``steps`` iterations (``batch_size``, ``lr`` schedule and DDP unused;
+    ``weight_decay`` is the same L2 term ``weight_decay/2·‖θ‖²`` Adam's coupled decay implies)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,6 +160,8 @@ def fit_head(
             mode); its dict is appended to ``history``.
     """
     cfg = config or TrainConfig()
+    if cfg.optimizer not in OPTIMIZERS:
+        raise PosecalInputError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
     if cfg.conf_loss not in CONF_LOSSES:
         raise PosecalInputError(f"conf_loss must be one of {CONF_LOSSES}, got {cfg.conf_loss!r}")
     features = np.asarray(features) if not hasattr(features, "shape") else features
@@ -187,6 +196,12 @@ def fit_head(
             X = torch.cat([(X[s : s + 1024].float() - m) / sd for s in range(0, N, 1024)])
         T = torch.from_numpy(np.nan_to_num(oks, nan=0.0)).float()
         V = torch.from_numpy(vis)
+        if cfg.optimizer == "lbfgs":
+            if not prenorm:
+                raise PosecalInputError("optimizer 'lbfgs' needs the features in memory as float32 (< 4 GiB)")
+            losses, history = _fit_full_batch(head, X, T, V, cfg, device, on_eval, rank)
+            head.eval()
+            return FitResult(head=head.cpu(), losses=losses, history=history)
         opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         drop_step = max(1, int(round(cfg.steps * cfg.lr_drop_at)))
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[drop_step], gamma=cfg.lr_drop)
@@ -239,6 +254,38 @@ def fit_head(
         bar.close()
     head.eval()
     return FitResult(head=head.cpu(), losses=losses, history=history)
+
+
+def _fit_full_batch(head: CCNetHead, X: torch.Tensor, T: torch.Tensor, V: torch.Tensor, cfg: TrainConfig,
+                    device: torch.device, on_eval: Callable[[int, CCNetHead], dict[str, Any]] | None,
+                    rank: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Full-batch L-BFGS (strong Wolfe) on the normalised features ``X``: ``cfg.steps`` iterations of
+    ``mean CCNet loss + weight_decay/2·‖θ‖²``. Returns (loss per iteration, validation history)."""
+    X, T, V = X.to(device), T.to(device), V.to(device)
+    params = list(head.parameters())
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=1, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        s_hat, v_hat = head(X, True)
+        loss = ccnet_loss(s_hat, v_hat, T, V, lam=cfg.lam, conf_loss=cfg.conf_loss)
+        if cfg.weight_decay:
+            loss = loss + 0.5 * cfg.weight_decay * sum((p * p).sum() for p in params)
+        loss.backward()
+        return loss
+
+    eval_every = cfg.eval_every or max(1, cfg.steps // 10)
+    losses = np.empty(cfg.steps, np.float64)
+    history: list[dict[str, Any]] = []
+    head.train()
+    for step in range(cfg.steps):
+        losses[step] = float(opt.step(closure).detach())
+        if on_eval is not None and rank == 0 and ((step + 1) % eval_every == 0 or step + 1 == cfg.steps):
+            head.eval()
+            with torch.no_grad():
+                history.append({"step": step + 1, **on_eval(step + 1, head)})
+            head.train()
+    return losses, history
 
 
 def predict(head: CCNetHead, features: np.ndarray, batch_size: int = 2048) -> tuple[np.ndarray, np.ndarray]:
