@@ -72,8 +72,8 @@ class Recipe:
 #: (EfficientPose-I, heatmap pooling; folds by image; docs/results.md "Recipe selection"). Never chosen on
 #: a test split.
 DEFAULT_RECIPES: dict[tuple[str, str], Recipe] = {
-    ("efficientpose", "features_kpt"): Recipe(head="kpt", evidence=("score", "cf"), steps=4000, batch_size=256,
-                                              lr=1e-2, conf_loss="mse", weight_decay=1e-4),
+    ("efficientpose", "features_kpt"): Recipe(head="kpt", evidence=(), conf_loss="mse", weight_decay=1e-3,
+                                              optimizer="lbfgs", steps=100),
 }
 
 
