@@ -19,7 +19,11 @@ import numpy as np
 from posecal.ccnet.fit import Recipe, training_arrays
 from posecal.ccnet.targets import StoreData, head_inputs
 
-__all__ = ["image_folds", "FoldEvaluator", "cross_validate", "CVRow", "default_grid"]
+__all__ = ["image_folds", "FoldEvaluator", "cross_validate", "CVRow", "default_grid", "select", "TOLERANCE"]
+
+TOLERANCE = 1e-3
+"""Selection tolerance (0.1 AP point): a recipe must beat the first grid row (the default) by more than this
+CV AP to replace it — differences below it are inside the fold-to-fold noise seen on LSPET + LSP train."""
 
 
 def image_folds(image_keys: Sequence[np.ndarray], k: int, seed: int = 0) -> list[np.ndarray]:
@@ -176,3 +180,10 @@ def cross_validate(stores: Sequence[StoreData], grid: Sequence[Recipe], k: int =
         if on_row is not None:
             on_row(row)
     return out
+
+
+def select(rows: Sequence[CVRow], tol: float = TOLERANCE) -> CVRow:
+    """The selected row: the best CV AP, unless the first row (the default recipe) is within ``tol`` of it;
+    among several rows within ``tol`` of the best, the earliest in grid order (the simpler variation)."""
+    best = max(r.mean_ap for r in rows)
+    return next(r for r in rows if r.mean_ap >= best - tol)
