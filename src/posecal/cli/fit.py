@@ -78,9 +78,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--evidence", type=_evidence, default=None,
                    help=f"comma-separated per-keypoint evidence columns appended to heatmap-pooled features "
                    f"({', '.join(EVIDENCE)}) or 'none'; default: the recipe's")
-    p.add_argument("--steps", type=_int_at_least(1), default=None, help="training steps (default: the recipe's)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=None)
-    p.add_argument("--lr", type=_finite(positive=True), default=None)
+    p.add_argument("--optimizer", choices=["adam", "lbfgs"], default=None,
+                   help="adam: mini-batches (the paper's App. B recipe: --optimizer adam --steps 12000 --batch-size 64 "
+                   "--lr 1e-3 --weight-decay 0); lbfgs: full batch; default: the recipe's")
+    p.add_argument("--steps", type=_int_at_least(1), default=None,
+                   help="Adam steps or L-BFGS iterations (default: the recipe's)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=None, help="Adam batch size")
+    p.add_argument("--lr", type=_finite(positive=True), default=None, help="Adam learning rate")
     p.add_argument("--lam", type=_finite(nonneg=True), default=None, help="visibility loss weight λ (Eq. 21)")
     p.add_argument("--conf-loss", choices=["mse", "bce"], default=None,
                    help="confidence loss: MSE (Eq. 19) or BCE on the soft OKS target (App. C)")
@@ -99,8 +103,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-_RECIPE_FLAGS = ("head", "evidence", "steps", "batch_size", "lr", "lam", "conf_loss", "weight_decay", "seed",
-                 "eval_every", "box_score")
+_RECIPE_FLAGS = ("head", "evidence", "optimizer", "steps", "batch_size", "lr", "lam", "conf_loss", "weight_decay",
+                 "seed", "eval_every", "box_score")
 
 
 def _recipe(args: argparse.Namespace, stores: list) -> Any:
