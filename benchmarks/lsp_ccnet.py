@@ -1,45 +1,49 @@
-"""Real-data CCNet experiment (issue 6): EfficientPose-I on LSP, BlazePose-full on COCO-MINI (5-fold CV).
+"""Real-data CCNet (issue 13): EfficientPose-I trained on LSPET + LSP train, recipe selected by CV on that
+training data only, tested once on LSP test with paired-bootstrap intervals.
 
-Stores come from ``posecal extract`` and are cached outside the repository (default ``/work/cache/ccnet``)::
+Stores (outside the repository; ``posecal extract`` with its defaults, i.e. heatmap pooling)::
 
+    posecal convert lspet ../shared/data/lspet/joints.mat --images ../shared/data/lspet/images --out W/LSPET.json
     posecal convert lsp ../shared/data/lsp/joints.mat --images ../shared/data/lsp/images --split train \
-        --out CACHE/lsp_train.json                     # and --split test → CACHE/lsp_test.json
-    posecal extract --model ../shared/models/efficientpose/EfficientPoseI.tflite --images \
-        ../shared/data/lsp/images --data CACHE/lsp_train.json --out CACHE/lsp_train_hm --pooling heatmap
-    (same for lsp_test_hm; --pooling spatial → *_sp; --augment 4 --seed 1 → lsp_train_aug4_hm)
-    posecal extract --model ../shared/models/mediapipe/pose_landmark_full.tflite --data \
-        ../shared/data/coco-mini/person_keypoints_train2017.json --images ../shared/data/coco-mini/train2017 \
-        --out CACHE/coco_mini_bp_hm --pooling heatmap          (and --pooling spatial → coco_mini_bp_sp)
+        --out W/LSP_TRAIN.json                                       # and --split test -> W/LSP_TEST.json
+    posecal extract --model ../shared/models/efficientpose/EfficientPoseI.tflite --data W/LSPET.json \
+        --images ../shared/data/lspet/images --out W/STORE_LSPET      # same for LSP_TRAIN, LSP_TEST
 
-    PYTHONPATH=src python3 benchmarks/lsp_ccnet.py --cache /work/cache/ccnet [--json OUT.json]
+    PYTHONPATH=src nice python3 benchmarks/lsp_ccnet.py --work W [--cv 5] [--json OUT.json]
 
-Rows: heatmap max (the store's predictions: MMPose ``bbox_keypoint``, box score 1), closed-form
-(``posecal.rescore`` closed-form, gt area, the store's ``sigma_hat``), CCNet heads, oracle (each instance's
-true OKS). Columns from ``posecal.calibration.run_audit``: AP, AR, Pearson and AUSE (instance, keypoint).
-The "CCNet (posecal fit, defaults)" row runs the CLI contract: ``posecal fit --store TRAIN --out HEAD`` and
-``posecal apply --store TEST --head HEAD``.
+Parts (each printed, all written to ``--json``):
+
+1. ``cv``: the CV table of :func:`posecal.ccnet.select.cross_validate` over :func:`default_grid` of the
+   default recipe, folds by image over LSPET + LSP train (what ``posecal fit --cv K`` prints).
+2. ``visibility``: a head of the default recipe trained on folds 1..K-1, scored on the held-out LSPET images
+   of fold 0: v̂ against "annotated" (AUROC, AP, Brier; posecal.calibration.metrics) and the paper's Fig. 4
+   aggregation variants in AP (posecal.studies.visibility.masked_mean), raw scores and CCNet's ŝ.
+3. ``test``: the default recipe fitted on all of LSPET + LSP train, applied to LSP test (images 1001–2000,
+   looked at once, recipe fixed): raw (MMPose ``bbox_keypoint``, the store's own score), closed form (Eq. 12,
+   gt area, store σ̂), CCNet, oracle (true OKS), with AP/AR/Pearson/AUSE (posecal.calibration.run_audit) and
+   ΔAP / ΔAR intervals from ``posecal.calibration.compare`` (1000 paired resamples, seed 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
+import resource
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-COLS = ("mAP", "mAR", "pearson_instance", "pearson_keypoint", "ause_instance", "ause_keypoint")
+COLS = ("mAP", "mAR", "pearson_instance", "ause_instance")
 
 
-def audit_row(gt: Any, records: list[dict]) -> dict[str, float]:
+def audit_row(gt: Any, records: list[dict]) -> dict[str, float | None]:
     from posecal.calibration.audit import run_audit
     from posecal.io.coco import load_results
 
-    res = load_results(records, gt)
-    m = run_audit(gt, res, n_random=0).metrics
+    m = run_audit(gt, load_results(records, gt), n_random=0).metrics
     return {k: (None if m.get(k) is None else float(m[k])) for k in COLS}
 
 
@@ -52,168 +56,136 @@ def with_scores(records: list[dict], kpt: np.ndarray, inst: np.ndarray) -> list[
     return out
 
 
-def baseline_rows(data: Any) -> dict[str, list[dict]]:
-    """heatmap max, closed-form, oracle records for a StoreData (posecal.ccnet.targets.load_store)."""
+def cv_part(stores: list, k: int) -> dict[str, Any]:
+    from posecal.ccnet.fit import default_recipe
+    from posecal.ccnet.select import cross_validate, default_grid
+
+    base = default_recipe(stores[0].meta, stores[0].head_meta["feature_tensor"])
+    rows = cross_validate(stores, default_grid(base), k=k, seed=0,
+                          on_row=lambda r: print(f"  {r.recipe.label():<62} CV AP {100 * r.mean_ap:6.2f} "
+                                                 f"(own score {100 * np.mean(r.base_ap):6.2f}, Δ "
+                                                 f"{100 * r.mean_delta:+5.2f}) {r.seconds:5.0f} s", flush=True))
+    return {"k": k, "rows": [r.to_dict() for r in rows],
+            "selected": max(rows, key=lambda r: r.mean_ap).recipe.to_dict(), "default": base.to_dict()}
+
+
+def visibility_part(stores: list, k: int) -> dict[str, Any]:
+    """Default recipe trained on folds != 0, scored on the LSPET images of fold 0."""
+    from posecal.calibration.metrics import auroc, average_precision_binary, brier
+    from posecal.ccnet.fit import default_recipe, fit_from_stores, predict_store
+    from posecal.ccnet.select import FoldEvaluator, image_folds
+    from posecal.studies.visibility import masked_mean
+
+    folds = image_folds([np.array([int(r["image_id"]) for r in d.records]) for d in stores], k, 0)
+    recipe = default_recipe(stores[0].meta, stores[0].head_meta["feature_tensor"])
+    sub = []
+    for d, f in zip(stores, folds, strict=True):
+        keep = f != 0
+        sub.append(replace(d, has_target=d.has_target & keep))
+    head, _ = fit_from_stores(sub, recipe, show_progress=False)
+    lspet = stores[0]
+    held = np.flatnonzero(folds[0] == 0)
+    s, v, c = predict_store(head, lspet, recipe.evidence)
+    raw = np.array([r["keypoints"][2::3] for r in lspet.records], np.float64)
+    lab = lspet.vis[held]
+    out: dict[str, Any] = {"images": int(held.size), "keypoints": int(lab.size),
+                           "unannotated_fraction": float(1 - lab.mean())}
+    y = lab.reshape(-1).astype(float)
+    def safe(fn: Any, *a: Any) -> float | None:
+        try:
+            return float(fn(*a))
+        except ValueError:  # MetricUndefined: one class only
+            return None
+
+    for name, p in (("ccnet_v_hat", v[held]), ("raw_score", raw[held])):
+        q = p.reshape(-1)
+        out[name] = {"AUROC": safe(auroc, q, y), "AP": safe(average_precision_binary, q, y),
+                     "Brier": safe(brier, np.clip(q, 0, 1), y)}
+    fe = FoldEvaluator([lspet])
+    ap: dict[str, dict[str, float]] = {}
+    for cname, conf in (("raw", raw[held]), ("ccnet", s[held])):
+        ap[cname] = {
+            "all": fe.ap(held, masked_mean(conf, np.ones_like(conf)))["AP"],
+            "tau_0.2": fe.ap(held, masked_mean(conf, (conf > 0.2).astype(float)))["AP"],
+            "gt_visibility": fe.ap(held, masked_mean(conf, lab.astype(float)))["AP"],
+            "predicted_visibility": fe.ap(held, masked_mean(conf, v[held]))["AP"],
+        }
+    ap["raw"]["own_score (MMPose bbox_keypoint)"] = fe.ap(held)["AP"]
+    out["AP"] = ap
+    return out
+
+
+def test_part(stores: list, test: Any, resamples: int) -> dict[str, Any]:
+    from posecal.calibration.compare import compare
+    from posecal.ccnet.apply import rescore_records
+    from posecal.ccnet.fit import default_recipe, fit_from_stores, predict_store
     from posecal.io.coco import load_results
     from posecal.models.store import FeatureStore
     from posecal.rescore import get_rescorer
 
-    rows = {"heatmap max (MMPose bbox_keypoint)": data.records}
-    pred = load_results(data.records, data.gt)
-    sigma = FeatureStore.open(data.path).read("sigma_hat")
-    cf = get_rescorer("closed-form", area="gt", sigmas=data.sigmas).transform(pred, data.gt, sigma=sigma)
-    rows["closed-form (gt area, store sigma_hat)"] = with_scores(
-        data.records, cf.keypoint_scores, cf.instance_scores
-    )
-    inst = np.nanmean(np.where(data.vis, data.oks, np.nan), axis=1)
-    rows["oracle (true OKS)"] = with_scores(data.records, np.nan_to_num(data.oks), np.nan_to_num(inst))
-    return rows
-
-
-def ccnet_records(data: Any, s: np.ndarray, v: np.ndarray) -> list[dict]:
-    from posecal.ccnet.apply import rescore_records
-
-    return rescore_records(data.records, s, v)
-
-
-def gap_of(sp: np.ndarray) -> np.ndarray:
-    return sp.astype(np.float32).mean(axis=(2, 3))
-
-
-def fit_predict(kind: str, Xtr: np.ndarray, T: np.ndarray, V: np.ndarray, Xte: np.ndarray, **kw: Any):
-    from posecal.ccnet.train import TrainConfig, fit_head, predict
-
-    t = time.perf_counter()
-    r = fit_head(Xtr, T, V, TrainConfig(head=kind, **kw), show_progress=False)
-    s, v = predict(r.head, Xte)
-    return s, v, time.perf_counter() - t
-
-
-def lsp(cache: Path, steps: int, spatial_steps: int) -> dict[str, dict]:
-    from posecal.ccnet.targets import load_store
-    from posecal.cli import main as cli
-
-    te, tr = load_store(str(cache / "lsp_test_hm")), load_store(str(cache / "lsp_train_hm"))
-    rows = {k: audit_row(te.gt, r) for k, r in baseline_rows(te).items()}
-    sel = tr.has_target
-    with tempfile.TemporaryDirectory() as d:
-        t = time.perf_counter()
-        assert cli(["fit", "--store", str(cache / "lsp_train_hm"), "--out", f"{d}/head"]) == 0
-        assert (
-            cli(
-                [
-                    "apply",
-                    "--store",
-                    str(cache / "lsp_test_hm"),
-                    "--head",
-                    f"{d}/head",
-                    "--out",
-                    f"{d}/cal.json",
-                ]
-            )
-            == 0
-        )
-        rows["CCNet (posecal fit, defaults: kpt)"] = {
-            **audit_row(te.gt, json.loads(Path(f"{d}/cal.json").read_text())),
-            "seconds": time.perf_counter() - t,
-        }
-    au_p = cache / "lsp_train_aug4_hm"
-    if (au_p / "meta.json").is_file():
-        au = load_store(str(au_p))
-        X = np.concatenate([tr.features[sel], au.features[au.has_target]])
-        T = np.concatenate([tr.oks[sel], au.oks[au.has_target]])
-        V = np.concatenate([tr.vis[sel], au.vis[au.has_target]])
-        s, v, sec = fit_predict("kpt", X, T, V, te.features, steps=steps)
-        rows["CCNet kpt, train + 4 augmented copies"] = {
-            **audit_row(te.gt, ccnet_records(te, s, v)),
-            "seconds": sec,
-        }
-    sp_tr, sp_te = cache / "lsp_train_sp", cache / "lsp_test_sp"
-    if (sp_tr / "meta.json").is_file() and (sp_te / "meta.json").is_file():
-        from posecal.models.store import FeatureStore
-
-        Str = FeatureStore.open(sp_tr).features()[sel]
-        Ste = FeatureStore.open(sp_te).features()
-        s, v, sec = fit_predict("fc", gap_of(Str), tr.oks[sel], tr.vis[sel], gap_of(Ste), steps=steps)
-        rows["CCNet fc on GAP features"] = {**audit_row(te.gt, ccnet_records(te, s, v)), "seconds": sec}
-        for kind in ("conv_gap", "conv_sigmoid_gap"):
-            s, v, sec = fit_predict(kind, Str, tr.oks[sel], tr.vis[sel], Ste, steps=spatial_steps)
-            rows[f"CCNet {kind} ({spatial_steps} steps)"] = {
-                **audit_row(te.gt, ccnet_records(te, s, v)),
-                "seconds": sec,
-            }
-    return rows
-
-
-def coco_mini_cv(cache: Path, steps: int, folds: int = 5, seed: int = 0) -> dict[str, dict]:
-    """Out-of-fold CCNet scores on COCO-MINI: folds by image (seeded), each fold scored by a head trained on
-    the other four; the whole set is then evaluated once (so AR is comparable across rows)."""
-    from posecal.ccnet.targets import load_store
-    from posecal.models.store import FeatureStore
-
-    hm, sp = cache / "coco_mini_bp_hm", cache / "coco_mini_bp_sp"
-    if not (hm / "meta.json").is_file():
-        return {}
-    data = load_store(str(hm))
-    rows = {k: audit_row(data.gt, r) for k, r in baseline_rows(data).items()}
-    img = np.array([r["image_id"] for r in data.records])
-    uniq = np.unique(img)
-    fold_of_img = dict(zip(uniq, np.random.default_rng(seed).permutation(len(uniq)) % folds, strict=True))
-    fold = np.array([fold_of_img[i] for i in img])
-    variants = [("kpt", data.features)]
-    if (sp / "meta.json").is_file():
-        ann_sp = FeatureStore.open(sp).read("ann_id")
-        assert np.array_equal(ann_sp, FeatureStore.open(hm).read("ann_id"))
-        variants.append(("fc", gap_of(FeatureStore.open(sp).features())))
-    for kind, F in variants:
-        s = np.zeros(data.oks.shape)
-        v = np.zeros(data.oks.shape)
-        t = time.perf_counter()
-        for f in range(folds):
-            trn = (fold != f) & data.has_target
-            s[fold == f], v[fold == f], _ = fit_predict(
-                kind, F[trn], data.oks[trn], data.vis[trn], F[fold == f], steps=steps
-            )
-        name = f"CCNet {kind}{' (GAP)' if kind == 'fc' else ''}, {folds}-fold CV"
-        rows[name] = {**audit_row(data.gt, ccnet_records(data, s, v)), "seconds": time.perf_counter() - t}
-    return rows
-
-
-def table(rows: dict[str, dict]) -> str:
-    head = "| confidence | AP | AR | Pearson inst. | Pearson kpt | AUSE inst. | AUSE kpt |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
-    for name, m in rows.items():
-        cells = []
-        for k in COLS:
-            x = m.get(k)
-            cells.append("—" if x is None else (f"{100 * x:.1f}" if k in ("mAP", "mAR") else f"{x:.3f}"))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    recipe = default_recipe(stores[0].meta, stores[0].head_meta["feature_tensor"])
+    t0 = time.perf_counter()
+    head, meta = fit_from_stores(stores, recipe, show_progress=False)
+    fit_s = time.perf_counter() - t0
+    s, v, _ = predict_store(head, test, recipe.evidence)
+    pred = load_results(test.records, test.gt)
+    sigma = FeatureStore.open(test.path).read("sigma_hat")
+    cf = get_rescorer("closed-form", area="gt", sigmas=test.sigmas).transform(pred, test.gt, sigma=sigma)
+    inst = np.nanmean(np.where(test.vis, test.oks, np.nan), axis=1)
+    recs = {
+        "raw (MMPose bbox_keypoint)": test.records,
+        "closed form (Eq. 12, gt area, store σ̂)": with_scores(test.records, cf.keypoint_scores, cf.instance_scores),
+        "CCNet (fit defaults, LSPET + LSP train)": rescore_records(test.records, s, v),
+        "oracle (true OKS)": with_scores(test.records, np.nan_to_num(test.oks), np.nan_to_num(inst)),
+    }
+    rows = {}
+    for name, r in recs.items():
+        rows[name] = audit_row(test.gt, r)
+        print(f"  {name:<45} AP {100 * rows[name]['mAP']:6.2f}  AR {100 * rows[name]['mAR']:6.2f}  "
+              f"Pearson {rows[name]['pearson_instance']:.3f}  AUSE {rows[name]['ause_instance']:.4f}", flush=True)
+    names = list(recs)
+    deltas = {}
+    for a, b in ((names[0], names[2]), (names[1], names[2]), (names[0], names[1])):
+        c = compare(test.gt, recs[a], recs[b], resamples=resamples, seed=0)
+        deltas[f"{b} − {a}"] = c.to_dict()
+        print(f"  Δ {b} − {a}: AP {100 * c.delta['AP']:+.2f} [{100 * c.interval['AP'][0]:+.2f}, "
+              f"{100 * c.interval['AP'][1]:+.2f}], AR {100 * c.delta['AR']:+.2f}", flush=True)
+    return {"recipe": recipe.to_dict(), "fit_seconds": fit_s, "train_rows": meta["train"]["rows"], "rows": rows,
+            "compare": deltas}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cache", default="/work/cache/ccnet")
-    ap.add_argument("--steps", type=int, default=12000)
-    ap.add_argument("--spatial-steps", type=int, default=3000)
-    ap.add_argument("--only", choices=["lsp", "coco-mini"])
-    ap.add_argument("--json")
-    a = ap.parse_args()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default="/tmp/ccnet", help="folder with STORE_LSPET, STORE_LSP_TRAIN, STORE_LSP_TEST")
+    ap.add_argument("--cv", type=int, default=5)
+    ap.add_argument("--parts", default="cv,visibility,test")
+    ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
     import torch
 
+    from posecal.ccnet.fit import load_training_stores
+    from posecal.ccnet.targets import load_store
+
     torch.set_num_threads(1)
-    cache = Path(a.cache)
-    out = {}
-    if a.only in (None, "lsp"):
-        out["lsp"] = lsp(cache, a.steps, a.spatial_steps)
-        print("## EfficientPose-I, LSP test (1001–2000), trained on LSP train (1–1000)\n")
-        print(table(out["lsp"]) + "\n")
-    if a.only in (None, "coco-mini"):
-        out["coco_mini"] = coco_mini_cv(cache, a.steps)
-        print("## BlazePose-full, COCO-MINI train (gt boxes), 5-fold cross-validation\n")
-        print(table(out["coco_mini"]) + "\n")
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=2))
+    w = Path(args.work)
+    stores, _ = load_training_stores([str(w / "STORE_LSPET"), str(w / "STORE_LSP_TRAIN")])
+    out: dict[str, Any] = {"stores": [d.path for d in stores],
+                           "rows": [int(d.has_target.sum()) for d in stores]}
+    parts = args.parts.split(",")
+    if "cv" in parts:
+        print(f"CV ({args.cv}-fold by image) on LSPET + LSP train:", flush=True)
+        out["cv"] = cv_part(stores, args.cv)
+    if "visibility" in parts:
+        print("visibility on held-out LSPET images (fold 0):", flush=True)
+        out["visibility"] = visibility_part(stores, args.cv)
+        print(json.dumps(out["visibility"], indent=1), flush=True)
+    if "test" in parts:
+        print("LSP test (recipe fixed):", flush=True)
+        out["test"] = test_part(stores, load_store(str(w / "STORE_LSP_TEST")), args.resamples)
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

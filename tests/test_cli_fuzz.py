@@ -92,7 +92,7 @@ def world(tmp_path_factory) -> Path:
          "center": [40.0, 30.0], "scale": 0.3} for i in range(3)]))
     steps = [
         ["extract", "--model", d / "model.onnx", "--data", d / "data.json", "--images", d / "img", "--out",
-         d / "store", "--chunk-size", "4"],
+         d / "store", "--chunk-size", "4", "--pooling", "gap"],
         ["fit", "--store", d / "store", "--out", d / "head", "--steps", "3", "--batch-size", "4"],
         ["rescore", "--pred", d / "store/predictions.json", "--method", "isotonic", "--fit-gt",
          d / "store/gt.json", "--fit-pred", d / "store/predictions.json", "--save-calibrator", d / "cal.json",
@@ -388,7 +388,7 @@ def test_resume_damaged_store(world, tmp_path_factory, what, jdmg, bdmg, finishe
     else:
         damage_bytes(d / what, bdmg)
     argv = ["extract", "--model", world / "model.onnx", "--data", world / "data.json", "--images", world / "img",
-            "--out", d / "store", "--chunk-size", "4"]
+            "--out", d / "store", "--chunk-size", "4", "--pooling", "gap"]
     rc, err = check_contract(argv, d, [])
     if rc == 0:
         assert _snapshot(d / "store") == _snapshot(world / "store"), err
@@ -409,7 +409,7 @@ def test_store_tampering_is_named_and_resume_recomputes(world, tmp_path_factory)
     # extract's resume recomputes the damaged chunk and finishes the store bit-identical (same inputs)
     (d / "store/meta.json").unlink()
     argv = ["extract", "--model", world / "model.onnx", "--data", world / "data.json", "--images", world / "img",
-            "--out", d / "store", "--chunk-size", "4"]
+            "--out", d / "store", "--chunk-size", "4", "--pooling", "gap"]
     rc, _, err = _quiet_main(argv)
     assert rc == 0, err
     assert chunk.read_bytes() == good

@@ -49,3 +49,12 @@ def test_demo_bad_arguments_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(e.startswith("posecal demo: error:") for e in err)
     assert not (tmp_path / "x" / "demo.json").exists()
+
+
+def test_demo_default_output_folders_differ():
+    from posecal.cli import build_parser
+    from posecal.cli.demo import DEFAULT_OUT
+
+    assert DEFAULT_OUT["simulation"] != DEFAULT_OUT["lsp"]
+    args = build_parser("demo").parse_args(["demo", "--lsp", "X", "--model", "M"])
+    assert args.out is None  # chosen per mode in run(): posecal-demo-lsp for --lsp

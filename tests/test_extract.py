@@ -67,7 +67,9 @@ def test_efficientpose_on_lsp_lands_on_bodies(shared_dir, lsp40, tmp_path):
 
     assert fs.meta["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     kp, sc = fs.read("keypoints"), fs.read("scores")
-    assert kp.shape == (40, 14, 2) and fs.read("features_gap").shape == (40, 144)
+    # the default pooling is the one fit's default recipe reads: heatmap-weighted, per keypoint
+    assert kp.shape == (40, 14, 2) and fs.meta["pooling"] == "heatmap"
+    assert fs.read("features_kpt").shape == (40, 14, 144)
     assert fs.read("crop_transform").shape == (40, 2, 3)
     G, area = _gt_rows(fs, 14)
     assert _mean_kpt_oks(kp, G, area, LSP14.sigmas) >= 0.5

@@ -117,3 +117,59 @@ def scores_and_ap(head: Any, data: StoreData, *, use_box_score: bool = False) ->
         sel = data.has_target
         out.update(quick_metrics(s[sel], v[sel], data.oks[sel], data.vis[sel]))
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# "more evidence" (paper App. Table g): the model's own per-keypoint evidence as extra input columns
+EVIDENCE = ("score", "log_sigma", "cf")
+"""Per-keypoint evidence columns a head can take besides the pooled features (all from the store):
+
+* ``score``: the raw keypoint score (heatmap maximum), store ``scores (N, K)``;
+* ``log_sigma``: ``log(σ̂ / √(w·h))``, the heatmap spread σ̂ (store ``sigma_hat``, image px) relative to the
+  instance box (store ``bbox``, image px);
+* ``cf``: the closed-form expected keypoint OKS ``l² / (σ̂² + l²)`` (paper Eq. 12) with
+  ``l² = (2 k)² (w·h)`` (Eq. 7), the box area standing in for the gt area.
+"""
+
+
+def evidence_columns(path: str, names: tuple[str, ...] | list[str], sigmas: np.ndarray) -> np.ndarray:
+    """``(N, K, E)`` float32 evidence columns ``names`` (see :data:`EVIDENCE`) of the store at ``path``."""
+    from posecal.models.store import FeatureStore
+    from posecal.theory import oks_l2, perfect_expected_oks
+
+    fs = FeatureStore.open(path)
+    cols = []
+    need = {"score": ("scores",), "log_sigma": ("sigma_hat", "bbox"), "cf": ("sigma_hat", "bbox")}
+    for name in names:
+        if name not in EVIDENCE:
+            raise PosecalInputError(f"unknown evidence {name!r}; choose from {', '.join(EVIDENCE)}",
+                                    field="evidence")
+        missing = [a for a in need[name] if a not in fs.arrays]
+        if missing:
+            raise PosecalInputError(f"evidence {name!r} needs the store array(s) {', '.join(missing)}",
+                                    file=str(path), field="evidence")
+        if name == "score":
+            cols.append(fs.read("scores"))
+            continue
+        sig = np.asarray(fs.read("sigma_hat"), np.float64)
+        box = fs.read("bbox")
+        area = np.maximum(box[:, 2] * box[:, 3], 1.0)[:, None]
+        if name == "log_sigma":
+            cols.append(np.log(np.maximum(np.nan_to_num(sig, nan=1e3), 1e-3) / np.sqrt(area)))
+        else:
+            cols.append(perfect_expected_oks(np.nan_to_num(sig, nan=1e3) ** 2, oks_l2(sigmas, area)))
+    if not cols:
+        return np.zeros((fs.num_instances, len(sigmas), 0), np.float32)
+    return np.stack(cols, axis=-1).astype(np.float32)
+
+
+def head_inputs(data: StoreData, evidence: tuple[str, ...] | list[str] = ()) -> np.ndarray:
+    """The head's input of every row: the store's features, with the ``evidence`` columns appended on the
+    channel axis for ``(N, K, C)`` features (→ ``(N, K, C + E)``). No evidence: the features as stored."""
+    if not evidence:
+        return data.features
+    if data.features.ndim != 3:
+        raise PosecalInputError("evidence columns need per-keypoint (N, K, C) features (--pooling heatmap)",
+                                file=data.path, field="evidence")
+    ev = evidence_columns(data.path, tuple(evidence), data.sigmas)
+    return np.concatenate([np.asarray(data.features, np.float32), ev], axis=-1)

@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "fit": "posecal.cli.fit",
     "apply": "posecal.cli.apply",
     "export": "posecal.cli.export",
+    "compare": "posecal.cli.compare",
     "study": "posecal.cli.study",
     "demo": "posecal.cli.demo",
 }

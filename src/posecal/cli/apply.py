@@ -44,9 +44,15 @@ def run(args: argparse.Namespace) -> int:
     head, meta = load_head(args.head)
     data = load_store(args.store, need_gt=False, features=False)
     check_compatible(meta, data.head_meta, file=args.head)
+    from posecal.ccnet.targets import evidence_columns
     from posecal.models.store import FeatureStore
 
     feats = FeatureStore.open(args.store).features()
+    if meta.get("evidence"):  # per-keypoint evidence columns the head was trained with
+        import numpy as np
+
+        ev = evidence_columns(args.store, tuple(meta["evidence"]), data.sigmas)
+        feats = np.concatenate([np.asarray(feats, np.float32), ev], axis=-1)
     s, v = predict(head, feats)
     import numpy as np
 

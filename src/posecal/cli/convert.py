@@ -1,6 +1,7 @@
 """``posecal convert``: dataset annotations -> COCO keypoints JSON.
 
     posecal convert lsp JOINTS.mat --images DIR --split {train,test,all} --out LSP.json
+    posecal convert lspet JOINTS.mat --images DIR --out LSPET.json    # LSP Extended, (14, 3, N)
     posecal convert mpii MPII.json [--images DIR] --out MPII_COCO.json
 """
 
@@ -12,10 +13,10 @@ from posecal._util import dumps_json, write_json_atomic
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("convert", help="convert LSP joints.mat / MPII JSON to COCO keypoints JSON",
+    p = sub.add_parser("convert", help="convert LSP / LSPET joints.mat / MPII JSON to COCO keypoints JSON",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("format", choices=["lsp", "mpii"], help="source format")
-    p.add_argument("src", help="joints.mat (lsp) or MMPose MPII JSON (mpii)")
+    p.add_argument("format", choices=["lsp", "lspet", "mpii"], help="source format")
+    p.add_argument("src", help="joints.mat (lsp, lspet) or MMPose MPII JSON (mpii)")
     p.add_argument("--images", default=None, help="image folder (image sizes are read from it)")
     p.add_argument("--split", choices=["train", "test", "all"], default="all",
                    help="LSP split: train = 1–1000, test = 1001–2000")
@@ -33,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
         from posecal.datasets.lsp import read_lsp
 
         d = read_lsp(args.src, args.images, args.split)
+    elif args.format == "lspet":
+        from posecal.datasets.lsp import read_lspet
+
+        d = read_lspet(args.src, args.images)
     else:
         from posecal.datasets.mpii import read_mpii
 

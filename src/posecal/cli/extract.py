@@ -1,7 +1,7 @@
 """``posecal extract``: run a frozen top-down pose model over a dataset and write a feature store.
 
     posecal extract --model MODEL_FILE --data DATA.json --images DIR --out STORE
-        [--pooling {gap,heatmap,spatial}] [--boxes gt|DET.json] [--flip] [--augment N --seed S]
+        [--pooling {heatmap,gap,spatial}] [--boxes gt|DET.json] [--flip] [--augment N --seed S]
         [--shard i/n] [--skip-missing] [--tensor NAME] [--model-kind K] [--allow-missing-joints]
     posecal extract --merge --out STORE        # combine STORE.shard-<i>-of-<n> written with --shard
 
@@ -35,8 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--data", help="COCO keypoints JSON (e.g. from posecal convert)")
     p.add_argument("--images", help="image folder")
     p.add_argument("--out", required=True, help="store directory")
-    p.add_argument("--pooling", choices=POOLINGS, default="gap",
-                   help="gap: (C); heatmap: heatmap-weighted per keypoint (K, C); spatial: (C, H, W) float16")
+    p.add_argument("--pooling", choices=POOLINGS, default="heatmap",
+                   help="heatmap (default: what fit's default recipe reads): heatmap-weighted per keypoint (K, C); "
+                   "gap: (C); spatial: (C, H, W) float16")
     p.add_argument("--boxes", default="gt", help="'gt' or a COCO detection results JSON")
     p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop")
     p.add_argument("--augment", type=nonneg_int, default=0, metavar="N",

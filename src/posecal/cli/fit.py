@@ -1,9 +1,15 @@
-"""``posecal fit --store STORE --out HEAD_DIR [--val-store STORE]``: train a CCNet head (paper Sec. 5).
+"""``posecal fit --store STORE [--store STORE2 ...] --out HEAD_DIR``: train a CCNet head (paper Sec. 5).
 
 Targets are the per-keypoint OKS (Eq. 7, one term per keypoint) of the store's predictions against its
 gt (``gt_keypoints`` of an augmented store, else ``gt.json`` by ``ann_id``) with the keypoint set's
 sigmas and the gt area; the visibility target is "labelled" (gt v > 0). Rows without a gt or without
 any labelled keypoint carry no target and are left out of training.
+
+With no option but the stores, the recipe is the default for the stores' model kind
+(:data:`posecal.ccnet.fit.DEFAULT_RECIPES`, selected by cross-validation on training data); every option
+given overrides that recipe's value. ``--cv K`` scores a small grid of recipes by K-fold cross-validation
+over images (:mod:`posecal.ccnet.select`), prints the CV table and refits the selected recipe (the best CV
+AP; the default stays unless beaten by more than 0.1 AP) on all the data.
 
 Distributed: ``torchrun --nproc_per_node N -m posecal fit ...`` (DDP, gloo on CPU, nccl on GPU).
 """
@@ -13,42 +19,59 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
-from posecal.ccnet.targets import load_store, scores_and_ap
+from posecal.ccnet.targets import EVIDENCE
 from posecal.cli._args import device, nonneg_float, nonneg_int, positive_float, positive_int, threads
 from posecal.errors import PosecalInputError
 
-# head chosen by default for each store feature tensor: the recommended recipe (see docs/results.md, "CCNet")
-DEFAULT_HEAD = {"features_kpt": "kpt", "features_gap": "fc", "features_spatial": "conv_gap"}
+
+def _evidence(s: str) -> tuple[str, ...]:
+    names = tuple(x for x in s.split(",") if x) if s not in ("", "none") else ()
+    bad = [x for x in names if x not in EVIDENCE]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown evidence {bad[0]!r}; choose from {', '.join(EVIDENCE)} or none")
+    return names
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "fit",
-        help="train a CCNet head on a feature store",
-        description="Train a CCNet confidence/visibility head on a feature store (paper Sec. 5). "
-        "With no other option: the recommended recipe.",
+        help="train a CCNet head on feature stores (--cv K: select the recipe by cross-validation)",
+        description="Train a CCNet confidence/visibility head on feature stores (paper Sec. 5). "
+        "With no other option: the default recipe for the stores' model kind (selected by cross-validation "
+        "on training data); each option overrides one setting of it.",
     )
     p.add_argument("--store", required=True, action="append",
                    help="feature store directory (from posecal extract); repeat to train on several stores "
-                   "of the same model/tensor/pooling (e.g. a plain and an --augment store)")
+                   "of the same model/tensor/pooling (e.g. LSPET and LSP train, or a plain and an --augment store)")
     p.add_argument("--out", required=True, help="head directory to write (head.safetensors + head.json)")
     p.add_argument("--val-store", help="store to validate on (AP, Pearson) during training")
     p.add_argument("--head", choices=["fc", "conv_gap", "conv_sigmoid_gap", "kpt"],
-                   help="head kind; default: the recommended one for the store's feature tensor")
-    p.add_argument("--steps", type=positive_int, default=12000)
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--lam", type=nonneg_float, default=0.2, help="visibility loss weight λ (Eq. 21)")
-    p.add_argument("--conf-loss", choices=["mse", "bce"], default="mse",
+                   help="head kind; default: the recipe's")
+    p.add_argument("--evidence", type=_evidence, default=None,
+                   help=f"comma-separated per-keypoint evidence columns appended to heatmap-pooled features "
+                   f"({', '.join(EVIDENCE)}) or 'none'; default: the recipe's")
+    p.add_argument("--optimizer", choices=["adam", "lbfgs"], default=None,
+                   help="adam: mini-batches (the paper's App. B recipe: --optimizer adam --steps 12000 --batch-size 64 "
+                   "--lr 1e-3 --weight-decay 0); lbfgs: full batch; default: the recipe's")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="Adam steps or L-BFGS iterations (default: the recipe's)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="Adam batch size")
+    p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate")
+    p.add_argument("--lam", type=nonneg_float, default=None, help="visibility loss weight λ (Eq. 21)")
+    p.add_argument("--conf-loss", choices=["mse", "bce"], default=None,
                    help="confidence loss: MSE (Eq. 19) or BCE on the soft OKS target (App. C)")
-    p.add_argument("--weight-decay", type=nonneg_float, default=0.0)
-    p.add_argument("--seed", type=nonneg_int, default=0)
-    p.add_argument("--eval-every", type=nonneg_int, default=0, help="steps between validations (0: 10 per run)")
-    p.add_argument("--box-score", action="store_true", help="multiply ĉ by the box score")
+    p.add_argument("--weight-decay", type=nonneg_float, default=None)
+    p.add_argument("--seed", type=nonneg_int, default=None)
+    p.add_argument("--eval-every", type=nonneg_int, default=None,
+                   help="steps between validations (0: 10 per run)")
+    p.add_argument("--box-score", action="store_true", default=None, help="multiply ĉ by the box score")
+    p.add_argument("--cv", type=_cv_folds, default=None, metavar="K",
+                   help="select the recipe by K-fold cross-validation over images among a small grid around "
+                   "the recipe, print the CV table, refit the winner on all the data")
+    p.add_argument("--cv-seed", type=nonneg_int, default=0, help="fold assignment seed for --cv")
     p.add_argument("--threads", type=threads, default=None, help="torch threads (default 1 if pooled)")
     p.add_argument("--device", type=device, default="cpu",
                    help="cpu (default) or cuda (this rank's GPU under torchrun)")
@@ -56,20 +79,41 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _check_before_training(args: argparse.Namespace, torch: Any) -> None:
-    """Everything that can be checked before minutes of training: flags, outputs (no input, writable), device."""
+_RECIPE_FLAGS = ("head", "evidence", "optimizer", "steps", "batch_size", "lr", "lam", "conf_loss", "weight_decay",
+                 "seed", "eval_every", "box_score")
+
+
+def _recipe(args: argparse.Namespace, stores: list) -> Any:
+    from posecal.ccnet.fit import default_recipe
+
+    base = default_recipe(stores[0].meta, stores[0].head_meta["feature_tensor"])
+    over = {k: getattr(args, k) for k in _RECIPE_FLAGS if getattr(args, k) is not None}
+    if "head" in over and over["head"] != base.head and "evidence" not in over and over["head"] != "kpt":
+        over["evidence"] = ()  # evidence columns need per-keypoint features
+    return replace(base, **over)
+
+
+def _cv_folds(s: str) -> int:
+    v = positive_int(s)
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"must be >= 2, got {v}")
+    return v
+
+
+def _check_before_training(args: argparse.Namespace) -> None:
+    """Everything that can be checked before minutes of training: outputs (no input, writable), device."""
     from posecal._outputs import check_creatable, refuse_clobber
 
-    if args.steps < 1 or args.batch_size < 1:
-        raise PosecalInputError("--steps and --batch-size must be >= 1", field="--steps/--batch-size")
     refuse_clobber({"--store": args.store, "--val-store": args.val_store}, {"--out": args.out},
                    dir_outputs={"--out": ["head.json", "head.safetensors"]})
     check_creatable(args.out, "dir")
-    _check_device(torch, args.device)
+    _check_device(args.device)
 
 
-def _check_device(torch: Any, device: str) -> None:
+def _check_device(device: str) -> None:
     """The --device exists on this machine (its syntax was checked at parse time)."""
+    import torch
+
     if device.startswith("cuda"):
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         idx = int(device.partition(":")[2] or os.environ.get("LOCAL_RANK", "0") or 0)
@@ -79,74 +123,47 @@ def _check_device(torch: Any, device: str) -> None:
         raise PosecalInputError("mps is not available on this machine", field="--device")
 
 
+def _print_cv(rows: list, file: Any) -> None:
+    w = max(len(r.recipe.label()) for r in rows)
+    print(f"{'recipe':<{w}}  {'CV AP':>7}  {'sd':>6}  {'Δ vs own score':>14}  {'s':>6}", file=file)
+    for r in rows:
+        d = r.to_dict()
+        print(f"{d['label']:<{w}}  {d['cv_ap']:7.4f}  {d['cv_ap_sd']:6.4f}  {d['cv_delta_ap']:+14.4f}  "
+              f"{d['seconds']:6.1f}", file=file)
+
+
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from posecal._util import dumps_json
-    from posecal.ccnet import HEAD_KINDS
     from posecal.ccnet.checkpoint import save_head
-    from posecal.ccnet.train import TrainConfig, default_device, distributed_env, fit_head
+    from posecal.ccnet.fit import fit_from_stores, load_training_stores
 
-    _check_before_training(args, torch)
-    stores = [load_store(p) for p in args.store]
-    train = stores[0]
-    for p, d in zip(args.store[1:], stores[1:], strict=True):
-        if d.head_meta != train.head_meta:
-            diffs = [k for k in train.head_meta if train.head_meta[k] != d.head_meta[k]]
-            raise PosecalInputError(f"store differs from {args.store[0]} in {', '.join(diffs)}", file=p)
-    val = load_store(args.val_store) if args.val_store else None
-    feat_name = train.head_meta["feature_tensor"]
-    kind = args.head or DEFAULT_HEAD[feat_name]
-    if HEAD_KINDS[kind] != feat_name:
-        raise PosecalInputError(f"head {kind!r} reads {HEAD_KINDS[kind]}, the store has {feat_name}",
-                                file=args.store[0], field="--head")
-    if val is not None and val.head_meta != train.head_meta:
-        diffs = [k for k in train.head_meta if train.head_meta[k] != val.head_meta[k]]
-        raise PosecalInputError(f"validation store differs from the training store in {', '.join(diffs)}",
-                                file=args.val_store)
-    threads = args.threads or (1 if feat_name != "features_spatial" else None)
-    if threads:
-        torch.set_num_threads(threads)
-    X = np.concatenate([d.features[d.has_target] for d in stores])
-    T = np.concatenate([d.oks[d.has_target] for d in stores])
-    V = np.concatenate([d.vis[d.has_target] for d in stores])
-    if not len(X):
-        raise PosecalInputError("no row of the store has a gt with a labelled keypoint", file=args.store[0])
-    cfg = TrainConfig(head=kind, steps=args.steps, batch_size=args.batch_size, lr=args.lr, lam=args.lam,
-                      conf_loss=args.conf_loss, weight_decay=args.weight_decay, seed=args.seed,
-                      eval_every=args.eval_every)
-    device = default_device(args.device)
-    rank, world = distributed_env(device)
-    on_eval = None
-    if val is not None:
-        def on_eval(step: int, head: Any) -> dict[str, Any]:
-            m = scores_and_ap(head, val, use_box_score=args.box_score)
-            print(f"step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()), file=sys.stderr)
-            return m
-    res = fit_head(X, T, V, cfg, on_eval=on_eval, device=device)
-    if rank == 0:
-        metrics = {"train": scores_and_ap(res.head, train, use_box_score=args.box_score)}
-        if val is not None:
-            metrics["val"] = scores_and_ap(res.head, val, use_box_score=args.box_score)
-        meta = {
-            **train.head_meta,
-            "aggregation": "sum(v_hat*s_hat)/sum(v_hat)" + (" * box_score" if args.box_score else ""),
-            "box_score": bool(args.box_score),
-            "train": {**cfg.to_dict(), "stores": [os.path.abspath(p) for p in args.store], "rows": len(X),
-                      "world_size": world, "final_loss": float(res.losses[-100:].mean())},
-            "metrics": metrics,
-            "history": res.history,
-        }
-        save_head(args.out, res.head, meta)
-        if args.json:
-            sys.stdout.write(dumps_json(meta, indent=True).decode() + "\n")
-        else:
-            for split, m in metrics.items():
-                print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
-            print(f"head written to {args.out}")
-    if world > 1:
-        import torch.distributed as dist
+    _check_before_training(args)
+    stores, val = load_training_stores(args.store, args.val_store)
+    recipe = _recipe(args, stores)
+    cv = None
+    if args.cv:
+        from posecal.ccnet.select import TOLERANCE, cross_validate, default_grid, select
 
-        dist.barrier()
-        dist.destroy_process_group()
+        rows = cross_validate(stores, default_grid(recipe), k=args.cv, seed=args.cv_seed,
+                              on_row=lambda r: print(f"cv: {r.recipe.label()}: AP {r.mean_ap:.4f} "
+                                                     f"(own score {sum(r.base_ap) / len(r.base_ap):.4f})",
+                                                     file=sys.stderr))
+        recipe = select(rows).recipe
+        cv = {"k": args.cv, "seed": args.cv_seed, "selected": recipe.to_dict(), "tolerance": TOLERANCE,
+              "rows": [r.to_dict() for r in rows]}
+        if not args.json:
+            _print_cv(rows, sys.stdout)
+            print(f"selected: {recipe.label()}")
+    head, meta = fit_from_stores(stores, recipe, val, device=args.device, threads=args.threads, verbose=True)
+    if not meta:  # a non-zero rank under torchrun
+        return 0
+    if cv is not None:
+        meta["cv"] = cv
+    save_head(args.out, head, meta)
+    if args.json:
+        sys.stdout.write(dumps_json(meta, indent=True).decode() + "\n")
+    else:
+        for split, m in meta["metrics"].items():
+            print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
+        print(f"head written to {args.out}")
     return 0

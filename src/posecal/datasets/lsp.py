@@ -14,21 +14,11 @@ from posecal.keypoints import LSP14
 SPLITS = {"train": (1, 1000), "test": (1001, 2000), "all": (1, 2000)}
 
 
-def read_lsp(joints_mat: str | os.PathLike, images: str | os.PathLike | None = None,
-             split: str = "all", *, image_sizes: bool = True) -> dict[str, Any]:
-    """LSP ``joints.mat`` (key ``joints``, (3, 14, N): x, y, flag) -> COCO keypoints dict.
-
-    flag 0 = visible -> v = 2, flag 1 = occluded -> v = 1 (LSP's flag is inverted w.r.t. COCO);
-    coordinates are kept as stored (image pixels). bbox = tight box of the 14 joints, area = w·h.
-    Image ids = image numbers (``im0001.jpg`` -> 1); annotation id = image id. ``split``: train
-    (1–1000), test (1001–2000) or all. With ``images`` given and ``image_sizes``, width/height come
-    from the image headers (missing images are an error).
-    """
+def _load_joints(joints_mat: str | os.PathLike) -> np.ndarray:
+    """The ``joints`` array of a MATLAB file, float64, any shape (errors name the file)."""
     from scipy.io import loadmat
 
     file = str(joints_mat)
-    if split not in SPLITS:
-        raise PosecalInputError(f"unknown split {split!r}; choose {', '.join(SPLITS)}", field="split")
     try:
         m = loadmat(joints_mat)
     except FileNotFoundError:
@@ -40,58 +30,133 @@ def read_lsp(joints_mat: str | os.PathLike, images: str | os.PathLike | None = N
     try:
         j = np.asarray(m["joints"], dtype=np.float64)
     except (TypeError, ValueError):
-        raise PosecalInputError("'joints' is not a numeric array", file=file, field="joints") from None
-    if j.ndim != 3:
-        raise PosecalInputError(f"joints has shape {j.shape}, expected (3, 14, N)", file=file, field="joints")
-    if j.shape[0] != 3 and j.shape[-1] == 3:  # LSP-extended stores (N, 14, 3)-like (14, 3, N)
-        j = np.transpose(j, (2, 0, 1)) if j.shape[1] == 14 else j
-    if j.shape[:2] != (3, 14):
-        raise PosecalInputError(f"joints has shape {j.shape}, expected (3, 14, N)", file=file, field="joints")
-    n = j.shape[2]
-    lo, hi = SPLITS[split]
-    hi = min(hi, n)
-    if hi < lo:
-        raise PosecalInputError(f"split {split!r} (people {lo}–{SPLITS[split][1]}) is empty: the file holds "
-                                f"{n} people", file=file, field="split")
-    for num in range(lo, hi + 1):  # refuse what evaluate would refuse: NaN joints, unknown flags
-        col = j[:, :, num - 1]
-        bad = np.flatnonzero(~np.isfinite(col).all(axis=0))
-        if bad.size:
-            raise PosecalInputError(f"non-finite value at joint {int(bad[0]) + 1}", file=file, record=num,
-                                    field="joints")
-        bad = np.flatnonzero(~np.isin(col[2], (0, 1)))
-        if bad.size:
-            raise PosecalInputError(f"flag {col[2, bad[0]]:g} at joint {int(bad[0]) + 1} (expected 0 visible "
-                                    "or 1 occluded)", file=file, record=num, field="joints")
-    img_dir = Path(images) if images is not None else None
-    out_images, anns = [], []
-    for num in range(lo, hi + 1):
-        x, y, flag = j[0, :, num - 1], j[1, :, num - 1], j[2, :, num - 1]
-        v = np.where(flag == 0, 2, 1)
-        fname = f"im{num:04d}.jpg"
-        rec: dict[str, Any] = {"id": num, "file_name": fname}
-        if img_dir is not None and image_sizes:
-            p = img_dir / fname
-            if not p.is_file():
-                raise PosecalInputError("image missing", file=str(p), record=num, field="file_name")
-            from posecal.datasets.coco import image_size
+        raise PosecalInputError("joints is not a numeric array", file=file, field="joints") from None
+    return j
 
-            rec["width"], rec["height"] = image_size(p, record=num)
-        out_images.append(rec)
-        x0, y0, x1, y1 = x.min(), y.min(), x.max(), y.max()
-        w, h = x1 - x0, y1 - y0
-        kp = np.stack([x, y, v], axis=1).reshape(-1)
-        anns.append({
-            "id": num, "image_id": num, "category_id": 1, "iscrowd": 0,
-            "keypoints": [float(t) if i % 3 != 2 else int(t) for i, t in enumerate(kp)],
-            "num_keypoints": 14, "bbox": [float(x0), float(y0), float(w), float(h)], "area": float(w * h),
-        })
+
+def _image_record(num: int, fname: str, img_dir: Path | None, image_sizes: bool) -> dict[str, Any]:
+    rec: dict[str, Any] = {"id": num, "file_name": fname}
+    if img_dir is not None and image_sizes:
+        p = img_dir / fname
+        if not p.is_file():
+            raise PosecalInputError("image missing", file=str(p), record=num, field="file_name")
+        from posecal.datasets.coco import image_size
+
+        rec["width"], rec["height"] = image_size(p, record=num)
+    return rec
+
+
+def _annotation(num: int, x: np.ndarray, y: np.ndarray, v: np.ndarray) -> dict[str, Any]:
+    """COCO annotation of one person: ``x, y (14,)`` image px, ``v (14,)`` COCO flags. The box is the tight
+    box of the labelled joints (v > 0), area = w·h; unlabelled joints are written as (0, 0, 0)."""
+    lab = v > 0
+    x = np.where(lab, x, 0.0)
+    y = np.where(lab, y, 0.0)
+    x0, y0, x1, y1 = x[lab].min(), y[lab].min(), x[lab].max(), y[lab].max()
+    w, h = x1 - x0, y1 - y0
+    kp = np.stack([x, y, v], axis=1).reshape(-1)
     return {
-        "info": {"description": f"Leeds Sports Pose, split {split}", "source": os.path.basename(file)},
-        "images": out_images,
+        "id": num, "image_id": num, "category_id": 1, "iscrowd": 0,
+        "keypoints": [float(t) if i % 3 != 2 else int(t) for i, t in enumerate(kp)],
+        "num_keypoints": int(lab.sum()), "bbox": [float(x0), float(y0), float(w), float(h)],
+        "area": float(w * h),
+    }
+
+
+def _check_joints(j: np.ndarray, flags: tuple[float, ...], file: str, lo: int) -> None:
+    """Every flag known, every coordinate finite (records numbered from ``lo``)."""
+    bad = ~np.isin(j[2], flags)
+    if bad.any():
+        k, n = np.argwhere(bad)[0]
+        raise PosecalInputError(f"unknown flag {j[2, k, n]!r} at joint {k + 1}; expected one of "
+                                f"{[int(f) for f in flags]}", file=file, record=lo + int(n), field="joints")
+    bad = ~np.isfinite(j[:2]).all(axis=0)
+    if bad.any():
+        k, n = np.argwhere(bad)[0]
+        raise PosecalInputError(f"non-finite coordinate at joint {k + 1}", file=file, record=lo + int(n),
+                                field="joints")
+
+
+def _coco_dict(description: str, file: str, images: list, anns: list) -> dict[str, Any]:
+    return {
+        "info": {"description": description, "source": os.path.basename(file)},
+        "images": images,
         "annotations": anns,
         "categories": [{"id": 1, "name": "person", "supercategory": "person",
                         "keypoints": list(LSP14.names),
                         "skeleton": [[1, 2], [2, 3], [4, 5], [5, 6], [7, 8], [8, 9], [10, 11], [11, 12],
                                      [9, 13], [10, 13], [13, 14], [3, 9], [4, 10], [3, 4]]}],
     }
+
+
+def read_lsp(joints_mat: str | os.PathLike, images: str | os.PathLike | None = None,
+             split: str = "all", *, image_sizes: bool = True) -> dict[str, Any]:
+    """LSP ``joints.mat`` (key ``joints``, (3, 14, N): x, y, flag) -> COCO keypoints dict.
+
+    flag 0 = visible -> v = 2, flag 1 = occluded -> v = 1 (LSP's flag is inverted w.r.t. COCO);
+    coordinates are kept as stored (image pixels). bbox = tight box of the 14 joints, area = w·h.
+    Image ids = image numbers (``im0001.jpg`` -> 1); annotation id = image id. ``split``: train
+    (1–1000), test (1001–2000) or all. With ``images`` given and ``image_sizes``, width/height come
+    from the image headers (missing images are an error). Unknown flags, non-finite coordinates and an
+    empty split are errors.
+    """
+    file = str(joints_mat)
+    if split not in SPLITS:
+        raise PosecalInputError(f"unknown split {split!r}; choose {', '.join(SPLITS)}", field="split")
+    j = _load_joints(joints_mat)
+    if j.ndim != 3:
+        raise PosecalInputError(f"joints has shape {j.shape}, expected (3, 14, N)", file=file, field="joints")
+    if j.shape[:2] != (3, 14):
+        hint = " (an LSP-extended file? use 'posecal convert lspet')" if j.shape[:2] == (14, 3) else ""
+        raise PosecalInputError(f"joints has shape {j.shape}, expected (3, 14, N){hint}", file=file,
+                                field="joints")
+    n = j.shape[2]
+    lo, hi = SPLITS[split]
+    hi = min(hi, n)
+    if hi < lo:
+        raise PosecalInputError(f"split {split!r} (people {lo}–{SPLITS[split][1]}) is empty: the file holds "
+                                f"{n} people", file=file, field="split")
+    _check_joints(j[:, :, lo - 1:hi], (0.0, 1.0), file, lo)
+    img_dir = Path(images) if images is not None else None
+    out_images, anns = [], []
+    for num in range(lo, hi + 1):
+        x, y, flag = j[0, :, num - 1], j[1, :, num - 1], j[2, :, num - 1]
+        out_images.append(_image_record(num, f"im{num:04d}.jpg", img_dir, image_sizes))
+        anns.append(_annotation(num, x, y, np.where(flag == 0, 2, 1)))
+    return _coco_dict(f"Leeds Sports Pose, split {split}", file, out_images, anns)
+
+
+def read_lspet(joints_mat: str | os.PathLike, images: str | os.PathLike | None = None, *,
+               image_sizes: bool = True) -> dict[str, Any]:
+    """LSP Extended ``joints.mat`` (key ``joints``, **(14, 3, N)**: x, y, flag) -> COCO keypoints dict.
+
+    flag 1 = annotated -> v = 2 (LSPET has no occlusion flag), flag 0 = not annotated -> v = 0, written as
+    (0, 0, 0) (LSPET stores coordinates <= 0 there: the joint lies outside the frame). Annotated coordinates
+    are kept as stored (image px, the same convention as :func:`read_lsp`). bbox = tight box of the annotated
+    joints, area = w·h. Image ids = image numbers (``im00001.jpg`` -> 1); annotation id = image id. A person
+    with no annotated joint, an unknown flag or a non-finite annotated coordinate is an error.
+    """
+    file = str(joints_mat)
+    j = _load_joints(joints_mat)
+    if j.ndim != 3 or j.shape[:2] != (14, 3):
+        hint = " (an LSP file? use 'posecal convert lsp')" if j.shape[:2] == (3, 14) else ""
+        raise PosecalInputError(f"joints has shape {j.shape}, expected (14, 3, N){hint}", file=file,
+                                field="joints")
+    j = np.transpose(j, (1, 0, 2))  # -> (3, 14, N)
+    n = j.shape[2]
+    if n == 0:
+        raise PosecalInputError("no people in the file", file=file, field="joints")
+    lab = j[2] == 1
+    j = j.copy()
+    j[:2] = np.where(lab[None], j[:2], 0.0)  # unannotated coordinates carry no information
+    _check_joints(j, (0.0, 1.0), file, 1)
+    empty = np.flatnonzero(~lab.any(axis=0))
+    if empty.size:
+        raise PosecalInputError("no annotated joint", file=file, record=int(empty[0]) + 1, field="joints")
+    img_dir = Path(images) if images is not None else None
+    out_images, anns = [], []
+    for num in range(1, n + 1):
+        x, y, flag = j[0, :, num - 1], j[1, :, num - 1], j[2, :, num - 1]
+        out_images.append(_image_record(num, f"im{num:05d}.jpg", img_dir, image_sizes))
+        anns.append(_annotation(num, x, y, np.where(flag == 1, 2, 0)))
+    return _coco_dict("LSP Extended", file, out_images, anns)

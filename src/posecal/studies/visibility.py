@@ -88,7 +88,13 @@ def visibility_study(store: str | os.PathLike, *, head: str | os.PathLike | None
                       "pooling": fs.meta.get("pooling"), "model_tensor": fs.meta.get("tensor"),
                       "model_sha256": fs.meta.get("model_sha256")}
         check_compatible(meta, store_meta, file=str(head))
-        s, vhat = predict(hd, fs.features())
+        feats = fs.features()
+        if meta.get("evidence"):  # per-keypoint evidence columns the head was trained with
+            from posecal.ccnet.targets import evidence_columns
+
+            ev = evidence_columns(str(store), tuple(meta["evidence"]), ks.sigmas)
+            feats = np.concatenate([np.asarray(feats, np.float32), ev], axis=-1)
+        s, vhat = predict(hd, feats)
         conf["ccnet"] = s
     res = load_results(records, gt)
     K = raw.shape[1]

@@ -1,0 +1,163 @@
+"""``posecal compare --report DIR``: one HTML page deciding whether B's confidence beats A's.
+
+Top: the deltas table (Δ = B − A with bootstrap intervals, :func:`posecal.calibration.compare.compare`);
+below, A and B overlaid: PR curves at OKS 0.50 and 0.75, reliability diagrams (instance confidence vs OKS)
+and sparsification curves (error 1 − OKS, with each file's oracle). Imports matplotlib (the ``report``
+extra) through :mod:`posecal.calibration.report`. The page is built in a temporary folder next to ``DIR``
+and renamed into place, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from posecal._util import write_bytes_atomic, write_json_atomic
+from posecal.calibration.compare import METRICS, CompareResult, PerImageEval, accumulate_images
+from posecal.calibration.metrics import calibration_error, sparsification
+from posecal.calibration.report import _file_mode, _no_data, _plt, _save
+from posecal.errors import PosecalInputError
+from posecal.metrics.cocoeval import REC_THRS
+
+__all__ = ["write_compare_report"]
+
+_MEANING = {
+    "AP": "COCO keypoint AP (OKS 0.50:0.95): how well the confidence ranks correct poses first",
+    "AR": "COCO keypoint AR: the poses themselves (rescoring leaves it unchanged)",
+    "pearson": "instance Pearson(confidence, OKS): higher = confidence tracks accuracy",
+    "ause": "instance AUSE (error 1 − OKS): lower = better ranking of errors",
+}
+
+
+def _fig_pr(plt, pes: dict[str, PerImageEval], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, t in zip(axes, (0, 5), strict=True):
+        for i, (name, pe) in enumerate(pes.items()):
+            prec, _ = accumulate_images(pe, np.arange(pe.image_ids.size))
+            p = np.where(prec[t] > -1, prec[t], np.nan)
+            if not np.isfinite(p).any():
+                continue
+            curve = np.nanmean(p, axis=1)
+            ax.plot(REC_THRS, curve, color=f"C{i}", label=f"{name}: AP@{0.5 + 0.05 * t:.2f} "
+                    f"{np.nanmean(curve):.3f}")
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision", title=f"OKS {0.5 + 0.05 * t:.2f}")
+        ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _fig_reliability(plt, pes: dict[str, PerImageEval], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    drawn = False
+    for i, (name, pe) in enumerate(pes.items()):
+        if pe.inst_conf.size == 0:
+            continue
+        r = calibration_error(pe.inst_conf, pe.inst_oks)
+        ok = r.count > 0
+        ax.plot(r.mean_confidence[ok], r.mean_target[ok], "o-", color=f"C{i}", ms=4,
+                label=f"{name}: ECE {r.ece:.3f}")
+        drawn = True
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    if not drawn:
+        _no_data(ax)
+    ax.set(xlabel="mean instance confidence in bin", ylabel="mean OKS in bin", xlim=(0, 1), ylim=(0, 1),
+           title="reliability (15 equal-width bins)")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _fig_sparsification(plt, pes: dict[str, PerImageEval], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    drawn = False
+    for i, (name, pe) in enumerate(pes.items()):
+        if pe.inst_conf.size < 2:
+            continue
+        s = sparsification(pe.inst_conf, 1.0 - pe.inst_oks)
+        ax.plot(s.fraction, s.curve, color=f"C{i}", label=f"{name}: AUSE {s.ause:.4f}")
+        ax.plot(s.fraction, s.oracle, color=f"C{i}", ls=":", lw=1, label=f"{name}: oracle")
+        drawn = True
+    if not drawn:
+        _no_data(ax)
+    ax.set(xlabel="fraction removed (least confident first)", ylabel="mean 1 − OKS of the rest", xlim=(0, 1),
+           title="sparsification")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+FIGURES = {"pr_curves.png": _fig_pr, "reliability.png": _fig_reliability, "sparsification.png": _fig_sparsification}
+
+
+def _cell(v: float | None, signed: bool = False) -> str:
+    if v is None or not np.isfinite(v):
+        return "n/a"
+    return f"{v:+.4f}" if signed else f"{v:.4f}"
+
+
+def _html(res: CompareResult, names: dict[str, str]) -> str:
+    e = html.escape
+    rows = []
+    for m in METRICS:
+        lo, hi = res.interval[m]
+        excl = np.isfinite(lo) and np.isfinite(hi) and (lo > 0 or hi < 0)
+        rows.append(f"<tr><td><b>{m}</b></td><td>{_cell(res.a[m])}</td><td>{_cell(res.b[m])}</td>"
+                    f"<td><b>{_cell(res.delta[m], True)}</b></td><td>[{_cell(lo, True)}, {_cell(hi, True)}]"
+                    f"{' *' if excl else ''}</td><td>{_cell(res.p_better[m])}</td><td>{e(_MEANING[m])}</td></tr>")
+    figs = "".join(f'<h2>{e(f[:-4].replace("_", " "))}</h2><img src="{f}" alt="{e(f)}">' for f in FIGURES)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>posecal compare</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:4px 10px;
+border-bottom:1px solid #ddd;text-align:left}}img{{max-width:100%}}</style></head><body>
+<h1>posecal compare: B − A</h1>
+<p>A = <code>{e(names['A'])}</code><br>B = <code>{e(names['B'])}</code><br>
+ground truth = <code>{e(names['gt'])}</code></p>
+<table><tr><th>metric</th><th>A</th><th>B</th><th>Δ = B − A</th><th>{int(res.level * 100)} % interval</th>
+<th>P(B better)</th><th>meaning</th></tr>{''.join(rows)}</table>
+<p>Paired bootstrap over the {res.images} images: {res.resamples} resamples, seed {res.seed}; AP/AR recomputed
+exactly per resample. * = the interval excludes 0.</p>
+{figs}</body></html>"""
+
+
+def write_compare_report(res: CompareResult, pes: dict[str, PerImageEval], out_dir: str | os.PathLike,
+                         names: dict[str, str]) -> dict[str, Path]:
+    """Write ``index.html``, ``compare.json`` and the figures into ``out_dir`` (replaced as a whole).
+
+    ``pes``: ``{"A": PerImageEval, "B": PerImageEval}``; ``names``: ``{"A", "B", "gt"}`` file names shown."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise PosecalInputError("exists and is not a folder", file=str(out), field="--report")
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    except OSError as err:
+        raise PosecalInputError(f"cannot create the report folder: {err.strerror}", file=str(out)) from None
+    try:
+        plt = _plt()
+        for name, fn in FIGURES.items():
+            fn(plt, pes, tmp / name)
+        write_json_atomic(tmp / "compare.json", {**res.to_dict(), "files": names})
+        write_bytes_atomic(tmp / "index.html", _html(res, names).encode())
+        mode = _file_mode()
+        for p in tmp.iterdir():
+            os.chmod(p, mode)
+        os.chmod(tmp, mode | ((mode & 0o444) >> 2))  # a folder: x wherever r (mkdtemp makes it 0700)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
+            os.rename(out, old / "x")
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {p.name: p for p in out.iterdir()}

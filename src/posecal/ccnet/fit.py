@@ -1,0 +1,223 @@
+"""Fit a CCNet head from feature stores: the library behind ``posecal fit`` (paper Sec. 5). Imports torch.
+
+:func:`fit_from_stores` checks that the stores can be trained on together, picks the recipe (the default
+for the stores' model kind unless one is given), joins their rows that carry a target, trains
+(:func:`posecal.ccnet.train.fit_head`), tears a DDP process group down and returns the head with its
+metadata. :func:`default_recipe` holds the defaults selected by cross-validation on training data
+(:mod:`posecal.ccnet.select`; the CV table that chose them is in docs/results.md).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from posecal.ccnet import HEAD_KINDS
+from posecal.ccnet.targets import StoreData, head_inputs, load_store
+from posecal.errors import PosecalInputError
+from posecal.rescore.aggregate import instance_score
+
+__all__ = ["Recipe", "DEFAULT_HEAD", "DEFAULT_RECIPES", "default_recipe", "load_training_stores",
+           "training_arrays", "fit_from_stores", "predict_store", "rescored_ap"]
+
+#: head chosen for each store feature tensor when no recipe is known for the store's model kind
+DEFAULT_HEAD = {"features_kpt": "kpt", "features_gap": "fc", "features_spatial": "conv_gap"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What ``posecal fit`` trains: the head kind, its evidence columns
+    (:data:`posecal.ccnet.targets.EVIDENCE`) and the optimisation settings of
+    :class:`posecal.ccnet.train.TrainConfig` (``head`` there is set from ``head`` here)."""
+
+    head: str = "kpt"
+    evidence: tuple[str, ...] = ()
+    steps: int = 12000
+    batch_size: int = 64
+    lr: float = 1e-3
+    lam: float = 0.2
+    conf_loss: str = "mse"
+    weight_decay: float = 0.0
+    seed: int = 0
+    eval_every: int = 0
+    box_score: bool = False
+    optimizer: str = "adam"
+
+    def train_config(self) -> Any:
+        from posecal.ccnet.train import TrainConfig
+
+        return TrainConfig(head=self.head, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                           lam=self.lam, conf_loss=self.conf_loss, weight_decay=self.weight_decay,
+                           seed=self.seed, eval_every=self.eval_every, optimizer=self.optimizer)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["evidence"] = list(self.evidence)
+        return d
+
+    def label(self) -> str:
+        """Short human-readable name for CV tables."""
+        ev = "+".join(self.evidence) or "-"
+        opt = (f"lbfgs it={self.steps}" if self.optimizer == "lbfgs"
+               else f"adam lr={self.lr:g} steps={self.steps} bs={self.batch_size}")
+        return f"{self.head} ev={ev} {self.conf_loss} wd={self.weight_decay:g} {opt}"
+
+
+#: defaults per (model kind, feature tensor), selected by ``posecal fit --cv 5`` on LSPET + LSP train
+#: (EfficientPose-I, heatmap pooling; folds by image; docs/results.md "Recipe selection"). Never chosen on
+#: a test split.
+DEFAULT_RECIPES: dict[tuple[str, str], Recipe] = {
+    ("efficientpose", "features_kpt"): Recipe(head="kpt", evidence=(), conf_loss="mse", weight_decay=1e-3,
+                                              optimizer="lbfgs", steps=100),
+}
+
+
+def default_recipe(meta: dict[str, Any], feature_tensor: str) -> Recipe:
+    """The default recipe for a store (its ``model_kind`` and feature tensor): :data:`DEFAULT_RECIPES`,
+    else the paper's App. B recipe with :data:`DEFAULT_HEAD`."""
+    r = DEFAULT_RECIPES.get((str(meta.get("model_kind")), feature_tensor))
+    return r if r is not None else Recipe(head=DEFAULT_HEAD[feature_tensor])
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return [k for k in a if a[k] != b.get(k)]
+
+
+def load_training_stores(paths: Sequence[str], val: str | None = None) -> tuple[list[StoreData], StoreData | None]:
+    """Open the training stores (and a validation store) and check that they share model, tensor, pooling
+    and keypoint set; errors name the store that differs."""
+    stores = [load_store(p) for p in paths]
+    if not stores:
+        raise PosecalInputError("no training store given", field="--store")
+    ref = stores[0].head_meta
+    for p, d in zip(paths[1:], stores[1:], strict=True):
+        if d.head_meta != ref:
+            raise PosecalInputError(f"store differs from {paths[0]} in {', '.join(_diff(ref, d.head_meta))}", file=p)
+    v = load_store(val) if val else None
+    if v is not None and v.head_meta != ref:
+        raise PosecalInputError("validation store differs from the training store in "
+                                f"{', '.join(_diff(ref, v.head_meta))}", file=val)
+    return stores, v
+
+
+def training_arrays(stores: Sequence[StoreData], evidence: Sequence[str] = (),
+                    rows: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(X (N, ...), T (N, K) OKS targets, V (N, K) labelled)`` over the stores' rows that carry a target
+    (restricted to ``rows[i]`` of store i when given), in store order."""
+    xs, ts, vs = [], [], []
+    for i, d in enumerate(stores):
+        sel = d.has_target.copy()
+        if rows is not None:
+            keep = np.zeros_like(sel)
+            keep[np.asarray(rows[i], np.int64)] = True
+            sel &= keep
+        x = head_inputs(d, tuple(evidence))
+        xs.append(x[sel])
+        ts.append(d.oks[sel])
+        vs.append(d.vis[sel])
+    X = np.concatenate(xs)
+    if not len(X):
+        raise PosecalInputError("no row of the store has a gt with a labelled keypoint", file=stores[0].path)
+    return X, np.concatenate(ts), np.concatenate(vs)
+
+
+def predict_store(head: Any, data: StoreData, evidence: Sequence[str] = (), *,
+                  box_score: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(s_hat (N, K), v_hat (N, K), c (N,))`` for every row of ``data`` (c: Sec. 5 aggregation)."""
+    from posecal.ccnet.train import predict
+
+    s, v = predict(head, head_inputs(data, tuple(evidence)))
+    c = instance_score(s, "visibility", data.box_score if box_score else None, visibility=v)
+    return s, v, c
+
+
+def rescored_ap(head: Any, data: StoreData, evidence: Sequence[str] = (), *,
+                box_score: bool = False) -> dict[str, float]:
+    """AP/AR of ``data``'s predictions rescored by ``head`` (coordinates unchanged) and Pearson checks."""
+    from posecal.ccnet.train import quick_metrics
+    from posecal.metrics.cocoeval import evaluate
+
+    s, v, c = predict_store(head, data, evidence, box_score=box_score)
+    out: dict[str, float] = {}
+    if data.gt is not None:
+        ev = evaluate(data.gt, data.results(), scores=c, sigmas=data.sigmas, warn=False)
+        out["AP"], out["AR"] = float(ev.stats["AP"]), float(ev.stats["AR"])
+        sel = data.has_target
+        out.update(quick_metrics(s[sel], v[sel], data.oks[sel], data.vis[sel]))
+    return out
+
+
+def fit_from_stores(stores: Sequence[StoreData], recipe: Recipe | None = None, val: StoreData | None = None, *,
+                    device: str = "cpu", threads: int | None = None, show_progress: bool = True,
+                    verbose: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Train a CCNet head on the rows of ``stores`` that carry a target.
+
+    Args:
+        stores: training stores (:func:`load_training_stores`; they must share model, tensor, pooling).
+        recipe: what to train; None → :func:`default_recipe` of the first store.
+        val: optional validation store, evaluated during training (AP, Pearson) and at the end.
+        device: ``cpu`` or ``cuda``; under torchrun each rank trains its share (DDP), rank 0 returns the
+            metadata (other ranks get ``meta = {}``), and the process group is destroyed before returning.
+        threads: torch threads (default 1 for pooled features, where more threads only add overhead).
+    Returns:
+        ``(head, meta)``: the trained :class:`posecal.ccnet.heads.CCNetHead` (CPU, eval mode) and the
+        metadata for :func:`posecal.ccnet.checkpoint.save_head`.
+    """
+    import torch
+
+    from posecal.ccnet.train import default_device, distributed_env, fit_head
+
+    train = stores[0]
+    feat_name = train.head_meta["feature_tensor"]
+    recipe = recipe or default_recipe(train.meta, feat_name)
+    if HEAD_KINDS.get(recipe.head) != feat_name:
+        raise PosecalInputError(f"head {recipe.head!r} reads {HEAD_KINDS.get(recipe.head)}, the store has "
+                                f"{feat_name}", file=train.path, field="--head")
+    if recipe.steps < 1 or recipe.batch_size < 1:
+        raise PosecalInputError("steps and batch size must be >= 1", field="--steps/--batch-size")
+    threads = threads or (1 if feat_name != "features_spatial" else None)
+    if threads:
+        torch.set_num_threads(threads)
+    X, T, V = training_arrays(stores, recipe.evidence)
+    dev = default_device(device)
+    rank, world = distributed_env(dev)
+    on_eval = None
+    if val is not None:
+        Xv = head_inputs(val, recipe.evidence)
+
+        def on_eval(step: int, head: Any) -> dict[str, Any]:
+            m = rescored_ap(head, replace(val, features=Xv), (), box_score=recipe.box_score)
+            if verbose:
+                print(f"step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()), file=sys.stderr)
+            return m
+    try:
+        res = fit_head(X, T, V, recipe.train_config(), on_eval=on_eval, device=dev, show_progress=show_progress)
+        meta: dict[str, Any] = {}
+        if rank == 0:
+            metrics = {"train": rescored_ap(res.head, train, recipe.evidence, box_score=recipe.box_score)}
+            if val is not None:
+                metrics["val"] = rescored_ap(res.head, val, recipe.evidence, box_score=recipe.box_score)
+            meta = {
+                **train.head_meta,
+                "evidence": list(recipe.evidence),
+                "aggregation": "sum(v_hat*s_hat)/sum(v_hat)" + (" * box_score" if recipe.box_score else ""),
+                "box_score": bool(recipe.box_score),
+                "recipe": recipe.to_dict(),
+                "train": {**recipe.train_config().to_dict(), "stores": [os.path.abspath(d.path) for d in stores],
+                          "rows": len(X), "world_size": world, "final_loss": float(res.losses[-100:].mean())},
+                "metrics": metrics,
+                "history": res.history,
+            }
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.barrier()
+                dist.destroy_process_group()
+    return res.head, meta

@@ -1,0 +1,189 @@
+"""Recipe selection by cross-validation on training data (``posecal fit --cv K``). Imports torch.
+
+Folds are by image: every row of an image (all its people, all augmented copies) falls in one fold, so no
+person is trained and scored on at once; rows of different stores never share an image (the image key is
+``(store, image_id)``). A recipe's CV score is the COCO AP of the held-out fold's predictions rescored by a
+head trained on the other folds, against the fold's own gt (the same evaluator as ``posecal evaluate``),
+averaged over the K folds; the baseline is the store's own score (``predictions.json`` ``score``: the
+MMPose ``bbox_keypoint`` rule) on the same folds. Nothing here looks at a test split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from posecal.ccnet.fit import Recipe, training_arrays
+from posecal.ccnet.targets import StoreData, head_inputs
+
+__all__ = ["image_folds", "FoldEvaluator", "cross_validate", "CVRow", "default_grid", "select", "TOLERANCE"]
+
+TOLERANCE = 1e-3
+"""Selection tolerance (0.1 AP point): a recipe must beat the first grid row (the default) by more than this
+CV AP to replace it — differences below it are inside the fold-to-fold noise seen on LSPET + LSP train."""
+
+
+def image_folds(image_keys: Sequence[np.ndarray], k: int, seed: int = 0) -> list[np.ndarray]:
+    """Fold index of every row: ``image_keys[i] (N_i,)`` are store i's image ids; returns ``[(N_i,) int]``.
+
+    Images (keyed by ``(store, image_id)``) are shuffled with ``seed`` and dealt round-robin into ``k`` folds,
+    so fold sizes differ by at most one image and all rows of an image share a fold."""
+    if k < 2:
+        raise ValueError("k must be >= 2")
+    keys = [(i, int(x)) for i, ids in enumerate(image_keys) for x in np.unique(np.asarray(ids))]
+    if len(keys) < k:
+        raise ValueError(f"{len(keys)} images cannot be split into {k} folds")
+    perm = np.random.default_rng(seed).permutation(len(keys))
+    fold_of = {keys[p]: j % k for j, p in enumerate(perm)}
+    return [np.array([fold_of[(i, int(x))] for x in np.asarray(ids)], np.int64) for i, ids in enumerate(image_keys)]
+
+
+class FoldEvaluator:
+    """COCO AP/AR of a subset of rows of several stores, against their gts merged into one dataset (image
+    and annotation ids offset per store so they never collide)."""
+
+    def __init__(self, stores: Sequence[StoreData]):
+        from posecal._util import read_json
+        from posecal.models.store import FeatureStore
+
+        self.stores = list(stores)
+        self.images, self.anns, self.recs, self.row_store, self.row_img = [], [], [], [], []
+        self.offset = []
+        off = 0
+        for i, d in enumerate(self.stores):
+            g = read_json(FeatureStore.open(d.path).gt_path)
+            ids = [int(im["id"]) for im in g["images"]]
+            step = (max(ids + [int(a["id"]) for a in g["annotations"]] + [0]) + 1)
+            self.offset.append(off)
+            self.images += [{**im, "id": int(im["id"]) + off} for im in g["images"]]
+            self.anns += [{**a, "id": int(a["id"]) + off, "image_id": int(a["image_id"]) + off}
+                          for a in g["annotations"]]
+            self.recs += [{**r, "image_id": int(r["image_id"]) + off} for r in d.records]
+            self.row_store.append(np.full(len(d.records), i))
+            self.row_img.append(np.array([int(r["image_id"]) + off for r in d.records], np.int64))
+            off += step
+        self.cats = g["categories"]
+        self.row_img_all = np.concatenate(self.row_img)
+        self.img_of_ann = np.array([a["image_id"] for a in self.anns], np.int64)
+        self.img_ids = np.array([im["id"] for im in self.images], np.int64)
+        self.base = np.array([r["score"] for r in self.recs], np.float64)
+        self.starts = np.cumsum([0] + [len(d.records) for d in self.stores])
+
+    def rows(self, per_store: Sequence[np.ndarray]) -> np.ndarray:
+        """Global row indices of per-store row selections."""
+        return np.concatenate([self.starts[i] + np.asarray(r, np.int64) for i, r in enumerate(per_store)])
+
+    def ap(self, rows: np.ndarray, scores: np.ndarray | None = None) -> dict[str, float]:
+        """AP/AR of global ``rows`` with instance ``scores (len(rows),)`` (default: the stores' own score),
+        evaluated on the images of those rows."""
+        from posecal.metrics.cocoeval import evaluate
+
+        imgs = np.unique(self.row_img_all[rows])
+        gt = {"images": [self.images[i] for i in np.flatnonzero(np.isin(self.img_ids, imgs))],
+              "annotations": [self.anns[i] for i in np.flatnonzero(np.isin(self.img_of_ann, imgs))],
+              "categories": self.cats}
+        recs = [self.recs[r] for r in rows]
+        sc = self.base[rows] if scores is None else np.asarray(scores, np.float64)
+        ev = evaluate(gt, recs, scores=sc, sigmas=self.stores[0].sigmas, warn=False)
+        return {"AP": float(ev.stats["AP"]), "AR": float(ev.stats["AR"])}
+
+
+@dataclass
+class CVRow:
+    """One recipe's cross-validation result: per-fold AP of the rescored and of the baseline scores."""
+
+    recipe: Recipe
+    ap: list[float] = field(default_factory=list)
+    base_ap: list[float] = field(default_factory=list)
+    ar: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def mean_ap(self) -> float:
+        return float(np.mean(self.ap))
+
+    @property
+    def mean_delta(self) -> float:
+        return float(np.mean(np.subtract(self.ap, self.base_ap)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"recipe": self.recipe.to_dict(), "label": self.recipe.label(), "cv_ap": self.mean_ap,
+                "cv_ap_sd": float(np.std(self.ap)), "cv_delta_ap": self.mean_delta, "fold_ap": self.ap,
+                "fold_base_ap": self.base_ap, "fold_ar": self.ar, "seconds": self.seconds}
+
+
+def default_grid(base: Recipe) -> list[Recipe]:
+    """The documented CV grid: ``base`` (the store's default recipe) and one-factor variations of it —
+    evidence columns (none; score; score + closed form; + log σ̂), confidence loss (MSE / BCE on OKS),
+    L2 weight decay (×10, ÷10), training length (a quarter of the iterations: early stopping), and the
+    optimiser (mini-batch Adam, lr 1e-2, batch 256, 2000 steps vs full-batch L-BFGS). Duplicates removed."""
+    evid = [(), ("score",), ("score", "cf"), ("score", "cf", "log_sigma")]
+    wd = base.weight_decay or 1e-4
+    other_opt = (replace(base, optimizer="adam", lr=1e-2, batch_size=256, steps=2000) if base.optimizer == "lbfgs"
+                 else replace(base, optimizer="lbfgs", steps=100))
+    grid = [replace(base, evidence=e) for e in evid] + [
+        replace(base, conf_loss="bce" if base.conf_loss == "mse" else "mse"),
+        replace(base, weight_decay=wd * 10),
+        replace(base, weight_decay=wd / 10),
+        replace(base, steps=max(1, base.steps // 4)),
+        other_opt,
+    ]
+    out: list[Recipe] = []
+    for r in [base] + grid:
+        if r not in out and (r.head == "kpt" or not r.evidence):
+            out.append(r)
+    return out
+
+
+def cross_validate(stores: Sequence[StoreData], grid: Sequence[Recipe], k: int = 5, seed: int = 0, *,
+                   on_row: Callable[[CVRow], None] | None = None, show_progress: bool = False) -> list[CVRow]:
+    """Score every recipe of ``grid`` by K-fold CV over images of ``stores`` (module docstring).
+
+    Returns one :class:`CVRow` per recipe, in grid order."""
+    import time
+
+    from posecal.ccnet.train import fit_head, predict
+    from posecal.rescore.aggregate import instance_score
+
+    folds = image_folds([np.array([int(r["image_id"]) for r in d.records]) for d in stores], k, seed)
+    fe = FoldEvaluator(stores)
+    base_ap = []
+    held = []
+    for f in range(k):
+        rows = fe.rows([np.flatnonzero(fo == f) for fo in folds])
+        held.append(rows)
+        base_ap.append(fe.ap(rows)["AP"])
+    inputs: dict[tuple[str, ...], list[np.ndarray]] = {}
+    out = []
+    for recipe in grid:
+        if recipe.evidence not in inputs:
+            inputs[recipe.evidence] = [head_inputs(d, recipe.evidence) for d in stores]
+        X_all = np.concatenate(inputs[recipe.evidence])
+        row = CVRow(recipe=recipe, base_ap=list(base_ap))
+        t0 = time.perf_counter()
+        for f in range(k):
+            train_rows = [np.flatnonzero(fo != f) for fo in folds]
+            X, T, V = training_arrays([replace(d, features=inputs[recipe.evidence][i])
+                                       for i, d in enumerate(stores)], (), train_rows)
+            res = fit_head(X, T, V, recipe.train_config(), show_progress=show_progress)
+            s, v = predict(res.head, X_all[held[f]])
+            box = np.concatenate([d.box_score for d in stores])[held[f]] if recipe.box_score else None
+            c = instance_score(s, "visibility", box, visibility=v)
+            m = fe.ap(held[f], c)
+            row.ap.append(m["AP"])
+            row.ar.append(m["AR"])
+        row.seconds = time.perf_counter() - t0
+        out.append(row)
+        if on_row is not None:
+            on_row(row)
+    return out
+
+
+def select(rows: Sequence[CVRow], tol: float = TOLERANCE) -> CVRow:
+    """The selected row: the best CV AP, unless the first row (the default recipe) is within ``tol`` of it;
+    among several rows within ``tol`` of the best, the earliest in grid order (the simpler variation)."""
+    best = max(r.mean_ap for r in rows)
+    return next(r for r in rows if r.mean_ap >= best - tol)
