@@ -120,11 +120,11 @@ def test_onnx_and_torch_adapters_agree(tmp_path):
 
 
 def test_decode_nhwc_matches_nchw():
-    from posecal.models.adapters.base import decode_heatmaps, decode_heatmaps_nhwc
+    from posecal.models.adapters.base import decode_heatmaps
 
     hm = np.random.default_rng(3).normal(size=(2, 8, 6, 5))
     c1, s1 = decode_heatmaps(hm, (24, 32))
-    c2, s2 = decode_heatmaps_nhwc(np.transpose(hm, (0, 2, 3, 1)), (24, 32))
+    c2, s2 = decode_heatmaps(np.transpose(hm, (0, 2, 3, 1)), (24, 32), channels_last=True)
     np.testing.assert_array_equal(c1, c2)
     np.testing.assert_array_equal(s1, s2)
     # a peak at heatmap pixel (x=3, y=1) maps to the centre of that cell in input px
