@@ -150,11 +150,48 @@ def _pool(b: _Builder, feat: str, heatmaps: str | None, pooling: str, feat_hw: t
     return pooled  # (B, K, C)
 
 
-def _head(b: _Builder, x: str, kind: str, arrs: dict[str, np.ndarray], K: int) -> list[str]:
+def _reduce(b: _Builder, op: str, x: str, axes: list[int], keepdims: int, opset: int) -> str:
+    """ReduceMax/ReduceMean/ReduceSum with ``axes`` as attribute or input, as the opset wants."""
+    if op == "ReduceSum" and opset >= 13 or opset >= 18:
+        return b.op(op, [x, b.const("axes", np.array(axes, np.int64))], keepdims=keepdims)
+    return b.op(op, [x], axes=axes, keepdims=keepdims)
+
+
+def _evidence(b: _Builder, scores: str, box: str, K: int, opset: int) -> str:
+    """Instance evidence (B, K, 6) from keypoint scores (B, K) and box scores (B,), as
+    :func:`posecal.ccnet.targets.instance_evidence` (per keypoint) computes it."""
+    f32 = b.onnx.TensorProto.FLOAT
+    s3 = b.op("Unsqueeze", [scores, b.const("ax2", np.array([2], np.int64))])  # (B, K, 1)
+    zk = b.const("zerosK", np.zeros((1, K, 1), np.float32))
+    mean = _reduce(b, "ReduceMean", s3, [1], 1, opset)  # (B, 1, 1)
+    mx = _reduce(b, "ReduceMax", s3, [1], 1, opset)
+    m = b.op("Cast", [b.op("Greater", [s3, b.const("thr", np.array(0.2, np.float32))])], to=f32)
+    frac = _reduce(b, "ReduceMean", m, [1], 1, opset)
+    bx = b.op("Reshape", [box, b.const("shape", np.array([-1, 1, 1], np.int64))])
+    num = _reduce(b, "ReduceSum", b.op("Mul", [s3, m]), [1], 1, opset)
+    cnt = _reduce(b, "ReduceSum", m, [1], 1, opset)
+    pos = b.op("Greater", [cnt, b.const("zero", np.zeros((), np.float32))])
+    safe = b.op("Where", [pos, cnt, b.const("one", np.ones((), np.float32))])
+    bkp = b.op("Mul", [bx, b.op("Where", [pos, b.op("Div", [num, safe]), b.const("zero", np.zeros((), np.float32))])])
+    cols = [s3] + [b.op("Add", [t, zk]) for t in (mean, mx, frac, bx, bkp)]
+    return b.op("Concat", cols, axis=2)
+
+
+def _head(b: _Builder, x: str, kind: str, arrs: dict[str, np.ndarray], K: int, opset: int = 13) -> list[str]:
     """CCNet head subgraph (as :meth:`posecal.ccnet.heads.CCNetHead.forward`) + aggregation -> outputs."""
     x = b.op("Sub", [x, b.const("feat_mean", arrs["feat_mean"])])
     x = b.op("Div", [x, b.const("feat_std", arrs["feat_std"])])
-    if kind == "kpt":
+    gate = None
+    if kind == "kpt_inst":
+        from posecal.ccnet.heads import GATE_INPUTS
+
+        C = int(arrs["weight"].shape[-1])
+        e = b.op("Slice", [x, b.const("st", np.array([C - GATE_INPUTS], np.int64)),
+                           b.const("en", np.array([C], np.int64)), b.const("ax", np.array([2], np.int64))])
+        e = _reduce(b, "ReduceMean", e, [1], 0, opset)  # (B, 6)
+        g = b.op("MatMul", [e, b.const("gate_w", np.ascontiguousarray(arrs["gate.weight"].T))])
+        gate = b.op("Sigmoid", [b.op("Add", [g, b.const("gate_b", arrs["gate.bias"])])])  # (B, 1)
+    if kind in ("kpt", "kpt_inst"):
         z = b.op("Einsum", [x, b.const("weight", arrs["weight"])], equation="bkc,kjc->bkj")
         z = b.op("Add", [z, b.const("bias", arrs["bias"])])
     elif kind == "fc":
@@ -170,7 +207,10 @@ def _head(b: _Builder, x: str, kind: str, arrs: dict[str, np.ndarray], K: int) -
         raise PosecalInputError(f"unknown head kind {kind!r}", field="head")
     z = b.op("Reshape", [z, b.const("shape", np.array([0, K, 2], np.int64))])
     p = z if kind == "conv_sigmoid_gap" else b.op("Sigmoid", [z])
-    s = b.op("Gather", [p, b.const("i0", np.array(0, np.int64))], OUTPUTS[0], axis=2)
+    if gate is None:
+        s = b.op("Gather", [p, b.const("i0", np.array(0, np.int64))], OUTPUTS[0], axis=2)
+    else:
+        s = b.op("Mul", [b.op("Gather", [p, b.const("i0", np.array(0, np.int64))], axis=2), gate], OUTPUTS[0])
     v = b.op("Gather", [p, b.const("i1", np.array(1, np.int64))], OUTPUTS[1], axis=2)
     # ĉ = Σ v̂ŝ / Σ v̂, 0 where Σ v̂ = 0 (posecal.rescore.aggregate.instance_score, mode "visibility")
     ones = b.const("onesK", np.ones((K, 1), np.float32))
@@ -208,7 +248,11 @@ def check_head_against_model(meta: dict[str, Any], head_dir: str | os.PathLike, 
     sha = file_sha256(model)
     if meta.get("model_sha256") not in (None, sha):
         diffs.append(f"model_sha256: head {meta.get('model_sha256')!r} vs model {sha!r}")
+    from posecal.ccnet.targets import uses_evidence
+
     C = int(probe_features.shape[1])
+    if uses_evidence(meta) and meta.get("pooling") == "heatmap":
+        C += 6  # the instance evidence appended to the pooled features
     if int(meta.get("in_channels", -1)) != C:
         diffs.append(f"in_channels: head {meta.get('in_channels')} vs model tensor {C}")
     pooling = meta.get("pooling")
@@ -239,51 +283,128 @@ def check_head_against_model(meta: dict[str, Any], head_dir: str | os.PathLike, 
     return str(pooling), jmap
 
 
+def _graft_sources(adapter: Any) -> dict[str, Any]:
+    """Where the graft reads: feature / heatmap tensors and their layouts, the input, keypoint scores."""
+    card = getattr(adapter, "card", None)
+    if card is None:  # generic ONNX heatmap model (posecal.models.adapters.onnx.OnnxAdapter)
+        return {"feat": adapter.tensor_name, "feat_layout": "NCHW", "hm": adapter.output_name,
+                "hm_layout": "NCHW", "input": adapter._input_name, "coords": None}
+    out = card["output"]
+    hm = card.get("heatmaps") or ({"name": out["name"], "layout": out["layout"]}
+                                  if out["type"] == "heatmaps" else None)
+    feat = card.get("features") or {}
+    return {"feat": adapter.tensor_name,
+            "feat_layout": feat.get("layout", "NCHW") if adapter.tensor_name == feat.get("name") else "NCHW",
+            "hm": hm["name"] if hm else None, "hm_layout": hm["layout"] if hm else "NCHW",
+            "input": card["input"]["name"],
+            "coords": out if out["type"] == "coordinates" else None}
+
+
+def _keypoint_scores(b: _Builder, src: dict[str, Any], hm: str | None, jmap: np.ndarray, J: int,
+                     opset: int) -> str:
+    """The model's keypoint scores (B, K) in the dataset order, as the store's ``scores``."""
+    if src["coords"] is not None:
+        v = b.op("Reshape", [src["coords"]["name"], b.const("shape", np.array([-1, J, 3], np.int64))])
+        s = b.op("Gather", [v, b.const("i2", np.array(2, np.int64))], axis=2)
+    else:
+        s = _reduce(b, "ReduceMax", hm, [2, 3], 0, opset)
+    have = jmap >= 0
+    s = b.op("Gather", [s, b.const("joint_map", np.where(have, jmap, 0).astype(np.int64))], axis=1)
+    return b.op("Mul", [s, b.const("have", have.astype(np.float32))]) if not have.all() else s
+
+
+def _to_opset13(m: Any, model: str | os.PathLike) -> Any:
+    import onnx
+
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= 13:
+        return m
+    # old exports (MXNet) write BatchNormalization spatial=0 with per-channel (C,) statistics, which
+    # onnxruntime runs per channel; the converter insists on spatial=1, which means exactly that
+    inits = {i.name: i for i in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type == "BatchNormalization" and len(n.input) > 3 and len(getattr(inits.get(n.input[3]), "dims",
+                                                                                  [0, 0])) == 1:
+            keep = [a for a in n.attribute if a.name != "spatial"]
+            del n.attribute[:]
+            n.attribute.extend(keep)
+    try:
+        m = onnx.version_converter.convert_version(m, 13)
+    except Exception as e:
+        raise PosecalInputError(f"default-domain opset {opset} < 13 and the conversion failed ({e}): re-export "
+                                "the model with opset >= 13", file=str(model), field="opset_import") from None
+    # opset 13 needs IR >= 7, where weights still listed as graph inputs stop being constants (no Conv+BN
+    # fusion: other numerics); IR 3 treats them as constants, so drop them from the inputs to keep the
+    # original outputs bit-identical
+    m.ir_version = max(m.ir_version, 7)
+    inits = {i.name for i in m.graph.initializer}
+    keep = [i for i in m.graph.input if i.name not in inits]
+    del m.graph.input[:]
+    m.graph.input.extend(keep)
+    return m
+
+
 def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike, *,
                       heatmap_output: str | None = None) -> dict[str, Any]:
     """Graft the CCNet head in ``head_dir`` onto the ONNX ``model`` and write ``out`` (atomically).
 
-    ``heatmap_output`` names the heatmap output used for heatmap pooling (default: the adapter's, the
-    first 4-D output). Returns a summary dict (outputs, K, pooling, head kind, added node count).
+    ``heatmap_output`` names the heatmap output used for heatmap pooling (default: the model card's, else
+    the first 4-D output). A model with a card (:mod:`posecal.models.cards`) is read as the card says
+    (NHWC tensors are transposed in the graph). A graph with opset < 13 is converted to 13 first (its
+    outputs are checked unchanged by the tests). A head that reads the instance evidence gets one more
+    graph input, ``box_score (B,)`` float32 (1 for a gt box). Returns a summary dict.
     """
     import onnx
 
     from posecal._util import write_bytes_atomic
-    from posecal.models.adapters.base import find_model_kind
+    from posecal.ccnet.targets import uses_evidence
+    from posecal.models.adapters.base import find_model_kind, load_adapter
     from posecal.models.adapters.onnx import OnnxAdapter
 
     if find_model_kind(model) != "onnx":
         raise PosecalInputError("not an ONNX model: use export_head_only for TFLite models", file=str(model),
                                 field="--model")
     arrs, meta = head_arrays(head_dir)
-    adapter = OnnxAdapter(model, tensor=meta.get("model_tensor"), output=heatmap_output)
-    probe = adapter.predict(np.zeros((1, adapter.input_size[1], adapter.input_size[0], 3), np.uint8))
+    adapter = load_adapter(model, tensor=meta.get("model_tensor"))
+    if heatmap_output is not None or not hasattr(adapter, "card"):
+        adapter = OnnxAdapter(model, tensor=meta.get("model_tensor"), output=heatmap_output)
+    src = _graft_sources(adapter)
+    W, H = adapter.input_size
+    probe = adapter.predict(np.zeros((1, H, W, 3), np.uint8))
     pooling, jmap = check_head_against_model(meta, head_dir, adapter, model, probe.features)
-    m = onnx.load_model(str(model))
+    m = _to_opset13(onnx.load_model(str(model)), model)
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < 13:
-        raise PosecalInputError(f"default-domain opset {opset} < 13: re-export the model with opset >= 13",
-                                file=str(model), field="opset_import")
     names = {o for n in m.graph.node for o in n.output} | {i.name for i in m.graph.input}
-    clash = [o for o in OUTPUTS if o in names or o in {x.name for x in m.graph.output}]
+    clash = [o for o in (*OUTPUTS, "box_score") if o in names or o in {x.name for x in m.graph.output}]
     if clash:
         raise PosecalInputError(f"the model already has tensor(s) {', '.join(clash)}", file=str(model))
-    raw = adapter.session.run([adapter.tensor_name], {adapter._input_name: np.zeros(
-        (1, 3, adapter.input_size[1], adapter.input_size[0]), np.float32)})[0]
-    feat_ndim = raw.ndim
+    feat_ndim = 4
+    if not hasattr(adapter, "card"):
+        raw = adapter.session.run([adapter.tensor_name], {adapter._input_name: np.zeros((1, 3, H, W), np.float32)})
+        feat_ndim = raw[0].ndim
     if feat_ndim not in (2, 4):
         raise PosecalInputError(f"feature tensor {adapter.tensor_name!r} has {feat_ndim} axes (need 2 or 4)",
                                 file=str(model), field="model_tensor")
     b = _Builder(PREFIX)
     K = int(meta["num_keypoints"])
-    x = _pool(b, adapter.tensor_name, adapter.output_name, pooling, tuple(probe.features.shape[2:]),
+    feat = src["feat"] if src["feat_layout"] == "NCHW" else b.op("Transpose", [src["feat"]], perm=[0, 3, 1, 2])
+    hm = src["hm"]
+    if hm is not None and src["hm_layout"] == "NHWC":
+        hm = b.op("Transpose", [hm], perm=[0, 3, 1, 2])
+    x = _pool(b, feat, hm, pooling, tuple(probe.features.shape[2:]),
               None if probe.heatmaps is None else tuple(probe.heatmaps.shape[2:]), feat_ndim, jmap,
               int(probe.features.shape[1]))
-    _head(b, x, str(meta["head"]), arrs, K)
+    batch = m.graph.input[0].type.tensor_type.shape.dim[0]
+    batch = batch.dim_param or batch.dim_value or "batch"
+    evidence = uses_evidence(meta) and pooling == "heatmap"
+    if evidence:
+        m.graph.input.append(onnx.helper.make_tensor_value_info("box_score", onnx.TensorProto.FLOAT, [batch]))
+        sc = _keypoint_scores(b, src, hm, jmap, len(adapter.joint_names), opset)
+        x = b.op("Concat", [x, _evidence(b, sc, "box_score", K, opset)], axis=2)
+    _head(b, x, str(meta["head"]), arrs, K, opset)
     m.graph.node.extend(b.nodes)
     m.graph.initializer.extend(b.inits)
-    batch = m.graph.input[0].type.tensor_type.shape.dim[0]
-    m.graph.output.extend(_output_infos(K, batch.dim_param or batch.dim_value or "batch"))
+    m.graph.output.extend(_output_infos(K, batch))
     m.metadata_props.add(key="posecal_ccnet_head", value=str(meta["head"]))
     m.metadata_props.add(key="posecal_keypoint_set", value=str(meta.get("keypoint_set")))
     m.metadata_props.add(key="posecal_pooling", value=pooling)
@@ -292,7 +413,9 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
     make_shareable(out)
     return {"out": str(out), "outputs": [o.name for o in m.graph.output], "K": K, "pooling": pooling,
             "head": meta["head"], "model_tensor": adapter.tensor_name, "added_nodes": len(b.nodes),
-            "mode": "grafted"}
+            "mode": "grafted", "inputs": [i.name for i in m.graph.input if i.name not in
+                                          {t.name for t in m.graph.initializer}],
+            "opset": opset}
 
 
 def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike,

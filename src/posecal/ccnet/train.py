@@ -138,6 +138,8 @@ def fit_head(
     on_eval: Callable[[int, CCNetHead], dict[str, Any]] | None = None,
     show_progress: bool = True,
     device: str | torch.device = "cpu",
+    conf_mask: np.ndarray | None = None,
+    vis_mask: np.ndarray | None = None,
 ) -> FitResult:
     """Train a CCNet head.
 
@@ -151,6 +153,7 @@ def fit_head(
         config: the recipe (:class:`TrainConfig`).
         on_eval: called on rank 0 every ``config.eval_every`` steps and at the end with (step, head in eval
             mode); its dict is appended to ``history``.
+        conf_mask, vis_mask: (N, K) optional loss masks (:func:`posecal.ccnet.loss.ccnet_loss`).
     """
     cfg = config or TrainConfig()
     if cfg.conf_loss not in CONF_LOSSES:
@@ -187,6 +190,8 @@ def fit_head(
             X = torch.cat([(X[s : s + 1024].float() - m) / sd for s in range(0, N, 1024)])
         T = torch.from_numpy(np.nan_to_num(oks, nan=0.0)).float()
         V = torch.from_numpy(vis)
+        CM = None if conf_mask is None else torch.from_numpy(np.asarray(conf_mask, np.float32))
+        VM = None if vis_mask is None else torch.from_numpy(np.asarray(vis_mask, np.float32))
         opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         drop_step = max(1, int(round(cfg.steps * cfg.lr_drop_at)))
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[drop_step], gamma=cfg.lr_drop)
@@ -217,6 +222,8 @@ def fit_head(
                 lam=cfg.lam,
                 conf_loss=cfg.conf_loss,
                 reduction="sum",
+                conf_mask=None if CM is None else CM[local].to(device),
+                vis_mask=None if VM is None else VM[local].to(device),
             )
             # DDP averages gradients over ranks: scale so the average is the global-batch mean
             loss = loss_sum * (world / len(idx))

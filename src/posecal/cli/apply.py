@@ -39,9 +39,10 @@ def run(args: argparse.Namespace) -> int:
     head, meta = load_head(args.head)
     data = load_store(args.store, need_gt=False, features=False)
     check_compatible(meta, data.head_meta, file=args.head)
+    from posecal.ccnet.targets import store_features
     from posecal.models.store import FeatureStore
 
-    feats = FeatureStore.open(args.store).features()
+    feats = store_features(FeatureStore.open(args.store))
     s, v = predict(head, feats)
     recs = rescore_records(
         data.records,

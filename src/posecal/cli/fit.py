@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "of the same model/tensor/pooling (e.g. a plain and an --augment store)")
     p.add_argument("--out", required=True, help="head directory to write (head.safetensors + head.json)")
     p.add_argument("--val-store", help="store to validate on (AP, Pearson) during training")
-    p.add_argument("--head", choices=["fc", "conv_gap", "conv_sigmoid_gap", "kpt"],
+    p.add_argument("--head", choices=["fc", "conv_gap", "conv_sigmoid_gap", "kpt", "kpt_inst"],
                    help="head kind; default: the recommended one for the store's feature tensor")
     p.add_argument("--steps", type=int, default=12000)
     p.add_argument("--batch-size", type=int, default=64)
@@ -72,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
             raise PosecalInputError(f"store differs from {args.store[0]} in {', '.join(diffs)}", file=p)
     val = load_store(args.val_store) if args.val_store else None
     feat_name = train.head_meta["feature_tensor"]
-    kind = args.head or DEFAULT_HEAD[feat_name]
+    from posecal.ccnet.targets import default_head
+
+    kind = args.head or default_head(train.meta, feat_name) or DEFAULT_HEAD[feat_name]
     if HEAD_KINDS[kind] != feat_name:
         raise PosecalInputError(f"head {kind!r} reads {HEAD_KINDS[kind]}, the store has {feat_name}",
                                 file=args.store[0], field="--head")
@@ -99,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
             m = scores_and_ap(head, val, use_box_score=args.box_score)
             print(f"step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()), file=sys.stderr)
             return m
-    res = fit_head(X, T, V, cfg, on_eval=on_eval, device=device)
+    masks = {k: np.concatenate([getattr(d, k)[d.has_target] for d in stores])
+             for k in ("conf_mask", "vis_mask") if all(getattr(d, k) is not None for d in stores)}
+    res = fit_head(X, T, V, cfg, on_eval=on_eval, device=device, **masks)
     if rank == 0:
         metrics = {"train": scores_and_ap(res.head, train, use_box_score=args.box_score)}
         if val is not None:

@@ -19,7 +19,9 @@ Pose card (``"task": "pose"``)::
              | {"type": "coordinates", "name": ..., "order": "yxs"|"xys", "normalised": true|false},
      "heatmaps": {"name": ..., "layout": ...} | null,            # for σ̂ / pooling when output is coordinates
      "features": {"name": ..., "layout": "NCHW"|"NHWC"},
-     "target_sigma": 2.0}                                         # heatmap px, the training-target Gaussian σ
+     "target_sigma": 2.0,                                         # heatmap px, the training-target Gaussian σ
+     "ccnet": {"pooling": "heatmap", "evidence": true}}           # optional: extract's default pooling;
+                                                                  # CCNet reads the instance evidence too
 
 Detector card (``"task": "detector"``): ``input`` as above (whole frame, resized without keeping the
 aspect), ``"decoder": {"type": "nanodet-gfl", "strides": [8, 16, 32], "reg_max": 10, "scores": [names],
@@ -57,6 +59,7 @@ BUILTIN_CARDS: dict[str, dict[str, Any]] = {
         # SimpleBaseline (and MMPose's td-hm_res50 configs) train 64×48 heatmaps with σ = 2 heatmap px;
         # the author's Gluon recipe is SimpleBaseline's, so σ = 2 is the width σ̂ subtracts.
         "target_sigma": 2.0,
+        "ccnet": {"pooling": "heatmap", "evidence": True},
     },
     "movenet-thunder": {
         "format": CARD_FORMAT, "task": "pose", "name": "movenet-thunder",
@@ -71,6 +74,7 @@ BUILTIN_CARDS: dict[str, dict[str, Any]] = {
         # CenterNet-style keypoint heatmaps at stride 4 (64×64); MoveNet publishes no width. 1.0 heatmap px
         # (the sharpest Gaussian a stride-4 head is trained with in CenterNet's keypoint branch at this size).
         "target_sigma": 1.0,
+        "ccnet": {"pooling": "heatmap", "evidence": True},
     },
     "nanodet-m-416": {
         "format": CARD_FORMAT, "task": "detector", "name": "nanodet-m-416",
