@@ -1,6 +1,6 @@
 """Non-maximum suppression: box IoU NMS (detector) and MMPose's OKS-NMS (top-down keypoints). numpy only.
 
-:func:`oks_nms` is a transcription of ``mmpose.evaluation.functional.nms.oks_nms`` / ``oks_iou`` (MMPose 1.x,
+`oks_nms` follows ``mmpose.evaluation.functional.nms.oks_nms`` / ``oks_iou`` (MMPose 1.x,
 ``vis_thr=None``): instances sorted by score (``argsort()[::-1]``), each kept one suppresses the rest whose
 OKS to it (area = mean of the two areas) is **above** ``thr``. MMPose's ``CocoMetric`` runs it per image with
 ``nms_thr=0.9`` on the ``bbox_keypoint`` scores and area = the extent of the predicted keypoints
@@ -16,18 +16,18 @@ __all__ = ["box_nms", "keypoint_extent_area", "oks_iou", "oks_nms", "oks_nms_per
 
 def oks_iou(g: np.ndarray, d: np.ndarray, a_g: float, a_d: np.ndarray, sigmas: np.ndarray,
             vis_thr: float | None = None) -> np.ndarray:
-    """OKS of one instance ``g`` (3K,) x, y, score against ``d`` (D, 3K); areas ``a_g`` and ``a_d`` (D,)."""
+    """OKS (D,) float32 of one instance ``g`` (3K,) x, y, score against ``d`` (D, 3K); areas ``a_g``, ``a_d``
+    (D,) px²; the scale is the mean of the two areas. ``vis_thr``: only keypoints whose scores both exceed
+    it count (0 when none does)."""
+    d = np.asarray(d, np.float64).reshape(len(a_d), len(g))
     vars_ = (np.asarray(sigmas, np.float64) * 2) ** 2
-    xg, yg, vg = g[0::3], g[1::3], g[2::3]
-    ious = np.zeros(len(d), dtype=np.float32)
-    for n_d in range(len(d)):
-        xd, yd, vd = d[n_d, 0::3], d[n_d, 1::3], d[n_d, 2::3]
-        dx, dy = xd - xg, yd - yg
-        e = (dx**2 + dy**2) / vars_ / ((a_g + a_d[n_d]) / 2 + np.spacing(1)) / 2
-        if vis_thr is not None:
-            e = e[(vg > vis_thr) & (vd > vis_thr)]
-        ious[n_d] = np.sum(np.exp(-e)) / len(e) if len(e) != 0 else 0.0
-    return ious
+    dx, dy = d[:, 0::3] - g[0::3], d[:, 1::3] - g[1::3]
+    e = (dx**2 + dy**2) / vars_ / ((a_g + np.asarray(a_d, np.float64)) / 2 + np.spacing(1))[:, None] / 2
+    if vis_thr is None:
+        return (np.sum(np.exp(-e), axis=1) / e.shape[1]).astype(np.float32)
+    m = (g[2::3] > vis_thr) & (d[:, 2::3] > vis_thr)
+    n = m.sum(axis=1)
+    return np.where(n > 0, np.sum(np.where(m, np.exp(-e), 0.0), axis=1) / np.maximum(n, 1), 0.0).astype(np.float32)
 
 
 def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray, thr: float,
