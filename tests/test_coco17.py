@@ -8,11 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _mmpose_nms import oks_nms as mmpose_oks_nms
 from posecal.errors import PosecalInputError
 from posecal.keypoints import COCO17
 from posecal.models.nms import keypoint_extent_area, oks_nms, oks_nms_per_image
-
-from _mmpose_nms import oks_nms as mmpose_oks_nms
 
 SP = ("models", "simplepose", "ultralight-nano-simplepose.onnx")
 MN = ("models", "movenet", "movenet-thunder.onnx")
@@ -168,7 +167,6 @@ def test_image_id_rule_without_data(tmp_path):
 def det_store(tmp_path_factory):
     """SimplePose on NanoDet boxes of 2 coco-mini images (OKS-NMS 0.9, top 20 per image)."""
     from conftest import shared_path
-
     from posecal.models.adapters.base import load_adapter
     from posecal.models.cards import card_for_model
     from posecal.models.detect import NanoDetDetector, detect_folder
