@@ -15,14 +15,15 @@ from posecal.models.adapters.joints import BLAZEPOSE33, EFFICIENTPOSE16, joint_m
 
 def _lsp_crops(shared, size, n=2):
     from posecal.datasets import read_lsp
-    from posecal.models.crop import box_to_center_size, crop_matrix, load_image, warp
+    from posecal.models.crop import crop_matrix, load_image, warp
+    from posecal.theory.heatmap import topdown_crop_box
 
     d = read_lsp(shared("data", "lsp", "joints.mat"), split="test")
     out = []
     for a in d["annotations"][:n]:
         img = load_image(shared("data", "lsp", "images") / f"im{a['image_id']:04d}.jpg")
-        c, s = box_to_center_size(np.array(a["bbox"]), size[0] / size[1])
-        out.append(warp(img, crop_matrix(c, s, size), size))
+        b = topdown_crop_box(a["bbox"], size)[0]
+        out.append(warp(img, crop_matrix(b[:2], b[2:], size), size))
     return np.stack(out)
 
 
