@@ -385,6 +385,15 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
             "missing": missing}
     settings = _settings(adapter, plan, ks, info)
     nms = det is not None and oks_nms_thr is not None and shard[1] == 1
+    if nms and (Path(out) / "meta.json").is_file():  # finished earlier: the same settings return it as it is
+        from posecal.models.store import FeatureStore
+
+        done = FeatureStore.open(out)
+        same = {k: v for k, v in done.meta.items() if k not in _META_BOOKKEEPING and k != "oks_nms"}
+        if orjson.loads(dumps_json(settings)) != same:
+            raise PosecalInputError("existing store was written with different settings; use another --out "
+                                    "or delete it", file=str(out))
+        return done
     stage = Path(out).with_name(Path(out).name + ".all") if nms else out
     writer = StoreWriter(stage, num_instances=len(insts) * plan.n_copies, chunk_size=chunk_size,
                          settings=settings, shard=shard)
