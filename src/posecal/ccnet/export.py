@@ -19,7 +19,8 @@ feature store's pooling in the graph, so the head sees exactly what it was train
 * ``spatial``: a float16 round trip (the store keeps spatial features as float16);
 * ``heatmap``: per model joint, the positive part of the heatmap output resampled to the feature grid
   (nearest centre) and normalised to sum 1 (uniform if no positive value) weights the features
-  (float64), then the joints are mapped to the dataset keypoints (missing ones get zero features).
+  (float32 in the graph, float64 in the store), then the joints are mapped to the dataset keypoints
+  (missing ones get zero features).
 
 Flip-test averaging is not reproduced: a head fitted on a ``--flip`` store sees single-pass features
 (a warning says so).
@@ -103,7 +104,7 @@ class _Builder:
 
 
 def _pool(b: _Builder, feat: str, heatmaps: str | None, pooling: str, feat_hw: tuple[int, int],
-          hm_hw: tuple[int, int] | None, feat_ndim: int, jmap: np.ndarray, C: int) -> str:
+          hm_hw: tuple[int, int] | None, feat_ndim: int, jmap: np.ndarray, C: int, opset: int = 13) -> str:
     """Pooling subgraph: penultimate (B, C, h, w) [and heatmaps (B, J, h', w')] -> store feature."""
     TP = b.onnx.TensorProto
     if feat_ndim == 2:
@@ -130,19 +131,19 @@ def _pool(b: _Builder, feat: str, heatmaps: str | None, pooling: str, feat_hw: t
         xi = np.minimum(((np.arange(w) + 0.5) * ww / w).astype(np.int64), ww - 1)
         wts = b.op("Gather", [wts, b.const("yi", yi)], axis=2)
         wts = b.op("Gather", [wts, b.const("xi", xi)], axis=3)
-    wts = b.op("Cast", [wts], to=TP.DOUBLE)
-    wts = b.op("Relu", [wts])
-    wts = b.op("Reshape", [wts, b.const("shape", np.array([0, 0, P], np.int64))])  # (B, J, P)
-    s = b.op("MatMul", [wts, b.const("ones", np.ones((P, 1)))])  # (B, J, 1)
-    pos = b.op("Greater", [s, b.const("zero", np.zeros((), np.float64))])
-    safe = b.op("Where", [pos, s, b.const("one", np.ones((), np.float64))])
-    wn = b.op("Div", [wts, safe])
-    wts = b.op("Where", [pos, wn, b.const("uniform", np.full((), 1.0 / P))])
-    f = b.op("Cast", [feat], to=TP.DOUBLE)
-    f = b.op("Reshape", [f, b.const("shape", np.array([0, C, P], np.int64))])
-    f = b.op("Transpose", [f], perm=[0, 2, 1])  # (B, P, C)
-    pooled = b.op("MatMul", [wts, f])  # (B, J, C) float64
-    pooled = b.op("Cast", [pooled], to=TP.FLOAT)
+    # float32 (the store pools in float64: differences ~1e-7 relative, far below the 1e-5 the outputs are
+    # held to); the feature map is never transposed, cast or divided: (B, C, P) @ (B, P, J) -> (B, C, J), then
+    # the small result is divided by the heatmap sums. A heatmap with no positive value gets weight 1
+    # everywhere (sum P): the feature mean, as the store's uniform weights.
+    wts = b.op("Reshape", [b.op("Relu", [wts]), b.const("shape", np.array([0, 0, P], np.int64))])  # (B, J, P)
+    s = b.op("ReduceSum", [wts, b.const("axes", np.array([2], np.int64))], keepdims=1)  # (B, J, 1)
+    empty = b.op("Cast", [b.op("Equal", [s, b.const("zero", np.zeros((), np.float32))])], to=TP.FLOAT)
+    wts = b.op("Add", [wts, empty])
+    s = b.op("Add", [s, b.op("Mul", [empty, b.const("P", np.array(P, np.float32))])])
+    f = b.op("Reshape", [feat, b.const("shape", np.array([0, C, P], np.int64))])
+    num = b.op("MatMul", [f, b.op("Transpose", [wts], perm=[0, 2, 1])])  # (B, C, J)
+    pooled = b.op("Div", [num, b.op("Transpose", [s], perm=[0, 2, 1])])  # (B, C, J)
+    pooled = b.op("Transpose", [pooled], perm=[0, 2, 1])  # (B, J, C)
     have = jmap >= 0
     pooled = b.op("Gather", [pooled, b.const("joint_map", np.where(have, jmap, 0).astype(np.int64))], axis=1)
     if not have.all():
@@ -157,47 +158,84 @@ def _reduce(b: _Builder, op: str, x: str, axes: list[int], keepdims: int, opset:
     return b.op(op, [x], axes=axes, keepdims=keepdims)
 
 
-def _evidence(b: _Builder, scores: str, box: str, K: int, opset: int) -> str:
-    """Instance evidence (B, K, 6) from keypoint scores (B, K) and box scores (B,), as
-    :func:`posecal.ccnet.targets.instance_evidence` (per keypoint) computes it."""
+def _evidence(b: _Builder, scores: str, box: str, opset: int) -> str:
+    """Instance evidence (B, K + 5) = [s_1..s_K, mean s, max s, fraction of s > 0.2, box score, bbox_keypoint
+    score] from keypoint scores (B, K) and box scores (B,), as :func:`posecal.ccnet.targets.instance_evidence`
+    (``per_keypoint=False``); the per-keypoint form the head was trained on is folded into its weights."""
     f32 = b.onnx.TensorProto.FLOAT
-    s3 = b.op("Unsqueeze", [scores, b.const("ax2", np.array([2], np.int64))])  # (B, K, 1)
-    zk = b.const("zerosK", np.zeros((1, K, 1), np.float32))
-    mean = _reduce(b, "ReduceMean", s3, [1], 1, opset)  # (B, 1, 1)
-    mx = _reduce(b, "ReduceMax", s3, [1], 1, opset)
-    m = b.op("Cast", [b.op("Greater", [s3, b.const("thr", np.array(0.2, np.float32))])], to=f32)
+    mean = _reduce(b, "ReduceMean", scores, [1], 1, opset)  # (B, 1)
+    mx = _reduce(b, "ReduceMax", scores, [1], 1, opset)
+    m = b.op("Cast", [b.op("Greater", [scores, b.const("thr", np.array(0.2, np.float32))])], to=f32)
     frac = _reduce(b, "ReduceMean", m, [1], 1, opset)
-    bx = b.op("Reshape", [box, b.const("shape", np.array([-1, 1, 1], np.int64))])
-    num = _reduce(b, "ReduceSum", b.op("Mul", [s3, m]), [1], 1, opset)
-    cnt = _reduce(b, "ReduceSum", m, [1], 1, opset)
-    pos = b.op("Greater", [cnt, b.const("zero", np.zeros((), np.float32))])
-    safe = b.op("Where", [pos, cnt, b.const("one", np.ones((), np.float32))])
-    bkp = b.op("Mul", [bx, b.op("Where", [pos, b.op("Div", [num, safe]), b.const("zero", np.zeros((), np.float32))])])
-    cols = [s3] + [b.op("Add", [t, zk]) for t in (mean, mx, frac, bx, bkp)]
-    return b.op("Concat", cols, axis=2)
+    bx = b.op("Reshape", [box, b.const("shape", np.array([-1, 1], np.int64))])
+    num = _reduce(b, "ReduceSum", b.op("Mul", [scores, m]), [1], 1, opset)
+    cnt = _reduce(b, "ReduceSum", m, [1], 1, opset)  # num = 0 where cnt = 0: num / max(cnt, 1) is 0 there
+    bkp = b.op("Mul", [bx, b.op("Div", [num, b.op("Max", [cnt, b.const("one", np.ones((), np.float32))])])])
+    return b.op("Concat", [scores, mean, mx, frac, bx, bkp], axis=1)
 
 
-def _head(b: _Builder, x: str, kind: str, arrs: dict[str, np.ndarray], K: int, opset: int = 13) -> list[str]:
-    """CCNet head subgraph (as :meth:`posecal.ccnet.heads.CCNetHead.forward`) + aggregation -> outputs."""
-    x = b.op("Sub", [x, b.const("feat_mean", arrs["feat_mean"])])
-    x = b.op("Div", [x, b.const("feat_std", arrs["feat_std"])])
+def _fold_kpt(arrs: dict[str, np.ndarray], K: int, evidence: bool) -> dict[str, np.ndarray]:
+    """The ``kpt``/``kpt_inst`` head with its normalisation folded into the weights, float64 -> float32.
+
+    z_kj = Σ_c W_kjc (x_kc − μ_kc)/σ_kc + b_kj = Σ_c W'_kjc x_kc + b'_kj. With ``evidence`` the last 6 input
+    channels (s_k and the 5 instance values) become one matrix ``E`` (K + 5, 2K [+1 gate]) applied to the
+    instance evidence vector of :func:`_evidence`, the gate's keypoint mean included."""
+    W = arrs["weight"].astype(np.float64)
+    mu, sd = arrs["feat_mean"].astype(np.float64), arrs["feat_std"].astype(np.float64)
+    Wn = W / sd[:, None, :]
+    out = {"b": (arrs["bias"] - np.einsum("kjc,kc->kj", Wn, mu)).astype(np.float32)}
+    if not evidence:
+        out["W"] = Wn.astype(np.float32)
+        return out
+    from posecal.ccnet.heads import GATE_INPUTS
+
+    C = W.shape[2] - GATE_INPUTS
+    out["W"] = Wn[:, :, :C].astype(np.float32)
+    gate = "gate.weight" in arrs
+    E = np.zeros((K + 5, 2 * K + int(gate)))
+    for k in range(K):
+        E[k, 2 * k:2 * k + 2] = Wn[k, :, C]
+        E[K:, 2 * k:2 * k + 2] = Wn[k, :, C + 1:].T
+    if gate:
+        u = arrs["gate.weight"].astype(np.float64).reshape(-1)  # (6,)
+        E[:K, -1] = u[0] / (K * sd[:, C])
+        E[K:, -1] = (u[1:][None] / (K * sd[:, C + 1:])).sum(0)
+        out["g0"] = np.array([arrs["gate.bias"][0] - (u[None] * mu[:, C:] / (K * sd[:, C:])).sum()], np.float32)
+    out["E"] = E.astype(np.float32)
+    return out
+
+
+def _head(b: _Builder, x: str, kind: str, arrs: dict[str, np.ndarray], K: int, opset: int = 13,
+          evidence: str | None = None) -> list[str]:
+    """CCNet head subgraph (as :meth:`posecal.ccnet.heads.CCNetHead.forward`) + aggregation -> outputs.
+
+    ``kpt``/``kpt_inst`` run with the normalisation folded into the weights (:func:`_fold_kpt`); with
+    ``evidence`` (B, K + 5) the head's evidence channels read it instead of a concatenated input."""
     gate = None
-    if kind == "kpt_inst":
-        from posecal.ccnet.heads import GATE_INPUTS
-
-        C = int(arrs["weight"].shape[-1])
-        e = b.op("Slice", [x, b.const("st", np.array([C - GATE_INPUTS], np.int64)),
-                           b.const("en", np.array([C], np.int64)), b.const("ax", np.array([2], np.int64))])
-        e = _reduce(b, "ReduceMean", e, [1], 0, opset)  # (B, 6)
-        g = b.op("MatMul", [e, b.const("gate_w", np.ascontiguousarray(arrs["gate.weight"].T))])
-        gate = b.op("Sigmoid", [b.op("Add", [g, b.const("gate_b", arrs["gate.bias"])])])  # (B, 1)
     if kind in ("kpt", "kpt_inst"):
-        z = b.op("Einsum", [x, b.const("weight", arrs["weight"])], equation="bkc,kjc->bkj")
-        z = b.op("Add", [z, b.const("bias", arrs["bias"])])
+        f = _fold_kpt(arrs, K, evidence is not None)
+        z = b.op("Einsum", [x, b.const("weight", f["W"])], equation="bkc,kjc->bkj")
+        z = b.op("Add", [z, b.const("bias", f["b"])])
+        if evidence is not None:
+            e = b.op("MatMul", [evidence, b.const("evidence_w", f["E"])])  # (B, 2K [+1])
+            if kind == "kpt_inst":
+                zg = b.op("Slice", [e, b.const("st", np.array([2 * K], np.int64)),
+                                    b.const("en", np.array([2 * K + 1], np.int64)),
+                                    b.const("ax", np.array([1], np.int64))])
+                gate = b.op("Sigmoid", [b.op("Add", [zg, b.const("gate_b", f["g0"])])])  # (B, 1)
+                e = b.op("Slice", [e, b.const("st", np.array([0], np.int64)),
+                                   b.const("en", np.array([2 * K], np.int64)), b.const("ax", np.array([1], np.int64))])
+            z = b.op("Add", [z, b.op("Reshape", [e, b.const("shape", np.array([-1, K, 2], np.int64))])])
+        elif kind == "kpt_inst":
+            raise PosecalInputError("a 'kpt_inst' head needs the instance evidence", field="head")
     elif kind == "fc":
+        x = b.op("Div", [b.op("Sub", [x, b.const("feat_mean", arrs["feat_mean"])]),
+                         b.const("feat_std", arrs["feat_std"])])
         z = b.op("MatMul", [x, b.const("weight_t", np.ascontiguousarray(arrs["linear.weight"].T))])
         z = b.op("Add", [z, b.const("bias", arrs["linear.bias"])])
     elif kind in ("conv_gap", "conv_sigmoid_gap"):
+        x = b.op("Div", [b.op("Sub", [x, b.const("feat_mean", arrs["feat_mean"])]),
+                         b.const("feat_std", arrs["feat_std"])])
         cw, cb = b.const("conv_weight", arrs["conv.weight"]), b.const("conv_bias", arrs["conv.bias"])
         z = b.op("Conv", [x, cw, cb])
         if kind == "conv_sigmoid_gap":
@@ -213,10 +251,9 @@ def _head(b: _Builder, x: str, kind: str, arrs: dict[str, np.ndarray], K: int, o
         s = b.op("Mul", [b.op("Gather", [p, b.const("i0", np.array(0, np.int64))], axis=2), gate], OUTPUTS[0])
     v = b.op("Gather", [p, b.const("i1", np.array(1, np.int64))], OUTPUTS[1], axis=2)
     # ĉ = Σ v̂ŝ / Σ v̂, 0 where Σ v̂ = 0 (posecal.rescore.aggregate.instance_score, mode "visibility")
-    ones = b.const("onesK", np.ones((K, 1), np.float32))
-    flat = b.const("shape", np.array([-1], np.int64))
-    num = b.op("Reshape", [b.op("MatMul", [b.op("Mul", [v, s]), ones]), flat])
-    den = b.op("Reshape", [b.op("MatMul", [v, ones]), flat])
+    axes = b.const("axes", np.array([1], np.int64))
+    num = b.op("ReduceSum", [b.op("Mul", [v, s]), axes], keepdims=0)
+    den = b.op("ReduceSum", [v, axes], keepdims=0)
     zero = b.const("zeroB", np.zeros((), np.float32))
     pos = b.op("Greater", [den, b.const("zero", np.zeros((), np.float32))])
     safe = b.op("Where", [pos, den, b.const("one", np.ones((), np.float32))])
@@ -393,15 +430,16 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
         hm = b.op("Transpose", [hm], perm=[0, 3, 1, 2])
     x = _pool(b, feat, hm, pooling, tuple(probe.features.shape[2:]),
               None if probe.heatmaps is None else tuple(probe.heatmaps.shape[2:]), feat_ndim, jmap,
-              int(probe.features.shape[1]))
+              int(probe.features.shape[1]), opset)
     batch = m.graph.input[0].type.tensor_type.shape.dim[0]
     batch = batch.dim_param or batch.dim_value or "batch"
     evidence = uses_evidence(meta) and pooling == "heatmap"
+    ev = None
     if evidence:
         m.graph.input.append(onnx.helper.make_tensor_value_info("box_score", onnx.TensorProto.FLOAT, [batch]))
         sc = _keypoint_scores(b, src, hm, jmap, len(adapter.joint_names), opset)
-        x = b.op("Concat", [x, _evidence(b, sc, "box_score", K, opset)], axis=2)
-    _head(b, x, str(meta["head"]), arrs, K, opset)
+        ev = _evidence(b, sc, "box_score", opset)
+    _head(b, x, str(meta["head"]), arrs, K, opset, evidence=ev if evidence else None)
     m.graph.node.extend(b.nodes)
     m.graph.initializer.extend(b.inits)
     m.graph.output.extend(_output_infos(K, batch))
