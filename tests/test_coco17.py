@@ -283,3 +283,57 @@ def test_kpt_inst_fit_apply_export_agree(det_store, tmp_path, shared):
         np.testing.assert_allclose(o["keypoint_confidence"][0], [cal[r]["keypoints"][3 * k + 2] for k in range(17)],
                                    atol=1e-5)
         np.testing.assert_allclose(o["instance_confidence"][0], cal[r]["score"], atol=1e-5)
+
+
+def test_export_onto_movenet_matches_the_head(shared, tmp_path):
+    """A kpt_inst head (random weights and normalisation) grafted onto MoveNet (int32 NHWC input, NHWC
+    features and heatmaps, in-graph coordinate decoding): its outputs equal the head run on what posecal
+    extract computes (pooled features + instance evidence) within 1e-5; MoveNet's own outputs bit-identical."""
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    from posecal.ccnet.checkpoint import save_head
+    from posecal.ccnet.export import export_calibrated
+    from posecal.ccnet.heads import build_head
+    from posecal.ccnet.targets import instance_evidence
+    from posecal.ccnet.train import predict
+    from posecal.models.adapters.base import load_adapter
+    from posecal.models.adapters.card import prepare_input
+    from posecal.models.adapters.pooling import pool_features
+    from posecal.models.crop import crop_matrix, load_image, warp
+    from posecal.models.store import file_sha256
+    from posecal.rescore.aggregate import instance_score
+    from posecal.theory.heatmap import topdown_crop_box
+
+    d = json.loads(shared(*MINI).read_text())
+    a = max((a for a in d["annotations"] if not a["iscrowd"]), key=lambda a: a["num_keypoints"] * a["area"])
+    im = next(i for i in d["images"] if i["id"] == a["image_id"])
+    ad = load_adapter(shared(*MN))
+    W, H = ad.input_size
+    b = topdown_crop_box(a["bbox"], (W, H))[0]
+    crop = warp(load_image(shared("data", "coco-mini", "train2017") / im["file_name"]),
+                crop_matrix(b[:2], b[2:], (W, H)), (W, H))
+    out = ad.predict(crop[None])
+    box = np.array([0.7])
+    x = np.concatenate([pool_features(out.features, out.heatmaps, "heatmap", np.arange(17)),
+                        instance_evidence(out.scores, box, per_keypoint=True)], -1)
+    torch.manual_seed(0)
+    head = build_head("kpt_inst", x.shape[1:], 17)
+    head.set_normalisation(torch.rand(17, x.shape[2]), 0.5 + torch.rand(17, x.shape[2]))
+    save_head(tmp_path / "H", head, {"keypoint_set": "coco17", "feature_tensor": "features_kpt",
+                                     "feature_shape": list(x.shape[1:]), "pooling": "heatmap",
+                                     "model_tensor": "backbone_features", "model_sha256": file_sha256(shared(*MN))})
+    export_calibrated(shared(*MN), tmp_path / "H", tmp_path / "mn.onnx")
+    s_ref, v_ref = predict(head, x)
+    feed = prepare_input(crop[None], ad.card["input"])
+    cal = ort.InferenceSession(str(tmp_path / "mn.onnx"), providers=["CPUExecutionProvider"])
+    o = dict(zip([t.name for t in cal.get_outputs()],
+                 cal.run(None, {"input:0": feed, "box_score": box.astype(np.float32)}), strict=True))
+    ref = ort.InferenceSession(str(shared(*MN)), providers=["CPUExecutionProvider"])
+    for t, v in zip([t.name for t in ref.get_outputs()], ref.run(None, {"input:0": feed}), strict=True):
+        np.testing.assert_array_equal(o[t], v)
+    np.testing.assert_allclose(o["keypoint_confidence"], s_ref, atol=1e-5)
+    np.testing.assert_allclose(o["keypoint_visibility"], v_ref, atol=1e-5)
+    np.testing.assert_allclose(o["instance_confidence"], instance_score(s_ref, "visibility", visibility=v_ref),
+                               atol=1e-5)
+    assert np.std(s_ref) > 1e-3  # not a constant head: the comparison can fail
