@@ -79,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
     from posecal.models.adapters.base import load_adapter
     from posecal.models.store import file_sha256
 
+    if not 0 < args.oks_nms <= 1:
+        raise PosecalInputError("must be in (0, 1]", field="--oks-nms")
+    if args.max_per_image < 0:
+        raise PosecalInputError("must be >= 0", field="--max-per-image")
     shard = parse_shard(args.shard)
     out = Path(args.out) if shard[1] == 1 else shard_dir(args.out, *shard)
     adapter = load_adapter(args.model, tensor=args.tensor, model_kind=args.model_kind,
