@@ -73,12 +73,19 @@ def uses_evidence(meta: dict[str, Any]) -> bool:
     return bool(((card or {}).get("ccnet") or {}).get("evidence"))
 
 
-def default_head(meta: dict[str, Any], feature_name: str | None) -> str | None:
+def default_head(meta: dict[str, Any], feature_name: str | None, fallback: str) -> str:
     """The head kind the store's model card recommends (``kpt_inst`` on per-keypoint features when the card
-    asks for the instance evidence), or None: the feature tensor's default."""
+    asks for the instance evidence), else ``fallback`` (the feature tensor's default)."""
     if uses_evidence(meta) and feature_name == "features_kpt":
         return "kpt_inst"
-    return None
+    return fallback
+
+
+def loss_masks(stores: list[StoreData]) -> dict[str, np.ndarray]:
+    """``conf_mask`` / ``vis_mask`` over the training rows (``has_target``) of ``stores``, concatenated in
+    store order — the keyword arguments of :func:`posecal.ccnet.train.fit_head`."""
+    return {k: np.concatenate([getattr(d, k)[d.has_target] for d in stores])
+            for k in ("conf_mask", "vis_mask") if all(getattr(d, k) is not None for d in stores)}
 
 
 def instance_evidence(scores: np.ndarray, box_score: np.ndarray, per_keypoint: bool) -> np.ndarray:

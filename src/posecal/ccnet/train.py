@@ -119,6 +119,14 @@ def _check(features: np.ndarray, oks: np.ndarray, vis: np.ndarray) -> None:
         raise PosecalInputError("target OKS must be finite wherever the keypoint is labelled")
 
 
+def _mask_tensor(mask: np.ndarray | None) -> torch.Tensor | None:
+    return None if mask is None else torch.from_numpy(np.asarray(mask, np.float32))
+
+
+def _rows(t: torch.Tensor | None, rows: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t[rows].to(device)
+
+
 @contextlib.contextmanager
 def _deterministic():
     prev = torch.are_deterministic_algorithms_enabled()
@@ -190,8 +198,7 @@ def fit_head(
             X = torch.cat([(X[s : s + 1024].float() - m) / sd for s in range(0, N, 1024)])
         T = torch.from_numpy(np.nan_to_num(oks, nan=0.0)).float()
         V = torch.from_numpy(vis)
-        CM = None if conf_mask is None else torch.from_numpy(np.asarray(conf_mask, np.float32))
-        VM = None if vis_mask is None else torch.from_numpy(np.asarray(vis_mask, np.float32))
+        CM, VM = _mask_tensor(conf_mask), _mask_tensor(vis_mask)
         opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         drop_step = max(1, int(round(cfg.steps * cfg.lr_drop_at)))
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[drop_step], gamma=cfg.lr_drop)
@@ -222,8 +229,8 @@ def fit_head(
                 lam=cfg.lam,
                 conf_loss=cfg.conf_loss,
                 reduction="sum",
-                conf_mask=None if CM is None else CM[local].to(device),
-                vis_mask=None if VM is None else VM[local].to(device),
+                conf_mask=_rows(CM, local, device),
+                vis_mask=_rows(VM, local, device),
             )
             # DDP averages gradients over ranks: scale so the average is the global-batch mean
             loss = loss_sum * (world / len(idx))

@@ -72,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
             raise PosecalInputError(f"store differs from {args.store[0]} in {', '.join(diffs)}", file=p)
     val = load_store(args.val_store) if args.val_store else None
     feat_name = train.head_meta["feature_tensor"]
-    from posecal.ccnet.targets import default_head
+    from posecal.ccnet.targets import default_head, loss_masks
 
-    kind = args.head or default_head(train.meta, feat_name) or DEFAULT_HEAD[feat_name]
+    kind = args.head or default_head(train.meta, feat_name, DEFAULT_HEAD[feat_name])
     if HEAD_KINDS[kind] != feat_name:
         raise PosecalInputError(f"head {kind!r} reads {HEAD_KINDS[kind]}, the store has {feat_name}",
                                 file=args.store[0], field="--head")
@@ -101,9 +101,7 @@ def run(args: argparse.Namespace) -> int:
             m = scores_and_ap(head, val, use_box_score=args.box_score)
             print(f"step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()), file=sys.stderr)
             return m
-    masks = {k: np.concatenate([getattr(d, k)[d.has_target] for d in stores])
-             for k in ("conf_mask", "vis_mask") if all(getattr(d, k) is not None for d in stores)}
-    res = fit_head(X, T, V, cfg, on_eval=on_eval, device=device, **masks)
+    res = fit_head(X, T, V, cfg, on_eval=on_eval, device=device, **loss_masks(stores))
     if rank == 0:
         metrics = {"train": scores_and_ap(res.head, train, use_box_score=args.box_score)}
         if val is not None:
