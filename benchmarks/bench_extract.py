@@ -36,14 +36,15 @@ MODELS = {
 
 def lsp_crops(size, n=8):
     from posecal.datasets import read_lsp
-    from posecal.models.crop import box_to_center_size, crop_matrix, load_image, warp
+    from posecal.models.crop import crop_matrix, load_image, warp
+    from posecal.theory.heatmap import topdown_crop_box
 
     d = read_lsp(SHARED / "data/lsp/joints.mat", split="test")
     out = []
     for a in d["annotations"][:n]:
         img = load_image(SHARED / "data/lsp/images" / f"im{a['image_id']:04d}.jpg")
-        c, s = box_to_center_size(np.array(a["bbox"]), size[0] / size[1])
-        out.append(warp(img, crop_matrix(c, s, size), size))
+        b = topdown_crop_box(a["bbox"], size)[0]
+        out.append(warp(img, crop_matrix(b[:2], b[2:], size), size))
     return np.stack(out)
 
 

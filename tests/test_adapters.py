@@ -15,14 +15,15 @@ from posecal.models.adapters.joints import BLAZEPOSE33, EFFICIENTPOSE16, joint_m
 
 def _lsp_crops(shared, size, n=2):
     from posecal.datasets import read_lsp
-    from posecal.models.crop import box_to_center_size, crop_matrix, load_image, warp
+    from posecal.models.crop import crop_matrix, load_image, warp
+    from posecal.theory.heatmap import topdown_crop_box
 
     d = read_lsp(shared("data", "lsp", "joints.mat"), split="test")
     out = []
     for a in d["annotations"][:n]:
         img = load_image(shared("data", "lsp", "images") / f"im{a['image_id']:04d}.jpg")
-        c, s = box_to_center_size(np.array(a["bbox"]), size[0] / size[1])
-        out.append(warp(img, crop_matrix(c, s, size), size))
+        b = topdown_crop_box(a["bbox"], size)[0]
+        out.append(warp(img, crop_matrix(b[:2], b[2:], size), size))
     return np.stack(out)
 
 
@@ -120,11 +121,11 @@ def test_onnx_and_torch_adapters_agree(tmp_path):
 
 
 def test_decode_nhwc_matches_nchw():
-    from posecal.models.adapters.base import decode_heatmaps, decode_heatmaps_nhwc
+    from posecal.models.adapters.base import decode_heatmaps
 
     hm = np.random.default_rng(3).normal(size=(2, 8, 6, 5))
     c1, s1 = decode_heatmaps(hm, (24, 32))
-    c2, s2 = decode_heatmaps_nhwc(np.transpose(hm, (0, 2, 3, 1)), (24, 32))
+    c2, s2 = decode_heatmaps(np.transpose(hm, (0, 2, 3, 1)), (24, 32), channels_last=True)
     np.testing.assert_array_equal(c1, c2)
     np.testing.assert_array_equal(s1, s2)
     # a peak at heatmap pixel (x=3, y=1) maps to the centre of that cell in input px

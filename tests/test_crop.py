@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from posecal.models.crop import apply_affine, box_to_center_size, crop_matrix, invert_affine, warp
+from posecal.models.crop import apply_affine, crop_matrix, invert_affine, warp
+from posecal.theory.heatmap import topdown_crop_box
 
 
-def test_box_to_center_size_aspect_and_padding():
-    c, s = box_to_center_size(np.array([[10.0, 20.0, 30.0, 90.0], [0.0, 0.0, 80.0, 10.0]]), aspect=0.75)
+def test_topdown_crop_box_aspect_and_padding():
+    b = topdown_crop_box(np.array([[10.0, 20.0, 30.0, 90.0], [0.0, 0.0, 80.0, 10.0]]), (48, 64))
+    c, s = b[:, :2], b[:, 2:]
     np.testing.assert_allclose(c, [[25, 65], [40, 5]])
     np.testing.assert_allclose(s[:, 0] / s[:, 1], 0.75)
     np.testing.assert_allclose(s, [[67.5 * 1.25, 90 * 1.25], [80 * 1.25, 80 / 0.75 * 1.25]])
@@ -20,7 +22,8 @@ def test_warp_samples_where_the_inverse_points(rot, flip):
     # a linear ramp image: bilinear sampling reproduces x and y exactly (up to uint8 truncation, < 1)
     yy, xx = np.mgrid[0:120, 0:150]
     img = np.stack([xx, yy, np.zeros_like(xx)], -1).astype(np.uint8)
-    c, s = box_to_center_size(np.array([40.0, 30.0, 60.0, 50.0]), aspect=48 / 64)
+    b = topdown_crop_box(np.array([40.0, 30.0, 60.0, 50.0]), (48, 64))[0]
+    c, s = b[:2], b[2:]
     M = crop_matrix(c, s, (48, 64), rot=rot, flip=flip)
     out = warp(img, M, (48, 64)).astype(float)
     v, u = np.mgrid[0:64, 0:48]

@@ -195,7 +195,8 @@ def test_blazepose_on_detector_boxes_evaluates(shared_dir, tmp_path):
     out = tmp_path / "st"
     assert main(["extract", "--model", str(shared_dir / "models/mediapipe/pose_landmark_lite.tflite"),
                  "--data", str(coco / "test_coco.json"), "--images", str(coco), "--out", str(out),
-                 "--boxes", str(coco / "test_coco_det_AP_H_56.json"), "--pooling", "heatmap"]) == 0
+                 "--boxes", str(coco / "test_coco_det_AP_H_56.json"), "--pooling", "heatmap",
+                 "--oks-nms", "1", "--max-per-image", "0"]) == 0  # every box kept (OKS-NMS: test_coco17.py)
     fs = FeatureStore.open(out)
     assert fs.meta["model_kind"] == "blazepose" and fs.meta["keypoint_set"] == "coco17"
     assert fs.num_instances == len(det) and (fs.read("ann_id") == -1).all()

@@ -57,7 +57,7 @@ def _run(argv):
 
 def _extract(d, model, out, *extra):
     return _run(["extract", "--model", d / model, "--data", d / "data.json", "--images", d / "img", "--out",
-                 d / out, "--batch-size", "3", *extra])
+                 d / out, "--batch-size", "3", "--pooling", "gap", *extra])
 
 
 def test_torchscript_and_export_match_onnx(files):

@@ -18,6 +18,12 @@ kind                   store tensor            computation
 ``kpt``                ``features_kpt (N,K,C)``  per-keypoint FC C→2 on heatmap-weighted pooled features (the
                                                predicted heatmap k used as attention over the spatial map,
                                                pooled at extraction time)
+``kpt_inst``           ``features_kpt (N,K,C)``  ``kpt``, with every ŝ_k multiplied by one instance gate
+                                               q = σ(u · mean_k e_k + u₀), e_k the last 6 normalised input
+                                               channels = the instance evidence (box score, the model's own
+                                               keypoint scores): the probability that the detection is a
+                                               person, learnt from unmatched detections (target 0) — the
+                                               learned combination of CCNet with the detector's score
 =====================  ======================  ==============================================================
 """
 
@@ -28,6 +34,7 @@ HEAD_KINDS: dict[str, str] = {
     "conv_gap": "features_spatial",
     "conv_sigmoid_gap": "features_spatial",
     "kpt": "features_kpt",
+    "kpt_inst": "features_kpt",
 }
 """Head kind → the feature-store tensor it reads."""
 

@@ -19,7 +19,8 @@ feature store's pooling in the graph, so the head sees exactly what it was train
 * ``spatial``: a float16 round trip (the store keeps spatial features as float16);
 * ``heatmap``: per model joint, the positive part of the heatmap output resampled to the feature grid
   (nearest centre) and normalised to sum 1 (uniform if no positive value) weights the features
-  (float64), then the joints are mapped to the dataset keypoints (missing ones get zero features).
+  (float32 in the graph, float64 in the store), then the joints are mapped to the dataset keypoints
+  (missing ones get zero features).
 
 Flip-test averaging is not reproduced: a head fitted on a ``--flip`` store sees single-pass features
 (a warning says so).
@@ -103,7 +104,7 @@ class _Builder:
 
 
 def _pool(b: _Builder, feat: str, heatmaps: str | None, pooling: str, feat_hw: tuple[int, int],
-          hm_hw: tuple[int, int] | None, feat_ndim: int, jmap: np.ndarray, C: int) -> str:
+          hm_hw: tuple[int, int] | None, feat_ndim: int, jmap: np.ndarray, C: int, opset: int = 13) -> str:
     """Pooling subgraph: penultimate (B, C, h, w) [and heatmaps (B, J, h', w')] -> store feature."""
     TP = b.onnx.TensorProto
     if feat_ndim == 2:
@@ -130,19 +131,19 @@ def _pool(b: _Builder, feat: str, heatmaps: str | None, pooling: str, feat_hw: t
         xi = np.minimum(((np.arange(w) + 0.5) * ww / w).astype(np.int64), ww - 1)
         wts = b.op("Gather", [wts, b.const("yi", yi)], axis=2)
         wts = b.op("Gather", [wts, b.const("xi", xi)], axis=3)
-    wts = b.op("Cast", [wts], to=TP.DOUBLE)
-    wts = b.op("Relu", [wts])
-    wts = b.op("Reshape", [wts, b.const("shape", np.array([0, 0, P], np.int64))])  # (B, J, P)
-    s = b.op("MatMul", [wts, b.const("ones", np.ones((P, 1)))])  # (B, J, 1)
-    pos = b.op("Greater", [s, b.const("zero", np.zeros((), np.float64))])
-    safe = b.op("Where", [pos, s, b.const("one", np.ones((), np.float64))])
-    wn = b.op("Div", [wts, safe])
-    wts = b.op("Where", [pos, wn, b.const("uniform", np.full((), 1.0 / P))])
-    f = b.op("Cast", [feat], to=TP.DOUBLE)
-    f = b.op("Reshape", [f, b.const("shape", np.array([0, C, P], np.int64))])
-    f = b.op("Transpose", [f], perm=[0, 2, 1])  # (B, P, C)
-    pooled = b.op("MatMul", [wts, f])  # (B, J, C) float64
-    pooled = b.op("Cast", [pooled], to=TP.FLOAT)
+    # float32 (the store pools in float64: differences ~1e-7 relative, far below the 1e-5 the outputs are
+    # held to); the feature map is never transposed, cast or divided: (B, C, P) @ (B, P, J) -> (B, C, J), then
+    # the small result is divided by the heatmap sums. A heatmap with no positive value gets weight 1
+    # everywhere (sum P): the feature mean, as the store's uniform weights.
+    wts = b.op("Reshape", [b.op("Relu", [wts]), b.const("shape", np.array([0, 0, P], np.int64))])  # (B, J, P)
+    s = b.op("ReduceSum", [wts, b.const("axes", np.array([2], np.int64))], keepdims=1)  # (B, J, 1)
+    empty = b.op("Cast", [b.op("Equal", [s, b.const("zero", np.zeros((), np.float32))])], to=TP.FLOAT)
+    wts = b.op("Add", [wts, empty])
+    s = b.op("Add", [s, b.op("Mul", [empty, b.const("P", np.array(P, np.float32))])])
+    f = b.op("Reshape", [feat, b.const("shape", np.array([0, C, P], np.int64))])
+    num = b.op("MatMul", [f, b.op("Transpose", [wts], perm=[0, 2, 1])])  # (B, C, J)
+    pooled = b.op("Div", [num, b.op("Transpose", [s], perm=[0, 2, 1])])  # (B, C, J)
+    pooled = b.op("Transpose", [pooled], perm=[0, 2, 1])  # (B, J, C)
     have = jmap >= 0
     pooled = b.op("Gather", [pooled, b.const("joint_map", np.where(have, jmap, 0).astype(np.int64))], axis=1)
     if not have.all():
@@ -150,17 +151,91 @@ def _pool(b: _Builder, feat: str, heatmaps: str | None, pooling: str, feat_hw: t
     return pooled  # (B, K, C)
 
 
-def _head(b: _Builder, x: str, kind: str, arrs: dict[str, np.ndarray], K: int) -> list[str]:
-    """CCNet head subgraph (as :meth:`posecal.ccnet.heads.CCNetHead.forward`) + aggregation -> outputs."""
-    x = b.op("Sub", [x, b.const("feat_mean", arrs["feat_mean"])])
-    x = b.op("Div", [x, b.const("feat_std", arrs["feat_std"])])
-    if kind == "kpt":
-        z = b.op("Einsum", [x, b.const("weight", arrs["weight"])], equation="bkc,kjc->bkj")
-        z = b.op("Add", [z, b.const("bias", arrs["bias"])])
+def _reduce(b: _Builder, op: str, x: str, axes: list[int], keepdims: int, opset: int) -> str:
+    """ReduceMax/ReduceMean/ReduceSum with ``axes`` as attribute or input, as the opset wants."""
+    if op == "ReduceSum" and opset >= 13 or opset >= 18:
+        return b.op(op, [x, b.const("axes", np.array(axes, np.int64))], keepdims=keepdims)
+    return b.op(op, [x], axes=axes, keepdims=keepdims)
+
+
+def _evidence(b: _Builder, scores: str, box: str, opset: int) -> str:
+    """Instance evidence (B, K + 5) = [s_1..s_K, mean s, max s, fraction of s > 0.2, box score, bbox_keypoint
+    score] from keypoint scores (B, K) and box scores (B,), as :func:`posecal.ccnet.targets.instance_evidence`
+    (``per_keypoint=False``); the per-keypoint form the head was trained on is folded into its weights."""
+    f32 = b.onnx.TensorProto.FLOAT
+    mean = _reduce(b, "ReduceMean", scores, [1], 1, opset)  # (B, 1)
+    mx = _reduce(b, "ReduceMax", scores, [1], 1, opset)
+    m = b.op("Cast", [b.op("Greater", [scores, b.const("thr", np.array(0.2, np.float32))])], to=f32)
+    frac = _reduce(b, "ReduceMean", m, [1], 1, opset)
+    bx = b.op("Reshape", [box, b.const("shape", np.array([-1, 1], np.int64))])
+    num = _reduce(b, "ReduceSum", b.op("Mul", [scores, m]), [1], 1, opset)
+    cnt = _reduce(b, "ReduceSum", m, [1], 1, opset)  # num = 0 where cnt = 0: num / max(cnt, 1) is 0 there
+    bkp = b.op("Mul", [bx, b.op("Div", [num, b.op("Max", [cnt, b.const("one", np.ones((), np.float32))])])])
+    return b.op("Concat", [scores, mean, mx, frac, bx, bkp], axis=1)
+
+
+def _fold_kpt(arrs: dict[str, np.ndarray], K: int, evidence: bool) -> dict[str, np.ndarray]:
+    """The ``kpt``/``kpt_inst`` head with its normalisation folded into the weights, float64 -> float32.
+
+    z_kj = Σ_c W_kjc (x_kc − μ_kc)/σ_kc + b_kj = Σ_c W'_kjc x_kc + b'_kj. With ``evidence`` the last 6 input
+    channels (s_k and the 5 instance values) become one matrix ``E`` (K + 5, 2K [+1 gate]) applied to the
+    instance evidence vector of :func:`_evidence`, the gate's keypoint mean included."""
+    W = arrs["weight"].astype(np.float64)
+    mu, sd = arrs["feat_mean"].astype(np.float64), arrs["feat_std"].astype(np.float64)
+    Wn = W / sd[:, None, :]
+    out = {"b": (arrs["bias"] - np.einsum("kjc,kc->kj", Wn, mu)).astype(np.float32)}
+    if not evidence:
+        out["W"] = Wn.astype(np.float32)
+        return out
+    from posecal.ccnet.heads import GATE_INPUTS
+
+    C = W.shape[2] - GATE_INPUTS
+    out["W"] = Wn[:, :, :C].astype(np.float32)
+    gate = "gate.weight" in arrs
+    E = np.zeros((K + 5, 2 * K + int(gate)))
+    for k in range(K):
+        E[k, 2 * k:2 * k + 2] = Wn[k, :, C]
+        E[K:, 2 * k:2 * k + 2] = Wn[k, :, C + 1:].T
+    if gate:
+        u = arrs["gate.weight"].astype(np.float64).reshape(-1)  # (6,)
+        E[:K, -1] = u[0] / (K * sd[:, C])
+        E[K:, -1] = (u[1:][None] / (K * sd[:, C + 1:])).sum(0)
+        out["g0"] = np.array([arrs["gate.bias"][0] - (u[None] * mu[:, C:] / (K * sd[:, C:])).sum()], np.float32)
+    out["E"] = E.astype(np.float32)
+    return out
+
+
+def _head(b: _Builder, x: str, kind: str, arrs: dict[str, np.ndarray], K: int, opset: int = 13,
+          evidence: str | None = None) -> list[str]:
+    """CCNet head subgraph (as :meth:`posecal.ccnet.heads.CCNetHead.forward`) + aggregation -> outputs.
+
+    ``kpt``/``kpt_inst`` run with the normalisation folded into the weights (:func:`_fold_kpt`); with
+    ``evidence`` (B, K + 5) the head's evidence channels read it instead of a concatenated input."""
+    gate = None
+    if kind in ("kpt", "kpt_inst"):
+        f = _fold_kpt(arrs, K, evidence is not None)
+        z = b.op("Einsum", [x, b.const("weight", f["W"])], equation="bkc,kjc->bkj")
+        z = b.op("Add", [z, b.const("bias", f["b"])])
+        if evidence is not None:
+            e = b.op("MatMul", [evidence, b.const("evidence_w", f["E"])])  # (B, 2K [+1])
+            if kind == "kpt_inst":
+                zg = b.op("Slice", [e, b.const("st", np.array([2 * K], np.int64)),
+                                    b.const("en", np.array([2 * K + 1], np.int64)),
+                                    b.const("ax", np.array([1], np.int64))])
+                gate = b.op("Sigmoid", [b.op("Add", [zg, b.const("gate_b", f["g0"])])])  # (B, 1)
+                e = b.op("Slice", [e, b.const("st", np.array([0], np.int64)),
+                                   b.const("en", np.array([2 * K], np.int64)), b.const("ax", np.array([1], np.int64))])
+            z = b.op("Add", [z, b.op("Reshape", [e, b.const("shape", np.array([-1, K, 2], np.int64))])])
+        elif kind == "kpt_inst":
+            raise PosecalInputError("a 'kpt_inst' head needs the instance evidence", field="head")
     elif kind == "fc":
+        x = b.op("Div", [b.op("Sub", [x, b.const("feat_mean", arrs["feat_mean"])]),
+                         b.const("feat_std", arrs["feat_std"])])
         z = b.op("MatMul", [x, b.const("weight_t", np.ascontiguousarray(arrs["linear.weight"].T))])
         z = b.op("Add", [z, b.const("bias", arrs["linear.bias"])])
     elif kind in ("conv_gap", "conv_sigmoid_gap"):
+        x = b.op("Div", [b.op("Sub", [x, b.const("feat_mean", arrs["feat_mean"])]),
+                         b.const("feat_std", arrs["feat_std"])])
         cw, cb = b.const("conv_weight", arrs["conv.weight"]), b.const("conv_bias", arrs["conv.bias"])
         z = b.op("Conv", [x, cw, cb])
         if kind == "conv_sigmoid_gap":
@@ -170,13 +245,15 @@ def _head(b: _Builder, x: str, kind: str, arrs: dict[str, np.ndarray], K: int) -
         raise PosecalInputError(f"unknown head kind {kind!r}", field="head")
     z = b.op("Reshape", [z, b.const("shape", np.array([0, K, 2], np.int64))])
     p = z if kind == "conv_sigmoid_gap" else b.op("Sigmoid", [z])
-    s = b.op("Gather", [p, b.const("i0", np.array(0, np.int64))], OUTPUTS[0], axis=2)
+    if gate is None:
+        s = b.op("Gather", [p, b.const("i0", np.array(0, np.int64))], OUTPUTS[0], axis=2)
+    else:
+        s = b.op("Mul", [b.op("Gather", [p, b.const("i0", np.array(0, np.int64))], axis=2), gate], OUTPUTS[0])
     v = b.op("Gather", [p, b.const("i1", np.array(1, np.int64))], OUTPUTS[1], axis=2)
     # ĉ = Σ v̂ŝ / Σ v̂, 0 where Σ v̂ = 0 (posecal.rescore.aggregate.instance_score, mode "visibility")
-    ones = b.const("onesK", np.ones((K, 1), np.float32))
-    flat = b.const("shape", np.array([-1], np.int64))
-    num = b.op("Reshape", [b.op("MatMul", [b.op("Mul", [v, s]), ones]), flat])
-    den = b.op("Reshape", [b.op("MatMul", [v, ones]), flat])
+    axes = b.const("axes", np.array([1], np.int64))
+    num = b.op("ReduceSum", [b.op("Mul", [v, s]), axes], keepdims=0)
+    den = b.op("ReduceSum", [v, axes], keepdims=0)
     zero = b.const("zeroB", np.zeros((), np.float32))
     pos = b.op("Greater", [den, b.const("zero", np.zeros((), np.float32))])
     safe = b.op("Where", [pos, den, b.const("one", np.ones((), np.float32))])
@@ -212,7 +289,11 @@ def check_head_against_model(meta: dict[str, Any], head_dir: str | os.PathLike, 
     sha = file_sha256(model)
     if meta.get("model_sha256") not in (None, sha):
         diffs.append(f"model_sha256: head {meta.get('model_sha256')!r} vs model {sha!r}")
+    from posecal.ccnet.targets import uses_evidence
+
     C = int(probe_features.shape[1])
+    if uses_evidence(meta) and meta.get("pooling") == "heatmap":
+        C += 6  # the instance evidence appended to the pooled features
     if int(meta.get("in_channels", -1)) != C:
         diffs.append(f"in_channels: head {meta.get('in_channels')} vs model tensor {C}")
     pooling = meta.get("pooling")
@@ -243,51 +324,129 @@ def check_head_against_model(meta: dict[str, Any], head_dir: str | os.PathLike, 
     return str(pooling), jmap
 
 
+def _graft_sources(adapter: Any) -> dict[str, Any]:
+    """Where the graft reads: feature / heatmap tensors and their layouts, the input, keypoint scores."""
+    card = getattr(adapter, "card", None)
+    if card is None:  # generic ONNX heatmap model (posecal.models.adapters.onnx.OnnxAdapter)
+        return {"feat": adapter.tensor_name, "feat_layout": "NCHW", "hm": adapter.output_name,
+                "hm_layout": "NCHW", "input": adapter._input_name, "coords": None}
+    out = card["output"]
+    hm = card.get("heatmaps") or ({"name": out["name"], "layout": out["layout"]}
+                                  if out["type"] == "heatmaps" else None)
+    feat = card.get("features") or {}
+    return {"feat": adapter.tensor_name,
+            "feat_layout": feat.get("layout", "NCHW") if adapter.tensor_name == feat.get("name") else "NCHW",
+            "hm": hm["name"] if hm else None, "hm_layout": hm["layout"] if hm else "NCHW",
+            "input": card["input"]["name"],
+            "coords": out if out["type"] == "coordinates" else None}
+
+
+def _keypoint_scores(b: _Builder, src: dict[str, Any], hm: str | None, jmap: np.ndarray, J: int,
+                     opset: int) -> str:
+    """The model's keypoint scores (B, K) in the dataset order, as the store's ``scores``."""
+    if src["coords"] is not None:
+        v = b.op("Reshape", [src["coords"]["name"], b.const("shape", np.array([-1, J, 3], np.int64))])
+        s = b.op("Gather", [v, b.const("i2", np.array(2, np.int64))], axis=2)
+    else:
+        s = _reduce(b, "ReduceMax", hm, [2, 3], 0, opset)
+    have = jmap >= 0
+    s = b.op("Gather", [s, b.const("joint_map", np.where(have, jmap, 0).astype(np.int64))], axis=1)
+    return b.op("Mul", [s, b.const("have", have.astype(np.float32))]) if not have.all() else s
+
+
+def _to_opset13(m: Any, model: str | os.PathLike) -> Any:
+    import onnx
+
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= 13:
+        return m
+    # old exports (MXNet) write BatchNormalization spatial=0 with per-channel (C,) statistics, which
+    # onnxruntime runs per channel; the converter insists on spatial=1, which means exactly that
+    inits = {i.name: i for i in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type == "BatchNormalization" and len(n.input) > 3 and len(getattr(inits.get(n.input[3]), "dims",
+                                                                                  [0, 0])) == 1:
+            keep = [a for a in n.attribute if a.name != "spatial"]
+            del n.attribute[:]
+            n.attribute.extend(keep)
+    try:
+        m = onnx.version_converter.convert_version(m, 13)
+    except Exception as e:
+        raise PosecalInputError(f"default-domain opset {opset} < 13 and the conversion failed ({e}): re-export "
+                                "the model with opset >= 13", file=str(model), field="opset_import") from None
+    # opset 13 needs IR >= 7, where weights still listed as graph inputs stop being constants (no Conv+BN
+    # fusion: other numerics); IR 3 treats them as constants, so drop them from the inputs to keep the
+    # original outputs bit-identical
+    m.ir_version = max(m.ir_version, 7)
+    inits = {i.name for i in m.graph.initializer}
+    keep = [i for i in m.graph.input if i.name not in inits]
+    del m.graph.input[:]
+    m.graph.input.extend(keep)
+    return m
+
+
 def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike, *,
                       heatmap_output: str | None = None) -> dict[str, Any]:
     """Graft the CCNet head in ``head_dir`` onto the ONNX ``model`` and write ``out`` (atomically).
 
-    ``heatmap_output`` names the heatmap output used for heatmap pooling (default: the adapter's, the
-    first 4-D output). Returns a summary dict (outputs, K, pooling, head kind, added node count).
+    ``heatmap_output`` names the heatmap output used for heatmap pooling (default: the model card's, else
+    the first 4-D output). A model with a card (:mod:`posecal.models.cards`) is read as the card says
+    (NHWC tensors are transposed in the graph). A graph with opset < 13 is converted to 13 first (its
+    outputs are checked unchanged by the tests). A head that reads the instance evidence gets one more
+    graph input, ``box_score (B,)`` float32 (1 for a gt box). Returns a summary dict.
     """
     import onnx
 
     from posecal._util import write_bytes_atomic
-    from posecal.models.adapters.base import find_model_kind
+    from posecal.ccnet.targets import uses_evidence
+    from posecal.models.adapters.base import find_model_kind, load_adapter
     from posecal.models.adapters.onnx import OnnxAdapter
 
     if find_model_kind(model) != "onnx":
         raise PosecalInputError("not an ONNX model: use export_head_only for TFLite models", file=str(model),
                                 field="--model")
     arrs, meta = head_arrays(head_dir)
-    adapter = OnnxAdapter(model, tensor=meta.get("model_tensor"), output=heatmap_output)
-    probe = adapter.predict(np.zeros((1, adapter.input_size[1], adapter.input_size[0], 3), np.uint8))
+    adapter = load_adapter(model, tensor=meta.get("model_tensor"))
+    if heatmap_output is not None or not hasattr(adapter, "card"):
+        adapter = OnnxAdapter(model, tensor=meta.get("model_tensor"), output=heatmap_output)
+    src = _graft_sources(adapter)
+    W, H = adapter.input_size
+    probe = adapter.predict(np.zeros((1, H, W, 3), np.uint8))
     pooling, jmap = check_head_against_model(meta, head_dir, adapter, model, probe.features)
-    m = onnx.load_model(str(model))
+    m = _to_opset13(onnx.load_model(str(model)), model)
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < 13:
-        raise PosecalInputError(f"default-domain opset {opset} < 13: re-export the model with opset >= 13",
-                                file=str(model), field="opset_import")
     names = {o for n in m.graph.node for o in n.output} | {i.name for i in m.graph.input}
-    clash = [o for o in OUTPUTS if o in names or o in {x.name for x in m.graph.output}]
+    clash = [o for o in (*OUTPUTS, "box_score") if o in names or o in {x.name for x in m.graph.output}]
     if clash:
         raise PosecalInputError(f"the model already has tensor(s) {', '.join(clash)}", file=str(model))
-    raw = adapter.session.run([adapter.tensor_name], {adapter._input_name: np.zeros(
-        (1, 3, adapter.input_size[1], adapter.input_size[0]), np.float32)})[0]
-    feat_ndim = raw.ndim
+    feat_ndim = 4
+    if not hasattr(adapter, "card"):
+        raw = adapter.session.run([adapter.tensor_name], {adapter._input_name: np.zeros((1, 3, H, W), np.float32)})
+        feat_ndim = raw[0].ndim
     if feat_ndim not in (2, 4):
         raise PosecalInputError(f"feature tensor {adapter.tensor_name!r} has {feat_ndim} axes (need 2 or 4)",
                                 file=str(model), field="model_tensor")
     b = _Builder(PREFIX)
     K = int(meta["num_keypoints"])
-    x = _pool(b, adapter.tensor_name, adapter.output_name, pooling, tuple(probe.features.shape[2:]),
+    feat = src["feat"] if src["feat_layout"] == "NCHW" else b.op("Transpose", [src["feat"]], perm=[0, 3, 1, 2])
+    hm = src["hm"]
+    if hm is not None and src["hm_layout"] == "NHWC":
+        hm = b.op("Transpose", [hm], perm=[0, 3, 1, 2])
+    x = _pool(b, feat, hm, pooling, tuple(probe.features.shape[2:]),
               None if probe.heatmaps is None else tuple(probe.heatmaps.shape[2:]), feat_ndim, jmap,
-              int(probe.features.shape[1]))
-    _head(b, x, str(meta["head"]), arrs, K)
+              int(probe.features.shape[1]), opset)
+    batch = m.graph.input[0].type.tensor_type.shape.dim[0]
+    batch = batch.dim_param or batch.dim_value or "batch"
+    evidence = uses_evidence(meta) and pooling == "heatmap"
+    ev = None
+    if evidence:
+        m.graph.input.append(onnx.helper.make_tensor_value_info("box_score", onnx.TensorProto.FLOAT, [batch]))
+        sc = _keypoint_scores(b, src, hm, jmap, len(adapter.joint_names), opset)
+        ev = _evidence(b, sc, "box_score", opset)
+    _head(b, x, str(meta["head"]), arrs, K, opset, evidence=ev if evidence else None)
     m.graph.node.extend(b.nodes)
     m.graph.initializer.extend(b.inits)
-    batch = m.graph.input[0].type.tensor_type.shape.dim[0]
-    m.graph.output.extend(_output_infos(K, batch.dim_param or batch.dim_value or "batch"))
+    m.graph.output.extend(_output_infos(K, batch))
     m.metadata_props.add(key="posecal_ccnet_head", value=str(meta["head"]))
     m.metadata_props.add(key="posecal_keypoint_set", value=str(meta.get("keypoint_set")))
     m.metadata_props.add(key="posecal_pooling", value=pooling)
@@ -296,7 +455,9 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
     make_shareable(out)
     return {"out": str(out), "outputs": [o.name for o in m.graph.output], "K": K, "pooling": pooling,
             "head": meta["head"], "model_tensor": adapter.tensor_name, "added_nodes": len(b.nodes),
-            "mode": "grafted"}
+            "mode": "grafted", "inputs": [i.name for i in m.graph.input if i.name not in
+                                          {t.name for t in m.graph.initializer}],
+            "opset": opset}
 
 
 def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike,

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from posecal.ccnet import HEAD_KINDS
-from posecal.ccnet.targets import StoreData, head_inputs, load_store
+from posecal.ccnet.targets import StoreData, default_head, head_inputs, load_store
 from posecal.errors import PosecalInputError
 from posecal.rescore.aggregate import instance_score
 
 __all__ = ["Recipe", "DEFAULT_HEAD", "DEFAULT_RECIPES", "default_recipe", "load_training_stores",
-           "training_arrays", "fit_from_stores", "predict_store", "rescored_ap"]
+           "training_arrays", "training_masks", "fit_from_stores", "predict_store", "rescored_ap"]
 
 #: head chosen for each store feature tensor when no recipe is known for the store's model kind
 DEFAULT_HEAD = {"features_kpt": "kpt", "features_gap": "fc", "features_spatial": "conv_gap"}
@@ -79,9 +79,13 @@ DEFAULT_RECIPES: dict[tuple[str, str], Recipe] = {
 
 def default_recipe(meta: dict[str, Any], feature_tensor: str) -> Recipe:
     """The default recipe for a store (its ``model_kind`` and feature tensor): :data:`DEFAULT_RECIPES`,
-    else the paper's App. B recipe with :data:`DEFAULT_HEAD`."""
+    else the paper's App. B recipe with the head the model card recommends
+    (:func:`posecal.ccnet.targets.default_head`) or :data:`DEFAULT_HEAD`."""
     r = DEFAULT_RECIPES.get((str(meta.get("model_kind")), feature_tensor))
-    return r if r is not None else Recipe(head=DEFAULT_HEAD[feature_tensor])
+    if r is not None:
+        return r
+    # a model card that asks for the instance evidence (COCO-17 models behind a detector) gets kpt_inst
+    return Recipe(head=default_head(meta, feature_tensor, DEFAULT_HEAD[feature_tensor]))
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -124,6 +128,26 @@ def training_arrays(stores: Sequence[StoreData], evidence: Sequence[str] = (),
     if not len(X):
         raise PosecalInputError("no row of the store has a gt with a labelled keypoint", file=stores[0].path)
     return X, np.concatenate(ts), np.concatenate(vs)
+
+
+def training_masks(stores: Sequence[StoreData], rows: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """``conf_mask`` / ``vis_mask`` ``(N, K)`` over the same rows as :func:`training_arrays` (only when every
+    store has them: joints a dataset does not annotate, detections with no target) — keyword arguments of
+    :func:`posecal.ccnet.train.fit_head`."""
+    out: dict[str, np.ndarray] = {}
+    for name in ("conf_mask", "vis_mask"):
+        if not all(getattr(d, name, None) is not None for d in stores):
+            continue
+        parts = []
+        for i, d in enumerate(stores):
+            sel = d.has_target.copy()
+            if rows is not None:
+                keep = np.zeros_like(sel)
+                keep[np.asarray(rows[i], np.int64)] = True
+                sel &= keep
+            parts.append(getattr(d, name)[sel])
+        out[name] = np.concatenate(parts)
+    return out
 
 
 def predict_store(head: Any, data: StoreData, evidence: Sequence[str] = (), *,
@@ -196,7 +220,8 @@ def fit_from_stores(stores: Sequence[StoreData], recipe: Recipe | None = None, v
                 print(f"step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()), file=sys.stderr)
             return m
     try:
-        res = fit_head(X, T, V, recipe.train_config(), on_eval=on_eval, device=dev, show_progress=show_progress)
+        res = fit_head(X, T, V, recipe.train_config(), on_eval=on_eval, device=dev, show_progress=show_progress,
+                       **training_masks(stores))
         meta: dict[str, Any] = {}
         if rank == 0:
             metrics = {"train": rescored_ap(res.head, train, recipe.evidence, box_score=recipe.box_score)}

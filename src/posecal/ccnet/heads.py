@@ -16,7 +16,12 @@ from torch import nn
 from posecal.ccnet import HEAD_KINDS
 from posecal.errors import PosecalInputError
 
-__all__ = ["CCNetHead", "build_head", "feature_shape_ok"]
+__all__ = ["CCNetHead", "GATE_INPUTS", "build_head", "feature_shape_ok"]
+
+GATE_INPUTS = 6
+"""``kpt_inst``: the instance gate reads the keypoint-mean of the last 6 normalised input channels, the
+per-keypoint instance evidence of :func:`posecal.ccnet.targets.instance_evidence` (s_k, mean s, max s,
+fraction of s > 0.2, box score, bbox_keypoint score)."""
 
 
 def _kaiming_(weight: torch.Tensor, bias: torch.Tensor | None, fan_in: int) -> None:
@@ -45,13 +50,18 @@ class CCNetHead(nn.Module):
             raise ValueError(f"unknown head kind {kind!r}; choose one of {sorted(HEAD_KINDS)}")
         self.kind, self.in_channels, self.num_keypoints = kind, int(in_channels), int(num_keypoints)
         C, K = self.in_channels, self.num_keypoints
-        if kind == "kpt":
+        if kind in ("kpt", "kpt_inst"):
             # per-keypoint linear: K independent C→2 maps (confidence, visibility)
             self.weight = nn.Parameter(torch.empty(K, 2, C))
             self.bias = nn.Parameter(torch.empty(K, 2))
             for k in range(K):
                 _kaiming_(self.weight.data[k], self.bias.data[k], C)
             norm_shape: tuple[int, ...] = (K, C)
+            if kind == "kpt_inst":  # instance gate over the instance evidence (last GATE_INPUTS channels)
+                if C < GATE_INPUTS:
+                    raise PosecalInputError(f"head 'kpt_inst' needs >= {GATE_INPUTS} channels (features + "
+                                            f"instance evidence), got {C}")
+                self.gate = nn.Linear(GATE_INPUTS, 1)
         elif kind == "fc":
             self.linear = nn.Linear(C, 2 * K)
             norm_shape = (C,)
@@ -76,7 +86,7 @@ class CCNetHead(nn.Module):
         :meth:`normalise` (training normalises a spatial feature array once, not every step)."""
         x = x.float() if normalised else self.normalise(x)
         B, K = x.shape[0], self.num_keypoints
-        if self.kind == "kpt":
+        if self.kind in ("kpt", "kpt_inst"):
             return torch.einsum("bkc,kjc->bkj", x, self.weight) + self.bias
         if self.kind == "fc":
             return self.linear(x).view(B, K, 2)
@@ -86,6 +96,11 @@ class CCNetHead(nn.Module):
         return y.mean(dim=(2, 3)).view(B, K, 2)
 
     def forward(self, x: torch.Tensor, normalised: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kind == "kpt_inst":
+            xn = x.float() if normalised else self.normalise(x)
+            p = torch.sigmoid(torch.einsum("bkc,kjc->bkj", xn, self.weight) + self.bias)
+            q = torch.sigmoid(self.gate(xn[:, :, -GATE_INPUTS:].mean(dim=1)))  # (B, 1)
+            return p[..., 0] * q, p[..., 1]
         z = self.logits(x, normalised)
         p = z if self.kind == "conv_sigmoid_gap" else torch.sigmoid(z)
         return p[..., 0], p[..., 1]
@@ -93,8 +108,8 @@ class CCNetHead(nn.Module):
     def flops_per_instance(self, feature_shape: tuple[int, ...]) -> int:
         """Multiply-adds ×2 of one forward pass for one instance with ``feature_shape`` (no batch axis)."""
         C, K = self.in_channels, self.num_keypoints
-        if self.kind == "kpt":
-            return 2 * K * 2 * C + 2 * K * C  # linear + normalisation
+        if self.kind in ("kpt", "kpt_inst"):
+            return 2 * K * 2 * C + 2 * K * C + (2 * GATE_INPUTS + K * GATE_INPUTS if self.kind == "kpt_inst" else 0)
         if self.kind == "fc":
             return 2 * C * 2 * K + 2 * C
         H, W = feature_shape[-2:]
@@ -107,10 +122,10 @@ def feature_shape_ok(kind: str, shape: tuple[int, ...], num_keypoints: int) -> s
     ``ValueError`` for a ``kind`` not in ``HEAD_KINDS``."""
     if kind not in HEAD_KINDS:
         raise ValueError(f"unknown head kind {kind!r}; choose one of {sorted(HEAD_KINDS)}")
-    want = {"fc": 1, "conv_gap": 3, "conv_sigmoid_gap": 3, "kpt": 2}[kind]
+    want = {"fc": 1, "conv_gap": 3, "conv_sigmoid_gap": 3, "kpt": 2, "kpt_inst": 2}[kind]
     if len(shape) != want:
         return f"head {kind!r} needs features of {want} axes per instance, got shape {tuple(shape)}"
-    if kind == "kpt" and shape[0] != num_keypoints:
+    if kind in ("kpt", "kpt_inst") and shape[0] != num_keypoints:
         return f"head 'kpt' needs (K={num_keypoints}, C) features, got {tuple(shape)}"
     return None
 
@@ -120,5 +135,5 @@ def build_head(kind: str, feature_shape: tuple[int, ...], num_keypoints: int) ->
     why = feature_shape_ok(kind, tuple(feature_shape), num_keypoints)
     if why:
         raise PosecalInputError(why)
-    C = feature_shape[-1] if kind == "kpt" else feature_shape[0]
+    C = feature_shape[-1] if kind in ("kpt", "kpt_inst") else feature_shape[0]
     return CCNetHead(kind, C, num_keypoints)

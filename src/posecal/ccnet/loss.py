@@ -4,6 +4,11 @@
 ``ℓ`` the squared error (Eq. 19, default) or binary cross-entropy against the soft OKS target
 (``conf_loss="bce"``, a surrogate of App. C). ``v_k`` is 1 where keypoint k is labelled (its OKS is
 defined), λ = 0.2 by default (App. B).
+
+Masks (both optional, (B, K)): ``conf_mask`` replaces ``v_k`` as the confidence-loss weight (e.g. every
+annotated keypoint of an unmatched detection, whose target is 0), ``vis_mask`` weights the visibility term
+(0 for keypoints a dataset does not annotate at all, and for detections without a gt). Without them the loss
+is exactly Eq. 19–21.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ def ccnet_loss(
     lam: float = 0.2,
     conf_loss: str = "mse",
     reduction: str = "mean",
+    conf_mask: torch.Tensor | None = None,
+    vis_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The CCNet loss.
 
@@ -41,14 +48,18 @@ def ccnet_loss(
         lam: visibility weight λ (Eq. 21).
         conf_loss: ``"mse"`` (Eq. 19) or ``"bce"`` (BCE on the soft OKS target).
         reduction: ``"mean"`` over the batch, or ``"sum"``.
+        conf_mask: (B, K) confidence-loss weight (default ``vis``); the target is ``oks`` where it is > 0.
+        vis_mask: (B, K) visibility-loss weight (default 1).
     """
     vis = vis.to(s_hat.dtype)
-    target = torch.where(vis > 0, torch.nan_to_num(oks.to(s_hat.dtype), nan=0.0), torch.zeros_like(s_hat))
+    cw = vis if conf_mask is None else conf_mask.to(s_hat.dtype)
+    target = torch.where(cw > 0, torch.nan_to_num(oks.to(s_hat.dtype), nan=0.0), torch.zeros_like(s_hat))
     if conf_loss == "mse":
         conf = (s_hat - target) ** 2
     elif conf_loss == "bce":
         conf = _bce(s_hat, target)
     else:
         raise ValueError(f"conf_loss must be one of {CONF_LOSSES}, got {conf_loss!r}")
-    per_inst = (vis * conf).sum(dim=1) + lam * _bce(v_hat, vis).sum(dim=1)
+    vb = _bce(v_hat, vis) if vis_mask is None else vis_mask.to(s_hat.dtype) * _bce(v_hat, vis)
+    per_inst = (cw * conf).sum(dim=1) + lam * vb.sum(dim=1)
     return per_inst.mean() if reduction == "mean" else per_inst.sum()

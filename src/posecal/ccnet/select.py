@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from posecal.ccnet.fit import Recipe, training_arrays
+from posecal.ccnet.fit import Recipe, training_arrays, training_masks
 from posecal.ccnet.targets import StoreData, head_inputs
 
 __all__ = ["image_folds", "FoldEvaluator", "cross_validate", "CVRow", "default_grid", "select", "TOLERANCE"]
@@ -168,7 +168,8 @@ def cross_validate(stores: Sequence[StoreData], grid: Sequence[Recipe], k: int =
             train_rows = [np.flatnonzero(fo != f) for fo in folds]
             X, T, V = training_arrays([replace(d, features=inputs[recipe.evidence][i])
                                        for i, d in enumerate(stores)], (), train_rows)
-            res = fit_head(X, T, V, recipe.train_config(), show_progress=show_progress)
+            res = fit_head(X, T, V, recipe.train_config(), show_progress=show_progress,
+                           **training_masks(stores, train_rows))
             s, v = predict(res.head, X_all[held[f]])
             box = np.concatenate([d.box_score for d in stores])[held[f]] if recipe.box_score else None
             c = instance_score(s, "visibility", box, visibility=v)

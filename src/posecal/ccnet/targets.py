@@ -1,9 +1,25 @@
 """Feature store → CCNet training data: inputs, per-keypoint OKS targets (Eq. 7) and visibility targets.
 
-Targets are the per-keypoint OKS of the store's predictions against its gt (``gt_keypoints`` of an
-augmented store, else ``gt.json`` by ``ann_id``) with the keypoint set's sigmas and the gt area; the
-visibility target is "labelled" (gt v > 0). Rows without a gt or without any labelled keypoint carry no
-target. Used by ``posecal fit`` / ``posecal apply``, the demo and the benchmarks.
+**gt-box stores** (``boxes: "gt"``): targets are the per-keypoint OKS of the store's predictions against
+their own gt (``gt_keypoints`` of an augmented store, else ``gt.json`` by ``ann_id``) with the keypoint set's
+sigmas and the gt area; the visibility target is "labelled" (gt v > 0).
+
+**detection stores** (``--boxes DET.json``): each detection is matched to the gt the way COCOeval matches
+keypoint detections (:func:`match_detections`: per image, detections by decreasing score, each taking the
+unmatched gt of highest OKS ≥ ``MATCH_OKS`` = 0.5, COCOeval's loosest threshold; crowd regions and people
+without keypoints are "ignore" gts). A detection matched to a real person gets that person's per-keypoint
+OKS; an unmatched one (a duplicate, a false positive, a miss-localised box) gets target 0 on every keypoint
+— so the head learns to demote it — and no visibility target; one matched to an ignore gt is left out.
+
+**Partial skeletons**: keypoints outside the dataset's ``categories[0].annotated_keypoints``
+(:mod:`posecal.datasets.remap`, e.g. the 5 face points of LSP as COCO-17) are out of both losses
+(``conf_mask`` and ``vis_mask`` 0), instead of teaching the visibility head that they never exist.
+
+**Instance evidence**: for models whose card asks for it (``"ccnet": {"evidence": true}``), the head's input
+is the pooled feature with the instance evidence appended (:func:`instance_evidence`: box score, the model's
+own keypoint score and its statistics), so that CCNet can weigh the detector's confidence; ``posecal
+apply`` and ``export`` build the same input. Used by ``posecal fit`` / ``posecal apply``, the demo and the
+benchmarks.
 """
 
 from __future__ import annotations
@@ -28,10 +44,13 @@ class StoreData:
     records: list[dict[str, Any]]  # predictions.json
     box_score: np.ndarray  # (N,)
     gt: Any  # CocoGroundTruth | None
-    oks: np.ndarray | None  # (N, K) per-keypoint OKS target, NaN where unlabelled / no gt
+    oks: np.ndarray | None  # (N, K) per-keypoint OKS target, NaN where unlabelled / no gt (0: unmatched det)
     vis: np.ndarray | None  # (N, K) bool labelled (gt v > 0)
-    has_target: np.ndarray | None  # (N,) bool: the row has a gt with at least one labelled keypoint
+    has_target: np.ndarray | None  # (N,) bool: the row takes part in training
     sigmas: np.ndarray
+    conf_mask: np.ndarray | None = None  # (N, K) bool: the confidence loss sees keypoint k
+    vis_mask: np.ndarray | None = None  # (N, K) bool: the visibility loss sees keypoint k
+    match: np.ndarray | None = None  # (N,) detection stores: gt row matched (-1 none, -2 ignore gt)
     _results: Any = None
 
     def results(self) -> Any:
@@ -43,24 +62,178 @@ class StoreData:
         return self._results
 
 
+MATCH_OKS = 0.5  # COCOeval's loosest OKS threshold
+
+
+def uses_evidence(meta: dict[str, Any]) -> bool:
+    """Whether the store's model card asks CCNet to read the instance evidence (``ccnet.evidence``)."""
+    from posecal.models.cards import BUILTIN_CARDS
+
+    card = next((c for c in BUILTIN_CARDS.values() if c["sha256"] == meta.get("model_sha256")), None)
+    return bool(((card or {}).get("ccnet") or {}).get("evidence"))
+
+
+def default_head(meta: dict[str, Any], feature_name: str | None, fallback: str) -> str:
+    """The head kind the store's model card recommends (``kpt_inst`` on per-keypoint features when the card
+    asks for the instance evidence), else ``fallback`` (the feature tensor's default)."""
+    if uses_evidence(meta) and feature_name == "features_kpt":
+        return "kpt_inst"
+    return fallback
+
+
+def loss_masks(stores: list[StoreData]) -> dict[str, np.ndarray]:
+    """``conf_mask`` / ``vis_mask`` over the training rows (``has_target``) of ``stores``, concatenated in
+    store order — the keyword arguments of :func:`posecal.ccnet.train.fit_head`."""
+    return {k: np.concatenate([getattr(d, k)[d.has_target] for d in stores])
+            for k in ("conf_mask", "vis_mask") if all(getattr(d, k) is not None for d in stores)}
+
+
+def instance_evidence(scores: np.ndarray, box_score: np.ndarray, per_keypoint: bool) -> np.ndarray:
+    """What the model and the detector already say about an instance, as extra head inputs, float32.
+
+    scores (N, K) the model's keypoint scores, box_score (N,). Per keypoint (``per_keypoint``, for
+    ``features_kpt``): (N, K, 6) = [s_k, mean s, max s, fraction of s > 0.2, box score, bbox_keypoint score];
+    else (N, K + 5) = [s_1..s_K, mean s, max s, fraction > 0.2, box score, bbox_keypoint score].
+    """
+    s = np.nan_to_num(np.asarray(scores, np.float64))
+    b = np.asarray(box_score, np.float64).reshape(-1)
+    inst = np.stack([s.mean(1), s.max(1), (s > 0.2).mean(1), b, instance_score(s, "bbox_keypoint", b)], 1)
+    if per_keypoint:
+        K = s.shape[1]
+        return np.concatenate([s[:, :, None], np.repeat(inst[:, None], K, 1)], 2).astype(np.float32)
+    return np.concatenate([s, inst], 1).astype(np.float32)
+
+
+def store_features(fs: Any) -> np.ndarray:
+    """The head input of a FeatureStore: its feature array, with the instance evidence appended when the
+    model card asks for it (``(N, C)`` → ``(N, C + K + 5)``; ``(N, K, C)`` → ``(N, K, C + 6)``)."""
+    feats = fs.features()
+    if not uses_evidence(fs.meta) or feats.ndim not in (2, 3):
+        return feats
+    box = fs.read("box_score") if "box_score" in fs.arrays else np.ones(fs.num_instances)
+    ev = instance_evidence(fs.read("scores"), box, per_keypoint=feats.ndim == 3)
+    return np.concatenate([feats.astype(np.float32), ev], axis=-1)
+
+
 def store_head_meta(meta: dict[str, Any], feature_name: str | None) -> dict[str, Any]:
     """The store's side of the head/store compatibility check."""
     arrays = meta.get("arrays", {})
+    shape = list(arrays.get(feature_name, {}).get("shape", [])) if feature_name else None
+    if shape and uses_evidence(meta) and len(shape) in (1, 2):
+        K = len(meta.get("keypoint_names", []))
+        shape[-1] += 6 if len(shape) == 2 else K + 5
     return {
         "keypoint_set": meta.get("keypoint_set"),
         "feature_tensor": feature_name,
-        "feature_shape": list(arrays.get(feature_name, {}).get("shape", [])) if feature_name else None,
+        "feature_shape": shape,
         "pooling": meta.get("pooling"),
         "model_tensor": meta.get("tensor"),
         "model_sha256": meta.get("model_sha256"),
     }
 
 
+def match_detections(gt: Any, image_id: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
+                     sigmas: np.ndarray, thr: float = MATCH_OKS) -> tuple[np.ndarray, np.ndarray]:
+    """COCOeval's greedy matching of keypoint detections to gt, at one OKS threshold.
+
+    Args:
+        gt: :class:`posecal.io.coco.CocoGroundTruth` (person annotations of the images).
+        image_id (N,), keypoints (N, K, 2) image px, scores (N,) the ranking score.
+    Returns:
+        match (N,) int64: gt row (index into ``gt``) of the match; -1 unmatched; -2 matched to an ignore gt
+        (crowd or no labelled keypoint: COCOeval drops such detections). oks (N,) of the match (0 unmatched).
+
+    Per image, as ``COCOeval.evaluateImg``: gts ordered non-ignored first; detections by decreasing score
+    (stable); each takes the gt of highest OKS ≥ ``thr`` not yet taken (crowd gts may be taken again),
+    stopping at the first ignore gt once a real one is held. OKS is pycocotools' (:func:`oks_pairs`, gt
+    ``area``). Every detection takes part (no ``maxDets`` cut: rescoring changes the top 20).
+    """
+    from posecal.metrics.oks import oks_pairs
+
+    image_id = np.asarray(image_id, np.int64)
+    N = image_id.shape[0]
+    match = np.full(N, -1, np.int64)
+    moks = np.zeros(N)
+    person = gt.category_id == 1
+    ignore = gt.iscrowd.astype(bool) | (gt.num_keypoints == 0)
+    for iid in np.unique(image_id):
+        drows = np.flatnonzero(image_id == iid)
+        drows = drows[np.argsort(-np.asarray(scores)[drows], kind="mergesort")]
+        grows = np.flatnonzero((gt.image_id == iid) & person)
+        if not grows.size:
+            continue
+        grows = grows[np.argsort(ignore[grows], kind="mergesort")]
+        di, gi = np.meshgrid(drows, grows, indexing="ij")
+        O = oks_pairs(keypoints, gt.keypoints, gt.area, gt.bbox, sigmas, di.ravel(), gi.ravel())
+        O = O.reshape(len(drows), len(grows))
+        taken = np.zeros(len(grows), bool)
+        gig = ignore[grows]
+        crowd = gt.iscrowd.astype(bool)[grows]
+        for a, d in enumerate(drows):
+            best, m = min(thr, 1 - 1e-10), -1
+            for g in range(len(grows)):
+                if taken[g] and not crowd[g]:
+                    continue
+                if m > -1 and not gig[m] and gig[g]:
+                    break
+                if O[a, g] < best:
+                    continue
+                best, m = O[a, g], g
+            if m == -1:
+                continue
+            taken[m] = True
+            match[d] = -2 if gig[m] else grows[m]
+            moks[d] = O[a, m]
+    return match, moks
+
+
+def _annotated(gt_path: Any, ks: Any) -> np.ndarray:
+    from posecal._util import read_json
+    from posecal.datasets.remap import annotated_mask
+
+    return annotated_mask(read_json(gt_path), ks)
+
+
+def _gt_box_targets(fs: Any, gt: Any, ks: Any, annotated: np.ndarray) -> dict[str, np.ndarray]:
+    from posecal.metrics.oks import keypoint_oks
+
+    row_of = {int(a): i for i, a in enumerate(gt.ann_id)}
+    g = np.array([row_of.get(int(a), -1) for a in fs.read("ann_id")], dtype=np.int64)
+    gtk = np.zeros((fs.num_instances, ks.num_keypoints, 3))
+    ok = g >= 0
+    gtk[ok] = gt.keypoints[g[ok]]
+    if "gt_keypoints" in fs.arrays:  # augmented copies: gt with occluder-updated flags
+        gtk[ok] = fs.read("gt_keypoints")[ok]
+    area = np.where(ok, gt.area[np.maximum(g, 0)], 1.0)
+    vis = (gtk[..., 2] > 0) & ok[:, None]
+    oks = np.where(vis, keypoint_oks(fs.read("keypoints"), gtk, area, ks.sigmas), np.nan)
+    return {"oks": oks, "vis": vis, "has": vis.any(axis=1), "conf_mask": vis & annotated,
+            "vis_mask": ok[:, None] & annotated[None], "match": None}
+
+
+def _detection_targets(fs: Any, gt: Any, ks: Any, annotated: np.ndarray) -> dict[str, np.ndarray]:
+    from posecal.metrics.oks import keypoint_oks
+
+    kp, sc = fs.read("keypoints"), fs.read("scores")
+    box = fs.read("box_score") if "box_score" in fs.arrays else np.ones(fs.num_instances)
+    match, _ = match_detections(gt, fs.read("image_id"), kp, instance_score(sc, "bbox_keypoint", box), ks.sigmas)
+    ok = match >= 0
+    gtk = np.zeros((fs.num_instances, ks.num_keypoints, 3))
+    gtk[ok] = gt.keypoints[match[ok]]
+    area = np.where(ok, gt.area[np.maximum(match, 0)], 1.0)
+    vis = (gtk[..., 2] > 0) & ok[:, None]
+    oks = np.where(vis, keypoint_oks(kp, gtk, area, ks.sigmas), np.nan)
+    unmatched = match == -1
+    oks[unmatched] = 0.0
+    conf_mask = (vis | unmatched[:, None]) & annotated[None]
+    return {"oks": oks, "vis": vis, "has": conf_mask.any(axis=1), "conf_mask": conf_mask,
+            "vis_mask": ok[:, None] & annotated[None], "match": match}
+
+
 def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> StoreData:
     """Open a store and compute the CCNet targets (see module docstring)."""
     from posecal.io.coco import load_gt
     from posecal.keypoints import get_keypoint_set
-    from posecal.metrics.oks import keypoint_oks
     from posecal.models.store import FeatureStore
 
     fs = FeatureStore.open(path)
@@ -72,33 +245,24 @@ def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> Sto
         ks = get_keypoint_set(str(meta.get("keypoint_set")))
     except KeyError as e:
         raise PosecalInputError(str(e), file=str(path), field="keypoint_set") from None
-    feats = fs.features() if features else np.zeros((fs.num_instances, 0))
+    feats = store_features(fs) if features else np.zeros((fs.num_instances, 0))
     records = fs.predictions
     if len(records) != fs.num_instances:
         raise PosecalInputError(f"{len(records)} predictions for {fs.num_instances} rows", file=str(path))
     box_score = fs.read("box_score") if "box_score" in fs.arrays else np.ones(fs.num_instances)
-    gt = oks = vis = has = None
+    gt = None
+    t: dict[str, Any] = dict.fromkeys(("oks", "vis", "has", "conf_mask", "vis_mask", "match"))
     if fs.gt_path is not None:
         gt = load_gt(fs.gt_path)
-        row_of = {int(a): i for i, a in enumerate(gt.ann_id)}
-        ann = fs.read("ann_id")
-        g = np.array([row_of.get(int(a), -1) for a in ann], dtype=np.int64)
-        K = ks.num_keypoints
-        gtk = np.zeros((fs.num_instances, K, 3))
-        ok = g >= 0
-        gtk[ok] = gt.keypoints[g[ok]]
-        if "gt_keypoints" in fs.arrays:  # augmented copies: gt with occluder-updated flags
-            gtk[ok] = fs.read("gt_keypoints")[ok]
-        area = np.where(ok, gt.area[np.maximum(g, 0)], 1.0)
-        vis = (gtk[..., 2] > 0) & ok[:, None]
-        oks = keypoint_oks(fs.read("keypoints"), gtk, area, ks.sigmas)
-        oks = np.where(vis, oks, np.nan)
-        has = vis.any(axis=1)
+        annotated = _annotated(fs.gt_path, ks)
+        detections = meta.get("boxes", "gt") != "gt"
+        t = (_detection_targets if detections else _gt_box_targets)(fs, gt, ks, annotated)
     elif need_gt:
         raise PosecalInputError("store has no gt.json: fit needs ground truth", file=str(path))
     return StoreData(
         path=str(path), meta=meta, head_meta=store_head_meta(meta, fs.feature_name), features=feats,
-        records=records, box_score=box_score, gt=gt, oks=oks, vis=vis, has_target=has, sigmas=ks.sigmas,
+        records=records, box_score=box_score, gt=gt, oks=t["oks"], vis=t["vis"], has_target=t["has"],
+        sigmas=ks.sigmas, conf_mask=t["conf_mask"], vis_mask=t["vis_mask"], match=t["match"],
     )
 
 

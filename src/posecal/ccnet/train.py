@@ -133,6 +133,14 @@ def _check_config(cfg: TrainConfig) -> None:
         raise PosecalInputError(f"conf_loss must be one of {CONF_LOSSES}, got {cfg.conf_loss!r}")
 
 
+def _mask_tensor(mask: np.ndarray | None) -> torch.Tensor | None:
+    return None if mask is None else torch.from_numpy(np.asarray(mask, np.float32))
+
+
+def _rows(t: torch.Tensor | None, rows: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t[rows].to(device)
+
+
 @contextlib.contextmanager
 def _deterministic():
     prev = torch.are_deterministic_algorithms_enabled()
@@ -152,6 +160,8 @@ def fit_head(
     on_eval: Callable[[int, CCNetHead], dict[str, Any]] | None = None,
     show_progress: bool = True,
     device: str | torch.device = "cpu",
+    conf_mask: np.ndarray | None = None,
+    vis_mask: np.ndarray | None = None,
 ) -> FitResult:
     """Train a CCNet head.
 
@@ -165,6 +175,7 @@ def fit_head(
         config: the recipe (:class:`TrainConfig`).
         on_eval: called on rank 0 every ``config.eval_every`` steps and at the end with (step, head in eval
             mode); its dict is appended to ``history``.
+        conf_mask, vis_mask: (N, K) optional loss masks (:func:`posecal.ccnet.loss.ccnet_loss`).
     """
     cfg = config or TrainConfig()
     _check_config(cfg)
@@ -200,10 +211,11 @@ def fit_head(
             X = torch.cat([(X[s : s + 1024].float() - m) / sd for s in range(0, N, 1024)])
         T = torch.from_numpy(np.nan_to_num(oks, nan=0.0)).float()
         V = torch.from_numpy(vis)
+        CM, VM = _mask_tensor(conf_mask), _mask_tensor(vis_mask)
         if cfg.optimizer == "lbfgs":
             if not prenorm:
                 raise PosecalInputError("optimizer 'lbfgs' needs the features in memory as float32 (< 4 GiB)")
-            losses, history = _fit_full_batch(head, X, T, V, cfg, device, on_eval, rank)
+            losses, history = _fit_full_batch(head, X, T, V, cfg, device, on_eval, rank, CM, VM)
             head.eval()
             return FitResult(head=head.cpu(), losses=losses, history=history)
         opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -236,6 +248,8 @@ def fit_head(
                 lam=cfg.lam,
                 conf_loss=cfg.conf_loss,
                 reduction="sum",
+                conf_mask=_rows(CM, local, device),
+                vis_mask=_rows(VM, local, device),
             )
             # DDP averages gradients over ranks: scale so the average is the global-batch mean
             loss = loss_sum * (world / len(idx))
@@ -262,11 +276,14 @@ def fit_head(
 
 def _fit_full_batch(head: CCNetHead, X: torch.Tensor, T: torch.Tensor, V: torch.Tensor, cfg: TrainConfig,
                     device: torch.device, on_eval: Callable[[int, CCNetHead], dict[str, Any]] | None,
-                    rank: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+                    rank: int, conf_mask: torch.Tensor | None = None,
+                    vis_mask: torch.Tensor | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Full-batch L-BFGS (strong Wolfe) on the normalised features ``X``: at most ``cfg.steps`` iterations
     (1.25 × as many loss evaluations) of ``mean CCNet loss + weight_decay/2·‖θ‖²``. Returns (loss per
     evaluation, validation history: one entry, at the end)."""
     X, T, V = X.to(device), T.to(device), V.to(device)
+    CM = None if conf_mask is None else conf_mask.to(device)
+    VM = None if vis_mask is None else vis_mask.to(device)
     params = list(head.parameters())
     # one call running all iterations: L-BFGS keeps its curvature pairs and step-size state inside the call
     # (repeated one-iteration calls can stall on a rejected direction)
@@ -288,7 +305,7 @@ def _fit_full_batch(head: CCNetHead, X: torch.Tensor, T: torch.Tensor, V: torch.
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
         s_hat, v_hat = outputs()
-        loss = ccnet_loss(s_hat, v_hat, T, V, lam=cfg.lam, conf_loss=cfg.conf_loss)
+        loss = ccnet_loss(s_hat, v_hat, T, V, lam=cfg.lam, conf_loss=cfg.conf_loss, conf_mask=CM, vis_mask=VM)
         if cfg.weight_decay:
             loss = loss + 0.5 * cfg.weight_decay * sum((p * p).sum() for p in params)
         loss.backward()

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "rescore": "posecal.cli.rescore",
     "convert": "posecal.cli.convert",
     "extract": "posecal.cli.extract",
+    "detect": "posecal.cli.detect",
     "fit": "posecal.cli.fit",
     "apply": "posecal.cli.apply",
     "export": "posecal.cli.export",

@@ -44,10 +44,10 @@ def run(args: argparse.Namespace) -> int:
     head, meta = load_head(args.head)
     data = load_store(args.store, need_gt=False, features=False)
     check_compatible(meta, data.head_meta, file=args.head)
-    from posecal.ccnet.targets import evidence_columns
+    from posecal.ccnet.targets import evidence_columns, store_features
     from posecal.models.store import FeatureStore
 
-    feats = FeatureStore.open(args.store).features()
+    feats = store_features(FeatureStore.open(args.store))  # + instance evidence where the model card asks
     if meta.get("evidence"):  # per-keypoint evidence columns the head was trained with
         import numpy as np
 

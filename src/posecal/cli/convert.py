@@ -20,6 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--images", default=None, help="image folder (image sizes are read from it)")
     p.add_argument("--split", choices=["train", "test", "all"], default="all",
                    help="LSP split: train = 1–1000, test = 1001–2000")
+    p.add_argument("--keypoint-set", default=None, metavar="SET",
+                   help="remap to this keypoint set by joint name (e.g. coco17); joints the source lacks are "
+                   "marked not annotated by the dataset (categories[0].annotated_keypoints)")
     p.add_argument("--out", required=True, help="output COCO JSON")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     return p
@@ -45,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     from posecal.datasets.coco import check_converted
 
     check_converted(d, file=args.src, split=args.split if args.format == "lsp" else None)
+    if getattr(args, "keypoint_set", None):
+        from posecal.datasets.remap import remap_keypoint_set
+
+        d = remap_keypoint_set(d, args.keypoint_set)
     write_json_atomic(args.out, d, indent=False)
     summary = {"out": args.out, "format": args.format, "images": len(d["images"]),
                "annotations": len(d["annotations"]),

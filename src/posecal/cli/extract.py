@@ -1,7 +1,8 @@
 """``posecal extract``: run a frozen top-down pose model over a dataset and write a feature store.
 
     posecal extract --model MODEL_FILE --data DATA.json --images DIR --out STORE
-        [--pooling {heatmap,gap,spatial}] [--boxes gt|DET.json] [--flip] [--augment N --seed S]
+        [--pooling {heatmap,gap,spatial}] [--boxes gt|DET.json] [--oks-nms 0.9] [--model-card CARD.json]
+        [--flip] [--augment N --seed S]
         [--shard i/n] [--skip-missing] [--tensor NAME] [--model-kind K] [--allow-missing-joints]
     posecal extract --merge --out STORE        # combine STORE.shard-<i>-of-<n> written with --shard
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from posecal._util import dumps_json
-from posecal.cli._args import nonneg_int, positive_float, positive_int, threads
+from posecal.cli._args import nonneg_int, positive_float, positive_int, threads, unit_float
 from posecal.errors import PosecalInputError
 from posecal.models.adapters.pooling import POOLINGS
 from posecal.models.extract import extract, parse_shard, shard_dir
@@ -35,10 +36,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--data", help="COCO keypoints JSON (e.g. from posecal convert)")
     p.add_argument("--images", help="image folder")
     p.add_argument("--out", required=True, help="store directory")
-    p.add_argument("--pooling", choices=POOLINGS, default="heatmap",
-                   help="heatmap (default: what fit's default recipe reads): heatmap-weighted per keypoint (K, C); "
-                   "gap: (C); spatial: (C, H, W) float16")
-    p.add_argument("--boxes", default="gt", help="'gt' or a COCO detection results JSON")
+    p.add_argument("--pooling", choices=POOLINGS, default=None,
+                   help="gap: (C); heatmap: heatmap-weighted per keypoint (K, C); spatial: (C, H, W) float16 "
+                   "(default: the model card's, else heatmap: what fit's default recipe reads)")
+    p.add_argument("--boxes", default="gt", help="'gt' or a COCO detection results JSON (posecal detect); "
+                   "detections get the box score folded into the instance score and OKS-NMS 0.9")
+    p.add_argument("--model-card", default=None, help="model card JSON (default: built-in card by SHA-256)")
+    p.add_argument("--oks-nms", type=unit_float, default=0.9, metavar="THR",
+                   help="OKS-NMS threshold for detection boxes (MMPose's 0.9); 1 keeps every box")
+    p.add_argument("--max-per-image", type=nonneg_int, default=20, metavar="N",
+                   help="detections kept per image after OKS-NMS, best first (COCO's maxDets 20; 0 = all)")
     p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop")
     p.add_argument("--augment", type=nonneg_int, default=0, metavar="N",
                    help="N jittered copies per instance (flip, scale/rotation, occluders), for CCNet")
@@ -86,21 +93,30 @@ def run(args: argparse.Namespace) -> int:
     from posecal.models.adapters.base import load_adapter
     from posecal.models.store import file_sha256
 
+    if not 0 < args.oks_nms <= 1:
+        raise PosecalInputError("must be in (0, 1]", field="--oks-nms")
+    if args.max_per_image < 0:
+        raise PosecalInputError("must be >= 0", field="--max-per-image")
     shard = parse_shard(args.shard)
     out = Path(args.out) if shard[1] == 1 else shard_dir(args.out, *shard)
     refuse_clobber({"--model": args.model, "--data": args.data, "--images": args.images,
                     "--boxes": None if args.boxes == "gt" else args.boxes}, {"--out": out})
     check_creatable(out, "dir")
     adapter = load_adapter(args.model, tensor=args.tensor, model_kind=args.model_kind,
-                           num_threads=args.threads, input_size=args.input_size)
+                           num_threads=args.threads, input_size=args.input_size, model_card=args.model_card)
     with _removed_on_failure(out):
-        res = extract(adapter, args.data, args.images, out, pooling=args.pooling, boxes=args.boxes,
+        # default: the model card's pooling, else heatmap pooling (what fit's default recipe reads)
+        pooling = args.pooling or ((getattr(adapter, "card", None) or {}).get("ccnet") or {}).get("pooling") \
+            or "heatmap"
+        res = extract(adapter, args.data, args.images, out, pooling=pooling, boxes=args.boxes,
                       flip=args.flip,
                       augment=args.augment, seed=args.seed, shard=shard, skip_missing=args.skip_missing,
                       skip_bad_images=args.skip_bad_images,
                       allow_missing_joints=args.allow_missing_joints, chunk_size=args.chunk_size,
                       batch_size=args.batch_size, model_sha256=file_sha256(args.model),
-                      target_sigma=args.target_sigma, sigma_method=args.sigma_method)
+                      target_sigma=args.target_sigma, sigma_method=args.sigma_method,
+                      oks_nms_thr=None if args.oks_nms >= 1 else args.oks_nms,
+                      max_per_image=args.max_per_image or None)
     if res is None:
         msg = (f"shard {shard[0]}/{shard[1]} written to {out}; "
                f"merge with: posecal extract --merge --out {args.out}")

@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "of the same model/tensor/pooling (e.g. LSPET and LSP train, or a plain and an --augment store)")
     p.add_argument("--out", required=True, help="head directory to write (head.safetensors + head.json)")
     p.add_argument("--val-store", help="store to validate on (AP, Pearson) during training")
-    p.add_argument("--head", choices=["fc", "conv_gap", "conv_sigmoid_gap", "kpt"],
+    p.add_argument("--head", choices=["fc", "conv_gap", "conv_sigmoid_gap", "kpt", "kpt_inst"],
                    help="head kind; default: the recipe's")
     p.add_argument("--evidence", type=_evidence, default=None,
                    help=f"comma-separated per-keypoint evidence columns appended to heatmap-pooled features "

@@ -1,4 +1,5 @@
-"""Top-down crops: box -> centre/size, the affine warp image -> model input and its inverse.
+"""Top-down crops: the affine warp image -> model input and its inverse (the crop box itself, centre and
+size from a person box, is :func:`posecal.theory.heatmap.topdown_crop_box`, the one crop-box builder).
 
 Coordinates: image pixels and input pixels both have pixel centres at integers (COCO convention).
 An affine ``M`` of shape (2, 3) maps ``[x, y, 1]`` (image px) to input px; :func:`invert_affine`
@@ -9,22 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["box_to_center_size", "crop_matrix", "invert_affine", "apply_affine", "warp", "load_image"]
-
-
-def box_to_center_size(bbox: np.ndarray, aspect: float,
-                       padding: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
-    """Box(es) (..., 4) x, y, w, h -> centre (..., 2) and crop size (..., 2) = (w, h) in image px.
-
-    The shorter side is extended to the input aspect ratio ``aspect = W/H``, then both are scaled by
-    ``padding`` (MMPose's 1.25).
-    """
-    b = np.asarray(bbox, dtype=np.float64)
-    x, y, w, h = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
-    center = np.stack([x + w * 0.5, y + h * 0.5], axis=-1)
-    w2 = np.where(w > aspect * h, w, h * aspect)
-    h2 = np.where(w > aspect * h, w / aspect, h)
-    return center, np.stack([w2, h2], axis=-1) * padding
+__all__ = ["crop_matrix", "invert_affine", "apply_affine", "warp", "load_image"]
 
 
 def crop_matrix(center: np.ndarray, size: np.ndarray, out_size: tuple[int, int], rot: float = 0.0,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ from posecal.models.adapters.pooling import POOLINGS, STORE_FIELD, pool_features
 # published with the weights; 1.0 is inferred from the narrowest fitted widths on its 32×32 maps (LSP crops:
 # 5th percentile 1.04 px). Others: the estimator's default (SBL/HRNet convention at 64×48).
 DEFAULT_TARGET_SIGMA = {"efficientpose": 1.0}
+OKS_NMS_THR = 0.9  # MMPose CocoMetric nms_thr
+MAX_PER_IMAGE = 20  # COCOeval keypoint maxDets
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
@@ -70,6 +74,25 @@ def _paint_occluders(crop: np.ndarray, occ, size: tuple[int, int]) -> list[tuple
         crop[y0:y1, x0:x1] = np.asarray(col, dtype=np.uint8)
         rects.append((x0 - 0.5, y0 - 0.5, x1 - 0.5, y1 - 0.5))
     return rects
+
+
+# --------------------------------------------------------------------------------------------------
+# stage 1: inputs (dataset, boxes, images)
+def _read_boxes(boxes: str | os.PathLike | list | None) -> tuple[list | None, Any]:
+    """Detections (or None for gt boxes) and the store's record of where they came from."""
+    from posecal.models.store import file_sha256
+
+    if boxes is None or (isinstance(boxes, str) and boxes == "gt"):
+        return None, "gt"
+    if isinstance(boxes, list):
+        return boxes, "<list>"
+    try:
+        det = orjson.loads(Path(boxes).read_bytes())
+    except (FileNotFoundError, IsADirectoryError, orjson.JSONDecodeError) as e:
+        raise PosecalInputError(f"cannot read detections: {e}", file=str(boxes), field="--boxes") from None
+    if not isinstance(det, list):
+        raise PosecalInputError("expected a list of detections", file=str(boxes), field="--boxes")
+    return det, {"file": os.path.basename(str(boxes)), "sha256": file_sha256(boxes)}
 
 
 def _drop_images(insts: list, d: dict[str, Any], names: set[str]) -> tuple[list, dict[str, Any]]:
@@ -137,95 +160,167 @@ def _bad_images(insts: list, img_dir: Path, *, full: bool) -> list[tuple[str, in
     return bad
 
 
-# --------------------------------------------------------------------------------------------------
-def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, out: str | os.PathLike, *,
-            pooling: str = "gap", boxes: str | os.PathLike | list | None = None, flip: bool = False,
-            augment: int = 0, seed: int = 0, shard: tuple[int, int] = (0, 1), skip_missing: bool = False,
-            skip_bad_images: bool = False,
-            allow_missing_joints: bool = False, chunk_size: int = 64, batch_size: int = 16,
-            model_sha256: str | None = None, data_file: str | None = None, show_progress: bool | None = None,
-            target_sigma: float | None = None, sigma_method: str = "fit"):
-    """Top-down extraction into a store (see :mod:`posecal.models.store`). Returns the FeatureStore (or the shard
-    writer's path for n > 1). Resumes a partial store with the same settings."""
-    from posecal.datasets.coco import instances, keypoint_set, read_coco
-    from posecal.models.adapters.joints import flip_index, joint_map
-    from posecal.models.crop import (
-        apply_affine,
-        box_to_center_size,
-        crop_matrix,
-        invert_affine,
-        load_image,
-        warp,
-    )
-    from posecal.models.store import StoreWriter, file_sha256
+# stage 2: crops
+def _crop_chunk(plan: _Plan, rows: range, image) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Crops (n, H, W, 3) uint8, affines (n, 2, 3), flip flags (n,), jittered gt (n, K, 3) or None."""
+    from posecal.models.crop import apply_affine, crop_matrix, warp
+    from posecal.theory.heatmap import topdown_crop_box
+
+    W, H = plan.input_size
+    n = len(rows)
+    Ms, flips = np.zeros((n, 2, 3)), np.zeros(n, dtype=bool)
+    crops = np.zeros((n, H, W, 3), dtype=np.uint8)
+    gt_kp = np.zeros((n, plan.K, 3)) if plan.augment else None
+    for r, row in enumerate(rows):
+        inst = plan.insts[row // plan.n_copies]
+        box = topdown_crop_box(inst.bbox, (W, H), plan.padding)[0]
+        center, size = box[:2], box[2:]
+        rot, fl, occ = 0.0, False, []
+        if plan.augment:
+            p = _augment_params(np.random.default_rng([plan.seed, row]))
+            center, size = center + p["shift"] * size, size * p["scale"]
+            rot, fl, occ = p["rot"], p["flip"], p["occluders"]
+        M = crop_matrix(center, size, (W, H), rot=rot, flip=fl)
+        crops[r] = warp(image(inst.file_name, inst.ann_id if inst.ann_id >= 0 else row), M, (W, H))
+        rects = _paint_occluders(crops[r], occ, (W, H)) if occ else []
+        Ms[r], flips[r] = M, fl
+        if gt_kp is not None:
+            g = inst.keypoints.copy() if inst.keypoints is not None else np.zeros((plan.K, 3))
+            uv = apply_affine(M, g[:, :2])
+            for x0, y0, x1, y1 in rects:
+                inside = (uv[:, 0] >= x0) & (uv[:, 0] <= x1) & (uv[:, 1] >= y0) & (uv[:, 1] <= y1)
+                g[inside & (g[:, 2] > 0), 2] = 1
+            gt_kp[r] = g
+    return crops, Ms, flips, gt_kp
+
+
+# stage 3: the model (plain and mirrored passes, averaged in image px)
+def _model_passes(adapter, plan: _Plan, crops: np.ndarray, Ms: np.ndarray, flips: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """img_xy (n, J, 2) image px, scores (n, J), features (n, C, h, w) float32, heatmaps (n, J, h', w')|None."""
+    from posecal.models.crop import apply_affine, invert_affine
+
+    W, _ = plan.input_size
+    n = crops.shape[0]
+    passes = [(crops, Ms, flips)]
+    if plan.flip:
+        Fm = np.array([[-1.0, 0.0, W - 1.0], [0.0, 1.0, 0.0], [0, 0, 1]])
+        Ms3 = np.concatenate([Ms, np.tile([[[0, 0, 1.0]]], (n, 1, 1))], 1)
+        passes.append((crops[:, :, ::-1].copy(), np.einsum("ij,njk->nik", Fm, Ms3)[:, :2], ~flips))
+    acc = None
+    bs = plan.batch_size
+    for cr, Mp, fp in passes:
+        outs = [adapter.predict(cr[b:b + bs]) for b in range(0, n, bs)]
+        coords = np.concatenate([o.coords for o in outs])
+        scores = np.concatenate([o.scores for o in outs]).astype(np.float64)
+        feats = np.concatenate([o.features for o in outs])
+        hms = np.concatenate([o.heatmaps for o in outs]) if outs[0].heatmaps is not None else None
+        # back to image px, then undo the mirror: swap partner joints, un-flip spatial maps
+        img_xy = apply_affine(invert_affine(Mp), coords)
+        for r in np.flatnonzero(fp):
+            img_xy[r], scores[r] = img_xy[r][plan.mflip], scores[r][plan.mflip]
+            feats[r] = feats[r][:, :, ::-1]
+            if hms is not None:
+                hms[r] = hms[r][plan.mflip][:, :, ::-1]
+        cur = [img_xy, scores, feats.astype(np.float64), None if hms is None else hms.astype(np.float64)]
+        acc = cur if acc is None else [a + c if a is not None else None for a, c in zip(acc, cur, strict=True)]
+    img_xy, scores, feats, hms = (None if a is None else a / len(passes) for a in acc)
+    return img_xy, scores, feats.astype(np.float32), hms
+
+
+# stage 4: model joints -> dataset keypoints, sigma-hat, pooling
+def _chunk_arrays(plan: _Plan, rows: range, Ms: np.ndarray, img_xy, scores, feats, hms) -> dict[str, np.ndarray]:
+    from posecal.models.crop import invert_affine
     from posecal.theory.heatmap import estimate_sigma
 
-    if pooling not in POOLINGS:
-        raise PosecalInputError(f"unknown pooling {pooling!r}", field="--pooling")
-    if augment < 0:
-        raise PosecalInputError("--augment must be >= 0", field="--augment")
-    data_file = data_file or (str(data) if not isinstance(data, dict) else "<dict>")
-    d = read_coco(data, file=data_file)
-    ks = keypoint_set(d, file=data_file)
-    det = None
-    boxes_src = "gt"
-    if boxes is not None and not (isinstance(boxes, str) and boxes == "gt"):
-        if isinstance(boxes, list):
-            det, boxes_src = boxes, "<list>"
-        else:
-            try:
-                det = orjson.loads(Path(boxes).read_bytes())
-            except (FileNotFoundError, orjson.JSONDecodeError) as e:
-                raise PosecalInputError(f"cannot read detections: {e}", file=str(boxes),
-                                        field="--boxes") from None
-            if not isinstance(det, list):
-                raise PosecalInputError("expected a list of detections", file=str(boxes), field="--boxes")
-            boxes_src = {"file": os.path.basename(str(boxes)), "sha256": file_sha256(boxes)}
-    insts = instances(d, boxes=det, file=data_file, boxes_file=str(boxes) if det is not None else None)
-    img_dir = Path(images)
-    insts, d, missing, bad = _usable_images(insts, d, img_dir, skip_missing=skip_missing,
-                                            skip_bad_images=skip_bad_images)
-    if not insts:
-        raise PosecalInputError("no instance to crop (no non-crowd annotation with a labelled keypoint and a box"
-                                + (", no detection of category 1 on these images" if det is not None else "")
-                                + ")", file=data_file, field="annotations")
-    jmap = joint_map(adapter.joint_names, ks.names, allow_missing=allow_missing_joints,
-                     model=getattr(adapter, "kind", "model"))
-    mflip = flip_index(adapter.joint_names)
-    W, H = adapter.input_size
-    n_copies = max(augment, 1)
-    N = len(insts) * n_copies
-    K = ks.num_keypoints
-    if target_sigma is None:
-        target_sigma = DEFAULT_TARGET_SIGMA.get(getattr(adapter, "kind", ""), 2.0)
-    settings = {
+    W, _ = plan.input_size
+    n = len(rows)
+    have = plan.jmap >= 0
+    src = np.where(have, plan.jmap, 0)
+    kp = np.where(have[None, :, None], img_xy[:, src], 0.0)
+    sc = np.where(have[None], scores[:, src], 0.0)
+    sig = np.full((n, plan.K), np.nan)
+    if hms is not None:
+        # image px per heatmap px = image px per input px (crop scale) × input px per heatmap px
+        scale = np.sqrt(np.abs(np.linalg.det(invert_affine(Ms)[:, :, :2]))) * (W / hms.shape[3])
+        s_img = estimate_sigma(hms, method=plan.sigma_method, target_sigma=plan.target_sigma, scale=scale)
+        sig = np.where(have[None], np.asarray(s_img, dtype=np.float64)[:, src], np.nan)
+    insts = [plan.insts[r // plan.n_copies] for r in rows]
+    arrays: dict[str, np.ndarray] = {
+        "image_id": np.array([i.image_id for i in insts], dtype=np.int64),
+        "ann_id": np.array([i.ann_id for i in insts], dtype=np.int64),
+        "bbox": np.stack([i.bbox for i in insts]).astype(np.float64),
+        "box_score": np.array([i.box_score for i in insts], dtype=np.float64),
+        "crop_transform": Ms,
+        "keypoints": kp.astype(np.float64),
+        "scores": sc.astype(np.float64),
+        "sigma_hat": sig,
+    }
+    if plan.pooling == "heatmap" and hms is None:
+        raise PosecalInputError("--pooling heatmap needs a heatmap model", field="--pooling")
+    arrays[STORE_FIELD[plan.pooling]] = pool_features(feats, hms, plan.pooling, plan.jmap)
+    return arrays
+
+
+@dataclass
+class _Plan:
+    """Everything the per-chunk stages need (instances and settings fixed before the first crop)."""
+
+    insts: list
+    K: int
+    jmap: np.ndarray
+    mflip: np.ndarray
+    input_size: tuple[int, int]
+    padding: float
+    pooling: str
+    flip: bool
+    augment: int
+    seed: int
+    batch_size: int
+    target_sigma: float
+    sigma_method: str
+
+    @property
+    def n_copies(self) -> int:
+        return max(self.augment, 1)
+
+
+def _settings(adapter, plan: _Plan, ks, d_info: dict[str, Any]) -> dict[str, Any]:
+    W, H = plan.input_size
+    card = getattr(adapter, "card", None)
+    return {
         "model_file": os.path.basename(str(getattr(adapter, "path", "<module>"))),
-        "model_sha256": model_sha256 or (file_sha256(adapter.path) if hasattr(adapter, "path") else None),
+        "model_sha256": d_info["model_sha256"],
         "model_kind": getattr(adapter, "kind", None),
+        **({"model_card": card["name"]} if card else {}),
         "backend": getattr(adapter, "info", {}).get("backend"),
         "tensor": adapter.tensor_name,
         "keypoint_set": ks.name,
         "keypoint_names": list(ks.names),
         "model_joints": list(adapter.joint_names),
-        "joint_map": jmap.tolist(),
+        "joint_map": plan.jmap.tolist(),
         "input_size": list(adapter.input_size),
         "preprocessing": adapter.preprocessing,
-        "crop": {"padding": 1.25, "aspect": W / H, "warp": "PIL bilinear",
+        "crop": {"padding": plan.padding, "aspect": W / H, "warp": "PIL bilinear",
                  "coords": "pixel centres at integers"},
-        "pooling": pooling,
-        "flip_test": bool(flip),
-        "augment": {"copies": int(augment), "seed": int(seed)} if augment else None,
-        "boxes": boxes_src,
-        "data_file": os.path.basename(data_file),
-        "data_sha256": file_sha256(data) if not isinstance(data, dict) else None,
-        "images": str(img_dir),
-        "skipped_missing_images": missing,
-        **({"skipped_bad_images": sorted(b[0] for b in bad)} if skip_bad_images else {}),
-        "sigma_hat": {"estimator": "posecal.theory.heatmap.estimate_sigma", "method": sigma_method,
-                      "target_sigma_heatmap_px": float(target_sigma), "units": "image px"},
+        "pooling": plan.pooling,
+        "flip_test": bool(plan.flip),
+        "augment": {"copies": int(plan.augment), "seed": int(plan.seed)} if plan.augment else None,
+        "boxes": d_info["boxes_src"],
+        "data_file": os.path.basename(d_info["data_file"]),
+        "data_sha256": d_info["data_sha256"],
+        "images": d_info["images"],
+        "skipped_missing_images": d_info["missing"],
+        **({"skipped_bad_images": d_info["bad"]} if d_info.get("bad") is not None else {}),
+        "sigma_hat": {"estimator": "posecal.theory.heatmap.estimate_sigma", "method": plan.sigma_method,
+                      "target_sigma_heatmap_px": float(plan.target_sigma), "units": "image px"},
         "score": "bbox_keypoint: box score x mean of keypoint scores > 0.2",
     }
-    writer = StoreWriter(out, num_instances=N, chunk_size=chunk_size, settings=settings, shard=shard)
+
+
+def _write_chunks(adapter, plan: _Plan, writer, img_dir: Path, show_progress: bool | None) -> None:
+    from posecal.models.crop import load_image
+
     pending = writer.pending_chunks()
     total_rows = sum(writer.chunk_rows(j)[1] - writer.chunk_rows(j)[0] for j in pending)
     bar = progress(total=total_rows, desc="extract", unit="crop",
@@ -239,98 +334,135 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
         return cache[name]
 
     for j in pending:
-        start, stop = writer.chunk_rows(j)
-        rows = range(start, stop)
-        n = stop - start
-        Ms = np.zeros((n, 2, 3))
-        flips = np.zeros(n, dtype=bool)
-        crops = np.zeros((n, H, W, 3), dtype=np.uint8)
-        gt_kp = np.zeros((n, K, 3)) if augment else None
-        for r, row in enumerate(rows):
-            inst = insts[row // n_copies]
-            center, size = box_to_center_size(inst.bbox, W / H)
-            rot, fl = 0.0, False
-            occ = []
-            if augment:
-                p = _augment_params(np.random.default_rng([seed, row]))
-                center = center + p["shift"] * size
-                size = size * p["scale"]
-                rot, fl, occ = p["rot"], p["flip"], p["occluders"]
-            M = crop_matrix(center, size, (W, H), rot=rot, flip=fl)
-            crops[r] = warp(image(inst.file_name, inst.ann_id if inst.ann_id >= 0 else row), M, (W, H))
-            rects = _paint_occluders(crops[r], occ, (W, H)) if occ else []
-            Ms[r], flips[r] = M, fl
-            if gt_kp is not None:
-                g = inst.keypoints.copy() if inst.keypoints is not None else np.zeros((K, 3))
-                uv = apply_affine(M, g[:, :2])
-                for x0, y0, x1, y1 in rects:
-                    inside = (uv[:, 0] >= x0) & (uv[:, 0] <= x1) & (uv[:, 1] >= y0) & (uv[:, 1] <= y1)
-                    g[inside & (g[:, 2] > 0), 2] = 1
-                gt_kp[r] = g
-        # model passes (crop as is; mirrored for the flip test)
-        passes = [(crops, Ms, flips)]
-        if flip:
-            Fm = np.array([[-1.0, 0.0, W - 1.0], [0.0, 1.0, 0.0], [0, 0, 1]])
-            Ms3 = np.concatenate([Ms, np.tile([[[0, 0, 1.0]]], (n, 1, 1))], 1)
-            Ms_f = np.einsum("ij,njk->nik", Fm, Ms3)[:, :2]
-            passes.append((crops[:, :, ::-1].copy(), Ms_f, ~flips))
-        acc = None
-        for cr, Mp, fp in passes:
-            outs = [adapter.predict(cr[b:b + batch_size]) for b in range(0, n, batch_size)]
-            coords = np.concatenate([o.coords for o in outs])
-            scores = np.concatenate([o.scores for o in outs]).astype(np.float64)
-            feats = np.concatenate([o.features for o in outs])
-            hms = np.concatenate([o.heatmaps for o in outs]) if outs[0].heatmaps is not None else None
-            # back to image px, then undo the mirror: swap partner joints, un-flip spatial maps
-            img_xy = apply_affine(invert_affine(Mp), coords)
-            for r in np.flatnonzero(fp):
-                img_xy[r] = img_xy[r][mflip]
-                scores[r] = scores[r][mflip]
-                feats[r] = feats[r][:, :, ::-1]
-                if hms is not None:
-                    hms[r] = hms[r][mflip][:, :, ::-1]
-            cur = [img_xy, scores, feats.astype(np.float64), None if hms is None else hms.astype(np.float64)]
-            if acc is None:
-                acc = cur
-            else:
-                acc = [a + c if a is not None else None for a, c in zip(acc, cur, strict=True)]
-        img_xy, scores, feats, hms = (None if a is None else a / len(passes) for a in acc)
-        if not (np.isfinite(img_xy).all() and np.isfinite(scores).all() and np.isfinite(feats).all()):
-            raise PosecalInputError(f"the model produced non-finite outputs on rows {start}-{stop - 1}",
+        rows = range(*writer.chunk_rows(j))
+        crops, Ms, flips, gt_kp = _crop_chunk(plan, rows, image)
+        outs = _model_passes(adapter, plan, crops, Ms, flips)
+        if not all(np.isfinite(o).all() for o in outs[:3]):
+            raise PosecalInputError(f"the model produced non-finite outputs on rows {rows.start}-{rows.stop - 1}",
                                     file=str(getattr(adapter, "path", "<model>")), field="--model")
-        feats = feats.astype(np.float32)
-        # model joints -> dataset keypoints
-        have = jmap >= 0
-        src = np.where(have, jmap, 0)
-        kp = np.where(have[None, :, None], img_xy[:, src], 0.0)
-        sc = np.where(have[None], scores[:, src], 0.0)
-        sig = np.full((n, K), np.nan)
-        if hms is not None:
-            # image px per heatmap px = image px per input px (crop scale) × input px per heatmap px
-            scale = np.sqrt(np.abs(np.linalg.det(invert_affine(Ms)[:, :, :2]))) * (W / hms.shape[3])
-            s_img = estimate_sigma(hms, method=sigma_method, target_sigma=target_sigma, scale=scale)
-            s_img = np.asarray(s_img, dtype=np.float64)  # (n, J) image px
-            sig = np.where(have[None], s_img[:, src], np.nan)
-        arrays: dict[str, np.ndarray] = {
-            "image_id": np.array([insts[r // n_copies].image_id for r in rows], dtype=np.int64),
-            "ann_id": np.array([insts[r // n_copies].ann_id for r in rows], dtype=np.int64),
-            "bbox": np.stack([insts[r // n_copies].bbox for r in rows]).astype(np.float64),
-            "box_score": np.array([insts[r // n_copies].box_score for r in rows], dtype=np.float64),
-            "crop_transform": Ms,
-            "keypoints": kp.astype(np.float64),
-            "scores": sc.astype(np.float64),
-            "sigma_hat": sig,
-        }
+        arrays = _chunk_arrays(plan, rows, Ms, *outs)
         if gt_kp is not None:
             arrays["gt_keypoints"] = gt_kp
-        if pooling == "heatmap" and hms is None:
-            raise PosecalInputError("--pooling heatmap needs a heatmap model", field="--pooling")
-        arrays[STORE_FIELD[pooling]] = pool_features(feats, hms, pooling, jmap)
         writer.write_chunk(j, arrays)
-        bar.update(n)
+        bar.update(len(rows))
     bar.close()
+
+
+# stage 5 (detections only): MMPose's OKS-NMS, once, so that rescoring never changes which detections exist
+def top_per_image(image_id: np.ndarray, score: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Sorted subset of ``rows``: the ``k`` best by ``score`` in each image (ties: earlier row first)."""
+    out = []
+    for i in np.unique(image_id[rows]):
+        r = rows[image_id[rows] == i]
+        out.append(r[np.argsort(-score[r], kind="stable")[:k]])
+    return np.sort(np.concatenate(out)) if out else rows
+
+
+def oks_nms_store(src, out: str | os.PathLike, *, thr: float = OKS_NMS_THR, chunk_size: int = 64,
+                  gt: bytes | None = None, category_id: int = 1, max_per_image: int | None = MAX_PER_IMAGE):
+    """Copy of store ``src`` with only the rows MMPose's OKS-NMS keeps (per image, on the ``bbox_keypoint``
+    score, :func:`posecal.models.nms.oks_nms_per_image`), then the ``max_per_image`` best of each image
+    (COCO's keypoint ``maxDets`` = 20: the evaluator never looks further, so a rescoring cannot swap
+    detections in or out of the evaluated set). Returns the new FeatureStore."""
+    from posecal.keypoints import get_keypoint_set
+    from posecal.models.nms import oks_nms_per_image
+    from posecal.models.store import StoreWriter
+    from posecal.rescore.aggregate import instance_score
+
+    ks = get_keypoint_set(src.meta["keypoint_set"])
+    kp, sc = src.read("keypoints"), src.read("scores")
+    score = instance_score(sc, "bbox_keypoint", src.read("box_score"))
+    iid = src.read("image_id")
+    keep = oks_nms_per_image(iid, kp, sc, score, ks.sigmas, thr)
+    if max_per_image:
+        keep = top_per_image(iid, score, keep, max_per_image)
+    settings = {k: src.meta[k] for k in src.meta if k not in _META_BOOKKEEPING}
+    settings["oks_nms"] = {"thr": thr, "kept": int(keep.size), "of": src.num_instances,
+                           "max_per_image": max_per_image,
+                           "score": "bbox_keypoint", "area": "keypoint extent (MMPose CocoMetric)"}
+    writer = StoreWriter(out, num_instances=int(keep.size), chunk_size=chunk_size, settings=settings)
+    for j in writer.pending_chunks():
+        a, b = writer.chunk_rows(j)
+        writer.write_chunk(j, {name: src.read(name, keep[a:b]) for name in src.arrays})
+    return writer.finalize(gt=gt, category_id=category_id)
+
+
+_META_BOOKKEEPING = ("format", "num_instances", "chunk_size", "arrays", "feature_array", "fingerprint")
+
+
+def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, out: str | os.PathLike, *,
+            pooling: str | None = None, boxes: str | os.PathLike | list | None = None, flip: bool = False,
+            augment: int = 0, seed: int = 0, shard: tuple[int, int] = (0, 1), skip_missing: bool = False,
+            skip_bad_images: bool = False, allow_missing_joints: bool = False, chunk_size: int = 64,
+            batch_size: int = 16,
+            model_sha256: str | None = None, data_file: str | None = None, show_progress: bool | None = None,
+            target_sigma: float | None = None, sigma_method: str = "fit", oks_nms_thr: float | None = OKS_NMS_THR,
+            max_per_image: int | None = MAX_PER_IMAGE):
+    """Top-down extraction into a store (see :mod:`posecal.models.store`). Returns the FeatureStore (or None
+    for a shard n > 1). Resumes a partial store with the same settings.
+
+    With detection ``boxes`` each box is cropped like a gt box (the model's aspect, padding from its card or
+    1.25), the box score is folded into the instance score (``bbox_keypoint``) and MMPose's OKS-NMS
+    (``oks_nms_thr``, 0.9; None = off) followed by the ``max_per_image`` (20, COCO's maxDets) best per image
+    keeps the final rows — the crops of all boxes go to ``OUT.all`` (resumable), the kept rows to ``OUT``.
+    """
+    from posecal.datasets.coco import instances, keypoint_set, read_coco
+    from posecal.models.adapters.joints import flip_index, joint_map
+    from posecal.models.store import StoreWriter, file_sha256
+
+    card = getattr(adapter, "card", None)
+    pooling = pooling or ((card or {}).get("ccnet") or {}).get("pooling") or "gap"
+    if pooling not in POOLINGS:
+        raise PosecalInputError(f"unknown pooling {pooling!r}", field="--pooling")
+    if augment < 0:
+        raise PosecalInputError("--augment must be >= 0", field="--augment")
+    data_file = data_file or (str(data) if not isinstance(data, dict) else "<dict>")
+    d = read_coco(data, file=data_file)
+    ks = keypoint_set(d, file=data_file)
+    det, boxes_src = _read_boxes(boxes)
+    img_dir = Path(images)
+    insts = instances(d, boxes=det, file=data_file, boxes_file=str(boxes) if det is not None else None)
+    insts, d, missing, bad = _usable_images(insts, d, img_dir, skip_missing=skip_missing,
+                                            skip_bad_images=skip_bad_images)
+    if not insts:
+        raise PosecalInputError("no instance to crop (no non-crowd annotation with a labelled keypoint and a box"
+                                + (", no detection of category 1 on these images" if det is not None else "")
+                                + ")", file=data_file, field="annotations")
+    if target_sigma is None:
+        target_sigma = (card or {}).get("target_sigma") or DEFAULT_TARGET_SIGMA.get(getattr(adapter, "kind", ""),
+                                                                                    2.0)
+    plan = _Plan(insts=insts, K=ks.num_keypoints,
+                 jmap=joint_map(adapter.joint_names, ks.names, allow_missing=allow_missing_joints,
+                                model=getattr(adapter, "kind", "model")),
+                 mflip=flip_index(adapter.joint_names), input_size=tuple(adapter.input_size),
+                 padding=float(((card or {}).get("crop") or {}).get("padding", 1.25)), pooling=pooling,
+                 flip=flip, augment=augment, seed=seed, batch_size=batch_size, target_sigma=float(target_sigma),
+                 sigma_method=sigma_method)
+    info = {"model_sha256": model_sha256 or (file_sha256(adapter.path) if hasattr(adapter, "path") else None),
+            "boxes_src": boxes_src, "data_file": data_file,
+            "data_sha256": file_sha256(data) if not isinstance(data, dict) else None, "images": str(img_dir),
+            "missing": missing, "bad": sorted(b[0] for b in bad) if skip_bad_images else None}
+    settings = _settings(adapter, plan, ks, info)
+    nms = det is not None and oks_nms_thr is not None and shard[1] == 1
+    if nms and (Path(out) / "meta.json").is_file():  # finished earlier: the same settings return it as it is
+        from posecal.models.store import FeatureStore
+
+        done = FeatureStore.open(out)
+        same = {k: v for k, v in done.meta.items() if k not in _META_BOOKKEEPING and k != "oks_nms"}
+        if orjson.loads(dumps_json(settings)) != same:
+            raise PosecalInputError("existing store was written with different settings; use another --out "
+                                    "or delete it", file=str(out))
+        return done
+    stage = Path(out).with_name(Path(out).name + ".all") if nms else out
+    writer = StoreWriter(stage, num_instances=len(insts) * plan.n_copies, chunk_size=chunk_size,
+                         settings=settings, shard=shard)
+    _write_chunks(adapter, plan, writer, img_dir, show_progress)
     gt_bytes = dumps_json(d)
     cat_id = int(d["categories"][0].get("id", 1)) if d["categories"] else 1
-    return writer.finalize(gt=gt_bytes, category_id=cat_id)
-
-
+    store = writer.finalize(gt=gt_bytes, category_id=cat_id)
+    if not nms:
+        return store
+    final = oks_nms_store(store, out, thr=float(oks_nms_thr), chunk_size=chunk_size, gt=gt_bytes,
+                          category_id=cat_id, max_per_image=max_per_image)
+    shutil.rmtree(stage)
+    return final

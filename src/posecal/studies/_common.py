@@ -21,14 +21,15 @@ def crop_instances(insts: list[Instance], images: str | os.PathLike, input_size:
     ``posecal extract`` makes them (gt box, padding 1.25, model aspect)."""
     from pathlib import Path
 
-    from posecal.models.crop import box_to_center_size, crop_matrix, load_image, warp
+    from posecal.models.crop import crop_matrix, load_image, warp
+    from posecal.theory.heatmap import topdown_crop_box
 
     W, H = input_size
     crops = np.zeros((len(insts), H, W, 3), np.uint8)
     Ms = np.zeros((len(insts), 2, 3))
     for i, inst in enumerate(insts):
-        c, s = box_to_center_size(inst.bbox, W / H)
-        Ms[i] = crop_matrix(c, s, (W, H))
+        b = topdown_crop_box(inst.bbox, (W, H))[0]
+        Ms[i] = crop_matrix(b[:2], b[2:], (W, H))
         crops[i] = warp(load_image(Path(images) / inst.file_name, record=inst.ann_id), Ms[i], (W, H))
     return crops, Ms
 

@@ -23,6 +23,7 @@ __all__ = [
     "image_px_per_heatmap_px",
     "heatmap_to_image",
     "decode_argmax",
+    "heatmap_to_input",
     "decode_dark",
     "fit_gaussian",
     "estimate_sigma",
@@ -76,21 +77,46 @@ def heatmap_to_image(coords: ArrayLike, crop: ArrayLike, heatmap_size: tuple[int
     return out
 
 
-def decode_argmax(heatmaps: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 1: ``p_hat = argmax H``, ``s_hat = max H``.
+def decode_argmax(heatmaps: ArrayLike, subpixel: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 1: ``p_hat = argmax H``, ``s_hat = max H`` — posecal's one argmax decoder (MMPose's
+    ``get_heatmap_maximum``; :func:`heatmap_to_input` is the codec scale to model-input pixels).
 
     Args:
         heatmaps: ``(..., H, W)``.
+        subpixel: add MMPose's/SimpleBaseline's quarter-pixel shift towards the higher neighbour
+            (``0.25 · sign(H[x+1] − H[x−1])`` per axis where ``1 < x < W − 1``, as MMPose).
     Returns:
-        ``coords (..., 2)`` (x, y) in heatmap pixels (integers as float) and ``maxvals (...)``.
+        ``coords (..., 2)`` (x, y) in heatmap pixels and ``maxvals (...)``.
     """
-    h = np.asarray(heatmaps, dtype=np.float64)
+    h = np.asarray(heatmaps)
     H, W = h.shape[-2:]
     flat = h.reshape(*h.shape[:-2], H * W)
     idx = flat.argmax(-1)
-    maxv = np.take_along_axis(flat, idx[..., None], -1)[..., 0]
-    coords = np.stack([idx % W, idx // W], axis=-1).astype(np.float64)
+    maxv = np.take_along_axis(flat, idx[..., None], -1)[..., 0].astype(np.float64)
+    y, x = np.divmod(idx, W)
+    coords = np.stack([x, y], axis=-1).astype(np.float64)
+    if subpixel:
+        def at(yy, xx):
+            return np.take_along_axis(flat, (yy * W + xx)[..., None], -1)[..., 0].astype(np.float64)
+
+        # MMPose refine_keypoints' conditions, transcribed: 1 < x < W - 1 (resp. y)
+        xr, xl = np.clip(x + 1, 0, W - 1), np.clip(x - 1, 0, W - 1)
+        yd, yu = np.clip(y + 1, 0, H - 1), np.clip(y - 1, 0, H - 1)
+        dx = np.where((x > 1) & (x < W - 1), at(y, xr) - at(y, xl), 0.0)
+        dy = np.where((y > 1) & (y < H - 1), at(yd, x) - at(yu, x), 0.0)
+        coords += 0.25 * np.stack([np.sign(dx), np.sign(dy)], axis=-1)
     return coords, maxv
+
+
+def heatmap_to_input(coords: ArrayLike, heatmap_size: tuple[int, int],
+                     input_size: tuple[int, int]) -> np.ndarray:
+    """Heatmap px ``(..., 2)`` -> model-input px: ``(c + 0.5) · (W_in / w_hm) − 0.5`` per axis.
+
+    Heatmap pixel i covers input pixels ``[i·W/w, (i+1)·W/w)``; both grids put pixel centres at integers.
+    Sizes are ``(W, H)``.
+    """
+    s = np.array([input_size[0] / heatmap_size[0], input_size[1] / heatmap_size[1]])
+    return (np.asarray(coords, dtype=np.float64) + 0.5) * s - 0.5
 
 
 def _gaussian_blur(h: np.ndarray, kernel: int) -> np.ndarray:

@@ -52,41 +52,19 @@ class PoseAdapter(Protocol):
     def feature_candidates(self) -> list[str]: ...
 
 
-def decode_heatmaps(hm: np.ndarray, input_size: tuple[int, int], subpixel: bool = False
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Argmax decoding of heatmaps (B, J, h, w) -> coords (B, J, 2) input px, maxima (B, J).
+def decode_heatmaps(hm: np.ndarray, input_size: tuple[int, int], subpixel: bool = False,
+                    channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Heatmaps (B, J, h, w) (or (B, h, w, J) with ``channels_last``) -> coords (B, J, 2) input px, maxima.
 
-    Heatmap pixel i covers input pixels [i·W/w, (i+1)·W/w); its centre is input px ``(i + 0.5)·W/w − 0.5``.
-    ``subpixel`` adds MMPose's quarter-pixel shift towards the higher neighbour.
+    The argmax is :func:`posecal.theory.heatmap.decode_argmax` (the one decoder), the codec scale
+    :func:`posecal.theory.heatmap.heatmap_to_input`; this only composes the two for the adapters.
     """
-    B, J, h, w = hm.shape
-    flat = hm.reshape(B, J, -1)
-    am = flat.argmax(-1)
-    mx = np.take_along_axis(flat, am[..., None], -1)[..., 0]
-    y, x = np.divmod(am, w)
-    xy = np.stack([x, y], axis=-1).astype(np.float64)
-    if subpixel:
-        bi, ji = np.meshgrid(np.arange(B), np.arange(J), indexing="ij")
-        xr, xl = np.minimum(x + 1, w - 1), np.maximum(x - 1, 0)
-        yd, yu = np.minimum(y + 1, h - 1), np.maximum(y - 1, 0)
-        dx = hm[bi, ji, y, xr] - hm[bi, ji, y, xl]
-        dy = hm[bi, ji, yd, x] - hm[bi, ji, yu, x]
-        xy += 0.25 * np.stack([np.sign(dx), np.sign(dy)], axis=-1)
-    W, H = input_size
-    coords = (xy + 0.5) * np.array([W / w, H / h]) - 0.5
-    return coords, mx.astype(np.float64)
+    from posecal.theory.heatmap import decode_argmax, heatmap_to_input
 
-
-def decode_heatmaps_nhwc(hm: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`decode_heatmaps` (argmax, no subpixel) for channels-last maps (B, h, w, J), no transpose."""
-    B, h, w, J = hm.shape
-    flat = hm.reshape(B, h * w, J)
-    am = flat.argmax(axis=1)  # (B, J)
-    mx = np.take_along_axis(flat, am[:, None, :], axis=1)[:, 0]
-    y, x = np.divmod(am, w)
-    xy = np.stack([x, y], axis=-1).astype(np.float64)
-    W, H = input_size
-    return (xy + 0.5) * np.array([W / w, H / h]) - 0.5, mx.astype(np.float64)
+    if channels_last:
+        hm = np.moveaxis(hm, -1, 1)
+    xy, mx = decode_argmax(hm, subpixel=subpixel)
+    return heatmap_to_input(xy, (hm.shape[3], hm.shape[2]), input_size), mx
 
 
 def find_model_kind(path: str | os.PathLike) -> str:
@@ -108,18 +86,33 @@ def find_model_kind(path: str | os.PathLike) -> str:
 
 
 def load_adapter(path: str | os.PathLike, *, tensor: str | None = None, model_kind: str | None = None,
-                 num_threads: int | None = None, input_size: Any = None, **kw: Any) -> PoseAdapter:
-    """Open a model file with the right backend. ``tensor`` overrides the discovered feature tensor;
-    ``input_size`` (W, H) is needed by TorchScript models only."""
+                 num_threads: int | None = None, input_size: Any = None,
+                 model_card: str | os.PathLike | dict | None = None, **kw: Any) -> PoseAdapter:
+    """Open a model file with the right backend. ``tensor`` overrides the feature tensor; ``input_size``
+    (W, H) is needed by TorchScript models only.
+
+    The model card (:mod:`posecal.models.cards`: ``model_card`` given, else the built-in card with the file's
+    SHA-256) decides how the model is run; an ONNX model without a card falls back to the generic heatmap
+    adapter (input ``(B, 3, H, W)``, ImageNet normalisation, 1×1-conv head discovery).
+    """
+    from posecal.models.cards import card_for_model
+
     fmt = find_model_kind(path)
     if fmt == "torch":
         from posecal.models.adapters.torch import load_torch_model
 
         return load_torch_model(path, tensor=tensor, num_threads=num_threads, input_size=input_size)
+    card = card_for_model(path, model_card, task="pose")
     if fmt == "tflite":
         from posecal.models.adapters.tflite import TFLiteAdapter
 
+        if model_kind is None and card is not None:
+            model_kind = card.get("backend_kind")
         return TFLiteAdapter(path, tensor=tensor, model_kind=model_kind, num_threads=num_threads, **kw)
+    if card is not None:
+        from posecal.models.adapters.card import CardAdapter
+
+        return CardAdapter(path, card, tensor=tensor, num_threads=num_threads)
     from posecal.models.adapters.onnx import OnnxAdapter
 
     return OnnxAdapter(path, tensor=tensor, num_threads=num_threads, **kw)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from posecal.errors import PosecalInputError
-from posecal.models.adapters.base import ModelOutput, decode_heatmaps_nhwc
+from posecal.models.adapters.base import ModelOutput, decode_heatmaps
 from posecal.models.adapters.joints import BLAZEPOSE33, EFFICIENTPOSE16
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -289,7 +289,7 @@ class TFLiteAdapter:
         hm = np.transpose(pool_a[..., :J], (0, 3, 1, 2)).astype(np.float32)
         features = np.transpose(feat_a, (0, 3, 1, 2)) if feat_a.ndim == 4 else feat_a[:, :, None, None]
         if self.kind == "efficientpose":
-            coords, scores = decode_heatmaps_nhwc(dec_a, self.input_size)
+            coords, scores = decode_heatmaps(dec_a, self.input_size, channels_last=True)
         else:  # blazepose: 39 × (x, y, z, visibility logit, presence logit), x/y in input px (edges at 0)
             lm = dec_a.reshape(dec_a.shape[0], -1, 5)[:, :J]
             coords = lm[..., :2].astype(np.float64) - 0.5

@@ -1,0 +1,143 @@
+"""ONNX pose models described by a model card (:mod:`posecal.models.cards`): no per-model code.
+
+The card names the input (layout, dtype, size, colour, normalisation, fixed batch), the keypoint output
+(heatmaps decoded by :func:`posecal.theory.heatmap.decode_argmax`, or coordinates + scores normalised to the
+input frame), the heatmaps for σ̂ and pooling, and the feature tensor. Tensors the graph does not list as
+outputs are added as extra outputs (``onnx``); weights listed as graph inputs (old exports) are dropped from
+``graph.input``; a model whose batch is fixed at 1 is run one crop at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from posecal.errors import PosecalInputError
+from posecal.models.adapters.base import ModelOutput, decode_heatmaps
+
+
+def _joint_names(card: dict[str, Any]) -> tuple[str, ...]:
+    kp = card["keypoints"]
+    if isinstance(kp, list):
+        return tuple(kp)
+    from posecal.keypoints import get_keypoint_set
+
+    return tuple(get_keypoint_set(kp).names)
+
+
+def _to_nchw(a: np.ndarray, layout: str) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(a, (0, 3, 1, 2))) if layout == "NHWC" else a
+
+
+def prepare_input(crops: np.ndarray, inp: dict[str, Any]) -> np.ndarray:
+    """(B, H, W, 3) uint8 RGB -> the model input as the card's ``input`` describes it."""
+    x = np.asarray(crops)
+    if inp["color"] == "BGR":
+        x = x[..., ::-1]
+    if inp["dtype"] in ("int32", "uint8") and inp.get("scale", 1.0) == 1.0 and not any(inp["mean"]) \
+            and all(s == 1 for s in inp["std"]):
+        x = x.astype(inp["dtype"])
+    else:
+        x = x.astype(np.float32) * np.float32(inp.get("scale", 1.0))
+        x = ((x - np.asarray(inp["mean"], np.float32)) / np.asarray(inp["std"], np.float32)).astype(inp["dtype"])
+    if inp["layout"] == "NCHW":
+        x = np.transpose(x, (0, 3, 1, 2))
+    return np.ascontiguousarray(x)
+
+
+def open_session(path: str | os.PathLike, extra_outputs: list[str], num_threads: int | None = None):
+    """An onnxruntime session of ``path`` with ``extra_outputs`` exposed (and initializers out of the inputs)."""
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        model = onnx.load_model(str(path))
+    except Exception as e:
+        raise PosecalInputError(f"not an ONNX model: {e}", file=str(path), field="--model") from None
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    keep = [i for i in g.input if i.name not in inits]
+    if len(keep) != len(g.input):
+        del g.input[:]
+        g.input.extend(keep)
+    values = {o for n in g.node for o in n.output} | {i.name for i in g.input}
+    outs = {o.name for o in g.output}
+    for t in extra_outputs:
+        if t in outs:
+            continue
+        if t not in values:
+            raise PosecalInputError(f"the model has no tensor {t!r} named by its card", file=str(path),
+                                    field="--model-card")
+        g.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+        outs.add(t)
+    so = ort.SessionOptions()
+    if num_threads:
+        so.intra_op_num_threads = num_threads
+        so.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+class CardAdapter:
+    """A :class:`posecal.models.adapters.base.PoseAdapter` for an ONNX pose model and its card."""
+
+    def __init__(self, path: str | os.PathLike, card: dict[str, Any], *, tensor: str | None = None,
+                 num_threads: int | None = None):
+        self.path = Path(path)
+        self.card = card
+        self.kind = card["name"]
+        inp = card["input"]
+        self.input_size = (int(inp["size"][0]), int(inp["size"][1]))
+        self.joint_names = _joint_names(card)
+        feat = card.get("features")
+        if tensor is None and feat is None:
+            raise PosecalInputError("the model card names no feature tensor; give --tensor", file=str(path),
+                                    field="--tensor")
+        self.tensor_name = tensor or feat["name"]
+        self._feat_layout = feat["layout"] if (feat and tensor in (None, feat["name"])) else "NCHW"
+        out = card["output"]
+        hm = card.get("heatmaps") or (
+            {"name": out["name"], "layout": out["layout"]} if out["type"] == "heatmaps" else None)
+        self._hm = hm
+        names = [out["name"], self.tensor_name] + ([hm["name"]] if hm else [])
+        self._fetch = list(dict.fromkeys(names))
+        self.session = open_session(self.path, self._fetch, num_threads)
+        self._batch = inp.get("batch")
+        self.preprocessing = {k: inp[k] for k in ("layout", "dtype", "color", "scale", "mean", "std")}
+        self.preprocessing["card"] = card["name"]
+
+    def feature_candidates(self) -> list[str]:
+        return [self.tensor_name]
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"backend": "onnx", "kind": self.kind, "output": self.card["output"]["name"]}
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        name = self.card["input"]["name"]
+        if self._batch == 1 and x.shape[0] != 1:
+            parts = [self.session.run(self._fetch, {name: x[i:i + 1]}) for i in range(x.shape[0])]
+            return [np.concatenate([p[j] for p in parts]) for j in range(len(self._fetch))]
+        return self.session.run(self._fetch, {name: x})
+
+    def predict(self, crops: np.ndarray) -> ModelOutput:
+        """crops (B, H, W, 3) uint8 RGB -> ModelOutput in input px (pixel centres at integers)."""
+        got = dict(zip(self._fetch, self._run(prepare_input(crops, self.card["input"])), strict=True))
+        out = self.card["output"]
+        B, J = crops.shape[0], len(self.joint_names)
+        hms = _to_nchw(got[self._hm["name"]], self._hm["layout"]) if self._hm else None
+        if out["type"] == "heatmaps":
+            coords, scores = decode_heatmaps(hms, self.input_size, subpixel=bool(out.get("subpixel")))
+        else:
+            v = np.asarray(got[out["name"]], np.float64).reshape(B, J, -1)
+            xy = v[..., [1, 0]] if out["order"] == "yxs" else v[..., :2]
+            if out.get("normalised", True):
+                xy = xy * np.array(self.input_size, np.float64) - 0.5  # [0, 1] of the frame -> px centres
+            coords, scores = xy, v[..., 2]
+        feats = _to_nchw(np.asarray(got[self.tensor_name], np.float32), self._feat_layout)
+        if feats.ndim == 2:
+            feats = feats[:, :, None, None]
+        return ModelOutput(coords=coords, scores=np.asarray(scores, np.float64), features=feats,
+                           heatmaps=None if hms is None else np.asarray(hms, np.float32))

@@ -1,0 +1,233 @@
+"""Model cards: a small, validated JSON description of a pose model or a person detector.
+
+A card says everything the pipeline needs to run a model file without per-model code: how to feed it
+(input name, layout, dtype, size, colour order, normalisation, the crop's aspect and padding), what comes
+out (heatmaps, or coordinates + scores and their normalisation), the keypoint order, the feature tensor
+CCNet reads and the heatmap training-target width that σ̂ assumes. ``posecal extract`` / ``posecal detect``
+find the card of a model file by its **SHA-256** among the built-in cards (:data:`BUILTIN_CARDS`: every model
+in ``../shared/models``); any other model takes ``--model-card CARD.json``.
+
+Pose card (``"task": "pose"``)::
+
+    {"format": "posecal-model-card/1", "task": "pose", "name": "...", "sha256": "<hex or null>",
+     "input": {"name": "data", "layout": "NCHW"|"NHWC", "dtype": "float32"|"int32"|"uint8",
+               "size": [W, H], "batch": 1|null, "color": "RGB"|"BGR",
+               "scale": 1/255, "mean": [3], "std": [3]},          # x = (pixel * scale - mean) / std
+     "crop": {"padding": 1.25, "aspect": "input"|"square"},
+     "keypoints": "coco17" | [names...],                          # model joint order
+     "output": {"type": "heatmaps", "name": ..., "layout": "NCHW"|"NHWC", "subpixel": true|false}
+             | {"type": "coordinates", "name": ..., "order": "yxs"|"xys", "normalised": true|false},
+     "heatmaps": {"name": ..., "layout": ...} | null,            # for σ̂ / pooling when output is coordinates
+     "features": {"name": ..., "layout": "NCHW"|"NHWC"},
+     "target_sigma": 2.0,                                         # heatmap px, the training-target Gaussian σ
+     "ccnet": {"pooling": "heatmap", "evidence": true}}           # optional: extract's default pooling;
+                                                                  # CCNet reads the instance evidence too
+
+Detector card (``"task": "detector"``): ``input`` as above (whole frame, resized without keeping the
+aspect), ``"decoder": {"type": "nanodet-gfl", "strides": [8, 16, 32], "reg_max": 10, "scores": [names],
+"boxes": [names], "class": 0}``.
+
+Coordinates: every adapter returns keypoints in **input pixels** with pixel centres at integers.
+"""
+
+from __future__ import annotations
+
+import os
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+from posecal.errors import PosecalInputError
+
+__all__ = ["BUILTIN_CARDS", "CARD_FORMAT", "card_for_model", "load_card", "validate_card"]
+
+CARD_FORMAT = "posecal-model-card/1"
+_IMAGENET = {"color": "RGB", "scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+BUILTIN_CARDS: dict[str, dict[str, Any]] = {
+    "ultralight-nano-simplepose": {
+        "format": CARD_FORMAT, "task": "pose", "name": "ultralight-nano-simplepose",
+        "sha256": "401b3204f5998970c17678f8acc53d798ec79ce5c7b02167067c5b71c954a786",
+        "input": {"name": "data", "layout": "NCHW", "dtype": "float32", "size": [192, 256], "batch": 1,
+                  **_IMAGENET},
+        "crop": {"padding": 1.25, "aspect": "input"},
+        "keypoints": "coco17",
+        "output": {"type": "heatmaps", "name": "hybridsequential0_conv7_fwd", "layout": "NCHW",
+                   "subpixel": True},
+        "heatmaps": None,
+        "features": {"name": "hybridsequential0_relu6_fwd", "layout": "NCHW"},
+        # SimpleBaseline (and MMPose's td-hm_res50 configs) train 64×48 heatmaps with σ = 2 heatmap px;
+        # the author's Gluon recipe is SimpleBaseline's, so σ = 2 is the width σ̂ subtracts. Measured: the
+        # fitted widths of its heatmaps on 40 coco-mini gt crops have 5th percentile 2.06, median 2.40 px.
+        "target_sigma": 2.0,
+        "ccnet": {"pooling": "heatmap", "evidence": True},
+    },
+    "movenet-thunder": {
+        "format": CARD_FORMAT, "task": "pose", "name": "movenet-thunder",
+        "sha256": "862e084de84a9f2d89213de7e8a45e290bd4a8f8665c3dcf5e2034434480bcc4",
+        "input": {"name": "input:0", "layout": "NHWC", "dtype": "int32", "size": [256, 256], "batch": 1,
+                  "color": "RGB", "scale": 1.0, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+        "crop": {"padding": 1.25, "aspect": "input"},
+        "keypoints": "coco17",
+        "output": {"type": "coordinates", "name": "Identity:0", "order": "yxs", "normalised": True},
+        "heatmaps": {"name": "kpt_heatmap", "layout": "NHWC"},
+        "features": {"name": "backbone_features", "layout": "NHWC"},
+        # CenterNet-style sigmoid keypoint heatmaps at stride 4 (64×64), trained with a focal loss on Gaussian
+        # splats; MoveNet publishes no width. Measured fitted widths on 40 coco-mini gt crops: 5th percentile
+        # 0.65, 25th 1.02, median 1.50 heatmap px; 1.0 is used (σ̂ and the closed form are approximate here:
+        # the map is not an MSE-trained Gaussian).
+        "target_sigma": 1.0,
+        "ccnet": {"pooling": "heatmap", "evidence": True},
+    },
+    "nanodet-m-416": {
+        "format": CARD_FORMAT, "task": "detector", "name": "nanodet-m-416",
+        "sha256": "213e445cee287f36f27fc895036c338da58f97a9ff8e3ab929f81acfee79fb9c",
+        "input": {"name": "input_1:0", "layout": "NCHW", "dtype": "float32", "size": [416, 416], "batch": 1,
+                  "color": "BGR", "scale": 1.0, "mean": [103.53, 116.28, 123.675],
+                  "std": [57.375, 57.12, 58.395]},
+        "decoder": {"type": "nanodet-gfl", "strides": [8, 16, 32], "reg_max": 10,
+                    "scores": ["Identity:0", "Identity_1:0", "Identity_2:0"],
+                    "boxes": ["Identity_3:0", "Identity_4:0", "Identity_5:0"], "class": 0},
+    },
+    # TFLite models: run by the TFLite adapter (kind recognised from the card); cards describe them
+    **{n: {"format": CARD_FORMAT, "task": "pose", "name": n, "sha256": h, "backend_kind": "efficientpose",
+           "input": {"name": "input", "layout": "NHWC", "dtype": "float32", "size": [s, s], "batch": 1,
+                     **_IMAGENET},
+           "crop": {"padding": 1.25, "aspect": "input"}, "keypoints": "mpii16",
+           "output": {"type": "heatmaps", "name": "pass3_detection2_confs/BiasAdd", "layout": "NHWC",
+                      "subpixel": False},
+           "heatmaps": None, "features": None, "target_sigma": 1.0}
+       for n, h, s in (
+           ("EfficientPoseRT", "baf3da751c55517b7072a13f37ad5ce89d2dee813a7f0038ce90a7c8776d63b7", 224),
+           ("EfficientPoseI", "fc5aac01a3b10b00f110acf862ff241cfa687f66a54ed022784c946218d5d54b", 256),
+           ("EfficientPoseII", "0659b687e8c0d33f63855c2b196d355b317490a586275609e20787861a305ac3", 368))},
+    **{n: {"format": CARD_FORMAT, "task": "pose", "name": n, "sha256": h, "backend_kind": "blazepose",
+           "input": {"name": "input_1", "layout": "NHWC", "dtype": "float32", "size": [256, 256], "batch": 1,
+                     "color": "RGB", "scale": 1 / 255, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+           "crop": {"padding": 1.25, "aspect": "input"}, "keypoints": "blazepose33",
+           "output": {"type": "coordinates", "name": "Identity", "order": "xys", "normalised": False},
+           "heatmaps": {"name": "Identity_3", "layout": "NHWC"}, "features": None, "target_sigma": 2.0}
+       for n, h in (("pose_landmark_full", "e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f"),
+                    ("pose_landmark_lite", "f17bfbecadb61c3be1baa8b8d851cc6619c870a87167b32848ad20db306b9d61"))},
+}
+
+_LAYOUTS = ("NCHW", "NHWC")
+_DTYPES = ("float32", "int32", "uint8")
+
+
+def _need(card: dict, key: str, types: type | tuple[type, ...], file: str | None, where: str = "") -> Any:
+    v = card.get(key)
+    if not isinstance(v, types):
+        raise PosecalInputError("missing or of the wrong type", file=file, field=f"{where}{key}")
+    return v
+
+
+def _check_input(inp: dict, file: str | None, detector: bool) -> None:
+    _need(inp, "name", str, file, "input.")
+    if inp.get("layout") not in _LAYOUTS:
+        raise PosecalInputError(f"must be one of {_LAYOUTS}", file=file, field="input.layout")
+    if inp.get("dtype") not in _DTYPES:
+        raise PosecalInputError(f"must be one of {_DTYPES}", file=file, field="input.dtype")
+    size = inp.get("size")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise PosecalInputError("must be [W, H], positive integers", file=file, field="input.size")
+    if inp.get("color") not in ("RGB", "BGR"):
+        raise PosecalInputError("must be RGB or BGR", file=file, field="input.color")
+    for key in ("mean", "std"):
+        v = inp.get(key)
+        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(t, (int, float)) for t in v)):
+            raise PosecalInputError("must be 3 numbers", file=file, field=f"input.{key}")
+    if any(t == 0 for t in inp["std"]):
+        raise PosecalInputError("std must be non-zero", file=file, field="input.std")
+    if not isinstance(inp.get("scale", 1.0), (int, float)):
+        raise PosecalInputError("must be a number", file=file, field="input.scale")
+    if inp.get("batch") not in (None, 1) and not (isinstance(inp.get("batch"), int) and inp["batch"] > 0):
+        raise PosecalInputError("must be a positive integer or null", file=file, field="input.batch")
+
+
+def _check_pose(card: dict, file: str | None) -> None:
+    from posecal.keypoints import get_keypoint_set
+
+    kp = card.get("keypoints")
+    if isinstance(kp, str):
+        if kp != "blazepose33":
+            try:
+                get_keypoint_set(kp)
+            except KeyError as e:
+                raise PosecalInputError(str(e), file=file, field="keypoints") from None
+    elif not (isinstance(kp, list) and kp and all(isinstance(n, str) for n in kp)):
+        raise PosecalInputError("must be a keypoint-set name or a list of joint names", file=file,
+                                field="keypoints")
+    out = _need(card, "output", dict, file)
+    if out.get("type") not in ("heatmaps", "coordinates"):
+        raise PosecalInputError("must be 'heatmaps' or 'coordinates'", file=file, field="output.type")
+    _need(out, "name", str, file, "output.")
+    if out["type"] == "heatmaps" and out.get("layout") not in _LAYOUTS:
+        raise PosecalInputError(f"must be one of {_LAYOUTS}", file=file, field="output.layout")
+    if out["type"] == "coordinates" and out.get("order") not in ("yxs", "xys"):
+        raise PosecalInputError("must be 'yxs' or 'xys'", file=file, field="output.order")
+    for key in ("heatmaps", "features"):
+        t = card.get(key)
+        if t is None:
+            continue
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str) or t.get("layout") not in _LAYOUTS:
+            raise PosecalInputError("must be null or {name, layout: NCHW|NHWC}", file=file, field=key)
+    crop = card.get("crop", {"padding": 1.25, "aspect": "input"})
+    if not (isinstance(crop, dict) and isinstance(crop.get("padding", 1.25), (int, float))
+            and crop.get("padding", 1.25) > 0 and crop.get("aspect", "input") in ("input", "square")):
+        raise PosecalInputError("must be {padding > 0, aspect: input|square}", file=file, field="crop")
+    ts = card.get("target_sigma", 2.0)
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not ts > 0:
+        raise PosecalInputError("must be a positive number (heatmap px)", file=file, field="target_sigma")
+
+
+def validate_card(card: Any, file: str | None = None) -> dict[str, Any]:
+    """Check a card dict (see the module docstring); returns it. PosecalInputError names the bad field."""
+    if not isinstance(card, dict):
+        raise PosecalInputError("a model card is a JSON object", file=file)
+    if card.get("format") != CARD_FORMAT:
+        raise PosecalInputError(f"expected {CARD_FORMAT!r}", file=file, field="format")
+    if card.get("task") not in ("pose", "detector"):
+        raise PosecalInputError("must be 'pose' or 'detector'", file=file, field="task")
+    sha = card.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64):
+        raise PosecalInputError("must be 64 hex digits or null", file=file, field="sha256")
+    _check_input(_need(card, "input", dict, file), file, card["task"] == "detector")
+    if card["task"] == "pose":
+        _check_pose(card, file)
+    else:
+        dec = _need(card, "decoder", dict, file)
+        if dec.get("type") != "nanodet-gfl":
+            raise PosecalInputError("only 'nanodet-gfl' is known", file=file, field="decoder.type")
+        n = len(dec.get("strides") or [])
+        if not n or len(dec.get("scores") or []) != n or len(dec.get("boxes") or []) != n:
+            raise PosecalInputError("strides, scores and boxes must be lists of the same length", file=file,
+                                    field="decoder")
+    return card
+
+
+def load_card(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a card JSON file."""
+    from posecal._util import read_json
+
+    p = Path(path)
+    if not p.is_file():
+        raise PosecalInputError("model card not found", file=str(p), field="--model-card")
+    return validate_card(read_json(p), file=str(p))
+
+
+def card_for_model(model: str | os.PathLike, card: str | os.PathLike | dict | None = None, *,
+                   sha256: str | None = None, task: str | None = None) -> dict[str, Any] | None:
+    """The card of ``model``: ``card`` if given (path or dict), else the built-in card with the file's SHA-256,
+    else None. ``task`` ('pose'/'detector'), when given, must match."""
+    if card is not None:
+        c = validate_card(deepcopy(card)) if isinstance(card, dict) else load_card(card)
+    else:
+        from posecal.models.store import file_sha256
+
+        h = sha256 or file_sha256(model)
+        c = next((deepcopy(v) for v in BUILTIN_CARDS.values() if v["sha256"] == h), None)
+    if c is not None and task is not None and c["task"] != task:
+        raise PosecalInputError(f"the model card describes a {c['task']} model, this command needs a {task}",
+                                file=str(model), field="--model-card")
+    return c

@@ -1,0 +1,339 @@
+"""COCO-17 top-down behind a detector: model cards, detection, OKS-NMS, detection-matched CCNet targets,
+partial skeletons, kpt_inst heads and export onto the real SimplePose / MoveNet graphs."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from _mmpose_nms import oks_nms as mmpose_oks_nms
+from posecal.errors import PosecalInputError
+from posecal.keypoints import COCO17
+from posecal.models.nms import keypoint_extent_area, oks_nms, oks_nms_per_image
+
+SP = ("models", "simplepose", "ultralight-nano-simplepose.onnx")
+MN = ("models", "movenet", "movenet-thunder.onnx")
+ND = ("models", "nanodet", "nanodet-m-416.onnx")
+MINI = ("data", "coco-mini", "person_keypoints_train2017.json")
+
+
+# ---- OKS-NMS against MMPose's --------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(0, 10_000), st.sampled_from([0.3, 0.5, 0.9]))
+def test_oks_nms_matches_mmpose(n, seed, thr):
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0, 200, (3, 17, 2))
+    kp = base[rng.integers(0, 3, n)] + rng.normal(0, rng.choice([0.5, 5, 30]), (n, 17, 2))
+    sc = rng.uniform(0, 1, (n, 17))
+    score = np.round(rng.uniform(0, 1, n), 1)  # ties included
+    kp3 = np.concatenate([kp, sc[..., None]], -1)
+    area = keypoint_extent_area(kp)
+    ref = mmpose_oks_nms([{"keypoints": kp3[i], "score": score[i], "area": area[i]} for i in range(n)], thr,
+                         sigmas=COCO17.sigmas)
+    np.testing.assert_array_equal(oks_nms(kp3, score, area, thr, COCO17.sigmas), ref)
+
+
+def test_oks_nms_per_image_keeps_images_apart():
+    kp = np.tile(np.linspace(10, 100, 34).reshape(1, 17, 2), (4, 1, 1))
+    keep = oks_nms_per_image(np.array([1, 1, 2, 2]), kp, np.ones((4, 17)), np.array([0.9, 0.8, 0.7, 0.95]),
+                             COCO17.sigmas, 0.9)
+    np.testing.assert_array_equal(keep, [0, 3])  # one survivor per image, the best of each
+
+
+# ---- partial skeletons ------------------------------------------------------------------------------------
+def test_lsp_as_coco17_marks_face_not_annotated(shared, tmp_path):
+    from posecal.cli import main
+    from posecal.datasets.lsp import read_lsp
+    from posecal.datasets.remap import annotated_mask
+
+    out = tmp_path / "lsp17.json"
+    assert main(["convert", "lsp", str(shared("data", "lsp", "joints.mat")), "--split", "train",
+                 "--keypoint-set", "coco17", "--out", str(out)]) == 0
+    d17, d14 = json.loads(out.read_text()), read_lsp(shared("data", "lsp", "joints.mat"), split="train")
+    mask = annotated_mask(d17, COCO17)
+    assert mask.tolist() == [False] * 5 + [True] * 12
+    a17, a14 = np.array(d17["annotations"][3]["keypoints"]).reshape(17, 3), \
+        np.array(d14["annotations"][3]["keypoints"]).reshape(14, 3)
+    assert (a17[:5] == 0).all()
+    names14 = d14["categories"][0]["keypoints"]
+    for k, name in enumerate(COCO17.names[5:], start=5):
+        np.testing.assert_array_equal(a17[k], a14[names14.index(name)])
+    assert d17["annotations"][3]["num_keypoints"] == int((a17[:, 2] > 0).sum())
+
+
+def test_remap_refuses_disjoint_sets():
+    from posecal.datasets.remap import remap_keypoint_set
+
+    d = {"images": [], "annotations": [], "categories": [{"id": 1, "keypoints": list(COCO17.names)}]}
+    with pytest.raises(PosecalInputError):
+        remap_keypoint_set(d, "no-such-set")
+
+
+def test_loss_masks_exclude_keypoints_from_both_terms():
+    torch = pytest.importorskip("torch")
+    from posecal.ccnet.loss import ccnet_loss
+
+    s = torch.full((2, 3), 0.5, requires_grad=True)
+    v = torch.full((2, 3), 0.5, requires_grad=True)
+    oks = torch.tensor([[0.9, 0.0, 0.1], [0.0, 0.0, 0.0]])
+    vis = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    cm = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])  # row 1: an unmatched detection (target 0)
+    vm = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    ccnet_loss(s, v, oks, vis, conf_mask=cm, vis_mask=vm).backward()
+    assert s.grad[0, 1] == 0 and s.grad[0, 2] == 0 and (s.grad[1] > 0).all()  # pushed towards 0
+    assert v.grad[0, 0] != 0 and (v.grad[0, 1:] == 0).all() and (v.grad[1] == 0).all()
+    # without masks: Eq. 19–21 unchanged
+    a = ccnet_loss(s.detach(), v.detach(), oks, vis)
+    b = ccnet_loss(s.detach(), v.detach(), oks, vis, conf_mask=vis, vis_mask=torch.ones_like(vis))
+    assert torch.equal(a, b)
+
+
+# ---- model cards ------------------------------------------------------------------------------------------
+def test_builtin_cards_found_by_content_hash(shared, tmp_path):
+    from posecal.models.cards import BUILTIN_CARDS, card_for_model, load_card, validate_card
+
+    for c in BUILTIN_CARDS.values():
+        validate_card(c)
+    assert card_for_model(shared(*SP))["name"] == "ultralight-nano-simplepose"
+    assert card_for_model(shared(*ND), task="detector")["name"] == "nanodet-m-416"
+    with pytest.raises(PosecalInputError, match="detector"):
+        card_for_model(shared(*ND), task="pose")
+    bad = dict(BUILTIN_CARDS["movenet-thunder"], input=dict(BUILTIN_CARDS["movenet-thunder"]["input"],
+                                                             layout="HWC"))
+    p = tmp_path / "card.json"
+    p.write_text(json.dumps(bad))
+    with pytest.raises(PosecalInputError, match="input.layout"):
+        load_card(p)
+
+
+@pytest.mark.parametrize("model", [SP, MN])
+def test_card_adapters_on_real_crops(shared, model):
+    """Batch of 2 through a batch-1 graph; keypoints of a clear COCO person land on the gt (OKS > 0.5)."""
+    from posecal.metrics.oks import keypoint_oks
+    from posecal.models.adapters.base import load_adapter
+    from posecal.models.crop import apply_affine, crop_matrix, invert_affine, load_image, warp
+    from posecal.theory.heatmap import topdown_crop_box
+
+    d = json.loads(shared(*MINI).read_text())
+    a = max((a for a in d["annotations"] if not a["iscrowd"]), key=lambda a: a["num_keypoints"] * a["area"])
+    im = next(i for i in d["images"] if i["id"] == a["image_id"])
+    ad = load_adapter(shared(*model))
+    W, H = ad.input_size
+    box = topdown_crop_box(a["bbox"], (W, H))[0]
+    M = crop_matrix(box[:2], box[2:], (W, H))
+    crop = warp(load_image(shared("data", "coco-mini", "train2017") / im["file_name"]), M, (W, H))
+    out = ad.predict(np.stack([crop, crop[:, ::-1].copy()]))
+    assert out.coords.shape == (2, 17, 2) and out.heatmaps.shape[:2] == (2, 17) and out.features.ndim == 4
+    gt = np.array(a["keypoints"], float).reshape(1, 17, 3)
+    k = keypoint_oks(apply_affine(invert_affine(M), out.coords[:1]), gt, np.array([a["area"]]), COCO17.sigmas)
+    assert k[0][gt[0, :, 2] > 0].mean() > 0.5
+
+
+# ---- detection ----------------------------------------------------------------------------------------
+def test_detect_cli_on_real_images(shared, tmp_path, capsys):
+    from posecal.cli import main
+
+    d = json.loads(shared(*MINI).read_text())
+    keep = [im for im in d["images"] if any(a["image_id"] == im["id"] and a["num_keypoints"] > 5
+                                            for a in d["annotations"])][:2]
+    ids = {im["id"] for im in keep}
+    small = dict(d, images=keep, annotations=[a for a in d["annotations"] if a["image_id"] in ids])
+    data = tmp_path / "two.json"
+    data.write_text(json.dumps(small))
+    out = tmp_path / "det.json"
+    assert main(["detect", "--model", str(shared(*ND)), "--images", str(shared("data", "coco-mini", "train2017")),
+                 "--data", str(data), "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    dets = json.loads(out.read_text())
+    assert dets and {r["image_id"] for r in dets} <= ids and all(r["category_id"] == 1 for r in dets)
+    assert all(0.05 < r["score"] <= 1 and r["bbox"][2] > 0 for r in dets)
+    assert summary["recall_iou50"] > 0.5  # the labelled people are found
+
+
+def test_image_id_rule_without_data(tmp_path):
+    from posecal.models.detect import image_ids
+
+    for n in ("000000000785.jpg", "000000000012.jpg"):
+        (tmp_path / n).write_bytes(b"")
+    assert image_ids(tmp_path, None) == [(12, "000000000012.jpg"), (785, "000000000785.jpg")]
+    (tmp_path / "cat.png").write_bytes(b"")
+    assert [i for i, _ in image_ids(tmp_path, None)] == [1, 2, 3]
+
+
+# ---- extraction on detections, matching and targets -----------------------------------------------------
+@pytest.fixture(scope="module")
+def det_store(tmp_path_factory):
+    """SimplePose on NanoDet boxes of 2 coco-mini images (OKS-NMS 0.9, top 20 per image)."""
+    from conftest import shared_path
+    from posecal.models.adapters.base import load_adapter
+    from posecal.models.cards import card_for_model
+    from posecal.models.detect import NanoDetDetector, detect_folder
+    from posecal.models.extract import extract
+
+    d = json.loads(shared_path(*MINI).read_text())
+    crowd = {a["image_id"] for a in d["annotations"] if a["iscrowd"]}
+    people = sorted((im for im in d["images"] if im["id"] not in crowd),
+                    key=lambda im: -sum(a["image_id"] == im["id"] and a["num_keypoints"] > 0 for a in d["annotations"]))
+    keep = people[:2]  # the two most populated images without crowd regions
+    ids = {im["id"] for im in keep}
+    small = dict(d, images=keep, annotations=[a for a in d["annotations"] if a["image_id"] in ids])
+    img = shared_path("data", "coco-mini", "train2017")
+    det = NanoDetDetector(shared_path(*ND), card_for_model(shared_path(*ND)))
+    dets = detect_folder(det, [(im["id"], im["file_name"]) for im in keep], img, score_thr=0.1,
+                         show_progress=False)
+    out = tmp_path_factory.mktemp("det") / "S"
+    store = extract(load_adapter(shared_path(*SP)), small, img, out, boxes=dets, show_progress=False)
+    return store, small, dets
+
+
+def test_extract_on_detections_applies_oks_nms_once(det_store):
+    from posecal.rescore.aggregate import instance_score
+
+    store, small, dets = det_store
+    n = store.meta["oks_nms"]
+    assert store.num_instances == n["kept"] <= n["of"] == len(dets) and n["thr"] == 0.9
+    iid = store.read("image_id")
+    assert max(np.bincount(iid)) <= 20
+    kp, sc, box = store.read("keypoints"), store.read("scores"), store.read("box_score")
+    score = instance_score(sc, "bbox_keypoint", box)
+    np.testing.assert_array_equal([r["score"] for r in store.predictions], score)
+    assert oks_nms_per_image(iid, kp, sc, score, COCO17.sigmas, 0.9).size == store.num_instances  # stable
+
+
+def test_detection_targets_match_pycocotools(det_store):
+    """match_detections == COCOeval's dtMatches / dtIgnore at OKS 0.5 (all detections, area 'all')."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from posecal.ccnet.targets import load_store
+
+    store, small, _ = det_store
+    data = load_store(str(store.path), features=False)
+    coco = COCO()
+    coco.dataset = json.loads(store.gt_path.read_text())
+    coco.createIndex()
+    recs = [dict(r, score=float(r["score"])) for r in store.predictions]
+    dt = coco.loadRes(recs)  # ids 1..N in record order
+    ev = COCOeval(coco, dt, "keypoints")
+    ev.params.maxDets = [10_000]
+    ev.params.areaRng, ev.params.areaRngLbl = [ev.params.areaRng[0]], ["all"]
+    ev.evaluate()
+    row_of_ann = {int(a): i for i, a in enumerate(data.gt.ann_id)}
+    checked = 0
+    for e in ev.evalImgs:
+        if e is None:
+            continue
+        for j, did in enumerate(e["dtIds"]):
+            r = did - 1
+            gid, ig = int(e["dtMatches"][0, j]), bool(e["dtIgnore"][0, j])
+            want = -2 if ig else (row_of_ann[gid] if gid else -1)
+            assert data.match[r] == want, (r, gid, ig)
+            checked += 1
+    assert checked == store.num_instances and (data.match >= 0).any() and (data.match == -1).any()
+    un = data.match == -1
+    assert (data.oks[un] == 0).all() and data.conf_mask[un].all() and not data.vis_mask[un].any()
+    assert not data.has_target[data.match == -2].any()
+
+
+def test_kpt_inst_fit_apply_export_agree(det_store, tmp_path, shared):
+    """fit (kpt_inst by default for the card) -> apply -> export on the real graph: outputs equal apply
+    within 1e-5 and the original SimplePose output bit-identical."""
+    import onnxruntime as ort
+
+    from posecal.ccnet.export import export_calibrated
+    from posecal.ccnet.targets import load_store
+    from posecal.ccnet.train import predict
+    from posecal.cli import main
+    from posecal.models.adapters.base import load_adapter
+    from posecal.models.adapters.card import prepare_input
+    from posecal.models.crop import load_image, warp
+
+    store, small, _ = det_store
+    head = tmp_path / "H"
+    assert main(["fit", "--store", str(store.path), "--out", str(head), "--steps", "30"]) == 0
+    meta = json.loads((head / "head.json").read_text())
+    assert meta["head"] == "kpt_inst"
+    res = tmp_path / "cal.json"
+    assert main(["apply", "--store", str(store.path), "--head", str(head), "--out", str(res)]) == 0
+    cal = json.loads(res.read_text())
+    assert [r["keypoints"][0::3] for r in cal] == [r["keypoints"][0::3] for r in store.predictions]
+    onx = tmp_path / "sp_cal.onnx"
+    export_calibrated(shared(*SP), head, onx)
+    ad = load_adapter(shared(*SP))
+    W, H = ad.input_size
+    rows = np.arange(min(3, store.num_instances))
+    M, iid, box = store.read("crop_transform", rows), store.read("image_id", rows), store.read("box_score", rows)
+    fname = {im["id"]: im["file_name"] for im in small["images"]}
+    so = ort.InferenceSession(str(onx), providers=["CPUExecutionProvider"])
+    s0 = ort.InferenceSession(str(shared(*SP)), providers=["CPUExecutionProvider"])
+    from posecal.ccnet.checkpoint import load_head
+
+    h, _ = load_head(head)
+    s_ref, v_ref = predict(h, load_store(str(store.path), need_gt=False).features[rows])
+    for r in rows:
+        crop = warp(load_image(shared("data", "coco-mini", "train2017") / fname[int(iid[r])]), M[r], (W, H))
+        x = prepare_input(crop[None], ad.card["input"])
+        o = dict(zip([t.name for t in so.get_outputs()],
+                     so.run(None, {"data": x, "box_score": np.array([box[r]], np.float32)}), strict=True))
+        np.testing.assert_array_equal(o["hybridsequential0_conv7_fwd"], s0.run(None, {"data": x})[0])
+        np.testing.assert_allclose(o["keypoint_confidence"][0], s_ref[r], atol=1e-5)
+        np.testing.assert_allclose(o["keypoint_visibility"][0], v_ref[r], atol=1e-5)
+        np.testing.assert_allclose(o["keypoint_confidence"][0], [cal[r]["keypoints"][3 * k + 2] for k in range(17)],
+                                   atol=1e-5)
+        np.testing.assert_allclose(o["instance_confidence"][0], cal[r]["score"], atol=1e-5)
+
+
+def test_export_onto_movenet_matches_the_head(shared, tmp_path):
+    """A kpt_inst head (random weights and normalisation) grafted onto MoveNet (int32 NHWC input, NHWC
+    features and heatmaps, in-graph coordinate decoding): its outputs equal the head run on what posecal
+    extract computes (pooled features + instance evidence) within 1e-5; MoveNet's own outputs bit-identical."""
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    from posecal.ccnet.checkpoint import save_head
+    from posecal.ccnet.export import export_calibrated
+    from posecal.ccnet.heads import build_head
+    from posecal.ccnet.targets import instance_evidence
+    from posecal.ccnet.train import predict
+    from posecal.models.adapters.base import load_adapter
+    from posecal.models.adapters.card import prepare_input
+    from posecal.models.adapters.pooling import pool_features
+    from posecal.models.crop import crop_matrix, load_image, warp
+    from posecal.models.store import file_sha256
+    from posecal.rescore.aggregate import instance_score
+    from posecal.theory.heatmap import topdown_crop_box
+
+    d = json.loads(shared(*MINI).read_text())
+    a = max((a for a in d["annotations"] if not a["iscrowd"]), key=lambda a: a["num_keypoints"] * a["area"])
+    im = next(i for i in d["images"] if i["id"] == a["image_id"])
+    ad = load_adapter(shared(*MN))
+    W, H = ad.input_size
+    b = topdown_crop_box(a["bbox"], (W, H))[0]
+    crop = warp(load_image(shared("data", "coco-mini", "train2017") / im["file_name"]),
+                crop_matrix(b[:2], b[2:], (W, H)), (W, H))
+    out = ad.predict(crop[None])
+    box = np.array([0.7])
+    x = np.concatenate([pool_features(out.features, out.heatmaps, "heatmap", np.arange(17)),
+                        instance_evidence(out.scores, box, per_keypoint=True)], -1)
+    torch.manual_seed(0)
+    head = build_head("kpt_inst", x.shape[1:], 17)
+    head.set_normalisation(torch.rand(17, x.shape[2]), 0.5 + torch.rand(17, x.shape[2]))
+    save_head(tmp_path / "H", head, {"keypoint_set": "coco17", "feature_tensor": "features_kpt",
+                                     "feature_shape": list(x.shape[1:]), "pooling": "heatmap",
+                                     "model_tensor": "backbone_features", "model_sha256": file_sha256(shared(*MN))})
+    export_calibrated(shared(*MN), tmp_path / "H", tmp_path / "mn.onnx")
+    s_ref, v_ref = predict(head, x)
+    feed = prepare_input(crop[None], ad.card["input"])
+    cal = ort.InferenceSession(str(tmp_path / "mn.onnx"), providers=["CPUExecutionProvider"])
+    o = dict(zip([t.name for t in cal.get_outputs()],
+                 cal.run(None, {"input:0": feed, "box_score": box.astype(np.float32)}), strict=True))
+    ref = ort.InferenceSession(str(shared(*MN)), providers=["CPUExecutionProvider"])
+    for t, v in zip([t.name for t in ref.get_outputs()], ref.run(None, {"input:0": feed}), strict=True):
+        np.testing.assert_array_equal(o[t], v)
+    np.testing.assert_allclose(o["keypoint_confidence"], s_ref, atol=1e-5)
+    np.testing.assert_allclose(o["keypoint_visibility"], v_ref, atol=1e-5)
+    np.testing.assert_allclose(o["instance_confidence"], instance_score(s_ref, "visibility", visibility=v_ref),
+                               atol=1e-5)
+    assert np.std(s_ref) > 1e-3  # not a constant head: the comparison can fail
