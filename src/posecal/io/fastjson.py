@@ -1,0 +1,204 @@
+"""Strict JSON reading for COCO files, with a fast path for their big numeric ``"keypoints"`` arrays.
+
+One entry point, :func:`read_json`. Every document is parsed by orjson (strict RFC 8259: no ``NaN``,
+``+1``, ``.5``, ``01``, trailing commas...). For big files the numeric ``"keypoints": [...]`` arrays are
+first cut out of the text and parsed all at once by numpy's C reader (no Python float objects); the rest
+is parsed by orjson. The fast path accepts exactly what the strict parser accepts: an array is cut out only
+when its text is JSON numbers (digits, ``-``, ``.``, ``e``/``E`` and JSON whitespace, no ``+``), every
+``.`` lies between digits and no number has a leading zero; anything else stays in the JSON text for orjson
+(and the type checks of :mod:`posecal.io.coco`). Setting ``POSECAL_NO_FAST_JSON=1`` disables the fast
+path (for comparisons).
+
+Documents that orjson refuses are read again by Python's :mod:`json` only to tell a ``NaN`` / ``Infinity``
+number (named later by the field checks with record and field) from any other syntax error; Python's
+parser is never the one that accepts a document's numbers.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import orjson
+
+from posecal.errors import PosecalInputError
+
+__all__ = ["read_json", "FAST_MIN_BYTES"]
+
+FAST_MIN_BYTES = 1 << 16  # below this the plain orjson path is as fast
+_FAST_MIN_RECORDS = 64
+_KP_ARRAY = re.compile(rb'"keypoints"\s*:\s*\[([^\]]*)\]')
+_SEP = b"\x01"  # joins the cut-out arrays; never valid inside JSON text
+# byte classes for the syntax check: digits -> '0', separators -> ',', '.', '-', 'e' kept, anything else 'x'
+_CLS = bytearray(b"x" * 256)
+for _c in b"0123456789":
+    _CLS[_c] = ord("0")
+for _c in b", \t\n\r\x01":
+    _CLS[_c] = ord(",")
+_CLS[ord(".")], _CLS[ord("-")], _CLS[ord("e")], _CLS[ord("E")] = ord("."), ord("-"), ord("e"), ord("e")
+_CLS = bytes(_CLS)
+_NL_TO_SPACE = bytes.maketrans(b"\n\r", b"  ")
+
+
+def _numbers_valid(joined: bytes, cls: bytes) -> bool:
+    """Whether the numbers in ``joined`` (arrays' text, without '+') are JSON numbers as far as numpy's
+    reader would accept what JSON refuses: a '.' not between two digits (``.5``, ``1.``, ``1.e5``) or a
+    leading zero (``01``, ``-01``). The rest (``1-2``, ``1e``, empty fields...) numpy refuses itself."""
+    if cls.find(b".") >= 0 and cls.replace(b"0.0", b"000").find(b".") >= 0:
+        return False
+    z = joined.translate(_LZ)
+    if z.find(b"e-") >= 0:
+        z = z.replace(b"e-", b"ee")  # an exponent may have leading zeros (1e-05)
+    return not (z.startswith((b"z0", b"zz")) or any(z.find(p) >= 0 for p in (b",z0", b",zz", b"-z0", b"-zz")))
+
+
+# for the leading-zero check: '0' -> 'z', '1'..'9' -> '0', separators -> ',', '-' and 'e' kept, the rest '.'
+_LZ = bytearray(b"." * 256)
+_LZ[ord("0")] = ord("z")
+for _c in b"123456789":
+    _LZ[_c] = ord("0")
+for _c in b", \t\n\r\x01":
+    _LZ[_c] = ord(",")
+_LZ[ord("-")], _LZ[ord("e")], _LZ[ord("E")] = ord("-"), ord("e"), ord("e")
+_LZ = bytes(_LZ)
+
+
+def _fast_keypoints(data: bytes | mmap.mmap) -> tuple[bytes, np.ndarray] | None:
+    """Cut every numeric ``"keypoints": [...]`` array out of the JSON text and parse them all at once.
+
+    Returns the remaining JSON text (with ``"keypoints":[]`` in their place) and the (N, 3K) float64
+    array, or None when anything is unusual (the caller then parses normally, so errors are reported
+    exactly as on the strict path)."""
+    if data.find(_SEP) >= 0:
+        return None
+    parts = _KP_ARRAY.split(data)  # [text, array contents, text, array contents, ..., text]
+    nums = parts[1::2]
+    if len(nums) < _FAST_MIN_RECORDS:  # (an empty array makes numpy's reader warn: None below)
+        return None
+    joined = _SEP.join(nums)
+    cls = joined.translate(_CLS)
+    line_breaks = joined.find(b"\n") >= 0 or joined.find(b"\r") >= 0
+    if cls.find(b"x") >= 0:
+        # some "keypoints" arrays are not plain numbers (the names in categories, strings, '+'...): they stay
+        # in the text. Find them from the positions of the other bytes (few arrays, usually one).
+        bad_pos = np.flatnonzero(np.frombuffer(cls, dtype=np.uint8) == ord("x"))
+        ends = np.cumsum(np.fromiter(map(len, nums), dtype=np.int64, count=len(nums)) + 1)
+        bad = set(np.searchsorted(ends, bad_pos, side="right").tolist())
+        parts[1::2] = [b'"keypoints":[]'] * len(nums)
+        for i in bad:
+            parts[2 * i + 1] = b'"keypoints":[' + nums[i] + b"]"
+        nums = [c for i, c in enumerate(nums) if i not in bad]
+        if len(nums) < _FAST_MIN_RECORDS:
+            return None
+        joined = _SEP.join(nums)
+        cls = joined.translate(_CLS)
+    else:
+        parts[1::2] = [b'"keypoints":[]'] * len(nums)
+    if not _numbers_valid(joined, cls):
+        return None
+    del joined, cls  # freed before the array is made, which then reuses their memory
+    if line_breaks:  # a line break inside an array reads as a space
+        nums = [c.translate(_NL_TO_SPACE) for c in nums]
+    # one list item = one row (no line breaks inside); max_rows lets the reader size the array once
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            arr = np.loadtxt(nums, delimiter=",", dtype=np.float64, ndmin=2, comments=None,
+                             max_rows=len(nums))
+    except (ValueError, UserWarning):
+        return None
+    if arr.shape[0] != len(nums):
+        return None
+    del nums
+    return b"".join(parts), arr
+
+
+def _read_file(path: str, mapped: bool) -> bytes | mmap.mmap:
+    """The file's bytes; a big regular file memory-mapped read-only when ``mapped`` (no copy: its pages come
+    from the page cache, so parsing touches less fresh memory)."""
+    with open(path, "rb") as fh:
+        if mapped and not os.environ.get("POSECAL_NO_FAST_JSON"):
+            try:
+                if os.fstat(fh.fileno()).st_size >= FAST_MIN_BYTES:
+                    return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                pass
+        return fh.read()
+
+
+def _strict_loads(data: bytes, file: str | None) -> tuple[Any, bool]:
+    """orjson, or one clean :class:`PosecalInputError` (never a RecursionError traceback).
+
+    A document whose only fault is ``NaN`` / ``Infinity`` numbers (Python's json writes them) is returned as
+    Python's json reads it, flagged (second value True), so that the field checks can name the record and
+    field before the document is refused."""
+    try:
+        return orjson.loads(data), False
+    except orjson.JSONDecodeError as e:
+        err = e
+    msg = str(err)
+    if "recursion" in msg.lower():
+        raise PosecalInputError("invalid JSON: nested too deeply", file) from None
+    if re.search(rb"NaN|Infinity", data) and _only_nan_fault(data):
+        import json
+
+        try:
+            return json.loads(data), True
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            pass
+    raise PosecalInputError(f"invalid JSON: {msg}", file) from None
+
+
+def _only_nan_fault(data: bytes) -> bool:
+    """Whether replacing every NaN / Infinity token by 0 makes ``data`` valid JSON for orjson."""
+    try:
+        orjson.loads(re.sub(rb"-?(?:NaN|Infinity)", b"0", data))
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def read_json(src: Any, file: str | None, locate: Callable[[Any], Any] | None = None
+              ) -> tuple[Any, str | None, np.ndarray | None, bool]:
+    """Parse ``src`` (a path, bytes, or an already-parsed object, returned as it is).
+
+    With ``locate`` (parsed object -> its list of records), big inputs take the fast path: the third value
+    is then the (N, 3K) keypoint array of those records, whose ``"keypoints"`` hold ``[]``.
+
+    Returns:
+        ``(obj, file, keypoints or None, non_json)``; ``non_json`` is True when the text held NaN /
+        Infinity (not JSON: the caller must refuse the document once its field checks have run).
+    """
+    if isinstance(src, (str, os.PathLike)):
+        path = os.fspath(src)
+        file = file or path
+        try:
+            data = _read_file(path, mapped=locate is not None)
+        except OSError as e:
+            raise PosecalInputError(f"cannot read file: {e.strerror or e}", file) from None
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        data = bytes(src)
+    else:
+        return src, file, None, False
+    if locate is not None and len(data) >= FAST_MIN_BYTES and not os.environ.get("POSECAL_NO_FAST_JSON"):
+        fast = _fast_keypoints(data)
+        if fast is not None:
+            try:
+                obj = orjson.loads(fast[0])
+                recs = locate(obj)
+                # every record a dict whose "keypoints" were cut out (only dicts take a str index)
+                ok = (isinstance(recs, list) and len(recs) == fast[1].shape[0]
+                      and [r["keypoints"] for r in recs].count([]) == len(recs))
+            except (orjson.JSONDecodeError, TypeError, AttributeError, KeyError):
+                ok = False
+            if ok:
+                return obj, file, fast[1], False
+    if not isinstance(data, bytes):
+        data = data[:]  # mmap -> bytes
+    obj, non_json = _strict_loads(data, file)
+    return obj, file, None, non_json
