@@ -28,13 +28,13 @@ SUBCOMMANDS: dict[str, str] = {
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="posecal", description="Calibrated confidence for 2D pose estimation."
     )
     from posecal import __version__
 
     parser.add_argument("--version", action="version", version=f"posecal {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
     for name, modname in SUBCOMMANDS.items():
         if only is not None and name != only:
             # cheap placeholder so --help lists every command without importing it
@@ -55,10 +55,23 @@ def _single_thread_blas() -> None:
     """Before numpy is first imported: one OpenBLAS thread unless the user chose a number.
 
     ``posecal evaluate`` makes no BLAS call, but OpenBLAS starts a worker thread per core when numpy is
-    imported, and on a 2-core machine those idle workers spin for ~0.1 s of CPU time during a 0.4 s run.
+    imported, and on a 2-core machine those idle workers spin for ~0.1 s of CPU time during a 0.4 s run
+    (measured in docs/benchmarks.md; ``POSECAL_PROCESS_TWEAKS=-blas`` turns it off).
     """
-    if "numpy" not in sys.modules:
+    if "numpy" not in sys.modules and "-blas" not in os.environ.get("POSECAL_PROCESS_TWEAKS", "").split(","):
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (``posecal CMD: error: ...``), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {_one_line(message)}\n")
+
+
+def _one_line(text: str) -> str:
+    """A message on one line: line breaks (e.g. inside a file name) are escaped."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except PosecalInputError as e:
-        print(f"posecal {args.command}: error: {e}", file=sys.stderr)
+        print(f"posecal {args.command}: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an output that cannot be written, a disk that fills up...
+        where = f"{e.filename!r}: " if e.filename else ""
+        print(f"posecal {args.command}: error: {where}{_one_line(e.strerror or str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
