@@ -121,6 +121,7 @@ class CocoEvalResult:
     img_ids: np.ndarray | None = None
     gt_evaluated: np.ndarray | None = None
     crowd_levels: bool = False
+    match_detail: Any = field(default=None, repr=False)  # with keep_matches: every area range's matching
 
     def stats_array(self) -> np.ndarray:
         """The stats in pycocotools' order (``COCOeval.stats``; xtcocotools' for crowd levels)."""
@@ -272,11 +273,11 @@ class _GtPrep:
 
 def _prepare_gt(gt: CocoGroundTruth, kp_idx: np.ndarray, st: _Settings) -> _GtPrep:
     nI = st.img_ids.shape[0]
-    keep = np.isin(gt.image_id, st.img_ids)
-    if st.use_cats:
-        keep &= np.isin(gt.category_id, st.cat_ids)
+    keep = np.isin(gt.image_id, st.img_ids) & np.isin(gt.category_id, st.cat_ids)
     rows = np.flatnonzero(keep) if not keep.all() else np.arange(len(gt))
-    full = rows.shape[0] == len(gt)
+    if not st.use_cats:  # pycocotools concatenates the categories in catIds order
+        rows = rows[np.argsort(_cat_position(st.cat_ids, gt.category_id[rows]), kind="stable")]
+    full = rows.shape[0] == len(gt) and st.use_cats
     kps = gt.keypoints if kp_idx.shape[0] == gt.num_joints else gt.keypoints[:, kp_idx]
     kps = kps if full else kps[rows]
     iscrowd, bbox = (gt.iscrowd, gt.bbox) if full else (gt.iscrowd[rows], gt.bbox[rows])
@@ -306,6 +307,12 @@ def _prepare_gt(gt: CocoGroundTruth, kp_idx: np.ndarray, st: _Settings) -> _GtPr
                    gt.ann_id if full else gt.ann_id[rows])
 
 
+def _cat_position(cat_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Position of each value in ``cat_ids`` (given order)."""
+    order = np.argsort(cat_ids, kind="stable")
+    return order[np.searchsorted(cat_ids[order], values)]
+
+
 # ---- stage 2: detections ------------------------------------------------------------------------------
 @dataclass(eq=False)
 class _DetPrep:
@@ -320,12 +327,12 @@ class _DetPrep:
 def _rank_detections(res: CocoResults, score: np.ndarray, kp_idx: np.ndarray, st: _Settings) -> _DetPrep:
     nI = st.img_ids.shape[0]
     D = len(res)
-    ok = np.isin(res.image_id, st.img_ids)
-    if st.use_cats:
-        ok &= np.isin(res.category_id, st.cat_ids)
+    ok = np.isin(res.image_id, st.img_ids) & np.isin(res.category_id, st.cat_ids)
     if st.xt and D:
         ok &= np.count_nonzero(res.keypoints[:, kp_idx, 2] > 0, axis=1) > 0
     cand = np.flatnonzero(ok)
+    if not st.use_cats:  # pycocotools concatenates the categories in catIds order before sorting by score
+        cand = cand[np.argsort(_cat_position(st.cat_ids, res.category_id[cand]), kind="stable")]
     cat = np.searchsorted(st.cat_ids, res.category_id[cand]) if st.use_cats else np.zeros(cand.size, np.int64)
     unit_all = cat * nI + np.searchsorted(st.img_ids, res.image_id[cand])
     order = _score_order(score[cand], unit_all)  # stable: ties keep file order
@@ -643,7 +650,7 @@ def _settings(gt: CocoGroundTruth, flavor: str, use_area: bool | None, crowd_lev
         iou_thrs=IOU_THRS if iou_thrs is None else np.asarray(iou_thrs, dtype=np.float64).reshape(-1),
         rec_thrs=REC_THRS if rec_thrs is None else np.asarray(rec_thrs, dtype=np.float64).reshape(-1),
         area_rngs=ar, max_dets=md,
-        cat_ids=gt.category_ids if cat_ids is None else _ids(cat_ids),
+        cat_ids=gt.category_ids if cat_ids is None else _ids(cat_ids) if use_cats else _ids_in_order(cat_ids),
         img_ids=gt.image_ids if img_ids is None else _ids(img_ids),
         use_cats=bool(use_cats), use_area=gt.has_area if use_area is None else bool(use_area), flavor=flavor,
         crowd_levels=(flavor == "crowdpose") if crowd_levels is None else bool(crowd_levels),
@@ -654,12 +661,19 @@ def _ids(v: Any) -> np.ndarray:
     return _unique(np.asarray(v, dtype=np.int64).reshape(-1))
 
 
+def _ids_in_order(v: Any) -> np.ndarray:
+    """Distinct ids in their given order (pycocotools keeps catIds unsorted when useCats is off)."""
+    a = np.asarray(v, dtype=np.int64).reshape(-1)
+    _, first = np.unique(a, return_index=True)
+    return a[np.sort(first)]
+
+
 def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *, sigmas: Any = None,
              use_area: bool | None = None, flavor: str = "pycocotools", keypoints: Any = None,
              scores: np.ndarray | None = None, max_dets: int | Sequence[int] = 20, warn: bool = True,
              img_ids: Any = None, cat_ids: Any = None, use_cats: bool = True, iou_thrs: Any = None,
              rec_thrs: Any = None, area_rngs: Any = None, area_labels: Sequence[str] | None = None,
-             crowd_levels: bool | None = None) -> CocoEvalResult:
+             crowd_levels: bool | None = None, keep_matches: bool = False) -> CocoEvalResult:
     """COCO keypoint AP/AR, identical to pycocotools 2.0.x ``COCOeval(gt, dt, 'keypoints')`` (or the
     ``flavor``'s reference, see the module docstring).
 
@@ -683,6 +697,8 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
             default: all images and categories of ``gt`` and pycocotools' keypoint defaults.
         crowd_levels: add CrowdPose's AP(E)/AP(M)/AP(H) (needs every image's ``crowdIndex``); default: on
             for ``flavor="crowdpose"``.
+        keep_matches: keep the matching of every area range in ``match_detail`` (for pycocotools'
+            ``evalImgs``, :mod:`posecal.compat`).
 
     Returns:
         :class:`CocoEvalResult` (stats, precision/recall/scores arrays and per-detection matches).
@@ -704,7 +720,7 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
             stats = _crowd_stats(gt, res, score, kp_idx, sig, st, out[0], out[1])
         else:
             stats = _summarize(out[0], out[1], st, labels)
-    precision, recall, score_arr, per_det, det_rank, g = out
+    precision, recall, score_arr, per_det, det_rank, g = out[:6]
     gt_eval = np.zeros(len(gt), dtype=bool)
     gt_eval[g.rows] = True
     return CocoEvalResult(
@@ -712,7 +728,8 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
         det_rank=det_rank, cat_ids=st.cat_ids, sigmas=sig, use_area=st.use_area and not st.box_area_only,
         flavor=flavor, max_dets=st.max_dets[-1], iou_thrs=st.iou_thrs.copy(), rec_thrs=st.rec_thrs.copy(),
         area_rngs=st.area_rngs.copy(), area_labels=labels, max_dets_list=st.max_dets, img_ids=st.img_ids,
-        gt_evaluated=gt_eval, crowd_levels=st.crowd_levels, **per_det,
+        gt_evaluated=gt_eval, crowd_levels=st.crowd_levels, match_detail=out[6] if keep_matches else None,
+        **per_det,
     )
 
 
@@ -744,7 +761,20 @@ def _evaluate_core(gt: CocoGroundTruth, res: CocoResults, score: np.ndarray, kp_
     d_ig, tp = _detection_flags(res, g, d, mt, st, warn)
     precision, recall, score_arr = _accumulate(d, g, score, d_ig, tp, st)
     per_det = _per_detection(len(res), len(gt), g, d, mt, d_ig, tp, st.iou_thrs.shape[0])
-    return precision, recall, score_arr, per_det, d.det_rank, g
+    return precision, recall, score_arr, per_det, d.det_rank, g, MatchDetail(g, d, mt, d_ig, score)
+
+
+@dataclass(eq=False)
+class MatchDetail:
+    """Every area range's matching (the material of pycocotools' ``evalImgs``): the evaluated gts, the kept
+    detections, the sparse matches over combos (area index × T + threshold index), and the (C, nK) ignore
+    flags of the kept detections."""
+
+    gt: _GtPrep
+    det: _DetPrep
+    matches: _Matches
+    det_ignored: np.ndarray
+    score: np.ndarray
 
 
 def _mean_valid(s: np.ndarray) -> float:
