@@ -1,4 +1,4 @@
-"""``posecal.compat``: pycocotools' and xtcocotools' usage patterns run through both; every attribute equal."""
+"""``posecal.compat``: pycocotools' and xtcocotools' usage patterns through both, every attribute equal."""
 
 from __future__ import annotations
 
