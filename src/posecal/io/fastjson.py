@@ -48,13 +48,16 @@ _NL_TO_SPACE = bytes.maketrans(b"\n\r", b"  ")
 def _numbers_valid(joined: bytes, cls: bytes) -> bool:
     """Whether the numbers in ``joined`` (arrays' text, without '+') are JSON numbers as far as numpy's
     reader would accept what JSON refuses: a '.' not between two digits (``.5``, ``1.``, ``1.e5``) or a
-    leading zero (``01``, ``-01``). The rest (``1-2``, ``1e``, empty fields...) numpy refuses itself."""
+    leading zero (``01``, ``-01``); and no integer ``-0`` (a Python int 0 for orjson, -0.0 for numpy). The
+    rest (``1-2``, ``1e``, empty fields...) numpy refuses itself."""
     if cls.find(b".") >= 0 and cls.replace(b"0.0", b"000").find(b".") >= 0:
         return False
     z = joined.translate(_LZ)
     if z.find(b"e-") >= 0:
         z = z.replace(b"e-", b"ee")  # an exponent may have leading zeros (1e-05)
-    return not (z.startswith((b"z0", b"zz")) or any(z.find(p) >= 0 for p in (b",z0", b",zz", b"-z0", b"-zz")))
+    bad = (b",z0", b",zz", b"-z0", b"-zz",
+           b"-z,")  # the integer -0: orjson reads int 0, numpy -0.0 (sign bit): let orjson decide
+    return not (z.startswith((b"z0", b"zz")) or z.endswith(b"-z") or any(z.find(p) >= 0 for p in bad))
 
 
 # for the leading-zero check: '0' -> 'z', '1'..'9' -> '0', separators -> ',', '-' and 'e' kept, the rest '.'
