@@ -121,7 +121,8 @@ def test_gt_integer_fields_refuse_non_integers(value):
 def test_nan_outside_checked_fields_is_refused():
     gt_d, res = make_coco_set(5, n_images=3, max_gts=3, max_dets=4)
     gt = load_gt(gt_d)
-    text = json.dumps(res)[:-1] + ', {"image_id": %d, "category_id": 1, "keypoints": %s, "score": 0.5, ' \
-        '"extra": NaN}]' % (gt_d["images"][0]["id"], json.dumps([1.0] * 51))
+    img, kps = gt_d["images"][0]["id"], json.dumps([1.0] * 51)
+    extra = f'{{"image_id": {img}, "category_id": 1, "keypoints": {kps}, "score": 0.5, "extra": NaN}}'
+    text = json.dumps(res)[:-1] + ", " + extra + "]"
     with pytest.raises(PosecalInputError, match="NaN"):
         load_results(text.encode(), gt)
