@@ -34,41 +34,79 @@ FAST_MIN_BYTES = 1 << 16  # below this the plain orjson path is as fast
 _FAST_MIN_RECORDS = 64
 _KP_ARRAY = re.compile(rb'"keypoints"\s*:\s*\[([^\]]*)\]')
 _SEP = b"\x01"  # joins the cut-out arrays; never valid inside JSON text
-# byte classes for the syntax check: digits -> '0', separators -> ',', '.', '-', 'e' kept, anything else 'x'
-_CLS = bytearray(b"x" * 256)
-for _c in b"0123456789":
-    _CLS[_c] = ord("0")
+# byte classes for the syntax check, one bit each so that 8 bytes are checked at once in a uint64 word
+_DIG, _ZERO, _SEPC, _DOT, _MINUS, _EXP, _OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40
+_CLS = bytearray([_OTHER] * 256)
+for _c in b"123456789":
+    _CLS[_c] = _DIG
+_CLS[ord("0")] = _DIG | _ZERO
 for _c in b", \t\n\r\x01":
-    _CLS[_c] = ord(",")
-_CLS[ord(".")], _CLS[ord("-")], _CLS[ord("e")], _CLS[ord("E")] = ord("."), ord("-"), ord("e"), ord("e")
+    _CLS[_c] = _SEPC
+_CLS[ord(".")], _CLS[ord("-")], _CLS[ord("e")], _CLS[ord("E")] = _DOT, _MINUS, _EXP, _EXP
 _CLS = bytes(_CLS)
 _NL_TO_SPACE = bytes.maketrans(b"\n\r", b"  ")
+_LANES = np.uint64(0x0101010101010101)
+_SEP8 = bytes([_SEPC]) * 8
 
 
-def _numbers_valid(joined: bytes, cls: bytes) -> bool:
-    """Whether the numbers in ``joined`` (arrays' text, without '+') are JSON numbers as far as numpy's
-    reader would accept what JSON refuses: a '.' not between two digits (``.5``, ``1.``, ``1.e5``) or a
-    leading zero (``01``, ``-01``); and no integer ``-0`` (a Python int 0 for orjson, -0.0 for numpy). The
-    rest (``1-2``, ``1e``, empty fields...) numpy refuses itself."""
-    if cls.find(b".") >= 0 and cls.replace(b"0.0", b"000").find(b".") >= 0:
+def _swar_any_bad(cur: np.ndarray, prev_w: np.ndarray, next_w: np.ndarray) -> bool:
+    """Over words of 8 class bytes (``cur``, with the words before and after it): is any byte a '.' without
+    a digit on both sides, a leading zero (a token-initial 0 followed by a digit) or the integer ``-0``?
+    In-place operations on four work arrays (no fresh memory per step); lanes are little-endian bytes."""
+    u1, u2, u3, u4, u8, u56 = (np.uint64(v) for v in (1, 2, 3, 4, 8, 56))
+    prev = np.left_shift(cur, u8)
+    prev |= prev_w >> u56  # byte i-1 in lane i
+    nxt = np.right_shift(cur, u8)
+    t = np.left_shift(next_w, u56)
+    nxt |= t  # byte i+1 in lane i
+    # DOT(cur) & ~(DIG(prev) & DIG(next)): a '.' needs a digit on both sides
+    np.bitwise_and(prev, nxt, out=t)
+    np.invert(t, out=t)
+    z = np.right_shift(cur, u3)
+    t &= z
+    t &= _LANES
+    if t.any():
+        return True
+    np.right_shift(cur, u1, out=z)
+    z &= _LANES  # ZERO(cur)
+    if not z.any():
         return False
-    z = joined.translate(_LZ)
-    if z.find(b"e-") >= 0:
-        z = z.replace(b"e-", b"ee")  # an exponent may have leading zeros (1e-05)
-    bad = (b",z0", b",zz", b"-z0", b"-zz",
-           b"-z,")  # the integer -0: orjson reads int 0, numpy -0.0 (sign bit): let orjson decide
-    return not (z.startswith((b"z0", b"zz")) or z.endswith(b"-z") or any(z.find(p) >= 0 for p in bad))
+    np.right_shift(prev, u4, out=t)
+    t &= _LANES  # MINUS(prev)
+    prev >>= u2
+    prev &= _LANES  # SEP(prev)
+    prev |= t
+    prev &= nxt
+    prev &= z  # ZERO(cur) & (SEP | MINUS)(prev) & DIG(next): 01, -01
+    if prev.any():
+        return True
+    nxt >>= u2
+    nxt &= t
+    nxt &= z  # ZERO(cur) & MINUS(prev) & SEP(next): -0
+    return bool(nxt.any())
 
 
-# for the leading-zero check: '0' -> 'z', '1'..'9' -> '0', separators -> ',', '-' and 'e' kept, the rest '.'
-_LZ = bytearray(b"." * 256)
-_LZ[ord("0")] = ord("z")
-for _c in b"123456789":
-    _LZ[_c] = ord("0")
-for _c in b", \t\n\r\x01":
-    _LZ[_c] = ord(",")
-_LZ[ord("-")], _LZ[ord("e")], _LZ[ord("E")] = ord("-"), ord("e"), ord("e")
-_LZ = bytes(_LZ)
+def _numbers_valid(cls: bytes) -> bool:
+    """Whether the arrays' text (as class bytes, no other byte) holds only JSON numbers as far as numpy's
+    reader would accept what JSON refuses: a '.' not between two digits (``.5``, ``1.``, ``1.e5``), a
+    leading zero (``01``, ``-01``), or the integer ``-0`` (a Python int 0 for orjson, -0.0 for numpy). The
+    rest (``1-2``, ``1e``, empty fields...) numpy refuses itself. Checked 8 bytes at a time."""
+    em = bytes([_EXP, _MINUS])
+    if cls.find(bytes([_EXP])) >= 0 and cls.find(em) >= 0:
+        cls = cls.replace(em, bytes([_EXP, _EXP]))  # an exponent's sign is not a number's (1e-05 is valid)
+    n = len(cls) // 8
+    if n < 4:
+        w = np.frombuffer(_SEP8 + cls + _SEP8[: (-len(cls)) % 8] + _SEP8, dtype=np.uint64)
+        return not _swar_any_bad(w[1:-1], w[:-2], w[2:])
+    w = np.frombuffer(cls, dtype=np.uint64, count=n)  # no copy: the interior words with real neighbours
+    if _swar_any_bad(w[1:-1], w[:-2], w[2:]):
+        return False
+    head = np.frombuffer(_SEP8 + cls[:16], dtype=np.uint64)  # word 0 (its left neighbour: start of text)
+    if _swar_any_bad(head[1:2], head[0:1], head[2:3]):
+        return False
+    tail = cls[(n - 2) * 8:]
+    tail = np.frombuffer(tail + _SEP8[: (-len(tail)) % 8] + _SEP8, dtype=np.uint64)  # word n-1 and the rest
+    return not _swar_any_bad(tail[1:-1], tail[:-2], tail[2:])
 
 
 def _fast_keypoints(data: bytes | mmap.mmap) -> tuple[bytes, np.ndarray] | None:
@@ -86,10 +124,11 @@ def _fast_keypoints(data: bytes | mmap.mmap) -> tuple[bytes, np.ndarray] | None:
     joined = _SEP.join(nums)
     cls = joined.translate(_CLS)
     line_breaks = joined.find(b"\n") >= 0 or joined.find(b"\r") >= 0
-    if cls.find(b"x") >= 0:
+    other = bytes([_OTHER])
+    if cls.find(other) >= 0:
         # some "keypoints" arrays are not plain numbers (the names in categories, strings, '+'...): they stay
         # in the text. Find them from the positions of the other bytes (few arrays, usually one).
-        bad_pos = np.flatnonzero(np.frombuffer(cls, dtype=np.uint8) == ord("x"))
+        bad_pos = np.flatnonzero(np.frombuffer(cls, dtype=np.uint8) == _OTHER)
         ends = np.cumsum(np.fromiter(map(len, nums), dtype=np.int64, count=len(nums)) + 1)
         bad = set(np.searchsorted(ends, bad_pos, side="right").tolist())
         parts[1::2] = [b'"keypoints":[]'] * len(nums)
@@ -102,7 +141,7 @@ def _fast_keypoints(data: bytes | mmap.mmap) -> tuple[bytes, np.ndarray] | None:
         cls = joined.translate(_CLS)
     else:
         parts[1::2] = [b'"keypoints":[]'] * len(nums)
-    if not _numbers_valid(joined, cls):
+    if not _numbers_valid(cls):
         return None
     del joined, cls  # freed before the array is made, which then reuses their memory
     if line_breaks:  # a line break inside an array reads as a space
