@@ -16,6 +16,7 @@ parser is never the one that accepts a document's numbers.
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import re
@@ -109,6 +110,14 @@ def _numbers_valid(cls: bytes) -> bool:
     return not _swar_any_bad(tail[1:-1], tail[:-2], tail[2:])
 
 
+def _rows(nums: list[bytes]) -> bytes:
+    """The arrays' text, one per line (a line break inside an array reads as a space)."""
+    joined = b"\n".join(nums)
+    if joined.count(b"\n") != len(nums) - 1 or joined.find(b"\r") >= 0:
+        joined = _SEP.join(nums).translate(_NL_TO_SPACE).replace(_SEP, b"\n")
+    return joined
+
+
 def _fast_keypoints(data: bytes | mmap.mmap) -> tuple[bytes, np.ndarray] | None:
     """Cut every numeric ``"keypoints": [...]`` array out of the JSON text and parse them all at once.
 
@@ -121,9 +130,8 @@ def _fast_keypoints(data: bytes | mmap.mmap) -> tuple[bytes, np.ndarray] | None:
     nums = parts[1::2]
     if len(nums) < _FAST_MIN_RECORDS:  # (an empty array makes numpy's reader warn: None below)
         return None
-    joined = _SEP.join(nums)
+    joined = _rows(nums)
     cls = joined.translate(_CLS)
-    line_breaks = joined.find(b"\n") >= 0 or joined.find(b"\r") >= 0
     other = bytes([_OTHER])
     if cls.find(other) >= 0:
         # some "keypoints" arrays are not plain numbers (the names in categories, strings, '+'...): they stay
@@ -137,26 +145,26 @@ def _fast_keypoints(data: bytes | mmap.mmap) -> tuple[bytes, np.ndarray] | None:
         nums = [c for i, c in enumerate(nums) if i not in bad]
         if len(nums) < _FAST_MIN_RECORDS:
             return None
-        joined = _SEP.join(nums)
+        joined = _rows(nums)
         cls = joined.translate(_CLS)
     else:
         parts[1::2] = [b'"keypoints":[]'] * len(nums)
     if not _numbers_valid(cls):
         return None
-    del joined, cls  # freed before the array is made, which then reuses their memory
-    if line_breaks:  # a line break inside an array reads as a space
-        nums = [c.translate(_NL_TO_SPACE) for c in nums]
-    # one list item = one row (no line breaks inside); max_rows lets the reader size the array once
+    del cls
+    n_rows = len(nums)
+    del nums  # freed before the array is made, which then reuses their memory
+    # one line = one row; max_rows lets the reader size the array once; a file-like object is read in
+    # blocks (faster than a list of lines)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            arr = np.loadtxt(nums, delimiter=",", dtype=np.float64, ndmin=2, comments=None,
-                             max_rows=len(nums))
+            arr = np.loadtxt(io.BytesIO(joined), delimiter=",", dtype=np.float64, ndmin=2, comments=None,
+                             max_rows=n_rows)
     except (ValueError, UserWarning):
         return None
-    if arr.shape[0] != len(nums):
+    if arr.shape[0] != n_rows:
         return None
-    del nums
     return b"".join(parts), arr
 
 
