@@ -50,20 +50,37 @@ _LANES = np.uint64(0x0101010101010101)
 _SEP8 = bytes([_SEPC]) * 8
 
 
+_CHUNK = 1 << 15  # words per step: the work arrays stay in the CPU cache
+
+
 def _swar_any_bad(cur: np.ndarray, prev_w: np.ndarray, next_w: np.ndarray) -> bool:
-    """Over words of 8 class bytes (``cur``, with the words before and after it): is any byte a '.' without
-    a digit on both sides, a leading zero (a token-initial 0 followed by a digit) or the integer ``-0``?
-    In-place operations on four work arrays (no fresh memory per step); lanes are little-endian bytes."""
-    u1, u2, u3, u4, u8, u56 = (np.uint64(v) for v in (1, 2, 3, 4, 8, 56))
-    prev = np.left_shift(cur, u8)
-    prev |= prev_w >> u56  # byte i-1 in lane i
-    nxt = np.right_shift(cur, u8)
-    t = np.left_shift(next_w, u56)
+    """Over words of 8 class bytes (``cur``, with the words before and after each): is any byte a '.'
+    without a digit on both sides, a leading zero (a token-initial 0 followed by a digit) or the integer
+    ``-0``? Lanes are little-endian bytes; done in cache-sized steps with in-place operations on four work
+    arrays."""
+    n = cur.shape[0]
+    size = min(n, _CHUNK)
+    work = [np.empty(size, dtype=np.uint64) for _ in range(4)]
+    for s in range(0, n, _CHUNK):
+        e = min(n, s + _CHUNK)
+        if _swar_step(cur[s:e], prev_w[s:e], next_w[s:e], [w[: e - s] for w in work]):
+            return True
+    return False
+
+
+def _swar_step(cur: np.ndarray, prev_w: np.ndarray, next_w: np.ndarray, work: list[np.ndarray]) -> bool:
+    u1, u2, u3, u4, u8, u56 = _SHIFTS
+    prev, nxt, t, z = work
+    np.left_shift(cur, u8, out=prev)
+    np.right_shift(prev_w, u56, out=t)
+    prev |= t  # byte i-1 in lane i
+    np.right_shift(cur, u8, out=nxt)
+    np.left_shift(next_w, u56, out=t)
     nxt |= t  # byte i+1 in lane i
     # DOT(cur) & ~(DIG(prev) & DIG(next)): a '.' needs a digit on both sides
     np.bitwise_and(prev, nxt, out=t)
     np.invert(t, out=t)
-    z = np.right_shift(cur, u3)
+    np.right_shift(cur, u3, out=z)
     t &= z
     t &= _LANES
     if t.any():
@@ -85,6 +102,9 @@ def _swar_any_bad(cur: np.ndarray, prev_w: np.ndarray, next_w: np.ndarray) -> bo
     nxt &= t
     nxt &= z  # ZERO(cur) & MINUS(prev) & SEP(next): -0
     return bool(nxt.any())
+
+
+_SHIFTS = tuple(np.uint64(v) for v in (1, 2, 3, 4, 8, 56))
 
 
 def _numbers_valid(cls: bytes) -> bool:
