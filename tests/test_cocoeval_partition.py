@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from _cocogen import make_coco_set, perturb_gt
-from _cocoref import run_pycocotools, run_xtcocotools
+from _cocoref import run_xtcocotools
 from posecal.errors import PosecalInputError, PosecalWarning
 from posecal.io.coco import load_gt, load_results
 from posecal.keypoints import COCO_WHOLEBODY133
