@@ -20,7 +20,8 @@ from posecal.metrics.cocoeval import evaluate, evaluate_dataset
 PARTS = {"foot": ["foot_kpts"], "face": ["face_kpts"], "left_hand": ["lefthand_kpts"],
          "right_hand": ["righthand_kpts"],
          "all": ["keypoints", "foot_kpts", "face_kpts", "lefthand_kpts", "righthand_kpts"]}
-WB_PART = {"foot": "foot", "face": "face", "left_hand": "lefthand", "right_hand": "righthand", "all": "wholebody"}
+WB_PART = {"foot": "foot", "face": "face", "left_hand": "lefthand", "right_hand": "righthand",
+           "all": "wholebody"}
 
 
 def _partition_file(wb: dict, part: str) -> dict:
