@@ -168,7 +168,7 @@ def cpu_burner(on: bool):
 
 
 def bench_size(name: str, n_images: int, per_image: float, seed: int, repeats: int, work: Path,
-               busy: bool = False, tweaks: bool = False) -> dict:
+               busy: bool = False, tweaks: bool = False, only: list[str] | None = None) -> dict:
     d = work / name
     # generated in a child process: this parent stays small, so the children's peak RSS is their own
     # (Linux carries a forked parent's high-water mark into the child's ru_maxrss)
@@ -185,6 +185,8 @@ def bench_size(name: str, n_images: int, per_image: float, seed: int, repeats: i
            "gt_mb": gp.stat().st_size / 2**20, "pred_mb": pp.stat().st_size / 2**20}
     stats = {}
     todo = tools(gp, pp, out_json, tweaks)
+    if only:
+        todo = {k: v for k, v in todo.items() if k in only}
     runs: dict[str, list] = {t: [] for t in todo}
     with cpu_burner(busy):
         for _ in range(repeats):  # round robin: every tool sees the same background load
@@ -199,7 +201,8 @@ def bench_size(name: str, n_images: int, per_image: float, seed: int, repeats: i
                     stats[tool] = json.loads(re.search(r"STATS (\[.*\])", out).group(1))
     for tool, rr in runs.items():
         walls, cpus, rsss = [x[0] for x in rr], [x[1] for x in rr], [x[2] for x in rr]
-        row[tool] = {"wall_s": min(walls), "walls": walls, "cpu_s": min(cpus), "peak_rss_mib": max(rsss)}
+        row[tool] = {"wall_s": min(walls), "walls": walls, "cpu_s": min(cpus), "cpus": cpus,
+                     "peak_rss_mib": max(rsss)}
         runs_s = ", ".join(f"{w:.2f}" for w in walls)
         print(f"  {name:5s} {tool:24s} best {min(walls):7.2f} s  (runs {runs_s})  CPU {min(cpus):7.2f} s"
               f"  peak RSS {max(rsss):7.0f} MiB", flush=True)
@@ -300,6 +303,8 @@ def main() -> int:
     ap.add_argument("--busy", action="store_true", help="keep one core busy with another process meanwhile")
     ap.add_argument("--tweaks", action="store_true",
                     help="also run posecal with each process-level tweak turned off (POSECAL_PROCESS_TWEAKS)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="TOOL",
+                    help="run only these tools (e.g. 'posecal' 'posecal without gc'); prints, writes no doc")
     args = ap.parse_args()
     rows, reps = [], {}
     load0 = os.getloadavg()[0]
@@ -309,7 +314,15 @@ def main() -> int:
             n_images, per = SIZES[name]
             reps[name] = args.repeats or (3 if name == "small" else 2)
             print(f"{name}: generating {n_images} images ...", flush=True)
-            rows.append(bench_size(name, n_images, per, args.seed, reps[name], work, args.busy, args.tweaks))
+            rows.append(bench_size(name, n_images, per, args.seed, reps[name], work, args.busy, args.tweaks,
+                                   args.only))
+    if args.only:
+        for r in rows:
+            for t in r["tools"]:
+                w, c = sorted(r[t]["walls"]), sorted(r[t]["cpus"])
+                print(f"{r['size']} {t:24s} wall best {w[0]:.3f} median {w[len(w) // 2]:.3f}   CPU best "
+                      f"{c[0]:.3f} median {c[len(c) // 2]:.3f}  peak RSS {r[t]['peak_rss_mib']:.0f} MiB")
+        return 0
     load = (f"Load average (1 min) at start / end: {load0:.1f} / {os.getloadavg()[0]:.1f} on "
             f"{os.cpu_count()} cores — the machine is shared, so wall times include waiting for a core; "
             "the CPU column is less affected.")
