@@ -212,7 +212,7 @@ def _strict_loads(data: bytes, file: str | None) -> tuple[Any, bool]:
     except orjson.JSONDecodeError as e:
         err = e
     msg = str(err)
-    if "recursion" in msg.lower():
+    if "recursion" in msg.lower() or "depth limit" in msg.lower():
         raise PosecalInputError("invalid JSON: nested too deeply", file) from None
     if re.search(rb"NaN|Infinity", data) and _only_nan_fault(data):
         import json
