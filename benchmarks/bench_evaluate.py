@@ -208,8 +208,8 @@ def bench_size(name: str, n_images: int, per_image: float, seed: int, repeats: i
               f"  peak RSS {max(rsss):7.0f} MiB", flush=True)
     row["tools"] = list(todo)
     row["stats"] = stats
-    row["agree_pycocotools"] = stats["posecal"] == stats["pycocotools"]
-    row["agree_faster"] = stats["posecal"] == stats["faster-coco-eval"]
+    row["agree_pycocotools"] = stats.get("posecal") == stats.get("pycocotools")
+    row["agree_faster"] = stats.get("posecal") == stats.get("faster-coco-eval")
     return row
 
 

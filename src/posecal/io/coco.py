@@ -182,7 +182,8 @@ def no_gc() -> Iterator[None]:
     creates reference cycles, so pausing is safe.
     """
     was = gc.isenabled()
-    gc.disable()
+    if "-gc" not in os.environ.get("POSECAL_PROCESS_TWEAKS", "").split(","):  # (off for benchmarks)
+        gc.disable()
     try:
         yield
     finally:
