@@ -137,7 +137,8 @@ def run_child_wait4(cmd: list[str], env: dict) -> tuple[float, float, float, str
 TWEAKS = ("blas", "malloc", "gc", "exit")  # posecal evaluate's process-level tweaks (POSECAL_PROCESS_TWEAKS)
 
 
-def tools(gp: Path, pp: Path, out_json: Path, tweaks: bool) -> dict[str, tuple[list[str], dict]]:
+def tools(gp: Path, pp: Path, out_json: Path, tweaks: bool, baseline: Path | None = None
+          ) -> dict[str, tuple[list[str], dict]]:
     """tool name -> (command, extra environment)."""
     py = sys.executable
     pc = [py, "-m", "posecal", "evaluate", "--gt", str(gp), "--pred", str(pp), "--json", str(out_json)]
@@ -146,6 +147,8 @@ def tools(gp: Path, pp: Path, out_json: Path, tweaks: bool) -> dict[str, tuple[l
         "pycocotools": ([py, "-c", PYCOCOTOOLS, str(gp), str(pp)], {}),
         "faster-coco-eval": ([py, "-c", FASTER, str(gp), str(pp)], {}),
     }
+    if baseline is not None:  # another posecal source tree (e.g. main before a change), same files
+        out["posecal (baseline)"] = (pc, {"PYTHONPATH": str(baseline)})
     if tweaks:  # each process-level tweak of posecal turned off alone
         for t in TWEAKS:
             out[f"posecal without {t}"] = (pc, {"POSECAL_PROCESS_TWEAKS": f"-{t}"})
@@ -168,7 +171,8 @@ def cpu_burner(on: bool):
 
 
 def bench_size(name: str, n_images: int, per_image: float, seed: int, repeats: int, work: Path,
-               busy: bool = False, tweaks: bool = False, only: list[str] | None = None) -> dict:
+               busy: bool = False, tweaks: bool = False, only: list[str] | None = None,
+               baseline: Path | None = None) -> dict:
     d = work / name
     # generated in a child process: this parent stays small, so the children's peak RSS is their own
     # (Linux carries a forked parent's high-water mark into the child's ru_maxrss)
@@ -184,7 +188,9 @@ def bench_size(name: str, n_images: int, per_image: float, seed: int, repeats: i
     row = {"size": name, "images": n_images, "gts": G, "dets": D,
            "gt_mb": gp.stat().st_size / 2**20, "pred_mb": pp.stat().st_size / 2**20}
     stats = {}
-    todo = tools(gp, pp, out_json, tweaks)
+    if baseline is not None:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(baseline / "posecal")], check=True)
+    todo = tools(gp, pp, out_json, tweaks, baseline)
     if only:
         todo = {k: v for k, v in todo.items() if k in only}
     runs: dict[str, list] = {t: [] for t in todo}
@@ -271,7 +277,10 @@ def markdown(rows: list[dict], repeats: dict, note: str, busy: bool = False, com
             f"**{c['wall_s'] / p['wall_s']:.1f}×** pycocotools (target ≥ {target}×) and "
             f"**{f['wall_s'] / p['wall_s']:.1f}×** faster-coco-eval (target ≥ 3×); CPU time "
             f"{c['cpu_s'] / p['cpu_s']:.1f}× and {f['cpu_s'] / p['cpu_s']:.1f}×; peak memory "
-            f"{p['peak_rss_mib']:.0f} MiB vs pycocotools {c['peak_rss_mib']:.0f} MiB (target ≤).")
+            f"{p['peak_rss_mib']:.0f} MiB vs pycocotools {c['peak_rss_mib']:.0f} MiB (target ≤)."
+            + (f" The baseline source tree, same run: {c['wall_s'] / r['posecal (baseline)']['wall_s']:.1f}× "
+               f"pycocotools (wall), {c['cpu_s'] / r['posecal (baseline)']['cpu_s']:.1f}× (CPU)."
+               if "posecal (baseline)" in r else ""))
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"
@@ -303,6 +312,8 @@ def main() -> int:
     ap.add_argument("--busy", action="store_true", help="keep one core busy with another process meanwhile")
     ap.add_argument("--tweaks", action="store_true",
                     help="also run posecal with each process-level tweak turned off (POSECAL_PROCESS_TWEAKS)")
+    ap.add_argument("--baseline-src", type=Path, default=None, metavar="SRC",
+                    help="also run posecal from this source tree ('posecal (baseline)', e.g. main's src)")
     ap.add_argument("--only", nargs="+", default=None, metavar="TOOL",
                     help="run only these tools (e.g. 'posecal' 'posecal without gc'); prints, writes no doc")
     args = ap.parse_args()
@@ -315,7 +326,7 @@ def main() -> int:
             reps[name] = args.repeats or (3 if name == "small" else 2)
             print(f"{name}: generating {n_images} images ...", flush=True)
             rows.append(bench_size(name, n_images, per, args.seed, reps[name], work, args.busy, args.tweaks,
-                                   args.only))
+                                   args.only, args.baseline_src))
     if args.only:
         for r in rows:
             for t in r["tools"]:
