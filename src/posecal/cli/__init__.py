@@ -103,7 +103,9 @@ def console_main() -> None:
 
     When ``posecal evaluate`` (without ``--report``) has printed and written everything, the process ends
     at once (``os._exit``) instead of tearing the interpreter down: freeing the ~10⁵ objects of the parsed
-    files and the modules costs ~20 ms of a 0.35 s run, and nothing is left to flush or finalise.
+    files and the modules costs ~20 ms of a 0.35 s run (quiet machine; measured again with and without in
+    docs/benchmarks.md, ``POSECAL_PROCESS_TWEAKS=-exit`` turns it off), and nothing is left to flush or
+    finalise.
     """
     rc = main()
     if rc == 0 and getattr(sys.modules.get("posecal.cli.evaluate"), "_finished_plain", False):

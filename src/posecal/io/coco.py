@@ -179,7 +179,8 @@ def no_gc() -> Iterator[None]:
 
     Parsing creates hundreds of thousands of dicts and lists; with them alive every automatic collection
     rescans them all, which can double the time of loading and evaluating a large file. Nothing here
-    creates reference cycles, so pausing is safe.
+    creates reference cycles, so pausing is safe. Measured with and without in docs/benchmarks.md
+    (``POSECAL_PROCESS_TWEAKS=-gc`` turns it off).
     """
     was = gc.isenabled()
     if "-gc" not in os.environ.get("POSECAL_PROCESS_TWEAKS", "").split(","):  # (off for benchmarks)
