@@ -113,6 +113,8 @@ def test_crowdpose_file_reports_crowd_levels(shared, tmp_path):
     assert len(stdout.splitlines()) == 9 and "type=  easy" in stdout
     rc2, stdout2, _ = _run(argv[:-2] + ["--flavor", "crowdpose", "--json", "-"])
     assert rc2 == 0 and json.loads(stdout2)["coco"] == doc["coco"]
+    rc3, stdout3, err3 = _run(argv[:-2] + ["--flavor", "xtcocotools", "--no-use-area", "--json", "-"])
+    assert rc3 == 0 and list(json.loads(stdout3)["coco"]) == list(CROWD_STAT_NAMES), err3
 
 
 def test_wholebody_reports_parts(shared, tmp_path):

@@ -55,7 +55,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--flavor", choices=FLAVOR_CHOICES, default=None,
                    help="reference to reproduce: pycocotools, xtcocotools or crowdpose (crowdposetools, with "
                    "AP(E)/AP(M)/AP(H)); default crowdpose when every image has a 'crowdIndex', else "
-                   "pycocotools")
+                   "pycocotools. A CrowdPose file under xtcocotools is its keypoints_crowd (MMPose), crowd "
+                   "levels included")
     p.add_argument("--json", metavar="OUT.json", help="write the numbers as JSON (atomic); '-' prints the "
                    "JSON to stdout (the summary then goes to stderr)")
     p.add_argument("--report", metavar="DIR", help="calibration audit: metrics.json, figures, index.html "

@@ -929,7 +929,8 @@ def evaluate_dataset(gt: CocoGroundTruth | str | dict, res: CocoResults | str | 
     """Evaluate a results file the way its ground truth calls for (the rules of ``posecal evaluate``).
 
     * ``flavor`` None: ``"crowdpose"`` when every image has a ``crowdIndex`` (a CrowdPose file), else
-      ``"pycocotools"``.
+      ``"pycocotools"``. A CrowdPose file under ``"xtcocotools"`` is evaluated as its ``keypoints_crowd``
+      (MMPose's CrowdPose metric: AP(E)/AP(M)/AP(H) too).
     * ``use_area`` None: the gt ``area`` when every gt has one, else 0.53·w·h of the box (with a note).
     * COCO-WholeBody ground truth (part fields) with default sigmas: the body as pycocotools evaluates the
       file (its own COCO-17 sigmas, which differ from the WholeBody list in the last bit), plus
@@ -952,5 +953,7 @@ def evaluate_dataset(gt: CocoGroundTruth | str | dict, res: CocoResults | str | 
         result = evaluate(gt, res, sigmas=COCO17.sigmas, use_area=use_area, flavor=flavor, keypoints="body")
         return DatasetEvaluation(result, evaluate_wholebody(gt, res, use_area=use_area), use_area, flavor,
                                  notes)
-    result = evaluate(gt, res, sigmas=sigmas, use_area=use_area, flavor=flavor)
+    # a CrowdPose file under xtcocotools: its 'keypoints_crowd' (MMPose's CrowdPose metric), crowd levels too
+    crowd = flavor == "crowdpose" or (flavor == "xtcocotools" and gt.crowd_index is not None)
+    result = evaluate(gt, res, sigmas=sigmas, use_area=use_area, flavor=flavor, crowd_levels=crowd)
     return DatasetEvaluation(result, {}, use_area, flavor, notes)
