@@ -128,15 +128,18 @@ def test_nan_outside_checked_fields_is_refused():
         load_results(text.encode(), gt)
 
 
-@pytest.mark.parametrize("chunk", [1, 2, 3, 1 << 15])
-def test_syntax_check_at_every_position(monkeypatch, chunk):
-    """The 8-bytes-at-a-time check finds a bad token wherever it lies (word and step boundaries)."""
+@pytest.mark.parametrize("chunk,block", [(1, 8), (2, 16), (3, 24), (1 << 15, 1 << 20)])
+def test_syntax_check_at_every_position(monkeypatch, chunk, block):
+    """The 8-bytes-at-a-time check finds a bad token wherever it lies (word, step and block boundaries)."""
     monkeypatch.setattr(fastjson, "_CHUNK", chunk)
+    monkeypatch.setattr(fastjson, "_BLOCK", block)
     good = [b"1.5", b"-0.25", b"10", b"0", b"1e-05", b"0.0", b"-3", b"2E-1", b"100.125"] * 4
-    assert fastjson._numbers_valid(b",".join(good).translate(fastjson._CLS))
+    for sep in (b",", b", ", b"\n"):
+        assert fastjson._scan(sep.join(good)) == 0
     for bad in (b".5", b"5.", b"01", b"-01", b"-0", b"1.e5"):
         for i in range(len(good) + 1):
             toks = good[:i] + [bad] + good[i:]
             for sep in (b",", b", ", b"\n"):
-                text = sep.join(toks)
-                assert not fastjson._numbers_valid(text.translate(fastjson._CLS)), (bad, i, sep)
+                assert fastjson._scan(sep.join(toks)) == 1, (bad, i, sep)
+    for i in range(len(good) + 1):
+        assert fastjson._scan(b",".join(good[:i] + [b'"1"'] + good[i:])) == 2

@@ -107,27 +107,33 @@ def _swar_step(cur: np.ndarray, prev_w: np.ndarray, next_w: np.ndarray, work: li
 _SHIFTS = tuple(np.uint64(v) for v in (1, 2, 3, 4, 8, 56))
 
 
-def _numbers_valid(cls: bytes) -> bool:
-    """Whether the arrays' text (as class bytes, no other byte) holds only JSON numbers as far as numpy's
-    reader would accept what JSON refuses: a '.' not between two digits (``.5``, ``1.``, ``1.e5``), a
-    leading zero (``01``, ``-01``), or the integer ``-0`` (a Python int 0 for orjson, -0.0 for numpy). The
-    rest (``1-2``, ``1e``, empty fields...) numpy refuses itself. Checked 8 bytes at a time."""
-    em = bytes([_EXP, _MINUS])
-    if cls.find(bytes([_EXP])) >= 0 and cls.find(em) >= 0:
-        cls = cls.replace(em, bytes([_EXP, _EXP]))  # an exponent's sign is not a number's (1e-05 is valid)
-    n = len(cls) // 8
-    if n < 4:
-        w = np.frombuffer(_SEP8 + cls + _SEP8[: (-len(cls)) % 8] + _SEP8, dtype=np.uint64)
-        return not _swar_any_bad(w[1:-1], w[:-2], w[2:])
-    w = np.frombuffer(cls, dtype=np.uint64, count=n)  # no copy: the interior words with real neighbours
-    if _swar_any_bad(w[1:-1], w[:-2], w[2:]):
-        return False
-    head = np.frombuffer(_SEP8 + cls[:16], dtype=np.uint64)  # word 0 (its left neighbour: start of text)
-    if _swar_any_bad(head[1:2], head[0:1], head[2:3]):
-        return False
-    tail = cls[(n - 2) * 8:]
-    tail = np.frombuffer(tail + _SEP8[: (-len(tail)) % 8] + _SEP8, dtype=np.uint64)  # word n-1 and the rest
-    return not _swar_any_bad(tail[1:-1], tail[:-2], tail[2:])
+_BLOCK = 1 << 20  # bytes of text classified at a time (a multiple of 8)
+
+
+def _scan(joined: bytes) -> int:
+    """Classify the arrays' text block by block (little memory, cache-friendly): 2 when it holds a byte
+    that is not part of a number (a string, ``true``, ``+``...), 1 when a number is one that numpy's reader
+    would accept but JSON refuses — a '.' not between two digits (``.5``, ``1.``, ``1.e5``), a leading zero
+    (``01``, ``-01``) or the integer ``-0`` (a Python int 0 for orjson, -0.0 for numpy) — else 0. The rest
+    (``1-2``, ``1e``, empty fields...) numpy refuses itself."""
+    other, em, ee = bytes([_OTHER]), bytes([_EXP, _MINUS]), bytes([_EXP, _EXP])
+    n = len(joined)
+    bad = False
+    for s in range(0, max(n, 1), _BLOCK):
+        e = min(n, s + _BLOCK)
+        seg = joined[max(0, s - 8): e + 8].translate(_CLS)  # the region with 8 bytes of context each side
+        if seg.find(other) >= 0:
+            return 2
+        if bad:
+            continue
+        if seg.find(em) >= 0:
+            seg = seg.replace(em, ee)  # an exponent's sign is not a number's (1e-05 is valid)
+        head = _SEP8 if s == 0 else b""
+        tail = _SEP8[: 8 - min(8, n - e)] if e < n else _SEP8[: (-(e - s)) % 8] + _SEP8
+        w = np.frombuffer(head + seg + tail, dtype=np.uint64)
+        k = (e - s + 7) // 8  # words of the region; w[0] and w[k + 1] are its context
+        bad = _swar_any_bad(w[1:k + 1], w[0:k], w[2:k + 2])
+    return 1 if bad else 0
 
 
 def _rows(nums: list[bytes]) -> bytes:
@@ -147,31 +153,32 @@ def _fast_keypoints(data: bytes | mmap.mmap) -> tuple[bytes, np.ndarray] | None:
     if data.find(_SEP) >= 0:
         return None
     parts = _KP_ARRAY.split(data)  # [text, array contents, text, array contents, ..., text]
-    nums = parts[1::2]
-    if len(nums) < _FAST_MIN_RECORDS:  # (an empty array makes numpy's reader warn: None below)
+    nums_all = parts[1::2]
+    n = len(nums_all)
+    if n < _FAST_MIN_RECORDS:  # (an empty array makes numpy's reader warn: None below)
         return None
-    joined = _rows(nums)
-    cls = joined.translate(_CLS)
     other = bytes([_OTHER])
-    if cls.find(other) >= 0:
-        # some "keypoints" arrays are not plain numbers (the names in categories, strings, '+'...): they stay
-        # in the text. Find them from the positions of the other bytes (few arrays, usually one).
-        bad_pos = np.flatnonzero(np.frombuffer(cls, dtype=np.uint8) == _OTHER)
+    # arrays that are not plain numbers (the keypoint names of a ground truth's category, strings, '+'...)
+    # stay in the JSON text; the names usually come first or last, so look there before joining
+    lo = 1 if nums_all[0].translate(_CLS).find(other) >= 0 else 0
+    hi = n - 1 if n - 1 > lo and nums_all[-1].translate(_CLS).find(other) >= 0 else n
+    as_text = set(range(lo)) | set(range(hi, n))
+    nums = nums_all[lo:hi]
+    joined = _rows(nums)
+    verdict = _scan(joined)
+    if verdict == 2:  # more of them: find them from the positions of the other bytes
+        bad_pos = np.flatnonzero(np.frombuffer(joined.translate(_CLS), dtype=np.uint8) == _OTHER)
         ends = np.cumsum(np.fromiter(map(len, nums), dtype=np.int64, count=len(nums)) + 1)
-        bad = set(np.searchsorted(ends, bad_pos, side="right").tolist())
-        parts[1::2] = [b'"keypoints":[]'] * len(nums)
-        for i in bad:
-            parts[2 * i + 1] = b'"keypoints":[' + nums[i] + b"]"
-        nums = [c for i, c in enumerate(nums) if i not in bad]
-        if len(nums) < _FAST_MIN_RECORDS:
-            return None
+        as_text |= {lo + i for i in np.searchsorted(ends, bad_pos, side="right").tolist()}
+        nums = [c for i, c in enumerate(nums_all) if i not in as_text]
         joined = _rows(nums)
-        cls = joined.translate(_CLS)
-    else:
-        parts[1::2] = [b'"keypoints":[]'] * len(nums)
-    if not _numbers_valid(cls):
+        verdict = _scan(joined)
+    parts[1::2] = [b'"keypoints":[]'] * n
+    for i in as_text:
+        parts[2 * i + 1] = b'"keypoints":[' + nums_all[i] + b"]"
+    del nums_all
+    if len(nums) < _FAST_MIN_RECORDS or verdict != 0:
         return None
-    del cls
     n_rows = len(nums)
     del nums  # freed before the array is made, which then reuses their memory
     # one line = one row; max_rows lets the reader size the array once; a file-like object is read in
