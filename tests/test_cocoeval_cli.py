@@ -16,7 +16,7 @@ import pytest
 
 from _cocogen import make_coco_set, perturb_gt
 from posecal.cli import main
-from posecal.metrics.cocoeval import STAT_NAMES
+from posecal.metrics.cocoeval import CROWD_STAT_NAMES, STAT_NAMES
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -95,9 +95,26 @@ def test_crowdpose_without_area(shared, tmp_path):
     argv = ["evaluate", "--gt", str(gt_path), "--pred", str(pred), "--json", str(out)]
     rc, _, err = _run(argv + ["--use-area"])
     assert rc == 2 and "area" in err and not out.exists()
-    rc, stdout, err = _run(argv)
+    rc, stdout, err = _run(argv + ["--flavor", "pycocotools"])
     assert rc == 0 and "0.53" in err and len(stdout.splitlines()) == 10
     assert json.loads(out.read_text())["use_area"] is False
+
+
+def test_crowdpose_file_reports_crowd_levels(shared, tmp_path):
+    """A CrowdPose file (crowdIndex on every image) is evaluated as crowdposetools: 9 named stats."""
+    gt_path = shared("data", "mmpose-fixtures", "crowdpose", "test_crowdpose.json")
+    pred = _write(tmp_path / "pred.json", perturb_gt(json.loads(gt_path.read_text()), 1))
+    out = tmp_path / "o.json"
+    argv = ["evaluate", "--gt", str(gt_path), "--pred", str(pred), "--json", str(out)]
+    rc, stdout, err = _run(argv)
+    assert rc == 0, err
+    doc = json.loads(out.read_text())
+    assert list(doc["coco"]) == list(CROWD_STAT_NAMES) and doc["flavor"] == "crowdpose"
+    assert len(stdout.splitlines()) == 9 and "type=  easy" in stdout
+    rc2, stdout2, _ = _run(argv[:-2] + ["--flavor", "crowdpose", "--json", "-"])
+    assert rc2 == 0 and json.loads(stdout2)["coco"] == doc["coco"]
+    rc3, stdout3, err3 = _run(argv[:-2] + ["--flavor", "xtcocotools", "--no-use-area", "--json", "-"])
+    assert rc3 == 0 and list(json.loads(stdout3)["coco"]) == list(CROWD_STAT_NAMES), err3
 
 
 def test_wholebody_reports_parts(shared, tmp_path):
@@ -179,3 +196,73 @@ def test_cli_imports_stay_light(shared, tmp_path):
                        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "HEAVY []" in p.stdout
+
+
+def _small_files(tmp_path):
+    gt, res = make_coco_set(31, n_images=4, max_gts=4, max_dets=5)
+    return _write(tmp_path / "gt.json", gt), _write(tmp_path / "pred.json", res)
+
+
+def test_json_to_stdout(tmp_path):
+    g, p = _small_files(tmp_path)
+    rc, stdout, err = _run(["evaluate", "--gt", str(g), "--pred", str(p), "--json", "-"])
+    assert rc == 0, err
+    doc = json.loads(stdout)  # stdout holds only the JSON; the summary went to stderr
+    assert list(doc["coco"]) == list(STAT_NAMES) and "Average Precision" in err
+
+
+def test_output_equal_to_an_input_is_refused(tmp_path):
+    g, p = _small_files(tmp_path)
+    before = g.read_bytes(), p.read_bytes()
+    link = tmp_path / "link.json"
+    link.symlink_to(p)
+    for out in (g, p, link, tmp_path / "." / "gt.json"):
+        rc, stdout, err = _run(["evaluate", "--gt", str(g), "--pred", str(p), "--json", str(out)])
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "input" in err and stdout == "", out
+    assert (g.read_bytes(), p.read_bytes()) == before
+
+
+def test_unwritable_output_fails_before_work(tmp_path):
+    g, p = _small_files(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out in (tmp_path, blocker / "o.json"):
+        rc, stdout, err = _run(["evaluate", "--gt", str(g), "--pred", str(p), "--json", str(out)])
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and stdout == "", out
+
+
+def test_outputs_honour_umask(tmp_path):
+    import os
+
+    g, p = _small_files(tmp_path)
+    out = tmp_path / "o.json"
+    old = os.umask(0o022)
+    try:
+        rc, _, err = _run(["evaluate", "--gt", str(g), "--pred", str(p), "--json", str(out)])
+    finally:
+        os.umask(old)
+    assert rc == 0, err
+    assert out.stat().st_mode & 0o777 == 0o644
+
+
+def test_newline_in_file_name_gives_one_line(tmp_path):
+    g, _ = _small_files(tmp_path)
+    bad = tmp_path / "bad\nname.json"
+    bad.write_text("[{")
+    rc, _, err = _run(["evaluate", "--gt", str(g), "--pred", str(bad)])
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "\\n" in err
+
+
+def test_usage_error_is_one_line():
+    p = subprocess.run([sys.executable, "-m", "posecal", "evaluate", "--gt", "x.json", "--flavor", "nope"],
+                       capture_output=True, text=True, env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+                       timeout=120)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def test_deeply_nested_json_is_one_line(tmp_path):
+    g, _ = _small_files(tmp_path)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    rc, _, err = _run(["evaluate", "--gt", str(g), "--pred", str(deep)])
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "nested" in err

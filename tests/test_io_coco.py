@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from _cocogen import make_coco_set
 from posecal.errors import PosecalInputError, PosecalWarning
-from posecal.io import coco
+from posecal.io import coco, fastjson
 from posecal.io.coco import load_gt, load_results, save_results
 from posecal.keypoints import COCO17, COCO_WHOLEBODY133, CROWDPOSE14
 from posecal.metrics.cocoeval import evaluate
@@ -264,17 +264,28 @@ def test_corrupted_records_raise_only_input_errors(seed, field, value, target):
 # ---- the fast keypoint-array path must give exactly what the plain orjson path gives ------------------
 @contextlib.contextmanager
 def _fast_path(on: bool):
-    """Force the fast path on (for any size) or off."""
-    saved = coco._FAST_MIN_BYTES, coco._FAST_MIN_RECORDS, os.environ.get("POSECAL_NO_FAST_JSON")
-    coco._FAST_MIN_BYTES, coco._FAST_MIN_RECORDS = 0, 1
+    """Force the fast path on (for any size) or off; yields a list that records, per parse, whether the
+    fast path produced the keypoint array."""
+    saved = (fastjson.FAST_MIN_BYTES, fastjson._FAST_MIN_RECORDS, os.environ.get("POSECAL_NO_FAST_JSON"),
+             fastjson._fast_keypoints)
+    fastjson.FAST_MIN_BYTES, fastjson._FAST_MIN_RECORDS = 0, 1
+    used: list[bool] = []
+
+    def spy(data):
+        out = saved[3](data)
+        used.append(out is not None)
+        return out
+
+    fastjson._fast_keypoints = spy
     if on:
         os.environ.pop("POSECAL_NO_FAST_JSON", None)
     else:
         os.environ["POSECAL_NO_FAST_JSON"] = "1"
     try:
-        yield
+        yield used
     finally:
-        coco._FAST_MIN_BYTES, coco._FAST_MIN_RECORDS = saved[:2]
+        fastjson.FAST_MIN_BYTES, fastjson._FAST_MIN_RECORDS = saved[:2]
+        fastjson._fast_keypoints = saved[3]
         if saved[2] is None:
             os.environ.pop("POSECAL_NO_FAST_JSON", None)
         else:
@@ -303,16 +314,16 @@ def test_fast_json_path_equals_plain_path(seed, style, exotic):
             vals[1] = int(rng.integers(-1000, 1000))
             r["keypoints"] = vals
     gbytes, rbytes = _dump(gt, style), _dump(res, style)
-    with warnings.catch_warnings(), _fast_path(True):
+    with warnings.catch_warnings(), _fast_path(True) as used_fast:
         warnings.simplefilter("ignore")
         g_fast = coco.load_gt(gbytes)
         r_fast = coco.load_results(rbytes, g_fast)
-    with warnings.catch_warnings(), _fast_path(False):
+    with warnings.catch_warnings(), _fast_path(False) as used_slow:
         warnings.simplefilter("ignore")
         g_slow = coco.load_gt(gbytes)
         r_slow = coco.load_results(rbytes, g_slow)
     if len(res) and len(gt["annotations"]):
-        assert g_fast._fast and r_fast._fast and not g_slow._fast and not r_slow._fast
+        assert used_fast == [True, True] and not any(used_slow)
     np.testing.assert_array_equal(g_fast.keypoints, g_slow.keypoints)
     np.testing.assert_array_equal(r_fast.keypoints, r_slow.keypoints)
     np.testing.assert_array_equal(r_fast.det_area, r_slow.det_area)

@@ -60,9 +60,10 @@ def _single_thread_blas() -> None:
     """Before numpy is first imported: one OpenBLAS thread unless the user chose a number.
 
     ``posecal evaluate`` makes no BLAS call, but OpenBLAS starts a worker thread per core when numpy is
-    imported, and on a 2-core machine those idle workers spin for ~0.1 s of CPU time during a 0.4 s run.
+    imported, and on a 2-core machine those idle workers spin for ~0.1 s of CPU time during a 0.4 s run
+    (measured in docs/benchmarks.md; ``POSECAL_PROCESS_TWEAKS=-blas`` turns it off).
     """
-    if "numpy" not in sys.modules:
+    if "numpy" not in sys.modules and "-blas" not in os.environ.get("POSECAL_PROCESS_TWEAKS", "").split(","):
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
@@ -136,7 +137,9 @@ def console_main() -> None:
 
     When ``posecal evaluate`` (without ``--report``) has printed and written everything, the process ends
     at once (``os._exit``) instead of tearing the interpreter down: freeing the ~10⁵ objects of the parsed
-    files and the modules costs ~20 ms of a 0.35 s run, and nothing is left to flush or finalise.
+    files and the modules costs ~20 ms of a 0.35 s run (quiet machine; measured again with and without in
+    docs/benchmarks.md, ``POSECAL_PROCESS_TWEAKS=-exit`` turns it off), and nothing is left to flush or
+    finalise.
     """
     import warnings
 

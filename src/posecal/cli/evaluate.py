@@ -1,13 +1,14 @@
 """``posecal evaluate``: exact COCO keypoint AP/AR of a results file.
 
     posecal evaluate --gt GT.json --pred PRED.json [--sigmas S ... | --keypoint-set NAME]
-                     [--use-area | --no-use-area] [--flavor pycocotools|xtcocotools] [--json OUT.json]
-                     [--report DIR [--random-seeds N]]
+                     [--use-area | --no-use-area] [--flavor pycocotools|xtcocotools|crowdpose]
+                     [--json OUT.json|-] [--report DIR [--random-seeds N]]
 
-Prints pycocotools' 10-line summary; ``--json`` writes ``{"coco": {"AP": ..., ..., "ARl": ...}, ...}``
-atomically. Bad input: one error line, exit code 2, no output file. ``--report DIR`` adds the
-calibration audit (:mod:`posecal.calibration`): a compact table, a ``"calibration"`` block in the JSON,
-and ``DIR/metrics.json``, PNG figures and ``DIR/index.html``.
+Prints pycocotools' 10-line summary (CrowdPose files: AP/AR and AP(E)/AP(M)/AP(H) as crowdposetools);
+``--json`` writes ``{"coco": {"AP": ..., ..., "ARl": ...}, ...}`` atomically (``-``: to stdout). Bad
+input or an output that would overwrite an input: one error line, exit code 2, no output file.
+``--report DIR`` adds the calibration audit (:mod:`posecal.calibration`): a compact table, a
+``"calibration"`` block in the JSON, and ``DIR/metrics.json``, PNG figures and ``DIR/index.html``.
 
 Structure (for extensions such as a calibration report): :func:`load_inputs` → :func:`compute` →
 :func:`build_output` (the one place the output dict is assembled) → :func:`emit`; :func:`run` only chains
@@ -18,9 +19,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
+import shutil
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from posecal.errors import PosecalInputError
@@ -31,7 +36,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "evaluate",
         help="exact COCO keypoint AP/AR (pycocotools-identical)",
         description="COCO keypoint AP/AR of a results file, identical to pycocotools 2.0.x COCOeval "
-        "(or xtcocotools with --flavor xtcocotools).",
+        "(or xtcocotools with --flavor xtcocotools, or crowdposetools' AP(E)/AP(M)/AP(H) for CrowdPose "
+        "files).",
     )
     p.add_argument("--gt", required=True, metavar="GT.json", help="COCO keypoint ground truth")
     p.add_argument("--pred", required=True, metavar="PRED.json", help="COCO results (list of detections)")
@@ -46,14 +52,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-use-area", dest="use_area", action="store_false",
                    help="use 0.53·w·h of the gt box instead of 'area' (xtcocotools use_area=False; "
                    "CrowdPose, AIC)")
-    p.add_argument("--flavor", choices=("pycocotools", "xtcocotools"), default="pycocotools",
-                   help="reference to reproduce (default pycocotools)")
-    p.add_argument("--json", metavar="OUT.json", help="write the numbers as JSON (atomic)")
+    p.add_argument("--flavor", choices=FLAVOR_CHOICES, default=None,
+                   help="reference to reproduce: pycocotools, xtcocotools or crowdpose (crowdposetools, with "
+                   "AP(E)/AP(M)/AP(H)); default crowdpose when every image has a 'crowdIndex', else "
+                   "pycocotools. A CrowdPose file under xtcocotools is its keypoints_crowd (MMPose), crowd "
+                   "levels included")
+    p.add_argument("--json", metavar="OUT.json", help="write the numbers as JSON (atomic); '-' prints the "
+                   "JSON to stdout (the summary then goes to stderr)")
     p.add_argument("--report", metavar="DIR", help="calibration audit: metrics.json, figures, index.html "
                    "in DIR (needs matplotlib) and a 'calibration' block in --json")
     p.add_argument("--random-seeds", type=int, default=5, metavar="N",
                    help="seeds for the AP with random confidence of --report (default 5)")
     return p
+
+
+FLAVOR_CHOICES = ("pycocotools", "xtcocotools", "crowdpose")
 
 
 @dataclass(eq=False)  # holds arrays: identity comparison
@@ -68,6 +81,7 @@ class Evaluation:
     parts: dict[str, Any] = field(default_factory=dict)  # WholeBody part -> CocoEvalResult
     notes: list[str] = field(default_factory=list)
     calibration: Any = None  # posecal.calibration.audit.Audit with --report
+    flavor: str = "pycocotools"
 
 
 def _parse_sigmas(args: argparse.Namespace, gt) -> tuple[Any, str]:
@@ -108,37 +122,26 @@ def load_inputs(args: argparse.Namespace):
 
 
 def compute(args: argparse.Namespace, gt, res) -> Evaluation:
-    """Run the evaluator(s) the inputs call for."""
-    from posecal.keypoints import COCO_WHOLEBODY133
-    from posecal.metrics.cocoeval import evaluate, evaluate_wholebody
+    """Run the evaluator(s) the inputs call for (the rules live in
+    :func:`posecal.metrics.cocoeval.evaluate_dataset`)."""
+    from posecal.metrics.cocoeval import evaluate_dataset
 
     sigmas, source = _parse_sigmas(args, gt)
-    notes = []
-    use_area = args.use_area
-    if use_area is None:
-        use_area = gt.has_area
-        if not use_area:
-            notes.append("ground truth has no 'area': OKS scaled by 0.53·w·h of the gt box (--no-use-area)")
-    if gt.keypoint_set is COCO_WHOLEBODY133 and sigmas is None:
-        # the body as pycocotools evaluates the file (its own COCO sigmas, which differ from the WholeBody
-        # list in the last bit), plus xtcocotools' part-wise AP with part scores
-        from posecal.keypoints import COCO17
-
-        result = evaluate(gt, res, sigmas=COCO17.sigmas, use_area=use_area, flavor=args.flavor,
-                          keypoints="body")
-        parts = evaluate_wholebody(gt, res, use_area=use_area)
-        ev = Evaluation(gt, res, result, source, use_area, parts, notes)
-    else:
-        result = evaluate(gt, res, sigmas=sigmas, use_area=use_area, flavor=args.flavor)
-        ev = Evaluation(gt, res, result, source, use_area, {}, notes)
+    if args.flavor == "crowdpose" or (args.flavor is None and gt.crowd_index is not None):
+        if args.use_area:
+            raise PosecalInputError("crowdposetools scales OKS by 0.53·w·h of the gt box, never by 'area'; "
+                                    "give --flavor pycocotools or xtcocotools to use it", None, None,
+                                    "--use-area")
+    de = evaluate_dataset(gt, res, sigmas=sigmas, use_area=args.use_area, flavor=args.flavor)
+    ev = Evaluation(gt, res, de.result, source, de.use_area, de.parts, list(de.notes), flavor=de.flavor)
     if getattr(args, "report", None):
         from posecal.calibration.audit import run_audit
 
         if ev.parts:
-            notes.append("calibration audit over all keypoints of the whole body (COCO summary: body)")
-        ev.calibration = run_audit(gt, res, None if ev.parts else result, sigmas=sigmas,
+            ev.notes.append("calibration audit over all keypoints of the whole body (COCO summary: body)")
+        ev.calibration = run_audit(gt, res, None if ev.parts else de.result, sigmas=sigmas,
                                    n_random=args.random_seeds,
-                                   evaluate_kwargs={"use_area": use_area, "flavor": args.flavor})
+                                   evaluate_kwargs={"use_area": de.use_area, "flavor": de.flavor})
     return ev
 
 
@@ -148,7 +151,7 @@ def build_output(args: argparse.Namespace, ev: Evaluation) -> dict:
         "coco": {k: float(v) for k, v in ev.result.stats.items()},
         "gt": str(args.gt),
         "pred": str(args.pred),
-        "flavor": args.flavor,
+        "flavor": ev.flavor,
         "use_area": bool(ev.use_area),
         "sigmas": ev.sigmas_source,
         "num_images": int(ev.gt.image_ids.shape[0]),
@@ -163,12 +166,9 @@ def build_output(args: argparse.Namespace, ev: Evaluation) -> dict:
     return out
 
 
-def emit(args: argparse.Namespace, ev: Evaluation, out: dict) -> None:
-    """Print the summary for people and write --json for machines."""
+def _summary_text(ev: Evaluation) -> str:
     from posecal.metrics.cocoeval import summary_lines
 
-    for n in ev.notes:
-        print(f"posecal evaluate: note: {n}", file=sys.stderr)
     lines = summary_lines(ev.result)
     if ev.parts:
         lines = ["COCO keypoints (body, as pycocotools evaluates the file):"] + lines
@@ -181,23 +181,91 @@ def emit(args: argparse.Namespace, ev: Evaluation, out: dict) -> None:
         from posecal.calibration.audit import format_summary
 
         lines += ["", format_summary(ev.calibration.metrics)]
-    sys.stdout.write("\n".join(lines) + "\n")
-    if ev.calibration is not None:
-        from posecal.calibration.report import write_report
-
-        write_report(ev.calibration, args.report, document=out)
-        print(f"posecal evaluate: report written to {args.report}/index.html", file=sys.stderr)
-    if args.json:
-        from posecal._util import write_json_atomic
-
-        write_json_atomic(args.json, out)
+    return "\n".join(lines) + "\n"
 
 
-def _check_report_dir(args: argparse.Namespace) -> None:
-    """Fail before any work when --report cannot be written."""
+def emit(args: argparse.Namespace, ev: Evaluation, out: dict) -> None:
+    """Print the summary for people and write --json for machines (``-``: stdout).
+
+    Nothing is left half-written: the report is written to a temporary folder beside DIR and renamed only
+    once the JSON is written."""
+    from posecal._util import dumps_json, write_json_atomic
+
+    for n in ev.notes:
+        print(f"posecal evaluate: note: {n}", file=sys.stderr)
+    to_stdout = args.json == "-"
+    (sys.stderr if to_stdout else sys.stdout).write(_summary_text(ev))
+    tmp_report = None
+    try:
+        if ev.calibration is not None:
+            tmp_report = _write_report_tmp(ev, args.report, out)
+        if to_stdout:
+            sys.stdout.write(dumps_json(out, indent=True).decode() + "\n")
+        elif args.json:
+            try:
+                write_json_atomic(args.json, out)
+            except OSError as e:
+                raise PosecalInputError(f"cannot write: {e.strerror or e}", args.json, None,
+                                        "--json") from None
+        if tmp_report is not None:
+            _replace_dir(tmp_report, Path(args.report))
+            tmp_report = None
+            print(f"posecal evaluate: report written to {args.report}/index.html", file=sys.stderr)
+    finally:
+        if tmp_report is not None:
+            shutil.rmtree(tmp_report, ignore_errors=True)
+
+
+def _write_report_tmp(ev: Evaluation, report: str, out: dict) -> Path:
+    from posecal.calibration.report import write_report
+
+    final = Path(report)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        write_report(ev.calibration, tmp, document=out)
+        os.chmod(tmp, 0o777 & ~_umask())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished report folder into place (an existing report folder is replaced)."""
+    if final.is_dir():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Fail before any work when an output would overwrite an input or cannot be created."""
     import importlib.util
-    from pathlib import Path
 
+    inputs = [args.gt, args.pred]
+    if args.json and args.json != "-":
+        for src in inputs:
+            if _same_file(args.json, src):
+                raise PosecalInputError(f"is an input file ({src}); refusing to overwrite it", args.json,
+                                        None, "--json")
+        _check_writable_file(args.json, "--json")
     if not getattr(args, "report", None):
         return
     if importlib.util.find_spec("matplotlib") is None:
@@ -205,8 +273,32 @@ def _check_report_dir(args: argparse.Namespace) -> None:
     d = Path(args.report)
     if d.exists() and not d.is_dir():
         raise PosecalInputError("exists and is not a directory", str(d), None, "--report")
+    for src in inputs:
+        if os.path.realpath(src).startswith(os.path.realpath(d) + os.sep):
+            raise PosecalInputError(f"contains the input file {src}; it would be replaced", str(d), None,
+                                    "--report")
+    _check_writable_dir(d.parent if str(d.parent) else Path("."), str(d), "--report")
     if args.random_seeds < 0:
         raise PosecalInputError("must be >= 0", None, None, "--random-seeds")
+
+
+def _check_writable_file(path: str, flag: str) -> None:
+    p = Path(path)
+    if p.is_dir():
+        raise PosecalInputError("is a directory", path, None, flag)
+    parent = p.parent
+    while not parent.exists():  # created on writing
+        parent = parent.parent
+    _check_writable_dir(parent, path, flag)
+
+
+def _check_writable_dir(d: Path, what: str, flag: str) -> None:
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    if not d.is_dir():
+        raise PosecalInputError(f"cannot be created: {d} is not a directory", what, None, flag)
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise PosecalInputError(f"cannot be created: no write permission in {d}", what, None, flag)
 
 
 _finished_plain = False  # set by run(); read by posecal.cli.console_main
@@ -217,8 +309,9 @@ def _keep_freed_memory() -> None:
 
     Evaluation makes many short-lived arrays of tens of MB; with glibc's defaults each is a fresh mmap whose
     pages fault in again (about half of the system time on large files). Peak memory grows a little.
+    Measured in docs/benchmarks.md (``POSECAL_PROCESS_TWEAKS=-malloc`` turns it off).
     """
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or not tweak_enabled("malloc"):
         return
     try:
         import ctypes
@@ -231,15 +324,23 @@ def _keep_freed_memory() -> None:
         pass
 
 
+def tweak_enabled(name: str) -> bool:
+    """Process-level speed tweaks (``blas``, ``malloc``, ``gc``, ``exit``) are on unless
+    ``POSECAL_PROCESS_TWEAKS`` lists ``-name`` (benchmarks/bench_evaluate.py measures each with and
+    without)."""
+    return f"-{name}" not in os.environ.get("POSECAL_PROCESS_TWEAKS", "").split(",")
+
+
 def run(args: argparse.Namespace) -> int:
-    _check_report_dir(args)
+    check_outputs(args)
     _keep_freed_memory()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # the garbage collector paused over the first imports (numpy) too, not only while loading: their
         # many new objects otherwise trigger collections that find nothing to free
         was = gc.isenabled()
-        gc.disable()
+        if tweak_enabled("gc"):
+            gc.disable()
         try:
             gt, res = load_inputs(args)
         finally:
@@ -250,5 +351,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"posecal evaluate: warning: {w.message}", file=sys.stderr)
     emit(args, ev, build_output(args, ev))
     global _finished_plain
-    _finished_plain = ev.calibration is None  # everything written: the process may end without teardown
+    # everything written: the process may end without teardown
+    _finished_plain = ev.calibration is None and tweak_enabled("exit")
     return 0

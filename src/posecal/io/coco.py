@@ -7,7 +7,9 @@ as a flat ``[x, y, s] * K`` list in image pixels, ``score``, optional ``bbox``).
 are concatenated to K = 133 in the order of :data:`posecal.keypoints.COCO_WHOLEBODY133`; part scores
 (``foot_score``, ``face_score``, ...) are kept in :attr:`CocoResults.part_scores`.
 
-Every validation failure raises :class:`~posecal.errors.PosecalInputError` naming file, record and
+JSON is read strictly (:mod:`posecal.io.fastjson`): numbers must be JSON numbers — a string, a boolean,
+``NaN`` or ``+1`` where a number belongs is refused. Every validation failure raises
+:class:`~posecal.errors.PosecalInputError` naming file, record and
 field. Scores above 1 or below 0 are legal (heatmap maxima exceed 1): a :class:`PosecalWarning` is
 issued, values are never clipped.
 """
@@ -16,10 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import math
-import mmap
 import os
-import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,12 +28,13 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
-import orjson
 
 from posecal.errors import PosecalInputError, PosecalWarning
+from posecal.io.fastjson import read_json
 from posecal.keypoints import COCO_WHOLEBODY133, KeypointSet, find_keypoint_set
 
-__all__ = ["CocoGroundTruth", "CocoResults", "load_gt", "load_results", "save_results", "WHOLEBODY_FIELDS"]
+__all__ = ["CocoGroundTruth", "CocoResults", "load_gt", "load_results", "save_results", "WHOLEBODY_FIELDS",
+           "keypoint_set_for_count"]
 
 #: the extra keypoint fields of COCO-WholeBody, in the order they follow the 17 body keypoints
 WHOLEBODY_FIELDS: tuple[tuple[str, str, int], ...] = (
@@ -63,8 +65,10 @@ class CocoGroundTruth:
         images: image id -> image record.
         categories: the category records.
         keypoint_set: the matched keypoint set (by ``categories[0].keypoints`` names, or WholeBody
-            when the part fields are present), else None.
+            when the part fields are present, or by the annotations' keypoint count when the names do
+            not fit it), else None.
         has_area: whether every annotation had an ``area`` field.
+        wholebody: whether the annotations carry COCO-WholeBody's part fields (``foot_kpts``...).
         path: source file (None for a dict).
     """
 
@@ -81,6 +85,7 @@ class CocoGroundTruth:
     categories: list[dict]
     keypoint_set: KeypointSet | None = None
     has_area: bool = True
+    wholebody: bool = False
     path: str | None = None
 
     def __len__(self) -> int:
@@ -95,6 +100,38 @@ class CocoGroundTruth:
     def category_ids(self) -> np.ndarray:
         """(C,) int64 sorted category ids (pycocotools' default ``catIds``)."""
         return _unique(np.array([c["id"] for c in self.categories], dtype=np.int64))
+
+    @property
+    def crowd_index(self) -> np.ndarray | None:
+        """(I,) float64 CrowdPose ``crowdIndex`` of each image (in :attr:`image_ids` order), or None when
+        any image lacks a numeric one."""
+        vals = [self.images[i].get("crowdIndex") for i in self.image_ids.tolist()]
+        if not vals or not all(_num(v) for v in vals):
+            return None
+        out = np.array(vals, dtype=np.float64)
+        return out if np.isfinite(out).all() else None
+
+
+class _LazyRecords:
+    """The ``records`` field of :class:`CocoResults`: the parsed dicts, whose ``"keypoints"`` lists (cut out
+    by the fast JSON path, which leaves ``[]``) are put back from the array on first access."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = "_" + name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return None  # the dataclass default: no records
+        recs = obj.__dict__.get(self._slot, [])
+        pending = obj.__dict__.pop("_pending_keypoints", None)
+        if pending is not None:
+            for r, row in zip(recs, pending.tolist(), strict=True):
+                r["keypoints"] = row
+        return recs
+
+    def __set__(self, obj: Any, value: list[dict] | None) -> None:
+        obj.__dict__.pop("_pending_keypoints", None)
+        obj.__dict__[self._slot] = [] if value is None else value
 
 
 @dataclass(eq=False)  # holds arrays: identity comparison
@@ -113,7 +150,7 @@ class CocoResults:
             ``keypoints`` points (including (0, 0) placeholders).
         part_scores: WholeBody part name -> (D,) scores from ``<part>_score`` fields (when every record
             has that field).
-        records: the parsed dicts, for round-tripping extra fields.
+        records: the parsed dicts (file order), for round-tripping extra fields.
         path: source file (None for a list).
     """
 
@@ -125,29 +162,15 @@ class CocoResults:
     visibility: np.ndarray | None
     det_area: np.ndarray
     part_scores: dict[str, np.ndarray] = field(default_factory=dict)
-    records: list[dict] = field(default_factory=list)
+    records: list[dict] = _LazyRecords()  # type: ignore[assignment]
     path: str | None = None
 
     def __len__(self) -> int:
         return int(self.image_id.shape[0])
 
-
-def _get_records(self: CocoResults) -> list[dict]:
-    recs = self.__dict__["_records"]
-    pending = self.__dict__.pop("_restore_kp", None)
-    if pending is not None:
-        for r, row in zip(recs, pending.tolist(), strict=True):
-            r["keypoints"] = row
-    return recs
-
-
-def _set_records(self: CocoResults, value: list[dict]) -> None:
-    self.__dict__.pop("_restore_kp", None)
-    self.__dict__["_records"] = value
-
-
-# the fast JSON path leaves ``"keypoints": []`` in the record dicts; restore them lazily on access
-CocoResults.records = property(_get_records, _set_records, doc="the parsed result dicts (file order)")
+    def _defer_keypoints(self, rows: np.ndarray) -> None:
+        """The records' ``"keypoints"`` lists are ``[]``: fill them from ``rows`` (D, 3K) when first read."""
+        self.__dict__["_pending_keypoints"] = rows
 
 
 @contextlib.contextmanager
@@ -156,10 +179,12 @@ def no_gc() -> Iterator[None]:
 
     Parsing creates hundreds of thousands of dicts and lists; with them alive every automatic collection
     rescans them all, which can double the time of loading and evaluating a large file. Nothing here
-    creates reference cycles, so pausing is safe.
+    creates reference cycles, so pausing is safe. Measured with and without in docs/benchmarks.md
+    (``POSECAL_PROCESS_TWEAKS=-gc`` turns it off).
     """
     was = gc.isenabled()
-    gc.disable()
+    if "-gc" not in os.environ.get("POSECAL_PROCESS_TWEAKS", "").split(","):  # (off for benchmarks)
+        gc.disable()
     try:
         yield
     finally:
@@ -174,113 +199,21 @@ def _unique(a: np.ndarray) -> np.ndarray:
     return s[np.r_[True, s[1:] != s[:-1]]] if s.size else s
 
 
-# ----------------------------------------------------------------------------------------------
-_KP_ARRAY = re.compile(rb'"keypoints"\s*:\s*\[([^\]]*)\]')
-_NUM_CHARS = b"0123456789-+.eE, \t\n\r\x01"
-_NL_TO_SPACE = bytes.maketrans(b"\n\r", b"  ")
-_FAST_MIN_BYTES = 1 << 16  # below this the plain orjson path is as fast
-_FAST_MIN_RECORDS = 64
+# ---- field checks: every value a JSON number of the right kind, finite ----------------------------------
+def _num(v: Any) -> bool:
+    return type(v) is float or type(v) is int
 
 
-def _fast_keypoints(data: bytes | mmap.mmap) -> tuple[bytes, np.ndarray] | None:
-    """Fast path for big files: cut every numeric ``"keypoints": [...]`` array out of the JSON text and
-    parse them all at once with numpy's C reader (no Python float objects); returns the remaining JSON text
-    (with ``"keypoints": []``) and the (N, 3K) array, or None when anything is unusual (the caller then
-    parses normally, so errors are reported exactly as on the normal path)."""
-    parts = _KP_ARRAY.split(data)  # [text, array contents, text, array contents, ..., text]
-    nums = parts[1::2]
-    if len(nums) < _FAST_MIN_RECORDS:  # (an empty array makes numpy's reader warn: None below)
-        return None
-    joined = b"\x01".join(nums)
-    line_breaks = joined.find(b"\n") >= 0 or joined.find(b"\r") >= 0
-    if joined.translate(None, _NUM_CHARS):
-        # some "keypoints" arrays are not numbers (the names in categories, nested lists): keep them as text.
-        # Find them from the positions of the non-numeric bytes (few arrays, usually one).
-        lut = np.ones(256, dtype=bool)
-        lut[np.frombuffer(_NUM_CHARS, dtype=np.uint8)] = False
-        bad_pos = np.flatnonzero(lut[np.frombuffer(joined, dtype=np.uint8)])
-        ends = np.cumsum(np.fromiter(map(len, nums), dtype=np.int64, count=len(nums)) + 1)
-        bad = set(np.searchsorted(ends, bad_pos, side="right").tolist())
-        parts[1::2] = [b'"keypoints":[]'] * len(nums)
-        for i in bad:
-            parts[2 * i + 1] = b'"keypoints":[' + nums[i] + b"]"
-        nums = [c for i, c in enumerate(nums) if i not in bad]
-        if len(nums) < _FAST_MIN_RECORDS:
-            return None
-    else:
-        parts[1::2] = [b'"keypoints":[]'] * len(nums)
-    del joined  # freed before the array is made, which then reuses its memory (fewer page faults)
-    if line_breaks:  # a line break inside an array reads as a space
-        nums = [c.translate(_NL_TO_SPACE) for c in nums]
-    # one list item = one row (no line breaks inside); max_rows lets the reader size the array once
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            arr = np.loadtxt(nums, delimiter=",", dtype=np.float64, ndmin=2, comments=None,
-                             max_rows=len(nums))
-    except (ValueError, UserWarning):
-        return None
-    if arr.shape[0] != len(nums):
-        return None
-    del nums
-    return b"".join(parts), arr
+def _numbers_only(values: Any) -> bool:
+    """Whether every item is a JSON number (int or float; not bool, not str, not a list)."""
+    return set(map(type, values)) <= _NUMBER_TYPES
 
 
-def _read_file(path: str, mapped: bool) -> bytes | mmap.mmap:
-    """The file's bytes; a big regular file memory-mapped read-only when ``mapped`` (no copy: its pages come
-    from the page cache, so parsing touches less fresh memory)."""
-    with open(path, "rb") as fh:
-        if mapped and not os.environ.get("POSECAL_NO_FAST_JSON"):
-            try:
-                if os.fstat(fh.fileno()).st_size >= _FAST_MIN_BYTES:
-                    return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError):
-                pass
-        return fh.read()
+_NUMBER_TYPES = frozenset((int, float))
 
 
-def _read_json(src: Any, file: str | None, locate=None) -> tuple[Any, str | None, np.ndarray | None]:
-    """Parse ``src`` (path, bytes or already-parsed object). orjson first; NaN/Infinity (written by
-    Python's json) fall back to the stdlib parser so validation can name the record and field.
-
-    With ``locate`` (parsed object -> list of records), big inputs take :func:`_fast_keypoints`; the
-    third value is then the (N, 3K) keypoint array of those records (their dicts hold ``[]``)."""
-    if isinstance(src, (str, os.PathLike)):
-        path = str(src)
-        file = file or path
-        try:
-            data = _read_file(path, mapped=locate is not None)
-        except OSError as e:
-            raise PosecalInputError(f"cannot read file: {e.strerror or e}", file) from None
-    elif isinstance(src, (bytes, bytearray, memoryview)):
-        data = bytes(src)
-    else:
-        return src, file, None
-    if locate is not None and len(data) >= _FAST_MIN_BYTES and not os.environ.get("POSECAL_NO_FAST_JSON"):
-        fast = _fast_keypoints(data)
-        if fast is not None:
-            try:
-                obj = orjson.loads(fast[0])
-                recs = locate(obj)
-                # every record a dict whose "keypoints" were cut out (only dicts take a str index)
-                ok = (isinstance(recs, list) and len(recs) == fast[1].shape[0]
-                      and [r["keypoints"] for r in recs].count([]) == len(recs))
-            except (orjson.JSONDecodeError, TypeError, AttributeError, KeyError):
-                ok = False
-            if ok:
-                return obj, file, fast[1]
-    if not isinstance(data, bytes):
-        data = data[:]  # mmap -> bytes
-    try:
-        return orjson.loads(data), file, None
-    except orjson.JSONDecodeError as e:
-        import json
-
-        try:  # Python's json accepts NaN / Infinity; let the field check report them precisely
-            return json.loads(data), file, None
-        except (ValueError, UnicodeDecodeError):
-            pass
-        raise PosecalInputError(f"invalid JSON: {e}", file) from None
+def _rid(rec_ids: Sequence | None, i: int) -> Any:
+    return rec_ids[i] if rec_ids is not None else i
 
 
 def _require_finite(arr: np.ndarray, file, fld: str, rec_ids=None) -> np.ndarray:
@@ -288,17 +221,15 @@ def _require_finite(arr: np.ndarray, file, fld: str, rec_ids=None) -> np.ndarray
     finite = np.isfinite(arr)
     if not finite.all():
         i = int(np.argmin(finite.all(axis=1)))
-        rid = rec_ids[i] if rec_ids is not None else i
-        raise PosecalInputError("NaN or infinite value", file, rid, fld)
+        raise PosecalInputError("NaN or infinite value", file, _rid(rec_ids, i), fld)
     return arr
 
 
 def _checked_rows(arr: np.ndarray, k3: int, file, fld: str, rec_ids=None) -> np.ndarray:
     """Validate an (N, k3') array from the fast path as :func:`_flat_array` validates lists."""
     if arr.shape[1] != k3:
-        rid = rec_ids[0] if rec_ids is not None else 0
         raise PosecalInputError(f"expected {k3} numbers ({k3 // 3} x 3), got a list of {arr.shape[1]} "
-                                "numbers", file, rid, fld)
+                                "numbers", file, _rid(rec_ids, 0), fld)
     with np.errstate(over="ignore", invalid="ignore"):
         total = np.add.reduce(arr, axis=None)
     if np.isfinite(total):  # a finite sum: no NaN / inf anywhere (fast check; an overflow checks fully)
@@ -306,14 +237,8 @@ def _checked_rows(arr: np.ndarray, k3: int, file, fld: str, rec_ids=None) -> np.
     return _require_finite(arr, file, fld, rec_ids)
 
 
-def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _check_int(value: Any, file, record, fld) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or (
-        isinstance(value, float) and (not math.isfinite(value) or not value.is_integer())
-    ):
+    if not _num(value) or (type(value) is float and (not math.isfinite(value) or not value.is_integer())):
         raise PosecalInputError(f"expected an integer, got {value!r:.40}", file, record, fld)
     if not -(2**63) <= value < 2**63:
         raise PosecalInputError(f"integer out of range: {value!r:.40}", file, record, fld)
@@ -326,27 +251,20 @@ def _flat_array(rows: list, k3: int, file, fld: str, rec_ids: Sequence | None = 
     n = len(rows)
     if n == 0:
         return np.zeros((0, k3), dtype=np.float64)
-    bad = None
-    for i, r in enumerate(rows):
-        if not isinstance(r, list) or len(r) != k3:
-            bad = i
-            break
+    bad = next((i for i, r in enumerate(rows) if type(r) is not list or len(r) != k3), None)
     if bad is not None:
         r = rows[bad]
-        got = f"a list of {len(r)} numbers" if isinstance(r, list) else f"{type(r).__name__}"
-        rid = rec_ids[bad] if rec_ids is not None else bad
+        got = f"a list of {len(r)} values" if isinstance(r, list) else f"{type(r).__name__}"
         shape = f" ({k3 // 3} x 3)" if key.endswith("kpts") or key == "keypoints" else ""
-        raise PosecalInputError(f"expected {k3} numbers{shape}, got {got}", file, rid, fld)
+        raise PosecalInputError(f"expected {k3} numbers{shape}, got {got}", file, _rid(rec_ids, bad), fld)
+    if not _numbers_only(itertools.chain.from_iterable(rows)):
+        i = next(i for i, r in enumerate(rows) if not _numbers_only(r))
+        v = next(v for v in rows[i] if not _num(v))
+        raise PosecalInputError(f"expected a number, got {v!r:.40}", file, _rid(rec_ids, i), fld)
     try:
         arr = np.array(rows, dtype=np.float64)
-    except (TypeError, ValueError):
-        for i, r in enumerate(rows):
-            if not all(_num(v) for v in r):
-                rid = rec_ids[i] if rec_ids is not None else i
-                raise PosecalInputError("non-numeric value", file, rid, fld) from None
-        raise
-    if arr.shape != (n, k3):  # nested lists etc.
-        raise PosecalInputError(f"expected {k3} numbers per record", file, None, fld)
+    except OverflowError:  # an integer beyond float64
+        raise PosecalInputError("number out of range", file, None, fld) from None
     return _require_finite(arr, file, fld, rec_ids)
 
 
@@ -355,45 +273,40 @@ def _column(recs: list[dict], key: str, file, what: str, default: Any = KeyError
         return list(map(itemgetter(key), recs))
     except (KeyError, TypeError):
         for i, r in enumerate(recs):
-            if not isinstance(r, dict):
+            if type(r) is not dict:
                 raise PosecalInputError(f"{what} must be a JSON object", file, i, None) from None
-            if key not in r:
-                if default is KeyError:
-                    rid = r.get("id", i) if what == "annotation" else i
-                    raise PosecalInputError("missing field", file, rid, key) from None
+            if key not in r and default is KeyError:
+                rid = r.get("id", i) if what == "annotation" else i
+                raise PosecalInputError("missing field", file, rid, key) from None
         return [r.get(key, default) for r in recs]
 
 
 def _ints(values: list, file, key: str, rec_ids=None) -> np.ndarray:
-    try:
-        arr = np.array(values)
-    except (TypeError, ValueError):
-        arr = np.array([], dtype=object)
-    if arr.dtype.kind in "iu" and arr.ndim == 1:
-        return arr.astype(np.int64, copy=False)
+    """(N,) int64 of JSON integers (an integral float such as 3.0 is accepted, as pycocotools does)."""
+    types = set(map(type, values))
+    if types <= {int}:
+        try:
+            return np.array(values, dtype=np.int64)
+        except OverflowError:
+            pass
     for i, v in enumerate(values):
-        rid = rec_ids[i] if rec_ids is not None else i
-        _check_int(v, file, rid, key)
+        _check_int(v, file, _rid(rec_ids, i), key)
     return np.array([int(v) for v in values], dtype=np.int64)
 
 
 def _floats(values: list, file, key: str, rec_ids=None) -> np.ndarray:
-    arr = None
+    """(N,) float64 of JSON numbers, finite."""
+    if not _numbers_only(values):
+        i = next(i for i, v in enumerate(values) if not _num(v))
+        raise PosecalInputError(f"expected a number, got {values[i]!r:.40}", file, _rid(rec_ids, i), key)
     try:
         arr = np.array(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        pass
-    if arr is None or arr.ndim != 1 or any(isinstance(v, bool) for v in values[:1]):
-        for i, v in enumerate(values):
-            if not _num(v):
-                rid = rec_ids[i] if rec_ids is not None else i
-                raise PosecalInputError(f"expected a number, got {v!r:.40}", file, rid, key)
-        arr = np.array(values, dtype=np.float64)
+    except OverflowError:
+        raise PosecalInputError("number out of range", file, None, key) from None
     bad = ~np.isfinite(arr)
     if bad.any():
         i = int(np.argmax(bad))
-        rid = rec_ids[i] if rec_ids is not None else i
-        raise PosecalInputError("NaN or infinite value", file, rid, key)
+        raise PosecalInputError("NaN or infinite value", file, _rid(rec_ids, i), key)
     return arr
 
 
@@ -406,9 +319,17 @@ def _first_dup(ids: np.ndarray) -> int | None:
     return None if d.size == 0 else int(s[d[0]])
 
 
-# ----------------------------------------------------------------------------------------------
+def _first_unknown(values: np.ndarray, known: np.ndarray) -> int | None:
+    ok = np.isin(values, known)
+    return None if ok.all() else int(np.argmin(ok))
+
+
+# ---- ground truth --------------------------------------------------------------------------------------
 def load_gt(src: str | os.PathLike | dict | bytes, *, file: str | None = None) -> CocoGroundTruth:
     """Load and validate COCO keypoint ground truth.
+
+    Stages: read (strict JSON) → document shape → ids → keypoints (and the keypoint set) → boxes/areas →
+    ``num_keypoints``.
 
     Args:
         src: a path, raw JSON bytes, or an already-parsed dict (not modified).
@@ -418,27 +339,63 @@ def load_gt(src: str | os.PathLike | dict | bytes, *, file: str | None = None) -
         :class:`CocoGroundTruth` with arrays in annotation file order; keypoints (G, K, 3) in image pixels.
 
     Raises:
-        PosecalInputError: bad JSON, missing/ill-typed field, wrong keypoint count, NaN/inf, unknown
-            image_id or category_id, negative area or box size, duplicate image/category/annotation ids.
+        PosecalInputError: bad JSON, missing/ill-typed field, annotations whose keypoint counts disagree,
+            NaN/inf, unknown image_id or category_id, negative area or box size, duplicate
+            image/category/annotation ids.
+
+    Warns:
+        PosecalWarning: ``categories[0].keypoints`` names a different number of keypoints than the
+            annotations carry (MMPose's KeypointPartitionMetric writes such files): K is taken from the
+            annotations and the keypoint set (sigmas) matched by that count.
     """
     with no_gc():
-        return _load_gt(src, file=file)
+        d, file, fast_kp, non_json = read_json(src, file, _gt_annotations)
+        images_l, anns, cats = _gt_document(d, file)
+        ids = _gt_ids(images_l, anns, cats, file)
+        kps, kset, wholebody = _gt_keypoints(anns, cats, fast_kp, file, ids.rec_ids)
+        area, has_area, bbox, iscrowd = _gt_geometry(anns, file, ids.rec_ids)
+        num_kp = _gt_num_keypoints(anns, kps, kset, file, ids.rec_ids)
+        if non_json:
+            _refuse_non_json(file)
+    return CocoGroundTruth(
+        ann_id=ids.ann_id, image_id=ids.image_id, category_id=ids.category_id, keypoints=kps, area=area,
+        bbox=bbox, iscrowd=iscrowd, num_keypoints=num_kp, image_ids=np.sort(ids.img_ids),
+        images={int(i): im for i, im in zip(ids.img_ids.tolist(), images_l, strict=True)},
+        categories=list(cats), keypoint_set=kset, has_area=has_area, wholebody=wholebody, path=file,
+    )
 
 
-def _load_gt(src: str | os.PathLike | dict | bytes, *, file: str | None = None) -> CocoGroundTruth:
-    # body of load_gt (run with the garbage collector paused)
-    d, file, fast_kp = _read_json(src, file, _gt_annotations)
-    if not isinstance(d, dict):
+def _refuse_non_json(file: str | None) -> None:
+    raise PosecalInputError("invalid JSON: NaN / Infinity are not JSON numbers", file)
+
+
+def _gt_annotations(d: Any) -> Any:
+    return d.get("annotations") if type(d) is dict else None
+
+
+def _gt_document(d: Any, file: str | None) -> tuple[list, list, list]:
+    if type(d) is not dict:
         raise PosecalInputError("ground truth must be a JSON object with images/annotations/categories", file)
     for key in ("images", "annotations", "categories"):
         if key not in d:
             raise PosecalInputError("missing top-level field", file, None, key)
-        if not isinstance(d[key], list):
+        if type(d[key]) is not list:
             raise PosecalInputError("must be a list", file, None, key)
-    images_l, anns, cats = d["images"], d["annotations"], d["categories"]
-    if not cats:
+    if not d["categories"]:
         raise PosecalInputError("no categories", file, None, "categories")
+    return d["images"], d["annotations"], d["categories"]
 
+
+@dataclass
+class _GtIds:
+    img_ids: np.ndarray
+    ann_id: np.ndarray
+    image_id: np.ndarray
+    category_id: np.ndarray
+    rec_ids: list
+
+
+def _gt_ids(images_l: list, anns: list, cats: list, file: str | None) -> _GtIds:
     img_ids = _ints(_column(images_l, "id", file, "image"), file, "id")
     dup = _first_dup(img_ids)
     if dup is not None:
@@ -447,11 +404,6 @@ def _load_gt(src: str | os.PathLike | dict | bytes, *, file: str | None = None) 
     dup = _first_dup(cat_ids)
     if dup is not None:
         raise PosecalInputError(f"duplicate category id {dup}", file, "categories", "id")
-
-    names = cats[0].get("keypoints") if isinstance(cats[0], dict) else None
-    names = names if isinstance(names, list) and all(isinstance(n, str) for n in names) and names else None
-
-    G = len(anns)
     ann_id = _ints(_column(anns, "id", file, "annotation"), file, "id")
     rec_ids = ann_id.tolist()
     dup = _first_dup(ann_id)
@@ -459,23 +411,52 @@ def _load_gt(src: str | os.PathLike | dict | bytes, *, file: str | None = None) 
         raise PosecalInputError("duplicate annotation id", file, dup, "id")
     image_id = _ints(_column(anns, "image_id", file, "annotation"), file, "image_id", rec_ids)
     category_id = _ints(_column(anns, "category_id", file, "annotation"), file, "category_id", rec_ids)
-    known = np.isin(image_id, img_ids)
-    if not known.all():
-        i = int(np.argmin(known))
+    i = _first_unknown(image_id, img_ids)
+    if i is not None:
         raise PosecalInputError(f"unknown image_id {int(image_id[i])} (not in images)", file, rec_ids[i],
                                 "image_id")
-    known = np.isin(category_id, cat_ids)
-    if not known.all():
-        i = int(np.argmin(known))
+    i = _first_unknown(category_id, cat_ids)
+    if i is not None:
         raise PosecalInputError(f"unknown category_id {int(category_id[i])}", file, rec_ids[i], "category_id")
+    return _GtIds(img_ids, ann_id, image_id, category_id, rec_ids)
 
+
+def _category_names(cats: list) -> list[str] | None:
+    names = cats[0].get("keypoints") if type(cats[0]) is dict else None
+    ok = type(names) is list and names and all(type(n) is str for n in names)
+    return names if ok else None
+
+
+def _annotation_k(anns: list, kp_rows: Any, fast_kp: np.ndarray | None) -> int | None:
+    """K of the annotations when they all carry the same multiple of 3 values, else None."""
+    if fast_kp is not None:
+        return fast_kp.shape[1] // 3 if fast_kp.shape[1] % 3 == 0 and fast_kp.shape[1] else None
+    lengths = {len(r) if type(r) is list else -1 for r in kp_rows}
+    if len(lengths) != 1:
+        return None
+    n = lengths.pop()
+    return n // 3 if n > 0 and n % 3 == 0 else None
+
+
+def _gt_keypoints(anns: list, cats: list, fast_kp: np.ndarray | None, file: str | None, rec_ids: list
+                  ) -> tuple[np.ndarray, KeypointSet | None, bool]:
+    """(G, K, 3) keypoints, the keypoint set and whether the file is COCO-WholeBody."""
+    G = len(anns)
+    names = _category_names(cats)
     kp_rows = fast_kp if fast_kp is not None else _column(anns, "keypoints", file, "annotation")
-    if names is not None:
+    k_ann = _annotation_k(anns, kp_rows, fast_kp) if G else None
+    partition = names is not None and k_ann is not None and k_ann != len(names)
+    if partition:
+        warnings.warn(f"{file or 'ground truth'}: categories[0] names {len(names)} keypoints, the "
+                      f"annotations carry {k_ann}: K = {k_ann} from the annotations, keypoint set "
+                      "matched by that count",
+                      PosecalWarning, stacklevel=3)
+        K = k_ann
+    elif names is not None:
         K = len(names)
-    elif fast_kp is not None:
-        K = fast_kp.shape[1] // 3
     elif G:
-        K = len(kp_rows[0]) // 3 if isinstance(kp_rows[0], list) else 0
+        first = kp_rows[0]
+        K = len(first) // 3 if fast_kp is None and type(first) is list else (k_ann or 0)
         if K == 0:
             raise PosecalInputError("empty keypoints", file, rec_ids[0], "keypoints")
     else:
@@ -485,29 +466,56 @@ def _load_gt(src: str | os.PathLike | dict | bytes, *, file: str | None = None) 
     else:
         kps = _flat_array(kp_rows, 3 * K, file, "keypoints", rec_ids).reshape(G, K, 3)
 
-    wholebody = G > 0 and isinstance(anns[0], dict) and all(f in anns[0] for _, f, _ in WHOLEBODY_FIELDS)
-    kset: KeypointSet | None = None
+    wholebody = G > 0 and type(anns[0]) is dict and all(f in anns[0] for _, f, _ in WHOLEBODY_FIELDS)
     if wholebody and K == 17:
         parts = [kps]
         for _, fld, k in WHOLEBODY_FIELDS:
             parts.append(_flat_array(_column(anns, fld, file, "annotation"), 3 * k, file, fld,
                                      rec_ids, key=fld).reshape(G, k, 3))
-        kps = np.concatenate(parts, axis=1)
-        kset = COCO_WHOLEBODY133
-    elif names is not None:
-        kset = find_keypoint_set(names)
-    else:
-        kset = find_keypoint_set(None, K)
+        return np.concatenate(parts, axis=1), COCO_WHOLEBODY133, True
+    if partition or names is None:
+        return kps, keypoint_set_for_count(K), False
+    return kps, find_keypoint_set(names), False
 
+
+_PART_SETS: dict[int, KeypointSet] = {}
+
+
+def keypoint_set_for_count(k: int) -> KeypointSet | None:
+    """The keypoint set with ``k`` keypoints, when the count identifies one: a named set (coco17 for 17,
+    coco_wholebody133 for 133...) or a COCO-WholeBody part (6 foot, 68 face, 21 hand — both hands have the
+    same sigmas), as in the files MMPose's KeypointPartitionMetric writes; None when ambiguous (14:
+    lsp14 or crowdpose14) or unknown."""
+    named = find_keypoint_set(None, k)
+    if named is not None:
+        return named
+    if k in _PART_SETS:
+        return _PART_SETS[k]
+    wb = COCO_WHOLEBODY133
+    hits = {}
+    for part, idx in wb.parts.items():
+        if len(idx) == k:
+            hits.setdefault(tuple(wb.sigmas[list(idx)].tolist()), (part, idx))
+    if len(hits) != 1:
+        return None
+    part, idx = next(iter(hits.values()))
+    kset = KeypointSet(f"{wb.name}:{part}", tuple(wb.names[i] for i in idx), wb.sigmas[list(idx)].copy())
+    _PART_SETS[k] = kset
+    return kset
+
+
+def _gt_geometry(anns: list, file: str | None, rec_ids: list
+                 ) -> tuple[np.ndarray, bool, np.ndarray, np.ndarray]:
+    """area (NaN where absent), whether every annotation has one, bbox (G, 4), iscrowd (G,) bool."""
     has_area = all("area" in a for a in anns)
     if has_area:
         area = _floats(_column(anns, "area", file, "annotation"), file, "area", rec_ids)
     else:
-        area = np.array([a.get("area", math.nan) for a in anns], dtype=np.float64)
-        present = np.array(["area" in a for a in anns], dtype=bool)
-        if present.any():
-            ids_present = [r for r, p in zip(rec_ids, present, strict=True) if p]
-            _floats(area[present].tolist(), file, "area", ids_present)
+        present = [i for i, a in enumerate(anns) if "area" in a]
+        area = np.full(len(anns), math.nan)
+        if present:
+            area[present] = _floats([anns[i]["area"] for i in present], file, "area",
+                                    [rec_ids[i] for i in present])
     neg = area < 0
     if neg.any():
         i = int(np.argmax(neg))
@@ -518,27 +526,27 @@ def _load_gt(src: str | os.PathLike | dict | bytes, *, file: str | None = None) 
         i = int(np.argmax(neg))
         raise PosecalInputError("negative box width or height", file, rec_ids[i], "bbox")
     iscrowd = _ints(_column(anns, "iscrowd", file, "annotation"), file, "iscrowd", rec_ids) != 0
-    nk_vals = [a.get("num_keypoints") if isinstance(a, dict) else None for a in anns]
-    if G and all(v is not None for v in nk_vals):
-        num_kp = _ints(nk_vals, file, "num_keypoints", rec_ids)
-    else:
-        count = np.count_nonzero(kps[:, :17 if kset is COCO_WHOLEBODY133 else K, 2] > 0, axis=1)
-        num_kp = np.array([count[i] if v is None else _check_int(v, file, rec_ids[i], "num_keypoints")
-                           for i, v in enumerate(nk_vals)], dtype=np.int64)
-
-    images = {int(i): im for i, im in zip(img_ids.tolist(), images_l, strict=True)}
-    out = CocoGroundTruth(
-        ann_id=ann_id, image_id=image_id, category_id=category_id, keypoints=kps, area=area, bbox=bbox,
-        iscrowd=iscrowd, num_keypoints=num_kp, image_ids=np.sort(img_ids), images=images,
-        categories=list(cats), keypoint_set=kset, has_area=has_area, path=file,
-    )
-    out._fast = fast_kp is not None
-    return out
+    return area, has_area, bbox, iscrowd
 
 
+def _gt_num_keypoints(anns: list, kps: np.ndarray, kset: KeypointSet | None, file: str | None,
+                      rec_ids: list) -> np.ndarray:
+    """The ``num_keypoints`` field; where absent, the count of labelled body keypoints."""
+    nk_vals = [a.get("num_keypoints") for a in anns]
+    if anns and None not in nk_vals:
+        return _ints(nk_vals, file, "num_keypoints", rec_ids)
+    count = np.count_nonzero(kps[:, :17 if kset is COCO_WHOLEBODY133 else kps.shape[1], 2] > 0, axis=1)
+    return np.array([count[i] if v is None else _check_int(v, file, rec_ids[i], "num_keypoints")
+                     for i, v in enumerate(nk_vals)], dtype=np.int64)
+
+
+# ---- results -------------------------------------------------------------------------------------------
 def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | None = None, *,
                  file: str | None = None) -> CocoResults:
     """Load and validate COCO keypoint results (a JSON list of detection records).
+
+    Stages: read (strict JSON) → ids and scores → keypoints → boxes and detection area → optional
+    fields → checks against ``gt`` → score range warnings.
 
     Args:
         src: a path, raw JSON bytes, or an already-parsed list of dicts (not modified).
@@ -549,64 +557,94 @@ def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | No
         :class:`CocoResults`; keypoints (D, K, 3) in image pixels with the raw keypoint scores.
 
     Raises:
-        PosecalInputError: bad JSON, not a list, missing field, wrong keypoint count, NaN/inf, unknown
-            image_id or category_id, negative box size, duplicate ``id`` (when records carry ids).
+        PosecalInputError: bad JSON, not a list, missing field, wrong keypoint count, a value that is not a
+            JSON number, NaN/inf, unknown image_id or category_id, negative box size, duplicate ``id``
+            (when records carry ids).
 
     Warns:
         PosecalWarning: instance or keypoint scores above 1 or below 0 (kept as they are).
     """
     with no_gc():
-        return _load_results(src, gt, file=file)
+        recs, file, fast_kp, non_json = read_json(src, file, _result_records)
+        if type(recs) is dict and type(recs.get("annotations")) is list:
+            recs = recs["annotations"]
+        if type(recs) is not list:
+            raise PosecalInputError("results must be a JSON list of detection records", file)
+        image_id, category_id, score = _result_ids(recs, gt, file)
+        kps, own = _result_keypoints(recs, gt, fast_kp, file)
+        bbox, det_area = _result_boxes(recs, own, file)
+        visibility, part_scores = _result_extras(recs, kps.shape[1], file)
+        if gt is not None:
+            _check_against_gt(image_id, category_id, gt, file)
+        _check_record_ids(recs, file)
+        if non_json:
+            _refuse_non_json(file)
+        _warn_score_range(score, kps, file)
+    out = CocoResults(image_id=image_id, category_id=category_id, keypoints=kps, score=score, bbox=bbox,
+                      visibility=visibility, det_area=det_area, part_scores=part_scores, records=recs,
+                      path=file)
+    if fast_kp is not None:
+        out._defer_keypoints(fast_kp)
+    return out
 
 
-def _load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | None = None, *,
-                 file: str | None = None) -> CocoResults:
-    # body of load_results (run with the garbage collector paused)
-    recs, file, fast_kp = _read_json(src, file, _result_records)
-    if isinstance(recs, dict) and isinstance(recs.get("annotations"), list):
-        recs = recs["annotations"]
-    if not isinstance(recs, list):
-        raise PosecalInputError("results must be a JSON list of detection records", file)
+def _result_records(d: Any) -> Any:
+    return d
+
+
+def _result_ids(recs: list, gt: CocoGroundTruth | None, file: str | None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     D = len(recs)
     image_id = _ints(_column(recs, "image_id", file, "result"), file, "image_id")
     single_cat = gt is not None and len(gt.categories) == 1
-    if D and isinstance(recs[0], dict) and "category_id" not in recs[0] and single_cat:
+    if D and type(recs[0]) is dict and "category_id" not in recs[0] and single_cat:
         category_id = np.full(D, int(gt.categories[0]["id"]), dtype=np.int64)
     else:
         category_id = _ints(_column(recs, "category_id", file, "result"), file, "category_id")
     score = _floats(_column(recs, "score", file, "result"), file, "score")
+    return image_id, category_id, score
 
+
+_WB_EXTRA = sum(k for *_, k in WHOLEBODY_FIELDS)
+
+
+def _result_keypoints(recs: list, gt: CocoGroundTruth | None, fast_kp: np.ndarray | None, file: str | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(D, K, 3) keypoints (WholeBody parts concatenated) and the records' own ``keypoints`` part."""
+    D = len(recs)
     kp_rows = fast_kp if fast_kp is not None else _column(recs, "keypoints", file, "result")
     wholebody = D > 0 and all(f in recs[0] for _, f, _ in WHOLEBODY_FIELDS)
     if gt is not None:
         K_total = gt.num_joints
     elif fast_kp is not None:
-        K_total = fast_kp.shape[1] // 3 + (sum(k for *_, k in WHOLEBODY_FIELDS) if wholebody else 0)
+        K_total = fast_kp.shape[1] // 3 + (_WB_EXTRA if wholebody else 0)
     elif D:
-        K_total = (len(kp_rows[0]) // 3 if isinstance(kp_rows[0], list) else 0) + (
-            sum(k for *_, k in WHOLEBODY_FIELDS) if wholebody else 0)
+        K_total = (len(kp_rows[0]) // 3 if type(kp_rows[0]) is list else 0) + (_WB_EXTRA if wholebody else 0)
     else:
         K_total = 17
-    if wholebody and K_total == 133:
-        body = (_checked_rows(kp_rows, 51, file, "keypoints") if fast_kp is not None
-                else _flat_array(kp_rows, 51, file, "keypoints")).reshape(D, 17, 3)
-        parts = [body]
-        for _, fld, k in WHOLEBODY_FIELDS:
-            rows = _column(recs, fld, file, "result")
-            parts.append(_flat_array(rows, 3 * k, file, fld, key=fld).reshape(D, k, 3))
-        kps = np.concatenate(parts, axis=1)
-        own = body
-    else:
-        if K_total <= 0:
-            raise PosecalInputError("empty keypoints", file, 0, "keypoints")
-        kps = (_checked_rows(kp_rows, 3 * K_total, file, "keypoints") if fast_kp is not None
-               else _flat_array(kp_rows, 3 * K_total, file, "keypoints")).reshape(D, K_total, 3)
-        own = kps
 
-    # detection area as pycocotools' loadRes assigns it
+    def rows(r: Any, k3: int, fld: str) -> np.ndarray:
+        if fast_kp is not None and fld == "keypoints":
+            return _checked_rows(r, k3, file, fld)
+        return _flat_array(r, k3, file, fld, key=fld)
+
+    if wholebody and K_total == 133:
+        body = rows(kp_rows, 51, "keypoints").reshape(D, 17, 3)
+        parts = [body] + [rows(_column(recs, fld, file, "result"), 3 * k, fld).reshape(D, k, 3)
+                          for _, fld, k in WHOLEBODY_FIELDS]
+        return np.concatenate(parts, axis=1), body
+    if K_total <= 0:
+        raise PosecalInputError("empty keypoints", file, 0, "keypoints")
+    kps = rows(kp_rows, 3 * K_total, "keypoints").reshape(D, K_total, 3)
+    return kps, kps
+
+
+def _result_boxes(recs: list, own: np.ndarray, file: str | None) -> tuple[np.ndarray | None, np.ndarray]:
+    """``bbox`` (D, 4) or None, and the detection area as pycocotools' ``loadRes`` assigns it."""
+    D = len(recs)
     bbox = None
-    has_box = D > 0 and isinstance(recs[0].get("bbox"), list) and len(recs[0]["bbox"]) > 0
-    if has_box:
+    first = recs[0].get("bbox") if D else None
+    if type(first) is list and len(first) > 0:
         bbox = _flat_array(_column(recs, "bbox", file, "result"), 4, file, "bbox", key="bbox")
         det_area = bbox[:, 2] * bbox[:, 3]
     else:
@@ -618,69 +656,67 @@ def _load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | N
             det_area = np.zeros(0)
         if D and any("bbox" in r for r in recs):
             box_rows = [r.get("bbox") for r in recs]
-            if all(isinstance(b, list) and len(b) == 4 for b in box_rows):
+            if all(type(b) is list and len(b) == 4 for b in box_rows):
                 bbox = _flat_array(box_rows, 4, file, "bbox", key="bbox")
     if bbox is not None:
         neg = (bbox[:, 2] < 0) | (bbox[:, 3] < 0)
         if neg.any():
             raise PosecalInputError("negative box width or height", file, int(np.argmax(neg)), "bbox")
+    return bbox, det_area
 
+
+def _result_extras(recs: list, K: int, file: str | None
+                   ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """Optional ``visibility`` (D, K) and WholeBody ``<part>_score`` columns."""
+    D = len(recs)
     visibility = None
     if D and "visibility" in recs[0]:
-        visibility = _flat_array(_column(recs, "visibility", file, "result"), K_total, file, "visibility",
+        visibility = _flat_array(_column(recs, "visibility", file, "result"), K, file, "visibility",
                                  key="visibility")
-
     part_scores: dict[str, np.ndarray] = {}
     for part in _PART_SCORE_KEYS:
         key = f"{part}_score"
         if D and key in recs[0] and all(key in r for r in recs):
             part_scores[part] = _floats([r[key] for r in recs], file, key)
-
-    if gt is not None and D:
-        known = np.isin(image_id, gt.image_ids)
-        if not known.all():
-            i = int(np.argmin(known))
-            raise PosecalInputError(f"unknown image_id {int(image_id[i])} (not in the ground truth images)",
-                                    file, i, "image_id")
-        known = np.isin(category_id, gt.category_ids)
-        if not known.all():
-            i = int(np.argmin(known))
-            raise PosecalInputError(f"unknown category_id {int(category_id[i])}", file, i, "category_id")
-    if D and "id" in recs[0]:
-        ids = [r.get("id") for r in recs]
-        if all(isinstance(v, int) for v in ids):
-            dup = _first_dup(np.array(ids, dtype=np.int64))
-            if dup is not None:
-                second = [i for i, v in enumerate(ids) if v == dup][1]
-                raise PosecalInputError(f"duplicate id {dup}", file, second, "id")
-
-    if D:
-        out = (score > 1) | (score < 0)
-        if out.any():
-            warnings.warn(f"{file or 'results'}: {int(out.sum())} instance scores outside [0, 1] "
-                          f"(range {score.min():.4g}..{score.max():.4g}); kept as they are",
-                          PosecalWarning, stacklevel=3)
-        ks = kps[:, :, 2]
-        if ks.max() > 1 or ks.min() < 0:
-            out = (ks > 1) | (ks < 0)
-            warnings.warn(f"{file or 'results'}: {int(out.sum())} keypoint scores outside [0, 1]; "
-                          "kept as they are",
-                          PosecalWarning, stacklevel=3)
-    out = CocoResults(image_id=image_id, category_id=category_id, keypoints=kps, score=score, bbox=bbox,
-                      visibility=visibility, det_area=det_area, part_scores=part_scores, records=recs,
-                      path=file)
-    if fast_kp is not None:  # the record dicts get their keypoints lists back on first access
-        out.__dict__["_restore_kp"] = fast_kp
-    out._fast = fast_kp is not None
-    return out
+    return visibility, part_scores
 
 
-def _gt_annotations(d: Any) -> Any:
-    return d.get("annotations") if isinstance(d, dict) else None
+def _check_against_gt(image_id: np.ndarray, category_id: np.ndarray, gt: CocoGroundTruth,
+                      file: str | None) -> None:
+    i = _first_unknown(image_id, gt.image_ids)
+    if i is not None:
+        raise PosecalInputError(f"unknown image_id {int(image_id[i])} (not in the ground truth images)", file,
+                                i, "image_id")
+    i = _first_unknown(category_id, gt.category_ids)
+    if i is not None:
+        raise PosecalInputError(f"unknown category_id {int(category_id[i])}", file, i, "category_id")
 
 
-def _result_records(d: Any) -> Any:
-    return d
+def _check_record_ids(recs: list, file: str | None) -> None:
+    """Duplicate ``id`` fields (when the records carry integer ids)."""
+    if not recs or "id" not in recs[0]:
+        return
+    ids = [r.get("id") for r in recs]
+    if set(map(type, ids)) <= {int}:
+        dup = _first_dup(np.array(ids, dtype=np.int64))
+        if dup is not None:
+            second = [i for i, v in enumerate(ids) if v == dup][1]
+            raise PosecalInputError(f"duplicate id {dup}", file, second, "id")
+
+
+def _warn_score_range(score: np.ndarray, kps: np.ndarray, file: str | None) -> None:
+    if not score.size:
+        return
+    out = (score > 1) | (score < 0)
+    if out.any():
+        warnings.warn(f"{file or 'results'}: {int(out.sum())} instance scores outside [0, 1] "
+                      f"(range {score.min():.4g}..{score.max():.4g}); kept as they are",
+                      PosecalWarning, stacklevel=4)
+    ks = kps[:, :, 2]
+    if ks.max() > 1 or ks.min() < 0:
+        n = int(np.count_nonzero((ks > 1) | (ks < 0)))
+        warnings.warn(f"{file or 'results'}: {n} keypoint scores outside [0, 1]; kept as they are",
+                      PosecalWarning, stacklevel=4)
 
 
 def results_to_records(res: CocoResults) -> list[dict]:

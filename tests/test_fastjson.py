@@ -1,0 +1,145 @@
+"""The fast keypoint-array JSON path accepts exactly what the strict (orjson) path accepts, with the same
+numbers; numbers must be JSON numbers (differential property test over valid and invalid documents)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from _cocogen import make_coco_set
+from posecal.errors import PosecalInputError
+from posecal.io import fastjson
+from posecal.io.coco import load_gt, load_results
+
+# spellings of one number inside a "keypoints" array: (text, is valid JSON)
+SPELLINGS = [
+    ("1.5", True), ("-0.25", True), ("0", True), ("-0", True), ("10", True), ("1e5", True), ("1E+05", True),
+    ("2.5e-3", True), ("0.0", True), ("123456789012", True),
+    ("+1.0", False), (".5", False), ("1.", False), ("01", False), ("-01", False), ("00.5", False),
+    ("1.e5", False), ("-.5", False), ("NaN", False), ("Infinity", False), ("-Infinity", False),
+    ('"1.0"', False), ("true", False), ("null", False), ("1e", False), ("--1", False), ("1-2", False),
+    ("0x10", False), ("1 2", False), ("", False), ("[1]", False), ("1_0", False),
+]
+
+
+@contextlib.contextmanager
+def _path(fast: bool):
+    saved = fastjson.FAST_MIN_BYTES, fastjson._FAST_MIN_RECORDS, os.environ.get("POSECAL_NO_FAST_JSON")
+    fastjson.FAST_MIN_BYTES, fastjson._FAST_MIN_RECORDS = 0, 1
+    if fast:
+        os.environ.pop("POSECAL_NO_FAST_JSON", None)
+    else:
+        os.environ["POSECAL_NO_FAST_JSON"] = "1"
+    try:
+        yield
+    finally:
+        fastjson.FAST_MIN_BYTES, fastjson._FAST_MIN_RECORDS = saved[:2]
+        if saved[2] is None:
+            os.environ.pop("POSECAL_NO_FAST_JSON", None)
+        else:
+            os.environ["POSECAL_NO_FAST_JSON"] = saved[2]
+
+
+def _load(gt, text: bytes, fast: bool):
+    with _path(fast), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            r = load_results(text, gt)
+        except PosecalInputError as e:
+            assert "\n" not in str(e)
+            return ("error", e.field)
+        return ("ok", r.keypoints.copy(), r.score.copy(), [x["keypoints"] for x in r.records])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**20), spell=st.sampled_from(SPELLINGS), where=st.integers(0, 10**6),
+       sep=st.sampled_from([", ", ",", " , ", ",\n  "]))
+def test_fast_path_equals_strict_path(seed, spell, where, sep):
+    gt_d, res = make_coco_set(seed, n_images=3, max_gts=3, max_dets=4)
+    if not res:
+        return
+    gt = load_gt(gt_d)
+    text, valid = spell
+    # the records' keypoint arrays written by hand with the separator, one number replaced by the spelling
+    i = where % len(res)
+    j = (where // len(res)) % len(res[i]["keypoints"])
+    parts = []
+    for k, r in enumerate(res):
+        nums = [json.dumps(float(v)) for v in r["keypoints"]]
+        if k == i:
+            nums[j] = text
+        rest = json.dumps({kk: vv for kk, vv in r.items() if kk != "keypoints"})[1:-1]
+        parts.append('{"keypoints": [' + sep.join(nums) + "], " + rest + "}")
+    doc = ("[" + ",\n".join(parts) + "]").encode()
+    fast, strict = _load(gt, doc, True), _load(gt, doc, False)
+    assert fast[0] == strict[0], (text, fast[0], strict[0])
+    if strict[0] == "ok":
+        assert valid, f"{text!r} accepted"
+        np.testing.assert_array_equal(fast[1], strict[1])
+        assert np.array_equal(np.signbit(fast[1]), np.signbit(strict[1]))
+        assert fast[3] == strict[3]
+    else:
+        assert fast[1] == strict[1]  # the same field named
+        if text not in ("NaN", "Infinity", "-Infinity"):
+            assert not valid or text == "", text
+
+
+@pytest.mark.parametrize("value", ['"1.5"', '"1"', "true", "false", "null", "[1]", "{}"])
+@pytest.mark.parametrize("fld", ["image_id", "category_id", "score", "bbox", "keypoints"])
+def test_numbers_must_be_numbers(value, fld):
+    gt_d, res = make_coco_set(3, n_images=3, max_gts=3, max_dets=4, result_bbox=True)
+    gt = load_gt(gt_d)
+    bad = json.loads(json.dumps(res))
+    if fld in ("bbox", "keypoints"):
+        bad[0][fld][1] = json.loads(value)
+    else:
+        bad[0][fld] = json.loads(value)
+    for src in (bad, json.dumps(bad).encode()):
+        with pytest.raises(PosecalInputError) as e:
+            load_results(src, gt)
+        assert e.value.field == fld and e.value.record == 0
+
+
+@pytest.mark.parametrize("value", ["true", '"2"', "2.5"])
+def test_gt_integer_fields_refuse_non_integers(value):
+    gt_d, _ = make_coco_set(4, n_images=3, max_gts=3, max_dets=4)
+    for fld in ("iscrowd", "num_keypoints", "image_id"):
+        g = json.loads(json.dumps(gt_d))
+        g["annotations"][0][fld] = json.loads(value)
+        with pytest.raises(PosecalInputError) as e:
+            load_gt(g)
+        assert e.value.field == fld
+
+
+def test_nan_outside_checked_fields_is_refused():
+    gt_d, res = make_coco_set(5, n_images=3, max_gts=3, max_dets=4)
+    gt = load_gt(gt_d)
+    img, kps = gt_d["images"][0]["id"], json.dumps([1.0] * 51)
+    extra = f'{{"image_id": {img}, "category_id": 1, "keypoints": {kps}, "score": 0.5, "extra": NaN}}'
+    text = json.dumps(res)[:-1] + ", " + extra + "]"
+    with pytest.raises(PosecalInputError, match="NaN"):
+        load_results(text.encode(), gt)
+
+
+@pytest.mark.parametrize("chunk,block", [(1, 8), (2, 16), (3, 24), (1 << 15, 1 << 20)])
+def test_syntax_check_at_every_position(monkeypatch, chunk, block):
+    """The 8-bytes-at-a-time check finds a bad token wherever it lies (word, step and block boundaries)."""
+    monkeypatch.setattr(fastjson, "_CHUNK", chunk)
+    monkeypatch.setattr(fastjson, "_BLOCK", block)
+    good = [b"1.5", b"-0.25", b"10", b"0", b"1e-05", b"0.0", b"-3", b"2E-1", b"100.125"] * 4
+    for sep in (b",", b", ", b"\n"):
+        assert fastjson._scan(sep.join(good)) == 0
+    for bad in (b".5", b"5.", b"01", b"-01", b"-0", b"1.e5"):
+        for i in range(len(good) + 1):
+            toks = good[:i] + [bad] + good[i:]
+            for sep in (b",", b", ", b"\n"):
+                assert fastjson._scan(sep.join(toks)) == 1, (bad, i, sep)
+    for i in range(len(good) + 1):
+        assert fastjson._scan(b",".join(good[:i] + [b'"1"'] + good[i:])) == 2
