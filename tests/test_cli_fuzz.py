@@ -536,8 +536,6 @@ def test_evaluate_damaged_json(world, tmp_path_factory, target, dmg):
     check_contract([*argv, "--json", d / "ev.json"], d, inputs)
 
 
-@pytest.mark.xfail(strict=False, reason="evaluate --json output checks are the evaluator engineer's part of #12 "
-                   "(cli/evaluate.py); they pass once that branch is merged")
 @FUZZ
 @given(out=st.sampled_from(["gt.json", "pred.json", "afile/x.json", "img", "nodir/x.json"]))
 def test_evaluate_outputs(world, tmp_path_factory, out):
