@@ -390,6 +390,25 @@ def oks_nms_store(src, out: str | os.PathLike, *, thr: float = OKS_NMS_THR, chun
 _META_BOOKKEEPING = ("format", "num_instances", "chunk_size", "arrays", "feature_array", "fingerprint")
 
 
+def _read_inputs(data: str | os.PathLike | dict, data_file: str, boxes: str | os.PathLike | list | None,
+                 img_dir: Path, skip_missing: bool, skip_bad_images: bool) -> tuple:
+    """Stage 1 as a whole: (data, keypoint set, detections | None, boxes' provenance, instances to crop,
+    missing image names, bad images) — refused in one line when nothing is left to crop."""
+    from posecal.datasets.coco import instances, keypoint_set, read_coco
+
+    d = read_coco(data, file=data_file)
+    ks = keypoint_set(d, file=data_file)
+    det, boxes_src = _read_boxes(boxes)
+    insts = instances(d, boxes=det, file=data_file, boxes_file=str(boxes) if det is not None else None)
+    insts, d, missing, bad = _usable_images(insts, d, img_dir, skip_missing=skip_missing,
+                                            skip_bad_images=skip_bad_images)
+    if not insts:
+        raise PosecalInputError("no instance to crop (no non-crowd annotation with a labelled keypoint and a box"
+                                + (", no detection of category 1 on these images" if det is not None else "")
+                                + ")", file=data_file, field="annotations")
+    return d, ks, det, boxes_src, insts, missing, bad
+
+
 def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, out: str | os.PathLike, *,
             pooling: str | None = None, boxes: str | os.PathLike | list | None = None, flip: bool = False,
             augment: int = 0, seed: int = 0, shard: tuple[int, int] = (0, 1), skip_missing: bool = False,
@@ -406,7 +425,6 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
     (``oks_nms_thr``, 0.9; None = off) followed by the ``max_per_image`` (20, COCO's maxDets) best per image
     keeps the final rows — the crops of all boxes go to ``OUT.all`` (resumable), the kept rows to ``OUT``.
     """
-    from posecal.datasets.coco import instances, keypoint_set, read_coco
     from posecal.models.adapters.joints import flip_index, joint_map
     from posecal.models.store import StoreWriter, file_sha256
 
@@ -417,17 +435,9 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
     if augment < 0:
         raise PosecalInputError("--augment must be >= 0", field="--augment")
     data_file = data_file or (str(data) if not isinstance(data, dict) else "<dict>")
-    d = read_coco(data, file=data_file)
-    ks = keypoint_set(d, file=data_file)
-    det, boxes_src = _read_boxes(boxes)
     img_dir = Path(images)
-    insts = instances(d, boxes=det, file=data_file, boxes_file=str(boxes) if det is not None else None)
-    insts, d, missing, bad = _usable_images(insts, d, img_dir, skip_missing=skip_missing,
-                                            skip_bad_images=skip_bad_images)
-    if not insts:
-        raise PosecalInputError("no instance to crop (no non-crowd annotation with a labelled keypoint and a box"
-                                + (", no detection of category 1 on these images" if det is not None else "")
-                                + ")", file=data_file, field="annotations")
+    d, ks, det, boxes_src, insts, missing, bad = _read_inputs(data, data_file, boxes, img_dir, skip_missing,
+                                                              skip_bad_images)
     if target_sigma is None:
         target_sigma = (card or {}).get("target_sigma") or DEFAULT_TARGET_SIGMA.get(getattr(adapter, "kind", ""),
                                                                                     2.0)
