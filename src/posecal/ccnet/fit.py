@@ -109,17 +109,23 @@ def load_training_stores(paths: Sequence[str], val: str | None = None) -> tuple[
     return stores, v
 
 
+def _training_rows(d: StoreData, rows: np.ndarray | None) -> np.ndarray:
+    """(N,) bool: the rows of store ``d`` that carry a target, restricted to ``rows`` when given."""
+    sel = d.has_target.copy()
+    if rows is not None:
+        keep = np.zeros_like(sel)
+        keep[np.asarray(rows, np.int64)] = True
+        sel &= keep
+    return sel
+
+
 def training_arrays(stores: Sequence[StoreData], evidence: Sequence[str] = (),
                     rows: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(X (N, ...), T (N, K) OKS targets, V (N, K) labelled)`` over the stores' rows that carry a target
     (restricted to ``rows[i]`` of store i when given), in store order."""
     xs, ts, vs = [], [], []
     for i, d in enumerate(stores):
-        sel = d.has_target.copy()
-        if rows is not None:
-            keep = np.zeros_like(sel)
-            keep[np.asarray(rows[i], np.int64)] = True
-            sel &= keep
+        sel = _training_rows(d, None if rows is None else rows[i])
         x = head_inputs(d, tuple(evidence))
         xs.append(x[sel])
         ts.append(d.oks[sel])
@@ -138,15 +144,8 @@ def training_masks(stores: Sequence[StoreData], rows: Sequence[np.ndarray] | Non
     for name in ("conf_mask", "vis_mask"):
         if not all(getattr(d, name, None) is not None for d in stores):
             continue
-        parts = []
-        for i, d in enumerate(stores):
-            sel = d.has_target.copy()
-            if rows is not None:
-                keep = np.zeros_like(sel)
-                keep[np.asarray(rows[i], np.int64)] = True
-                sel &= keep
-            parts.append(getattr(d, name)[sel])
-        out[name] = np.concatenate(parts)
+        out[name] = np.concatenate([getattr(d, name)[_training_rows(d, None if rows is None else rows[i])]
+                                    for i, d in enumerate(stores)])
     return out
 
 
