@@ -208,6 +208,18 @@ def test_blazepose_on_detector_boxes_evaluates(shared_dir, tmp_path):
     res = load_results(out / "predictions.json", gt)
     r = evaluate(gt, res)
     assert 0.0 < r.stats["AP"] <= 1.0
+    # "the model's own score" is MMPose CocoMetric's bbox_keypoint rule on the same predictions, bit for bit:
+    # a transcription of its loop, and `posecal rescore --method mmpose-bbox_keypoint` on predictions.json
+    from test_rescore import _mmpose_reference
+
+    want = _mmpose_reference(fs.read("scores"), fs.read("box_score"), "bbox_keypoint")
+    np.testing.assert_array_equal([p["score"] for p in fs.predictions], want)
+    re_out = tmp_path / "re.json"
+    assert main(["rescore", "--pred", str(out / "predictions.json"), "--method", "mmpose-bbox_keypoint",
+                 "--out", str(re_out)]) == 0
+    again = load_results(re_out, gt)
+    np.testing.assert_array_equal(again.score, res.score)
+    assert evaluate(gt, again).stats == r.stats
 
 
 class _DotModel:

@@ -65,7 +65,12 @@ def instance_score(
     if mode == "bbox_keypoint":
         m = s > keypoint_score_thr
         n = m.sum(axis=1)
-        mean = np.where(n > 0, np.where(m, s, 0.0).sum(axis=1) / np.maximum(n, 1), 0.0)
+        # summed keypoint by keypoint, in order, as MMPose's loop does: the same float64 bits (numpy's
+        # pairwise row sum can differ in the last bit)
+        total = np.zeros(D)
+        for k in range(s.shape[1]):
+            total += np.where(m[:, k], s[:, k], 0.0)
+        mean = np.where(n > 0, total / np.maximum(n, 1), 0.0)
         return b * mean
     if mode == "bbox_rle":
         return b + s.mean(axis=1) + s.max(axis=1)
