@@ -68,7 +68,7 @@ class Recipe:
         return f"{self.head} ev={ev} {self.conf_loss} wd={self.weight_decay:g} {opt}"
 
 
-#: defaults per (model kind, feature tensor), selected by ``posecal fit --cv 5`` on LSPET + LSP train
+#: defaults per (model kind, feature tensor), selected by ``posecal fit --cv 3`` on LSPET + LSP train
 #: (EfficientPose-I, heatmap pooling; folds by image; docs/results.md "Recipe selection"). Never chosen on
 #: a test split.
 DEFAULT_RECIPES: dict[tuple[str, str], Recipe] = {
