@@ -371,6 +371,32 @@ def test_cli_rescore_round_trip(tmp_path, capsys):
         assert not (tmp_path / "x.json").exists()
 
 
+def test_cli_rescore_out_dash_writes_results_to_stdout(tmp_path, capsys, monkeypatch):
+    """``--out -``: the results JSON on stdout (the same bytes as a file output), the summary on stderr, and
+    no file named ``-``."""
+    import io
+
+    from posecal._util import write_json_atomic
+    from posecal.cli import main
+
+    a = simulate(50, seed=13)
+    write_json_atomic(tmp_path / "gt.json", a.gt)
+    write_json_atomic(tmp_path / "pred.json", a.heatmap_results)
+    monkeypatch.chdir(tmp_path)
+    base = ["rescore", "--pred", "pred.json", "--gt", "gt.json", "--method", "closed-form", "--area", "gt"]
+    assert main(base + ["--out", "cf.json"]) == 0
+    capsys.readouterr()
+    buf = io.BytesIO()
+    out = io.TextIOWrapper(buf, encoding="utf-8")
+    monkeypatch.setattr("sys.stdout", out)
+    assert main(base + ["--out", "-", "--json"]) == 0
+    out.flush()
+    err = capsys.readouterr().err
+    assert buf.getvalue().rstrip(b"\n") == (tmp_path / "cf.json").read_bytes().rstrip(b"\n")
+    assert json.JSONDecoder().raw_decode(err)[0]["detections"] == 50  # (then the warning line)
+    assert not (tmp_path / "-").exists()
+
+
 def test_cli_rescore_from_feature_store(tmp_path, capsys):
     """--store: predictions, gt and sigma_hat come from the store (NaN rows: score-derived sigma)."""
     from posecal.cli import main

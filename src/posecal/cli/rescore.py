@@ -69,8 +69,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--save-calibrator", help="write the fitted calibrator as JSON")
     g.add_argument("--calibrator", help="load a fitted calibrator (JSON) instead of fitting")
-    p.add_argument("--out", required=True, help="output COCO results JSON (written atomically)")
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    p.add_argument("--out", required=True,
+                   help="output COCO results JSON (written atomically); '-' writes it to stdout and the "
+                        "summary to stderr")
+    p.add_argument("--json", action="store_true",
+                   help="print a machine-readable summary on stdout (stderr with --out -)")
     return p
 
 
@@ -150,12 +153,19 @@ def run(args: argparse.Namespace) -> int:
             r.fit(pred, gt)
     out = _transform(r, pred, gt, sigma, args.calibrator)
     records = out.to_records(pred)
-    # both outputs or neither: each goes to a temporary sibling, renamed in only when both are written
-    with atomic_path(args.out) as tmp_out, \
+    to_stdout = args.out == "-"
+    # both outputs or neither: each goes to a temporary sibling, renamed in only when both are written; with
+    # ``--out -`` the results are serialised completely before the first byte goes to stdout
+    payload = dumps_json(records) if to_stdout else None
+    with (contextlib.nullcontext() if to_stdout else atomic_path(args.out)) as tmp_out, \
             (atomic_path(args.save_calibrator) if args.save_calibrator else contextlib.nullcontext()) as tmp_cal:
-        save_results(tmp_out, records)
+        if tmp_out is not None:
+            save_results(tmp_out, records)
         if tmp_cal is not None:
             r.save(tmp_cal)
+    if payload is not None:
+        sys.stdout.buffer.write(payload + b"\n")
+        sys.stdout.flush()
 
     raw_inst, raw_kp = pred.score, pred.keypoints[..., 2]
     summary = {
@@ -170,15 +180,17 @@ def run(args: argparse.Namespace) -> int:
         "keypoint_score": {"raw_mean": _mean(raw_kp), "new_mean": _mean(out.keypoint_scores)},
         "calibrator_saved": args.save_calibrator,
     }
+    info = sys.stderr if to_stdout else sys.stdout  # stdout carries the results with --out -
     if args.json:
-        sys.stdout.write(dumps_json(summary, indent=True).decode() + "\n")
+        info.write(dumps_json(summary, indent=True).decode() + "\n")
     else:
-        print(f"posecal rescore  {r.method}  {len(pred)} detections -> {args.out}")
-        print(f"  {'':10s}{'raw mean':>12s}{'new mean':>12s}")
-        print(f"  {'instance':10s}{_mean(raw_inst):12.4f}{_mean(out.instance_scores):12.4f}")
-        print(f"  {'keypoint':10s}{_mean(raw_kp):12.4f}{_mean(out.keypoint_scores):12.4f}")
+        print(f"posecal rescore  {r.method}  {len(pred)} detections -> {'stdout' if to_stdout else args.out}",
+              file=info)
+        print(f"  {'':10s}{'raw mean':>12s}{'new mean':>12s}", file=info)
+        print(f"  {'instance':10s}{_mean(raw_inst):12.4f}{_mean(out.instance_scores):12.4f}", file=info)
+        print(f"  {'keypoint':10s}{_mean(raw_kp):12.4f}{_mean(out.keypoint_scores):12.4f}", file=info)
         if args.save_calibrator:
-            print(f"  calibrator saved to {args.save_calibrator}")
+            print(f"  calibrator saved to {args.save_calibrator}", file=info)
     return 0
 
 
@@ -188,8 +200,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
     refuse_clobber({"--pred": args.pred, "--store": args.store, "--gt": args.gt, "--fit-gt": args.fit_gt,
                     "--fit-pred": args.fit_pred, "--calibrator": args.calibrator},
-                   {"--out": args.out, "--save-calibrator": args.save_calibrator})
-    check_creatable(args.out, "file", field="--out")
+                   {"--out": None if args.out == "-" else args.out, "--save-calibrator": args.save_calibrator})
+    if args.out != "-":
+        check_creatable(args.out, "file", field="--out")
     if args.save_calibrator:
         check_creatable(args.save_calibrator, "file", field="--save-calibrator")
 
