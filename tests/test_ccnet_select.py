@@ -130,3 +130,11 @@ def test_fit_cv_cli_prints_table_and_refits_winner(stores, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # flags are checked at parse time
         main(["fit", "--store", stores[0].path, "--out", str(tmp_path / "h2"), "--cv", "1"])
     assert e.value.code == 2 and not (tmp_path / "h2").exists()
+    capsys.readouterr()
+    # more folds than images: one error line naming the flag, exit 2, no traceback, nothing written
+    n_img = len({r["image_id"] for r in stores[0].records})
+    assert main(["fit", "--store", stores[0].path, "--out", str(tmp_path / "h3"),
+                 "--cv", str(n_img + 1)]) == 2
+    err = capsys.readouterr().err
+    assert "--cv" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "h3").exists()

@@ -144,6 +144,10 @@ def run(args: argparse.Namespace) -> int:
     if args.cv:
         from posecal.ccnet.select import TOLERANCE, cross_validate, default_grid, select
 
+        n_img = len({(i, int(r["image_id"])) for i, d in enumerate(stores) for r in d.records})
+        if args.cv > n_img:
+            raise PosecalInputError(f"--cv {args.cv} needs at least {args.cv} images; the stores hold {n_img}",
+                                    file=args.store[0], field="--cv")
         rows = cross_validate(stores, default_grid(recipe), k=args.cv, seed=args.cv_seed,
                               on_row=lambda r: print(f"cv: {r.recipe.label()}: AP {r.mean_ap:.4f} "
                                                      f"(own score {sum(r.base_ap) / len(r.base_ap):.4f})",
