@@ -92,3 +92,25 @@ def test_coco_reader_and_bad_keypoint_count(shared, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "33 keypoint values" in err
     assert not (tmp_path / "s").exists()
+
+
+def test_detections_of_other_images_and_categories(shared):
+    """Detection boxes: other categories (a COCO-80 detector's file) are not people and are dropped quietly;
+    detections of images the data file does not list are dropped with one warning that counts them."""
+    from posecal.errors import PosecalWarning
+
+    d = read_coco(shared("data", "mmpose-fixtures", "coco", "test_coco.json"))
+    iid = int(d["images"][0]["id"])
+    missing = max(int(im["id"]) for im in d["images"]) + 1
+    det = [{"image_id": iid, "category_id": 1, "bbox": [1, 2, 30, 40], "score": 0.9},
+           {"image_id": iid, "category_id": 3, "bbox": [1, 2, 30, 40], "score": 0.8},
+           {"image_id": missing, "category_id": 1, "bbox": [1, 2, 30, 40], "score": 0.7},
+           {"image_id": missing, "category_id": 1, "bbox": [5, 2, 30, 40], "score": 0.6}]
+    with pytest.warns(PosecalWarning, match=r"2 detection\(s\) on images .* \(first: record 2\)"):
+        inst = instances(d, boxes=det, boxes_file="det.json")
+    assert [(i.image_id, i.box_score) for i in inst] == [(iid, 0.9)]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(instances(d, boxes=det[:2], boxes_file="det.json")) == 1

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from posecal._util import read_json
-from posecal.errors import PosecalInputError
+from posecal.errors import PosecalInputError, PosecalWarning
 from posecal.keypoints import KeypointSet, find_keypoint_set
 
 
@@ -246,6 +247,7 @@ def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, f
             out.append(Instance(iid, int(a["id"]), imgs[iid]["file_name"], bbox, 1.0, kpa,
                                 float(a.get("area", bbox[2] * bbox[3]))))
     else:
+        elsewhere = []  # detections of images the data file does not list
         for r, b in enumerate(boxes):
             if not isinstance(b, dict):
                 raise PosecalInputError("detection is not an object", file=boxes_file, record=r)
@@ -259,7 +261,12 @@ def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, f
             if bbox[2] <= 0 or bbox[3] <= 0:
                 raise PosecalInputError("bbox must be [x, y, w, h] with w, h > 0", file=boxes_file, record=r,
                                         field="bbox")
-            if iid not in imgs or cat != 1:
+            if iid not in imgs:
+                elsewhere.append(r)
+            if iid not in imgs or cat != 1:  # other categories (a COCO-80 detector's file): not people
                 continue
             out.append(Instance(iid, -1, imgs[iid]["file_name"], bbox, score, None, float("nan")))
+        if elsewhere:
+            warnings.warn(f"{boxes_file}: {len(elsewhere)} detection(s) on images that the data file does not "
+                          f"list (first: record {elsewhere[0]}); skipped", PosecalWarning, stacklevel=2)
     return out
