@@ -143,3 +143,13 @@ def test_compare_cli(tmp_path):
         f.name for f in rep.iterdir()}
     assert "Δ = B − A" in (rep / "index.html").read_text()
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".rep")]  # no temporary folder left
+    # a second run replaces the previous report; a folder holding anything else is refused before any work
+    p = subprocess.run(cmd + ["--report", str(rep)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    p = subprocess.run(cmd + ["--report", str(tmp_path / "mine")], capture_output=True, text=True)
+    assert p.returncode == 2 and "notes.txt" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    p = subprocess.run(cmd[:-1] + ["--seed", "-1"], capture_output=True, text=True)
+    assert p.returncode == 2 and "--seed" in p.stderr and "Traceback" not in p.stderr

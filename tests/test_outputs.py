@@ -80,3 +80,30 @@ def test_validators_and_messages():
             fn(bad)
     assert one_line("a\nb\rc\x1b\u2028") == "a\\nb\\rc\\x1b\\u2028"
     assert plain_text("``x`` and :func:`posecal.a` **b**::\n") == "x and posecal.a b:\n"
+
+
+def test_check_report_folder(tmp_path):
+    """A report replaces its folder as a whole: only a new, empty or previous-report folder is accepted."""
+    from posecal._outputs import check_report_folder
+
+    check_report_folder(tmp_path / "new", {})
+    (tmp_path / "empty").mkdir()
+    check_report_folder(tmp_path / "empty", {})
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in ("index.html", "metrics.json", "a.png"):
+        (old / f).write_text("x")
+    check_report_folder(old, {"--gt": tmp_path / "gt.json"})
+    with pytest.raises(PosecalInputError, match="holds the input --gt"):
+        check_report_folder(old, {"--gt": old / "metrics.json"})
+    (old / "sub").mkdir()
+    with pytest.raises(PosecalInputError, match="'sub'"):
+        check_report_folder(old, {})
+    only_json = tmp_path / "results"
+    only_json.mkdir()
+    (only_json / "pred.json").write_text("[]")
+    with pytest.raises(PosecalInputError, match="no index.html"):
+        check_report_folder(only_json, {})
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PosecalInputError, match="not a folder"):
+        check_report_folder(tmp_path / "file", {})

@@ -83,6 +83,32 @@ def refuse_clobber(inputs: Mapping[str, PathLike | None | list], outputs: Mappin
                                         field=outs[b][0])
 
 
+REPORT_SUFFIXES = (".html", ".json", ".png")
+
+
+def check_report_folder(path: PathLike, inputs: Mapping[str, PathLike | None | list], *,
+                        field: str = "--report") -> None:
+    """Refuse a report folder that replacing would lose data: ``path`` may be new, empty, or a previous
+    posecal report (an ``index.html`` and only ``.html``/``.json``/``.png`` files), and must not hold an
+    input. Report writers replace the folder as a whole, so anything else in it would be deleted."""
+    d = Path(path)
+    if d.exists() and not d.is_dir():
+        raise PosecalInputError("exists and is not a folder", file=str(d), field=field)
+    for iflag, i, _ in _items(inputs):
+        if _inside(i, real(d)) or _same(i, real(d)):
+            raise PosecalInputError(f"holds the input {iflag}; it would be replaced", file=str(d), field=field)
+    if not d.is_dir():
+        return
+    entries = sorted(d.iterdir())
+    if not entries:
+        return
+    foreign = [e.name for e in entries if e.is_dir() or not e.name.endswith(REPORT_SUFFIXES)]
+    if foreign or not (d / "index.html").is_file():
+        what = f"holds {foreign[0]!r}" if foreign else "is not empty and holds no index.html"
+        raise PosecalInputError(f"{what}: not a posecal report folder, and the report replaces the folder "
+                                "as a whole; choose a new or empty folder", file=str(d), field=field)
+
+
 def _nearest_existing(p: Path) -> Path:
     q = p
     while not q.exists() and not q.is_symlink():

@@ -16,6 +16,8 @@ import math
 import os
 import sys
 
+from posecal.cli._args import nonneg_int
+
 
 def _positive_int(s: str) -> int:
     try:
@@ -44,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("a", metavar="A.json", help="baseline results")
     p.add_argument("b", metavar="B.json", help="results to compare with the baseline")
     p.add_argument("--resamples", type=_positive_int, default=1000, help="bootstrap resamples (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--level", type=_level, default=0.95, help="interval coverage (default 0.95)")
     p.add_argument("--sigmas", default=None, help="comma-separated OKS sigmas (default: the gt's keypoint set)")
     p.add_argument("--report", default=None, metavar="DIR", help="write an HTML comparison page into DIR")
@@ -66,10 +68,13 @@ def run(args: argparse.Namespace) -> int:
 
     paths = {"--gt": args.gt, "A.json": args.a, "B.json": args.b}
     if args.report is not None:
+        from posecal._outputs import check_report_folder
+
         rep = os.path.realpath(args.report)
         for flag, p in paths.items():
             if os.path.realpath(p) == rep:
                 raise PosecalInputError(f"--report is the input {flag}", file=args.report, field="--report")
+        check_report_folder(args.report, paths)
     sigmas = None
     if args.sigmas:
         try:

@@ -278,6 +278,9 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise PosecalInputError(f"contains the input file {src}; it would be replaced", str(d), None,
                                     "--report")
     _check_writable_dir(d.parent if str(d.parent) else Path("."), str(d), "--report")
+    from posecal._outputs import check_report_folder
+
+    check_report_folder(d, {"--gt": args.gt, "--pred": args.pred})
     if args.random_seeds < 0:
         raise PosecalInputError("must be >= 0", None, None, "--random-seeds")
 
