@@ -160,7 +160,8 @@ def test_export_refuses_a_head_of_another_model(world, tmp_path, capsys):
 
 
 FUSED = [  # feature layout, heatmap layout, feature grid, heatmap grid, dataset keypoint set, head, scores, opset
-    ("NCHW", "NCHW", (6, 5), (6, 5), "coco17", "kpt", "heatmap", 13),
+    ("NCHW", "NCHW", (6, 5), (6, 5), "coco17", "kpt_inst", "heatmap", 13),
+    ("NCHW", "NCHW", (6, 5), (6, 5), "coco17", "kpt", "heatmap", 18),
     ("NCHW", "NCHW", (4, 3), (9, 7), "lsp14", "kpt_inst", "heatmap", 18),
     ("NHWC", "NHWC", (6, 5), (6, 5), "coco17", "kpt_inst", "coords", 13),
     ("NHWC", "NHWC", (8, 6), (4, 3), "lsp14", "kpt", "heatmap", 17),

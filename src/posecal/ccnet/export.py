@@ -86,6 +86,7 @@ class _Builder:
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
         self._n = 0
+        self.heatmap_max: dict[str, str] = {}  # heatmap tensor -> its per-map maxima, (B, J, 1, 1) [NCHW]
 
     def name(self, base: str) -> str:
         self._n += 1
@@ -123,33 +124,38 @@ def _pool(b: _Builder, feat: str, pooling: str, feat_hw: tuple[int, int], feat_n
 
 
 def _heatmap_weights(b: _Builder, hm: str, layout: str, hm_hw: tuple[int, int], feat_hw: tuple[int, int],
-                     jsel: np.ndarray, J: int, opset: int) -> str:
-    """Normalised heatmap pooling weights on the feature grid, (B, K, P), P = h·w.
+                     jsel: np.ndarray, J: int, opset: int, shape: list[int]) -> str:
+    """Normalised heatmap pooling weights on the feature grid, (B, K, P) reshaped to ``shape``, P = h·w.
 
     ``hm`` (B, J, h', w') [``layout`` NCHW] or (B, h', w', J) [NHWC]; row k is the positive part of the
     heatmap of model joint ``jsel[k]``, resampled to the feature grid (nearest centre, as
     :func:`posecal.models.adapters.pooling.resample_to`), divided by its sum; a map with no positive value
-    gets the uniform 1 / P (the store's rule). Joint selection, resampling and layout are one Gather on the
-    flattened maps, or a Reshape [after a Transpose] when selection and resampling are the identity. The
-    positive part and the uniform case are one Max: max(x, 1) = 1 where the map's maximum is ≤ 0, else
-    max(x, 0); every reduction runs over the last, contiguous axis."""
+    (after the resampling) gets the uniform 1 / P (the store's rule). The positive part and the uniform case
+    are one Max: max(x, 1) = 1 where the map's maximum is ≤ 0, else max(x, 0). Joint selection, resampling
+    and layout are one Gather on the flattened maps; when selection and resampling are the identity, NCHW
+    maps are used as they are (their maxima shared with :func:`_keypoint_scores`), NHWC maps transposed.
+    Every reduction runs over trailing, contiguous axes."""
     (hh, ww), (h, w) = hm_hw, feat_hw
-    K, P = len(jsel), h * w
+    K = len(jsel)
+    f32 = b.onnx.TensorProto.FLOAT
     if (hh, ww) == (h, w) and K == J and (jsel == np.arange(J)).all():
+        x, axes = hm, [2, 3]
         if layout != "NCHW":
-            hm = b.op("Transpose", [hm], perm=[0, 3, 1, 2])
-        x = b.op("Reshape", [hm, b.const("shape", np.array([0, K, P], np.int64))])
+            x = b.op("Transpose", [hm], perm=[0, 3, 1, 2])
+        hmax = b.heatmap_max.get(hm) if layout == "NCHW" else None
     else:
         yi = np.minimum(((np.arange(h) + 0.5) * hh / h).astype(np.int64), hh - 1)
         xi = np.minimum(((np.arange(w) + 0.5) * ww / w).astype(np.int64), ww - 1)
         pix = (yi[:, None] * ww + xi[None, :]).reshape(-1)  # (P,) index into the h'·w' heatmap pixels
         idx = jsel[:, None] * (hh * ww) + pix[None, :] if layout == "NCHW" else pix[None, :] * J + jsel[:, None]
         x = b.op("Reshape", [hm, b.const("shape", np.array([0, -1], np.int64))])
-        x = b.op("Gather", [x, b.const("pix", idx)], axis=1)  # (B, K, P)
-    axes = b.const("axes", np.array([2], np.int64))
-    empty = b.op("LessOrEqual", [_reduce(b, "ReduceMax", x, [2], 1, opset), b.const("zero", np.zeros((), np.float32))])
-    x = b.op("Max", [x, b.op("Cast", [empty], to=b.onnx.TensorProto.FLOAT)])
-    return b.op("Div", [x, b.op("ReduceSum", [x, axes], keepdims=1)])
+        x, axes, hmax = b.op("Gather", [x, b.const("pix", idx)], axis=1), [2], None  # (B, K, P)
+    if hmax is None:
+        hmax = _reduce(b, "ReduceMax", x, axes, 1, opset)
+    x = b.op("Max", [x, b.op("Cast", [b.op("LessOrEqual", [hmax, b.const("zero", np.zeros((), np.float32))])],
+                              to=f32)])
+    x = b.op("Div", [x, _reduce(b, "ReduceSum", x, axes, 1, opset)])
+    return b.op("Reshape", [x, b.const("shape", np.array(shape, np.int64))])
 
 
 def _heatmap_kpt(b: _Builder, feat: str, feat_layout: str, hm: str, hm_layout: str, feat_hw: tuple[int, int],
@@ -171,12 +177,13 @@ def _heatmap_kpt(b: _Builder, feat: str, feat_layout: str, hm: str, hm_layout: s
     K, C = len(jmap), W.shape[2]
     P = feat_hw[0] * feat_hw[1]
     Wk = np.where(have[:, None, None], W, 0).astype(np.float32)  # (K, 2, C)
-    wts = _heatmap_weights(b, hm, hm_layout, hm_hw, feat_hw, np.where(have, jmap, 0), J, opset)
+    jsel = np.where(have, jmap, 0)
     if feat_layout == "NCHW":
+        wts = _heatmap_weights(b, hm, hm_layout, hm_hw, feat_hw, jsel, J, opset, [0, K, P, 1])
         g = b.op("Conv", [feat, b.const("conv_weight", Wk.reshape(2 * K, C, 1, 1))])  # (B, 2K, h, w)
         g = b.op("Reshape", [g, b.const("shape", np.array([0, K, 2, P], np.int64))])
-        wts = b.op("Reshape", [wts, b.const("shape", np.array([0, K, P, 1], np.int64))])
         return b.op("MatMul", [g, wts]), [0, K, 2, 1]  # (B, K, 2, 1)
+    wts = _heatmap_weights(b, hm, hm_layout, hm_hw, feat_hw, jsel, J, opset, [0, K, P])
     f = b.op("Reshape", [feat, b.const("shape", np.array([0, P, C], np.int64))])
     x = b.op("MatMul", [wts, f])  # (B, K, C): the pooled features
     x = b.op("Reshape", [x, b.const("shape", np.array([0, K, 1, C], np.int64))])
@@ -415,10 +422,13 @@ def _keypoint_scores(b: _Builder, src: dict[str, Any], hm: str | None, jmap: np.
     if src["coords"] is not None:  # (B, J·3) [x, y, score] per joint: one Gather picks and orders the scores
         v = b.op("Reshape", [src["coords"]["name"], b.const("shape", np.array([-1, J * 3], np.int64))])
         s = b.op("Gather", [v, b.const("score_idx", 3 * jsel + 2)], axis=1)
+    elif src["hm_layout"] == "NCHW":  # the maxima (B, J, 1, 1) are shared with the pooling weights
+        b.heatmap_max[hm] = _reduce(b, "ReduceMax", hm, [2, 3], 1, opset)
+        s = b.op("Reshape", [b.heatmap_max[hm], b.const("shape", np.array([0, J], np.int64))])
     else:
-        s = _reduce(b, "ReduceMax", hm, [2, 3] if src["hm_layout"] == "NCHW" else [1, 2], 0, opset)
-        if len(jsel) != J or (jsel != np.arange(J)).any():
-            s = b.op("Gather", [s, b.const("joint_map", jsel)], axis=1)
+        s = _reduce(b, "ReduceMax", hm, [1, 2], 0, opset)
+    if src["coords"] is None and (len(jsel) != J or (jsel != np.arange(J)).any()):
+        s = b.op("Gather", [s, b.const("joint_map", jsel)], axis=1)
     return b.op("Mul", [s, b.const("have", have.astype(np.float32))]) if not have.all() else s
 
 
