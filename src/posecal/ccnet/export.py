@@ -159,36 +159,37 @@ def _heatmap_weights(b: _Builder, hm: str, layout: str, hm_hw: tuple[int, int], 
 
 
 def _heatmap_kpt(b: _Builder, feat: str, feat_layout: str, hm: str, hm_layout: str, feat_hw: tuple[int, int],
-                 hm_hw: tuple[int, int], jmap: np.ndarray, J: int, W: np.ndarray, opset: int
-                 ) -> tuple[str, list[int]]:
+                 hm_hw: tuple[int, int], jmap: np.ndarray, J: int, W: np.ndarray, bias: np.ndarray, opset: int
+                 ) -> tuple[str, bool]:
     """Heatmap pooling fused with a ``kpt`` head's linear map (exact algebra, float32).
 
-    The head is linear in the pooled feature, pooled_kc = Σ_p f_cp w_kp (w: :func:`_heatmap_weights`), so
-    z_kj = Σ_c W_kjc pooled_kc = Σ_p w_kp g_kjp with g = the 1×1 convolution of the feature map with the
-    weights W (K, 2, C) as 2K filters, then for each k a (2, P) @ (P, 1) product: a channels-first map is
-    read once, by a Conv that onnxruntime runs on its own blocked layout, never reordered, transposed or
-    copied. A channels-last map (B, h, w, C) already is a (P, C) matrix per instance: it is pooled directly,
-    (K, P) @ (P, C), then each keypoint's (1, C) @ (C, 2) (no copy either). Keypoints the model lacks
-    (``jmap`` −1) get zero weights: pooled feature 0, as in the store. ``feat`` (B, C, h, w) [NCHW] or
-    (B, h, w, C) [NHWC]; ``hm`` in its own layout, model joint order (J maps).
-    Returns t = Σ_c W_kjc pooled_kc, shaped (B, K, 2, 1) [NCHW] or (B, K, 1, 2) [NHWC], and that shape
-    (0 for B) for the terms added to it."""
+    The head is linear in the pooled feature, pooled_kc = Σ_p f_cp w_kp (w: :func:`_heatmap_weights`, Σ_p w_kp
+    = 1), so z_kj = Σ_c W_kjc pooled_kc + b_kj = Σ_p w_kp g_kjp with g = the 1×1 convolution of the feature
+    map with the weights W (K, 2, C) as 2K filters and the bias b (K, 2), then for each k a (2, P) @ (P, 1)
+    product: a channels-first map is read once, by a Conv that onnxruntime runs on its own blocked layout,
+    never reordered, transposed or copied. A channels-last map (B, h, w, C) already is a (P, C) matrix per
+    instance: it is pooled directly, (K, P) @ (P, C), then each keypoint's (1, C) @ (C, 2) (no copy either;
+    the bias is left to the caller). Keypoints the model lacks (``jmap`` −1) get zero filters: pooled
+    feature 0, z = b, as in the store. ``feat`` (B, C, h, w) [NCHW] or (B, h, w, C) [NHWC]; ``hm`` in its own
+    layout, model joint order (J maps). Returns t (B, 2K) in (k, j) order and whether it includes b."""
     have = jmap >= 0
     K, C = len(jmap), W.shape[2]
     P = feat_hw[0] * feat_hw[1]
     Wk = np.where(have[:, None, None], W, 0).astype(np.float32)  # (K, 2, C)
     jsel = np.where(have, jmap, 0)
+    flat = b.const("shape", np.array([0, 2 * K], np.int64))
     if feat_layout == "NCHW":
         wts = _heatmap_weights(b, hm, hm_layout, hm_hw, feat_hw, jsel, J, opset, [0, K, P, 1])
-        g = b.op("Conv", [feat, b.const("conv_weight", Wk.reshape(2 * K, C, 1, 1))])  # (B, 2K, h, w)
+        g = b.op("Conv", [feat, b.const("conv_weight", Wk.reshape(2 * K, C, 1, 1)),
+                          b.const("conv_bias", bias.reshape(-1).astype(np.float32))])  # (B, 2K, h, w)
         g = b.op("Reshape", [g, b.const("shape", np.array([0, K, 2, P], np.int64))])
-        return b.op("MatMul", [g, wts]), [0, K, 2, 1]  # (B, K, 2, 1)
+        return b.op("Reshape", [b.op("MatMul", [g, wts]), flat]), True  # (B, K, 2, 1) -> (B, 2K)
     wts = _heatmap_weights(b, hm, hm_layout, hm_hw, feat_hw, jsel, J, opset, [0, K, P])
     f = b.op("Reshape", [feat, b.const("shape", np.array([0, P, C], np.int64))])
     x = b.op("MatMul", [wts, f])  # (B, K, C): the pooled features
     x = b.op("Reshape", [x, b.const("shape", np.array([0, K, 1, C], np.int64))])
     Wt = np.ascontiguousarray(Wk.transpose(0, 2, 1))  # (K, C, 2)
-    return b.op("MatMul", [x, b.const("weight", Wt)]), [0, K, 1, 2]  # (B, K, 1, 2)
+    return b.op("Reshape", [b.op("MatMul", [x, b.const("weight", Wt)]), flat]), False  # (B, K, 1, 2) -> (B, 2K)
 
 
 def _reduce(b: _Builder, op: str, x: str, axes: list[int], keepdims: int, opset: int) -> str:
@@ -251,17 +252,19 @@ def _fold_kpt(arrs: dict[str, np.ndarray], K: int, evidence: bool) -> dict[str, 
     return out
 
 
-def _kpt_logits(b: _Builder, t: str, zshape: list[int], kind: str, f: dict[str, np.ndarray],
+def _kpt_logits(b: _Builder, t: str, has_bias: bool, kind: str, f: dict[str, np.ndarray],
                 evidence: str | None) -> tuple[str, str | None]:
-    """``kpt``/``kpt_inst`` logits from the fused pooled term ``t`` of :func:`_heatmap_kpt` (shape
-    ``zshape``) and the folded head ``f`` of :func:`_fold_kpt`: z = t + b' [+ E·evidence] and, for
-    ``kpt_inst``, the gate σ(Eg·evidence + g0) (B, 1)."""
+    """``kpt``/``kpt_inst`` logits (B, 2K) from the fused term ``t`` of :func:`_heatmap_kpt` (with the bias
+    b' when ``has_bias``) and the folded head ``f`` of :func:`_fold_kpt`: z = t [+ b'] [+ E·evidence], and
+    for ``kpt_inst`` the gate σ(Eg·evidence + g0) (B, 1)."""
+    b_flat = f["b"].reshape(-1)
     if evidence is None:
         if kind == "kpt_inst":
             raise PosecalInputError("a 'kpt_inst' head needs the instance evidence", field="head")
-        return b.op("Add", [t, b.const("bias", f["b"].reshape(zshape[1:]))]), None
-    ze = b.op("Gemm", [evidence, b.const("evidence_w", f["E"]), b.const("bias", f["b"].reshape(-1))])  # (B, 2K)
-    z = b.op("Add", [t, b.op("Reshape", [ze, b.const("shape", np.array(zshape, np.int64))])])
+        return (t if has_bias else b.op("Add", [t, b.const("bias", b_flat)])), None
+    ew = b.const("evidence_w", f["E"])
+    z = b.op("Gemm", [evidence, ew, t]) if has_bias else \
+        b.op("Add", [t, b.op("Gemm", [evidence, ew, b.const("bias", b_flat)])])
     gate = None
     if kind == "kpt_inst":
         gate = b.op("Sigmoid", [b.op("Gemm", [evidence, b.const("gate_w", f["Eg"]), b.const("gate_b", f["g0"])])])
@@ -271,7 +274,7 @@ def _kpt_logits(b: _Builder, t: str, zshape: list[int], kind: str, f: dict[str, 
 def _head(b: _Builder, x: str, kind: str, arrs: dict[str, np.ndarray], K: int) -> str:
     """``fc`` / ``conv_gap`` / ``conv_sigmoid_gap`` head subgraph (as
     :meth:`posecal.ccnet.heads.CCNetHead.forward`) on the pooled store feature -> logits (or, for
-    ``conv_sigmoid_gap``, probabilities) with 2K values per instance."""
+    ``conv_sigmoid_gap``, probabilities) (B, 2K) in (k, j) order."""
     if kind == "fc":
         x = b.op("Div", [b.op("Sub", [x, b.const("feat_mean", arrs["feat_mean"])]),
                          b.const("feat_std", arrs["feat_std"])])
@@ -284,21 +287,19 @@ def _head(b: _Builder, x: str, kind: str, arrs: dict[str, np.ndarray], K: int) -
         z = b.op("Conv", [x, cw, cb])
         if kind == "conv_sigmoid_gap":
             z = b.op("Sigmoid", [z])
-        return b.op("GlobalAveragePool", [z])
+        return b.op("Reshape", [b.op("GlobalAveragePool", [z]), b.const("shape", np.array([0, 2 * K], np.int64))])
     if kind in ("kpt", "kpt_inst"):
         raise PosecalInputError(f"head {kind!r} needs heatmap pooling", field="head")
     raise PosecalInputError(f"unknown head kind {kind!r}", field="head")
 
 
 def _outputs(b: _Builder, z: str, K: int, probabilities: bool, gate: str | None) -> list[str]:
-    """Logits (any shape holding (B, K, 2) in order) [and a gate (B, 1)] -> the three :data:`OUTPUTS`."""
-    z = b.op("Reshape", [z, b.const("shape", np.array([0, K, 2], np.int64))])
+    """Logits (B, 2K) in (k, j) order [and a gate (B, 1)] -> the three :data:`OUTPUTS`."""
     p = z if probabilities else b.op("Sigmoid", [z])
-    if gate is None:
-        s = b.op("Gather", [p, b.const("i0", np.array(0, np.int64))], OUTPUTS[0], axis=2)
-    else:
-        s = b.op("Mul", [b.op("Gather", [p, b.const("i0", np.array(0, np.int64))], axis=2), gate], OUTPUTS[0])
-    v = b.op("Gather", [p, b.const("i1", np.array(1, np.int64))], OUTPUTS[1], axis=2)
+    s = b.op("Gather", [p, b.const("i0", np.arange(0, 2 * K, 2))], None if gate else OUTPUTS[0], axis=1)
+    if gate is not None:
+        s = b.op("Mul", [s, gate], OUTPUTS[0])
+    v = b.op("Gather", [p, b.const("i1", np.arange(1, 2 * K, 2))], OUTPUTS[1], axis=1)
     # ĉ = Σ v̂ŝ / Σ v̂, 0 where Σ v̂ = 0 (posecal.rescore.aggregate.instance_score, mode "visibility"); the
     # 0 / 0 there is discarded by the Where
     axes = b.const("axes", np.array([1], np.int64))
@@ -324,8 +325,8 @@ def _graft(b: _Builder, kind: str, arrs: dict[str, np.ndarray], K: int, pooling:
             feat = b.op("Reshape", [feat, b.const("shape", np.array([0, C, 1, 1], np.int64))])
             feat_layout = "NCHW"
         f = _fold_kpt(arrs, K, evidence is not None)
-        t, zshape = _heatmap_kpt(b, feat, feat_layout, hm, hm_layout, feat_hw, hm_hw, jmap, J, f["W"], opset)
-        z, gate = _kpt_logits(b, t, zshape, kind, f, evidence)
+        t, has_bias = _heatmap_kpt(b, feat, feat_layout, hm, hm_layout, feat_hw, hm_hw, jmap, J, f["W"], f["b"], opset)
+        z, gate = _kpt_logits(b, t, has_bias, kind, f, evidence)
         return _outputs(b, z, K, False, gate)
     if feat_layout != "NCHW":
         feat = b.op("Transpose", [feat], perm=[0, 3, 1, 2])
