@@ -167,6 +167,9 @@ FUSED = [  # feature layout, heatmap layout, feature grid, heatmap grid, dataset
     ("NHWC", "NHWC", (8, 6), (4, 3), "lsp14", "kpt", "heatmap", 17),
     ("NCHW", "NHWC", (8, 6), (4, 3), "lsp14", "kpt_inst", "coords", 13),
     ("NHWC", "NCHW", (4, 3), (9, 7), "coco17", "kpt_inst", "heatmap", 18),
+    ("NCHW", "NCHW", (6, 5), (6, 5), "lsp14", "kpt_inst", "heatmap", 13),
+    ("NHWC", "NHWC", (6, 5), (6, 5), "lsp14", "kpt_inst", "coords", 18),
+    ("NCHW", "NHWC", (6, 5), (6, 5), "lsp14", "kpt", "heatmap", 13),
 ]
 
 

@@ -131,19 +131,24 @@ def _heatmap_weights(b: _Builder, hm: str, layout: str, hm_hw: tuple[int, int], 
     heatmap of model joint ``jsel[k]``, resampled to the feature grid (nearest centre, as
     :func:`posecal.models.adapters.pooling.resample_to`), divided by its sum; a map with no positive value
     (after the resampling) gets the uniform 1 / P (the store's rule). The positive part and the uniform case
-    are one Max: max(x, 1) = 1 where the map's maximum is ≤ 0, else max(x, 0). Joint selection, resampling
-    and layout are one Gather on the flattened maps; when selection and resampling are the identity, NCHW
-    maps are used as they are (their maxima shared with :func:`_keypoint_scores`), NHWC maps transposed.
-    Every reduction runs over trailing, contiguous axes."""
+    are one Max: max(x, 1) = 1 where the map's maximum is ≤ 0, else max(x, 0). Without resampling NCHW maps
+    are used as they are (their maxima shared with :func:`_keypoint_scores` when all joints are used in
+    order), NHWC maps transposed, and the joint selection is a Gather of whole maps; with resampling,
+    selection, resampling and layout are one element-wise Gather on the flattened maps. Every reduction runs
+    over trailing, contiguous axes."""
     (hh, ww), (h, w) = hm_hw, feat_hw
-    K = len(jsel)
+    K, P = len(jsel), h * w
     f32 = b.onnx.TensorProto.FLOAT
-    if (hh, ww) == (h, w) and K == J and (jsel == np.arange(J)).all():
-        x, axes = hm, [2, 3]
-        if layout != "NCHW":
+    same = K == J and (jsel == np.arange(J)).all()
+    if (hh, ww) == (h, w):
+        if layout == "NCHW":
+            x, axes, hmax = hm, [2, 3], b.heatmap_max.get(hm) if same else None
+        else:  # the Reshape keeps onnxruntime from moving the Transpose past the reductions (strided axes)
             x = b.op("Transpose", [hm], perm=[0, 3, 1, 2])
-        hmax = b.heatmap_max.get(hm) if layout == "NCHW" else None
-    else:
+            x, axes, hmax = b.op("Reshape", [x, b.const("shape", np.array([0, J, P], np.int64))]), [2], None
+        if not same:  # whole maps: block copies
+            x = b.op("Gather", [x, b.const("joint_map", jsel)], axis=1)
+    else:  # one element-wise Gather
         yi = np.minimum(((np.arange(h) + 0.5) * hh / h).astype(np.int64), hh - 1)
         xi = np.minimum(((np.arange(w) + 0.5) * ww / w).astype(np.int64), ww - 1)
         pix = (yi[:, None] * ww + xi[None, :]).reshape(-1)  # (P,) index into the h'·w' heatmap pixels
@@ -155,6 +160,8 @@ def _heatmap_weights(b: _Builder, hm: str, layout: str, hm_hw: tuple[int, int], 
     x = b.op("Max", [x, b.op("Cast", [b.op("LessOrEqual", [hmax, b.const("zero", np.zeros((), np.float32))])],
                               to=f32)])
     x = b.op("Div", [x, _reduce(b, "ReduceSum", x, axes, 1, opset)])
+    if axes == [2] and shape == [0, K, P]:
+        return x
     return b.op("Reshape", [x, b.const("shape", np.array(shape, np.int64))])
 
 
