@@ -20,7 +20,10 @@ feature store's pooling in the graph, so the head sees exactly what it was train
 * ``heatmap``: per model joint, the positive part of the heatmap output resampled to the feature grid
   (nearest centre) and normalised to sum 1 (uniform if no positive value) weights the features
   (float32 in the graph, float64 in the store), then the joints are mapped to the dataset keypoints
-  (missing ones get zero features).
+  (missing ones get zero features). The ``kpt`` heads that read these features are linear in them, so the
+  graph applies the head's weights first, as a 1×1 Conv on the feature map in the layout the runtime
+  already holds it in (a MatMul for channels-last maps), and pools the 2K head channels
+  (:func:`_heatmap_kpt`): the feature map is never transposed, copied or reordered.
 
 Flip-test averaging is not reproduced: a head fitted on a ``--flip`` store sees single-pass features
 (a warning says so).
@@ -33,7 +36,7 @@ ONNX with inputs ``features (B, C, h, w)`` float32 channels-first (the penultima
     out = adapter.predict(crops)                     # posecal.models.adapters.load_adapter("EfficientPoseI.tflite")
     s, v, c = session.run(None, {"features": out.features, "heatmaps": out.heatmaps})
 
-The head is written as plain ONNX operators (Conv / MatMul / Einsum / Sigmoid / GlobalAveragePool), from
+The head is written as plain ONNX operators (Conv / MatMul / Gemm / Sigmoid / GlobalAveragePool), from
 the safetensors weights of :func:`posecal.ccnet.checkpoint.load_head`; the default-domain opset must be
 ≥ 13. Imports onnx, onnxruntime and torch (to read the head) inside the functions.
 """
@@ -477,10 +480,10 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
 
     ``heatmap_output`` names the heatmap output used for heatmap pooling (default: the model card's, else
     the first 4-D output). A model with a card (:mod:`posecal.models.cards`) is read as the card says
-    (NHWC tensors are transposed in the graph). A graph with opset < 13 is converted to 13 first (its
-    outputs are checked unchanged by the tests). A head that reads the instance evidence gets one more
-    graph input, ``box_score (B,)`` float32 (1 for a gt box). Returns a summary dict.
-    """
+    (NHWC heatmaps are transposed, NHWC feature maps too except for heatmap pooling). A graph with opset < 13 is
+    converted to 13 first (its outputs are checked unchanged by the tests). A head that reads the instance
+    evidence gets one more graph input, ``box_score (B,)`` float32 (1 for a gt box). Returns a summary
+    dict."""
     import onnx
 
     from posecal._util import write_bytes_atomic
