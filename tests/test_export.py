@@ -157,3 +157,97 @@ def test_export_refuses_a_head_of_another_model(world, tmp_path, capsys):
     assert len(err) == 1 and "model_sha256" in err[0] and not out.exists()
     assert main(["export", "--model", str(other), "--head", str(tmp_path / "nohead"), "--out", str(out)]) == 2
     assert not out.exists()
+
+
+FUSED = [  # feature layout, heatmap layout, feature grid, heatmap grid, dataset keypoint set, head, scores, opset
+    ("NCHW", "NCHW", (6, 5), (6, 5), "coco17", "kpt_inst", "heatmap", 13),
+    ("NCHW", "NCHW", (6, 5), (6, 5), "coco17", "kpt", "heatmap", 18),
+    ("NCHW", "NCHW", (4, 3), (9, 7), "lsp14", "kpt_inst", "heatmap", 18),
+    ("NHWC", "NHWC", (6, 5), (6, 5), "coco17", "kpt_inst", "coords", 13),
+    ("NHWC", "NHWC", (8, 6), (4, 3), "lsp14", "kpt", "heatmap", 17),
+    ("NCHW", "NHWC", (8, 6), (4, 3), "lsp14", "kpt_inst", "coords", 13),
+    ("NHWC", "NCHW", (4, 3), (9, 7), "coco17", "kpt_inst", "heatmap", 18),
+    ("NCHW", "NCHW", (6, 5), (6, 5), "lsp14", "kpt_inst", "heatmap", 13),
+    ("NHWC", "NHWC", (6, 5), (6, 5), "lsp14", "kpt_inst", "coords", 18),
+    ("NCHW", "NHWC", (6, 5), (6, 5), "lsp14", "kpt", "heatmap", 13),
+]
+
+
+@pytest.mark.parametrize("feat_layout,hm_layout,feat_hw,hm_hw,kset,kind,scores_from,opset", FUSED,
+                         ids=[f"{a}-{b}-{c[0]}x{c[1]}-{d[0]}x{d[1]}-{e}-{f}-{g}-op{h}"
+                              for a, b, c, d, e, f, g, h in FUSED])
+def test_fused_heatmap_kpt_graph_matches_store_pooling_and_head(feat_layout, hm_layout, feat_hw, hm_hw, kset, kind,
+                                                                 scores_from, opset):
+    """The fused heatmap-pooling + kpt head subgraph (1×1 Conv / channels-last MatMul, no copy of the feature
+    map) equals the store's pooling (:func:`pool_features`, float64) followed by the torch head, within 1e-5:
+    both layouts, resampling up and down, dataset keypoints the model lacks (LSP-14's neck and head top on a
+    COCO-17 model), heatmaps with no positive value (all negative, all zero, and a single positive pixel that
+    the downsampling drops), instance evidence from heatmap maxima or a coordinates output."""
+    from posecal.ccnet.export import OUTPUTS, PREFIX, _Builder, _evidence, _graft, _keypoint_scores, _output_infos
+    from posecal.ccnet.heads import build_head
+    from posecal.ccnet.targets import instance_evidence
+    from posecal.ccnet.train import predict
+    from posecal.keypoints import get_keypoint_set
+    from posecal.models.adapters.joints import joint_map
+    from posecal.models.adapters.pooling import pool_features, resample_to
+    from posecal.rescore.aggregate import instance_score
+
+    rng = np.random.default_rng(sum(map(ord, f"{feat_layout}{hm_layout}{feat_hw}{hm_hw}{kset}{kind}")))
+    B, C, J = 6, 7, 17
+    jmap = joint_map(COCO17.names, get_keypoint_set(kset).names, allow_missing=True)
+    K, have = len(jmap), jmap >= 0
+    assert kset == "coco17" or not have.all()
+    feats = rng.uniform(0, 2, (B, C, *feat_hw)).astype(np.float32)
+    hms = rng.normal(0, 0.3, (B, J, *hm_hw)).astype(np.float32)
+    hms[0, 5] = -np.abs(hms[0, 5]) - 0.01  # no positive value: uniform weights
+    hms[1, 11] = 0.0
+    hms[2, 12] = -1.0  # one positive pixel, dropped by a downsampling: uniform weights on the feature grid
+    yi = resample_to(np.arange(hm_hw[0] * hm_hw[1], dtype=np.float32).reshape(1, 1, *hm_hw), *feat_hw).ravel()
+    free = [p for p in range(hm_hw[0] * hm_hw[1]) if p not in set(yi.astype(int))]
+    hms[2, 12].flat[free[0] if free else 0] = 0.8
+    coords = rng.uniform(0, 1, (B, J, 3)).astype(np.float32)
+    box = rng.uniform(0.1, 1, B).astype(np.float32)
+    pooled = pool_features(feats, hms, "heatmap", jmap)
+    assert np.allclose(pooled[2, list(jmap).index(12)], feats[2].mean((1, 2)), atol=1e-6) == bool(free)
+    raw = coords[..., 2] if scores_from == "coords" else hms.max((2, 3))
+    x = pooled
+    if kind == "kpt_inst":
+        sc = np.where(have[None], raw[:, np.where(have, jmap, 0)], 0.0)
+        x = np.concatenate([pooled, instance_evidence(sc, box, per_keypoint=True)], -1)
+    torch.manual_seed(1)
+    head = build_head(kind, x.shape[1:], K)
+    head.set_normalisation(torch.rand(K, x.shape[2]), 0.5 + torch.rand(K, x.shape[2]))
+    arrs = {k: v.detach().float().numpy() for k, v in head.state_dict().items()}
+    s_ref, v_ref = predict(head, x)
+    c_ref = instance_score(s_ref, "visibility", visibility=v_ref)
+
+    TP = onnx.TensorProto
+    nhwc = (0, 2, 3, 1)
+    f_in = feats if feat_layout == "NCHW" else feats.transpose(nhwc)
+    h_in = hms if hm_layout == "NCHW" else hms.transpose(nhwc)
+    inputs = [onnx.helper.make_tensor_value_info("features", TP.FLOAT, ["b", *f_in.shape[1:]]),
+              onnx.helper.make_tensor_value_info("heatmaps", TP.FLOAT, ["b", *h_in.shape[1:]])]
+    feeds = {"features": np.ascontiguousarray(f_in), "heatmaps": np.ascontiguousarray(h_in)}
+    b = _Builder(PREFIX)
+    ev = None
+    if kind == "kpt_inst":
+        inputs += [onnx.helper.make_tensor_value_info("coords", TP.FLOAT, ["b", 1, J, 3]),
+                   onnx.helper.make_tensor_value_info("box", TP.FLOAT, ["b"])]
+        feeds.update(coords=coords[:, None], box=box)
+        src = {"coords": {"name": "coords"} if scores_from == "coords" else None, "hm_layout": hm_layout}
+        ev = _evidence(b, _keypoint_scores(b, src, "heatmaps", jmap, J, opset), "box", opset)
+    _graft(b, kind, arrs, K, "heatmap", jmap, "features", feat_layout, feat_hw, 4, C, "heatmaps", hm_layout, hm_hw,
+           J, ev, opset)
+    m = onnx.helper.make_model(onnx.helper.make_graph(b.nodes, "g", inputs, _output_infos(K), b.inits),
+                               opset_imports=[onnx.helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    # the feature map is read once, by the Conv (channels-first) or a Reshape to (B, P, C) (channels-last)
+    readers = [n.op_type for n in m.graph.node if "features" in n.input]
+    assert readers == ["Conv" if feat_layout == "NCHW" else "Reshape"]
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    s, v, c = sess.run(list(OUTPUTS), feeds)
+    np.testing.assert_allclose(s, s_ref, atol=1e-5)
+    np.testing.assert_allclose(v, v_ref, atol=1e-5)
+    np.testing.assert_allclose(c, c_ref, atol=1e-5)
+    assert np.std(s_ref) > 1e-3 and np.std(v_ref) > 1e-3  # not a constant head: the comparison can fail

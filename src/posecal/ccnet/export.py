@@ -20,7 +20,10 @@ feature store's pooling in the graph, so the head sees exactly what it was train
 * ``heatmap``: per model joint, the positive part of the heatmap output resampled to the feature grid
   (nearest centre) and normalised to sum 1 (uniform if no positive value) weights the features
   (float32 in the graph, float64 in the store), then the joints are mapped to the dataset keypoints
-  (missing ones get zero features).
+  (missing ones get zero features). The ``kpt`` heads that read these features are linear in them, so the
+  graph applies the head's weights first, as a 1×1 Conv on the feature map in the layout the runtime
+  already holds it in (a MatMul for channels-last maps), and pools the 2K head channels
+  (:func:`_heatmap_kpt`): the feature map is never transposed, copied or reordered.
 
 Flip-test averaging is not reproduced: a head fitted on a ``--flip`` store sees single-pass features
 (a warning says so).
@@ -33,7 +36,7 @@ ONNX with inputs ``features (B, C, h, w)`` float32 channels-first (the penultima
     out = adapter.predict(crops)                     # posecal.models.adapters.load_adapter("EfficientPoseI.tflite")
     s, v, c = session.run(None, {"features": out.features, "heatmaps": out.heatmaps})
 
-The head is written as plain ONNX operators (Conv / MatMul / Einsum / Sigmoid / GlobalAveragePool), from
+The head is written as plain ONNX operators (Conv / MatMul / Gemm / Sigmoid / GlobalAveragePool), from
 the safetensors weights of :func:`posecal.ccnet.checkpoint.load_head`; the default-domain opset must be
 ≥ 13. Imports onnx, onnxruntime and torch (to read the head) inside the functions.
 """
@@ -86,6 +89,7 @@ class _Builder:
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
         self._n = 0
+        self.heatmap_max: dict[str, str] = {}  # heatmap tensor -> its per-map maxima, (B, J, 1, 1) [NCHW]
 
     def name(self, base: str) -> str:
         self._n += 1
@@ -103,14 +107,13 @@ class _Builder:
         return out
 
 
-def _pool(b: _Builder, feat: str, heatmaps: str | None, pooling: str, feat_hw: tuple[int, int],
-          hm_hw: tuple[int, int] | None, feat_ndim: int, jmap: np.ndarray, C: int, opset: int = 13) -> str:
-    """Pooling subgraph: penultimate (B, C, h, w) [and heatmaps (B, J, h', w')] -> store feature."""
+def _pool(b: _Builder, feat: str, pooling: str, feat_hw: tuple[int, int], feat_ndim: int, C: int) -> str:
+    """``gap`` / ``spatial`` pooling subgraph: penultimate (B, C, h, w) -> store feature. (``heatmap``
+    pooling is fused with the ``kpt`` heads' weights: :func:`_heatmap_kpt`.)"""
     TP = b.onnx.TensorProto
     if feat_ndim == 2:
         feat = b.op("Reshape", [feat, b.const("shape", np.array([0, C, 1, 1], np.int64))])
-    h, w = feat_hw
-    P = h * w
+    P = feat_hw[0] * feat_hw[1]
     if pooling == "gap":  # mean over h·w in float64 (a MatMul: GlobalAveragePool has no double kernel)
         x = b.op("Cast", [feat], to=TP.DOUBLE)
         x = b.op("Reshape", [x, b.const("shape", np.array([0, C, P], np.int64))])
@@ -120,35 +123,83 @@ def _pool(b: _Builder, feat: str, heatmaps: str | None, pooling: str, feat_hw: t
     if pooling == "spatial":
         x = b.op("Cast", [feat], to=TP.FLOAT16)
         return b.op("Cast", [x], to=TP.FLOAT)  # (B, C, h, w)
-    if pooling != "heatmap":
-        raise PosecalInputError(f"unknown pooling {pooling!r}", field="pooling")
-    if heatmaps is None or hm_hw is None:
-        raise PosecalInputError("heatmap pooling needs the model's heatmap output", field="pooling")
-    hh, ww = hm_hw
-    wts = heatmaps
-    if (hh, ww) != (h, w):  # nearest-centre resampling, as posecal.models.adapters.pooling.resample_to
+    raise PosecalInputError(f"unknown pooling {pooling!r}", field="pooling")
+
+
+def _heatmap_weights(b: _Builder, hm: str, layout: str, hm_hw: tuple[int, int], feat_hw: tuple[int, int],
+                     jsel: np.ndarray, J: int, opset: int, shape: list[int]) -> str:
+    """Normalised heatmap pooling weights on the feature grid, (B, K, P) reshaped to ``shape``, P = h·w.
+
+    ``hm`` (B, J, h', w') [``layout`` NCHW] or (B, h', w', J) [NHWC]; row k is the positive part of the
+    heatmap of model joint ``jsel[k]``, resampled to the feature grid (nearest centre, as
+    :func:`posecal.models.adapters.pooling.resample_to`), divided by its sum; a map with no positive value
+    (after the resampling) gets the uniform 1 / P (the store's rule). The positive part and the uniform case
+    are one Max: max(x, 1) = 1 where the map's maximum is ≤ 0, else max(x, 0). Without resampling NCHW maps
+    are used as they are (their maxima shared with :func:`_keypoint_scores` when all joints are used in
+    order), NHWC maps transposed, and the joint selection is a Gather of whole maps; with resampling,
+    selection, resampling and layout are one element-wise Gather on the flattened maps. Every reduction runs
+    over trailing, contiguous axes."""
+    (hh, ww), (h, w) = hm_hw, feat_hw
+    K, P = len(jsel), h * w
+    f32 = b.onnx.TensorProto.FLOAT
+    same = K == J and (jsel == np.arange(J)).all()
+    if (hh, ww) == (h, w):
+        if layout == "NCHW":
+            x, axes, hmax = hm, [2, 3], b.heatmap_max.get(hm) if same else None
+        else:  # the Reshape keeps onnxruntime from moving the Transpose past the reductions (strided axes)
+            x = b.op("Transpose", [hm], perm=[0, 3, 1, 2])
+            x, axes, hmax = b.op("Reshape", [x, b.const("shape", np.array([0, J, P], np.int64))]), [2], None
+        if not same:  # whole maps: block copies
+            x = b.op("Gather", [x, b.const("joint_map", jsel)], axis=1)
+    else:  # one element-wise Gather
         yi = np.minimum(((np.arange(h) + 0.5) * hh / h).astype(np.int64), hh - 1)
         xi = np.minimum(((np.arange(w) + 0.5) * ww / w).astype(np.int64), ww - 1)
-        wts = b.op("Gather", [wts, b.const("yi", yi)], axis=2)
-        wts = b.op("Gather", [wts, b.const("xi", xi)], axis=3)
-    # float32 (the store pools in float64: differences ~1e-7 relative, far below the 1e-5 the outputs are
-    # held to); the feature map is never transposed, cast or divided: (B, C, P) @ (B, P, J) -> (B, C, J), then
-    # the small result is divided by the heatmap sums. A heatmap with no positive value gets weight 1
-    # everywhere (sum P): the feature mean, as the store's uniform weights.
-    wts = b.op("Reshape", [b.op("Relu", [wts]), b.const("shape", np.array([0, 0, P], np.int64))])  # (B, J, P)
-    s = b.op("ReduceSum", [wts, b.const("axes", np.array([2], np.int64))], keepdims=1)  # (B, J, 1)
-    empty = b.op("Cast", [b.op("Equal", [s, b.const("zero", np.zeros((), np.float32))])], to=TP.FLOAT)
-    wts = b.op("Add", [wts, empty])
-    s = b.op("Add", [s, b.op("Mul", [empty, b.const("P", np.array(P, np.float32))])])
-    f = b.op("Reshape", [feat, b.const("shape", np.array([0, C, P], np.int64))])
-    num = b.op("MatMul", [f, b.op("Transpose", [wts], perm=[0, 2, 1])])  # (B, C, J)
-    pooled = b.op("Div", [num, b.op("Transpose", [s], perm=[0, 2, 1])])  # (B, C, J)
-    pooled = b.op("Transpose", [pooled], perm=[0, 2, 1])  # (B, J, C)
+        pix = (yi[:, None] * ww + xi[None, :]).reshape(-1)  # (P,) index into the h'·w' heatmap pixels
+        idx = jsel[:, None] * (hh * ww) + pix[None, :] if layout == "NCHW" else pix[None, :] * J + jsel[:, None]
+        x = b.op("Reshape", [hm, b.const("shape", np.array([0, -1], np.int64))])
+        x, axes, hmax = b.op("Gather", [x, b.const("pix", idx)], axis=1), [2], None  # (B, K, P)
+    if hmax is None:
+        hmax = _reduce(b, "ReduceMax", x, axes, 1, opset)
+    x = b.op("Max", [x, b.op("Cast", [b.op("LessOrEqual", [hmax, b.const("zero", np.zeros((), np.float32))])],
+                              to=f32)])
+    x = b.op("Div", [x, _reduce(b, "ReduceSum", x, axes, 1, opset)])
+    if axes == [2] and shape == [0, K, P]:
+        return x
+    return b.op("Reshape", [x, b.const("shape", np.array(shape, np.int64))])
+
+
+def _heatmap_kpt(b: _Builder, feat: str, feat_layout: str, hm: str, hm_layout: str, feat_hw: tuple[int, int],
+                 hm_hw: tuple[int, int], jmap: np.ndarray, J: int, W: np.ndarray, bias: np.ndarray, opset: int
+                 ) -> tuple[str, bool]:
+    """Heatmap pooling fused with a ``kpt`` head's linear map (exact algebra, float32).
+
+    The head is linear in the pooled feature, pooled_kc = Σ_p f_cp w_kp (w: :func:`_heatmap_weights`, Σ_p w_kp
+    = 1), so z_kj = Σ_c W_kjc pooled_kc + b_kj = Σ_p w_kp g_kjp with g = the 1×1 convolution of the feature
+    map with the weights W (K, 2, C) as 2K filters and the bias b (K, 2), then for each k a (2, P) @ (P, 1)
+    product: a channels-first map is read once, by a Conv that onnxruntime runs on its own blocked layout,
+    never reordered, transposed or copied. A channels-last map (B, h, w, C) already is a (P, C) matrix per
+    instance: it is pooled directly, (K, P) @ (P, C), then each keypoint's (1, C) @ (C, 2) (no copy either;
+    the bias is left to the caller). Keypoints the model lacks (``jmap`` −1) get zero filters: pooled
+    feature 0, z = b, as in the store. ``feat`` (B, C, h, w) [NCHW] or (B, h, w, C) [NHWC]; ``hm`` in its own
+    layout, model joint order (J maps). Returns t (B, 2K) in (k, j) order and whether it includes b."""
     have = jmap >= 0
-    pooled = b.op("Gather", [pooled, b.const("joint_map", np.where(have, jmap, 0).astype(np.int64))], axis=1)
-    if not have.all():
-        pooled = b.op("Mul", [pooled, b.const("have", have.astype(np.float32)[:, None])])
-    return pooled  # (B, K, C)
+    K, C = len(jmap), W.shape[2]
+    P = feat_hw[0] * feat_hw[1]
+    Wk = np.where(have[:, None, None], W, 0).astype(np.float32)  # (K, 2, C)
+    jsel = np.where(have, jmap, 0)
+    flat = b.const("shape", np.array([0, 2 * K], np.int64))
+    if feat_layout == "NCHW":
+        wts = _heatmap_weights(b, hm, hm_layout, hm_hw, feat_hw, jsel, J, opset, [0, K, P, 1])
+        g = b.op("Conv", [feat, b.const("conv_weight", Wk.reshape(2 * K, C, 1, 1)),
+                          b.const("conv_bias", bias.reshape(-1).astype(np.float32))])  # (B, 2K, h, w)
+        g = b.op("Reshape", [g, b.const("shape", np.array([0, K, 2, P], np.int64))])
+        return b.op("Reshape", [b.op("MatMul", [g, wts]), flat]), True  # (B, K, 2, 1) -> (B, 2K)
+    wts = _heatmap_weights(b, hm, hm_layout, hm_hw, feat_hw, jsel, J, opset, [0, K, P])
+    f = b.op("Reshape", [feat, b.const("shape", np.array([0, P, C], np.int64))])
+    x = b.op("MatMul", [wts, f])  # (B, K, C): the pooled features
+    x = b.op("Reshape", [x, b.const("shape", np.array([0, K, 1, C], np.int64))])
+    Wt = np.ascontiguousarray(Wk.transpose(0, 2, 1))  # (K, C, 2)
+    return b.op("Reshape", [b.op("MatMul", [x, b.const("weight", Wt)]), flat]), False  # (B, K, 1, 2) -> (B, 2K)
 
 
 def _reduce(b: _Builder, op: str, x: str, axes: list[int], keepdims: int, opset: int) -> str:
@@ -159,27 +210,30 @@ def _reduce(b: _Builder, op: str, x: str, axes: list[int], keepdims: int, opset:
 
 
 def _evidence(b: _Builder, scores: str, box: str, opset: int) -> str:
-    """Instance evidence (B, K + 5) = [s_1..s_K, mean s, max s, fraction of s > 0.2, box score, bbox_keypoint
-    score] from keypoint scores (B, K) and box scores (B,), as :func:`posecal.ccnet.targets.instance_evidence`
-    (``per_keypoint=False``); the per-keypoint form the head was trained on is folded into its weights."""
+    """Instance evidence in folded form (B, K + 4) = [s_1..s_K, max s, count of s > 0.2, box score,
+    bbox_keypoint score] from keypoint scores (B, K) and box scores (B,). The head was trained on
+    :func:`posecal.ccnet.targets.instance_evidence` (``per_keypoint=True``: [s_k, mean s, max s, fraction
+    of s > 0.2, box score, bbox_keypoint score] per keypoint); mean = Σ s / K and fraction = count / K are
+    linear in these and folded into the head's weights (:func:`_fold_kpt`)."""
     f32 = b.onnx.TensorProto.FLOAT
-    mean = _reduce(b, "ReduceMean", scores, [1], 1, opset)  # (B, 1)
-    mx = _reduce(b, "ReduceMax", scores, [1], 1, opset)
+    mx = _reduce(b, "ReduceMax", scores, [1], 1, opset)  # (B, 1)
     m = b.op("Cast", [b.op("Greater", [scores, b.const("thr", np.array(0.2, np.float32))])], to=f32)
-    frac = _reduce(b, "ReduceMean", m, [1], 1, opset)
-    bx = b.op("Reshape", [box, b.const("shape", np.array([-1, 1], np.int64))])
+    cnt = _reduce(b, "ReduceSum", m, [1], 1, opset)
     num = _reduce(b, "ReduceSum", b.op("Mul", [scores, m]), [1], 1, opset)
-    cnt = _reduce(b, "ReduceSum", m, [1], 1, opset)  # num = 0 where cnt = 0: num / max(cnt, 1) is 0 there
+    bx = b.op("Reshape", [box, b.const("shape", np.array([-1, 1], np.int64))])
+    # num = 0 where cnt = 0: num / max(cnt, 1) is 0 there (MMPose's bbox_keypoint rule)
     bkp = b.op("Mul", [bx, b.op("Div", [num, b.op("Max", [cnt, b.const("one", np.ones((), np.float32))])])])
-    return b.op("Concat", [scores, mean, mx, frac, bx, bkp], axis=1)
+    return b.op("Concat", [scores, mx, cnt, bx, bkp], axis=1)
 
 
 def _fold_kpt(arrs: dict[str, np.ndarray], K: int, evidence: bool) -> dict[str, np.ndarray]:
     """The ``kpt``/``kpt_inst`` head with its normalisation folded into the weights, float64 -> float32.
 
-    z_kj = Σ_c W_kjc (x_kc − μ_kc)/σ_kc + b_kj = Σ_c W'_kjc x_kc + b'_kj. With ``evidence`` the last 6 input
-    channels (s_k and the 5 instance values) become one matrix ``E`` (K + 5, 2K [+1 gate]) applied to the
-    instance evidence vector of :func:`_evidence`, the gate's keypoint mean included."""
+    z_kj = Σ_c W_kjc (x_kc − μ_kc)/σ_kc + b_kj = Σ_c W'_kjc x_kc + b'_kj: ``W`` (K, 2, C) and ``b`` (K, 2).
+    With ``evidence`` the last 6 input channels (s_k and the 5 instance values) become one matrix ``E``
+    (K + 4, 2K), columns in (k, j) order, applied to the folded evidence vector of :func:`_evidence`
+    (mean = Σ s / K and fraction = count / K folded into the rows of s_k and of the count), and for
+    ``kpt_inst`` ``Eg`` (K + 4, 1) and ``g0`` (1,): the gate's logit, the keypoint mean of its inputs."""
     W = arrs["weight"].astype(np.float64)
     mu, sd = arrs["feat_mean"].astype(np.float64), arrs["feat_std"].astype(np.float64)
     Wn = W / sd[:, None, :]
@@ -192,7 +246,7 @@ def _fold_kpt(arrs: dict[str, np.ndarray], K: int, evidence: bool) -> dict[str, 
     C = W.shape[2] - GATE_INPUTS
     out["W"] = Wn[:, :, :C].astype(np.float32)
     gate = "gate.weight" in arrs
-    E = np.zeros((K + 5, 2 * K + int(gate)))
+    E = np.zeros((K + 5, 2 * K + int(gate)))  # rows: s_1..s_K, mean, max, fraction, box, bbox_keypoint
     for k in range(K):
         E[k, 2 * k:2 * k + 2] = Wn[k, :, C]
         E[K:, 2 * k:2 * k + 2] = Wn[k, :, C + 1:].T
@@ -201,64 +255,93 @@ def _fold_kpt(arrs: dict[str, np.ndarray], K: int, evidence: bool) -> dict[str, 
         E[:K, -1] = u[0] / (K * sd[:, C])
         E[K:, -1] = (u[1:][None] / (K * sd[:, C + 1:])).sum(0)
         out["g0"] = np.array([arrs["gate.bias"][0] - (u[None] * mu[:, C:] / (K * sd[:, C:])).sum()], np.float32)
-    out["E"] = E.astype(np.float32)
+    Ef = np.concatenate([E[:K] + E[K] / K, E[K + 1:K + 2], E[K + 2:K + 3] / K, E[K + 3:]])  # (K + 4, ·)
+    out["E"] = Ef[:, :2 * K].astype(np.float32)
+    if gate:
+        out["Eg"] = Ef[:, 2 * K:].astype(np.float32)
     return out
 
 
-def _head(b: _Builder, x: str, kind: str, arrs: dict[str, np.ndarray], K: int, opset: int = 13,
-          evidence: str | None = None) -> list[str]:
-    """CCNet head subgraph (as :meth:`posecal.ccnet.heads.CCNetHead.forward`) + aggregation -> outputs.
-
-    ``kpt``/``kpt_inst`` run with the normalisation folded into the weights (:func:`_fold_kpt`); with
-    ``evidence`` (B, K + 5) the head's evidence channels read it instead of a concatenated input."""
-    gate = None
-    if kind in ("kpt", "kpt_inst"):
-        f = _fold_kpt(arrs, K, evidence is not None)
-        z = b.op("Einsum", [x, b.const("weight", f["W"])], equation="bkc,kjc->bkj")
-        z = b.op("Add", [z, b.const("bias", f["b"])])
-        if evidence is not None:
-            e = b.op("MatMul", [evidence, b.const("evidence_w", f["E"])])  # (B, 2K [+1])
-            if kind == "kpt_inst":
-                zg = b.op("Slice", [e, b.const("st", np.array([2 * K], np.int64)),
-                                    b.const("en", np.array([2 * K + 1], np.int64)),
-                                    b.const("ax", np.array([1], np.int64))])
-                gate = b.op("Sigmoid", [b.op("Add", [zg, b.const("gate_b", f["g0"])])])  # (B, 1)
-                e = b.op("Slice", [e, b.const("st", np.array([0], np.int64)),
-                                   b.const("en", np.array([2 * K], np.int64)), b.const("ax", np.array([1], np.int64))])
-            z = b.op("Add", [z, b.op("Reshape", [e, b.const("shape", np.array([-1, K, 2], np.int64))])])
-        elif kind == "kpt_inst":
+def _kpt_logits(b: _Builder, t: str, has_bias: bool, kind: str, f: dict[str, np.ndarray],
+                evidence: str | None) -> tuple[str, str | None]:
+    """``kpt``/``kpt_inst`` logits (B, 2K) from the fused term ``t`` of :func:`_heatmap_kpt` (with the bias
+    b' when ``has_bias``) and the folded head ``f`` of :func:`_fold_kpt`: z = t [+ b'] [+ E·evidence], and
+    for ``kpt_inst`` the gate σ(Eg·evidence + g0) (B, 1)."""
+    b_flat = f["b"].reshape(-1)
+    if evidence is None:
+        if kind == "kpt_inst":
             raise PosecalInputError("a 'kpt_inst' head needs the instance evidence", field="head")
-    elif kind == "fc":
+        return (t if has_bias else b.op("Add", [t, b.const("bias", b_flat)])), None
+    ew = b.const("evidence_w", f["E"])
+    z = b.op("Gemm", [evidence, ew, t]) if has_bias else \
+        b.op("Add", [t, b.op("Gemm", [evidence, ew, b.const("bias", b_flat)])])
+    gate = None
+    if kind == "kpt_inst":
+        gate = b.op("Sigmoid", [b.op("Gemm", [evidence, b.const("gate_w", f["Eg"]), b.const("gate_b", f["g0"])])])
+    return z, gate
+
+
+def _head(b: _Builder, x: str, kind: str, arrs: dict[str, np.ndarray], K: int) -> str:
+    """``fc`` / ``conv_gap`` / ``conv_sigmoid_gap`` head subgraph (as
+    :meth:`posecal.ccnet.heads.CCNetHead.forward`) on the pooled store feature -> logits (or, for
+    ``conv_sigmoid_gap``, probabilities) (B, 2K) in (k, j) order."""
+    if kind == "fc":
         x = b.op("Div", [b.op("Sub", [x, b.const("feat_mean", arrs["feat_mean"])]),
                          b.const("feat_std", arrs["feat_std"])])
         z = b.op("MatMul", [x, b.const("weight_t", np.ascontiguousarray(arrs["linear.weight"].T))])
-        z = b.op("Add", [z, b.const("bias", arrs["linear.bias"])])
-    elif kind in ("conv_gap", "conv_sigmoid_gap"):
+        return b.op("Add", [z, b.const("bias", arrs["linear.bias"])])
+    if kind in ("conv_gap", "conv_sigmoid_gap"):
         x = b.op("Div", [b.op("Sub", [x, b.const("feat_mean", arrs["feat_mean"])]),
                          b.const("feat_std", arrs["feat_std"])])
         cw, cb = b.const("conv_weight", arrs["conv.weight"]), b.const("conv_bias", arrs["conv.bias"])
         z = b.op("Conv", [x, cw, cb])
         if kind == "conv_sigmoid_gap":
             z = b.op("Sigmoid", [z])
-        z = b.op("GlobalAveragePool", [z])
-    else:
-        raise PosecalInputError(f"unknown head kind {kind!r}", field="head")
-    z = b.op("Reshape", [z, b.const("shape", np.array([0, K, 2], np.int64))])
-    p = z if kind == "conv_sigmoid_gap" else b.op("Sigmoid", [z])
-    if gate is None:
-        s = b.op("Gather", [p, b.const("i0", np.array(0, np.int64))], OUTPUTS[0], axis=2)
-    else:
-        s = b.op("Mul", [b.op("Gather", [p, b.const("i0", np.array(0, np.int64))], axis=2), gate], OUTPUTS[0])
-    v = b.op("Gather", [p, b.const("i1", np.array(1, np.int64))], OUTPUTS[1], axis=2)
-    # ĉ = Σ v̂ŝ / Σ v̂, 0 where Σ v̂ = 0 (posecal.rescore.aggregate.instance_score, mode "visibility")
+        return b.op("Reshape", [b.op("GlobalAveragePool", [z]), b.const("shape", np.array([0, 2 * K], np.int64))])
+    if kind in ("kpt", "kpt_inst"):
+        raise PosecalInputError(f"head {kind!r} needs heatmap pooling", field="head")
+    raise PosecalInputError(f"unknown head kind {kind!r}", field="head")
+
+
+def _outputs(b: _Builder, z: str, K: int, probabilities: bool, gate: str | None) -> list[str]:
+    """Logits (B, 2K) in (k, j) order [and a gate (B, 1)] -> the three :data:`OUTPUTS`."""
+    p = z if probabilities else b.op("Sigmoid", [z])
+    s = b.op("Gather", [p, b.const("i0", np.arange(0, 2 * K, 2))], None if gate else OUTPUTS[0], axis=1)
+    if gate is not None:
+        s = b.op("Mul", [s, gate], OUTPUTS[0])
+    v = b.op("Gather", [p, b.const("i1", np.arange(1, 2 * K, 2))], OUTPUTS[1], axis=1)
+    # ĉ = Σ v̂ŝ / Σ v̂, 0 where Σ v̂ = 0 (posecal.rescore.aggregate.instance_score, mode "visibility"); the
+    # 0 / 0 there is discarded by the Where
     axes = b.const("axes", np.array([1], np.int64))
     num = b.op("ReduceSum", [b.op("Mul", [v, s]), axes], keepdims=0)
     den = b.op("ReduceSum", [v, axes], keepdims=0)
-    zero = b.const("zeroB", np.zeros((), np.float32))
     pos = b.op("Greater", [den, b.const("zero", np.zeros((), np.float32))])
-    safe = b.op("Where", [pos, den, b.const("one", np.ones((), np.float32))])
-    c = b.op("Where", [pos, b.op("Div", [num, safe]), zero], OUTPUTS[2])
+    c = b.op("Where", [pos, b.op("Div", [num, den]), b.const("zero", np.zeros((), np.float32))], OUTPUTS[2])
     return [s, v, c]
+
+
+def _graft(b: _Builder, kind: str, arrs: dict[str, np.ndarray], K: int, pooling: str, jmap: np.ndarray,
+           feat: str, feat_layout: str, feat_hw: tuple[int, int], feat_ndim: int, C: int,
+           hm: str | None = None, hm_layout: str = "NCHW", hm_hw: tuple[int, int] | None = None, J: int = 0,
+           evidence: str | None = None, opset: int = 13) -> list[str]:
+    """Pooling + head + aggregation: the model's penultimate ``feat`` (C channels on an ``feat_hw`` grid, in
+    ``feat_layout``) [and heatmaps ``hm`` (J maps on ``hm_hw``)] -> the three :data:`OUTPUTS`."""
+    if pooling == "heatmap":
+        if hm is None or hm_hw is None:
+            raise PosecalInputError("heatmap pooling needs the model's heatmap output", field="pooling")
+        if kind not in ("kpt", "kpt_inst"):
+            raise PosecalInputError(f"head {kind!r} cannot read heatmap-pooled features", field="head")
+        if feat_ndim == 2:
+            feat = b.op("Reshape", [feat, b.const("shape", np.array([0, C, 1, 1], np.int64))])
+            feat_layout = "NCHW"
+        f = _fold_kpt(arrs, K, evidence is not None)
+        t, has_bias = _heatmap_kpt(b, feat, feat_layout, hm, hm_layout, feat_hw, hm_hw, jmap, J, f["W"], f["b"], opset)
+        z, gate = _kpt_logits(b, t, has_bias, kind, f, evidence)
+        return _outputs(b, z, K, False, gate)
+    if feat_layout != "NCHW":
+        feat = b.op("Transpose", [feat], perm=[0, 3, 1, 2])
+    z = _head(b, _pool(b, feat, pooling, feat_hw, feat_ndim, C), kind, arrs, K)
+    return _outputs(b, z, K, kind == "conv_sigmoid_gap", None)
 
 
 def _output_infos(K: int, batch: Any = "batch") -> list[Any]:
@@ -343,14 +426,20 @@ def _graft_sources(adapter: Any) -> dict[str, Any]:
 
 def _keypoint_scores(b: _Builder, src: dict[str, Any], hm: str | None, jmap: np.ndarray, J: int,
                      opset: int) -> str:
-    """The model's keypoint scores (B, K) in the dataset order, as the store's ``scores``."""
-    if src["coords"] is not None:
-        v = b.op("Reshape", [src["coords"]["name"], b.const("shape", np.array([-1, J, 3], np.int64))])
-        s = b.op("Gather", [v, b.const("i2", np.array(2, np.int64))], axis=2)
-    else:
-        s = _reduce(b, "ReduceMax", hm, [2, 3], 0, opset)
+    """The model's keypoint scores (B, K) in the dataset order, as the store's ``scores`` (0 for keypoints
+    the model lacks): the score column of the coordinates output, or the heatmap maxima."""
     have = jmap >= 0
-    s = b.op("Gather", [s, b.const("joint_map", np.where(have, jmap, 0).astype(np.int64))], axis=1)
+    jsel = np.where(have, jmap, 0).astype(np.int64)
+    if src["coords"] is not None:  # (B, J·3) [x, y, score] per joint: one Gather picks and orders the scores
+        v = b.op("Reshape", [src["coords"]["name"], b.const("shape", np.array([-1, J * 3], np.int64))])
+        s = b.op("Gather", [v, b.const("score_idx", 3 * jsel + 2)], axis=1)
+    elif src["hm_layout"] == "NCHW":  # the maxima (B, J, 1, 1) are shared with the pooling weights
+        b.heatmap_max[hm] = _reduce(b, "ReduceMax", hm, [2, 3], 1, opset)
+        s = b.op("Reshape", [b.heatmap_max[hm], b.const("shape", np.array([0, J], np.int64))])
+    else:
+        s = _reduce(b, "ReduceMax", hm, [1, 2], 0, opset)
+    if src["coords"] is None and (len(jsel) != J or (jsel != np.arange(J)).any()):
+        s = b.op("Gather", [s, b.const("joint_map", jsel)], axis=1)
     return b.op("Mul", [s, b.const("have", have.astype(np.float32))]) if not have.all() else s
 
 
@@ -391,10 +480,10 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
 
     ``heatmap_output`` names the heatmap output used for heatmap pooling (default: the model card's, else
     the first 4-D output). A model with a card (:mod:`posecal.models.cards`) is read as the card says
-    (NHWC tensors are transposed in the graph). A graph with opset < 13 is converted to 13 first (its
-    outputs are checked unchanged by the tests). A head that reads the instance evidence gets one more
-    graph input, ``box_score (B,)`` float32 (1 for a gt box). Returns a summary dict.
-    """
+    (NHWC heatmaps are transposed, NHWC feature maps too except for heatmap pooling). A graph with opset < 13 is
+    converted to 13 first (its outputs are checked unchanged by the tests). A head that reads the instance
+    evidence gets one more graph input, ``box_score (B,)`` float32 (1 for a gt box). Returns a summary
+    dict."""
     import onnx
 
     from posecal._util import write_bytes_atomic
@@ -428,22 +517,18 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
                                 file=str(model), field="model_tensor")
     b = _Builder(PREFIX)
     K = int(meta["num_keypoints"])
-    feat = src["feat"] if src["feat_layout"] == "NCHW" else b.op("Transpose", [src["feat"]], perm=[0, 3, 1, 2])
     hm = src["hm"]
-    if hm is not None and src["hm_layout"] == "NHWC":
-        hm = b.op("Transpose", [hm], perm=[0, 3, 1, 2])
-    x = _pool(b, feat, hm, pooling, tuple(probe.features.shape[2:]),
-              None if probe.heatmaps is None else tuple(probe.heatmaps.shape[2:]), feat_ndim, jmap,
-              int(probe.features.shape[1]), opset)
     batch = m.graph.input[0].type.tensor_type.shape.dim[0]
     batch = batch.dim_param or batch.dim_value or "batch"
-    evidence = uses_evidence(meta) and pooling == "heatmap"
     ev = None
-    if evidence:
+    if uses_evidence(meta) and pooling == "heatmap":
         m.graph.input.append(onnx.helper.make_tensor_value_info("box_score", onnx.TensorProto.FLOAT, [batch]))
         sc = _keypoint_scores(b, src, hm, jmap, len(adapter.joint_names), opset)
         ev = _evidence(b, sc, "box_score", opset)
-    _head(b, x, str(meta["head"]), arrs, K, opset, evidence=ev if evidence else None)
+    _graft(b, str(meta["head"]), arrs, K, pooling, jmap, src["feat"], src["feat_layout"],
+           tuple(probe.features.shape[2:]), feat_ndim, int(probe.features.shape[1]), hm, src["hm_layout"],
+           None if probe.heatmaps is None else tuple(probe.heatmaps.shape[2:]),
+           0 if probe.heatmaps is None else int(probe.heatmaps.shape[1]), ev, opset)
     m.graph.node.extend(b.nodes)
     m.graph.initializer.extend(b.inits)
     m.graph.output.extend(_output_infos(K, batch))
@@ -484,9 +569,9 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
         inputs.append(onnx.helper.make_tensor_value_info("heatmaps", TP.FLOAT,
                                                          ["batch", *probe.heatmaps.shape[1:]]))
     b = _Builder(PREFIX)
-    x = _pool(b, "features", "heatmaps" if use_hm else None, pooling, tuple(probe.features.shape[2:]),
-              tuple(probe.heatmaps.shape[2:]) if use_hm else None, 4, jmap, C)
-    _head(b, x, str(meta["head"]), arrs, K)
+    _graft(b, str(meta["head"]), arrs, K, pooling, jmap, "features", "NCHW", tuple(probe.features.shape[2:]), 4, C,
+           "heatmaps" if use_hm else None, "NCHW", tuple(probe.heatmaps.shape[2:]) if use_hm else None,
+           int(probe.heatmaps.shape[1]) if use_hm else 0, opset=HEAD_ONLY_OPSET)
     g = onnx.helper.make_graph(b.nodes, "posecal_ccnet_head", inputs, _output_infos(K), b.inits)
     m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", HEAD_ONLY_OPSET)],
                                producer_name="posecal")
