@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import sys
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -96,8 +97,7 @@ def _params(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from posecal._util import atomic_path, dumps_json
-    from posecal.io.coco import load_gt, load_results, save_results
+    from posecal.io.coco import load_gt, load_results
     from posecal.rescore import Rescorer, get_rescorer
 
     _check_outputs(args)
@@ -153,9 +153,20 @@ def run(args: argparse.Namespace) -> int:
             r.fit(pred, gt)
     out = _transform(r, pred, gt, sigma, args.calibrator)
     records = out.to_records(pred)
+    _write_outputs(args, r, records)
+    _print_summary(args, r, pred, out, pred_src, store_sigma=sigma is not None)
+    return 0
+
+
+
+def _write_outputs(args: argparse.Namespace, r: Any, records: list) -> None:
+    """The results (``--out``, ``-`` = stdout) and the calibrator (``--save-calibrator``): both or neither —
+    each goes to a temporary sibling, renamed in only when both are written; with ``--out -`` the results
+    are serialised completely before the first byte goes to stdout."""
+    from posecal._util import atomic_path, dumps_json
+    from posecal.io.coco import save_results
+
     to_stdout = args.out == "-"
-    # both outputs or neither: each goes to a temporary sibling, renamed in only when both are written; with
-    # ``--out -`` the results are serialised completely before the first byte goes to stdout
     payload = dumps_json(records) if to_stdout else None
     with (contextlib.nullcontext() if to_stdout else atomic_path(args.out)) as tmp_out, \
             (atomic_path(args.save_calibrator) if args.save_calibrator else contextlib.nullcontext()) as tmp_cal:
@@ -167,32 +178,37 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(payload + b"\n")
         sys.stdout.flush()
 
+
+def _print_summary(args: argparse.Namespace, r: Any, pred: Any, out: Any, pred_src: str, *,
+                   store_sigma: bool) -> None:
+    """The summary table (or ``--json``) on stdout, on stderr when stdout carries the results."""
+    from posecal._util import dumps_json
+
+    to_stdout = args.out == "-"
     raw_inst, raw_kp = pred.score, pred.keypoints[..., 2]
     summary = {
         "method": r.method,
         "params": r.to_json()["params"],
         "pred": str(pred_src),
         "store": args.store,
-        "sigma": "store sigma_hat" if sigma is not None else "from keypoint scores",
+        "sigma": "store sigma_hat" if store_sigma else "from keypoint scores",
         "out": str(args.out),
         "detections": len(pred),
         "instance_score": {"raw_mean": _mean(raw_inst), "new_mean": _mean(out.instance_scores)},
         "keypoint_score": {"raw_mean": _mean(raw_kp), "new_mean": _mean(out.keypoint_scores)},
         "calibrator_saved": args.save_calibrator,
     }
-    info = sys.stderr if to_stdout else sys.stdout  # stdout carries the results with --out -
+    info = sys.stderr if to_stdout else sys.stdout
     if args.json:
         info.write(dumps_json(summary, indent=True).decode() + "\n")
-    else:
-        print(f"posecal rescore  {r.method}  {len(pred)} detections -> {'stdout' if to_stdout else args.out}",
-              file=info)
-        print(f"  {'':10s}{'raw mean':>12s}{'new mean':>12s}", file=info)
-        print(f"  {'instance':10s}{_mean(raw_inst):12.4f}{_mean(out.instance_scores):12.4f}", file=info)
-        print(f"  {'keypoint':10s}{_mean(raw_kp):12.4f}{_mean(out.keypoint_scores):12.4f}", file=info)
-        if args.save_calibrator:
-            print(f"  calibrator saved to {args.save_calibrator}", file=info)
-    return 0
-
+        return
+    print(f"posecal rescore  {r.method}  {len(pred)} detections -> {'stdout' if to_stdout else args.out}",
+          file=info)
+    print(f"  {'':10s}{'raw mean':>12s}{'new mean':>12s}", file=info)
+    print(f"  {'instance':10s}{_mean(raw_inst):12.4f}{_mean(out.instance_scores):12.4f}", file=info)
+    print(f"  {'keypoint':10s}{_mean(raw_kp):12.4f}{_mean(out.keypoint_scores):12.4f}", file=info)
+    if args.save_calibrator:
+        print(f"  calibrator saved to {args.save_calibrator}", file=info)
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Before reading anything: no output is an input, each output can be written."""
