@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import warnings
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,7 +27,8 @@ SPELLINGS = [
     ("+1.0", False), (".5", False), ("1.", False), ("01", False), ("-01", False), ("00.5", False),
     ("1.e5", False), ("-.5", False), ("NaN", False), ("Infinity", False), ("-Infinity", False),
     ('"1.0"', False), ("true", False), ("null", False), ("1e", False), ("--1", False), ("1-2", False),
-    ("0x10", False), ("1 2", False), ("", False), ("[1]", False), ("1_0", False),
+    ("0x10", False), ("1 2", False), ("", False), ("[1]", False), ("1_0", False), ("1e400", False),
+    ("-1E400", False), ("1e-400", True),
 ]
 
 
@@ -47,21 +50,37 @@ def _path(fast: bool):
             os.environ["POSECAL_NO_FAST_JSON"] = saved[2]
 
 
-def _load(gt, text: bytes, fast: bool):
+def _load(gt, src, fast: bool, prefetched: bool = False):
+    """load_results of ``src`` (bytes or a path) on the fast or the strict path, or (``prefetched``) through
+    :func:`fastjson.prefetch` (its keypoint numbers read by a forked child): ("ok", arrays...) or
+    ("error", field, message)."""
     with _path(fast), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        saved = fastjson._PREFETCH_MIN_BYTES
+        fastjson._PREFETCH_MIN_BYTES = 0
         try:
-            r = load_results(text, gt)
+            pre = fastjson.prefetch(src) if prefetched else None
+            try:
+                r = load_results(src if pre is None else pre, gt)
+            finally:
+                if pre is not None:
+                    pid = pre.child.pid if pre.child is not None else None
+                    pre.close()
+                    if pid is not None:  # reaped: no zombie left behind
+                        with pytest.raises(ChildProcessError):
+                            os.waitpid(pid, os.WNOHANG)
         except PosecalInputError as e:
             assert "\n" not in str(e)
-            return ("error", e.field)
+            return ("error", e.field, str(e))
+        finally:
+            fastjson._PREFETCH_MIN_BYTES = saved
         return ("ok", r.keypoints.copy(), r.score.copy(), [x["keypoints"] for x in r.records])
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**20), spell=st.sampled_from(SPELLINGS), where=st.integers(0, 10**6),
        sep=st.sampled_from([", ", ",", " , ", ",\n  "]))
-def test_fast_path_equals_strict_path(seed, spell, where, sep):
+def test_fast_path_equals_strict_path(seed, spell, where, sep, tmp_path):
     gt_d, res = make_coco_set(seed, n_images=3, max_gts=3, max_dets=4)
     if not res:
         return
@@ -78,17 +97,25 @@ def test_fast_path_equals_strict_path(seed, spell, where, sep):
         rest = json.dumps({kk: vv for kk, vv in r.items() if kk != "keypoints"})[1:-1]
         parts.append('{"keypoints": [' + sep.join(nums) + "], " + rest + "}")
     doc = ("[" + ",\n".join(parts) + "]").encode()
-    fast, strict = _load(gt, doc, True), _load(gt, doc, False)
-    assert fast[0] == strict[0], (text, fast[0], strict[0])
-    if strict[0] == "ok":
-        assert valid, f"{text!r} accepted"
-        np.testing.assert_array_equal(fast[1], strict[1])
-        assert np.array_equal(np.signbit(fast[1]), np.signbit(strict[1]))
-        assert fast[3] == strict[3]
-    else:
-        assert fast[1] == strict[1]  # the same field named
-        if text not in ("NaN", "Infinity", "-Infinity"):
-            assert not valid or text == "", text
+    path = tmp_path / "pred.json"
+    path.write_bytes(doc)
+    strict = _load(gt, doc, False)
+    # bytes on the fast path, the file on the fast path, the file with a forked child reading the numbers
+    for fast, strict_same_src in ((_load(gt, doc, True), strict),
+                                  (_load(gt, str(path), True, prefetched=True), _load(gt, str(path), False)),
+                                  (_load(gt, str(path), True), None)):
+        assert fast[0] == strict[0], (text, fast[0], strict[0])
+        if strict[0] == "ok":
+            assert valid, f"{text!r} accepted"
+            np.testing.assert_array_equal(fast[1], strict[1])
+            assert np.array_equal(np.signbit(fast[1]), np.signbit(strict[1]))
+            assert fast[3] == strict[3]
+        else:
+            assert fast[1] == strict[1]  # the same field named
+            if strict_same_src is not None:
+                assert fast[2] == strict_same_src[2]  # the same message (file, record, field, reason)
+            if text not in ("NaN", "Infinity", "-Infinity"):
+                assert not valid or text == "", text
 
 
 @pytest.mark.parametrize("value", ['"1.5"', '"1"', "true", "false", "null", "[1]", "{}"])
@@ -128,18 +155,152 @@ def test_nan_outside_checked_fields_is_refused():
         load_results(text.encode(), gt)
 
 
-@pytest.mark.parametrize("chunk,block", [(1, 8), (2, 16), (3, 24), (1 << 15, 1 << 20)])
-def test_syntax_check_at_every_position(monkeypatch, chunk, block):
-    """The 8-bytes-at-a-time check finds a bad token wherever it lies (word, step and block boundaries)."""
-    monkeypatch.setattr(fastjson, "_CHUNK", chunk)
+@pytest.mark.parametrize("block", [1, 2, 3, 8, 16, 1 << 18])
+def test_syntax_check_at_every_position(monkeypatch, block):
+    """The block-wise check finds a bad token wherever it lies (block boundaries, ends of the text)."""
     monkeypatch.setattr(fastjson, "_BLOCK", block)
-    good = [b"1.5", b"-0.25", b"10", b"0", b"1e-05", b"0.0", b"-3", b"2E-1", b"100.125"] * 4
-    for sep in (b",", b", ", b"\n"):
+    good = [b"1.5", b"-0.25", b"10", b"0", b"1e-05", b"0.0", b"-3", b"2E-1", b"100.125", b"0e5", b"-0.0",
+            b"1E-0"] * 3
+    for sep in (b",", b", ", b"\n", b" ,\t"):
         assert fastjson._scan(sep.join(good)) == 0
-    for bad in (b".5", b"5.", b"01", b"-01", b"-0", b"1.e5"):
+    for bad in (b".5", b"5.", b"01", b"-01", b"-0", b"1.e5", b"00", b"-00.5", b"1.5."):
         for i in range(len(good) + 1):
             toks = good[:i] + [bad] + good[i:]
             for sep in (b",", b", ", b"\n"):
                 assert fastjson._scan(sep.join(toks)) == 1, (bad, i, sep)
     for i in range(len(good) + 1):
         assert fastjson._scan(b",".join(good[:i] + [b'"1"'] + good[i:])) == 2
+        assert fastjson._scan(b",".join(good[:i] + [b"1e+5"] + good[i:])) == 2
+
+
+def _numpy_reads(text: bytes) -> bool:
+    return fastjson._read_rows(text, text.count(b"\n") + 1) is not None
+
+
+def _json_numbers(text: bytes) -> bool:
+    """Whether every line is a JSON list of numbers (the strict parser's verdict)."""
+    try:
+        rows = [orjson.loads(b"[" + line + b"]") for line in text.split(b"\n")]
+    except orjson.JSONDecodeError:
+        return False
+    return all(type(v) in (int, float) for r in rows for v in r)
+
+
+@settings(max_examples=400, deadline=None)
+@given(toks=st.lists(st.text("0123456789.-eE", min_size=1, max_size=5), min_size=1, max_size=8),
+       seps=st.lists(st.sampled_from([",", ", ", " ,", ",\t", ",,", " "]), min_size=8, max_size=8),
+       block=st.sampled_from([1, 3, 8, 1 << 18]))
+def test_syntax_check_and_reader_accept_exactly_json(toks, seps, block):
+    """Clean text (verdict 0) that the fast path's numpy reader takes is text whose numbers are JSON
+    numbers, and all of them but the integer -0 (left to the strict path: orjson reads 0, numpy -0.0)."""
+    text = "".join(t + s for t, s in zip(toks, seps[:len(toks)], strict=True))[: -len(seps[len(toks) - 1])]
+    text = text.encode()
+    saved = fastjson._BLOCK
+    fastjson._BLOCK = block
+    try:
+        fast = fastjson._scan(text) == 0 and _numpy_reads(text)
+    finally:
+        fastjson._BLOCK = saved
+    if fast:
+        assert _json_numbers(text), text
+    elif _json_numbers(text):
+        assert b"-0" in re.split(rb"[,\s]+", text), text
+    if b"-0" not in re.split(rb"[,\s]+", text):
+        assert fast == _json_numbers(text), text
+
+
+# ---- prefetch: the keypoint numbers read by a forked child (posecal evaluate) ------------------------------
+@pytest.fixture
+def small_prefetch(monkeypatch):
+    monkeypatch.setattr(fastjson, "FAST_MIN_BYTES", 0)
+    monkeypatch.setattr(fastjson, "_FAST_MIN_RECORDS", 1)
+    monkeypatch.setattr(fastjson, "_PREFETCH_MIN_BYTES", 0)
+    monkeypatch.delenv("POSECAL_NO_FAST_JSON", raising=False)
+    monkeypatch.delenv("POSECAL_PROCESS_TWEAKS", raising=False)
+    if not fastjson.fork_enabled():
+        pytest.skip("no fork on this platform")
+
+
+def _results_file(tmp_path, seed=11):
+    gt_d, res = make_coco_set(seed, n_images=4, max_gts=3, max_dets=5)
+    path = tmp_path / "pred.json"
+    path.write_text(json.dumps(res))
+    return load_gt(gt_d), res, path
+
+
+def test_prefetch_child_failure_falls_back(small_prefetch, tmp_path, monkeypatch):
+    """A child that dies without a result: the parent reads the numbers itself, same arrays."""
+    gt, res, path = _results_file(tmp_path)
+    parent = os.getpid()
+    real = fastjson._read_rows
+
+    def dying_in_child(joined, n_rows):
+        if os.getpid() != parent:
+            os._exit(3)
+        return real(joined, n_rows)
+
+    monkeypatch.setattr(fastjson, "_read_rows", dying_in_child)
+    pre = fastjson.prefetch(path)
+    assert pre.child is not None
+    pid = pre.child.pid
+    r = load_results(pre, gt)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    expected = np.array([x["keypoints"] for x in res], dtype=np.float64).reshape(len(res), -1, 3)
+    np.testing.assert_array_equal(r.keypoints, expected)
+
+
+def test_prefetch_closed_unused_reaps_child(small_prefetch, tmp_path):
+    _, _, path = _results_file(tmp_path)
+    pre = fastjson.prefetch(path)
+    assert pre.child is not None
+    pid = pre.child.pid
+    pre.close()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_prefetch_off_switch_and_small_files(small_prefetch, tmp_path, monkeypatch):
+    _, _, path = _results_file(tmp_path)
+    monkeypatch.setenv("POSECAL_PROCESS_TWEAKS", "-fork")
+    assert not fastjson.fork_enabled() and fastjson.prefetch(path).child is None
+    monkeypatch.delenv("POSECAL_PROCESS_TWEAKS")
+    monkeypatch.setattr(fastjson, "_PREFETCH_MIN_BYTES", 1 << 30)
+    assert fastjson.prefetch(path).child is None
+    assert fastjson.prefetch(tmp_path / "missing.json").child is None  # reported later, by read_json
+
+
+@pytest.mark.parametrize("damage", ["short_row", "string", "nan", "big", "syntax", "unknown_image"])
+def test_evaluate_errors_identical_with_and_without_fork(small_prefetch, tmp_path, monkeypatch, capsys, damage):
+    """``posecal evaluate`` reports a bad results file in one line naming file, record and field, exit
+    code 2, the same line whether the numbers were read by a forked child or not."""
+    from posecal.cli import main
+
+    gt_d, res = make_coco_set(12, n_images=4, max_gts=3, max_dets=5)
+    (tmp_path / "gt.json").write_text(json.dumps(gt_d))
+    text = json.dumps(res)
+    kp = json.dumps(res[2]["keypoints"])
+    if damage == "short_row":
+        text = text.replace(kp, json.dumps(res[2]["keypoints"][:-1]), 1)
+    elif damage == "string":
+        text = text.replace(kp, kp.replace(", ", ', "1.5", ', 1)[:-1].rsplit(",", 1)[0] + "]", 1)
+    elif damage == "nan":
+        text = text.replace(kp, kp.replace(", ", ", NaN, ", 1).rsplit(",", 1)[0] + "]", 1)
+    elif damage == "big":
+        text = text.replace(kp, kp.replace(", ", ", 1e400, ", 1).rsplit(",", 1)[0] + "]", 1)
+    elif damage == "syntax":
+        text = text.replace(kp, kp.replace(", ", ", 01, ", 1).rsplit(",", 1)[0] + "]", 1)
+    else:
+        res[2]["image_id"] = 10**6
+        text = json.dumps(res)
+    (tmp_path / "pred.json").write_text(text)
+    argv = ["evaluate", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "pred.json")]
+    lines = []
+    for tweaks in ("", "-fork"):
+        monkeypatch.setenv("POSECAL_PROCESS_TWEAKS", tweaks)
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc == 2, err
+        assert err.count("\n") == 1 and "pred.json" in err
+        lines.append(err)
+    assert lines[0] == lines[1]

@@ -649,9 +649,9 @@ def _result_boxes(recs: list, own: np.ndarray, file: str | None) -> tuple[np.nda
         det_area = bbox[:, 2] * bbox[:, 3]
     else:
         if D:
-            # (K, D) contiguous copies: reducing over the first axis is vectorised, and exact in any order
-            x, y = np.ascontiguousarray(own[:, :, 0].T), np.ascontiguousarray(own[:, :, 1].T)
-            det_area = (x.max(0) - x.min(0)) * (y.max(0) - y.min(0))
+            # reduced along the keypoint axis of the strided views (no transposed copies); exact in any order
+            x, y = own[:, :, 0], own[:, :, 1]
+            det_area = (x.max(1) - x.min(1)) * (y.max(1) - y.min(1))
         else:
             det_area = np.zeros(0)
         if D and any("bbox" in r for r in recs):
