@@ -17,11 +17,12 @@ parser is never the one that accepts a document's numbers.
 from __future__ import annotations
 
 import contextlib
-import io
+import itertools
 import mmap
 import os
 import re
 import signal
+import struct
 import sys
 import warnings
 from collections.abc import Callable
@@ -37,172 +38,153 @@ __all__ = ["read_json", "prefetch", "Prefetch", "fork_enabled", "FAST_MIN_BYTES"
 FAST_MIN_BYTES = 1 << 16  # below this the plain orjson path is as fast
 _FAST_MIN_RECORDS = 64
 _KP_ARRAY = re.compile(rb'"keypoints"\s*:\s*\[([^\]]*)\]')
-_SEP = b"\x01"  # joins the cut-out arrays; never valid inside JSON text
-_NUMBER_TEXT = b"0123456789.-eE, \t\n\r"  # the bytes of JSON numbers and their separators, '+' aside
+_SEP = b"\x01"  # joins the cut-out arrays (one per row); never valid inside JSON text
+_NUMBER_TEXT = b"0123456789.-+eE, \t\n\r"  # the bytes of JSON numbers and their separators
 _OTHER = 0x40  # the class (translation) of every other byte
 _CLS = bytes(0 if c in _NUMBER_TEXT else _OTHER for c in range(256))
-_NL_TO_SPACE = bytes.maketrans(b"\n\r", b"  ")
-_BLOCK = 1 << 18  # bytes checked at a time (the work arrays stay in the CPU cache)
+_CHUNK_ROWS = 1024  # arrays parsed per orjson call: its Python floats stay in the CPU cache
 
 
-def _scan(joined: bytes) -> int:
-    """Classify the arrays' text: 2 when it holds a byte that is not part of a number (a string, ``true``,
-    ``+``...), 1 when a number is one that numpy's reader would accept but JSON refuses — a '.' not between
-    two digits (``.5``, ``1.``, ``1.e5``), a leading zero (``01``, ``-01``) or the integer ``-0`` (a Python
-    int 0 for orjson, -0.0 for numpy) — else 0. The rest (``1-2``, ``1e``, empty fields...) numpy refuses
-    itself.
+def _read_rows(joined: bytes, n_rows: int, out: np.ndarray | None = None) -> np.ndarray | None:
+    """The arrays of ``joined`` (``n_rows`` JSON array contents joined by ``\x01``) as an (n_rows, K) float64
+    array (into ``out`` when given), or None unless every array holds the same number K > 0 of JSON
+    numbers.
 
-    One deleting ``translate`` finds other bytes; the rest is byte-wise numpy comparisons over blocks of
-    the text, each with two bytes of context before and one after (separators at the ends)."""
-    if joined.translate(None, _NUMBER_TEXT):
-        return 2
-    n = len(joined)
-    text = np.frombuffer(joined, dtype=np.uint8)
-    for s in range(0, n, _BLOCK):
-        e = min(n, s + _BLOCK)
-        lo, hi = max(0, s - 2), min(n, e + 1)
-        a = text[lo:hi]
-        if s - lo < 2 or hi - e < 1:  # at an end of the text: pad with spaces
-            a = np.concatenate([np.full(2 - (s - lo), 32, np.uint8), a, np.full(1 - (hi - e), 32, np.uint8)])
-        m = e - s  # a[2:m + 2] is the block; a[1:], a[0:] the bytes before, a[3:] the bytes after
-        sep = a <= 44  # ',' and whitespace (the only bytes below '-' left)
-        dig = (a - 48) < 10  # (uint8 wrap-around)
-        cur, prev, prev2, nxt = slice(2, m + 2), slice(1, m + 1), slice(0, m), slice(3, m + 3)
-        bad = a[cur] == 46  # a '.' needs a digit on both sides
-        bad &= ~(dig[prev] & dig[nxt])
-        if bad.any():
-            return 1
-        zero = a[cur] == 48
-        if not zero.any():
-            continue
-        minus = a[prev] == 45
-        minus &= sep[prev2]  # a number's own sign (not an exponent's)
-        bad = sep[prev] | minus  # the 0 starts a number...
-        bad &= dig[nxt]  # ... and a digit follows: 01, -01
-        minus &= sep[nxt]  # the integer -0
-        bad |= minus
-        bad &= zero
-        if bad.any():
-            return 1
-    return 0
-
-
-def _rows(nums: list[bytes], breaks: bool = True) -> bytes:
-    """The arrays' text, one per line (a line break inside an array reads as a space); ``breaks=False``:
-    the document has no line break at all (nothing to look for)."""
-    joined = b"\n".join(nums)
-    if breaks and (joined.count(b"\n") != len(nums) - 1 or joined.find(b"\r") >= 0):
-        joined = _SEP.join(nums).translate(_NL_TO_SPACE).replace(_SEP, b"\n")
-    return joined
+    The numbers are read by orjson itself, the strict parser of the whole document (identical values,
+    identical acceptance: ``NaN``, ``+1``, ``.5``, ``01``, ``1e400`` are refused), ``_CHUNK_ROWS`` arrays
+    per call, and packed straight into the array (``struct``: no list of lists for numpy to walk); the
+    Python floats of one chunk are freed before the next, so memory stays at the array's."""
+    if n_rows <= 0:
+        return None
+    seps = np.flatnonzero(np.frombuffer(joined, dtype=np.uint8) == _SEP[0])
+    if seps.size != n_rows - 1:
+        return None
+    bounds = [-1, *seps.tolist(), len(joined)]  # row i is joined[bounds[i] + 1:bounds[i + 1]]
+    del seps
+    chain = itertools.chain.from_iterable
+    k = pack = mv = None
+    for s in range(0, n_rows, _CHUNK_ROWS):
+        e = min(n_rows, s + _CHUNK_ROWS)
+        text = joined[bounds[s] + 1:bounds[e]]
+        if b"t" in text or b"f" in text:  # true / false (a bool would pack as 1.0); other values fail below
+            return None
+        try:
+            rows = orjson.loads(b"[[" + text.replace(_SEP, b"],[") + b"]]")
+        except orjson.JSONDecodeError:
+            return None
+        if len(rows) != e - s:
+            return None
+        if k is None:
+            k = len(rows[0])
+            if k == 0 or (out is not None and out.shape != (n_rows, k)):
+                return None
+            if out is None:
+                out = np.empty((n_rows, k), dtype=np.float64)
+            mv = memoryview(out).cast("B")
+            pack = struct.Struct(f"{_CHUNK_ROWS * k}d").pack_into
+        if set(map(len, rows)) != {k}:
+            return None
+        try:
+            if e - s == _CHUNK_ROWS:
+                pack(mv, 8 * s * k, *chain(rows))
+            else:
+                struct.pack_into(f"{(e - s) * k}d", mv, 8 * s * k, *chain(rows))
+        except (struct.error, OverflowError, TypeError):  # a string, null, an object, a huge integer
+            return None
+    return out
 
 
 class _Cut:
-    """The numeric ``"keypoints"`` arrays cut out of a JSON text (the first half of the fast path)."""
+    """The ``"keypoints"`` arrays cut out of a JSON text: ``parts`` as the regex split gives them
+    (text, array contents, text, ...), the arrays left in the text (``as_text``: the keypoint names of a
+    category...), the numeric ones (``nums``) and their contents joined by ``\x01`` (``joined``)."""
 
-    __slots__ = ("parts", "nums_all", "as_text", "lo", "nums", "joined")
+    __slots__ = ("parts", "nums_all", "as_text", "nums", "joined")
 
-    def __init__(self, parts: list, nums_all: list, as_text: set, lo: int, nums: list, joined: bytes):
-        self.parts, self.nums_all, self.as_text, self.lo = parts, nums_all, as_text, lo
-        self.nums, self.joined = nums, joined
+    def __init__(self, parts: list, nums_all: list, as_text: set):
+        self.parts, self.nums_all, self.as_text = parts, nums_all, as_text
+        self.nums = [c for i, c in enumerate(nums_all) if i not in as_text] if as_text else nums_all
+        self.joined = _SEP.join(self.nums)
 
 
 def _cut(data: bytes | mmap.mmap) -> _Cut | None:
-    """Cut every ``"keypoints": [...]`` array out of the text; their contents joined one per line."""
+    """Cut every ``"keypoints": [...]`` array out of the text (None when there are too few)."""
     if data.find(_SEP) >= 0:
         return None
     parts = _KP_ARRAY.split(data)  # [text, array contents, text, array contents, ..., text]
     nums_all = parts[1::2]
     n = len(nums_all)
-    if n < _FAST_MIN_RECORDS:  # (an empty array makes numpy's reader warn: None below)
+    if n < _FAST_MIN_RECORDS:
         return None
-    other = bytes([_OTHER])
     # arrays that are not plain numbers (the keypoint names of a ground truth's category, strings, '+'...)
-    # stay in the JSON text; the names usually come first or last, so look there before joining
+    # stay in the JSON text; the names usually come first or last, so look there before reading
+    other = bytes([_OTHER])
     lo = 1 if nums_all[0].translate(_CLS).find(other) >= 0 else 0
     hi = n - 1 if n - 1 > lo and nums_all[-1].translate(_CLS).find(other) >= 0 else n
-    nums = nums_all[lo:hi]
-    a, b = len(parts[0]), len(data) - len(parts[-1])  # the span of the arrays (memchr: cheaper than counting)
-    breaks = data.find(b"\n", a, b) >= 0 or data.find(b"\r", a, b) >= 0
-    return _Cut(parts, nums_all, set(range(lo)) | set(range(hi, n)), lo, nums, _rows(nums, breaks))
+    return _Cut(parts, nums_all, set(range(lo)) | set(range(hi, n)))
 
 
-def _finish(cut: _Cut) -> tuple[bytes, bytes, int] | None:
-    """Check the cut-out text (strict JSON numbers: :func:`_scan`) and put the rest of the document
-    together.
+def _recut(cut: _Cut) -> _Cut | None:
+    """After the arrays could not be read: the same cut with every array that holds a byte other than those
+    of numbers left in the text too (None when there is none: the arrays are simply not numbers)."""
+    other = bytes([_OTHER])
+    bad = {i for i, c in enumerate(cut.nums_all) if i not in cut.as_text and c.translate(_CLS).find(other) >= 0}
+    return _Cut(cut.parts, cut.nums_all, cut.as_text | bad) if bad else None
 
-    Returns the remaining JSON text (with ``"keypoints":[]`` in place of the arrays), the joined arrays for
-    numpy's reader and their number, or None when anything is unusual (the caller then parses normally, so
-    errors are reported exactly as on the strict path)."""
-    nums_all, nums, joined, lo = cut.nums_all, cut.nums, cut.joined, cut.lo
-    as_text = cut.as_text
-    n = len(nums_all)
-    verdict = _scan(joined)
-    if verdict == 2:  # more of them: find them from the positions of the other bytes
-        bad_pos = np.flatnonzero(np.frombuffer(joined.translate(_CLS), dtype=np.uint8) == _OTHER)
-        ends = np.cumsum(np.fromiter(map(len, nums), dtype=np.int64, count=len(nums)) + 1)
-        as_text |= {lo + i for i in np.searchsorted(ends, bad_pos, side="right").tolist()}
-        nums = [c for i, c in enumerate(nums_all) if i not in as_text]
-        joined = _rows(nums)
-        verdict = _scan(joined)
-    parts = cut.parts
-    cut.parts = cut.nums_all = cut.nums = cut.joined = None  # type: ignore[assignment]  # (used up)
-    parts[1::2] = [b'"keypoints":[]'] * n
-    for i in as_text:
+
+def _finish(cut: _Cut) -> tuple[bytes, int] | None:
+    """The remaining JSON text, with ``"keypoints":[]`` in place of the arrays read (the others put back),
+    and their number; None when too few were read (the caller then parses normally)."""
+    parts, nums_all = cut.parts, cut.nums_all
+    n_rows = len(cut.nums)
+    cut.parts = cut.nums_all = cut.nums = None  # type: ignore[assignment]  # (used up)
+    if n_rows < _FAST_MIN_RECORDS:
+        return None
+    parts[1::2] = [b'"keypoints":[]'] * len(nums_all)
+    for i in cut.as_text:
         parts[2 * i + 1] = b'"keypoints":[' + nums_all[i] + b"]"
-    if len(nums) < _FAST_MIN_RECORDS or verdict != 0:
-        return None
-    return b"".join(parts), joined, len(nums)
-
-
-def _read_rows(joined: bytes, n_rows: int) -> np.ndarray | None:
-    """numpy's C reader on the joined arrays (one per line): (n_rows, 3K) float64, or None when it refuses
-    the text, finds another number of rows or reads a number beyond float64 (inf)."""
-    # one line = one row; max_rows lets the reader size the array once; a file-like object is read in
-    # blocks (faster than a list of lines)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            arr = np.loadtxt(io.BytesIO(joined), delimiter=",", dtype=np.float64, ndmin=2, comments=None,
-                             max_rows=n_rows)
-    except (ValueError, UserWarning):
-        return None
-    if arr.shape[0] != n_rows:
-        return None
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = np.add.reduce(arr, axis=None)
-    # a number beyond float64 (1e400) reads as inf here but is refused by orjson: the strict path reports it
-    return arr if np.isfinite(total) or np.isfinite(arr).all() else None
+    return b"".join(parts), n_rows
 
 
 def _fast_keypoints(data: bytes | mmap.mmap) -> tuple[bytes, np.ndarray] | None:
-    """Cut every numeric ``"keypoints": [...]`` array out of the JSON text and parse them all at once.
+    """Cut every numeric ``"keypoints": [...]`` array out of the JSON text and read them all at once.
 
     Returns the remaining JSON text (with ``"keypoints":[]`` in their place) and the (N, 3K) float64
     array, or None when anything is unusual (the caller then parses normally, so errors are reported
     exactly as on the strict path)."""
     cut = _cut(data)
-    fast = _fast_from(cut) if cut is not None else None
-    arr = fast[1]() if fast is not None else None
-    return None if arr is None else (fast[0], arr)
+    return _fast_from_cut(cut) if cut is not None else None
 
 
-# ---- the keypoint numbers parsed in a forked child while the caller does other work ---------------------
+def _fast_from_cut(cut: _Cut) -> tuple[bytes, np.ndarray] | None:
+    arr = _read_rows(cut.joined, len(cut.nums))
+    if arr is None:  # more arrays that are not numbers? leave them in the text
+        cut = _recut(cut)
+        arr = _read_rows(cut.joined, len(cut.nums)) if cut is not None else None
+        if arr is None:
+            return None
+    done = _finish(cut)
+    return None if done is None else (done[0], arr)
+
+
+# ---- the keypoint numbers read by a forked child while the caller does other work -----------------------
 def fork_enabled() -> bool:
-    """Whether :func:`prefetch` may fork: Linux (fork is safe there for this pure-numpy child), and not
-    turned off by ``POSECAL_PROCESS_TWEAKS=-fork`` or ``POSECAL_NO_FAST_JSON``."""
+    """Whether :func:`prefetch` may fork: Linux (fork is safe there for this child, which only runs orjson
+    and numpy and leaves with ``os._exit``), and not turned off by ``POSECAL_PROCESS_TWEAKS=-fork`` or
+    ``POSECAL_NO_FAST_JSON``."""
     return (hasattr(os, "fork") and sys.platform.startswith("linux")
             and not os.environ.get("POSECAL_NO_FAST_JSON")
             and "-fork" not in os.environ.get("POSECAL_PROCESS_TWEAKS", "").split(","))
 
 
 class _Child:
-    """A forked child reading the joined arrays with numpy's reader (:func:`_read_rows`) into shared
-    memory, while the parent checks the same text (:func:`_scan`) and parses the rest.
+    """A forked child reading the joined arrays (:func:`_read_rows`) straight into shared memory, while the
+    parent parses the rest of the document (and, in ``posecal evaluate``, the ground truth).
 
-    Its result is used only where the parent would read that very text itself, and is only ever what
-    :func:`_read_rows` gives here: on anything else (another shape, a refused text, a crash) the parent
-    reads the text itself, so errors are reported exactly as without the child. The child is always
-    reaped (:meth:`result` or :meth:`close`) and dies with its parent (``PR_SET_PDEATHSIG``)."""
+    Its array is only ever what :func:`_read_rows` gives here; on anything else (arrays that are not all
+    numbers, another shape, a crash) the parent runs the whole serial fast path itself, so results and
+    errors are exactly as without the child. The child is always reaped (:meth:`result` or :meth:`close`)
+    and dies with its parent (``PR_SET_PDEATHSIG``)."""
 
     def __init__(self, joined: bytes, n_rows: int, k: int):
         self.pid: int | None = None
@@ -212,17 +194,18 @@ class _Child:
         with warnings.catch_warnings():  # Python >= 3.12 warns when forking a multi-threaded process
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
-        if pid == 0:  # the child: read, copy into the shared memory, set the flag, leave without cleanup
+        if pid == 0:  # the child: read into the shared memory, set the flag, leave without any cleanup
             try:
                 _die_with_parent(parent)
-                arr = _read_rows(joined, n_rows)
-                if arr is not None and arr.shape == self.shape:
-                    np.frombuffer(self.shm, dtype=np.float64, count=n_rows * k, offset=8).reshape(
-                        self.shape)[...] = arr
+                if _read_rows(joined, n_rows, out=self._array()) is not None:
                     self.shm[0] = 1
             finally:
                 os._exit(0)
         self.pid = pid
+
+    def _array(self) -> np.ndarray:
+        return np.frombuffer(self.shm, dtype=np.float64, count=self.shape[0] * self.shape[1],
+                             offset=8).reshape(self.shape)
 
     def result(self) -> np.ndarray | None:
         """Wait for the child: its (N, 3K) array, or None when it did not produce one."""
@@ -230,10 +213,7 @@ class _Child:
             return None
         _, status = os.waitpid(self.pid, 0)
         self.pid = None
-        if status != 0 or self.shm[0] != 1:
-            return None
-        return np.frombuffer(self.shm, dtype=np.float64, count=self.shape[0] * self.shape[1],
-                             offset=8).reshape(self.shape)
+        return self._array() if status == 0 and self.shm[0] == 1 else None
 
     def close(self) -> None:
         """Stop and reap the child if it is still there."""
@@ -259,7 +239,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 class Prefetch:
-    """A JSON file read and cut while its keypoint numbers are parsed by a forked child (:func:`prefetch`);
+    """A JSON file read and cut while its keypoint numbers are read by a forked child (:func:`prefetch`);
     pass it to :func:`read_json` (or :func:`posecal.io.coco.load_results`) in place of the path."""
 
     def __init__(self, path: str, data: bytes | mmap.mmap | None, cut: _Cut | None, child: _Child | None):
@@ -380,37 +360,25 @@ def _read_json(src: Any, file: str | None, locate: Callable[[Any], Any] | None, 
         return src, file, None, False
     if locate is not None and len(data) >= FAST_MIN_BYTES and not os.environ.get("POSECAL_NO_FAST_JSON"):
         if prepared:  # cut by prefetch(); a child may be reading the numbers meanwhile
-            done = _fast_from(cut, pre.child) if cut is not None else None
-            obj = _parse_rest(done[0], locate, done[2]) if done is not None else None
-            arr = done[1]() if obj is not None else None
+            child = pre.child
+            done = _finish(cut) if cut is not None and child is not None else None
+            obj = _parse_rest(done[0], locate, done[1]) if done is not None else None
+            arr = child.result() if obj is not None else None
             if arr is not None:
                 return obj, file, arr, False
+            fast = None
+            if child is not None:  # the child read nothing usable: the serial fast path from the start
+                pre.close()
+                fast = _fast_keypoints(data)
+            elif cut is not None:
+                fast = _fast_from_cut(cut)
         else:
             fast = _fast_keypoints(data)
-            obj = _parse_rest(fast[0], locate, fast[1].shape[0]) if fast is not None else None
+        if fast is not None:
+            obj = _parse_rest(fast[0], locate, fast[1].shape[0])
             if obj is not None:
                 return obj, file, fast[1], False
     return _strict(data, file)
-
-
-def _fast_from(cut: _Cut, child: _Child | None = None
-               ) -> tuple[bytes, Callable[[], np.ndarray | None], int] | None:
-    """:func:`_finish`, then the remaining text, a function giving the (N, 3K) array (or None when numpy's
-    reader refuses the text) and N. The array comes from ``child`` when it read the same text (a child
-    started on the joined arrays by :func:`prefetch`), else from numpy's reader here."""
-    joined0 = cut.joined
-    done = _finish(cut)
-    if done is None:
-        return None
-    rest, joined, n_rows = done
-    if child is None or joined is not joined0:  # (other arrays were put back in the text: not the child's)
-        return rest, lambda: _read_rows(joined, n_rows), n_rows
-
-    def array() -> np.ndarray | None:
-        arr = child.result()
-        return arr if arr is not None else _read_rows(joined, n_rows)
-
-    return rest, array, n_rows
 
 
 def _parse_rest(rest: bytes, locate: Callable[[Any], Any], n_rows: int) -> Any:
