@@ -134,7 +134,7 @@ def run_child_wait4(cmd: list[str], env: dict) -> tuple[float, float, float, str
     return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024.0, out
 
 
-TWEAKS = ("blas", "malloc", "gc", "exit", "fork")  # posecal evaluate's process-level tweaks (POSECAL_PROCESS_TWEAKS)
+TWEAKS = ("blas", "malloc", "gc", "exit")  # posecal evaluate's process-level tweaks (POSECAL_PROCESS_TWEAKS)
 
 
 def tools(gp: Path, pp: Path, out_json: Path, tweaks: bool, baseline: Path | None = None

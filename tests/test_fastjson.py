@@ -50,30 +50,16 @@ def _path(fast: bool):
             os.environ["POSECAL_NO_FAST_JSON"] = saved[2]
 
 
-def _load(gt, src, fast: bool, prefetched: bool = False):
-    """load_results of ``src`` (bytes or a path) on the fast or the strict path, or (``prefetched``) through
-    :func:`fastjson.prefetch` (its keypoint numbers read by a forked child): ("ok", arrays...) or
+def _load(gt, src, fast: bool):
+    """load_results of ``src`` (bytes or a path) on the fast or the strict path: ("ok", arrays...) or
     ("error", field, message)."""
     with _path(fast), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        saved = fastjson._PREFETCH_MIN_BYTES
-        fastjson._PREFETCH_MIN_BYTES = 0
         try:
-            pre = fastjson.prefetch(src) if prefetched else None
-            try:
-                r = load_results(src if pre is None else pre, gt)
-            finally:
-                if pre is not None:
-                    pid = pre.child.pid if pre.child is not None else None
-                    pre.close()
-                    if pid is not None:  # reaped: no zombie left behind
-                        with pytest.raises(ChildProcessError):
-                            os.waitpid(pid, os.WNOHANG)
+            r = load_results(src, gt)
         except PosecalInputError as e:
             assert "\n" not in str(e)
             return ("error", e.field, str(e))
-        finally:
-            fastjson._PREFETCH_MIN_BYTES = saved
         return ("ok", r.keypoints.copy(), r.score.copy(), [x["keypoints"] for x in r.records])
 
 
@@ -100,10 +86,9 @@ def test_fast_path_equals_strict_path(seed, spell, where, sep, tmp_path):
     path = tmp_path / "pred.json"
     path.write_bytes(doc)
     strict = _load(gt, doc, False)
-    # bytes on the fast path, the file on the fast path, the file with a forked child reading the numbers
+    # bytes and the file (memory-mapped) on the fast path
     for fast, strict_same_src in ((_load(gt, doc, True), strict),
-                                  (_load(gt, str(path), True, prefetched=True), _load(gt, str(path), False)),
-                                  (_load(gt, str(path), True), None)):
+                                  (_load(gt, str(path), True), _load(gt, str(path), False))):
         assert fast[0] == strict[0], (text, fast[0], strict[0])
         if strict[0] == "ok":
             assert valid, f"{text!r} accepted"
@@ -112,8 +97,7 @@ def test_fast_path_equals_strict_path(seed, spell, where, sep, tmp_path):
             assert fast[3] == strict[3]
         else:
             assert fast[1] == strict[1]  # the same field named
-            if strict_same_src is not None:
-                assert fast[2] == strict_same_src[2]  # the same message (file, record, field, reason)
+            assert fast[2] == strict_same_src[2]  # the same message (file, record, field, reason)
             if text not in ("NaN", "Infinity", "-Infinity"):
                 assert not valid or text == "", text
 
@@ -207,100 +191,3 @@ def test_arrays_that_are_not_numbers_stay_in_the_text():
     rest, arr = fastjson._fast_keypoints(doc)
     assert arr.shape == (140, 3) and np.signbit(arr[-1, 1])
     assert orjson.loads(rest)[70] == {"keypoints": ["a", "b", "c"]}
-
-
-# ---- prefetch: the keypoint numbers read by a forked child (posecal evaluate) ------------------------------
-@pytest.fixture
-def small_prefetch(monkeypatch):
-    monkeypatch.setattr(fastjson, "FAST_MIN_BYTES", 0)
-    monkeypatch.setattr(fastjson, "_FAST_MIN_RECORDS", 1)
-    monkeypatch.setattr(fastjson, "_PREFETCH_MIN_BYTES", 0)
-    monkeypatch.delenv("POSECAL_NO_FAST_JSON", raising=False)
-    monkeypatch.delenv("POSECAL_PROCESS_TWEAKS", raising=False)
-    if not fastjson.fork_enabled():
-        pytest.skip("no fork on this platform")
-
-
-def _results_file(tmp_path, seed=11):
-    gt_d, res = make_coco_set(seed, n_images=4, max_gts=3, max_dets=5)
-    path = tmp_path / "pred.json"
-    path.write_text(json.dumps(res))
-    return load_gt(gt_d), res, path
-
-
-def test_prefetch_child_failure_falls_back(small_prefetch, tmp_path, monkeypatch):
-    """A child that dies without a result: the parent reads the numbers itself, same arrays."""
-    gt, res, path = _results_file(tmp_path)
-    parent = os.getpid()
-    real = fastjson._read_rows
-
-    def dying_in_child(joined, n_rows):
-        if os.getpid() != parent:
-            os._exit(3)
-        return real(joined, n_rows)
-
-    monkeypatch.setattr(fastjson, "_read_rows", dying_in_child)
-    pre = fastjson.prefetch(path)
-    assert pre.child is not None
-    pid = pre.child.pid
-    r = load_results(pre, gt)
-    with pytest.raises(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    expected = np.array([x["keypoints"] for x in res], dtype=np.float64).reshape(len(res), -1, 3)
-    np.testing.assert_array_equal(r.keypoints, expected)
-
-
-def test_prefetch_closed_unused_reaps_child(small_prefetch, tmp_path):
-    _, _, path = _results_file(tmp_path)
-    pre = fastjson.prefetch(path)
-    assert pre.child is not None
-    pid = pre.child.pid
-    pre.close()
-    with pytest.raises(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def test_prefetch_off_switch_and_small_files(small_prefetch, tmp_path, monkeypatch):
-    _, _, path = _results_file(tmp_path)
-    monkeypatch.setenv("POSECAL_PROCESS_TWEAKS", "-fork")
-    assert not fastjson.fork_enabled() and fastjson.prefetch(path).child is None
-    monkeypatch.delenv("POSECAL_PROCESS_TWEAKS")
-    monkeypatch.setattr(fastjson, "_PREFETCH_MIN_BYTES", 1 << 30)
-    assert fastjson.prefetch(path).child is None
-    assert fastjson.prefetch(tmp_path / "missing.json").child is None  # reported later, by read_json
-
-
-@pytest.mark.parametrize("damage", ["short_row", "string", "nan", "big", "syntax", "unknown_image"])
-def test_evaluate_errors_identical_with_and_without_fork(small_prefetch, tmp_path, monkeypatch, capsys, damage):
-    """``posecal evaluate`` reports a bad results file in one line naming file, record and field, exit
-    code 2, the same line whether the numbers were read by a forked child or not."""
-    from posecal.cli import main
-
-    gt_d, res = make_coco_set(12, n_images=4, max_gts=3, max_dets=5)
-    (tmp_path / "gt.json").write_text(json.dumps(gt_d))
-    text = json.dumps(res)
-    kp = json.dumps(res[2]["keypoints"])
-    if damage == "short_row":
-        text = text.replace(kp, json.dumps(res[2]["keypoints"][:-1]), 1)
-    elif damage == "string":
-        text = text.replace(kp, kp.replace(", ", ', "1.5", ', 1)[:-1].rsplit(",", 1)[0] + "]", 1)
-    elif damage == "nan":
-        text = text.replace(kp, kp.replace(", ", ", NaN, ", 1).rsplit(",", 1)[0] + "]", 1)
-    elif damage == "big":
-        text = text.replace(kp, kp.replace(", ", ", 1e400, ", 1).rsplit(",", 1)[0] + "]", 1)
-    elif damage == "syntax":
-        text = text.replace(kp, kp.replace(", ", ", 01, ", 1).rsplit(",", 1)[0] + "]", 1)
-    else:
-        res[2]["image_id"] = 10**6
-        text = json.dumps(res)
-    (tmp_path / "pred.json").write_text(text)
-    argv = ["evaluate", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "pred.json")]
-    lines = []
-    for tweaks in ("", "-fork"):
-        monkeypatch.setenv("POSECAL_PROCESS_TWEAKS", tweaks)
-        rc = main(argv)
-        err = capsys.readouterr().err
-        assert rc == 2, err
-        assert err.count("\n") == 1 and "pred.json" in err
-        lines.append(err)
-    assert lines[0] == lines[1]

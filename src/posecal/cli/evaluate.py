@@ -115,16 +115,9 @@ def _parse_sigmas(args: argparse.Namespace, gt) -> tuple[Any, str]:
 def load_inputs(args: argparse.Namespace):
     """Parse and validate --gt and --pred (raises PosecalInputError)."""
     from posecal.io.coco import load_gt, load_results
-    from posecal.io.fastjson import prefetch
 
-    # a big results file: its keypoint numbers are read by a forked child while the ground truth is parsed
-    # here (posecal.io.fastjson.prefetch; POSECAL_PROCESS_TWEAKS=-fork turns it off)
-    pred = prefetch(args.pred)
-    try:
-        gt = load_gt(args.gt)
-        res = load_results(pred, gt)
-    finally:
-        pred.close()
+    gt = load_gt(args.gt)
+    res = load_results(args.pred, gt)
     return gt, res
 
 
@@ -332,7 +325,7 @@ def _keep_freed_memory() -> None:
 
 
 def tweak_enabled(name: str) -> bool:
-    """Process-level speed tweaks (``blas``, ``malloc``, ``gc``, ``exit``, ``fork``) are on unless
+    """Process-level speed tweaks (``blas``, ``malloc``, ``gc``, ``exit``) are on unless
     ``POSECAL_PROCESS_TWEAKS`` lists ``-name`` (benchmarks/bench_evaluate.py measures each with and
     without)."""
     return f"-{name}" not in os.environ.get("POSECAL_PROCESS_TWEAKS", "").split(",")

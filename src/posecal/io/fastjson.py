@@ -1,30 +1,25 @@
 """Strict JSON reading for COCO files, with a fast path for their big numeric ``"keypoints"`` arrays.
 
 One entry point, :func:`read_json`. Every document is parsed by orjson (strict RFC 8259: no ``NaN``,
-``+1``, ``.5``, ``01``, trailing commas...). For big files the numeric ``"keypoints": [...]`` arrays are
-first cut out of the text and parsed all at once by numpy's C reader (no Python float objects); the rest
-is parsed by orjson. The fast path accepts exactly what the strict parser accepts: an array is cut out only
-when its text is JSON numbers (digits, ``-``, ``.``, ``e``/``E`` and JSON whitespace, no ``+``), every
-``.`` lies between digits and no number has a leading zero; anything else stays in the JSON text for orjson
-(and the type checks of :mod:`posecal.io.coco`). Setting ``POSECAL_NO_FAST_JSON=1`` disables the fast
-path (for comparisons).
+``+1``, ``.5``, ``01``, trailing commas...). For big files the ``"keypoints": [...]`` arrays are first cut
+out of the text and read all at once into one float64 array — by orjson too, a chunk of arrays per call,
+the numbers packed straight into the array — and the rest of the document is parsed by orjson. So the fast
+path accepts exactly what the strict parser accepts, with the same values: arrays that are not all
+numbers (a category's keypoint names, strings, booleans) stay in the JSON text for orjson (and the type
+checks of :mod:`posecal.io.coco`), and anything unusual sends the whole document to the strict path.
+Setting ``POSECAL_NO_FAST_JSON=1`` disables the fast path (for comparisons).
 
 Documents that orjson refuses are read again by Python's :mod:`json` only to tell a ``NaN`` / ``Infinity``
 number (named later by the field checks with record and field) from any other syntax error; Python's
-parser is never the one that accepts a document's numbers.
-"""
+parser is never the one that accepts a document's numbers."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import mmap
 import os
 import re
-import signal
 import struct
-import sys
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +28,7 @@ import orjson
 
 from posecal.errors import PosecalInputError
 
-__all__ = ["read_json", "prefetch", "Prefetch", "fork_enabled", "FAST_MIN_BYTES"]
+__all__ = ["read_json", "FAST_MIN_BYTES"]
 
 FAST_MIN_BYTES = 1 << 16  # below this the plain orjson path is as fast
 _FAST_MIN_RECORDS = 64
@@ -45,10 +40,9 @@ _CLS = bytes(0 if c in _NUMBER_TEXT else _OTHER for c in range(256))
 _CHUNK_ROWS = 1024  # arrays parsed per orjson call: its Python floats stay in the CPU cache
 
 
-def _read_rows(joined: bytes, n_rows: int, out: np.ndarray | None = None) -> np.ndarray | None:
+def _read_rows(joined: bytes, n_rows: int) -> np.ndarray | None:
     """The arrays of ``joined`` (``n_rows`` JSON array contents joined by ``\x01``) as an (n_rows, K) float64
-    array (into ``out`` when given), or None unless every array holds the same number K > 0 of JSON
-    numbers.
+    array, or None unless every array holds the same number K > 0 of JSON numbers.
 
     The numbers are read by orjson itself, the strict parser of the whole document (identical values,
     identical acceptance: ``NaN``, ``+1``, ``.5``, ``01``, ``1e400`` are refused), ``_CHUNK_ROWS`` arrays
@@ -62,7 +56,7 @@ def _read_rows(joined: bytes, n_rows: int, out: np.ndarray | None = None) -> np.
     bounds = [-1, *seps.tolist(), len(joined)]  # row i is joined[bounds[i] + 1:bounds[i + 1]]
     del seps
     chain = itertools.chain.from_iterable
-    k = pack = mv = None
+    k = pack = mv = out = None
     for s in range(0, n_rows, _CHUNK_ROWS):
         e = min(n_rows, s + _CHUNK_ROWS)
         text = joined[bounds[s] + 1:bounds[e]]
@@ -76,10 +70,9 @@ def _read_rows(joined: bytes, n_rows: int, out: np.ndarray | None = None) -> np.
             return None
         if k is None:
             k = len(rows[0])
-            if k == 0 or (out is not None and out.shape != (n_rows, k)):
+            if k == 0:
                 return None
-            if out is None:
-                out = np.empty((n_rows, k), dtype=np.float64)
+            out = np.empty((n_rows, k), dtype=np.float64)
             mv = memoryview(out).cast("B")
             pack = struct.Struct(f"{_CHUNK_ROWS * k}d").pack_into
         if set(map(len, rows)) != {k}:
@@ -116,8 +109,8 @@ def _cut(data: bytes | mmap.mmap) -> _Cut | None:
     n = len(nums_all)
     if n < _FAST_MIN_RECORDS:
         return None
-    # arrays that are not plain numbers (the keypoint names of a ground truth's category, strings, '+'...)
-    # stay in the JSON text; the names usually come first or last, so look there before reading
+    # arrays that are not plain numbers (the keypoint names of a ground truth's category, strings...) stay in
+    # the JSON text; the names usually come first or last, so look there before reading (others: _recut)
     other = bytes([_OTHER])
     lo = 1 if nums_all[0].translate(_CLS).find(other) >= 0 else 0
     hi = n - 1 if n - 1 > lo and nums_all[-1].translate(_CLS).find(other) >= 0 else n
@@ -153,10 +146,8 @@ def _fast_keypoints(data: bytes | mmap.mmap) -> tuple[bytes, np.ndarray] | None:
     array, or None when anything is unusual (the caller then parses normally, so errors are reported
     exactly as on the strict path)."""
     cut = _cut(data)
-    return _fast_from_cut(cut) if cut is not None else None
-
-
-def _fast_from_cut(cut: _Cut) -> tuple[bytes, np.ndarray] | None:
+    if cut is None:
+        return None
     arr = _read_rows(cut.joined, len(cut.nums))
     if arr is None:  # more arrays that are not numbers? leave them in the text
         cut = _recut(cut)
@@ -165,115 +156,6 @@ def _fast_from_cut(cut: _Cut) -> tuple[bytes, np.ndarray] | None:
             return None
     done = _finish(cut)
     return None if done is None else (done[0], arr)
-
-
-# ---- the keypoint numbers read by a forked child while the caller does other work -----------------------
-def fork_enabled() -> bool:
-    """Whether :func:`prefetch` may fork: Linux (fork is safe there for this child, which only runs orjson
-    and numpy and leaves with ``os._exit``), and not turned off by ``POSECAL_PROCESS_TWEAKS=-fork`` or
-    ``POSECAL_NO_FAST_JSON``."""
-    return (hasattr(os, "fork") and sys.platform.startswith("linux")
-            and not os.environ.get("POSECAL_NO_FAST_JSON")
-            and "-fork" not in os.environ.get("POSECAL_PROCESS_TWEAKS", "").split(","))
-
-
-class _Child:
-    """A forked child reading the joined arrays (:func:`_read_rows`) straight into shared memory, while the
-    parent parses the rest of the document (and, in ``posecal evaluate``, the ground truth).
-
-    Its array is only ever what :func:`_read_rows` gives here; on anything else (arrays that are not all
-    numbers, another shape, a crash) the parent runs the whole serial fast path itself, so results and
-    errors are exactly as without the child. The child is always reaped (:meth:`result` or :meth:`close`)
-    and dies with its parent (``PR_SET_PDEATHSIG``)."""
-
-    def __init__(self, joined: bytes, n_rows: int, k: int):
-        self.pid: int | None = None
-        self.shape = (n_rows, k)
-        self.shm = mmap.mmap(-1, 8 + 8 * n_rows * k)  # anonymous, shared with the child
-        parent = os.getpid()
-        with warnings.catch_warnings():  # Python >= 3.12 warns when forking a multi-threaded process
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:  # the child: read into the shared memory, set the flag, leave without any cleanup
-            try:
-                _die_with_parent(parent)
-                if _read_rows(joined, n_rows, out=self._array()) is not None:
-                    self.shm[0] = 1
-            finally:
-                os._exit(0)
-        self.pid = pid
-
-    def _array(self) -> np.ndarray:
-        return np.frombuffer(self.shm, dtype=np.float64, count=self.shape[0] * self.shape[1],
-                             offset=8).reshape(self.shape)
-
-    def result(self) -> np.ndarray | None:
-        """Wait for the child: its (N, 3K) array, or None when it did not produce one."""
-        if self.pid is None:
-            return None
-        _, status = os.waitpid(self.pid, 0)
-        self.pid = None
-        return self._array() if status == 0 and self.shm[0] == 1 else None
-
-    def close(self) -> None:
-        """Stop and reap the child if it is still there."""
-        if self.pid is not None:
-            pid, self.pid = self.pid, None
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-
-    __del__ = close
-
-
-def _die_with_parent(parent: int) -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # the parent is already gone
-        os._exit(0)
-
-
-class Prefetch:
-    """A JSON file read and cut while its keypoint numbers are read by a forked child (:func:`prefetch`);
-    pass it to :func:`read_json` (or :func:`posecal.io.coco.load_results`) in place of the path."""
-
-    def __init__(self, path: str, data: bytes | mmap.mmap | None, cut: _Cut | None, child: _Child | None):
-        self.path, self.data, self.cut, self.child = path, data, cut, child
-
-    def close(self) -> None:
-        if self.child is not None:
-            self.child.close()
-
-
-_PREFETCH_MIN_BYTES = 4 << 20
-
-
-def prefetch(path: str | os.PathLike) -> Prefetch:
-    """Start reading a big COCO file's keypoint arrays in a forked child (where :func:`fork_enabled`);
-    never raises for bad input (the later :func:`read_json` reports it as usual). Always :meth:`close` it
-    (``read_json`` does) so that the child is reaped."""
-    path = os.fspath(path)
-    try:
-        if not fork_enabled() or os.stat(path).st_size < _PREFETCH_MIN_BYTES:
-            return Prefetch(path, None, None, None)
-        data = _read_file(path, mapped=True)
-    except (OSError, ValueError):
-        return Prefetch(path, None, None, None)
-    cut = _cut(data)
-    child = None
-    if cut is not None and cut.nums:
-        k = cut.nums[0].count(b",") + 1
-        if 8 * len(cut.nums) * k <= 4 * len(cut.joined) + 64:  # else the shape cannot be right
-            try:
-                child = _Child(cut.joined, len(cut.nums), k)
-            except (OSError, ValueError):
-                child = None
-    return Prefetch(path, data, cut, child)
 
 
 def _read_file(path: str, mapped: bool) -> bytes | mmap.mmap:
@@ -323,8 +205,7 @@ def _only_nan_fault(data: bytes) -> bool:
 
 def read_json(src: Any, file: str | None, locate: Callable[[Any], Any] | None = None
               ) -> tuple[Any, str | None, np.ndarray | None, bool]:
-    """Parse ``src`` (a path, bytes, a :class:`Prefetch` of a path, or an already-parsed object, returned
-    as it is).
+    """Parse ``src`` (a path, bytes, or an already-parsed object, returned as it is).
 
     With ``locate`` (parsed object -> its list of records), big inputs take the fast path: the third value
     is then the (N, 3K) keypoint array of those records, whose ``"keypoints"`` hold ``[]``.
@@ -333,21 +214,7 @@ def read_json(src: Any, file: str | None, locate: Callable[[Any], Any] | None = 
         ``(obj, file, keypoints or None, non_json)``; ``non_json`` is True when the text held NaN /
         Infinity (not JSON: the caller must refuse the document once its field checks have run).
     """
-    pre = src if isinstance(src, Prefetch) else None
-    try:
-        return _read_json(src if pre is None else pre.path, file, locate, pre)
-    finally:
-        if pre is not None:
-            pre.close()
-
-
-def _read_json(src: Any, file: str | None, locate: Callable[[Any], Any] | None, pre: Prefetch | None
-               ) -> tuple[Any, str | None, np.ndarray | None, bool]:
-    cut: _Cut | None = None
-    prepared = pre is not None and pre.data is not None
-    if prepared:
-        data, file, cut = pre.data, file or pre.path, pre.cut
-    elif isinstance(src, (str, os.PathLike)):
+    if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
         file = file or path
         try:
@@ -359,26 +226,14 @@ def _read_json(src: Any, file: str | None, locate: Callable[[Any], Any] | None, 
     else:
         return src, file, None, False
     if locate is not None and len(data) >= FAST_MIN_BYTES and not os.environ.get("POSECAL_NO_FAST_JSON"):
-        if prepared:  # cut by prefetch(); a child may be reading the numbers meanwhile
-            child = pre.child
-            done = _finish(cut) if cut is not None and child is not None else None
-            obj = _parse_rest(done[0], locate, done[1]) if done is not None else None
-            arr = child.result() if obj is not None else None
-            if arr is not None:
-                return obj, file, arr, False
-            fast = None
-            if child is not None:  # the child read nothing usable: the serial fast path from the start
-                pre.close()
-                fast = _fast_keypoints(data)
-            elif cut is not None:
-                fast = _fast_from_cut(cut)
-        else:
-            fast = _fast_keypoints(data)
-        if fast is not None:
-            obj = _parse_rest(fast[0], locate, fast[1].shape[0])
-            if obj is not None:
-                return obj, file, fast[1], False
-    return _strict(data, file)
+        fast = _fast_keypoints(data)
+        obj = _parse_rest(fast[0], locate, fast[1].shape[0]) if fast is not None else None
+        if obj is not None:
+            return obj, file, fast[1], False
+    if not isinstance(data, bytes):
+        data = data[:]  # mmap -> bytes
+    obj, non_json = _strict_loads(data, file)
+    return obj, file, None, non_json
 
 
 def _parse_rest(rest: bytes, locate: Callable[[Any], Any], n_rows: int) -> Any:
@@ -393,10 +248,3 @@ def _parse_rest(rest: bytes, locate: Callable[[Any], Any], n_rows: int) -> Any:
     except (orjson.JSONDecodeError, TypeError, AttributeError, KeyError):
         ok = False
     return obj if ok else None
-
-
-def _strict(data: bytes | mmap.mmap, file: str | None) -> tuple[Any, str | None, None, bool]:
-    if not isinstance(data, bytes):
-        data = data[:]  # mmap -> bytes
-    obj, non_json = _strict_loads(data, file)
-    return obj, file, None, non_json
