@@ -33,40 +33,33 @@ __all__ = ["read_json", "FAST_MIN_BYTES"]
 FAST_MIN_BYTES = 1 << 16  # below this the plain orjson path is as fast
 _FAST_MIN_RECORDS = 64
 _KP_ARRAY = re.compile(rb'"keypoints"\s*:\s*\[([^\]]*)\]')
-_SEP = b"\x01"  # joins the cut-out arrays (one per row); never valid inside JSON text
 _NUMBER_TEXT = b"0123456789.-+eE, \t\n\r"  # the bytes of JSON numbers and their separators
 _OTHER = 0x40  # the class (translation) of every other byte
 _CLS = bytes(0 if c in _NUMBER_TEXT else _OTHER for c in range(256))
 _CHUNK_ROWS = 1024  # arrays parsed per orjson call: its Python floats stay in the CPU cache
 
 
-def _read_rows(joined: bytes, n_rows: int) -> np.ndarray | None:
-    """The arrays of ``joined`` (``n_rows`` JSON array contents joined by ``\x01``) as an (n_rows, K) float64
-    array, or None unless every array holds the same number K > 0 of JSON numbers.
+def _read_rows(nums: list[bytes]) -> np.ndarray | None:
+    """The arrays ``nums`` (the text between the brackets of each) as one (N, K) float64 array, or None
+    unless every array holds the same number K > 0 of JSON numbers.
 
     The numbers are read by orjson itself, the strict parser of the whole document (identical values,
     identical acceptance: ``NaN``, ``+1``, ``.5``, ``01``, ``1e400`` are refused), ``_CHUNK_ROWS`` arrays
     per call, and packed straight into the array (``struct``: no list of lists for numpy to walk); the
     Python floats of one chunk are freed before the next, so memory stays at the array's."""
-    if n_rows <= 0:
-        return None
-    seps = np.flatnonzero(np.frombuffer(joined, dtype=np.uint8) == _SEP[0])
-    if seps.size != n_rows - 1:
-        return None
-    bounds = [-1, *seps.tolist(), len(joined)]  # row i is joined[bounds[i] + 1:bounds[i + 1]]
-    del seps
+    n_rows = len(nums)
     chain = itertools.chain.from_iterable
     k = pack = mv = out = None
     for s in range(0, n_rows, _CHUNK_ROWS):
         e = min(n_rows, s + _CHUNK_ROWS)
-        text = joined[bounds[s] + 1:bounds[e]]
+        text = b"],[".join(nums[s:e])
         if b"t" in text or b"f" in text:  # true / false (a bool would pack as 1.0); other values fail below
             return None
         try:
-            rows = orjson.loads(b"[[" + text.replace(_SEP, b"],[") + b"]]")
+            rows = orjson.loads(b"[[" + text + b"]]")
         except orjson.JSONDecodeError:
             return None
-        if len(rows) != e - s:
+        if len(rows) != e - s:  # (an array holding "]" or "[" cannot give back as many)
             return None
         if k is None:
             k = len(rows[0])
@@ -90,20 +83,17 @@ def _read_rows(joined: bytes, n_rows: int) -> np.ndarray | None:
 class _Cut:
     """The ``"keypoints"`` arrays cut out of a JSON text: ``parts`` as the regex split gives them
     (text, array contents, text, ...), the arrays left in the text (``as_text``: the keypoint names of a
-    category...), the numeric ones (``nums``) and their contents joined by ``\x01`` (``joined``)."""
+    category...) and the others (``nums``), to be read as numbers."""
 
-    __slots__ = ("parts", "nums_all", "as_text", "nums", "joined")
+    __slots__ = ("parts", "nums_all", "as_text", "nums")
 
     def __init__(self, parts: list, nums_all: list, as_text: set):
         self.parts, self.nums_all, self.as_text = parts, nums_all, as_text
         self.nums = [c for i, c in enumerate(nums_all) if i not in as_text] if as_text else nums_all
-        self.joined = _SEP.join(self.nums)
 
 
 def _cut(data: bytes | mmap.mmap) -> _Cut | None:
     """Cut every ``"keypoints": [...]`` array out of the text (None when there are too few)."""
-    if data.find(_SEP) >= 0:
-        return None
     parts = _KP_ARRAY.split(data)  # [text, array contents, text, array contents, ..., text]
     nums_all = parts[1::2]
     n = len(nums_all)
@@ -148,10 +138,10 @@ def _fast_keypoints(data: bytes | mmap.mmap) -> tuple[bytes, np.ndarray] | None:
     cut = _cut(data)
     if cut is None:
         return None
-    arr = _read_rows(cut.joined, len(cut.nums))
+    arr = _read_rows(cut.nums)
     if arr is None:  # more arrays that are not numbers? leave them in the text
         cut = _recut(cut)
-        arr = _read_rows(cut.joined, len(cut.nums)) if cut is not None else None
+        arr = _read_rows(cut.nums) if cut is not None else None
         if arr is None:
             return None
     done = _finish(cut)
