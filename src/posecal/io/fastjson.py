@@ -104,7 +104,9 @@ def _cut(data: bytes | mmap.mmap) -> _Cut | None:
     other = bytes([_OTHER])
     lo = 1 if nums_all[0].translate(_CLS).find(other) >= 0 else 0
     hi = n - 1 if n - 1 > lo and nums_all[-1].translate(_CLS).find(other) >= 0 else n
-    return _Cut(parts, nums_all, set(range(lo)) | set(range(hi, n)))
+    cut = _Cut(parts, nums_all, set())
+    cut.as_text, cut.nums = set(range(lo)) | set(range(hi, n)), nums_all[lo:hi]
+    return cut
 
 
 def _recut(cut: _Cut) -> _Cut | None:
