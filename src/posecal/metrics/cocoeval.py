@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from posecal.errors import PosecalInputError, PosecalWarning
-from posecal.io.coco import CocoGroundTruth, CocoResults, _unique, load_gt, load_results, no_gc
+from posecal.io.coco import CocoGroundTruth, CocoResults, _unique, keypoint_extent, load_gt, load_results, no_gc
 from posecal.keypoints import COCO17
 from posecal.metrics.oks import oks_pairs
 
@@ -203,15 +203,9 @@ def _may_reach(det_xy: np.ndarray, gkp: np.ndarray, g_area: np.ndarray, sig: np.
     labelled keypoint (box-distance branch) are always kept."""
     if pd.size == 0:
         return np.zeros(0, dtype=bool)
-    # reduced along the keypoint axis of the strided views: no transposed copies (which read the whole
-    # array once per keypoint); min / max are exact in any order
-    xs, ys = det_xy[:, :, 0], det_xy[:, :, 1]
-    dx0, dx1 = xs.min(axis=1), xs.max(axis=1)
-    dy0, dy1 = ys.min(axis=1), ys.max(axis=1)
+    dx0, dx1, dy0, dy1 = keypoint_extent(det_xy)
     lab = gkp[:, :, 2] > 0
-    xs, ys = gkp[:, :, 0], gkp[:, :, 1]
-    gx0, gy0 = np.where(lab, xs, np.inf).min(axis=1), np.where(lab, ys, np.inf).min(axis=1)
-    gx1, gy1 = np.where(lab, xs, -np.inf).max(axis=1), np.where(lab, ys, -np.inf).max(axis=1)
+    gx0, gx1, gy0, gy1 = keypoint_extent(gkp, lab)
     has = lab.any(axis=1)
     gap_x = np.maximum(0.0, np.maximum(gx0[pg] - dx1[pd], dx0[pd] - gx1[pg]))
     gap_y = np.maximum(0.0, np.maximum(gy0[pg] - dy1[pd], dy0[pd] - gy1[pg]))
