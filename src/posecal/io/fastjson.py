@@ -87,9 +87,9 @@ class _Cut:
 
     __slots__ = ("parts", "nums_all", "as_text", "nums")
 
-    def __init__(self, parts: list, nums_all: list, as_text: set):
+    def __init__(self, parts: list, nums_all: list, as_text: set, nums: list | None = None):
         self.parts, self.nums_all, self.as_text = parts, nums_all, as_text
-        self.nums = [c for i, c in enumerate(nums_all) if i not in as_text] if as_text else nums_all
+        self.nums = nums if nums is not None else [c for i, c in enumerate(nums_all) if i not in as_text]
 
 
 def _cut(data: bytes | mmap.mmap) -> _Cut | None:
@@ -104,9 +104,7 @@ def _cut(data: bytes | mmap.mmap) -> _Cut | None:
     other = bytes([_OTHER])
     lo = 1 if nums_all[0].translate(_CLS).find(other) >= 0 else 0
     hi = n - 1 if n - 1 > lo and nums_all[-1].translate(_CLS).find(other) >= 0 else n
-    cut = _Cut(parts, nums_all, set())
-    cut.as_text, cut.nums = set(range(lo)) | set(range(hi, n)), nums_all[lo:hi]
-    return cut
+    return _Cut(parts, nums_all, set(range(lo)) | set(range(hi, n)), nums_all[lo:hi])
 
 
 def _recut(cut: _Cut) -> _Cut | None:
