@@ -9,6 +9,7 @@ import os
 import warnings
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,7 +26,9 @@ SPELLINGS = [
     ("+1.0", False), (".5", False), ("1.", False), ("01", False), ("-01", False), ("00.5", False),
     ("1.e5", False), ("-.5", False), ("NaN", False), ("Infinity", False), ("-Infinity", False),
     ('"1.0"', False), ("true", False), ("null", False), ("1e", False), ("--1", False), ("1-2", False),
-    ("0x10", False), ("1 2", False), ("", False), ("[1]", False), ("1_0", False),
+    ("0x10", False), ("1 2", False), ("", False), ("[1]", False), ("1_0", False), ("1e400", False),
+    ("-1E400", False), ("1e-400", True), ("false", False), ("{}", False), ("99999999999999999999999", True),
+    ("-9223372036854775809", True), ("1.7976931348623157e308", True), ("5e-324", True),
 ]
 
 
@@ -47,21 +50,23 @@ def _path(fast: bool):
             os.environ["POSECAL_NO_FAST_JSON"] = saved[2]
 
 
-def _load(gt, text: bytes, fast: bool):
+def _load(gt, src, fast: bool):
+    """load_results of ``src`` (bytes or a path) on the fast or the strict path: ("ok", arrays...) or
+    ("error", field, message)."""
     with _path(fast), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            r = load_results(text, gt)
+            r = load_results(src, gt)
         except PosecalInputError as e:
             assert "\n" not in str(e)
-            return ("error", e.field)
+            return ("error", e.field, str(e))
         return ("ok", r.keypoints.copy(), r.score.copy(), [x["keypoints"] for x in r.records])
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**20), spell=st.sampled_from(SPELLINGS), where=st.integers(0, 10**6),
        sep=st.sampled_from([", ", ",", " , ", ",\n  "]))
-def test_fast_path_equals_strict_path(seed, spell, where, sep):
+def test_fast_path_equals_strict_path(seed, spell, where, sep, tmp_path):
     gt_d, res = make_coco_set(seed, n_images=3, max_gts=3, max_dets=4)
     if not res:
         return
@@ -78,17 +83,23 @@ def test_fast_path_equals_strict_path(seed, spell, where, sep):
         rest = json.dumps({kk: vv for kk, vv in r.items() if kk != "keypoints"})[1:-1]
         parts.append('{"keypoints": [' + sep.join(nums) + "], " + rest + "}")
     doc = ("[" + ",\n".join(parts) + "]").encode()
-    fast, strict = _load(gt, doc, True), _load(gt, doc, False)
-    assert fast[0] == strict[0], (text, fast[0], strict[0])
-    if strict[0] == "ok":
-        assert valid, f"{text!r} accepted"
-        np.testing.assert_array_equal(fast[1], strict[1])
-        assert np.array_equal(np.signbit(fast[1]), np.signbit(strict[1]))
-        assert fast[3] == strict[3]
-    else:
-        assert fast[1] == strict[1]  # the same field named
-        if text not in ("NaN", "Infinity", "-Infinity"):
-            assert not valid or text == "", text
+    path = tmp_path / "pred.json"
+    path.write_bytes(doc)
+    strict = _load(gt, doc, False)
+    # bytes and the file (memory-mapped) on the fast path
+    for fast, strict_same_src in ((_load(gt, doc, True), strict),
+                                  (_load(gt, str(path), True), _load(gt, str(path), False))):
+        assert fast[0] == strict[0], (text, fast[0], strict[0])
+        if strict[0] == "ok":
+            assert valid, f"{text!r} accepted"
+            np.testing.assert_array_equal(fast[1], strict[1])
+            assert np.array_equal(np.signbit(fast[1]), np.signbit(strict[1]))
+            assert fast[3] == strict[3]
+        else:
+            assert fast[1] == strict[1]  # the same field named
+            assert fast[2] == strict_same_src[2]  # the same message (file, record, field, reason)
+            if text not in ("NaN", "Infinity", "-Infinity"):
+                assert not valid or text == "", text
 
 
 @pytest.mark.parametrize("value", ['"1.5"', '"1"', "true", "false", "null", "[1]", "{}"])
@@ -128,18 +139,55 @@ def test_nan_outside_checked_fields_is_refused():
         load_results(text.encode(), gt)
 
 
-@pytest.mark.parametrize("chunk,block", [(1, 8), (2, 16), (3, 24), (1 << 15, 1 << 20)])
-def test_syntax_check_at_every_position(monkeypatch, chunk, block):
-    """The 8-bytes-at-a-time check finds a bad token wherever it lies (word, step and block boundaries)."""
-    monkeypatch.setattr(fastjson, "_CHUNK", chunk)
-    monkeypatch.setattr(fastjson, "_BLOCK", block)
-    good = [b"1.5", b"-0.25", b"10", b"0", b"1e-05", b"0.0", b"-3", b"2E-1", b"100.125"] * 4
-    for sep in (b",", b", ", b"\n"):
-        assert fastjson._scan(sep.join(good)) == 0
-    for bad in (b".5", b"5.", b"01", b"-01", b"-0", b"1.e5"):
-        for i in range(len(good) + 1):
-            toks = good[:i] + [bad] + good[i:]
-            for sep in (b",", b", ", b"\n"):
-                assert fastjson._scan(sep.join(toks)) == 1, (bad, i, sep)
-    for i in range(len(good) + 1):
-        assert fastjson._scan(b",".join(good[:i] + [b'"1"'] + good[i:])) == 2
+def _strict_rows(rows: list[bytes]):
+    """What the strict parser makes of the arrays: an (N, K) array when every one is a JSON array of K > 0
+    numbers (not booleans), else None."""
+    try:
+        vals = [orjson.loads(b"[" + r + b"]") for r in rows]
+    except orjson.JSONDecodeError:
+        return None
+    if len({len(v) for v in vals}) != 1 or not vals[0]:
+        return None
+    if any(type(x) not in (int, float) for v in vals for x in v):
+        return None
+    try:
+        return np.array(vals, dtype=np.float64)
+    except OverflowError:
+        return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(rows=st.lists(st.lists(st.one_of(st.floats(allow_nan=False, allow_infinity=False).map(repr),
+                                        st.integers(-10**20, 10**20).map(str),
+                                        st.sampled_from(["-0", "1e400", "+1", ".5", "01", "1E+05", "true", "null",
+                                                         '"1"', "NaN", "1_0", "0x1", "", "2.5e-3", "-0.0"])),
+                              min_size=1, max_size=4), min_size=1, max_size=7),
+       seps=st.sampled_from([", ", ",", " ,\n ", ",\t"]), chunk=st.sampled_from([1, 2, 3, 1024]))
+def test_rows_read_exactly_as_the_strict_parser(rows, seps, chunk):
+    """The chunked orjson reader gives the strict parser's numbers (bit for bit, -0.0 included) or
+    None, at any chunk size."""
+    texts = [seps.join(r).encode() for r in rows]
+    saved = fastjson._CHUNK_ROWS
+    fastjson._CHUNK_ROWS = chunk
+    try:
+        fast = fastjson._read_rows(texts)
+    finally:
+        fastjson._CHUNK_ROWS = saved
+    strict = _strict_rows(texts)
+    if strict is None:
+        assert fast is None, texts
+    else:
+        assert fast is not None, texts
+        np.testing.assert_array_equal(fast, strict)
+        assert np.array_equal(np.signbit(fast), np.signbit(strict))
+
+
+def test_arrays_that_are_not_numbers_stay_in_the_text():
+    """A category's keypoint names anywhere (not only first or last) are left to orjson; the numeric arrays
+    are still read at once."""
+    names = b'"a", "b", "c"'
+    arrays = [b"1, 2, 3"] * 70 + [names] + [b"4.5, -0.0, 6"] * 70
+    doc = b"[" + b", ".join(b'{"keypoints": [' + a + b"]}" for a in arrays) + b"]"
+    rest, arr = fastjson._fast_keypoints(doc)
+    assert arr.shape == (140, 3) and np.signbit(arr[-1, 1])
+    assert orjson.loads(rest)[70] == {"keypoints": ["a", "b", "c"]}

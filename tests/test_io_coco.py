@@ -359,3 +359,22 @@ def _check_bad(coco, p, g, bad, field):
         return
     e = _err(coco.load_results, p, g)
     assert e.field == field and e.file == str(p)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(0, 40), k=st.integers(1, 20), block=st.sampled_from([1, 3, 7, 4096]))
+def test_keypoint_extent_is_the_box_of_the_points(seed, n, k, block):
+    """Block-wise (transposed) boxes equal the plain per-row min / max, with and without a labelled mask."""
+    rng = np.random.default_rng(seed)
+    kps = rng.normal(0, 100, (n, k, 3)).round(rng.integers(0, 4))
+    lab = rng.uniform(size=(n, k)) < 0.6
+    got = coco.keypoint_extent(kps, block=block)
+    want = np.stack([kps[:, :, 0].min(1, initial=np.inf), kps[:, :, 0].max(1, initial=-np.inf),
+                     kps[:, :, 1].min(1, initial=np.inf), kps[:, :, 1].max(1, initial=-np.inf)])
+    np.testing.assert_array_equal(got, want)
+    got = coco.keypoint_extent(kps, lab, block=block)
+    want = np.stack([np.where(lab, kps[:, :, 0], np.inf).min(1, initial=np.inf),
+                     np.where(lab, kps[:, :, 0], -np.inf).max(1, initial=-np.inf),
+                     np.where(lab, kps[:, :, 1], np.inf).min(1, initial=np.inf),
+                     np.where(lab, kps[:, :, 1], -np.inf).max(1, initial=-np.inf)])
+    np.testing.assert_array_equal(got, want)

@@ -1,26 +1,25 @@
 """Strict JSON reading for COCO files, with a fast path for their big numeric ``"keypoints"`` arrays.
 
 One entry point, :func:`read_json`. Every document is parsed by orjson (strict RFC 8259: no ``NaN``,
-``+1``, ``.5``, ``01``, trailing commas...). For big files the numeric ``"keypoints": [...]`` arrays are
-first cut out of the text and parsed all at once by numpy's C reader (no Python float objects); the rest
-is parsed by orjson. The fast path accepts exactly what the strict parser accepts: an array is cut out only
-when its text is JSON numbers (digits, ``-``, ``.``, ``e``/``E`` and JSON whitespace, no ``+``), every
-``.`` lies between digits and no number has a leading zero; anything else stays in the JSON text for orjson
-(and the type checks of :mod:`posecal.io.coco`). Setting ``POSECAL_NO_FAST_JSON=1`` disables the fast
-path (for comparisons).
+``+1``, ``.5``, ``01``, trailing commas...). For big files the ``"keypoints": [...]`` arrays are first cut
+out of the text and read all at once into one float64 array — by orjson too, a chunk of arrays per call,
+the numbers packed straight into the array — and the rest of the document is parsed by orjson. So the fast
+path accepts exactly what the strict parser accepts, with the same values: arrays that are not all
+numbers (a category's keypoint names, strings, booleans) stay in the JSON text for orjson (and the type
+checks of :mod:`posecal.io.coco`), and anything unusual sends the whole document to the strict path.
+Setting ``POSECAL_NO_FAST_JSON=1`` disables the fast path (for comparisons).
 
 Documents that orjson refuses are read again by Python's :mod:`json` only to tell a ``NaN`` / ``Infinity``
 number (named later by the field checks with record and field) from any other syntax error; Python's
-parser is never the one that accepts a document's numbers.
-"""
+parser is never the one that accepts a document's numbers."""
 
 from __future__ import annotations
 
-import io
+import itertools
 import mmap
 import os
 import re
-import warnings
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -34,165 +33,119 @@ __all__ = ["read_json", "FAST_MIN_BYTES"]
 FAST_MIN_BYTES = 1 << 16  # below this the plain orjson path is as fast
 _FAST_MIN_RECORDS = 64
 _KP_ARRAY = re.compile(rb'"keypoints"\s*:\s*\[([^\]]*)\]')
-_SEP = b"\x01"  # joins the cut-out arrays; never valid inside JSON text
-# byte classes for the syntax check, one bit each so that 8 bytes are checked at once in a uint64 word
-_DIG, _ZERO, _SEPC, _DOT, _MINUS, _EXP, _OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40
-_CLS = bytearray([_OTHER] * 256)
-for _c in b"123456789":
-    _CLS[_c] = _DIG
-_CLS[ord("0")] = _DIG | _ZERO
-for _c in b", \t\n\r\x01":
-    _CLS[_c] = _SEPC
-_CLS[ord(".")], _CLS[ord("-")], _CLS[ord("e")], _CLS[ord("E")] = _DOT, _MINUS, _EXP, _EXP
-_CLS = bytes(_CLS)
-_NL_TO_SPACE = bytes.maketrans(b"\n\r", b"  ")
-_LANES = np.uint64(0x0101010101010101)
-_SEP8 = bytes([_SEPC]) * 8
+_NUMBER_TEXT = b"0123456789.-+eE, \t\n\r"  # the bytes of JSON numbers and their separators
+_OTHER = 0x40  # the class (translation) of every other byte
+_CLS = bytes(0 if c in _NUMBER_TEXT else _OTHER for c in range(256))
+_CHUNK_ROWS = 1024  # arrays parsed per orjson call: its Python floats stay in the CPU cache
 
 
-_CHUNK = 1 << 15  # words per step: the work arrays stay in the CPU cache
+def _read_rows(nums: list[bytes]) -> np.ndarray | None:
+    """The arrays ``nums`` (the text between the brackets of each) as one (N, K) float64 array, or None
+    unless every array holds the same number K > 0 of JSON numbers.
+
+    The numbers are read by orjson itself, the strict parser of the whole document (identical values,
+    identical acceptance: ``NaN``, ``+1``, ``.5``, ``01``, ``1e400`` are refused), ``_CHUNK_ROWS`` arrays
+    per call, and packed straight into the array (``struct``: no list of lists for numpy to walk); the
+    Python floats of one chunk are freed before the next, so memory stays at the array's."""
+    n_rows = len(nums)
+    chain = itertools.chain.from_iterable
+    k = pack = mv = out = None
+    for s in range(0, n_rows, _CHUNK_ROWS):
+        e = min(n_rows, s + _CHUNK_ROWS)
+        text = b"],[".join(nums[s:e])
+        if b"t" in text or b"f" in text:  # true / false (a bool would pack as 1.0); other values fail below
+            return None
+        try:
+            rows = orjson.loads(b"[[" + text + b"]]")
+        except orjson.JSONDecodeError:
+            return None
+        if len(rows) != e - s:  # (an array holding "]" or "[" cannot give back as many)
+            return None
+        if k is None:
+            k = len(rows[0])
+            if k == 0:
+                return None
+            out = np.empty((n_rows, k), dtype=np.float64)
+            mv = memoryview(out).cast("B")
+            pack = struct.Struct(f"{_CHUNK_ROWS * k}d").pack_into
+        if set(map(len, rows)) != {k}:
+            return None
+        try:
+            if e - s == _CHUNK_ROWS:
+                pack(mv, 8 * s * k, *chain(rows))
+            else:
+                struct.pack_into(f"{(e - s) * k}d", mv, 8 * s * k, *chain(rows))
+        except (struct.error, OverflowError, TypeError):  # a string, null, an object, a huge integer
+            return None
+    return out
 
 
-def _swar_any_bad(cur: np.ndarray, prev_w: np.ndarray, next_w: np.ndarray) -> bool:
-    """Over words of 8 class bytes (``cur``, with the words before and after each): is any byte a '.'
-    without a digit on both sides, a leading zero (a token-initial 0 followed by a digit) or the integer
-    ``-0``? Lanes are little-endian bytes; done in cache-sized steps with in-place operations on four work
-    arrays."""
-    n = cur.shape[0]
-    size = min(n, _CHUNK)
-    work = [np.empty(size, dtype=np.uint64) for _ in range(4)]
-    for s in range(0, n, _CHUNK):
-        e = min(n, s + _CHUNK)
-        if _swar_step(cur[s:e], prev_w[s:e], next_w[s:e], [w[: e - s] for w in work]):
-            return True
-    return False
+class _Cut:
+    """The ``"keypoints"`` arrays cut out of a JSON text: ``parts`` as the regex split gives them
+    (text, array contents, text, ...), the arrays left in the text (``as_text``: the keypoint names of a
+    category...) and the others (``nums``), to be read as numbers."""
+
+    __slots__ = ("parts", "nums_all", "as_text", "nums")
+
+    def __init__(self, parts: list, nums_all: list, as_text: set, nums: list | None = None):
+        self.parts, self.nums_all, self.as_text = parts, nums_all, as_text
+        self.nums = nums if nums is not None else [c for i, c in enumerate(nums_all) if i not in as_text]
 
 
-def _swar_step(cur: np.ndarray, prev_w: np.ndarray, next_w: np.ndarray, work: list[np.ndarray]) -> bool:
-    u1, u2, u3, u4, u8, u56 = _SHIFTS
-    prev, nxt, t, z = work
-    np.left_shift(cur, u8, out=prev)
-    np.right_shift(prev_w, u56, out=t)
-    prev |= t  # byte i-1 in lane i
-    np.right_shift(cur, u8, out=nxt)
-    np.left_shift(next_w, u56, out=t)
-    nxt |= t  # byte i+1 in lane i
-    # DOT(cur) & ~(DIG(prev) & DIG(next)): a '.' needs a digit on both sides
-    np.bitwise_and(prev, nxt, out=t)
-    np.invert(t, out=t)
-    np.right_shift(cur, u3, out=z)
-    t &= z
-    t &= _LANES
-    if t.any():
-        return True
-    np.right_shift(cur, u1, out=z)
-    z &= _LANES  # ZERO(cur)
-    if not z.any():
-        return False
-    np.right_shift(prev, u4, out=t)
-    t &= _LANES  # MINUS(prev)
-    prev >>= u2
-    prev &= _LANES  # SEP(prev)
-    prev |= t
-    prev &= nxt
-    prev &= z  # ZERO(cur) & (SEP | MINUS)(prev) & DIG(next): 01, -01
-    if prev.any():
-        return True
-    nxt >>= u2
-    nxt &= t
-    nxt &= z  # ZERO(cur) & MINUS(prev) & SEP(next): -0
-    return bool(nxt.any())
+def _cut(data: bytes | mmap.mmap) -> _Cut | None:
+    """Cut every ``"keypoints": [...]`` array out of the text (None when there are too few)."""
+    parts = _KP_ARRAY.split(data)  # [text, array contents, text, array contents, ..., text]
+    nums_all = parts[1::2]
+    n = len(nums_all)
+    if n < _FAST_MIN_RECORDS:
+        return None
+    # arrays that are not plain numbers (the keypoint names of a ground truth's category, strings...) stay in
+    # the JSON text; the names usually come first or last, so look there before reading (others: _recut)
+    other = bytes([_OTHER])
+    lo = 1 if nums_all[0].translate(_CLS).find(other) >= 0 else 0
+    hi = n - 1 if n - 1 > lo and nums_all[-1].translate(_CLS).find(other) >= 0 else n
+    return _Cut(parts, nums_all, set(range(lo)) | set(range(hi, n)), nums_all[lo:hi])
 
 
-_SHIFTS = tuple(np.uint64(v) for v in (1, 2, 3, 4, 8, 56))
+def _recut(cut: _Cut) -> _Cut | None:
+    """After the arrays could not be read: the same cut with every array that holds a byte other than those
+    of numbers left in the text too (None when there is none: the arrays are simply not numbers)."""
+    other = bytes([_OTHER])
+    bad = {i for i, c in enumerate(cut.nums_all) if i not in cut.as_text and c.translate(_CLS).find(other) >= 0}
+    return _Cut(cut.parts, cut.nums_all, cut.as_text | bad) if bad else None
 
 
-_BLOCK = 1 << 20  # bytes of text classified at a time (a multiple of 8)
-
-
-def _scan(joined: bytes) -> int:
-    """Classify the arrays' text block by block (little memory, cache-friendly): 2 when it holds a byte
-    that is not part of a number (a string, ``true``, ``+``...), 1 when a number is one that numpy's reader
-    would accept but JSON refuses — a '.' not between two digits (``.5``, ``1.``, ``1.e5``), a leading zero
-    (``01``, ``-01``) or the integer ``-0`` (a Python int 0 for orjson, -0.0 for numpy) — else 0. The rest
-    (``1-2``, ``1e``, empty fields...) numpy refuses itself."""
-    other, em, ee = bytes([_OTHER]), bytes([_EXP, _MINUS]), bytes([_EXP, _EXP])
-    n = len(joined)
-    bad = False
-    for s in range(0, max(n, 1), _BLOCK):
-        e = min(n, s + _BLOCK)
-        seg = joined[max(0, s - 8): e + 8].translate(_CLS)  # the region with 8 bytes of context each side
-        if seg.find(other) >= 0:
-            return 2
-        if bad:
-            continue
-        if seg.find(em) >= 0:
-            seg = seg.replace(em, ee)  # an exponent's sign is not a number's (1e-05 is valid)
-        head = _SEP8 if s == 0 else b""
-        tail = _SEP8[: 8 - min(8, n - e)] if e < n else _SEP8[: (-(e - s)) % 8] + _SEP8
-        w = np.frombuffer(head + seg + tail, dtype=np.uint64)
-        k = (e - s + 7) // 8  # words of the region; w[0] and w[k + 1] are its context
-        bad = _swar_any_bad(w[1:k + 1], w[0:k], w[2:k + 2])
-    return 1 if bad else 0
-
-
-def _rows(nums: list[bytes]) -> bytes:
-    """The arrays' text, one per line (a line break inside an array reads as a space)."""
-    joined = b"\n".join(nums)
-    if joined.count(b"\n") != len(nums) - 1 or joined.find(b"\r") >= 0:
-        joined = _SEP.join(nums).translate(_NL_TO_SPACE).replace(_SEP, b"\n")
-    return joined
+def _finish(cut: _Cut) -> tuple[bytes, int] | None:
+    """The remaining JSON text, with ``"keypoints":[]`` in place of the arrays read (the others put back),
+    and their number; None when too few were read (the caller then parses normally)."""
+    parts, nums_all = cut.parts, cut.nums_all
+    n_rows = len(cut.nums)
+    cut.parts = cut.nums_all = cut.nums = None  # type: ignore[assignment]  # (used up)
+    if n_rows < _FAST_MIN_RECORDS:
+        return None
+    parts[1::2] = [b'"keypoints":[]'] * len(nums_all)
+    for i in cut.as_text:
+        parts[2 * i + 1] = b'"keypoints":[' + nums_all[i] + b"]"
+    return b"".join(parts), n_rows
 
 
 def _fast_keypoints(data: bytes | mmap.mmap) -> tuple[bytes, np.ndarray] | None:
-    """Cut every numeric ``"keypoints": [...]`` array out of the JSON text and parse them all at once.
+    """Cut every numeric ``"keypoints": [...]`` array out of the JSON text and read them all at once.
 
     Returns the remaining JSON text (with ``"keypoints":[]`` in their place) and the (N, 3K) float64
     array, or None when anything is unusual (the caller then parses normally, so errors are reported
     exactly as on the strict path)."""
-    if data.find(_SEP) >= 0:
+    cut = _cut(data)
+    if cut is None:
         return None
-    parts = _KP_ARRAY.split(data)  # [text, array contents, text, array contents, ..., text]
-    nums_all = parts[1::2]
-    n = len(nums_all)
-    if n < _FAST_MIN_RECORDS:  # (an empty array makes numpy's reader warn: None below)
-        return None
-    other = bytes([_OTHER])
-    # arrays that are not plain numbers (the keypoint names of a ground truth's category, strings, '+'...)
-    # stay in the JSON text; the names usually come first or last, so look there before joining
-    lo = 1 if nums_all[0].translate(_CLS).find(other) >= 0 else 0
-    hi = n - 1 if n - 1 > lo and nums_all[-1].translate(_CLS).find(other) >= 0 else n
-    as_text = set(range(lo)) | set(range(hi, n))
-    nums = nums_all[lo:hi]
-    joined = _rows(nums)
-    verdict = _scan(joined)
-    if verdict == 2:  # more of them: find them from the positions of the other bytes
-        bad_pos = np.flatnonzero(np.frombuffer(joined.translate(_CLS), dtype=np.uint8) == _OTHER)
-        ends = np.cumsum(np.fromiter(map(len, nums), dtype=np.int64, count=len(nums)) + 1)
-        as_text |= {lo + i for i in np.searchsorted(ends, bad_pos, side="right").tolist()}
-        nums = [c for i, c in enumerate(nums_all) if i not in as_text]
-        joined = _rows(nums)
-        verdict = _scan(joined)
-    parts[1::2] = [b'"keypoints":[]'] * n
-    for i in as_text:
-        parts[2 * i + 1] = b'"keypoints":[' + nums_all[i] + b"]"
-    del nums_all
-    if len(nums) < _FAST_MIN_RECORDS or verdict != 0:
-        return None
-    n_rows = len(nums)
-    del nums  # freed before the array is made, which then reuses their memory
-    # one line = one row; max_rows lets the reader size the array once; a file-like object is read in
-    # blocks (faster than a list of lines)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            arr = np.loadtxt(io.BytesIO(joined), delimiter=",", dtype=np.float64, ndmin=2, comments=None,
-                             max_rows=n_rows)
-    except (ValueError, UserWarning):
-        return None
-    if arr.shape[0] != n_rows:
-        return None
-    return b"".join(parts), arr
+    arr = _read_rows(cut.nums)
+    if arr is None:  # more arrays that are not numbers? leave them in the text
+        cut = _recut(cut)
+        arr = _read_rows(cut.nums) if cut is not None else None
+        if arr is None:
+            return None
+    done = _finish(cut)
+    return None if done is None else (done[0], arr)
 
 
 def _read_file(path: str, mapped: bool) -> bytes | mmap.mmap:
@@ -264,18 +217,24 @@ def read_json(src: Any, file: str | None, locate: Callable[[Any], Any] | None = 
         return src, file, None, False
     if locate is not None and len(data) >= FAST_MIN_BYTES and not os.environ.get("POSECAL_NO_FAST_JSON"):
         fast = _fast_keypoints(data)
-        if fast is not None:
-            try:
-                obj = orjson.loads(fast[0])
-                recs = locate(obj)
-                # every record a dict whose "keypoints" were cut out (only dicts take a str index)
-                ok = (isinstance(recs, list) and len(recs) == fast[1].shape[0]
-                      and [r["keypoints"] for r in recs].count([]) == len(recs))
-            except (orjson.JSONDecodeError, TypeError, AttributeError, KeyError):
-                ok = False
-            if ok:
-                return obj, file, fast[1], False
+        obj = _parse_rest(fast[0], locate, fast[1].shape[0]) if fast is not None else None
+        if obj is not None:
+            return obj, file, fast[1], False
     if not isinstance(data, bytes):
         data = data[:]  # mmap -> bytes
     obj, non_json = _strict_loads(data, file)
     return obj, file, None, non_json
+
+
+def _parse_rest(rest: bytes, locate: Callable[[Any], Any], n_rows: int) -> Any:
+    """The document without its keypoint arrays, when its records are exactly the ``n_rows`` ones whose
+    ``"keypoints"`` were cut out (else None: the strict path then reads the file)."""
+    try:
+        obj = orjson.loads(rest)
+        recs = locate(obj)
+        # every record a dict whose "keypoints" were cut out (only dicts take a str index)
+        ok = (isinstance(recs, list) and len(recs) == n_rows
+              and [r["keypoints"] for r in recs].count([]) == len(recs))
+    except (orjson.JSONDecodeError, TypeError, AttributeError, KeyError):
+        ok = False
+    return obj if ok else None

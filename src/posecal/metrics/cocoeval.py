@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from posecal.errors import PosecalInputError, PosecalWarning
-from posecal.io.coco import CocoGroundTruth, CocoResults, _unique, load_gt, load_results, no_gc
+from posecal.io.coco import CocoGroundTruth, CocoResults, _unique, keypoint_extent, load_gt, load_results, no_gc
 from posecal.keypoints import COCO17
 from posecal.metrics.oks import oks_pairs
 
@@ -203,16 +203,10 @@ def _may_reach(det_xy: np.ndarray, gkp: np.ndarray, g_area: np.ndarray, sig: np.
     labelled keypoint (box-distance branch) are always kept."""
     if pd.size == 0:
         return np.zeros(0, dtype=bool)
-    # (K, N) contiguous copies: reducing over the first axis is vectorised (several times faster than
-    # reducing each short row); min / max are exact in any order
-    xt, yt = np.ascontiguousarray(det_xy[:, :, 0].T), np.ascontiguousarray(det_xy[:, :, 1].T)
-    dx0, dx1 = xt.min(axis=0), xt.max(axis=0)
-    dy0, dy1 = yt.min(axis=0), yt.max(axis=0)
-    lab = np.ascontiguousarray(gkp[:, :, 2].T) > 0
-    xt, yt = np.ascontiguousarray(gkp[:, :, 0].T), np.ascontiguousarray(gkp[:, :, 1].T)
-    gx0, gy0 = np.where(lab, xt, np.inf).min(axis=0), np.where(lab, yt, np.inf).min(axis=0)
-    gx1, gy1 = np.where(lab, xt, -np.inf).max(axis=0), np.where(lab, yt, -np.inf).max(axis=0)
-    has = lab.any(axis=0)
+    dx0, dx1, dy0, dy1 = keypoint_extent(det_xy)
+    lab = gkp[:, :, 2] > 0
+    gx0, gx1, gy0, gy1 = keypoint_extent(gkp, lab)
+    has = lab.any(axis=1)
     gap_x = np.maximum(0.0, np.maximum(gx0[pg] - dx1[pd], dx0[pd] - gx1[pg]))
     gap_y = np.maximum(0.0, np.maximum(gy0[pg] - dy1[pd], dy0[pd] - gy1[pg]))
     with np.errstate(invalid="ignore", over="ignore"):
