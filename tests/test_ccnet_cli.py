@@ -63,6 +63,7 @@ def make_store(path: Path, *, N: int = 160, C: int = 6, seed: int = 0, sha: str 
         "keypoint_set": "lsp14",
         "keypoint_names": list(LSP14.names),
         "pooling": "heatmap",
+        "input_size": [200, 200],
     }
     w = StoreWriter(path, num_instances=N, chunk_size=64, settings=settings)
     for j in w.pending_chunks():

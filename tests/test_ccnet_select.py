@@ -19,6 +19,7 @@ from posecal.ccnet.fit import (  # noqa: E402
     load_training_stores,
 )
 from posecal.ccnet.select import FoldEvaluator, cross_validate, default_grid, image_folds  # noqa: E402
+from posecal.ccnet.targets import evidence_columns, evidence_width, pose_channels  # noqa: E402
 from posecal.cli import main  # noqa: E402
 from posecal.metrics.cocoeval import evaluate  # noqa: E402
 from test_ccnet_cli import make_store  # noqa: E402
@@ -107,7 +108,8 @@ def test_fit_from_stores_is_deterministic_and_uses_evidence(stores):
     for k, v in h1.state_dict().items():
         assert torch.equal(v, h2.state_dict()[k]), k
     C = stores[0].features.shape[-1]
-    assert h1.in_channels == C + len(r.evidence) and m1["evidence"] == list(r.evidence)
+    assert h1.in_channels == C + evidence_width(r.evidence, stores[0].sigmas.size)
+    assert m1["evidence"] == list(r.evidence)
     assert m1["recipe"]["steps"] == 200 and m1["train"]["rows"] == sum(int(d.has_target.sum()) for d in stores)
 
 
@@ -138,3 +140,64 @@ def test_fit_cv_cli_prints_table_and_refits_winner(stores, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--cv" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "h3").exists()
+
+
+def test_pose_evidence_is_the_instance_skeleton_in_crop_coordinates(stores):
+    """``pose`` evidence: the same vector on every keypoint row — crop-normalised keypoints, their pairwise
+    distances, the raw scores and the closed-form values — computed here by hand from the store arrays."""
+    from posecal.models.store import FeatureStore
+    from posecal.theory import oks_l2, perfect_expected_oks
+
+    d = stores[0]
+    K = d.sigmas.size
+    ev = evidence_columns(d.path, ("cf", "pose"), d.sigmas)
+    assert ev.shape == (len(d.records), K, 1 + pose_channels(K))
+    assert evidence_width(("cf", "pose"), K) == 1 + pose_channels(K)
+    assert np.array_equal(ev[:, :1, 1:].repeat(K, 1), ev[:, :, 1:])  # one vector per instance
+    fs = FeatureStore.open(d.path)
+    W, H = fs.meta["input_size"]
+    for i in (0, 7):
+        M, kp = fs.read("crop_transform")[i], fs.read("keypoints")[i]
+        uv = np.array([M[:, :2] @ p + M[:, 2] for p in kp]) / [W, H] - 0.5
+        dist = [np.hypot(*(uv[a] - uv[b])) for a in range(K) for b in range(a + 1, K)]
+        box = fs.read("bbox")[i]
+        sig = np.nan_to_num(fs.read("sigma_hat")[i], nan=1e3)
+        cf = perfect_expected_oks(sig ** 2, oks_l2(d.sigmas, box[2] * box[3]))
+        want = np.concatenate([uv.reshape(-1), dist, fs.read("scores")[i], cf])
+        np.testing.assert_allclose(ev[i, 0, 1:], want, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(ev[i, :, 0], cf, rtol=1e-6)
+
+
+def test_kpt_pose_head_starts_as_kpt_and_round_trips(stores, tmp_path):
+    """The pose MLP's output layer starts at 0 (the head starts as the plain kpt head on the features); a fitted
+    kpt_pose head is saved, reloaded and applied with identical scores."""
+    from posecal.ccnet.checkpoint import load_head
+    from posecal.ccnet.heads import CCNetHead
+    from posecal.ccnet.targets import head_inputs
+
+    d = stores[0]
+    K = d.sigmas.size
+    x = torch.from_numpy(head_inputs(d, ("pose",)))
+    h = CCNetHead("kpt_pose", x.shape[-1], K)
+    P = pose_channels(K)
+    plain = torch.einsum("bkc,kjc->bkj", h.normalise(x)[:, :, :-P], h.weight) + h.bias
+    assert torch.equal(h.logits(x), plain)
+    with pytest.raises(Exception, match="pose"):
+        CCNetHead("kpt_pose", P, K)
+    r = Recipe(head="kpt_pose", evidence=("pose",), optimizer="lbfgs", steps=30, weight_decay=1e-2)
+    out = tmp_path / "head"
+    assert main(["fit", "--store", stores[0].path, "--store", stores[1].path, "--out", str(out), "--head",
+                 "kpt_pose", "--optimizer", "lbfgs", "--steps", "30", "--weight-decay", "1e-2", "--json"]) == 0
+    meta = orjson.loads((out / "head.json").read_bytes())
+    assert meta["recipe"] == r.to_dict() and meta["evidence"] == ["pose"]
+    head, _ = load_head(out)
+    cal = tmp_path / "cal.json"
+    assert main(["apply", "--store", stores[1].path, "--head", str(out), "--out", str(cal)]) == 0
+    s, v = (t.detach().numpy() for t in head(torch.from_numpy(head_inputs(stores[1], ("pose",)))))
+    from posecal.rescore.aggregate import instance_score
+
+    want = instance_score(s.astype(np.float64), "visibility", None, visibility=v.astype(np.float64))
+    got = [rec["score"] for rec in json.loads(cal.read_text())]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    with pytest.raises(Exception, match="pose"):  # kpt_pose needs the pose evidence last
+        fit_from_stores(stores, replace(r, evidence=("score",)), show_progress=False)

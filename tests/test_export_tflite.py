@@ -57,3 +57,16 @@ def test_export_tflite_head_mismatch(world, tmp_path, shared, capsys):
     assert main(["export", "--model", str(other), "--head", str(world["head"]), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model_sha256" in err[0] and not out.exists()
+
+
+def test_export_refuses_a_head_reading_store_evidence(world, tmp_path, capsys):
+    """The default EfficientPose recipe (kpt_pose on the pose evidence) reads store columns that a model graph
+    does not compute: export says so in one line and names the exportable recipe."""
+    head = tmp_path / "pose_head"
+    assert main(["fit", "--store", str(world["train_store"]), "--out", str(head), "--steps", "5"]) == 0
+    assert json.loads((head / "head.json").read_text())["evidence"] == ["pose"]
+    capsys.readouterr()
+    out = tmp_path / "x.onnx"
+    assert main(["export", "--model", str(world["model"]), "--head", str(head), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--head kpt --evidence none" in err[0] and not out.exists()

@@ -24,6 +24,12 @@ kind                   store tensor            computation
                                                keypoint scores): the probability that the detection is a
                                                person, learnt from unmatched detections (target 0) — the
                                                learned combination of CCNet with the detector's score
+``kpt_pose``           ``features_kpt (N,K,C)``  ``kpt`` on the features, plus a pose-context MLP P→64→2K whose
+                                               output adds to every keypoint's logits; P = the ``pose``
+                                               evidence (the last P input channels: the instance's predicted
+                                               skeleton in crop coordinates, its pairwise distances, raw
+                                               scores and closed-form values,
+                                               :data:`posecal.ccnet.targets.EVIDENCE`)
 =====================  ======================  ==============================================================
 """
 
@@ -35,6 +41,7 @@ HEAD_KINDS: dict[str, str] = {
     "conv_sigmoid_gap": "features_spatial",
     "kpt": "features_kpt",
     "kpt_inst": "features_kpt",
+    "kpt_pose": "features_kpt",
 }
 """Head kind → the feature-store tensor it reads."""
 

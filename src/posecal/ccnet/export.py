@@ -364,7 +364,7 @@ def check_head_against_model(meta: dict[str, Any], head_dir: str | os.PathLike, 
     hfile = str(Path(head_dir) / "head.json")
     if meta.get("evidence"):
         raise PosecalInputError(f"the head also reads store evidence columns {list(meta['evidence'])}, which a "
-                                "model graph does not compute; fit a features-only head (--evidence none)",
+                                "model graph does not compute; fit a features-only head (--head kpt --evidence none)",
                                 file=hfile, field="evidence")
     diffs = []
     if meta.get("model_tensor") not in (None, adapter.tensor_name):

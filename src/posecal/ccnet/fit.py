@@ -72,8 +72,8 @@ class Recipe:
 #: (EfficientPose-I, heatmap pooling; folds by image; docs/results.md "Recipe selection"). Never chosen on
 #: a test split.
 DEFAULT_RECIPES: dict[tuple[str, str], Recipe] = {
-    ("efficientpose", "features_kpt"): Recipe(head="kpt", evidence=(), conf_loss="mse", weight_decay=1e-3,
-                                              optimizer="lbfgs", steps=100),
+    ("efficientpose", "features_kpt"): Recipe(head="kpt_pose", evidence=("pose",), conf_loss="mse",
+                                              weight_decay=1e-2, optimizer="lbfgs", steps=100),
 }
 
 
@@ -201,6 +201,11 @@ def fit_from_stores(stores: Sequence[StoreData], recipe: Recipe | None = None, v
     if HEAD_KINDS.get(recipe.head) != feat_name:
         raise PosecalInputError(f"head {recipe.head!r} reads {HEAD_KINDS.get(recipe.head)}, the store has "
                                 f"{feat_name}", file=train.path, field="--head")
+    if recipe.head == "kpt_pose" and (not recipe.evidence or recipe.evidence[-1] != "pose"):
+        raise PosecalInputError("head 'kpt_pose' reads the 'pose' evidence: give it last (--evidence pose)",
+                                file=train.path, field="--evidence")
+    if "pose" in recipe.evidence and recipe.evidence.count("pose") > 1:
+        raise PosecalInputError("'pose' evidence given twice", field="--evidence")
     if recipe.steps < 1 or recipe.batch_size < 1:
         raise PosecalInputError("steps and batch size must be >= 1", field="--steps/--batch-size")
     threads = threads or (1 if feat_name != "features_spatial" else None)

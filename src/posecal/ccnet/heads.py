@@ -16,12 +16,22 @@ from torch import nn
 from posecal.ccnet import HEAD_KINDS
 from posecal.errors import PosecalInputError
 
-__all__ = ["CCNetHead", "GATE_INPUTS", "build_head", "feature_shape_ok"]
+__all__ = ["CCNetHead", "GATE_INPUTS", "POSE_HIDDEN", "build_head", "feature_shape_ok"]
 
 GATE_INPUTS = 6
 """``kpt_inst``: the instance gate reads the keypoint-mean of the last 6 normalised input channels, the
 per-keypoint instance evidence of :func:`posecal.ccnet.targets.instance_evidence` (s_k, mean s, max s,
 fraction of s > 0.2, box score, bbox_keypoint score)."""
+
+
+POSE_HIDDEN = 64
+"""``kpt_pose``: hidden width of the pose-context MLP."""
+
+
+def _pose_width(num_keypoints: int) -> int:
+    from posecal.ccnet.targets import pose_channels
+
+    return pose_channels(num_keypoints)
 
 
 def _kaiming_(weight: torch.Tensor, bias: torch.Tensor | None, fan_in: int) -> None:
@@ -50,12 +60,23 @@ class CCNetHead(nn.Module):
             raise ValueError(f"unknown head kind {kind!r}; choose one of {sorted(HEAD_KINDS)}")
         self.kind, self.in_channels, self.num_keypoints = kind, int(in_channels), int(num_keypoints)
         C, K = self.in_channels, self.num_keypoints
-        if kind in ("kpt", "kpt_inst"):
-            # per-keypoint linear: K independent C→2 maps (confidence, visibility)
-            self.weight = nn.Parameter(torch.empty(K, 2, C))
+        if kind in ("kpt", "kpt_inst", "kpt_pose"):
+            # per-keypoint linear: K independent C→2 maps (confidence, visibility); kpt_pose: on the channels
+            # before the pose evidence, which a small MLP reads instead (one vector per instance)
+            P = _pose_width(K) if kind == "kpt_pose" else 0
+            if kind == "kpt_pose" and C <= P:
+                raise PosecalInputError(f"head 'kpt_pose' needs the features + the {P} 'pose' evidence "
+                                        f"channels, got {C} channels (fit with --evidence pose)")
+            self.weight = nn.Parameter(torch.empty(K, 2, C - P))
             self.bias = nn.Parameter(torch.empty(K, 2))
             for k in range(K):
-                _kaiming_(self.weight.data[k], self.bias.data[k], C)
+                _kaiming_(self.weight.data[k], self.bias.data[k], C - P)
+            if kind == "kpt_pose":
+                self.pose_width = P
+                self.ctx1 = nn.Linear(P, POSE_HIDDEN)
+                self.ctx2 = nn.Linear(POSE_HIDDEN, 2 * K)
+                nn.init.zeros_(self.ctx2.weight)  # starts as the plain kpt head
+                nn.init.zeros_(self.ctx2.bias)
             norm_shape: tuple[int, ...] = (K, C)
             if kind == "kpt_inst":  # instance gate over the instance evidence (last GATE_INPUTS channels)
                 if C < GATE_INPUTS:
@@ -88,6 +109,10 @@ class CCNetHead(nn.Module):
         B, K = x.shape[0], self.num_keypoints
         if self.kind in ("kpt", "kpt_inst"):
             return torch.einsum("bkc,kjc->bkj", x, self.weight) + self.bias
+        if self.kind == "kpt_pose":
+            P = self.pose_width
+            z = torch.einsum("bkc,kjc->bkj", x[:, :, :-P], self.weight) + self.bias
+            return z + self.ctx2(torch.relu(self.ctx1(x[:, 0, -P:]))).view(B, K, 2)
         if self.kind == "fc":
             return self.linear(x).view(B, K, 2)
         y = self.conv(x)  # (B, 2K, H, W)
@@ -110,6 +135,9 @@ class CCNetHead(nn.Module):
         C, K = self.in_channels, self.num_keypoints
         if self.kind in ("kpt", "kpt_inst"):
             return 2 * K * 2 * C + 2 * K * C + (2 * GATE_INPUTS + K * GATE_INPUTS if self.kind == "kpt_inst" else 0)
+        if self.kind == "kpt_pose":
+            P, Hd = self.pose_width, POSE_HIDDEN
+            return 2 * K * 2 * (C - P) + 2 * K * C + 2 * P * Hd + 2 * Hd * 2 * K
         if self.kind == "fc":
             return 2 * C * 2 * K + 2 * C
         H, W = feature_shape[-2:]
@@ -122,11 +150,14 @@ def feature_shape_ok(kind: str, shape: tuple[int, ...], num_keypoints: int) -> s
     ``ValueError`` for a ``kind`` not in ``HEAD_KINDS``."""
     if kind not in HEAD_KINDS:
         raise ValueError(f"unknown head kind {kind!r}; choose one of {sorted(HEAD_KINDS)}")
-    want = {"fc": 1, "conv_gap": 3, "conv_sigmoid_gap": 3, "kpt": 2, "kpt_inst": 2}[kind]
+    want = {"fc": 1, "conv_gap": 3, "conv_sigmoid_gap": 3, "kpt": 2, "kpt_inst": 2, "kpt_pose": 2}[kind]
     if len(shape) != want:
         return f"head {kind!r} needs features of {want} axes per instance, got shape {tuple(shape)}"
-    if kind in ("kpt", "kpt_inst") and shape[0] != num_keypoints:
+    if kind in ("kpt", "kpt_inst", "kpt_pose") and shape[0] != num_keypoints:
         return f"head 'kpt' needs (K={num_keypoints}, C) features, got {tuple(shape)}"
+    if kind == "kpt_pose" and shape[1] <= _pose_width(num_keypoints):
+        return (f"head 'kpt_pose' needs the features + the {_pose_width(num_keypoints)} 'pose' evidence channels, "
+                f"got {shape[1]} channels (fit with --evidence pose)")
     return None
 
 
@@ -135,5 +166,5 @@ def build_head(kind: str, feature_shape: tuple[int, ...], num_keypoints: int) ->
     why = feature_shape_ok(kind, tuple(feature_shape), num_keypoints)
     if why:
         raise PosecalInputError(why)
-    C = feature_shape[-1] if kind in ("kpt", "kpt_inst") else feature_shape[0]
+    C = feature_shape[-1] if kind in ("kpt", "kpt_inst", "kpt_pose") else feature_shape[0]
     return CCNetHead(kind, C, num_keypoints)

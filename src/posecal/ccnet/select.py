@@ -117,14 +117,19 @@ class CVRow:
 
 def default_grid(base: Recipe) -> list[Recipe]:
     """The documented CV grid: ``base`` (the store's default recipe) and one-factor variations of it —
-    evidence columns (none; score; score + closed form; + log σ̂), confidence loss (MSE / BCE on OKS),
+    evidence columns (none; score; score + closed form; + log σ̂), ``kpt`` ↔ ``kpt_pose`` (the pose-context
+    head with the ``pose`` evidence), confidence loss (MSE / BCE on OKS),
     L2 weight decay (×10, ÷10), training length (a quarter of the iterations: early stopping), and the
     optimiser (mini-batch Adam, lr 1e-2, batch 256, 2000 steps vs full-batch L-BFGS). Duplicates removed."""
     evid = [(), ("score",), ("score", "cf"), ("score", "cf", "log_sigma")]
     wd = base.weight_decay or 1e-4
     other_opt = (replace(base, optimizer="adam", lr=1e-2, batch_size=256, steps=2000) if base.optimizer == "lbfgs"
                  else replace(base, optimizer="lbfgs", steps=100))
-    grid = [replace(base, evidence=e) for e in evid] + [
+    tail = ("pose",) if base.head == "kpt_pose" else ()
+    plain = tuple(e for e in base.evidence if e != "pose")
+    swap = ([replace(base, head="kpt", evidence=plain)] if base.head == "kpt_pose" else
+            [replace(base, head="kpt_pose", evidence=plain + ("pose",))] if base.head == "kpt" else [])
+    grid = [replace(base, evidence=e + tail) for e in evid] + swap + [
         replace(base, conf_loss="bce" if base.conf_loss == "mse" else "mse"),
         replace(base, weight_decay=wd * 10),
         replace(base, weight_decay=wd / 10),
@@ -133,7 +138,7 @@ def default_grid(base: Recipe) -> list[Recipe]:
     ]
     out: list[Recipe] = []
     for r in [base] + grid:
-        if r not in out and (r.head == "kpt" or not r.evidence):
+        if r not in out and (r.head in ("kpt", "kpt_pose") or not r.evidence):
             out.append(r)
     return out
 

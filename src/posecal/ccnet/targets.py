@@ -285,25 +285,61 @@ def scores_and_ap(head: Any, data: StoreData, *, use_box_score: bool = False) ->
 
 # --------------------------------------------------------------------------------------------------
 # "more evidence" (paper App. Table g): the model's own per-keypoint evidence as extra input columns
-EVIDENCE = ("score", "log_sigma", "cf")
-"""Per-keypoint evidence columns a head can take besides the pooled features (all from the store):
+EVIDENCE = ("score", "log_sigma", "cf", "pose")
+"""Evidence columns a head can take besides the pooled features (all from the store):
 
 * ``score``: the raw keypoint score (heatmap maximum), store ``scores (N, K)``;
 * ``log_sigma``: ``log(σ̂ / √(w·h))``, the heatmap spread σ̂ (store ``sigma_hat``, image px) relative to the
   instance box (store ``bbox``, image px);
 * ``cf``: the closed-form expected keypoint OKS ``l² / (σ̂² + l²)`` (paper Eq. 12) with
-  ``l² = (2 k)² (w·h)`` (Eq. 7), the box area standing in for the gt area.
+  ``l² = (2 k)² (w·h)`` (Eq. 7), the box area standing in for the gt area;
+* ``pose``: the whole instance as the model saw it, the same :func:`pose_channels` ``(K)`` values on every
+  keypoint's row — its K predicted keypoints in crop coordinates (store ``keypoints`` through
+  ``crop_transform``, divided by the model input size, −0.5: (2K,)), their K(K−1)/2 pairwise distances in
+  those units, the K raw scores and the K closed-form values above. The ``kpt_pose`` head reads it with a
+  small MLP whose output adds to every keypoint's logits (a skeleton that is implausible, or one weak joint
+  next to strong ones, says something about the others).
 """
 
 
+def pose_channels(k: int) -> int:
+    """Width of the ``pose`` evidence for K keypoints: 2K coordinates + K(K−1)/2 distances + K scores + K
+    closed-form values."""
+    return 2 * k + k * (k - 1) // 2 + 2 * k
+
+
+def evidence_width(names: tuple[str, ...] | list[str], k: int) -> int:
+    """Input channels the evidence ``names`` add for K keypoints (:func:`pose_channels` for ``pose``, 1 else)."""
+    return sum(pose_channels(k) if n == "pose" else 1 for n in names)
+
+
+def _pose_columns(fs: Any, score: np.ndarray, cf: np.ndarray) -> np.ndarray:
+    """``(N, P)`` pose evidence (see :data:`EVIDENCE`) from a store's keypoints (image px), crop transforms
+    (image px → input px) and input size, with its scores and closed-form values ``(N, K)``."""
+    kp = np.asarray(fs.read("keypoints"), np.float64)  # (N, K, 2) image px
+    M = np.asarray(fs.read("crop_transform"), np.float64)  # (N, 2, 3)
+    if "input_size" not in fs.meta:
+        raise PosecalInputError("evidence 'pose' needs the store's model input size (meta.json input_size)",
+                                file=str(fs.path), field="evidence")
+    W, H = (float(v) for v in fs.meta["input_size"])
+    uv = np.einsum("nij,nkj->nki", M[:, :, :2], kp) + M[:, None, :, 2]  # (N, K, 2) input px
+    uv = uv / np.array([W, H]) - 0.5
+    iu = np.triu_indices(kp.shape[1], 1)
+    dist = np.linalg.norm(uv[:, iu[0]] - uv[:, iu[1]], axis=-1)
+    return np.concatenate([uv.reshape(len(uv), -1), dist, score, cf], axis=1)
+
+
 def evidence_columns(path: str, names: tuple[str, ...] | list[str], sigmas: np.ndarray) -> np.ndarray:
-    """``(N, K, E)`` float32 evidence columns ``names`` (see :data:`EVIDENCE`) of the store at ``path``."""
+    """``(N, K, E)`` float32 evidence columns ``names`` (see :data:`EVIDENCE`) of the store at ``path``, in
+    that order (``pose`` adds :func:`pose_channels` ``(K)`` columns, the others one each)."""
     from posecal.models.store import FeatureStore
     from posecal.theory import oks_l2, perfect_expected_oks
 
     fs = FeatureStore.open(path)
-    cols = []
-    need = {"score": ("scores",), "log_sigma": ("sigma_hat", "bbox"), "cf": ("sigma_hat", "bbox")}
+    K = len(sigmas)
+    cols: list[np.ndarray] = []  # (N, K, e) blocks
+    need = {"score": ("scores",), "log_sigma": ("sigma_hat", "bbox"), "cf": ("sigma_hat", "bbox"),
+            "pose": ("scores", "sigma_hat", "bbox", "keypoints", "crop_transform")}
     for name in names:
         if name not in EVIDENCE:
             raise PosecalInputError(f"unknown evidence {name!r}; choose from {', '.join(EVIDENCE)}",
@@ -313,18 +349,22 @@ def evidence_columns(path: str, names: tuple[str, ...] | list[str], sigmas: np.n
             raise PosecalInputError(f"evidence {name!r} needs the store array(s) {', '.join(missing)}",
                                     file=str(path), field="evidence")
         if name == "score":
-            cols.append(fs.read("scores"))
+            cols.append(np.asarray(fs.read("scores"), np.float64)[..., None])
             continue
-        sig = np.asarray(fs.read("sigma_hat"), np.float64)
+        sig = np.nan_to_num(np.asarray(fs.read("sigma_hat"), np.float64), nan=1e3)
         box = fs.read("bbox")
         area = np.maximum(box[:, 2] * box[:, 3], 1.0)[:, None]
+        cf = perfect_expected_oks(sig ** 2, oks_l2(sigmas, area))
         if name == "log_sigma":
-            cols.append(np.log(np.maximum(np.nan_to_num(sig, nan=1e3), 1e-3) / np.sqrt(area)))
+            cols.append(np.log(np.maximum(sig, 1e-3) / np.sqrt(area))[..., None])
+        elif name == "cf":
+            cols.append(cf[..., None])
         else:
-            cols.append(perfect_expected_oks(np.nan_to_num(sig, nan=1e3) ** 2, oks_l2(sigmas, area)))
+            pose = _pose_columns(fs, np.asarray(fs.read("scores"), np.float64), cf)
+            cols.append(np.broadcast_to(pose[:, None, :], (len(pose), K, pose.shape[1])))
     if not cols:
-        return np.zeros((fs.num_instances, len(sigmas), 0), np.float32)
-    return np.stack(cols, axis=-1).astype(np.float32)
+        return np.zeros((fs.num_instances, K, 0), np.float32)
+    return np.concatenate(cols, axis=-1).astype(np.float32)
 
 
 def head_inputs(data: StoreData, evidence: tuple[str, ...] | list[str] = ()) -> np.ndarray:

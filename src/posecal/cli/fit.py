@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "of the same model/tensor/pooling (e.g. LSPET and LSP train, or a plain and an --augment store)")
     p.add_argument("--out", required=True, help="head directory to write (head.safetensors + head.json)")
     p.add_argument("--val-store", help="store to validate on (AP, Pearson) during training")
-    p.add_argument("--head", choices=["fc", "conv_gap", "conv_sigmoid_gap", "kpt", "kpt_inst"],
+    p.add_argument("--head", choices=["fc", "conv_gap", "conv_sigmoid_gap", "kpt", "kpt_inst", "kpt_pose"],
                    help="head kind; default: the recipe's")
     p.add_argument("--evidence", type=_evidence, default=None,
                    help=f"comma-separated per-keypoint evidence columns appended to heatmap-pooled features "
@@ -88,8 +88,10 @@ def _recipe(args: argparse.Namespace, stores: list) -> Any:
 
     base = default_recipe(stores[0].meta, stores[0].head_meta["feature_tensor"])
     over = {k: getattr(args, k) for k in _RECIPE_FLAGS if getattr(args, k) is not None}
-    if "head" in over and over["head"] != base.head and "evidence" not in over and over["head"] != "kpt":
-        over["evidence"] = ()  # evidence columns need per-keypoint features
+    if "head" in over and over["head"] != base.head and "evidence" not in over:
+        # evidence columns need per-keypoint features; only kpt_pose reads the pose evidence
+        kept = tuple(e for e in base.evidence if e != "pose")
+        over["evidence"] = {"kpt_pose": kept + ("pose",), "kpt": kept}.get(over["head"], ())
     return replace(base, **over)
 
 
