@@ -202,7 +202,8 @@ def fit_from_stores(stores: Sequence[StoreData], recipe: Recipe | None = None, v
         raise PosecalInputError(f"head {recipe.head!r} reads {HEAD_KINDS.get(recipe.head)}, the store has "
                                 f"{feat_name}", file=train.path, field="--head")
     if recipe.head == "kpt_pose" and (not recipe.evidence or recipe.evidence[-1] != "pose"):
-        raise PosecalInputError("head 'kpt_pose' reads the 'pose' evidence: give it last (--evidence pose)",
+        raise PosecalInputError("head 'kpt_pose' reads the 'pose' evidence: give it last (--evidence pose, or "
+                                "e.g. score,pose), or fit the plain per-keypoint head (--head kpt)",
                                 file=train.path, field="--evidence")
     if "pose" in recipe.evidence and recipe.evidence.count("pose") > 1:
         raise PosecalInputError("'pose' evidence given twice", field="--evidence")
