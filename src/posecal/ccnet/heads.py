@@ -46,11 +46,14 @@ class CCNetHead(nn.Module):
     """One CCNet head.
 
     Args:
-        kind: one of ``posecal.ccnet.HEAD_KINDS`` (``fc``, ``conv_gap``, ``conv_sigmoid_gap``, ``kpt``).
-        in_channels: C, the feature channel count (EfficientPose-I 144, BlazePose-full 48, SBL 256...).
+        kind: one of ``posecal.ccnet.HEAD_KINDS`` (``fc``, ``conv_gap``, ``conv_sigmoid_gap``, ``kpt``,
+            ``kpt_inst``, ``kpt_pose``).
+        in_channels: C, the input channel count (EfficientPose-I 144, BlazePose-full 48, SBL 256...; with
+            evidence columns appended, their width too — ``kpt_pose``: the last P =
+            :func:`posecal.ccnet.targets.pose_channels` (K) channels are the ``pose`` evidence).
         num_keypoints: K.
 
-    Input shapes: ``fc`` (B, C); ``conv_gap`` / ``conv_sigmoid_gap`` (B, C, H, W); ``kpt`` (B, K, C).
+    Input shapes: ``fc`` (B, C); ``conv_gap`` / ``conv_sigmoid_gap`` (B, C, H, W); ``kpt*`` (B, K, C).
     Output: ``(s_hat (B, K), v_hat (B, K))`` in [0, 1].
     """
 
