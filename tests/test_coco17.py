@@ -255,6 +255,10 @@ def test_kpt_inst_fit_apply_export_agree(det_store, tmp_path, shared):
     assert main(["fit", "--store", str(store.path), "--out", str(head), "--steps", "30"]) == 0
     meta = json.loads((head / "head.json").read_text())
     assert meta["head"] == "kpt_inst"
+    # the gate reads the instance evidence as the last channels: extra evidence columns would shift it
+    assert main(["fit", "--store", str(store.path), "--out", str(tmp_path / "H2"), "--steps", "3",
+                 "--evidence", "score"]) == 2
+    assert not (tmp_path / "H2").exists()
     res = tmp_path / "cal.json"
     assert main(["apply", "--store", str(store.path), "--head", str(head), "--out", str(res)]) == 0
     cal = json.loads(res.read_text())

@@ -205,6 +205,9 @@ def fit_from_stores(stores: Sequence[StoreData], recipe: Recipe | None = None, v
         raise PosecalInputError("head 'kpt_pose' reads the 'pose' evidence: give it last (--evidence pose, or "
                                 "e.g. score,pose), or fit the plain per-keypoint head (--head kpt)",
                                 file=train.path, field="--evidence")
+    if recipe.head == "kpt_inst" and recipe.evidence:
+        raise PosecalInputError("head 'kpt_inst' reads the instance evidence as its last input channels; it takes "
+                                "no further evidence columns (--evidence none)", file=train.path, field="--evidence")
     if "pose" in recipe.evidence and recipe.evidence.count("pose") > 1:
         raise PosecalInputError("'pose' evidence given twice", field="--evidence")
     if recipe.steps < 1 or recipe.batch_size < 1:
