@@ -208,7 +208,7 @@ def fit_from_stores(stores: Sequence[StoreData], recipe: Recipe | None = None, v
     if recipe.head == "kpt_inst" and recipe.evidence:
         raise PosecalInputError("head 'kpt_inst' reads the instance evidence as its last input channels; it takes "
                                 "no further evidence columns (--evidence none)", file=train.path, field="--evidence")
-    if "pose" in recipe.evidence and recipe.evidence.count("pose") > 1:
+    if recipe.evidence.count("pose") > 1:
         raise PosecalInputError("'pose' evidence given twice", field="--evidence")
     if recipe.steps < 1 or recipe.batch_size < 1:
         raise PosecalInputError("steps and batch size must be >= 1", field="--steps/--batch-size")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 
 from posecal.cli._args import nonneg_int
@@ -70,11 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report is not None:
         from posecal._outputs import check_report_folder
 
-        rep = os.path.realpath(args.report)
-        for flag, p in paths.items():
-            if os.path.realpath(p) == rep:
-                raise PosecalInputError(f"--report is the input {flag}", file=args.report, field="--report")
-        check_report_folder(args.report, paths)
+        check_report_folder(args.report, paths)  # not an input, none inside it, nothing of the user's lost
     sigmas = None
     if args.sigmas:
         try:

@@ -270,17 +270,11 @@ def check_outputs(args: argparse.Namespace) -> None:
         return
     if importlib.util.find_spec("matplotlib") is None:
         raise PosecalInputError("needs matplotlib: pip install 'posecal[report]'", None, None, "--report")
-    d = Path(args.report)
-    if d.exists() and not d.is_dir():
-        raise PosecalInputError("exists and is not a directory", str(d), None, "--report")
-    for src in inputs:
-        if os.path.realpath(src).startswith(os.path.realpath(d) + os.sep):
-            raise PosecalInputError(f"contains the input file {src}; it would be replaced", str(d), None,
-                                    "--report")
-    _check_writable_dir(d.parent if str(d.parent) else Path("."), str(d), "--report")
     from posecal._outputs import check_report_folder
 
-    check_report_folder(d, {"--gt": args.gt, "--pred": args.pred})
+    d = Path(args.report)
+    check_report_folder(d, {"--gt": args.gt, "--pred": args.pred})  # a folder, no input inside, nothing lost
+    _check_writable_dir(d.parent if str(d.parent) else Path("."), str(d), "--report")
     if args.random_seeds < 0:
         raise PosecalInputError("must be >= 0", None, None, "--random-seeds")
 
