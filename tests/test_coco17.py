@@ -251,10 +251,10 @@ def test_kpt_inst_fit_apply_export_agree(det_store, tmp_path, shared):
     from posecal.models.crop import load_image, warp
 
     store, small, _ = det_store
-    head = tmp_path / "H"
-    assert main(["fit", "--store", str(store.path), "--out", str(head), "--steps", "30"]) == 0
+    head = tmp_path / "H"  # the head alone: the context stage is outside the graph (test below)
+    assert main(["fit", "--store", str(store.path), "--out", str(head), "--steps", "30", "--no-context"]) == 0
     meta = json.loads((head / "head.json").read_text())
-    assert meta["head"] == "kpt_inst"
+    assert meta["head"] == "kpt_inst" and "context" not in meta and not (head / "context.safetensors").exists()
     # the gate reads the instance evidence as the last channels: extra evidence columns would shift it
     assert main(["fit", "--store", str(store.path), "--out", str(tmp_path / "H2"), "--steps", "3",
                  "--evidence", "score"]) == 2
@@ -287,6 +287,52 @@ def test_kpt_inst_fit_apply_export_agree(det_store, tmp_path, shared):
         np.testing.assert_allclose(o["keypoint_confidence"][0], [cal[r]["keypoints"][3 * k + 2] for k in range(17)],
                                    atol=1e-5)
         np.testing.assert_allclose(o["instance_confidence"][0], cal[r]["score"], atol=1e-5)
+
+
+def test_context_stage_fit_apply_export(det_store, tmp_path, shared, capsys):
+    """fit on a detection store also fits the learned-NMS stage (out-of-fold scores); apply on a detection
+    store replaces the instance score by the stage's, keypoint scores and visibilities stay the head's; on a
+    gt-box store of the same model the stage is not used; export says the stage is outside the graph."""
+    from posecal.ccnet.checkpoint import load_head
+    from posecal.ccnet.context import store_context
+    from posecal.ccnet.export import export_calibrated
+    from posecal.ccnet.targets import load_store
+    from posecal.ccnet.train import predict
+    from posecal.cli import main
+    from posecal.rescore.aggregate import instance_score
+
+    store, small, _ = det_store
+    head = tmp_path / "H"
+    assert main(["fit", "--store", str(store.path), "--out", str(head), "--steps", "30"]) == 0
+    meta = json.loads((head / "head.json").read_text())
+    assert meta["context"]["folds"] == 2 and meta["context"]["rows"] > 0  # 2 images: 2 folds
+    h, _ = load_head(head)
+    data = load_store(str(store.path), need_gt=False)
+    s, v = predict(h, data.features)
+    c = instance_score(s, "visibility", visibility=v)
+    want = h.context_stage.transform(c, store_context(str(store.path), data.records, data.sigmas))
+    res = tmp_path / "cal.json"
+    capsys.readouterr()
+    assert main(["apply", "--store", str(store.path), "--head", str(head), "--out", str(res)]) == 0
+    assert "context stage" in capsys.readouterr().out
+    cal = json.loads(res.read_text())
+    np.testing.assert_allclose([r["score"] for r in cal], want, rtol=1e-12)
+    np.testing.assert_allclose([r["keypoints"][2::3] for r in cal], s, rtol=1e-6)
+    np.testing.assert_allclose([r["visibility"] for r in cal], v, rtol=1e-6)
+    assert not np.allclose(want, c)
+    from posecal.models.adapters.base import load_adapter
+    from posecal.models.extract import extract
+
+    gt_store = extract(load_adapter(shared(*SP)), small, shared("data", "coco-mini", "train2017"), tmp_path / "G",
+                       show_progress=False)
+    assert main(["apply", "--store", str(gt_store.path), "--head", str(head), "--out", str(tmp_path / "g.json")]) == 0
+    assert "context stage" not in capsys.readouterr().out
+    g = load_store(str(gt_store.path), need_gt=False)
+    sg, vg = predict(h, g.features)
+    np.testing.assert_allclose([r["score"] for r in json.loads((tmp_path / "g.json").read_text())],
+                               instance_score(sg, "visibility", visibility=vg), rtol=1e-6)
+    summary = export_calibrated(shared(*SP), head, tmp_path / "sp.onnx")
+    assert "not in the graph" in summary["context_stage"]
 
 
 def test_export_onto_movenet_matches_the_head(shared, tmp_path):

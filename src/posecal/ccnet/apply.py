@@ -26,10 +26,12 @@ def rescore_records(
     box_score: np.ndarray | None = None,
     keypoint_scores: bool = True,
     file: str | None = None,
+    instance: np.ndarray | None = None,
 ) -> list[dict[str, object]]:
     """New records: record i gets ``score`` = ĉ_i, keypoint scores ŝ_i (if ``keypoint_scores``) and
     ``visibility`` = v̂_i. ``s_hat``/``v_hat`` are (N, K) with N = len(records); ``box_score`` (N,)
-    optionally multiplies ĉ. The input records are not modified."""
+    optionally multiplies ĉ; ``instance`` (N,) replaces ĉ (the context stage's scores,
+    :mod:`posecal.ccnet.context`). The input records are not modified."""
     s = np.asarray(s_hat, np.float64)
     v = np.asarray(v_hat, np.float64)
     if s.shape[0] != len(records) or v.shape != s.shape:
@@ -37,6 +39,10 @@ def rescore_records(
             f"{len(records)} records but predictions of shape {s.shape} / {v.shape}", file=file
         )
     c = instance_score(s, "visibility", box_score, visibility=v)
+    if instance is not None:
+        c = np.asarray(instance, np.float64).reshape(-1)
+        if c.shape != (len(records),):
+            raise PosecalInputError(f"{len(records)} records but {c.shape[0]} instance scores", file=file)
     K = s.shape[1]
     out = []
     for i, rec in enumerate(records):

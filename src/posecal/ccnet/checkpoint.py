@@ -5,7 +5,9 @@ Metadata keys: ``format`` (``"posecal-ccnet/1"``), ``head`` (kind), ``in_channel
 ``keypoint_set``, ``feature_tensor`` (store tensor name), ``feature_shape`` (per instance),
 ``pooling`` (the store's pooling), ``model_tensor`` (the pose model's tensor the features come from),
 ``model_sha256``, ``normalisation`` ({"mean", "std"} summary; the exact values are the
-``feat_mean``/``feat_std`` tensors), ``train`` (config), ``metrics`` (validation), ``aggregation``.
+``feat_mean``/``feat_std`` tensors), ``train`` (config), ``metrics`` (validation), ``aggregation``, and
+``context`` when the head carries the learned-NMS stage (:mod:`posecal.ccnet.context`), whose parameters
+are ``HEAD_DIR/context.safetensors`` (float64 ``mean``, ``std``, ``coef``).
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from posecal.errors import PosecalInputError
 __all__ = ["FORMAT", "COMPARED_KEYS", "save_head", "load_head", "check_compatible"]
 
 FORMAT = "posecal-ccnet/1"
-WEIGHTS, META = "head.safetensors", "head.json"
+WEIGHTS, META, CONTEXT = "head.safetensors", "head.json", "context.safetensors"
 COMPARED_KEYS = ("keypoint_set", "feature_tensor", "feature_shape", "pooling", "model_tensor", "model_sha256")
 """Metadata that must agree between a head and the store (or model) it is applied to."""
 
 
 def save_head(head_dir: str | os.PathLike, head: CCNetHead, meta: dict[str, object]) -> None:
-    """Write weights and metadata atomically (weights first, then the JSON that names them)."""
+    """Write weights and metadata atomically (weights first, then the JSON that names them); a head with a
+    ``context_stage`` (:class:`posecal.ccnet.context.ContextStage`) also writes ``context.safetensors``."""
     from safetensors.torch import save_file
 
     from posecal._outputs import atomic_dir
@@ -50,6 +53,14 @@ def save_head(head_dir: str | os.PathLike, head: CCNetHead, meta: dict[str, obje
     with atomic_dir(head_dir) as d:  # both files or neither
         with atomic_path(d / WEIGHTS) as tmp:
             save_file(tensors, str(tmp), metadata={"format": FORMAT, "head": head.kind})
+        stage = getattr(head, "context_stage", None)
+        if stage is not None:
+            from safetensors.numpy import save_file as save_np
+
+            with atomic_path(d / CONTEXT) as tmp:
+                save_np(stage.arrays(), str(tmp), metadata={"format": FORMAT})
+        else:
+            full.pop("context", None)
         write_json_atomic(d / META, full)
 
 
@@ -105,7 +116,26 @@ def load_head(head_dir: str | os.PathLike) -> tuple[CCNetHead, dict[str, object]
             raise PosecalInputError("non-finite weights", file=str(wpath), field=k)
     head.load_state_dict(state)
     head.eval()
+    if meta.get("context") is not None:
+        head.context_stage = _load_context(d / CONTEXT)
     return head, meta
+
+
+def _load_context(path: Path) -> object:
+    from safetensors.numpy import load_file
+
+    from posecal.ccnet.context import ContextStage
+
+    if not path.is_file():
+        raise PosecalInputError("missing file (head.json names a context stage)", file=str(path))
+    try:
+        arrs = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise PosecalInputError(f"unreadable safetensors: {e}", file=str(path)) from None
+    try:
+        return ContextStage.from_arrays(arrs)
+    except ValueError as e:
+        raise PosecalInputError(str(e), file=str(path)) from None
 
 
 def check_compatible(

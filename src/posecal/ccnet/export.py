@@ -535,14 +535,24 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
     m.metadata_props.add(key="posecal_ccnet_head", value=str(meta["head"]))
     m.metadata_props.add(key="posecal_keypoint_set", value=str(meta.get("keypoint_set")))
     m.metadata_props.add(key="posecal_pooling", value=pooling)
+    if meta.get("context") is not None:
+        m.metadata_props.add(key="posecal_context_stage", value=CONTEXT_NOTE)
     onnx.checker.check_model(m)
     write_bytes_atomic(out, m.SerializeToString())
     make_shareable(out)
-    return {"out": str(out), "outputs": [o.name for o in m.graph.output], "K": K, "pooling": pooling,
-            "head": meta["head"], "model_tensor": adapter.tensor_name, "added_nodes": len(b.nodes),
-            "mode": "grafted", "inputs": [i.name for i in m.graph.input if i.name not in
-                                          {t.name for t in m.graph.initializer}],
-            "opset": opset}
+    out_meta = {"out": str(out), "outputs": [o.name for o in m.graph.output], "K": K, "pooling": pooling,
+                "head": meta["head"], "model_tensor": adapter.tensor_name, "added_nodes": len(b.nodes),
+                "mode": "grafted", "inputs": [i.name for i in m.graph.input if i.name not in
+                                              {t.name for t in m.graph.initializer}],
+                "opset": opset}
+    if meta.get("context") is not None:
+        out_meta["context_stage"] = CONTEXT_NOTE
+    return out_meta
+
+
+CONTEXT_NOTE = ("not in the graph: instance_confidence is the head's score of one crop; the head's context stage "
+                "(learned NMS over all detections of an image, posecal.ccnet.context) runs after it, as posecal "
+                "apply does: ContextStage.transform(instance_confidence, context_features(...))")
 
 
 def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike,
@@ -580,12 +590,17 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
                  ("posecal_pooling", pooling), ("posecal_model_tensor", adapter.tensor_name),
                  ("posecal_joint_order", ",".join(adapter.joint_names))):
         m.metadata_props.add(key=k, value=str(v))
+    if meta.get("context") is not None:
+        m.metadata_props.add(key="posecal_context_stage", value=CONTEXT_NOTE)
     onnx.checker.check_model(m)
     write_bytes_atomic(out, m.SerializeToString())
     make_shareable(out)
-    return {"out": str(out), "inputs": [i.name for i in inputs], "outputs": list(OUTPUTS), "K": K,
-            "pooling": pooling, "head": meta["head"], "model_tensor": adapter.tensor_name,
-            "added_nodes": len(b.nodes), "mode": "head-only"}
+    res = {"out": str(out), "inputs": [i.name for i in inputs], "outputs": list(OUTPUTS), "K": K,
+           "pooling": pooling, "head": meta["head"], "model_tensor": adapter.tensor_name,
+           "added_nodes": len(b.nodes), "mode": "head-only"}
+    if meta.get("context") is not None:
+        res["context_stage"] = CONTEXT_NOTE
+    return res
 
 
 def run_two_stage(adapter: Any, session: Any, crops: np.ndarray) -> dict[str, np.ndarray]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -19,11 +20,15 @@ import numpy as np
 
 from posecal.ccnet import HEAD_KINDS
 from posecal.ccnet.targets import StoreData, default_head, head_inputs, load_store
-from posecal.errors import PosecalInputError
+from posecal.errors import PosecalInputError, PosecalWarning
 from posecal.rescore.aggregate import instance_score
 
 __all__ = ["Recipe", "DEFAULT_HEAD", "DEFAULT_RECIPES", "default_recipe", "load_training_stores",
-           "training_arrays", "training_masks", "fit_from_stores", "predict_store", "rescored_ap"]
+           "training_arrays", "training_masks", "fit_from_stores", "fit_context_stage", "predict_store",
+           "rescored_ap", "CONTEXT_FOLDS"]
+
+CONTEXT_FOLDS = 3
+"""Folds (by image) of the cross-fitting that gives the context stage its out-of-fold instance scores."""
 
 #: head chosen for each store feature tensor when no recipe is known for the store's model kind
 DEFAULT_HEAD = {"features_kpt": "kpt", "features_gap": "fc", "features_spatial": "conv_gap"}
@@ -175,9 +180,62 @@ def rescored_ap(head: Any, data: StoreData, evidence: Sequence[str] = (), *,
     return out
 
 
+def _is_detection_store(d: StoreData) -> bool:
+    return d.match is not None and d.has_target is not None and bool(d.has_target.any())
+
+
+def fit_context_stage(stores: Sequence[StoreData], recipe: Recipe, *, folds: int = CONTEXT_FOLDS,
+                      device: str = "cpu", show_progress: bool = False) -> tuple[Any, dict[str, Any]] | None:
+    """The learned-NMS stage (:class:`posecal.ccnet.context.ContextStage`) for a head trained with ``recipe``
+    on ``stores``, or None when no store holds detections (``--boxes`` stores with matched targets).
+
+    Stacked: the training rows are split by image into ``folds`` (seed ``recipe.seed``); a head trained with
+    ``recipe`` on the other folds scores each fold's detection rows (ĉ, Sec. 5 aggregation), and the stage is
+    fitted on those out-of-fold scores with the rows' image context against their instance targets
+    (:func:`posecal.ccnet.context.instance_target`). Costs ``folds`` extra head fits. Returns the stage and
+    its metadata."""
+    from posecal.ccnet.context import CONTEXT_NAMES, ContextStage, instance_target, store_context
+    from posecal.ccnet.select import image_folds
+    from posecal.ccnet.train import fit_head
+
+    det = [i for i, d in enumerate(stores) if _is_detection_store(d)]
+    if not det:
+        return None
+    keys = [np.array([int(r["image_id"]) for r in d.records], np.int64) for d in stores]
+    folds = min(folds, len({(i, int(x)) for i, k in enumerate(keys) for x in np.unique(k)}))
+    if folds < 2:
+        warnings.warn("context stage skipped: cross-fitting needs at least 2 training images", PosecalWarning,
+                      stacklevel=2)
+        return None
+    fold = image_folds(keys, folds, recipe.seed)
+    c_oof = {i: np.full(len(stores[i].records), np.nan) for i in det}
+    for k in range(folds):
+        rows = [np.flatnonzero(f != k) for f in fold]
+        X, T, V = training_arrays(stores, recipe.evidence, rows)
+        res = fit_head(X, T, V, recipe.train_config(), device=device, show_progress=show_progress,
+                       **training_masks(stores, rows))
+        for i in det:
+            held = fold[i] == k
+            if held.any():
+                _, _, c = predict_store(res.head, stores[i], recipe.evidence, box_score=recipe.box_score)
+                c_oof[i][held] = c[held]
+    cs, xs, ts = [], [], []
+    for i in det:
+        d = stores[i]
+        sel = d.has_target
+        cs.append(c_oof[i][sel])
+        xs.append(store_context(d.path, d.records, d.sigmas)[sel])
+        ts.append(instance_target(d.oks, d.conf_mask if d.conf_mask is not None else d.vis)[sel])
+    stage = ContextStage().fit(np.concatenate(cs), np.concatenate(xs), np.concatenate(ts))
+    meta = {"features": ["logit_c", *CONTEXT_NAMES], "l2": stage.l2, "folds": folds,
+            "rows": int(sum(len(c) for c in cs)), "stores": [stores[i].path for i in det],
+            "applies_to": "detection stores (extract --boxes)"}
+    return stage, meta
+
+
 def fit_from_stores(stores: Sequence[StoreData], recipe: Recipe | None = None, val: StoreData | None = None, *,
                     device: str = "cpu", threads: int | None = None, show_progress: bool = True,
-                    verbose: bool = False) -> tuple[Any, dict[str, Any]]:
+                    verbose: bool = False, context: bool = True) -> tuple[Any, dict[str, Any]]:
     """Train a CCNet head on the rows of ``stores`` that carry a target.
 
     Args:
@@ -187,6 +245,9 @@ def fit_from_stores(stores: Sequence[StoreData], recipe: Recipe | None = None, v
         device: ``cpu`` or ``cuda``; under torchrun each rank trains its share (DDP), rank 0 returns the
             metadata (other ranks get ``meta = {}``), and the process group is destroyed before returning.
         threads: torch threads (default 1 for pooled features, where more threads only add overhead).
+        context: when a training store holds detections, also fit the learned-NMS context stage
+            (:func:`fit_context_stage`; attached to the head as ``head.context_stage``, saved by
+            :func:`posecal.ccnet.checkpoint.save_head`, used by ``posecal apply`` on detection stores).
     Returns:
         ``(head, meta)``: the trained :class:`posecal.ccnet.heads.CCNetHead` (CPU, eval mode) and the
         metadata for :func:`posecal.ccnet.checkpoint.save_head`.
@@ -246,6 +307,10 @@ def fit_from_stores(stores: Sequence[StoreData], recipe: Recipe | None = None, v
                 "metrics": metrics,
                 "history": res.history,
             }
+            if context and world == 1:
+                got = fit_context_stage(stores, recipe, device=dev)
+                if got is not None:
+                    res.head.context_stage, meta["context"] = got
     finally:
         if world > 1:
             import torch.distributed as dist

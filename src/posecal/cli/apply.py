@@ -2,8 +2,11 @@
 
 Every keypoint coordinate of ``STORE/predictions.json`` is kept bit for bit; only the keypoint scores
 (→ ŝ_k), the instance ``score`` (→ ĉ = Σ v̂ŝ / Σ v̂, × box score if the head was fitted so) change,
-and a ``"visibility"`` list (v̂_k) is added. A head whose metadata (keypoint set, feature tensor and
-shape, pooling, model tensor / file hash) differs from the store's is refused, naming the difference.
+and a ``"visibility"`` list (v̂_k) is added. On a detection store (``extract --boxes``), a head fitted with
+detection stores also carries the context stage (learned NMS, :mod:`posecal.ccnet.context`), which replaces
+the instance score by one that also weighs the detection against the higher-scored detections of its image.
+A head whose metadata (keypoint set, feature tensor and shape, pooling, model tensor / file hash) differs
+from the store's is refused, naming the difference.
 """
 
 from __future__ import annotations
@@ -58,22 +61,29 @@ def run(args: argparse.Namespace) -> int:
 
     if not (np.isfinite(s).all() and np.isfinite(v).all()):
         raise PosecalInputError("the head produced non-finite scores on this store", file=args.head)
-    recs = rescore_records(
-        data.records,
-        s,
-        v,
-        box_score=data.box_score if meta.get("box_score") else None,
-        file=f"{args.store}/predictions.json",
-    )
+    box = data.box_score if meta.get("box_score") else None
+    stage = getattr(head, "context_stage", None)
+    detections = data.meta.get("boxes", "gt") != "gt"
+    inst = None
+    if stage is not None and detections:  # learned NMS among the image's detections (posecal.ccnet.context)
+        from posecal.ccnet.context import store_context
+        from posecal.rescore.aggregate import instance_score
+
+        inst = stage.transform(instance_score(s, "visibility", box, visibility=v),
+                               store_context(args.store, data.records, data.sigmas))
+    recs = rescore_records(data.records, s, v, box_score=box, file=f"{args.store}/predictions.json",
+                           instance=inst)
     save_results(args.out, recs)
     summary = {
         "records": len(recs),
         "head": args.head,
         "out": args.out,
         "mean_score": float(sum(r["score"] for r in recs) / max(len(recs), 1)),
+        "context_stage": inst is not None,
     }
     if args.json:
         sys.stdout.write(dumps_json(summary, indent=True).decode() + "\n")
     else:
-        print(f"{len(recs)} records rescored with {args.head} → {args.out}")
+        how = " (+ context stage over each image's detections)" if inst is not None else ""
+        print(f"{len(recs)} records rescored with {args.head}{how} → {args.out}")
     return 0

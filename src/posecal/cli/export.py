@@ -44,4 +44,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.out}: head-only ONNX ({summary['head']}, {summary['pooling']} pooling); inputs "
               + ", ".join(summary["inputs"]) + f" from {summary['model_tensor']}; outputs: "
               + ", ".join(summary["outputs"]))
+    if summary.get("context_stage") and not args.json:
+        print(f"note: the head's context stage is {summary['context_stage']}")
     return 0

@@ -68,6 +68,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=nonneg_int, default=None,
                    help="steps between validations (0: 10 per run)")
     p.add_argument("--box-score", action="store_true", default=None, help="multiply ĉ by the box score")
+    p.add_argument("--no-context", dest="context", action="store_false",
+                   help="with detection stores (extract --boxes): skip the learned-NMS context stage that "
+                   "rescores each detection against the higher-scored detections of its image (default: fitted, "
+                   "by cross-fitting with 3 extra head fits)")
     p.add_argument("--cv", type=_cv_folds, default=None, metavar="K",
                    help="select the recipe by K-fold cross-validation over images among a small grid around "
                    "the recipe, print the CV table, refit the winner on all the data")
@@ -160,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             _print_cv(rows, sys.stdout)
             print(f"selected: {recipe.label()}")
-    head, meta = fit_from_stores(stores, recipe, val, device=args.device, threads=args.threads, verbose=True)
+    head, meta = fit_from_stores(stores, recipe, val, device=args.device, threads=args.threads, verbose=True,
+                                 context=args.context)
     if not meta:  # a non-zero rank under torchrun
         return 0
     if cv is not None:
@@ -171,5 +176,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         for split, m in meta["metrics"].items():
             print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
+        if "context" in meta:
+            print(f"context stage: fitted on {meta['context']['rows']} detections (out-of-fold scores, "
+                  f"{meta['context']['folds']} folds)")
         print(f"head written to {args.out}")
     return 0
