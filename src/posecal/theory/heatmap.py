@@ -235,7 +235,9 @@ def fit_gaussian(heatmaps: ArrayLike, radius: int = 5, rel_threshold: float = 0.
     w2 = -1.0 / (2.0 * dsafe)
     x0 = coef[:, 1] * w2
     y0 = coef[:, 2] * w2
-    amp = np.exp(coef[:, 0] + (x0**2 + y0**2) / (2 * w2))
+    with np.errstate(over="ignore"):  # a near-flat fit (d ≈ 0) can overflow: its amplitude falls back to the peak
+        amp = np.exp(coef[:, 0] + (x0**2 + y0**2) / (2 * w2))
+    amp = np.where(np.isfinite(amp), amp, peak)
     # fallback: second moment of the positive window about the argmax
     pos = np.clip(vals, 0.0, None).reshape(n, -1)
     r2 = (xs**2 + ys**2).reshape(-1)
