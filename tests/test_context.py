@@ -124,3 +124,12 @@ def test_checkpoint_carries_the_context_stage(tmp_path):
     (tmp_path / "H" / "context.safetensors").unlink()
     with pytest.raises(PosecalInputError, match="context.safetensors"):
         load_head(tmp_path / "H")
+
+
+def test_context_features_stay_finite_on_non_finite_coordinates():
+    kp = np.zeros((3, 17, 2))
+    kp[1, 0] = np.nan
+    box = np.array([[0, 0, 10, 10], [0, 0, np.nan, 10], [1, 1, 10, 10.0]])
+    f = context_features(np.array([1, 1, 1]), kp, box, np.array([0.9, 0.5, 0.3]), COCO17.sigmas)
+    assert np.isfinite(f).all()
+    assert f[1, 2] == 0 and f[2, 2] == 1.0  # the NaN row overlaps nothing; row 2 duplicates row 0

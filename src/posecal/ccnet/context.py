@@ -75,14 +75,15 @@ def context_features(image_id: np.ndarray, keypoints: np.ndarray, bbox: np.ndarr
     sc = np.nan_to_num(np.asarray(score, np.float64).reshape(-1))
     N = len(image_id)
     out = np.zeros((N, len(CONTEXT_NAMES)))
-    area = np.maximum(box[:, 2] * box[:, 3], 1.0)
+    area = np.maximum(np.nan_to_num(box[:, 2] * box[:, 3], nan=1.0, posinf=1.0, neginf=1.0), 1.0)
     for iid in np.unique(image_id):
         rows = np.flatnonzero(image_id == iid)
         rows = rows[np.argsort(-sc[rows], kind="stable")]  # rank order
         D = len(rows)
         above = np.tril(np.ones((D, D), bool), -1)  # above[i, j]: j ranks above i
-        O = np.where(above, _pair_oks(kp[rows], area[rows], sigmas), 0.0)
-        U = np.where(above, _pair_iou(box[rows]), 0.0)
+        with np.errstate(invalid="ignore"):  # a non-finite coordinate gives no overlap, not a NaN feature
+            O = np.where(above, np.nan_to_num(_pair_oks(kp[rows], area[rows], sigmas), nan=0.0), 0.0)
+            U = np.where(above, np.nan_to_num(_pair_iou(box[rows]), nan=0.0), 0.0)
         best = sc[rows].max()
         out[rows] = np.stack([
             np.log1p(np.arange(D)),

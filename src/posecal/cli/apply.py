@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
         inst = stage.transform(instance_score(s, "visibility", box, visibility=v),
                                store_context(args.store, data.records, data.sigmas))
+        if not np.isfinite(inst).all():
+            raise PosecalInputError("the context stage produced non-finite scores on this store", file=args.store)
     recs = rescore_records(data.records, s, v, box_score=box, file=f"{args.store}/predictions.json",
                            instance=inst)
     save_results(args.out, recs)
