@@ -259,8 +259,8 @@ def test_kpt_inst_fit_apply_export_agree(det_store, tmp_path, shared):
     assert main(["fit", "--store", str(store.path), "--out", str(tmp_path / "H2"), "--steps", "3",
                  "--evidence", "score"]) == 2
     assert not (tmp_path / "H2").exists()
-    res = tmp_path / "cal.json"
-    assert main(["apply", "--store", str(store.path), "--head", str(head), "--out", str(res)]) == 0
+    res = tmp_path / "cal.json"  # the graph scores one crop: compare with apply's unconstrained scores
+    assert main(["apply", "--store", str(store.path), "--head", str(head), "--out", str(res), "--reorder"]) == 0
     cal = json.loads(res.read_text())
     assert [r["keypoints"][0::3] for r in cal] == [r["keypoints"][0::3] for r in store.predictions]
     onx = tmp_path / "sp_cal.onnx"
@@ -313,10 +313,18 @@ def test_context_stage_fit_apply_export(det_store, tmp_path, shared, capsys):
     want = h.context_stage.transform(c, store_context(str(store.path), data.records, data.sigmas))
     res = tmp_path / "cal.json"
     capsys.readouterr()
-    assert main(["apply", "--store", str(store.path), "--head", str(head), "--out", str(res)]) == 0
+    assert main(["apply", "--store", str(store.path), "--head", str(head), "--out", str(res), "--reorder"]) == 0
     assert "context stage" in capsys.readouterr().out
     cal = json.loads(res.read_text())
     np.testing.assert_allclose([r["score"] for r in cal], want, rtol=1e-12)
+    # by default each image keeps the own score's detection order (AR identical by construction)
+    from posecal.rescore.order import keep_image_order
+
+    assert main(["apply", "--store", str(store.path), "--head", str(head), "--out", str(tmp_path / "k.json")]) == 0
+    capsys.readouterr()
+    own = np.array([r["score"] for r in store.predictions])
+    kept = [r["score"] for r in json.loads((tmp_path / "k.json").read_text())]
+    np.testing.assert_allclose(kept, keep_image_order(store.read("image_id"), own, want), rtol=1e-12)
     np.testing.assert_allclose([r["keypoints"][2::3] for r in cal], s, rtol=1e-6)
     np.testing.assert_allclose([r["visibility"] for r in cal], v, rtol=1e-6)
     assert not np.allclose(want, c)
@@ -325,7 +333,8 @@ def test_context_stage_fit_apply_export(det_store, tmp_path, shared, capsys):
 
     gt_store = extract(load_adapter(shared(*SP)), small, shared("data", "coco-mini", "train2017"), tmp_path / "G",
                        show_progress=False)
-    assert main(["apply", "--store", str(gt_store.path), "--head", str(head), "--out", str(tmp_path / "g.json")]) == 0
+    assert main(["apply", "--store", str(gt_store.path), "--head", str(head), "--out", str(tmp_path / "g.json"),
+                 "--reorder"]) == 0
     assert "context stage" not in capsys.readouterr().out
     g = load_store(str(gt_store.path), need_gt=False)
     sg, vg = predict(h, g.features)

@@ -69,7 +69,8 @@ def _fit_apply(world, name: str, pooling: str, head_kind: str, tensor: str | Non
                  str(world["images"]), "--out", str(store), "--pooling", pooling, *extra]) == 0
     assert main(["fit", "--store", str(store), "--out", str(head), "--head", head_kind, "--steps", "60",
                  "--batch-size", "16"]) == 0
-    assert main(["apply", "--store", str(store), "--head", str(head), "--out", str(res)]) == 0
+    # --reorder: the graph scores each crop alone (no per-image order projection), as apply --reorder does
+    assert main(["apply", "--store", str(store), "--head", str(head), "--out", str(res), "--reorder"]) == 0
     return store, head, json.loads(res.read_text())
 
 

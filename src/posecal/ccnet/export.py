@@ -552,7 +552,8 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
 
 CONTEXT_NOTE = ("not in the graph: instance_confidence is the head's score of one crop; the head's context stage "
                 "(learned NMS over all detections of an image, posecal.ccnet.context) runs after it, as posecal "
-                "apply does: ContextStage.transform(instance_confidence, context_features(...))")
+                "apply does: ContextStage.transform(instance_confidence, context_features(...)), then "
+                "posecal.rescore.order.keep_image_order unless apply --reorder")
 
 
 def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike,

@@ -5,6 +5,8 @@ Every keypoint coordinate of ``STORE/predictions.json`` is kept bit for bit; onl
 and a ``"visibility"`` list (v̂_k) is added. On a detection store (``extract --boxes``), a head fitted with
 detection stores also carries the context stage (learned NMS, :mod:`posecal.ccnet.context`), which replaces
 the instance score by one that also weighs the detection against the higher-scored detections of its image.
+The new instance scores keep each image's detection order of the store's own score (isotonic projection,
+:mod:`posecal.rescore.order`), so COCO AR is identical by construction; ``--reorder`` drops that constraint.
 A head whose metadata (keypoint set, feature tensor and shape, pooling, model tensor / file hash) differs
 from the store's is refused, naming the difference.
 """
@@ -29,6 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="feature store directory")
     p.add_argument("--head", required=True, help="head directory from posecal fit")
     p.add_argument("--out", required=True, help="COCO results JSON to write")
+    p.add_argument("--reorder", action="store_true",
+                   help="let the new instance scores reorder the detections of an image (default: each image "
+                   "keeps the order of the store's own score, so COCO AR stays identical; see "
+                   "posecal.rescore.order)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     return p
 
@@ -73,6 +79,14 @@ def run(args: argparse.Namespace) -> int:
                                store_context(args.store, data.records, data.sigmas))
         if not np.isfinite(inst).all():
             raise PosecalInputError("the context stage produced non-finite scores on this store", file=args.store)
+    if not args.reorder:  # AR identical by construction: each image keeps the own score's detection order
+        from posecal.rescore.aggregate import instance_score
+        from posecal.rescore.order import keep_image_order
+
+        c = inst if inst is not None else instance_score(s, "visibility", box, visibility=v)
+        fs = FeatureStore.open(args.store)
+        own = np.array([_number(r, i, "score", args.store) for i, r in enumerate(data.records)])
+        inst = keep_image_order(fs.read("image_id"), own, c)
     recs = rescore_records(data.records, s, v, box_score=box, file=f"{args.store}/predictions.json",
                            instance=inst)
     save_results(args.out, recs)
@@ -81,11 +95,23 @@ def run(args: argparse.Namespace) -> int:
         "head": args.head,
         "out": args.out,
         "mean_score": float(sum(r["score"] for r in recs) / max(len(recs), 1)),
-        "context_stage": inst is not None,
+        "context_stage": stage is not None and detections,
+        "image_order": "free" if args.reorder else "kept",
     }
     if args.json:
         sys.stdout.write(dumps_json(summary, indent=True).decode() + "\n")
     else:
-        how = " (+ context stage over each image's detections)" if inst is not None else ""
+        how = " (+ context stage over each image's detections)" if stage is not None and detections else ""
         print(f"{len(recs)} records rescored with {args.head}{how} → {args.out}")
     return 0
+
+
+def _number(rec: dict, i: int, key: str, store: str) -> float:
+    """``rec[key]`` as a finite float, else one clear error naming the record and field."""
+    import math
+
+    v = rec.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise PosecalInputError(f"expected a finite number, got {v!r}", file=f"{store}/predictions.json",
+                                record=i, field=key)
+    return float(v)
