@@ -15,7 +15,7 @@ import numpy as np
 from posecal.errors import PosecalInputError
 from posecal.rescore.aggregate import instance_score
 
-__all__ = ["rescore_records"]
+__all__ = ["instance_scores", "rescore_records"]
 
 
 def rescore_records(
@@ -61,3 +61,20 @@ def rescore_records(
         new["visibility"] = [float(x) for x in v[i]]
         out.append(new)
     return out
+
+
+def instance_scores(s_hat: np.ndarray, v_hat: np.ndarray, own: np.ndarray, image_id: np.ndarray, *,
+                    box_score: np.ndarray | None = None, stage: object | None = None,
+                    context: np.ndarray | None = None, reorder: bool = False) -> np.ndarray:
+    """``(N,)`` the instance scores ``posecal apply`` writes.
+
+    ĉ = Σ v̂ŝ / Σ v̂ (× ``box_score``), from ``s_hat``/``v_hat`` (N, K); then the context stage
+    (:class:`posecal.ccnet.context.ContextStage`) on ĉ and ``context`` (N, 6) when both are given; then,
+    unless ``reorder``, :func:`posecal.rescore.order.keep_image_order` with the store's own scores ``own``
+    (N,) per ``image_id`` (N,), so COCO AR is unchanged."""
+    from posecal.rescore.order import keep_image_order
+
+    c = instance_score(np.asarray(s_hat, np.float64), "visibility", box_score, visibility=v_hat)
+    if stage is not None and context is not None:
+        c = stage.transform(c, context)  # type: ignore[attr-defined]
+    return c if reorder else keep_image_order(image_id, own, c)

@@ -40,53 +40,41 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from posecal._outputs import check_creatable, refuse_clobber
     from posecal._util import dumps_json
-    from posecal.ccnet.apply import rescore_records
+    from posecal.ccnet.apply import instance_scores, rescore_records
     from posecal.ccnet.checkpoint import check_compatible, load_head
-    from posecal.ccnet.targets import load_store
+    from posecal.ccnet.context import store_context
+    from posecal.ccnet.targets import evidence_columns, load_store, store_features
     from posecal.ccnet.train import predict
     from posecal.io.coco import save_results
+    from posecal.models.store import FeatureStore
 
     refuse_clobber({"--store": args.store, "--head": args.head}, {"--out": args.out})
     check_creatable(args.out, "file")
     head, meta = load_head(args.head)
     data = load_store(args.store, need_gt=False, features=False)
     check_compatible(meta, data.head_meta, file=args.head)
-    from posecal.ccnet.targets import evidence_columns, store_features
-    from posecal.models.store import FeatureStore
-
-    feats = store_features(FeatureStore.open(args.store))  # + instance evidence where the model card asks
+    fs = FeatureStore.open(args.store)
+    feats = store_features(fs)  # + instance evidence where the model card asks
     if meta.get("evidence"):  # per-keypoint evidence columns the head was trained with
-        import numpy as np
-
         ev = evidence_columns(args.store, tuple(meta["evidence"]), data.sigmas)
         feats = np.concatenate([np.asarray(feats, np.float32), ev], axis=-1)
     s, v = predict(head, feats)
-    import numpy as np
-
     if not (np.isfinite(s).all() and np.isfinite(v).all()):
         raise PosecalInputError("the head produced non-finite scores on this store", file=args.head)
     box = data.box_score if meta.get("box_score") else None
     stage = getattr(head, "context_stage", None)
     detections = data.meta.get("boxes", "gt") != "gt"
-    inst = None
-    if stage is not None and detections:  # learned NMS among the image's detections (posecal.ccnet.context)
-        from posecal.ccnet.context import store_context
-        from posecal.rescore.aggregate import instance_score
-
-        inst = stage.transform(instance_score(s, "visibility", box, visibility=v),
-                               store_context(args.store, data.records, data.sigmas))
-        if not np.isfinite(inst).all():
-            raise PosecalInputError("the context stage produced non-finite scores on this store", file=args.store)
-    if not args.reorder:  # AR identical by construction: each image keeps the own score's detection order
-        from posecal.rescore.aggregate import instance_score
-        from posecal.rescore.order import keep_image_order
-
-        c = inst if inst is not None else instance_score(s, "visibility", box, visibility=v)
-        fs = FeatureStore.open(args.store)
-        own = np.array([_number(r, i, "score", args.store) for i, r in enumerate(data.records)])
-        inst = keep_image_order(fs.read("image_id"), own, c)
+    use_stage = stage is not None and detections  # learned NMS among the image's detections (ccnet.context)
+    ctx = store_context(args.store, data.records, data.sigmas) if use_stage else None
+    own = np.array([_number(r, i, "score", args.store) for i, r in enumerate(data.records)])
+    inst = instance_scores(s, v, own, fs.read("image_id"), box_score=box,
+                           stage=stage if use_stage else None, context=ctx, reorder=args.reorder)
+    if not np.isfinite(inst).all():
+        raise PosecalInputError("the context stage produced non-finite scores on this store", file=args.store)
     recs = rescore_records(data.records, s, v, box_score=box, file=f"{args.store}/predictions.json",
                            instance=inst)
     save_results(args.out, recs)
@@ -95,13 +83,13 @@ def run(args: argparse.Namespace) -> int:
         "head": args.head,
         "out": args.out,
         "mean_score": float(sum(r["score"] for r in recs) / max(len(recs), 1)),
-        "context_stage": stage is not None and detections,
+        "context_stage": use_stage,
         "image_order": "free" if args.reorder else "kept",
     }
     if args.json:
         sys.stdout.write(dumps_json(summary, indent=True).decode() + "\n")
     else:
-        how = " (+ context stage over each image's detections)" if stage is not None and detections else ""
+        how = " (+ context stage over each image's detections)" if use_stage else ""
         print(f"{len(recs)} records rescored with {args.head}{how} → {args.out}")
     return 0
 
