@@ -308,9 +308,12 @@ def fit_from_stores(stores: Sequence[StoreData], recipe: Recipe | None = None, v
                 "history": res.history,
             }
             if context and world == 1:
-                got = fit_context_stage(stores, recipe, device=dev)
+                got = fit_context_stage(stores, recipe, device=dev, show_progress=show_progress)
                 if got is not None:
                     res.head.context_stage, meta["context"] = got
+            elif context and any(_is_detection_store(d) for d in stores):
+                warnings.warn("context stage skipped under DDP (world size > 1): fit it in one process",
+                              PosecalWarning, stacklevel=2)
     finally:
         if world > 1:
             import torch.distributed as dist
