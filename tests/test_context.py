@@ -133,3 +133,13 @@ def test_context_features_stay_finite_on_non_finite_coordinates():
     f = context_features(np.array([1, 1, 1]), kp, box, np.array([0.9, 0.5, 0.3]), COCO17.sigmas)
     assert np.isfinite(f).all()
     assert f[1, 2] == 0 and f[2, 2] == 1.0  # the NaN row overlaps nothing; row 2 duplicates row 0
+
+
+def test_own_scores_name_the_bad_record():
+    from posecal.ccnet.context import own_scores
+
+    np.testing.assert_array_equal(own_scores([{"score": 0.5}, {"score": 2}]), [0.5, 2.0])  # > 1 is legal
+    for bad in ("0.5", None, float("nan"), True):
+        with pytest.raises(PosecalInputError) as e:
+            own_scores([{"score": 0.1}, {"score": bad}], "S/predictions.json")
+        assert e.value.record == 1 and e.value.field == "score" and "S/predictions.json" in str(e.value)

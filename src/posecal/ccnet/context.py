@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CONTEXT_NAMES", "ContextStage", "context_features", "instance_target", "store_context"]
+__all__ = ["CONTEXT_NAMES", "ContextStage", "context_features", "instance_target", "own_scores",
+           "store_context"]
 
 CONTEXT_NAMES = ("log1p_rank", "score_over_max", "max_oks_above", "log1p_n_oks_above",
                  "max_iou_above", "log1p_n_iou_above")
@@ -57,7 +58,7 @@ def context_features(image_id: np.ndarray, keypoints: np.ndarray, bbox: np.ndarr
     Args:
         image_id: (N,) image of each row.
         keypoints: (N, K, 2) predicted keypoints, image px.
-        bbox: (N, 4) the detection boxes, xywh image px (their areas scale the OKS and the relative size).
+        bbox: (N, 4) the detection boxes, xywh image px (their areas scale the OKS).
         score: (N,) the ordering score (the store's own MMPose ``bbox_keypoint`` score); ties keep row order.
         sigmas: (K,) the keypoint set's OKS sigmas.
 
@@ -94,13 +95,22 @@ def context_features(image_id: np.ndarray, keypoints: np.ndarray, bbox: np.ndarr
     return out.astype(np.float32)
 
 
+def own_scores(records: list[dict[str, Any]], file: str | None = None) -> np.ndarray:
+    """``(N,)`` the records' ``score`` (the store's own score), each a finite number, else one error naming the
+    record and field (:func:`posecal.datasets.coco.number`)."""
+    from posecal.datasets.coco import number
+
+    return np.array([number(r.get("score") if isinstance(r, dict) else None, file, i, "score")
+                     for i, r in enumerate(records)], np.float64)
+
+
 def store_context(path: str, records: list[dict[str, Any]], sigmas: np.ndarray) -> np.ndarray:
     """:func:`context_features` ``(N, 6)`` of every row of the store at ``path`` (its ``image_id``,
-    ``keypoints``, ``bbox`` arrays; ordering score: ``records[i]["score"]``, the store's own score)."""
+    ``keypoints``, ``bbox`` arrays; ordering score: :func:`own_scores` of ``records``, the store's own score)."""
     from posecal.models.store import FeatureStore
 
     fs = FeatureStore.open(path)
-    own = np.array([float(r.get("score", 0.0)) for r in records], np.float64)
+    own = own_scores(records, f"{path}/predictions.json")
     return context_features(fs.read("image_id"), fs.read("keypoints"), fs.read("bbox"), own, sigmas)
 
 

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from posecal._util import dumps_json
     from posecal.ccnet.apply import instance_scores, rescore_records
     from posecal.ccnet.checkpoint import check_compatible, load_head
-    from posecal.ccnet.context import store_context
+    from posecal.ccnet.context import own_scores, store_context
     from posecal.ccnet.targets import evidence_columns, load_store, store_features
     from posecal.ccnet.train import predict
     from posecal.io.coco import save_results
@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     stage = getattr(head, "context_stage", None)
     detections = data.meta.get("boxes", "gt") != "gt"
     use_stage = stage is not None and detections  # learned NMS among the image's detections (ccnet.context)
+    own = own_scores(data.records, f"{args.store}/predictions.json")
     ctx = store_context(args.store, data.records, data.sigmas) if use_stage else None
-    own = np.array([_number(r, i, "score", args.store) for i, r in enumerate(data.records)])
     inst = instance_scores(s, v, own, fs.read("image_id"), box_score=box,
                            stage=stage if use_stage else None, context=ctx, reorder=args.reorder)
     if not np.isfinite(inst).all():
@@ -93,13 +93,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(recs)} records rescored with {args.head}{how} → {args.out}")
     return 0
 
-
-def _number(rec: dict, i: int, key: str, store: str) -> float:
-    """``rec[key]`` as a finite float, else one clear error naming the record and field."""
-    import math
-
-    v = rec.get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise PosecalInputError(f"expected a finite number, got {v!r}", file=f"{store}/predictions.json",
-                                record=i, field=key)
-    return float(v)
