@@ -201,7 +201,9 @@ def fit_context_stage(stores: Sequence[StoreData], recipe: Recipe, *, folds: int
     det = [i for i, d in enumerate(stores) if _is_detection_store(d)]
     if not det:
         return None
-    keys = [np.array([int(r["image_id"]) for r in d.records], np.int64) for d in stores]
+    from posecal.models.store import FeatureStore
+
+    keys = [np.asarray(FeatureStore.open(d.path).read("image_id"), np.int64) for d in stores]
     folds = min(folds, len({(i, int(x)) for i, k in enumerate(keys) for x in np.unique(k)}))
     if folds < 2:
         warnings.warn("context stage skipped: cross-fitting needs at least 2 training images", PosecalWarning,
