@@ -9,7 +9,9 @@ a warm-up; median and minimum per model and the added time in ms and in % of the
 ``--profile N`` also runs every session N more times (interleaved) with onnxruntime's profiler
 (``SessionOptions.enable_profiling``) and sums its per-node kernel times (each node's median over the runs):
 the model's total, the graft's own nodes (``posecal_ccnet/`` names) and the change in the layout reorders
-onnxruntime inserts (``Reorder*`` nodes); added = graft nodes + reorder change, in % of the model's total.
+onnxruntime inserts (``Reorder*`` nodes); added = graft nodes + reorder change, in % of the model's total,
+and the difference of the two totals (all nodes: the one to quote when the graft widens one of the model's
+own nodes, ``fit --filter-rank``, whose node then counts as the graft's).
 On a shared machine this is steadier than the difference of two wall-clock medians. ``--baseline F``
 (one per ``--model``) times another grafted file of that model in the same rotation, e.g. one written by an
 older posecal (``git stash; posecal export ...``), for a same-run before/after comparison.
@@ -74,10 +76,12 @@ def _graft_kernel(kt: dict[str, dict[str, float]], k: str, runs: int) -> dict:
     graft = sum(v for n, v in kt[k].items() if n.startswith("posecal_ccnet/")) / 1e3
     reorder = {m: sum(t for n, t in kt[m].items() if n.startswith("Reorder")) / 1e3 for m in ("model", k)}
     added = graft + reorder[k] - reorder["model"]
+    cal = sum(kt[k].values()) / 1e3
     top = sorted(((v, n) for n, v in kt[k].items() if n.startswith(("posecal_ccnet/", "Reorder"))), reverse=True)
-    return {"model": tot, "calibrated": sum(kt[k].values()) / 1e3, "graft_nodes": graft,
+    return {"model": tot, "calibrated": cal, "graft_nodes": graft,
             "reorders_model": reorder["model"], "reorders_calibrated": reorder[k], "added": added,
-            "added_pct": 100 * added / tot, "runs": runs, "top_nodes_us": {n: round(v, 1) for v, n in top[:8]}}
+            "added_pct": 100 * added / tot, "added_total": cal - tot, "added_total_pct": 100 * (cal / tot - 1),
+            "runs": runs, "top_nodes_us": {n: round(v, 1) for v, n in top[:8]}}
 
 
 def _session(ort, path: str, threads: int, profile: bool = False):
@@ -163,7 +167,8 @@ def main() -> None:
                 q = r[k]["kernel_ms"]
                 print(f"  {'':<10} kernel time (each node's median over {q['runs']} runs): model {q['model']:.2f} ms, "
                       f"graft nodes {q['graft_nodes']:.3f} ms, reorders {q['reorders_model']:.3f} -> "
-                      f"{q['reorders_calibrated']:.3f} ms: added {q['added']:.3f} ms = {q['added_pct']:.2f} %")
+                      f"{q['reorders_calibrated']:.3f} ms: added {q['added']:.3f} ms = {q['added_pct']:.2f} %; "
+                      f"all nodes {q['calibrated']:.2f} ms: {q['added_total']:+.3f} ms = {q['added_total_pct']:+.2f} %")
                 print(f"  {'':<10} largest graft/reorder nodes (us): {q['top_nodes_us']}")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))

@@ -193,3 +193,37 @@ def test_head_trained_on_simulator_recovers_expected_oks(kind):
     assert p_kpt >= 0.9 and p_inst >= 0.9
     assert p_kpt > np.corrcoef(te.score_heatmap[lab], te.expected_oks[lab])[0, 1]
     assert ((v > 0.5) == lab).mean() > 0.95  # visibility (labelled) is in the simulated features too
+
+
+@pytest.mark.parametrize("kind", ["kpt", "kpt_inst"])
+def test_filter_rank_projection(kind):
+    """fit with filter_rank r: the folded (2K, C) map W / σ has rank r, it is the best rank-r approximation in
+    the scaled norm (no other rank-r matrix is closer: checked against random ones and the unscaled SVD), the
+    bias and normalisation are untouched; r ≥ min(2K, C) changes nothing; other heads are refused."""
+    from posecal.ccnet.heads import project_filter_rank
+
+    X, oks, vis = _problem()
+    K, C, r = X.shape[1], X.shape[2], 2
+    cfg = TrainConfig(head=kind, steps=60, batch_size=32, seed=3)
+    full = fit_head(X, oks, vis, cfg, show_progress=False).head
+    low = fit_head(X, oks, vis, TrainConfig(**{**cfg.to_dict(), "filter_rank": r}), show_progress=False).head
+    for k in ("bias", "feat_mean", "feat_std"):
+        assert torch.equal(full.state_dict()[k], low.state_dict()[k])
+    sd = full.feat_std.double()
+    s = sd.pow(2).mean(0).sqrt()
+    M = lambda h: (h.weight.detach().double() / sd[:, None, :]).reshape(2 * K, C) * s  # noqa: E731
+    assert int(torch.linalg.matrix_rank(M(low), rtol=1e-5)) == r < int(torch.linalg.matrix_rank(M(full)))
+    err = torch.linalg.norm(M(full) - M(low))
+    U, S, Vt = torch.linalg.svd(M(full), full_matrices=False)
+    assert torch.isclose(err, S[r:].pow(2).sum().sqrt(), rtol=1e-4)  # Eckart–Young
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        R = torch.randn(2 * K, r, generator=g, dtype=torch.float64) @ torch.randn(r, C, generator=g, dtype=torch.float64)
+        assert torch.linalg.norm(M(full) - R) > err
+    same = fit_head(X, oks, vis, TrainConfig(**{**cfg.to_dict(), "filter_rank": min(2 * K, C)}),
+                    show_progress=False).head
+    assert torch.equal(same.weight, full.weight)
+    with pytest.raises(PosecalInputError, match="filter_rank"):
+        fit_head(X, oks, vis, TrainConfig(head="fc", steps=2, filter_rank=2), show_progress=False)
+    with pytest.raises(PosecalInputError, match="filter rank"):
+        project_filter_rank(build_head("fc", (C,), K), 2)

@@ -208,6 +208,12 @@ def test_fit_refuses_bad_input_with_exit_2(fitted, tmp_path, capsys):
     other = make_store(tmp_path / "other", C=7)
     rc = main(["fit", "--store", str(store), "--store", str(other), "--out", str(tmp_path / "h")])
     assert rc == 2 and "feature_shape" in capsys.readouterr().err
+    rc = main(["fit", "--store", str(store), "--out", str(tmp_path / "h"), "--head", "kpt_pose", "--evidence",
+               "pose", "--filter-rank", "3", "--steps", "2"])
+    assert rc == 2 and "filter_rank applies to 'kpt' / 'kpt_inst' heads" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--store", str(store), "--out", str(tmp_path / "h"), "--filter-rank", "-1"])
+    assert e.value.code == 2
     assert not (tmp_path / "h").exists()
 
 

@@ -237,9 +237,11 @@ def test_detection_targets_match_pycocotools(det_store):
     assert not data.has_target[data.match == -2].any()
 
 
-def test_kpt_inst_fit_apply_export_agree(det_store, tmp_path, shared):
+@pytest.mark.parametrize("rank", [None, 4], ids=["full", "rank4"])
+def test_kpt_inst_fit_apply_export_agree(det_store, tmp_path, shared, rank):
     """fit (kpt_inst by default for the card) -> apply -> export on the real graph: outputs equal apply
-    within 1e-5 and the original SimplePose output bit-identical."""
+    within 1e-5 and the original SimplePose output bit-identical; with ``fit --filter-rank 4`` the head's
+    4 maps are computed by SimplePose's own last Conv (widened, then split)."""
     import onnxruntime as ort
 
     from posecal.ccnet.export import export_calibrated
@@ -252,8 +254,10 @@ def test_kpt_inst_fit_apply_export_agree(det_store, tmp_path, shared):
 
     store, small, _ = det_store
     head = tmp_path / "H"  # the head alone: the context stage is outside the graph (test below)
-    assert main(["fit", "--store", str(store.path), "--out", str(head), "--steps", "30", "--no-context"]) == 0
+    extra = ["--filter-rank", str(rank)] if rank else []
+    assert main(["fit", "--store", str(store.path), "--out", str(head), "--steps", "30", "--no-context", *extra]) == 0
     meta = json.loads((head / "head.json").read_text())
+    assert meta["train"]["filter_rank"] == (rank or 0)
     assert meta["head"] == "kpt_inst" and "context" not in meta and not (head / "context.safetensors").exists()
     # the gate reads the instance evidence as the last channels: extra evidence columns would shift it
     assert main(["fit", "--store", str(store.path), "--out", str(tmp_path / "H2"), "--steps", "3",
@@ -264,7 +268,8 @@ def test_kpt_inst_fit_apply_export_agree(det_store, tmp_path, shared):
     cal = json.loads(res.read_text())
     assert [r["keypoints"][0::3] for r in cal] == [r["keypoints"][0::3] for r in store.predictions]
     onx = tmp_path / "sp_cal.onnx"
-    export_calibrated(shared(*SP), head, onx)
+    summary = export_calibrated(shared(*SP), head, onx)
+    assert summary["filter_rank"] == (rank or 0) and summary["fused_into_model_conv"] == bool(rank)
     ad = load_adapter(shared(*SP))
     W, H = ad.input_size
     rows = np.arange(min(3, store.num_instances))

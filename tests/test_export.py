@@ -174,18 +174,20 @@ FUSED = [  # feature layout, heatmap layout, feature grid, heatmap grid, dataset
 ]
 
 
+@pytest.mark.parametrize("rank", [0, 3], ids=["full", "rank3"])
 @pytest.mark.parametrize("feat_layout,hm_layout,feat_hw,hm_hw,kset,kind,scores_from,opset", FUSED,
                          ids=[f"{a}-{b}-{c[0]}x{c[1]}-{d[0]}x{d[1]}-{e}-{f}-{g}-op{h}"
                               for a, b, c, d, e, f, g, h in FUSED])
 def test_fused_heatmap_kpt_graph_matches_store_pooling_and_head(feat_layout, hm_layout, feat_hw, hm_hw, kset, kind,
-                                                                 scores_from, opset):
+                                                                 scores_from, opset, rank):
     """The fused heatmap-pooling + kpt head subgraph (1×1 Conv / channels-last MatMul, no copy of the feature
     map) equals the store's pooling (:func:`pool_features`, float64) followed by the torch head, within 1e-5:
     both layouts, resampling up and down, dataset keypoints the model lacks (LSP-14's neck and head top on a
     COCO-17 model), heatmaps with no positive value (all negative, all zero, and a single positive pixel that
-    the downsampling drops), instance evidence from heatmap maxima or a coordinates output."""
+    the downsampling drops), instance evidence from heatmap maxima or a coordinates output; and a head projected
+    to filter rank 3 (``fit --filter-rank``), read through its factorisation on channels-first maps."""
     from posecal.ccnet.export import OUTPUTS, PREFIX, _Builder, _evidence, _graft, _keypoint_scores, _output_infos
-    from posecal.ccnet.heads import build_head
+    from posecal.ccnet.heads import build_head, project_filter_rank
     from posecal.ccnet.targets import instance_evidence
     from posecal.ccnet.train import predict
     from posecal.keypoints import get_keypoint_set
@@ -218,6 +220,8 @@ def test_fused_heatmap_kpt_graph_matches_store_pooling_and_head(feat_layout, hm_
     torch.manual_seed(1)
     head = build_head(kind, x.shape[1:], K)
     head.set_normalisation(torch.rand(K, x.shape[2]), 0.5 + torch.rand(K, x.shape[2]))
+    if rank:
+        project_filter_rank(head, rank)
     arrs = {k: v.detach().float().numpy() for k, v in head.state_dict().items()}
     s_ref, v_ref = predict(head, x)
     c_ref = instance_score(s_ref, "visibility", visibility=v_ref)
@@ -238,17 +242,73 @@ def test_fused_heatmap_kpt_graph_matches_store_pooling_and_head(feat_layout, hm_
         src = {"coords": {"name": "coords"} if scores_from == "coords" else None, "hm_layout": hm_layout}
         ev = _evidence(b, _keypoint_scores(b, src, "heatmaps", jmap, J, opset), "box", opset)
     _graft(b, kind, arrs, K, "heatmap", jmap, "features", feat_layout, feat_hw, 4, C, "heatmaps", hm_layout, hm_hw,
-           J, ev, opset)
+           J, ev, opset, rank)
     m = onnx.helper.make_model(onnx.helper.make_graph(b.nodes, "g", inputs, _output_infos(K), b.inits),
                                opset_imports=[onnx.helper.make_opsetid("", opset)])
     m.ir_version = 8
     onnx.checker.check_model(m, full_check=True)
     # the feature map is read once, by the Conv (channels-first) or a Reshape to (B, P, C) (channels-last)
-    readers = [n.op_type for n in m.graph.node if "features" in n.input]
-    assert readers == ["Conv" if feat_layout == "NCHW" else "Reshape"]
+    readers = [n for n in m.graph.node if "features" in n.input]
+    assert [n.op_type for n in readers] == ["Conv" if feat_layout == "NCHW" else "Reshape"]
+    if feat_layout == "NCHW":  # 2K filters, or the rank's
+        w = next(t for t in m.graph.initializer if t.name == readers[0].input[1])
+        assert w.dims[0] == (rank or 2 * K)
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     s, v, c = sess.run(list(OUTPUTS), feeds)
     np.testing.assert_allclose(s, s_ref, atol=1e-5)
     np.testing.assert_allclose(v, v_ref, atol=1e-5)
     np.testing.assert_allclose(c, c_ref, atol=1e-5)
     assert np.std(s_ref) > 1e-3 and np.std(v_ref) > 1e-3  # not a constant head: the comparison can fail
+
+
+def _conv_model(C: int, J: int, kernel: int = 1, bias: bool = False, seed: int = 0):
+    """A tiny ONNX model: input x (1, 3, 6, 5) → 3×3 Conv + Relu = features (1, C, 6, 5) → Conv (kernel) =
+    heatmaps (1, J, ·, ·), the only output."""
+    rng = np.random.default_rng(seed)
+    H = onnx.helper
+    inits = [onnx.numpy_helper.from_array(rng.normal(0, 0.3, (C, 3, 3, 3)).astype(np.float32), "w1"),
+             onnx.numpy_helper.from_array(rng.normal(0, 0.3, (J, C, kernel, kernel)).astype(np.float32), "w2")]
+    ins = ["features", "w2"]
+    if bias:
+        inits.append(onnx.numpy_helper.from_array(rng.normal(0, 0.1, J).astype(np.float32), "b2"))
+        ins.append("b2")
+    nodes = [H.make_node("Conv", ["x", "w1"], ["pre"], pads=[1, 1, 1, 1], name="c1"),
+             H.make_node("Relu", ["pre"], ["features"], name="r1"),
+             H.make_node("Conv", ins, ["heatmaps"], name="c2")]
+    g = H.make_graph(nodes, "m", [H.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 6, 5])],
+                     [H.make_tensor_value_info("heatmaps", onnx.TensorProto.FLOAT, [1, J, 7 - kernel, 6 - kernel])],
+                     inits)
+    m = H.make_model(g, opset_imports=[H.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fuse_into_conv_keeps_heatmaps_and_adds_the_projection(bias):
+    """The r filters appended to a 1×1 heatmap Conv: the model's heatmaps stay bit-identical (checked as
+    export_calibrated checks them), the new maps equal B · features; a layer that is not a 1×1 Conv of the
+    feature tensor is left alone (None, model unchanged)."""
+    from posecal.ccnet.export import PREFIX, _fuse_into_conv, _same_outputs
+
+    C, J, r = 8, 17, 3
+    orig = _conv_model(C, J, bias=bias)
+    m = onnx.ModelProto()
+    m.CopyFrom(orig)
+    Bm = np.random.default_rng(1).normal(0, 1, (r, C)).astype(np.float32)
+    proj = _fuse_into_conv(m, "features", "heatmaps", Bm, PREFIX)
+    assert proj is not None
+    m.graph.output.extend([onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, [1, c, 6, 5])
+                           for t, c in ((proj, r), ("features", C))])
+    onnx.checker.check_model(m)
+    assert [i.name for i in m.graph.initializer].count("w2") == 0  # the replaced weights are gone
+    assert _same_outputs(orig, m)
+    x = np.random.default_rng(2).normal(0, 1, (1, 3, 6, 5)).astype(np.float32)
+    hm, g, f = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    ref = ort.InferenceSession(orig.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert hm.tobytes() == ref.tobytes()
+    np.testing.assert_allclose(g, np.einsum("rc,bchw->brhw", Bm, f), rtol=1e-5, atol=1e-5)
+    for kernel, feat in ((3, "features"), (1, "pre")):  # not a 1×1 Conv / not read from the feature tensor
+        other = _conv_model(C, J, kernel=kernel, bias=bias)
+        before = other.SerializeToString()
+        assert _fuse_into_conv(other, feat, "heatmaps", Bm, PREFIX) is None
+        assert other.SerializeToString() == before

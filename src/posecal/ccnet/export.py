@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,8 @@ def _pool(b: _Builder, feat: str, pooling: str, feat_hw: tuple[int, int], feat_n
 
 
 def _heatmap_weights(b: _Builder, hm: str, layout: str, hm_hw: tuple[int, int], feat_hw: tuple[int, int],
-                     jsel: np.ndarray, J: int, opset: int, shape: list[int]) -> str:
+                     jsel: np.ndarray, J: int, opset: int, shape: list[int], unnormalised: bool = False
+                     ) -> Any:
     """Normalised heatmap pooling weights on the feature grid, (B, K, P) reshaped to ``shape``, P = h·w.
 
     ``hm`` (B, J, h', w') [``layout`` NCHW] or (B, h', w', J) [NHWC]; row k is the positive part of the
@@ -138,7 +140,9 @@ def _heatmap_weights(b: _Builder, hm: str, layout: str, hm_hw: tuple[int, int], 
     are used as they are (their maxima shared with :func:`_keypoint_scores` when all joints are used in
     order), NHWC maps transposed, and the joint selection is a Gather of whole maps; with resampling,
     selection, resampling and layout are one element-wise Gather on the flattened maps. Every reduction runs
-    over trailing, contiguous axes."""
+    over trailing, contiguous axes. With ``unnormalised`` the weights are returned before the division, in
+    ``shape`` (B, K, P), with their sums (B, K, 1): the caller divides the pooled (K, r) result instead of
+    the (K, P) weights."""
     (hh, ww), (h, w) = hm_hw, feat_hw
     K, P = len(jsel), h * w
     f32 = b.onnx.TensorProto.FLOAT
@@ -162,6 +166,10 @@ def _heatmap_weights(b: _Builder, hm: str, layout: str, hm_hw: tuple[int, int], 
         hmax = _reduce(b, "ReduceMax", x, axes, 1, opset)
     x = b.op("Max", [x, b.op("Cast", [b.op("LessOrEqual", [hmax, b.const("zero", np.zeros((), np.float32))])],
                               to=f32)])
+    if unnormalised:
+        if not (axes == [2] and shape == [0, K, P]):
+            x = b.op("Reshape", [x, b.const("shape", np.array(shape, np.int64))])
+        return x, _reduce(b, "ReduceSum", x, [2], 1, opset)
     x = b.op("Div", [x, _reduce(b, "ReduceSum", x, axes, 1, opset)])
     if axes == [2] and shape == [0, K, P]:
         return x
@@ -169,8 +177,8 @@ def _heatmap_weights(b: _Builder, hm: str, layout: str, hm_hw: tuple[int, int], 
 
 
 def _heatmap_kpt(b: _Builder, feat: str, feat_layout: str, hm: str, hm_layout: str, feat_hw: tuple[int, int],
-                 hm_hw: tuple[int, int], jmap: np.ndarray, J: int, W: np.ndarray, bias: np.ndarray, opset: int
-                 ) -> tuple[str, bool]:
+                 hm_hw: tuple[int, int], jmap: np.ndarray, J: int, W: np.ndarray, bias: np.ndarray, opset: int,
+                 rank: int = 0, fuse: Callable[[np.ndarray], str | None] | None = None) -> tuple[str, bool]:
     """Heatmap pooling fused with a ``kpt`` head's linear map (exact algebra, float32).
 
     The head is linear in the pooled feature, pooled_kc = Σ_p f_cp w_kp (w: :func:`_heatmap_weights`, Σ_p w_kp
@@ -181,12 +189,32 @@ def _heatmap_kpt(b: _Builder, feat: str, feat_layout: str, hm: str, hm_layout: s
     instance: it is pooled directly, (K, P) @ (P, C), then each keypoint's (1, C) @ (C, 2) (no copy either;
     the bias is left to the caller). Keypoints the model lacks (``jmap`` −1) get zero filters: pooled
     feature 0, z = b, as in the store. ``feat`` (B, C, h, w) [NCHW] or (B, h, w, C) [NHWC]; ``hm`` in its own
-    layout, model joint order (J maps). Returns t (B, 2K) in (k, j) order and whether it includes b."""
+    layout, model joint order (J maps). Returns t (B, 2K) in (k, j) order and whether it includes b.
+
+    A channels-first map with a head of filter rank ``rank`` (:func:`posecal.ccnet.heads.project_filter_rank`,
+    0 < rank < 2K) is read through the factorisation (2K, C) = A (2K, r) · B (r, C): r maps g = B f per pixel,
+    pooled per keypoint, (K, P) @ (P, r), then z = A · pooled + b. ``fuse(B)`` may compute those r maps inside
+    the model's own last convolution and return their tensor (B, r, h, w) (:func:`_fuse_into_conv`); else
+    (None) a Conv with r filters computes them."""
     have = jmap >= 0
     K, C = len(jmap), W.shape[2]
     P = feat_hw[0] * feat_hw[1]
     Wk = np.where(have[:, None, None], W, 0).astype(np.float32)  # (K, 2, C)
     jsel = np.where(have, jmap, 0)
+    if feat_layout == "NCHW" and 0 < rank < min(2 * K, C):
+        A, Bm = _factor(Wk.reshape(2 * K, C), rank)
+        g = fuse(Bm) if fuse is not None else None
+        if g is None:
+            g = b.op("Conv", [feat, b.const("proj_weight", Bm.reshape(rank, C, 1, 1))])  # (B, r, h, w)
+        wts, tot = _heatmap_weights(b, hm, hm_layout, hm_hw, feat_hw, jsel, J, opset, [0, K, P], unnormalised=True)
+        g = b.op("Transpose", [b.op("Reshape", [g, b.const("shape", np.array([0, rank, P], np.int64))])],
+                 perm=[0, 2, 1])  # (B, P, r)
+        x = b.op("Div", [b.op("MatMul", [wts, g]), tot])  # (B, K, r): the pooled r maps
+        x = b.op("Reshape", [x, b.const("shape", np.array([0, K * rank], np.int64))])
+        Ab = np.zeros((K * rank, 2 * K), np.float32)  # block diagonal: keypoint k's (r, 2) block A_k^T
+        for k in range(K):
+            Ab[k * rank:(k + 1) * rank, 2 * k:2 * k + 2] = A[2 * k:2 * k + 2].T
+        return b.op("Gemm", [x, b.const("proj_head", Ab), b.const("bias", bias.reshape(-1).astype(np.float32))]), True
     flat = b.const("shape", np.array([0, 2 * K], np.int64))
     if feat_layout == "NCHW":
         wts = _heatmap_weights(b, hm, hm_layout, hm_hw, feat_hw, jsel, J, opset, [0, K, P, 1])
@@ -200,6 +228,103 @@ def _heatmap_kpt(b: _Builder, feat: str, feat_layout: str, hm: str, hm_layout: s
     x = b.op("Reshape", [x, b.const("shape", np.array([0, K, 1, C], np.int64))])
     Wt = np.ascontiguousarray(Wk.transpose(0, 2, 1))  # (K, C, 2)
     return b.op("Reshape", [b.op("MatMul", [x, b.const("weight", Wt)]), flat]), False  # (B, K, 1, 2) -> (B, 2K)
+
+
+def _factor(M: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """``M (F, C) ≈ A (F, r) · B (r, C)`` by truncated SVD (float64; exact for a rank-r ``M`` up to
+    rounding), B with orthonormal rows; both float32."""
+    U, S, Vt = np.linalg.svd(np.asarray(M, np.float64), full_matrices=False)
+    return (U[:, :rank] * S[:rank]).astype(np.float32), np.ascontiguousarray(Vt[:rank]).astype(np.float32)
+
+
+def _fuse_into_conv(m: Any, feat: str, hm: str, Bm: np.ndarray, prefix: str) -> str | None:
+    """Append the r filters ``Bm (r, C)`` to the model's own last layer when that layer is a 1×1 Conv
+    (group 1, stride 1, no padding, constant float32 weights) from the feature tensor ``feat`` to the heatmaps
+    ``hm``: one Conv computes both and a Split right after it restores ``hm`` (each output channel's sum over
+    the C inputs is computed alike; :func:`export_calibrated` checks the bytes and falls back otherwise).
+    SimplePose's 17 heatmaps use 32 output lanes of a 16-wide vector layout, so up to 15 more filters are
+    nearly free. Edits ``m`` in place; returns the name of the (B, r, h, w) maps, or None (nothing changed)
+    when the layer is not such a Conv."""
+    from onnx import helper, numpy_helper
+
+    nodes = list(m.graph.node)
+    hits = [i for i, n in enumerate(nodes) if n.op_type == "Conv" and list(n.output) == [hm] and n.input[0] == feat]
+    if len(hits) != 1:
+        return None
+    i = hits[0]
+    n = nodes[i]
+    at = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+    if (at.get("group", 1) != 1 or any(v != 1 for v in at.get("strides", [1]))
+            or any(v != 1 for v in at.get("dilations", [1])) or any(at.get("pads", [0]))
+            or at.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")):
+        return None
+    inits = {t.name: t for t in m.graph.initializer}
+    has_bias = len(n.input) > 2 and bool(n.input[2])
+    if n.input[1] not in inits or (has_bias and n.input[2] not in inits):
+        return None
+    W0 = numpy_helper.to_array(inits[n.input[1]])
+    r, C = Bm.shape
+    if W0.dtype != np.float32 or W0.ndim != 4 or W0.shape[1:] != (C, 1, 1):
+        return None
+    J = W0.shape[0]
+    extra = [numpy_helper.from_array(np.concatenate([W0, Bm.reshape(r, C, 1, 1).astype(np.float32)]),
+                                     f"{prefix}fused_conv_weight")]
+    if has_bias:
+        b0 = numpy_helper.to_array(inits[n.input[2]])
+        extra.append(numpy_helper.from_array(np.concatenate([b0, np.zeros(r, b0.dtype)]), f"{prefix}fused_conv_bias"))
+    extra.append(numpy_helper.from_array(np.array([J, r], np.int64), f"{prefix}fused_split"))
+    fused, proj = f"{prefix}fused_conv", f"{prefix}proj_maps"
+    conv = helper.make_node("Conv", [n.input[0], *(t.name for t in extra[:-1])], [fused], name=n.name, **at)
+    split = helper.make_node("Split", [fused, extra[-1].name], [hm, proj], name=f"{prefix}Split_fused", axis=1)
+    nodes[i:i + 1] = [conv, split]
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    used = {x for nd in nodes for x in nd.input}
+    old = {x for x in n.input[1:] if x and x not in used}  # the replaced weights, unless shared
+    keep = [t for t in m.graph.initializer if t.name not in old]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep + extra)
+    return proj
+
+
+def filter_rank(meta: dict[str, Any]) -> int:
+    """The head's filter rank (``fit --filter-rank``; 0: full) from its metadata."""
+    r = (meta.get("train") or {}).get("filter_rank", (meta.get("recipe") or {}).get("filter_rank", 0))
+    if not isinstance(r, int) or isinstance(r, bool) or r < 0:
+        raise PosecalInputError(f"filter_rank must be an integer >= 0, got {r!r}", field="train.filter_rank")
+    return r
+
+
+def _same_outputs(original: Any, grafted: Any) -> bool:
+    """Whether ``grafted`` reproduces every output of ``original`` (ONNX ModelProtos) bit for bit on one seeded
+    random input (onnxruntime CPU, default optimisations); extra graft inputs (``box_score``) get ones."""
+    import onnxruntime as ort
+
+    def session(m: Any) -> Any:
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    dtypes = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 10: np.float16, 11: np.float64}
+    rng = np.random.default_rng(0)
+    consts = {t.name for t in original.graph.initializer}
+    feeds = {}
+    for i in original.graph.input:
+        if i.name in consts:
+            continue
+        tt = i.type.tensor_type
+        dt = dtypes.get(tt.elem_type)
+        if dt is None:
+            return False
+        shape = [d.dim_value or 1 for d in tt.shape.dim]
+        x = rng.normal(0, 1, shape) if np.issubdtype(dt, np.floating) else rng.integers(0, 128, shape)
+        feeds[i.name] = x.astype(dt)
+    names = [o.name for o in original.graph.output]
+    a = session(original).run(names, feeds)
+    s = session(grafted)
+    extra = {i.name: np.ones([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
+             for i in s.get_inputs() if i.name not in feeds}
+    b = s.run(names, {**feeds, **extra})
+    return all(x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+               for x, y in zip(a, b, strict=True))
 
 
 def _reduce(b: _Builder, op: str, x: str, axes: list[int], keepdims: int, opset: int) -> str:
@@ -323,7 +448,8 @@ def _outputs(b: _Builder, z: str, K: int, probabilities: bool, gate: str | None)
 def _graft(b: _Builder, kind: str, arrs: dict[str, np.ndarray], K: int, pooling: str, jmap: np.ndarray,
            feat: str, feat_layout: str, feat_hw: tuple[int, int], feat_ndim: int, C: int,
            hm: str | None = None, hm_layout: str = "NCHW", hm_hw: tuple[int, int] | None = None, J: int = 0,
-           evidence: str | None = None, opset: int = 13) -> list[str]:
+           evidence: str | None = None, opset: int = 13, rank: int = 0,
+           fuse: Callable[[np.ndarray], str | None] | None = None) -> list[str]:
     """Pooling + head + aggregation: the model's penultimate ``feat`` (C channels on an ``feat_hw`` grid, in
     ``feat_layout``) [and heatmaps ``hm`` (J maps on ``hm_hw``)] -> the three :data:`OUTPUTS`."""
     if pooling == "heatmap":
@@ -335,7 +461,8 @@ def _graft(b: _Builder, kind: str, arrs: dict[str, np.ndarray], K: int, pooling:
             feat = b.op("Reshape", [feat, b.const("shape", np.array([0, C, 1, 1], np.int64))])
             feat_layout = "NCHW"
         f = _fold_kpt(arrs, K, evidence is not None)
-        t, has_bias = _heatmap_kpt(b, feat, feat_layout, hm, hm_layout, feat_hw, hm_hw, jmap, J, f["W"], f["b"], opset)
+        t, has_bias = _heatmap_kpt(b, feat, feat_layout, hm, hm_layout, feat_hw, hm_hw, jmap, J, f["W"], f["b"], opset,
+                                   rank, fuse)
         z, gate = _kpt_logits(b, t, has_bias, kind, f, evidence)
         return _outputs(b, z, K, False, gate)
     if feat_layout != "NCHW":
@@ -502,10 +629,10 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
     W, H = adapter.input_size
     probe = adapter.predict(np.zeros((1, H, W, 3), np.uint8))
     pooling, jmap = check_head_against_model(meta, head_dir, adapter, model, probe.features)
-    m = _to_opset13(onnx.load_model(str(model)), model)
-    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
-    names = {o for n in m.graph.node for o in n.output} | {i.name for i in m.graph.input}
-    clash = [o for o in (*OUTPUTS, "box_score") if o in names or o in {x.name for x in m.graph.output}]
+    original = _to_opset13(onnx.load_model(str(model)), model)
+    opset = next((o.version for o in original.opset_import if o.domain in ("", "ai.onnx")), 0)
+    names = {o for n in original.graph.node for o in n.output} | {i.name for i in original.graph.input}
+    clash = [o for o in (*OUTPUTS, "box_score") if o in names or o in {x.name for x in original.graph.output}]
     if clash:
         raise PosecalInputError(f"the model already has tensor(s) {', '.join(clash)}", file=str(model))
     feat_ndim = 4
@@ -515,23 +642,40 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
     if feat_ndim not in (2, 4):
         raise PosecalInputError(f"feature tensor {adapter.tensor_name!r} has {feat_ndim} axes (need 2 or 4)",
                                 file=str(model), field="model_tensor")
-    b = _Builder(PREFIX)
     K = int(meta["num_keypoints"])
     hm = src["hm"]
-    batch = m.graph.input[0].type.tensor_type.shape.dim[0]
+    batch = original.graph.input[0].type.tensor_type.shape.dim[0]
     batch = batch.dim_param or batch.dim_value or "batch"
-    ev = None
-    if uses_evidence(meta) and pooling == "heatmap":
-        m.graph.input.append(onnx.helper.make_tensor_value_info("box_score", onnx.TensorProto.FLOAT, [batch]))
-        sc = _keypoint_scores(b, src, hm, jmap, len(adapter.joint_names), opset)
-        ev = _evidence(b, sc, "box_score", opset)
-    _graft(b, str(meta["head"]), arrs, K, pooling, jmap, src["feat"], src["feat_layout"],
-           tuple(probe.features.shape[2:]), feat_ndim, int(probe.features.shape[1]), hm, src["hm_layout"],
-           None if probe.heatmaps is None else tuple(probe.heatmaps.shape[2:]),
-           0 if probe.heatmaps is None else int(probe.heatmaps.shape[1]), ev, opset)
-    m.graph.node.extend(b.nodes)
-    m.graph.initializer.extend(b.inits)
-    m.graph.output.extend(_output_infos(K, batch))
+    rank = filter_rank(meta)
+
+    def build(fuse_ok: bool) -> tuple[Any, _Builder, bool]:
+        m = onnx.ModelProto()
+        m.CopyFrom(original)
+        b = _Builder(PREFIX)
+        fused: list[bool] = []
+
+        def fuse(Bm: np.ndarray) -> str | None:
+            g = _fuse_into_conv(m, src["feat"], hm, Bm, PREFIX) if fuse_ok and hm else None
+            fused.append(g is not None)
+            return g
+
+        ev = None
+        if uses_evidence(meta) and pooling == "heatmap":
+            m.graph.input.append(onnx.helper.make_tensor_value_info("box_score", onnx.TensorProto.FLOAT, [batch]))
+            sc = _keypoint_scores(b, src, hm, jmap, len(adapter.joint_names), opset)
+            ev = _evidence(b, sc, "box_score", opset)
+        _graft(b, str(meta["head"]), arrs, K, pooling, jmap, src["feat"], src["feat_layout"],
+               tuple(probe.features.shape[2:]), feat_ndim, int(probe.features.shape[1]), hm, src["hm_layout"],
+               None if probe.heatmaps is None else tuple(probe.heatmaps.shape[2:]),
+               0 if probe.heatmaps is None else int(probe.heatmaps.shape[1]), ev, opset, rank, fuse)
+        m.graph.node.extend(b.nodes)
+        m.graph.initializer.extend(b.inits)
+        m.graph.output.extend(_output_infos(K, batch))
+        return m, b, any(fused)
+
+    m, b, fused = build(True)
+    if fused and not _same_outputs(original, m):  # the widened Conv changed the model's own outputs: keep it
+        m, b, fused = build(False)
     m.metadata_props.add(key="posecal_ccnet_head", value=str(meta["head"]))
     m.metadata_props.add(key="posecal_keypoint_set", value=str(meta.get("keypoint_set")))
     m.metadata_props.add(key="posecal_pooling", value=pooling)
@@ -544,7 +688,7 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
                 "head": meta["head"], "model_tensor": adapter.tensor_name, "added_nodes": len(b.nodes),
                 "mode": "grafted", "inputs": [i.name for i in m.graph.input if i.name not in
                                               {t.name for t in m.graph.initializer}],
-                "opset": opset}
+                "opset": opset, "filter_rank": rank, "fused_into_model_conv": fused}
     if meta.get("context") is not None:
         out_meta["context_stage"] = CONTEXT_NOTE
     return out_meta
@@ -582,7 +726,7 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
     b = _Builder(PREFIX)
     _graft(b, str(meta["head"]), arrs, K, pooling, jmap, "features", "NCHW", tuple(probe.features.shape[2:]), 4, C,
            "heatmaps" if use_hm else None, "NCHW", tuple(probe.heatmaps.shape[2:]) if use_hm else None,
-           int(probe.heatmaps.shape[1]) if use_hm else 0, opset=HEAD_ONLY_OPSET)
+           int(probe.heatmaps.shape[1]) if use_hm else 0, opset=HEAD_ONLY_OPSET, rank=filter_rank(meta))
     g = onnx.helper.make_graph(b.nodes, "posecal_ccnet_head", inputs, _output_infos(K), b.inits)
     m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", HEAD_ONLY_OPSET)],
                                producer_name="posecal")

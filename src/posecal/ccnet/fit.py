@@ -52,13 +52,15 @@ class Recipe:
     eval_every: int = 0
     box_score: bool = False
     optimizer: str = "adam"
+    filter_rank: int = 0
 
     def train_config(self) -> Any:
         from posecal.ccnet.train import TrainConfig
 
         return TrainConfig(head=self.head, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
                            lam=self.lam, conf_loss=self.conf_loss, weight_decay=self.weight_decay,
-                           seed=self.seed, eval_every=self.eval_every, optimizer=self.optimizer)
+                           seed=self.seed, eval_every=self.eval_every, optimizer=self.optimizer,
+                           filter_rank=self.filter_rank)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -70,7 +72,8 @@ class Recipe:
         ev = "+".join(self.evidence) or "-"
         opt = (f"lbfgs it={self.steps}" if self.optimizer == "lbfgs"
                else f"adam lr={self.lr:g} steps={self.steps} bs={self.batch_size}")
-        return f"{self.head} ev={ev} {self.conf_loss} wd={self.weight_decay:g} {opt}"
+        rank = f" rank={self.filter_rank}" if self.filter_rank else ""
+        return f"{self.head}{rank} ev={ev} {self.conf_loss} wd={self.weight_decay:g} {opt}"
 
 
 #: defaults per (model kind, feature tensor), selected by ``posecal fit --cv 3`` on LSPET + LSP train

@@ -16,7 +16,7 @@ from torch import nn
 from posecal.ccnet import HEAD_KINDS
 from posecal.errors import PosecalInputError
 
-__all__ = ["CCNetHead", "GATE_INPUTS", "POSE_HIDDEN", "build_head", "feature_shape_ok"]
+__all__ = ["CCNetHead", "GATE_INPUTS", "POSE_HIDDEN", "build_head", "feature_shape_ok", "project_filter_rank"]
 
 GATE_INPUTS = 6
 """``kpt_inst``: the instance gate reads the keypoint-mean of the last 6 normalised input channels, the
@@ -171,3 +171,39 @@ def build_head(kind: str, feature_shape: tuple[int, ...], num_keypoints: int) ->
         raise PosecalInputError(why)
     C = feature_shape[-1] if kind in ("kpt", "kpt_inst", "kpt_pose") else feature_shape[0]
     return CCNetHead(kind, C, num_keypoints)
+
+
+def project_filter_rank(head: CCNetHead, rank: int) -> CCNetHead:
+    """Project a ``kpt``/``kpt_inst`` head's per-keypoint linear map to rank ``rank``, in place.
+
+    The head computes z_kj = Σ_c W'_kjc x_kc + b'_kj on the raw features x (K, C), W' = W / σ the weights with
+    the normalisation folded in (:meth:`CCNetHead.normalise`); seen as one (2K, C) matrix of 2K filters over the
+    C channels, W' is replaced by its best rank-``rank`` approximation (truncated SVD, Eckart–Young) with each
+    channel weighted by its typical scale s_c = √(mean_k σ_kc²), so the channels count as the head sees
+    them. ``b`` and the normalisation stay. A rank-r head reads the heatmap-pooled features through r shared
+    projections of the C channels: an exported graph computes those r maps once per pixel instead of 2K
+    (:func:`posecal.ccnet.export.export_calibrated`; with SimplePose's 17 heatmaps the r ≤ 15 maps fit in the
+    padding of the model's own last convolution). ``rank`` ≥ min(2K, C) leaves the head unchanged.
+
+    >>> h = CCNetHead("kpt", 8, 3)
+    >>> _ = project_filter_rank(h, 2)
+    >>> int(torch.linalg.matrix_rank((h.weight / h.feat_std[:, None, :]).reshape(6, 8).double()))
+    2
+    """
+    if head.kind not in ("kpt", "kpt_inst"):
+        raise PosecalInputError(f"filter rank applies to 'kpt' / 'kpt_inst' heads, not {head.kind!r}",
+                                field="filter_rank")
+    if rank < 1:
+        raise PosecalInputError(f"filter rank must be >= 1, got {rank}", field="filter_rank")
+    K, C = head.num_keypoints, head.in_channels
+    if rank >= min(2 * K, C):
+        return head
+    with torch.no_grad():
+        W = head.weight.detach().double().cpu()  # (K, 2, C)
+        sd = head.feat_std.detach().double().cpu().expand(K, C)  # (K, C)
+        s = sd.pow(2).mean(0).sqrt()  # (C,)
+        M = (W / sd[:, None, :]).reshape(2 * K, C) * s
+        U, S, Vt = torch.linalg.svd(M, full_matrices=False)
+        Mr = (U[:, :rank] * S[:rank]) @ Vt[:rank] / s
+        head.weight.copy_((Mr.reshape(K, 2, C) * sd[:, None, :]).to(head.weight.dtype))
+    return head

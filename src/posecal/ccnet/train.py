@@ -61,6 +61,9 @@ class TrainConfig:
     """``adam`` (mini-batches of ``batch_size``, the paper's) or ``lbfgs``: full-batch L-BFGS with a
     strong-Wolfe line search for ``steps`` iterations (``batch_size``, ``lr`` schedule and DDP unused;
     ``weight_decay`` is the same L2 term ``weight_decay/2·‖θ‖²`` Adam's coupled decay implies)."""
+    filter_rank: int = 0
+    """``kpt``/``kpt_inst``: after training, project the per-keypoint linear map to this rank
+    (:func:`posecal.ccnet.heads.project_filter_rank`; a cheaper exported graph); 0: full rank."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,6 +134,11 @@ def _check_config(cfg: TrainConfig) -> None:
         raise PosecalInputError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
     if cfg.conf_loss not in CONF_LOSSES:
         raise PosecalInputError(f"conf_loss must be one of {CONF_LOSSES}, got {cfg.conf_loss!r}")
+    if not isinstance(cfg.filter_rank, int) or cfg.filter_rank < 0:
+        raise PosecalInputError(f"filter_rank must be an integer >= 0, got {cfg.filter_rank!r}", field="filter_rank")
+    if cfg.filter_rank and cfg.head not in ("kpt", "kpt_inst"):
+        raise PosecalInputError(f"filter_rank applies to 'kpt' / 'kpt_inst' heads, not {cfg.head!r}",
+                                field="filter_rank")
 
 
 def _mask_tensor(mask: np.ndarray | None) -> torch.Tensor | None:
@@ -217,7 +225,7 @@ def fit_head(
                 raise PosecalInputError("optimizer 'lbfgs' needs the features in memory as float32 (< 4 GiB)")
             losses, history = _fit_full_batch(head, X, T, V, cfg, device, on_eval, rank, CM, VM)
             head.eval()
-            return FitResult(head=head.cpu(), losses=losses, history=history)
+            return FitResult(head=_finish(head.cpu(), cfg), losses=losses, history=history)
         opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         drop_step = max(1, int(round(cfg.steps * cfg.lr_drop_at)))
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[drop_step], gamma=cfg.lr_drop)
@@ -271,7 +279,16 @@ def fit_head(
                     bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if isinstance(v, float)})
         bar.close()
     head.eval()
-    return FitResult(head=head.cpu(), losses=losses, history=history)
+    return FitResult(head=_finish(head.cpu(), cfg), losses=losses, history=history)
+
+
+def _finish(head: CCNetHead, cfg: TrainConfig) -> CCNetHead:
+    """The trained head with ``cfg.filter_rank`` applied."""
+    if cfg.filter_rank:
+        from posecal.ccnet.heads import project_filter_rank
+
+        project_filter_rank(head, cfg.filter_rank)
+    return head
 
 
 def _fit_full_batch(head: CCNetHead, X: torch.Tensor, T: torch.Tensor, V: torch.Tensor, cfg: TrainConfig,

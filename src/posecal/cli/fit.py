@@ -68,6 +68,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=nonneg_int, default=None,
                    help="steps between validations (0: 10 per run)")
     p.add_argument("--box-score", action="store_true", default=None, help="multiply ĉ by the box score")
+    p.add_argument("--filter-rank", type=nonneg_int, default=None, metavar="R",
+                   help="kpt / kpt_inst heads: project the per-keypoint linear map to rank R after training, so "
+                   "an exported graph computes R maps per pixel instead of 2K (0: full rank; default: the recipe's)")
     p.add_argument("--no-context", dest="context", action="store_false",
                    help="with detection stores (extract --boxes): skip the learned-NMS context stage that "
                    "rescores each detection against the higher-scored detections of its image (default: fitted, "
@@ -84,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 _RECIPE_FLAGS = ("head", "evidence", "optimizer", "steps", "batch_size", "lr", "lam", "conf_loss", "weight_decay",
-                 "seed", "eval_every", "box_score")
+                 "seed", "eval_every", "box_score", "filter_rank")
 
 
 def _recipe(args: argparse.Namespace, stores: list) -> Any:
@@ -96,6 +99,8 @@ def _recipe(args: argparse.Namespace, stores: list) -> Any:
         # evidence columns need per-keypoint features; only kpt_pose reads the pose evidence
         kept = tuple(e for e in base.evidence if e != "pose")
         over["evidence"] = {"kpt_pose": kept + ("pose",), "kpt": kept}.get(over["head"], ())
+    if over.get("head", base.head) not in ("kpt", "kpt_inst") and "filter_rank" not in over:
+        over["filter_rank"] = 0  # the default recipe's rank is for its kpt head
     return replace(base, **over)
 
 
