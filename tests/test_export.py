@@ -312,3 +312,17 @@ def test_fuse_into_conv_keeps_heatmaps_and_adds_the_projection(bias):
         before = other.SerializeToString()
         assert _fuse_into_conv(other, feat, "heatmaps", Bm, PREFIX) is None
         assert other.SerializeToString() == before
+
+
+def test_filter_rank_from_head_metadata(tmp_path):
+    """The rank export reads: train.filter_rank (else recipe's, else 0); a bad value is one error naming
+    head.json and the field."""
+    from posecal.ccnet.export import filter_rank
+    from posecal.errors import PosecalInputError
+
+    assert filter_rank({}) == 0 and filter_rank({"recipe": {"filter_rank": 3}}) == 3
+    assert filter_rank({"train": {"filter_rank": 4}, "recipe": {"filter_rank": 3}}) == 4
+    for bad in ("4", -1, 2.5, True, None):
+        with pytest.raises(PosecalInputError) as e:
+            filter_rank({"train": {"filter_rank": bad}}, tmp_path)
+        assert "head.json" in str(e.value) and "train.filter_rank" in str(e.value)

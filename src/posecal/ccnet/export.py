@@ -287,11 +287,14 @@ def _fuse_into_conv(m: Any, feat: str, hm: str, Bm: np.ndarray, prefix: str) -> 
     return proj
 
 
-def filter_rank(meta: dict[str, Any]) -> int:
-    """The head's filter rank (``fit --filter-rank``; 0: full) from its metadata."""
+def filter_rank(meta: dict[str, Any], head_dir: str | os.PathLike | None = None) -> int:
+    """The head's filter rank (``fit --filter-rank``; 0: full) from its metadata (``head.json`` in
+    ``head_dir``, named in the error)."""
     r = (meta.get("train") or {}).get("filter_rank", (meta.get("recipe") or {}).get("filter_rank", 0))
     if not isinstance(r, int) or isinstance(r, bool) or r < 0:
-        raise PosecalInputError(f"filter_rank must be an integer >= 0, got {r!r}", field="train.filter_rank")
+        raise PosecalInputError(f"filter_rank must be an integer >= 0, got {r!r}",
+                                file=None if head_dir is None else str(Path(head_dir) / "head.json"),
+                                field="train.filter_rank")
     return r
 
 
@@ -646,7 +649,7 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
     hm = src["hm"]
     batch = original.graph.input[0].type.tensor_type.shape.dim[0]
     batch = batch.dim_param or batch.dim_value or "batch"
-    rank = filter_rank(meta)
+    rank = filter_rank(meta, head_dir)
 
     def build(fuse_ok: bool) -> tuple[Any, _Builder, bool]:
         m = onnx.ModelProto()
@@ -726,7 +729,7 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
     b = _Builder(PREFIX)
     _graft(b, str(meta["head"]), arrs, K, pooling, jmap, "features", "NCHW", tuple(probe.features.shape[2:]), 4, C,
            "heatmaps" if use_hm else None, "NCHW", tuple(probe.heatmaps.shape[2:]) if use_hm else None,
-           int(probe.heatmaps.shape[1]) if use_hm else 0, opset=HEAD_ONLY_OPSET, rank=filter_rank(meta))
+           int(probe.heatmaps.shape[1]) if use_hm else 0, opset=HEAD_ONLY_OPSET, rank=filter_rank(meta, head_dir))
     g = onnx.helper.make_graph(b.nodes, "posecal_ccnet_head", inputs, _output_infos(K), b.inits)
     m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", HEAD_ONLY_OPSET)],
                                producer_name="posecal")
