@@ -218,7 +218,8 @@ def test_filter_rank_projection(kind):
     assert torch.isclose(err, S[r:].pow(2).sum().sqrt(), rtol=1e-4)  # Eckart–Young
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
-        R = torch.randn(2 * K, r, generator=g, dtype=torch.float64) @ torch.randn(r, C, generator=g, dtype=torch.float64)
+        R = (torch.randn(2 * K, r, generator=g, dtype=torch.float64)
+             @ torch.randn(r, C, generator=g, dtype=torch.float64))
         assert torch.linalg.norm(M(full) - R) > err
     same = fit_head(X, oks, vis, TrainConfig(**{**cfg.to_dict(), "filter_rank": min(2 * K, C)}),
                     show_progress=False).head

@@ -181,21 +181,23 @@ def _heatmap_kpt(b: _Builder, feat: str, feat_layout: str, hm: str, hm_layout: s
                  rank: int = 0, fuse: Callable[[np.ndarray], str | None] | None = None) -> tuple[str, bool]:
     """Heatmap pooling fused with a ``kpt`` head's linear map (exact algebra, float32).
 
-    The head is linear in the pooled feature, pooled_kc = Σ_p f_cp w_kp (w: :func:`_heatmap_weights`, Σ_p w_kp
-    = 1), so z_kj = Σ_c W_kjc pooled_kc + b_kj = Σ_p w_kp g_kjp with g = the 1×1 convolution of the feature
-    map with the weights W (K, 2, C) as 2K filters and the bias b (K, 2), then for each k a (2, P) @ (P, 1)
-    product: a channels-first map is read once, by a Conv that onnxruntime runs on its own blocked layout,
-    never reordered, transposed or copied. A channels-last map (B, h, w, C) already is a (P, C) matrix per
-    instance: it is pooled directly, (K, P) @ (P, C), then each keypoint's (1, C) @ (C, 2) (no copy either;
-    the bias is left to the caller). Keypoints the model lacks (``jmap`` −1) get zero filters: pooled
-    feature 0, z = b, as in the store. ``feat`` (B, C, h, w) [NCHW] or (B, h, w, C) [NHWC]; ``hm`` in its own
-    layout, model joint order (J maps). Returns t (B, 2K) in (k, j) order and whether it includes b.
+    The head is linear in the pooled feature, pooled_kc = Σ_p f_cp w_kp (w: :func:`_heatmap_weights`, Σ_p w_kp = 1),
+    so z_kj = Σ_c W_kjc pooled_kc + b_kj = Σ_p w_kp g_kjp with g = the 1×1 convolution of the feature map with the
+    weights W (K, 2, C) as 2K filters and the bias b (K, 2), then for each k a (2, P) @ (P, 1) product: a
+    channels-first map is read once, by a Conv that onnxruntime runs on its own blocked layout, never reordered,
+    transposed or copied — the model's own last Conv when ``fuse(W)`` can widen it with the 2K filters
+    (:func:`_fuse_into_conv`; the bias is then left to the caller), else one of the graft's. A channels-last map (B,
+    h, w, C) already is a (P, C) matrix per instance: it is pooled directly, (K, P) @ (P, C), then each keypoint's
+    (1, C) @ (C, 2) (no copy either; the bias is left to the caller). Keypoints the model lacks (``jmap`` −1) get
+    zero filters: pooled feature 0, z = b, as in the store. ``feat`` (B, C, h, w) [NCHW] or (B, h, w, C) [NHWC];
+    ``hm`` in its own layout, model joint order (J maps). Returns t (B, 2K) in (k, j) order and whether it includes
+    b.
 
-    A channels-first map with a head of filter rank ``rank`` (:func:`posecal.ccnet.heads.project_filter_rank`,
-    0 < rank < 2K) is read through the factorisation (2K, C) = A (2K, r) · B (r, C): r maps g = B f per pixel,
-    pooled per keypoint, (K, P) @ (P, r), then z = A · pooled + b. ``fuse(B)`` may compute those r maps inside
-    the model's own last convolution and return their tensor (B, r, h, w) (:func:`_fuse_into_conv`); else
-    (None) a Conv with r filters computes them."""
+    A channels-first map with a head of filter rank ``rank`` (:func:`posecal.ccnet.heads.project_filter_rank`, 0 <
+    rank < 2K) is read through the factorisation (2K, C) = A (2K, r) · B (r, C): r maps g = B f per pixel, pooled
+    per keypoint, (K, P) @ (P, r), then z = A · pooled + b. ``fuse(B)`` may compute those r maps inside the model's
+    own last convolution and return their tensor (B, r, h, w) (:func:`_fuse_into_conv`); else (None) a Conv with r
+    filters computes them."""
     have = jmap >= 0
     K, C = len(jmap), W.shape[2]
     P = feat_hw[0] * feat_hw[1]
@@ -218,10 +220,13 @@ def _heatmap_kpt(b: _Builder, feat: str, feat_layout: str, hm: str, hm_layout: s
     flat = b.const("shape", np.array([0, 2 * K], np.int64))
     if feat_layout == "NCHW":
         wts = _heatmap_weights(b, hm, hm_layout, hm_hw, feat_hw, jsel, J, opset, [0, K, P, 1])
-        g = b.op("Conv", [feat, b.const("conv_weight", Wk.reshape(2 * K, C, 1, 1)),
-                          b.const("conv_bias", bias.reshape(-1).astype(np.float32))])  # (B, 2K, h, w)
+        g = fuse(Wk.reshape(2 * K, C)) if fuse is not None else None  # the 2K filters in the model's Conv
+        with_bias = g is None
+        if g is None:
+            g = b.op("Conv", [feat, b.const("conv_weight", Wk.reshape(2 * K, C, 1, 1)),
+                              b.const("conv_bias", bias.reshape(-1).astype(np.float32))])  # (B, 2K, h, w)
         g = b.op("Reshape", [g, b.const("shape", np.array([0, K, 2, P], np.int64))])
-        return b.op("Reshape", [b.op("MatMul", [g, wts]), flat]), True  # (B, K, 2, 1) -> (B, 2K)
+        return b.op("Reshape", [b.op("MatMul", [g, wts]), flat]), with_bias  # (B, K, 2, 1) -> (B, 2K)
     wts = _heatmap_weights(b, hm, hm_layout, hm_hw, feat_hw, jsel, J, opset, [0, K, P])
     f = b.op("Reshape", [feat, b.const("shape", np.array([0, P, C], np.int64))])
     x = b.op("MatMul", [wts, f])  # (B, K, C): the pooled features
@@ -238,13 +243,14 @@ def _factor(M: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fuse_into_conv(m: Any, feat: str, hm: str, Bm: np.ndarray, prefix: str) -> str | None:
-    """Append the r filters ``Bm (r, C)`` to the model's own last layer when that layer is a 1×1 Conv
-    (group 1, stride 1, no padding, constant float32 weights) from the feature tensor ``feat`` to the heatmaps
-    ``hm``: one Conv computes both and a Split right after it restores ``hm`` (each output channel's sum over
-    the C inputs is computed alike; :func:`export_calibrated` checks the bytes and falls back otherwise).
-    SimplePose's 17 heatmaps use 32 output lanes of a 16-wide vector layout, so up to 15 more filters are
-    nearly free. Edits ``m`` in place; returns the name of the (B, r, h, w) maps, or None (nothing changed)
-    when the layer is not such a Conv."""
+    """Append the r filters ``Bm (r, C)`` (a rank-r head's shared maps, or a full head's 2K filters) to the model's own
+    last layer when that layer is a 1×1 Conv (group 1, stride 1, no padding, constant float32 weights) from the
+    feature tensor ``feat`` to the heatmaps ``hm``: one Conv computes both and a Split right after it restores
+    ``hm`` (each output channel's sum over the C inputs is computed alike; :func:`export_calibrated` checks the
+    bytes and falls back otherwise). SimplePose's 17 heatmaps use 32 output lanes of a 16-wide vector layout, so up
+    to 15 more filters are nearly free, and 34 more cost 32 lanes instead of a second Conv's 48 plus a second read
+    of the map. Edits ``m`` in place; returns the name of the (B, r, h, w) maps, or None (nothing changed) when the
+    layer is not such a Conv."""
     from onnx import helper, numpy_helper
 
     nodes = list(m.graph.node)
