@@ -242,6 +242,30 @@ def _factor(M: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     return (U[:, :rank] * S[:rank]).astype(np.float32), np.ascontiguousarray(Vt[:rank]).astype(np.float32)
 
 
+def _plain_1x1_conv(m: Any, feat: str, hm: str, C: int) -> tuple[int, dict[str, Any], np.ndarray, Any] | None:
+    """The node index, attributes, weights (J, C, 1, 1) and bias (J,) or None of the one Conv from ``feat`` to
+    ``hm`` in ``m`` when it is a plain 1×1 convolution (group 1, stride 1, dilation 1, no padding, constant
+    float32 weights over C channels); None otherwise."""
+    from onnx import helper, numpy_helper
+
+    hits = [i for i, n in enumerate(m.graph.node) if n.op_type == "Conv" and list(n.output) == [hm]
+            and n.input[0] == feat]
+    if len(hits) != 1:
+        return None
+    n = m.graph.node[hits[0]]
+    at = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+    plain = (at.get("group", 1) == 1 and all(v == 1 for v in (*at.get("strides", []), *at.get("dilations", [])))
+             and not any(at.get("pads", [])) and at.get("auto_pad", b"NOTSET") in (b"NOTSET", b"VALID"))
+    inits = {t.name: t for t in m.graph.initializer}
+    ins = [x for x in n.input[1:] if x]
+    if not plain or not ins or any(x not in inits for x in ins):
+        return None
+    W0 = numpy_helper.to_array(inits[n.input[1]])
+    if W0.dtype != np.float32 or W0.ndim != 4 or W0.shape[1:] != (C, 1, 1):
+        return None
+    return hits[0], at, W0, numpy_helper.to_array(inits[ins[1]]) if len(ins) > 1 else None
+
+
 def _fuse_into_conv(m: Any, feat: str, hm: str, Bm: np.ndarray, prefix: str) -> str | None:
     """Append the r filters ``Bm (r, C)`` (a rank-r head's shared maps, or a full head's 2K filters) to the model's own
     last layer when that layer is a 1×1 Conv (group 1, stride 1, no padding, constant float32 weights) from the
@@ -253,30 +277,17 @@ def _fuse_into_conv(m: Any, feat: str, hm: str, Bm: np.ndarray, prefix: str) -> 
     layer is not such a Conv."""
     from onnx import helper, numpy_helper
 
+    found = _plain_1x1_conv(m, feat, hm, Bm.shape[1])
+    if found is None:
+        return None
+    i, at, W0, b0 = found
     nodes = list(m.graph.node)
-    hits = [i for i, n in enumerate(nodes) if n.op_type == "Conv" and list(n.output) == [hm] and n.input[0] == feat]
-    if len(hits) != 1:
-        return None
-    i = hits[0]
     n = nodes[i]
-    at = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-    if (at.get("group", 1) != 1 or any(v != 1 for v in at.get("strides", [1]))
-            or any(v != 1 for v in at.get("dilations", [1])) or any(at.get("pads", [0]))
-            or at.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")):
-        return None
-    inits = {t.name: t for t in m.graph.initializer}
-    has_bias = len(n.input) > 2 and bool(n.input[2])
-    if n.input[1] not in inits or (has_bias and n.input[2] not in inits):
-        return None
-    W0 = numpy_helper.to_array(inits[n.input[1]])
     r, C = Bm.shape
-    if W0.dtype != np.float32 or W0.ndim != 4 or W0.shape[1:] != (C, 1, 1):
-        return None
     J = W0.shape[0]
     extra = [numpy_helper.from_array(np.concatenate([W0, Bm.reshape(r, C, 1, 1).astype(np.float32)]),
                                      f"{prefix}fused_conv_weight")]
-    if has_bias:
-        b0 = numpy_helper.to_array(inits[n.input[2]])
+    if b0 is not None:
         extra.append(numpy_helper.from_array(np.concatenate([b0, np.zeros(r, b0.dtype)]), f"{prefix}fused_conv_bias"))
     extra.append(numpy_helper.from_array(np.array([J, r], np.int64), f"{prefix}fused_split"))
     fused, proj = f"{prefix}fused_conv", f"{prefix}proj_maps"
