@@ -326,3 +326,15 @@ def test_filter_rank_from_head_metadata(tmp_path):
         with pytest.raises(PosecalInputError) as e:
             filter_rank({"train": {"filter_rank": bad}}, tmp_path)
         assert "head.json" in str(e.value) and "train.filter_rank" in str(e.value)
+
+
+def test_rank_path_refuses_a_full_rank_head():
+    """A head whose metadata claims filter rank 3 but whose weights are full rank (an edited head.json) is
+    refused: the factorised graph would not compute what apply computes."""
+    from posecal.ccnet.export import PREFIX, _Builder, _heatmap_kpt
+    from posecal.errors import PosecalInputError
+
+    W = np.random.default_rng(0).normal(0, 1, (4, 2, 7)).astype(np.float32)
+    with pytest.raises(PosecalInputError, match="not of rank 3"):
+        _heatmap_kpt(_Builder(PREFIX), "f", "NCHW", "h", "NCHW", (5, 4), (5, 4), np.arange(4), 4, W,
+                     np.zeros((4, 2), np.float32), 13, rank=3)

@@ -205,6 +205,10 @@ def _heatmap_kpt(b: _Builder, feat: str, feat_layout: str, hm: str, hm_layout: s
     jsel = np.where(have, jmap, 0)
     if feat_layout == "NCHW" and 0 < rank < min(2 * K, C):
         A, Bm = _factor(Wk.reshape(2 * K, C), rank)
+        err = np.linalg.norm(A.astype(np.float64) @ Bm - Wk.reshape(2 * K, C)) / max(np.linalg.norm(Wk), 1e-30)
+        if err > 1e-4:  # the graph would not compute what posecal apply computes
+            raise PosecalInputError(f"the head's weights are not of rank {rank} (relative residual {err:.2g}) as its "
+                                    "metadata says", field="train.filter_rank")
         g = fuse(Bm) if fuse is not None else None
         if g is None:
             g = b.op("Conv", [feat, b.const("proj_weight", Bm.reshape(rank, C, 1, 1))])  # (B, r, h, w)
