@@ -766,7 +766,8 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
     make_shareable(out)
     res = {"out": str(out), "inputs": [i.name for i in inputs], "outputs": list(OUTPUTS), "K": K,
            "pooling": pooling, "head": meta["head"], "model_tensor": adapter.tensor_name,
-           "added_nodes": len(b.nodes), "mode": "head-only"}
+           "added_nodes": len(b.nodes), "mode": "head-only", "filter_rank": filter_rank(meta, head_dir),
+           "fused_into_model_conv": False}
     if meta.get("context") is not None:
         res["context_stage"] = CONTEXT_NOTE
     return res

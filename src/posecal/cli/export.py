@@ -44,10 +44,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.out}: head-only ONNX ({summary['head']}, {summary['pooling']} pooling); inputs "
               + ", ".join(summary["inputs"]) + f" from {summary['model_tensor']}; outputs: "
               + ", ".join(summary["outputs"]))
-    if summary.get("filter_rank") and not args.json:
+    if (summary.get("filter_rank") or summary.get("fused_into_model_conv")) and not args.json:
+        what = f"{summary['filter_rank']} maps (filter rank)" if summary.get("filter_rank") else "filters"
         where = ("in the model's own last convolution (widened; its outputs checked unchanged)"
                  if summary.get("fused_into_model_conv") else "by a separate convolution")
-        print(f"filter rank {summary['filter_rank']}: the head's {summary['filter_rank']} maps are computed {where}")
+        print(f"the head's {what} are computed {where}")
     if summary.get("context_stage") and not args.json:
         print(f"note: the head's context stage is {summary['context_stage']}")
     return 0
