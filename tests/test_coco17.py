@@ -283,6 +283,12 @@ def test_kpt_inst_fit_apply_export_agree(det_store, tmp_path, shared, rank):
                            np.random.default_rng(0).normal(0, 1, (rank or 34, 128)).astype(np.float32), PREFIX)
     assert summary["filter_rank"] == (rank or 0)
     assert summary["fused_into_model_conv"] == _same_outputs(orig, wide)
+    # --no-fuse: every node of the model as it was (the heatmap Conv reads its original weights)
+    plain = tmp_path / "sp_plain.onnx"
+    assert main(["export", "--model", str(shared(*SP)), "--head", str(head), "--out", str(plain), "--no-fuse"]) == 0
+    conv = [n for n in onnx.load_model(str(plain)).graph.node if "hybridsequential0_conv7_fwd" in n.output]
+    assert [(n.op_type, list(n.input)) for n in conv] == [
+        ("Conv", ["hybridsequential0_relu6_fwd", "hybridsequential0_conv7_weight"])]
     ad = load_adapter(shared(*SP))
     W, H = ad.input_size
     rows = np.arange(min(3, store.num_instances))

@@ -626,15 +626,17 @@ def _to_opset13(m: Any, model: str | os.PathLike) -> Any:
 
 
 def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike, *,
-                      heatmap_output: str | None = None) -> dict[str, Any]:
+                      heatmap_output: str | None = None, fuse: bool = True) -> dict[str, Any]:
     """Graft the CCNet head in ``head_dir`` onto the ONNX ``model`` and write ``out`` (atomically).
 
     ``heatmap_output`` names the heatmap output used for heatmap pooling (default: the model card's, else
     the first 4-D output). A model with a card (:mod:`posecal.models.cards`) is read as the card says
     (NHWC heatmaps are transposed, NHWC feature maps too except for heatmap pooling). A graph with opset < 13 is
     converted to 13 first (its outputs are checked unchanged by the tests). A head that reads the instance
-    evidence gets one more graph input, ``box_score (B,)`` float32 (1 for a gt box). Returns a summary
-    dict."""
+    evidence gets one more graph input, ``box_score (B,)`` float32 (1 for a gt box). ``fuse``: let the head's
+    filters widen the model's own last Conv when the heatmaps are a plain 1×1 Conv of the feature tensor
+    (:func:`_fuse_into_conv`, kept only if the model's outputs stay byte-identical); False leaves every node
+    of the model untouched. Returns a summary dict."""
     import onnx
 
     from posecal._util import write_bytes_atomic
@@ -697,7 +699,7 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
         m.graph.output.extend(_output_infos(K, batch))
         return m, b, any(fused)
 
-    m, b, fused = build(True)
+    m, b, fused = build(fuse)
     if fused and not _same_outputs(original, m):  # the widened Conv changed the model's own outputs: keep it
         m, b, fused = build(False)
     m.metadata_props.add(key="posecal_ccnet_head", value=str(meta["head"]))
@@ -784,10 +786,11 @@ def run_two_stage(adapter: Any, session: Any, crops: np.ndarray) -> dict[str, np
     return {"coords": out.coords, "scores": out.scores, **res}
 
 
-def export(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
-    """ONNX model → :func:`export_calibrated`; TFLite → :func:`export_head_only`."""
+def export(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike, *,
+           fuse: bool = True) -> dict[str, Any]:
+    """ONNX model → :func:`export_calibrated` (``fuse`` passed on); TFLite → :func:`export_head_only`."""
     from posecal.models.adapters.base import find_model_kind
 
     if find_model_kind(model) == "onnx":
-        return export_calibrated(model, head_dir, out)
+        return export_calibrated(model, head_dir, out, fuse=fuse)
     return export_head_only(model, head_dir, out)

@@ -20,6 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--head", required=True, help="head directory from posecal fit")
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--head-only", action="store_true", help="write the head-only ONNX even for an ONNX model")
+    p.add_argument("--no-fuse", dest="fuse", action="store_false",
+                   help="leave every node of the model untouched (default: when the heatmaps are a plain 1x1 Conv "
+                   "of the feature tensor, the head's filters are added to it, kept only if the model's outputs "
+                   "stay byte-identical under onnxruntime CPU)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     return p
 
@@ -33,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     check_creatable(args.out, "file")
 
     summary = export_head_only(args.model, args.head, args.out) if args.head_only else \
-        export(args.model, args.head, args.out)
+        export(args.model, args.head, args.out, fuse=args.fuse)
     if args.json:
         sys.stdout.write(dumps_json(summary, indent=True).decode() + "\n")
     elif summary["mode"] == "grafted":
