@@ -40,11 +40,6 @@ def _ap(mini, scores: np.ndarray) -> dict[str, float]:
     return evaluate(mini.gt, mini.results(), scores=scores, sigmas=mini.sigmas, warn=False).stats
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), 1e-4, 1 - 1e-4)
-    return np.log(p / (1 - p))
-
-
 def run_cv(a: argparse.Namespace) -> None:
     from posecal.ccnet import context as C
     from posecal.ccnet.fit import default_recipe, fit_from_stores, predict_store
@@ -121,7 +116,7 @@ def _report(a, mini, iid, c_head, c_ctx, out) -> None:
 
 def stage_variants(a: argparse.Namespace) -> None:
     """Refit the context stage per fold on the captured arrays with extra features / other ridge values."""
-    from posecal.ccnet.context import ContextStage, own_scores, store_context
+    from posecal.ccnet.context import ContextStage, _logit, own_scores, store_context
     from posecal.ccnet.targets import load_store
     from posecal.rescore.order import keep_image_order
 

@@ -323,11 +323,11 @@ def _same_outputs(original: Any, grafted: Any) -> bool:
     """Whether ``grafted`` reproduces every output of ``original`` (ONNX ModelProtos) bit for bit on one seeded
     random input (onnxruntime CPU, default optimisations); extra graft inputs (``box_score``) get ones."""
     import onnxruntime as ort
+    from onnx.helper import tensor_dtype_to_np_dtype
 
     def session(m: Any) -> Any:
         return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
 
-    dtypes = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 10: np.float16, 11: np.float64}
     rng = np.random.default_rng(0)
     consts = {t.name for t in original.graph.initializer}
     feeds = {}
@@ -335,8 +335,9 @@ def _same_outputs(original: Any, grafted: Any) -> bool:
         if i.name in consts:
             continue
         tt = i.type.tensor_type
-        dt = dtypes.get(tt.elem_type)
-        if dt is None:
+        try:
+            dt = tensor_dtype_to_np_dtype(tt.elem_type)
+        except (KeyError, ValueError):
             return False
         shape = [d.dim_value or 1 for d in tt.shape.dim]
         x = rng.normal(0, 1, shape) if np.issubdtype(dt, np.floating) else rng.integers(0, 128, shape)
@@ -750,9 +751,10 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
         inputs.append(onnx.helper.make_tensor_value_info("heatmaps", TP.FLOAT,
                                                          ["batch", *probe.heatmaps.shape[1:]]))
     b = _Builder(PREFIX)
+    rank = filter_rank(meta, head_dir)
     _graft(b, str(meta["head"]), arrs, K, pooling, jmap, "features", "NCHW", tuple(probe.features.shape[2:]), 4, C,
            "heatmaps" if use_hm else None, "NCHW", tuple(probe.heatmaps.shape[2:]) if use_hm else None,
-           int(probe.heatmaps.shape[1]) if use_hm else 0, opset=HEAD_ONLY_OPSET, rank=filter_rank(meta, head_dir))
+           int(probe.heatmaps.shape[1]) if use_hm else 0, opset=HEAD_ONLY_OPSET, rank=rank)
     g = onnx.helper.make_graph(b.nodes, "posecal_ccnet_head", inputs, _output_infos(K), b.inits)
     m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", HEAD_ONLY_OPSET)],
                                producer_name="posecal")
@@ -768,7 +770,7 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
     make_shareable(out)
     res = {"out": str(out), "inputs": [i.name for i in inputs], "outputs": list(OUTPUTS), "K": K,
            "pooling": pooling, "head": meta["head"], "model_tensor": adapter.tensor_name,
-           "added_nodes": len(b.nodes), "mode": "head-only", "filter_rank": filter_rank(meta, head_dir),
+           "added_nodes": len(b.nodes), "mode": "head-only", "filter_rank": rank,
            "fused_into_model_conv": False}
     if meta.get("context") is not None:
         res["context_stage"] = CONTEXT_NOTE
