@@ -114,3 +114,20 @@ def test_detections_of_other_images_and_categories(shared):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(instances(d, boxes=det[:2], boxes_file="det.json")) == 1
+
+
+def test_detection_scores_outside_unit_interval_warn_and_stay(shared):
+    """A detector score above 1 (or below 0) is legal input: one warning names the file, the first record and
+    the field, and the score is kept as it is (never squashed); other categories' scores are not checked."""
+    from posecal.errors import PosecalWarning
+
+    d = read_coco(shared("data", "mmpose-fixtures", "coco", "test_coco.json"))
+    iid = int(d["images"][0]["id"])
+    det = [{"image_id": iid, "category_id": 1, "bbox": [1, 2, 30, 40], "score": 0.9},
+           {"image_id": iid, "category_id": 1, "bbox": [1, 2, 30, 40], "score": 1.5},
+           {"image_id": iid, "category_id": 1, "bbox": [1, 2, 30, 40], "score": -0.25},
+           {"image_id": iid, "category_id": 2, "bbox": [1, 2, 30, 40], "score": 7.0}]
+    with pytest.warns(PosecalWarning, match=r"det.json: 2 person detection score\(s\) outside \[0, 1\] \(first: "
+                      r"record 1, field 'score'\)"):
+        inst = instances(d, boxes=det, boxes_file="det.json")
+    assert [i.box_score for i in inst] == [0.9, 1.5, -0.25]

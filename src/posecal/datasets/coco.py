@@ -248,6 +248,7 @@ def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, f
                                 float(a.get("area", bbox[2] * bbox[3]))))
     else:
         elsewhere = []  # detections of images the data file does not list
+        odd_score = []  # person detections scored outside [0, 1]: legal, kept as they are, warned about
         for r, b in enumerate(boxes):
             if not isinstance(b, dict):
                 raise PosecalInputError("detection is not an object", file=boxes_file, record=r)
@@ -265,7 +266,13 @@ def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, f
                 elsewhere.append(r)
             if iid not in imgs or cat != 1:  # other categories (a COCO-80 detector's file): not people
                 continue
+            if not 0.0 <= score <= 1.0:
+                odd_score.append(r)
             out.append(Instance(iid, -1, imgs[iid]["file_name"], bbox, score, None, float("nan")))
+        if odd_score:
+            warnings.warn(f"{boxes_file}: {len(odd_score)} person detection score(s) outside [0, 1] (first: record "
+                          f"{odd_score[0]}, field 'score'); kept as they are (they scale the instance score)",
+                          PosecalWarning, stacklevel=2)
         if elsewhere:
             warnings.warn(f"{boxes_file}: {len(elsewhere)} detection(s) on images that the data file does not "
                           f"list (first: record {elsewhere[0]}); skipped", PosecalWarning, stacklevel=2)
