@@ -62,7 +62,7 @@ def test_lspet_refuses_bad_input(tmp_path):
     ok = tmp_path / "ok.mat"
     savemat(ok, {"joints": j})
     assert len(read_lspet(ok)["annotations"]) == 3
-    cases = {"flag": (lambda a: a.__setitem__((2, 2, 1), 2.0), "unknown flag"),
+    cases = {"flag": (lambda a: a.__setitem__((2, 2, 1), 2.0), "unknown flag 2 at joint 3; expected one of \\[0, 1\\]"),
              "nan": (lambda a: a.__setitem__((3, 0, 2), np.nan), "non-finite"),
              "empty": (lambda a: a.__setitem__((slice(None), 2, 0), 0.0), "no annotated joint")}
     for name, (edit, msg) in cases.items():
@@ -82,3 +82,7 @@ def test_lspet_refuses_bad_input(tmp_path):
     out = tmp_path / "x.json"
     assert main(["convert", "lspet", str(tmp_path / "nan.mat"), "--out", str(out)]) == 2
     assert not out.exists()
+    # --split is LSP's (images 1-1000 / 1001-2000): refused for lspet rather than silently ignored
+    assert main(["convert", "lspet", str(ok), "--split", "train", "--out", str(out)]) == 2
+    assert not out.exists()
+    assert main(["convert", "lspet", str(ok), "--split", "all", "--out", str(out)]) == 0

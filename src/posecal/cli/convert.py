@@ -12,6 +12,9 @@ import argparse
 from posecal._util import dumps_json, write_json_atomic
 
 
+from posecal.errors import PosecalInputError
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert LSP / LSPET joints.mat / MPII JSON to COCO keypoints JSON",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from posecal._outputs import check_creatable, refuse_clobber
 
+    if args.split != "all" and args.format != "lsp":
+        raise PosecalInputError(f"--split {args.split} applies to 'lsp' only ({args.format} has no split)",
+                                field="--split")
     refuse_clobber({"src": args.src, "--images": args.images}, {"--out": args.out})
     check_creatable(args.out, "file")
     if args.format == "lsp":

@@ -68,7 +68,7 @@ def _check_joints(j: np.ndarray, flags: tuple[float, ...], file: str, lo: int) -
     bad = ~np.isin(j[2], flags)
     if bad.any():
         k, n = np.argwhere(bad)[0]
-        raise PosecalInputError(f"unknown flag {j[2, k, n]!r} at joint {k + 1}; expected one of "
+        raise PosecalInputError(f"unknown flag {float(j[2, k, n]):g} at joint {k + 1}; expected one of "
                                 f"{[int(f) for f in flags]}", file=file, record=lo + int(n), field="joints")
     bad = ~np.isfinite(j[:2]).all(axis=0)
     if bad.any():
