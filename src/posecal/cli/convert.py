@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 
 from posecal._util import dumps_json, write_json_atomic
-
-
 from posecal.errors import PosecalInputError
 
 

@@ -70,7 +70,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--box-score", action="store_true", default=None, help="multiply ĉ by the box score")
     p.add_argument("--filter-rank", type=nonneg_int, default=None, metavar="R",
                    help="kpt / kpt_inst heads: project the per-keypoint linear map to rank R after training, so "
-                   "an exported graph computes R maps per pixel instead of 2K (0: full rank; default: the recipe's)")
+                   "an exported graph computes R maps per pixel instead of 2K (0, or R >= min(2K, C): full rank; "
+                   "default: the recipe's)")
     p.add_argument("--no-context", dest="context", action="store_false",
                    help="with detection stores (extract --boxes): skip the learned-NMS context stage that "
                    "rescores each detection against the higher-scored detections of its image (default: fitted, "
