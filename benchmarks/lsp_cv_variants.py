@@ -19,7 +19,9 @@ visibility, like the default recipe; only the named factor changes:
   label swaps of LSPET's Mechanical-Turk labels;
 * ``swapfix``    ``geo`` with those LSPET people's annotations mirrored (OKS and visibility targets recomputed);
 * ``tied``       ``lin`` with each left/right keypoint pair sharing one linear map (own biases);
-* ``tiedgeo``    ``geo`` with the tied map.
+* ``tiedgeo``    ``geo`` with the tied map;
+* ``geoinst``    ``geo`` + the ``inst`` loss; ``geo128``: pose MLP hidden 128; ``geo2``: two hidden layers (64, 64);
+  ``geoev``: ``geo`` + the ``ev`` columns.
 
 Besides the pooled AP the table gives the AP of the held-out LSPET images and of the held-out LSP-train images
 separately (LSP-style people), each against the stores' own score on the same images.
@@ -34,8 +36,9 @@ import time
 
 import numpy as np
 
-VARIANTS = ("lin", "mlp", "shared", "inst", "ev", "geo", "weight5", "swapdrop", "swapfix", "tied", "tiedgeo")
-GEO = ("geo", "swapdrop", "swapfix", "tiedgeo")
+VARIANTS = ("lin", "mlp", "shared", "inst", "ev", "geo", "weight5", "swapdrop", "swapfix", "tied", "tiedgeo",
+            "geoinst", "geo128", "geo2", "geoev")
+GEO = ("geo", "swapdrop", "swapfix", "tiedgeo", "geoinst", "geo128", "geoev", "geo2")
 TIED = ("tied", "tiedgeo")
 SWAP_MARGIN = 0.1
 
@@ -72,7 +75,7 @@ def _fit(variant, X, GI, T, V, w, seed=0):
     inst = (torch.nan_to_num(torch.from_numpy(T)).float() * lab).sum(1) / lab.sum(1).clamp(min=1)
     p: dict[str, torch.nn.Parameter] = {"W": torch.nn.Parameter(torch.zeros(K, C, 2)),
                                         "b": torch.nn.Parameter(torch.zeros(K, 2))}
-    H = {"mlp": 32, "shared": 64}.get(variant, 64 if variant in GEO else 0)
+    H = {"mlp": 32, "shared": 64, "geo128": 128}.get(variant, 64 if variant in GEO else 0)
     if variant == "mlp":
         p["W1"] = torch.nn.Parameter(torch.randn(K, C, H) * (2 / C) ** 0.5)
         p["b1"] = torch.nn.Parameter(torch.zeros(K, H))
@@ -87,6 +90,9 @@ def _fit(variant, X, GI, T, V, w, seed=0):
         p["W1"] = torch.nn.Parameter(torch.randn(GI.shape[1], H) * (2 / GI.shape[1]) ** 0.5)
         p["b1"] = torch.nn.Parameter(torch.zeros(H))
         p["W2"] = torch.nn.Parameter(torch.zeros(H, K * 2))
+        if variant == "geo2":
+            p["W3"] = torch.nn.Parameter(torch.randn(H, H) * (2 / H) ** 0.5)
+            p["b3"] = torch.nn.Parameter(torch.zeros(H))
 
     if variant == "mlp":  # the MLP replaces the linear map
         del p["W"]
@@ -105,6 +111,9 @@ def _fit(variant, X, GI, T, V, w, seed=0):
         z = torch.einsum("nkc,kcj->nkj", x, p["W"] if pidx is None else p["W"][pidx]) + p["b"]
         if variant == "shared":
             z = z + torch.einsum("nkh,khj->nkj", torch.relu(x @ p["W1"] + p["b1"]), p["W2"])
+        elif variant == "geo2":
+            h1 = torch.relu(g @ p["W1"] + p["b1"])
+            z = z + (torch.relu(h1 @ p["W3"] + p["b3"]) @ p["W2"]).view(-1, K, 2)
         elif variant in GEO:
             z = z + (torch.relu(g @ p["W1"] + p["b1"]) @ p["W2"]).view(-1, K, 2)
         return z
@@ -121,7 +130,7 @@ def _fit(variant, X, GI, T, V, w, seed=0):
         loss = (((s - Tt) ** 2) * m).sum() / m.sum()
         bce = torch.nn.functional.binary_cross_entropy_with_logits(z[..., 1], Vt, reduction="none")
         loss = loss + 0.2 * (bce * wt).sum() / (wt.sum() * K)
-        if variant == "inst":
+        if variant in ("inst", "geoinst"):
             loss = loss + (((s * lab).sum(1) / lab.sum(1).clamp(min=1) - inst) ** 2).mean()
         loss = loss + 1e-3 / 2 * sum((v ** 2).sum() for k, v in p.items() if not k.startswith("b"))
         loss.backward()
@@ -187,7 +196,7 @@ def main() -> None:
     print(f"{'own score':<10} " + " ".join(f"{100 * own[n]:13.2f} {'':>6}" for n in part))
     for variant in args.variants.split(","):
         t0 = time.perf_counter()
-        Xv = np.concatenate([X, ev], -1) if variant == "ev" else X
+        Xv = np.concatenate([X, ev], -1) if variant in ("ev", "geoev") else X
         res = {n: [] for n in part}
         for f, h in enumerate(held):
             tr = np.flatnonzero(folds != f)
