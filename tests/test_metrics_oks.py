@@ -93,6 +93,27 @@ def test_keypoint_oks_definition():
     assert np.all(keypoint_oks(gt[:, :, :2], gt, area, COCO17.sigmas)[lab] == 1.0)
 
 
+def test_huge_finite_coordinates_give_zero_terms_quietly():
+    """A finite but huge predicted coordinate (1e300) overflows d² to inf: its OKS term is exactly 0 (what
+    pycocotools computes, with a RuntimeWarning), the other terms are unchanged, and no numpy warning leaks."""
+    rng = np.random.default_rng(1)
+    gt = np.concatenate([rng.uniform(0, 100, (2, 17, 2)), np.full((2, 17, 1), 2.0)], axis=2)
+    pred = gt[:, :, :2] + rng.normal(0, 3, (2, 17, 2))
+    area = np.array([900.0, 2500.0])
+    ref_k, ref_m = keypoint_oks(pred, gt, area, COCO17.sigmas), oks_matrix(pred, gt, area, COCO17.sigmas)
+    pred[0, 3, 0] = 1e300
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        k = keypoint_oks(pred, gt, area, COCO17.sigmas)
+        m = oks_matrix(pred, gt, area, COCO17.sigmas)
+    assert k[0, 3] == 0.0
+    keep = np.ones_like(k, bool)
+    keep[0, 3] = False
+    np.testing.assert_array_equal(k[keep], ref_k[keep])
+    np.testing.assert_array_equal(m[1], ref_m[1])  # detection 1 untouched
+    assert m[0, 0] < ref_m[0, 0] and np.isfinite(m).all()
+
+
 def test_pck_epe_recomputed():
     rng = np.random.default_rng(1)
     N, K = 6, 14

@@ -45,7 +45,8 @@ def keypoint_oks(pred: np.ndarray, gt: np.ndarray, area: np.ndarray, sigmas: np.
     var = (np.asarray(sigmas, dtype=np.float64) * 2) ** 2
     dx = pred[..., 0] - gt[..., 0]
     dy = pred[..., 1] - gt[..., 1]
-    e = (dx**2 + dy**2) / var / (area[:, None] + EPS) / 2
+    with np.errstate(over="ignore"):  # a finite but huge coordinate: d² = inf, OKS 0
+        e = (dx**2 + dy**2) / var / (area[:, None] + EPS) / 2
     out = np.exp(-e)
     out[gt[..., 2] <= 0] = np.nan
     return out
@@ -114,7 +115,8 @@ def oks_pairs(det_xy: np.ndarray, gt_kp: np.ndarray, gt_area: np.ndarray, gt_bbo
                 y1 = (bb[:, 1] + bb[:, 3] * 2)[:, None]
                 dx = np.maximum(0.0, x0 - xd) + np.maximum(0.0, xd - x1)
                 dy = np.maximum(0.0, y0 - yd) + np.maximum(0.0, yd - y1)
-            e = (dx**2 + dy**2) / var / area_eps[gi][:, None] / 2
+            with np.errstate(over="ignore"):  # a finite but huge coordinate: d² = inf, OKS term 0 (as pycocotools)
+                e = (dx**2 + dy**2) / var / area_eps[gi][:, None] / 2
             ex = np.exp(-e)
             if 0 < n < K:  # the labelled terms of each pair, compacted in keypoint order: (p, n)
                 ex = ex[np.take(labelled, gi, axis=0)].reshape(-1, n)
