@@ -152,6 +152,42 @@ def test_detect_cli_on_real_images(shared, tmp_path, capsys):
     assert summary["recall_iou50"] > 0.5  # the labelled people are found
 
 
+def test_detect_bad_image_stops_or_is_skipped(shared, tmp_path, capsys):
+    """A corrupt or truncated image stops `detect` with one error line naming it and nothing written; with
+    --skip-bad-images it gets no detection, one warning counts the skipped images, and the others are as
+    without them."""
+    import shutil
+
+    from posecal.cli import main
+
+    d = json.loads(shared(*MINI).read_text())
+    keep = d["images"][:3]
+    img = tmp_path / "img"
+    img.mkdir()
+    for im in keep:
+        shutil.copy(shared("data", "coco-mini", "train2017", im["file_name"]), img / im["file_name"])
+    raw = (img / keep[1]["file_name"]).read_bytes()
+    (img / keep[1]["file_name"]).write_bytes(raw[: len(raw) // 3])  # truncated JPEG
+    (img / keep[2]["file_name"]).write_bytes(b"not an image")
+    data = tmp_path / "three.json"
+    data.write_text(json.dumps(dict(d, images=keep, annotations=[])))
+    out = tmp_path / "det.json"
+    base = ["detect", "--model", str(shared(*ND)), "--images", str(img), "--data", str(data), "--out", str(out)]
+    capsys.readouterr()
+    assert main(base) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and keep[1]["file_name"] in err[0] and not out.exists()
+    assert main([*base, "--skip-bad-images"]) == 0
+    err = capsys.readouterr().err
+    assert "2 image(s) could not be decoded" in err and keep[1]["file_name"] in err
+    dets = json.loads(out.read_text())
+    ref = tmp_path / "ref.json"
+    (tmp_path / "one.json").write_text(json.dumps(dict(d, images=keep[:1], annotations=[])))
+    assert main(["detect", "--model", str(shared(*ND)), "--images", str(img), "--data", str(tmp_path / "one.json"),
+                 "--out", str(ref)]) == 0
+    assert dets == json.loads(ref.read_text()) and dets
+
+
 def test_image_id_rule_without_data(tmp_path):
     from posecal.models.detect import image_ids
 

@@ -1,7 +1,7 @@
 """``posecal detect``: person boxes from a detector model over an image folder, as COCO detection results.
 
     posecal detect --model DET.onnx --images DIR [--data DATA.json] --out DET.json
-        [--score-thr 0.05] [--max-per-image 100] [--model-card CARD.json] [--json]
+        [--score-thr 0.05] [--max-per-image 100] [--model-card CARD.json] [--skip-bad-images] [--json]
 
 With ``--data``, image ids come from it (file_name -> id) and, when it has person annotations, the recall of
 the gt boxes at IoU 0.5 is printed. Without it, ids are the numbers in the file names (COCO style) when every
@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--score-thr", type=float, default=0.05, help="minimum person score (default 0.05)")
     p.add_argument("--max-per-image", type=int, default=100, help="boxes kept per image after NMS")
     p.add_argument("--model-card", default=None, help="model card JSON (default: built-in card by SHA-256)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="give images that cannot be decoded (empty, corrupt, truncated, too large) no detection, "
+                   "with one warning, instead of stopping at the first")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     return p
@@ -56,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
                                         field="images")
     pairs = image_ids(args.images, data)
     det = NanoDetDetector(args.model, card, num_threads=args.threads)
-    dets = detect_folder(det, pairs, args.images, score_thr=args.score_thr, max_per_image=args.max_per_image)
+    dets = detect_folder(det, pairs, args.images, score_thr=args.score_thr, max_per_image=args.max_per_image,
+                         skip_bad_images=args.skip_bad_images)
     write_json_atomic(args.out, dets, indent=False)
     summary = {"out": args.out, "images": len(pairs), "detections": len(dets),
                "per_image": round(len(dets) / max(len(pairs), 1), 2), "model": card["name"]}

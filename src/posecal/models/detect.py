@@ -104,21 +104,39 @@ def image_ids(images: str | os.PathLike, data: dict[str, Any] | None) -> list[tu
 
 
 def detect_folder(detector: NanoDetDetector, pairs: list[tuple[int, str]], images: str | os.PathLike, *,
-                  score_thr: float = 0.05, max_per_image: int = 100,
+                  score_thr: float = 0.05, max_per_image: int = 100, skip_bad_images: bool = False,
                   show_progress: bool | None = None) -> list[dict[str, Any]]:
-    """COCO detection results (person, category_id 1) for every (image_id, file_name)."""
+    """COCO detection results (person, category_id 1) for every (image_id, file_name).
+
+    An image that cannot be decoded (empty, corrupt, truncated, too large) raises :class:`PosecalInputError`
+    naming it, or with ``skip_bad_images`` gets no detection and one :class:`PosecalWarning` counts them all."""
     from posecal._util import progress
+    from posecal.errors import PosecalInputError, PosecalWarning
     from posecal.models.crop import load_image
 
     out: list[dict[str, Any]] = []
+    bad: list[str] = []
     bar = progress(total=len(pairs), desc="detect", unit="img",
                    **({} if show_progress is None else {"disable": not show_progress}))
     for iid, f in pairs:
-        b, s = detector(load_image(Path(images) / f), score_thr=score_thr, max_per_image=max_per_image)
+        try:
+            image = load_image(Path(images) / f)
+        except PosecalInputError:
+            if not skip_bad_images:
+                raise
+            bad.append(f)
+            bar.update(1)
+            continue
+        b, s = detector(image, score_thr=score_thr, max_per_image=max_per_image)
         out.extend({"image_id": iid, "category_id": 1, "bbox": [round(float(v), 3) for v in bb],
                     "score": round(float(sc), 5)} for bb, sc in zip(b, s, strict=True))
         bar.update(1)
     bar.close()
+    if bad:
+        import warnings
+
+        warnings.warn(f"{len(bad)} image(s) could not be decoded and got no detection (first: "
+                      f"{Path(images) / bad[0]})", PosecalWarning, stacklevel=2)
     return out
 
 
