@@ -187,14 +187,17 @@ def main() -> None:
     V = np.concatenate([d.vis for d in stores])
     ev = np.concatenate([evidence_columns(d.path, ("score", "cf", "log_sigma"), d.sigmas) for d in stores])
     GI = _geometry(paths, stores, ev)
-    Tm, Vm = _mirrored_targets(paths, stores)
-    swap = (np.nanmean(Tm, 1) > np.nanmean(T, 1) + SWAP_MARGIN) & (store_of == 0)  # suspected LSPET label swaps
+    variants = args.variants.split(",")
+    Tm = Vm = swap = None
+    if {"swapdrop", "swapfix"} & set(variants):  # only the swap variants need the mirrored targets
+        Tm, Vm = _mirrored_targets(paths, stores)
+        swap = (np.nanmean(Tm, 1) > np.nanmean(T, 1) + SWAP_MARGIN) & (store_of == 0)  # suspected LSPET swaps
     held = [np.flatnonzero(folds == f) for f in range(3)]
     part = {"all": None, "LSPET": 0, "LSP train": 1}
     own = {n: np.mean([fe.ap(h if s is None else h[store_of[h] == s])["AP"] for h in held]) for n, s in part.items()}
     print(f"{'variant':<10} " + " ".join(f"{n + ' AP':>13} {'Δ':>6}" for n in part) + f" {'s':>5}")
     print(f"{'own score':<10} " + " ".join(f"{100 * own[n]:13.2f} {'':>6}" for n in part))
-    for variant in args.variants.split(","):
+    for variant in variants:
         t0 = time.perf_counter()
         Xv = np.concatenate([X, ev], -1) if variant in ("ev", "geoev") else X
         res = {n: [] for n in part}
