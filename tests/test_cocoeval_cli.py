@@ -149,9 +149,6 @@ def _bad_cases(gt: dict, res: list):
     r = copy.deepcopy(res)
     r[0]["image_id"] = 987654321
     yield "unknown image", gt, r
-    r = copy.deepcopy(res)
-    r[0]["category_id"] = 77
-    yield "unknown category", gt, r
     g = copy.deepcopy(gt)
     g["annotations"][0]["area"] = -5
     yield "negative area", g, res
@@ -162,6 +159,24 @@ def _bad_cases(gt: dict, res: list):
     g["annotations"][1]["id"] = g["annotations"][0]["id"]
     yield "duplicate ids", g, res
     yield "not a list", gt, {"x": 1}
+
+
+def test_results_of_another_category_are_left_out_as_pycocotools_does(tmp_path):
+    """A result whose category_id the gt lacks is not an error: pycocotools evaluates params.catIds only."""
+    pytest.importorskip("pycocotools")
+    gt, res = make_coco_set(22, n_images=4, max_gts=4, max_dets=5)
+    r = copy.deepcopy(res)
+    for i in (0, len(r) // 2):
+        r[i]["category_id"] = 77
+    r.append({**copy.deepcopy(r[1]), "category_id": 5, "score": 0.999})
+    _, want = _pycocotools_summary(gt, r)
+    out = tmp_path / "out.json"
+    rc, _, err = _run(["evaluate", "--gt", str(_write(tmp_path / "gt.json", gt)), "--pred",
+                       str(_write(tmp_path / "pred.json", r)), "--json", str(out)])
+    assert rc == 0, err
+    assert "3 results have a category_id that is not in the ground truth" in err
+    got = json.loads(out.read_text())["coco"]
+    np.testing.assert_array_equal([got[k] for k in STAT_NAMES], want)
 
 
 def test_bad_inputs_exit_2_one_line_no_file(tmp_path):
@@ -181,7 +196,7 @@ def test_bad_inputs_exit_2_one_line_no_file(tmp_path):
         assert not out.exists() and stdout == "", name
         assert not list(tmp_path.glob(f".out{i}.json*")), name  # no temp file left either
         names.append(name)
-    assert len(names) == 10
+    assert len(names) == 9
     rc, _, err = _run(["evaluate", "--gt", str(tmp_path / "nope.json"), "--pred", str(rp)])
     assert rc == 2 and len(err.strip().splitlines()) == 1
 

@@ -122,6 +122,8 @@ def test_numbers_must_be_numbers(value, fld):
 def test_gt_integer_fields_refuse_non_integers(value):
     gt_d, _ = make_coco_set(4, n_images=3, max_gts=3, max_dets=4)
     for fld in ("iscrowd", "num_keypoints", "image_id"):
+        if fld == "iscrowd" and value == "true":
+            continue  # a JSON boolean iscrowd is read as pycocotools reads it (tests/test_hostile_inputs.py)
         g = json.loads(json.dumps(gt_d))
         g["annotations"][0][fld] = json.loads(value)
         with pytest.raises(PosecalInputError) as e:

@@ -453,7 +453,7 @@ def _v(m: dict[str, object], key: str, digits: int = 3) -> str:
     v = m.get(key)
     if v is None:
         return "n/a"
-    return f"{v:.{digits}f}"
+    return f"{v:.{digits}f}" if abs(v) < 1e6 else f"{v:.3g}"  # scores near 1e308 are legal input
 
 
 def summary_rows(m: dict[str, object]) -> list[tuple[str, str, str]]:

@@ -257,6 +257,9 @@ def compare(gt: Any, res_a: Any, res_b: Any, *, resamples: int = 1000, seed: int
     if I == 0:
         raise PosecalInputError("the ground truth lists no image", file=getattr(gt, "path", None))
     a, b = _point(pa), _point(pb)
+    if not a["AP"] >= 0:  # pycocotools' -1: no non-crowd person with a labelled keypoint in the gt
+        raise PosecalInputError("no person with a labelled keypoint (non-crowd) to score: AP and AR are "
+                                "undefined", file=getattr(gt, "path", None), field="annotations")
     rng = np.random.default_rng(seed)
     samples = {m: np.empty(resamples) for m in METRICS}
     bar = progress(total=resamples, desc="bootstrap", disable=not show_progress or None)

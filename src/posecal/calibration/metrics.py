@@ -63,9 +63,9 @@ def _pair(x: np.ndarray, y: np.ndarray, names: tuple[str, str] = ("confidence", 
 def _check_corr(x: np.ndarray, y: np.ndarray) -> None:
     if x.size < 2:
         raise MetricUndefined("fewer than 2 pairs")
-    if np.ptp(x) == 0:
+    if x.min() == x.max():  # (not np.ptp: it overflows for scores near ±1e308)
         raise MetricUndefined("constant confidence")
-    if np.ptp(y) == 0:
+    if y.min() == y.max():
         raise MetricUndefined("constant accuracy")
 
 
@@ -257,7 +257,11 @@ def calibration_error(
         raise ValueError("n_bins must be >= 1")
     if binning == "width":
         lo, hi = min(0.0, float(c.min())), max(1.0, float(c.max()))
-        edges = np.linspace(lo, hi, n_bins + 1)
+        if np.isfinite(hi - lo):
+            edges = np.linspace(lo, hi, n_bins + 1)
+        else:  # scores near ±1.8e308: hi − lo overflows; this form stays finite and increasing (lo ≤ 0 < hi)
+            f = np.linspace(0.0, 1.0, n_bins + 1)
+            edges = lo * (1.0 - f) + hi * f
     elif binning == "mass":
         edges = np.unique(np.quantile(c, np.linspace(0.0, 1.0, n_bins + 1)))
         if edges.size == 1:
@@ -267,7 +271,7 @@ def calibration_error(
     nb = edges.size - 1
     idx = np.clip(np.searchsorted(edges, c, side="right") - 1, 0, nb - 1)
     count = np.bincount(idx, minlength=nb)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # sums of scores near 1e308 overflow
         mc = np.bincount(idx, weights=c, minlength=nb) / count
         mt = np.bincount(idx, weights=t, minlength=nb) / count
     ok = count > 0

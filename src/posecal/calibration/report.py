@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from posecal._util import atomic_path, write_bytes_atomic, write_json_atomic
 from posecal.calibration.audit import PRIMARY_KEYS, Audit
+from posecal.errors import PosecalWarning
 
 __all__ = ["FIGURES", "write_report"]
 
@@ -43,6 +45,15 @@ def _plt():
 
 def _no_data(ax, msg: str = "no data") -> None:
     ax.text(0.5, 0.5, msg, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def _placeholder(plt, path: Path, msg: str) -> None:
+    """A figure that says why the real one could not be drawn (the page keeps its layout)."""
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.set_axis_off()
+    _no_data(ax, msg[:120])
+    _save(fig, path)
+    plt.close(fig)
 
 
 def _fmt(v: Any) -> str:
@@ -265,7 +276,14 @@ def write_report(
         "visibility_scores.png": _fig_visibility,
     }
     for name, fn in makers.items():
-        fn(plt, a, out / name)
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                fn(plt, a, out / name)
+        except (ValueError, OverflowError) as e:  # e.g. scores near ±1e308: no axis can span them
+            plt.close("all")
+            _placeholder(plt, out / name, f"not drawn: {e}")
+            warnings.warn(f"{name}: not drawn ({e}); the metrics are in metrics.json", PosecalWarning,
+                          stacklevel=2)
         written[name] = out / name
     doc = dict(document) if document is not None else {"coco": a.coco}
     doc["calibration"] = a.metrics

@@ -28,6 +28,16 @@ def _positive_int(s: str) -> int:
     return v
 
 
+MAX_RESAMPLES = 1_000_000
+
+
+def _resamples(s: str) -> int:
+    v = _positive_int(s)
+    if v > MAX_RESAMPLES:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_RESAMPLES:,}, got {v}")
+    return v
+
+
 def _level(s: str) -> float:
     try:
         v = float(s)
@@ -44,7 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--gt", required=True, help="COCO keypoints ground truth JSON")
     p.add_argument("a", metavar="A.json", help="baseline results")
     p.add_argument("b", metavar="B.json", help="results to compare with the baseline")
-    p.add_argument("--resamples", type=_positive_int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--resamples", type=_resamples, default=1000,
+                   help=f"bootstrap resamples (default 1000, at most {MAX_RESAMPLES:,})")
     p.add_argument("--seed", type=nonneg_int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--level", type=_level, default=0.95, help="interval coverage (default 0.95)")
     p.add_argument("--sigmas", default=None, help="comma-separated OKS sigmas (default: the gt's keypoint set)")

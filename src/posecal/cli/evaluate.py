@@ -273,15 +273,24 @@ def check_outputs(args: argparse.Namespace) -> None:
     from posecal._outputs import check_report_folder
 
     d = Path(args.report)
+    if args.json and args.json != "-" and _inside(args.json, d):
+        raise PosecalInputError(f"is inside --report {args.report}, which is replaced as a whole; write it "
+                                f"elsewhere ({args.report}/metrics.json holds the same numbers)", args.json,
+                                None, "--json")
     check_report_folder(d, {"--gt": args.gt, "--pred": args.pred})  # a folder, no input inside, nothing lost
     _check_writable_dir(d.parent if str(d.parent) else Path("."), str(d), "--report")
     if args.random_seeds < 0:
         raise PosecalInputError("must be >= 0", None, None, "--random-seeds")
 
 
+def _inside(path: str, folder: Path) -> bool:
+    f = os.path.realpath(folder)
+    return os.path.realpath(path).startswith(f.rstrip(os.sep) + os.sep)
+
+
 def _check_writable_file(path: str, flag: str) -> None:
     p = Path(path)
-    if p.is_dir():
+    if p.is_dir() or path.endswith(("/", os.sep)):
         raise PosecalInputError("is a directory", path, None, flag)
     parent = p.parent
     while not parent.exists():  # created on writing

@@ -545,7 +545,10 @@ def _gt_geometry(anns: list, file: str | None, rec_ids: list
     if neg.any():
         i = int(np.argmax(neg))
         raise PosecalInputError("negative box width or height", file, rec_ids[i], "bbox")
-    iscrowd = _ints(_column(anns, "iscrowd", file, "annotation"), file, "iscrowd", rec_ids) != 0
+    crowd = _column(anns, "iscrowd", file, "annotation")
+    if bool in set(map(type, crowd)):  # JSON true/false: pycocotools reads them as 1/0
+        crowd = [int(v) if type(v) is bool else v for v in crowd]
+    iscrowd = _ints(crowd, file, "iscrowd", rec_ids) != 0
     return area, has_area, bbox, iscrowd
 
 
@@ -570,7 +573,8 @@ def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | No
 
     Args:
         src: a path, raw JSON bytes, or an already-parsed list of dicts (not modified).
-        gt: when given, K is taken from it and ``image_id``/``category_id`` are checked against it.
+        gt: when given, K is taken from it and ``image_id``/``category_id`` are checked against it (a
+            category the gt lacks is a warning: pycocotools leaves such results out of the evaluation).
         file: name used in error messages (defaults to the path).
 
     Returns:
@@ -578,8 +582,8 @@ def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | No
 
     Raises:
         PosecalInputError: bad JSON, not a list, missing field, wrong keypoint count, a value that is not a
-            JSON number, NaN/inf, unknown image_id or category_id, negative box size, duplicate ``id``
-            (when records carry ids).
+            JSON number, NaN/inf, unknown image_id, negative box size, duplicate ``id`` (when records
+            carry ids).
 
     Warns:
         PosecalWarning: instance or keypoint scores above 1 or below 0 (kept as they are).
@@ -666,11 +670,13 @@ def _result_boxes(recs: list, own: np.ndarray, file: str | None) -> tuple[np.nda
     first = recs[0].get("bbox") if D else None
     if type(first) is list and len(first) > 0:
         bbox = _flat_array(_column(recs, "bbox", file, "result"), 4, file, "bbox", key="bbox")
-        det_area = bbox[:, 2] * bbox[:, 3]
+        with np.errstate(over="ignore"):  # a box of 1e200 px: inf area, as pycocotools computes it
+            det_area = bbox[:, 2] * bbox[:, 3]
     else:
         if D:
             x0, x1, y0, y1 = keypoint_extent(own)
-            det_area = (x1 - x0) * (y1 - y0)
+            with np.errstate(over="ignore"):
+                det_area = (x1 - x0) * (y1 - y0)
         else:
             det_area = np.zeros(0)
         if D and any("bbox" in r for r in recs):
@@ -706,9 +712,12 @@ def _check_against_gt(image_id: np.ndarray, category_id: np.ndarray, gt: CocoGro
     if i is not None:
         raise PosecalInputError(f"unknown image_id {int(image_id[i])} (not in the ground truth images)", file,
                                 i, "image_id")
-    i = _first_unknown(category_id, gt.category_ids)
-    if i is not None:
-        raise PosecalInputError(f"unknown category_id {int(category_id[i])}", file, i, "category_id")
+    unknown = ~np.isin(category_id, gt.category_ids)
+    if unknown.any():  # pycocotools evaluates only the gt's categories (params.catIds) and drops the rest
+        i = int(np.argmax(unknown))
+        warnings.warn(f"{file}: {int(unknown.sum())} results have a category_id that is not in the ground "
+                      f"truth (first: record {i}, category_id {int(category_id[i])}); they are not evaluated, "
+                      "as in pycocotools", PosecalWarning, stacklevel=3)
 
 
 def _check_record_ids(recs: list, file: str | None) -> None:

@@ -177,6 +177,12 @@ def _resolve_sigmas(gt: CocoGroundTruth, kp_idx: np.ndarray, sigmas: Any) -> np.
                                 "sigmas")
     if not np.all(np.isfinite(s)) or np.any(s <= 0):
         raise PosecalInputError("sigmas must be finite and positive", gt.path, None, "sigmas")
+    with np.errstate(over="ignore", under="ignore"):
+        var = (2 * s) ** 2
+    bad = ~((var >= np.finfo(np.float64).tiny) & np.isfinite(var))
+    if bad.any():  # (2σ)² underflows to 0 (0/0 OKS terms) or overflows (every OKS 1)
+        raise PosecalInputError(f"sigma {s[bad][0]:g} out of range: (2σ)² must be a positive finite float "
+                                "(1e-150 < σ < 1e150 is safe)", gt.path, None, "sigmas")
     return s
 
 
@@ -210,7 +216,7 @@ def _may_reach(det_xy: np.ndarray, gkp: np.ndarray, g_area: np.ndarray, sig: np.
     gap_x = np.maximum(0.0, np.maximum(gx0[pg] - dx1[pd], dx0[pd] - gx1[pg]))
     gap_y = np.maximum(0.0, np.maximum(gy0[pg] - dy1[pd], dy0[pd] - gy1[pg]))
     with np.errstate(invalid="ignore", over="ignore"):
-        bound = np.exp(-(gap_x**2 + gap_y**2) / (8.0 * float(sig.max()) ** 2 * (g_area[pg] + np.spacing(1))))
+        bound = np.exp(-(gap_x**2 + gap_y**2) / (8.0 * np.float64(sig.max()) ** 2 * (g_area[pg] + np.spacing(1))))
     # generous margin against rounding: only clearly hopeless pairs are dropped
     return ~has[pg] | ~(bound < thr * (1 - 1e-6))
 
@@ -631,6 +637,22 @@ def _per_detection(D: int, G: int, g: _GtPrep, d: _DetPrep, mt: _Matches, d_ig: 
             "gt_ignored": gt_ignored}
 
 
+def default_use_area(gt: CocoGroundTruth) -> bool:
+    """Whether OKS uses the annotations' ``area`` by default: yes when every annotation has one, no (0.53·w·h
+    of the gt box, xtcocotools' ``use_area=False``) when none has. Raises :class:`PosecalInputError` naming the
+    first annotation without one when only some have it: pycocotools and xtcocotools both fail there
+    (``KeyError: 'area'``), and switching every person to the box area would change the whole dataset's OKS."""
+    if gt.has_area or len(gt) == 0:
+        return bool(gt.has_area)
+    missing = np.isnan(gt.area)
+    if not missing.all():
+        i = int(np.argmax(missing))
+        raise PosecalInputError("no 'area' (other annotations have one; give every annotation an area, or "
+                                "evaluate all with --no-use-area: 0.53·w·h of the box)", gt.path,
+                                int(gt.ann_id[i]), "area")
+    return False
+
+
 def _settings(gt: CocoGroundTruth, flavor: str, use_area: bool | None, crowd_levels: bool | None,
               max_dets: int | Sequence[int], img_ids: Any, cat_ids: Any, use_cats: bool, iou_thrs: Any,
               rec_thrs: Any, area_rngs: Any) -> _Settings:
@@ -646,7 +668,7 @@ def _settings(gt: CocoGroundTruth, flavor: str, use_area: bool | None, crowd_lev
         area_rngs=ar, max_dets=md,
         cat_ids=gt.category_ids if cat_ids is None else _ids(cat_ids) if use_cats else _ids_in_order(cat_ids),
         img_ids=gt.image_ids if img_ids is None else _ids(img_ids),
-        use_cats=bool(use_cats), use_area=gt.has_area if use_area is None else bool(use_area), flavor=flavor,
+        use_cats=bool(use_cats), use_area=default_use_area(gt) if use_area is None else bool(use_area), flavor=flavor,
         crowd_levels=(flavor == "crowdpose") if crowd_levels is None else bool(crowd_levels),
     )
 
@@ -938,7 +960,7 @@ def evaluate_dataset(gt: CocoGroundTruth | str | dict, res: CocoResults | str | 
         flavor = "crowdpose" if gt.crowd_index is not None else "pycocotools"
     notes = []
     if use_area is None:
-        use_area = gt.has_area
+        use_area = default_use_area(gt)
         if not use_area and flavor != "crowdpose":
             notes.append("ground truth has no 'area': OKS scaled by 0.53·w·h of the gt box (--no-use-area)")
     if flavor == "crowdpose":
