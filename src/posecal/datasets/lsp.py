@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from posecal.errors import PosecalInputError
+from posecal.errors import PosecalInputError, PosecalWarning
 from posecal.keypoints import LSP14
 
 SPLITS = {"train": (1, 1000), "test": (1001, 2000), "all": (1, 2000)}
@@ -27,11 +28,13 @@ def _load_joints(joints_mat: str | os.PathLike) -> np.ndarray:
         raise PosecalInputError(f"not a MATLAB file: {e}", file=file) from None
     if "joints" not in m:
         raise PosecalInputError("no 'joints' variable", file=file, field="joints")
-    try:
-        j = np.asarray(m["joints"], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise PosecalInputError("joints is not a numeric array", file=file, field="joints") from None
-    return j
+    raw = m["joints"]
+    kind = getattr(raw, "dtype", np.dtype(object)).kind
+    if kind not in "iuf":  # bool and complex convert to float64 silently; cells/structs do not convert
+        what = {"b": "logical", "c": "complex"}.get(kind, "not a numeric array")
+        raise PosecalInputError(f"joints is {what} (dtype {raw.dtype}); expected real numbers", file=file,
+                                field="joints")
+    return np.asarray(raw, dtype=np.float64)
 
 
 def _image_record(num: int, fname: str, img_dir: Path | None, image_sizes: bool) -> dict[str, Any]:
@@ -112,10 +115,14 @@ def read_lsp(joints_mat: str | os.PathLike, images: str | os.PathLike | None = N
                                 field="joints")
     n = j.shape[2]
     lo, hi = SPLITS[split]
-    hi = min(hi, n)
+    hi = n if split == "all" else min(hi, n)
     if hi < lo:
         raise PosecalInputError(f"split {split!r} (people {lo}–{SPLITS[split][1]}) is empty: the file holds "
                                 f"{n} people", file=file, field="split")
+    if split != "all" and n != SPLITS["all"][1]:
+        warnings.warn(f"{file}: the LSP splits (train 1–1000, test 1001–2000) are those of the 2000-person "
+                      f"LSP file; this one holds {n} people, so split {split!r} takes people {lo}–{hi}",
+                      PosecalWarning, stacklevel=2)
     _check_joints(j[:, :, lo - 1:hi], (0.0, 1.0), file, lo)
     img_dir = Path(images) if images is not None else None
     out_images, anns = [], []

@@ -21,9 +21,13 @@ def read_mpii(path: str | os.PathLike, images: str | os.PathLike | None = None) 
     As MMPose's ``MpiiDataset``: joints and centre are 1-based (MATLAB) and get −1; the person box is
     the square of side ``scale·200`` around ``center`` moved down by ``15·scale`` px. v = 2 where
     ``joints_vis`` is 1, else 0 (MPII marks unlabelled, not occluded, joints). area = box w·h.
-    Image ids are 1.. in order of first appearance; annotation ids 1.. in file order.
+    Image ids are 1.. in order of first appearance; annotation ids 1.. in file order. A ``joints_vis``
+    flag other than 0/1 is an error; so is, with ``images`` given, a missing folder or image (their
+    width/height are read from the image headers).
     """
     file = str(path)
+    if images is not None and not Path(images).is_dir():
+        raise PosecalInputError("not a folder", file=str(images), field="--images")
     recs = read_json(path)
     if not isinstance(recs, list):
         raise PosecalInputError("expected a list of MPII records", file=file)
@@ -41,6 +45,10 @@ def read_mpii(path: str | os.PathLike, images: str | os.PathLike | None = None) 
             raise PosecalInputError("expected 16 [x, y] pairs", file=file, record=r, field="joints")
         joints = np.stack([numbers(p, 2, file, r, "joints") for p in a["joints"]])
         vis = numbers(a["joints_vis"], 16, file, r, "joints_vis")
+        if not np.isin(vis, (0, 1)).all():
+            bad = vis[~np.isin(vis, (0, 1))][0]
+            raise PosecalInputError(f"flag {bad:g}: expected 0 (not labelled) or 1 (labelled)", file=file,
+                                    record=r, field="joints_vis")
         c_in = numbers(a["center"], 2, file, r, "center")
         if number(a["scale"], file, r, "scale") <= 0:
             raise PosecalInputError("must be > 0", file=file, record=r, field="scale")
@@ -50,10 +58,11 @@ def read_mpii(path: str | os.PathLike, images: str | os.PathLike | None = None) 
             rec: dict[str, Any] = {"id": img_ids[name], "file_name": name}
             if images is not None:
                 p = Path(images) / name
-                if p.is_file():
-                    from posecal.datasets.coco import image_size
+                if not p.is_file():
+                    raise PosecalInputError("image missing", file=str(p), record=r, field="image")
+                from posecal.datasets.coco import image_size
 
-                    rec["width"], rec["height"] = image_size(p, record=r)
+                rec["width"], rec["height"] = image_size(p, record=r)
             out_images.append(rec)
         s = float(a["scale"]) * PIXEL_STD
         c = c_in.copy()
