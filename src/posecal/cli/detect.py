@@ -11,6 +11,9 @@ name is one, else the 1-based position in the sorted file list. Library: :mod:`p
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from posecal.cli._args import threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -26,47 +29,48 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-images", action="store_true",
                    help="give images that cannot be decoded (empty, corrupt, truncated, too large) no detection, "
                    "with one warning, instead of stopping at the first")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=threads, default=None, help="onnxruntime threads, 1-1024")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from posecal._util import dumps_json, read_json, write_json_atomic
+    from posecal._outputs import check_creatable, real, refuse_clobber
+    from posecal._util import dumps_json, write_json_atomic
     from posecal.errors import PosecalInputError
     from posecal.models.adapters.base import find_model_kind
     from posecal.models.cards import card_for_model
-    from posecal.models.detect import NanoDetDetector, detect_folder, image_ids, recall_at_iou
+    from posecal.models.detect import NanoDetDetector, detect_folder, image_ids, read_data, recall_at_iou
 
     if not 0 <= args.score_thr <= 1:
         raise PosecalInputError("must be in [0, 1]", field="--score-thr")
     if args.max_per_image < 1:
         raise PosecalInputError("must be >= 1", field="--max-per-image")
+    # every input is checked before the detector runs; the output is written once, atomically, at the end
+    refuse_clobber({"--model": args.model, "--model-card": args.model_card, "--data": args.data,
+                    "--images": args.images}, {"--out": args.out})
+    link = Path(args.out)  # a link in the image folder (to an image elsewhere) is one of its images too
+    if link.is_symlink() and real(args.images) in (real(link.parent) / link.name).parents:
+        raise PosecalInputError(f"output lies inside the input --images ({real(args.images)}); choose another path",
+                                file=args.out, field="--out")
+    check_creatable(args.out, "file")
     if find_model_kind(args.model) != "onnx":
         raise PosecalInputError("detector must be an ONNX model", file=args.model, field="--model")
     card = card_for_model(args.model, args.model_card, task="detector")
     if card is None:
         raise PosecalInputError("unknown detector (no built-in card matches its SHA-256); give --model-card",
                                 file=args.model, field="--model-card")
-    data = None
-    if args.data:
-        data = read_json(args.data)
-        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-            raise PosecalInputError("expected a COCO dict with an images list", file=args.data, field="images")
-        for r, im in enumerate(data["images"]):
-            if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
-                raise PosecalInputError("image record needs id and file_name", file=args.data, record=r,
-                                        field="images")
-    pairs = image_ids(args.images, data)
-    det = NanoDetDetector(args.model, card, num_threads=args.threads)
+    data = read_data(args.data) if args.data else None
+    pairs = image_ids(args.images, data, data_file=args.data)
+    det = NanoDetDetector(args.model, card, num_threads=args.threads, card_file=args.model_card)
     dets = detect_folder(det, pairs, args.images, score_thr=args.score_thr, max_per_image=args.max_per_image,
                          skip_bad_images=args.skip_bad_images)
-    write_json_atomic(args.out, dets, indent=False)
     summary = {"out": args.out, "images": len(pairs), "detections": len(dets),
                "per_image": round(len(dets) / max(len(pairs), 1), 2), "model": card["name"]}
     if data is not None and any(a.get("category_id", 1) == 1 for a in data.get("annotations", [])):
         rec, n = recall_at_iou(dets, data, 0.5)
         summary["recall_iou50"], summary["gt_boxes"] = round(rec, 4), n
+    write_json_atomic(args.out, dets, indent=False)
     if args.json:
         print(dumps_json(summary).decode())
     else:

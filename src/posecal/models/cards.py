@@ -173,12 +173,49 @@ def _check_pose(card: dict, file: str | None) -> None:
         if not isinstance(t, dict) or not isinstance(t.get("name"), str) or t.get("layout") not in _LAYOUTS:
             raise PosecalInputError("must be null or {name, layout: NCHW|NHWC}", file=file, field=key)
     crop = card.get("crop", {"padding": 1.25, "aspect": "input"})
-    if not (isinstance(crop, dict) and isinstance(crop.get("padding", 1.25), (int, float))
-            and crop.get("padding", 1.25) > 0 and crop.get("aspect", "input") in ("input", "square")):
-        raise PosecalInputError("must be {padding > 0, aspect: input|square}", file=file, field="crop")
+    pad = crop.get("padding", 1.25) if isinstance(crop, dict) else None
+    if not (isinstance(crop, dict) and isinstance(pad, (int, float)) and not isinstance(pad, bool)
+            and 0 < pad <= 100 and crop.get("aspect", "input") in ("input", "square")):
+        raise PosecalInputError("must be {padding in (0, 100], aspect: input|square}", file=file, field="crop")
     ts = card.get("target_sigma", 2.0)
-    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not ts > 0:
-        raise PosecalInputError("must be a positive number (heatmap px)", file=file, field="target_sigma")
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not 0 < ts <= 1000:
+        raise PosecalInputError("must be a number in (0, 1000] (heatmap px)", file=file, field="target_sigma")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_decoder(dec: dict, file: str | None) -> None:
+    """A detector card's ``decoder``: types and ranges. What needs the model file (tensor names, the class
+    count, ``reg_max`` and strides against the output shapes) is checked when the detector is opened
+    (:class:`posecal.models.detect.NanoDetDetector`)."""
+    if dec.get("type") != "nanodet-gfl":
+        raise PosecalInputError("only 'nanodet-gfl' is known", file=file, field="decoder.type")
+    strides = dec.get("strides")
+    if not (isinstance(strides, list) and strides and all(_is_int(s) and s > 0 for s in strides)):
+        raise PosecalInputError(f"must be a non-empty list of positive integers, got {strides!r:.60}", file=file,
+                                field="decoder.strides")
+    reg_max = dec.get("reg_max")
+    if not (_is_int(reg_max) and reg_max >= 1):
+        raise PosecalInputError(f"must be an integer >= 1 (GFL bins - 1), got {reg_max!r:.60}", file=file,
+                                field="decoder.reg_max")
+    cls = dec.get("class")
+    if not (_is_int(cls) and cls >= 0):
+        raise PosecalInputError(f"must be an integer >= 0 (the person class index), got {cls!r:.60}", file=file,
+                                field="decoder.class")
+    for key in ("scores", "boxes"):
+        names = dec.get(key)
+        if not (isinstance(names, list) and all(isinstance(t, str) and t for t in names)):
+            raise PosecalInputError("must be a list of output tensor names", file=file, field=f"decoder.{key}")
+        if len(names) != len(strides):
+            raise PosecalInputError(f"{len(names)} names for {len(strides)} strides: one per stride", file=file,
+                                    field=f"decoder.{key}")
+    both = [t for t in dec["boxes"] if t in dec["scores"]]
+    if both or len(set(dec["scores"])) != len(strides) or len(set(dec["boxes"])) != len(strides):
+        what = f"{both[0]!r} is named in decoder.scores too" if both else "a tensor name repeats"
+        raise PosecalInputError(f"{what}; every stride has its own scores and boxes tensor", file=file,
+                                field="decoder.boxes" if both else "decoder")
 
 
 def validate_card(card: Any, file: str | None = None) -> dict[str, Any]:
@@ -196,13 +233,7 @@ def validate_card(card: Any, file: str | None = None) -> dict[str, Any]:
     if card["task"] == "pose":
         _check_pose(card, file)
     else:
-        dec = _need(card, "decoder", dict, file)
-        if dec.get("type") != "nanodet-gfl":
-            raise PosecalInputError("only 'nanodet-gfl' is known", file=file, field="decoder.type")
-        n = len(dec.get("strides") or [])
-        if not n or len(dec.get("scores") or []) != n or len(dec.get("boxes") or []) != n:
-            raise PosecalInputError("strides, scores and boxes must be lists of the same length", file=file,
-                                    field="decoder")
+        _check_decoder(_need(card, "decoder", dict, file), file)
     return card
 
 

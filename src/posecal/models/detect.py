@@ -10,10 +10,16 @@ best ``max_per_image`` are kept.
 Image ids: with a COCO dataset, ``file_name -> id`` from it (images not in it are skipped); without one, the
 id is the integer in the file name's stem when every stem is a decimal number (COCO's ``000000000785.jpg``
 -> 785), else the 1-based position in the sorted file list.
+
+Checks before any image is read: the dataset (:func:`read_data`: integer unique image ids, file names inside
+the image folder, well-formed annotations) and the card against the model (:class:`NanoDetDetector`: the
+card's SHA-256, input name / dtype / layout / size, the decoder's tensors, class index, ``reg_max`` and
+strides against one blank frame run through the model), each refused in one line naming the file and field.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -24,35 +30,149 @@ import numpy as np
 from posecal.errors import PosecalInputError
 from posecal.models.nms import box_nms
 
-__all__ = ["NanoDetDetector", "detect_folder", "image_ids", "recall_at_iou"]
+__all__ = ["NanoDetDetector", "detect_folder", "image_ids", "read_data", "recall_at_iou"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class NanoDetDetector:
-    """An ONNX detector run as its card says (``decoder.type == "nanodet-gfl"``)."""
+    """An ONNX detector run as its card says (``decoder.type == "nanodet-gfl"``).
 
-    def __init__(self, path: str | os.PathLike, card: dict[str, Any], num_threads: int | None = None):
+    Opening it checks the card against the model (``card_file`` names the card in the errors; without it
+    the model file is named): the card's ``sha256``, the input's name, dtype, layout and size against the
+    model's input, the decoder's tensors in the graph, then one blank frame through the model for the
+    output shapes (class index, ``reg_max``, cells per stride). Any mismatch is a :class:`PosecalInputError`.
+    """
+
+    def __init__(self, path: str | os.PathLike, card: dict[str, Any], num_threads: int | None = None, *,
+                 card_file: str | os.PathLike | None = None):
         from posecal.models.adapters.card import open_session
 
         self.path, self.card = Path(path), card
+        self._who = str(card_file) if card_file is not None else str(self.path)
         dec = card["decoder"]
         self.strides, self.reg_max, self.cls = list(dec["strides"]), int(dec["reg_max"]), int(dec["class"])
         self._fetch = list(dec["scores"]) + list(dec["boxes"])
-        self.session = open_session(self.path, self._fetch, num_threads)
         self.input_size = tuple(card["input"]["size"])
+        self._check_sha256()
+        self._check_tensor_names()
+        self.session = open_session(self.path, self._fetch, num_threads)
+        self._check_input()
+        self._check_outputs(self._run(np.zeros((self.input_size[1], self.input_size[0], 3), np.uint8)))
+
+    # -- the card against the model ---------------------------------------------------------------------
+    def _bad(self, message: str, field: str) -> PosecalInputError:
+        return PosecalInputError(message, file=self._who, field=field)
+
+    def _check_sha256(self) -> None:
+        from posecal.models.store import file_sha256
+
+        want = self.card.get("sha256")
+        if want is None:
+            return
+        have = file_sha256(self.path)
+        if want.lower() != have:
+            raise self._bad(f"the card describes another model file (its sha256 {want[:12]}… differs from "
+                            f"{self.path.name}'s {have[:12]}…); fix it or set it to null", "sha256")
+
+    def _check_tensor_names(self) -> None:
+        import onnx
+
+        try:
+            g = onnx.load_model(str(self.path), load_external_data=False).graph
+        except Exception as e:
+            raise PosecalInputError(f"not an ONNX model: {e}", file=str(self.path), field="--model") from None
+        values = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {o.name for o in g.output}
+        for key in ("scores", "boxes"):
+            for t in self.card["decoder"][key]:
+                if t not in values:
+                    raise self._bad(f"the model {self.path.name} has no tensor {t!r}", f"decoder.{key}")
+
+    def _check_input(self) -> None:
+        """The card's input against the model's declared input (name, element type, static dims)."""
+        inp = self.card["input"]
+        ins = self.session.get_inputs()
+        names = [i.name for i in ins]
+        if inp["name"] not in names:
+            raise self._bad(f"{inp['name']!r} is not an input of the model (its inputs: "
+                            f"{', '.join(map(repr, names))})", "input.name")
+        if len(ins) > 1:
+            raise self._bad(f"the model has {len(ins)} inputs ({', '.join(map(repr, names))}); a detector takes "
+                            "one frame", "input.name")
+        mi = ins[0]
+        types = {"tensor(float)": "float32", "tensor(int32)": "int32", "tensor(uint8)": "uint8"}
+        if types.get(mi.type, mi.type) != inp["dtype"]:
+            raise self._bad(f"the model's input {mi.name!r} is {mi.type}, the card says {inp['dtype']}",
+                            "input.dtype")
+        if not mi.shape:  # rank not declared: the blank frame run checks it
+            return
+        shape = [d if isinstance(d, int) and d > 0 else None for d in mi.shape]
+        shown = "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+        if len(shape) != 4:
+            raise self._bad(f"the model's input {mi.name!r} has shape {shown}; a detector takes one "
+                            "(1, 3, H, W) or (1, H, W, 3) frame", "input.name")
+        nchw = inp["layout"] == "NCHW"
+        c, h, w = (shape[1], shape[2], shape[3]) if nchw else (shape[3], shape[1], shape[2])
+        if c not in (None, 3):
+            raise self._bad(f"the model's input has shape {shown}: with layout {inp['layout']} it would have "
+                            f"{c} colour channels, not 3", "input.layout")
+        W, H = self.input_size
+        if (w is not None and w != W) or (h is not None and h != H):
+            raise self._bad(f"the model's input is {w or '?'}x{h or '?'} (W x H, shape {shown}), the card says "
+                            f"{W}x{H}", "input.size")
+        if shape[0] not in (None, 1):
+            raise self._bad(f"the model's input has a fixed batch of {shape[0]}; the detector runs one frame",
+                            "input.batch")
+
+    def _check_outputs(self, outs: list[np.ndarray]) -> None:
+        """The decoder's settings against the output shapes of one run (one (1, cells, classes) scores and one
+        (1, cells, 4 (reg_max + 1)) boxes tensor per stride, cells = the stride's grid on the input)."""
+        dec, n = self.card["decoder"], len(self.strides)
+        W, H = self.input_size
+        bins = 4 * (self.reg_max + 1)
+        for s, sc, bx, sn, bn in zip(self.strides, outs[:n], outs[n:], dec["scores"], dec["boxes"], strict=True):
+            for key, t, a in (("scores", sn, sc), ("boxes", bn, bx)):
+                if a.ndim != 3 or a.shape[0] != 1:
+                    raise self._bad(f"output {t!r} has shape {tuple(a.shape)}, expected (1, cells, values)",
+                                    f"decoder.{key}")
+            if bx.shape[2] != bins and sc.shape[2] == bins:
+                raise self._bad(f"output {bn!r} has {bx.shape[2]} values per cell and {sn!r} has {sc.shape[2]}: "
+                                "decoder.scores and decoder.boxes look swapped", "decoder.boxes")
+            if bx.shape[2] != bins:
+                fit = f" (reg_max {bx.shape[2] // 4 - 1} would fit)" if bx.shape[2] % 4 == 0 else ""
+                raise self._bad(f"output {bn!r} has {bx.shape[2]} values per cell; reg_max {self.reg_max} needs "
+                                f"4 x ({self.reg_max} + 1) = {bins}{fit}", "decoder.reg_max")
+            if not self.cls < sc.shape[2]:
+                raise self._bad(f"class {self.cls}, but output {sn!r} has {sc.shape[2]} classes", "decoder.class")
+            cells = math.ceil(H / s) * math.ceil(W / s)
+            if sc.shape[1] != cells or bx.shape[1] != cells:
+                raise self._bad(f"outputs {sn!r} / {bn!r} have {sc.shape[1]} / {bx.shape[1]} cells; stride {s} "
+                                f"on a {W}x{H} input gives {cells}", "decoder.strides")
+
+    def _run(self, image: np.ndarray) -> list[np.ndarray]:
+        """One (H_in, W_in, 3) uint8 RGB frame through the model; a runtime failure (the card does not fit
+        the model) is a PosecalInputError naming the card (or the model)."""
+        from posecal.models.adapters.card import prepare_input
+
+        try:
+            outs = self.session.run(self._fetch, {self.card["input"]["name"]: prepare_input(image[None],
+                                                                                           self.card["input"])})
+        except MemoryError:
+            raise
+        except Exception as e:  # onnxruntime's own exception classes (InvalidArgument, Fail, ...)
+            msg = " ".join(str(e).split())
+            raise self._bad(f"the model {self.path.name} does not run as the card describes: "
+                            f"{msg[:300]}", "input") from None
+        return [np.asarray(o) for o in outs]
 
     def __call__(self, image: np.ndarray, score_thr: float = 0.05, nms_thr: float = 0.6,
                  max_per_image: int = 100) -> tuple[np.ndarray, np.ndarray]:
         """RGB (H, W, 3) uint8 -> boxes (D, 4) x, y, w, h image px and scores (D,), best first."""
         from PIL import Image
 
-        from posecal.models.adapters.card import prepare_input
-
         W, H = self.input_size
         h0, w0 = image.shape[:2]
-        im = np.asarray(Image.fromarray(image).resize((W, H), Image.Resampling.BILINEAR))
-        outs = self.session.run(self._fetch, {self.card["input"]["name"]: prepare_input(im[None], self.card["input"])})
+        outs = self._run(np.asarray(Image.fromarray(image).resize((W, H), Image.Resampling.BILINEAR)))
         n = len(self.strides)
         boxes, scores = [], []
         for s, sc, bx in zip(self.strides, outs[:n], outs[n:], strict=True):
@@ -60,7 +180,7 @@ class NanoDetDetector:
             sel = np.flatnonzero(p > score_thr)
             if not sel.size:
                 continue
-            cols = int(round(W / s))
+            cols = math.ceil(W / s)  # the stride's grid (checked against the outputs)
             cy, cx = np.divmod(sel, cols)
             ctr = np.stack([(cx + 0.5) * s, (cy + 0.5) * s], axis=1)
             logits = bx[0, sel].reshape(-1, 4, self.reg_max + 1).astype(np.float64)
@@ -82,13 +202,80 @@ class NanoDetDetector:
         return xywh[ok], sc[ok]
 
 
-def image_ids(images: str | os.PathLike, data: dict[str, Any] | None) -> list[tuple[int, str]]:
-    """(image_id, file_name) pairs to run on (see the module docstring for the id rule)."""
+def read_data(src: str | os.PathLike | dict[str, Any], *, file: str | None = None) -> dict[str, Any]:
+    """Load and check the COCO JSON ``detect --data`` reads; returns the dict.
+
+    ``images``: a list of objects with an integer ``id`` (unique; not a string, bool or fraction) and a
+    ``file_name`` inside the image folder (:func:`posecal.datasets.coco.safe_file_name`). ``annotations``
+    (optional, for the recall): a list of objects with an integer ``image_id`` of a listed image, integer
+    ``category_id`` / number ``iscrowd`` when present, and a ``bbox`` of 4 finite numbers with w, h >= 0 when
+    present. A bad record raises :class:`PosecalInputError` naming the file, record and field."""
+    from posecal._util import read_json
+    from posecal.datasets.coco import number, numbers
+
+    if isinstance(src, dict):
+        d, file = src, file or "<dict>"
+    else:
+        file = file or str(src)
+        d = read_json(src)
+    if not isinstance(d, dict) or not isinstance(d.get("images"), list):
+        raise PosecalInputError("expected a COCO dict with an images list", file=file, field="images")
+    ids = {iid for iid, _ in _image_records(d, file)}
+    anns = d.get("annotations", [])
+    if not isinstance(anns, list):
+        raise PosecalInputError(f"expected a list, got {type(anns).__name__}", file=file, field="annotations")
+    for r, a in enumerate(anns):
+        rec = f"annotations[{r}]"
+        if not isinstance(a, dict):
+            raise PosecalInputError("annotation is not an object", file=file, record=rec)
+        if "image_id" not in a:
+            raise PosecalInputError("missing", file=file, record=rec, field="image_id")
+        iid = number(a["image_id"], file, rec, "image_id", integer=True)
+        if iid not in ids:
+            raise PosecalInputError(f"image_id {iid} not in images", file=file, record=rec, field="image_id")
+        if "category_id" in a:
+            number(a["category_id"], file, rec, "category_id", integer=True)
+        if "iscrowd" in a:
+            number(a["iscrowd"], file, rec, "iscrowd")
+        if "bbox" in a:
+            b = numbers(a["bbox"], 4, file, rec, "bbox")
+            if b[2] < 0 or b[3] < 0:
+                raise PosecalInputError("bbox must be [x, y, w, h] with w, h >= 0", file=file, record=rec,
+                                        field="bbox")
+    return d
+
+
+def _image_records(data: dict[str, Any], file: str | None) -> list[tuple[int, str]]:
+    """(id, file_name) of every ``images`` record, checked (see :func:`read_data`)."""
+    from posecal.datasets.coco import number, safe_file_name
+
+    out: list[tuple[int, str]] = []
+    seen: dict[int, int] = {}
+    for r, im in enumerate(data["images"]):
+        rec = f"images[{r}]"
+        if not isinstance(im, dict):
+            raise PosecalInputError("image record is not an object", file=file, record=rec)
+        for key in ("id", "file_name"):
+            if key not in im:
+                raise PosecalInputError("missing", file=file, record=rec, field=key)
+        iid = number(im["id"], file, rec, "id", integer=True)
+        if iid in seen:
+            raise PosecalInputError(f"duplicate image id {iid} (also images[{seen[iid]}])", file=file, record=rec,
+                                    field="id")
+        seen[iid] = r
+        out.append((iid, safe_file_name(im["file_name"], file, rec)))
+    return out
+
+
+def image_ids(images: str | os.PathLike, data: dict[str, Any] | None, *,
+              data_file: str | None = None) -> list[tuple[int, str]]:
+    """(image_id, file_name) pairs to run on (see the module docstring for the id rule). ``data``'s image
+    records are checked as :func:`read_data` does (``data_file`` names it in the errors)."""
     img_dir = Path(images)
     if not img_dir.is_dir():
         raise PosecalInputError("image folder not found", file=str(img_dir), field="--images")
     if data is not None:
-        out = [(int(im["id"]), str(im["file_name"])) for im in data["images"]]
+        out = _image_records(data, data_file)
         missing = [f for _, f in out if not (img_dir / f).is_file()]
         if missing:
             raise PosecalInputError(f"{len(missing)} image(s) of the dataset missing: {', '.join(missing[:5])}",
