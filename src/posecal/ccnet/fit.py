@@ -141,6 +141,9 @@ def training_arrays(stores: Sequence[StoreData], evidence: Sequence[str] = (),
     X = np.concatenate(xs)
     if not len(X):
         raise PosecalInputError("no row of the store has a gt with a labelled keypoint", file=stores[0].path)
+    if rows is None and not any(v.any() for v in vs):  # detection stores: every row unmatched (target 0)
+        raise PosecalInputError("no detection of the stores matches a person with a labelled keypoint (COCOeval "
+                                "matching at OKS 0.5): nothing but zeros to learn", file=stores[0].path)
     return X, np.concatenate(ts), np.concatenate(vs)
 
 

@@ -204,7 +204,8 @@ def _gt_box_targets(fs: Any, gt: Any, ks: Any, annotated: np.ndarray) -> dict[st
     gtk[ok] = gt.keypoints[g[ok]]
     if "gt_keypoints" in fs.arrays:  # augmented copies: gt with occluder-updated flags
         gtk[ok] = fs.read("gt_keypoints")[ok]
-    area = np.where(ok, gt.area[np.maximum(g, 0)], 1.0)
+    area = np.ones(fs.num_instances)
+    area[ok] = gt.area[g[ok]]  # (not gt.area[max(g, 0)]: a gt without annotations has no row 0)
     vis = (gtk[..., 2] > 0) & ok[:, None]
     oks = np.where(vis, keypoint_oks(fs.read("keypoints"), gtk, area, ks.sigmas), np.nan)
     return {"oks": oks, "vis": vis, "has": vis.any(axis=1), "conf_mask": vis & annotated,
@@ -220,7 +221,8 @@ def _detection_targets(fs: Any, gt: Any, ks: Any, annotated: np.ndarray) -> dict
     ok = match >= 0
     gtk = np.zeros((fs.num_instances, ks.num_keypoints, 3))
     gtk[ok] = gt.keypoints[match[ok]]
-    area = np.where(ok, gt.area[np.maximum(match, 0)], 1.0)
+    area = np.ones(fs.num_instances)
+    area[ok] = gt.area[match[ok]]
     vis = (gtk[..., 2] > 0) & ok[:, None]
     oks = np.where(vis, keypoint_oks(kp, gtk, area, ks.sigmas), np.nan)
     unmatched = match == -1

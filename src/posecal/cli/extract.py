@@ -128,18 +128,21 @@ def run(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _removed_on_failure(out: Path) -> Iterator[None]:
-    """A store this run creates is removed if the run fails on bad input (an existing partial store is kept:
-    its finished chunks are valid and a re-run resumes them). A killed run (SIGKILL) leaves it to resume."""
+    """A store this run creates (and its ``OUT.all`` staging store of detection crops) is removed if the run
+    fails (an existing partial store is kept: its finished chunks are valid and a re-run resumes them). A
+    killed or interrupted run (SIGKILL, Ctrl-C) leaves it to resume."""
     from posecal.models.store import StoreLockedError
 
-    fresh = not out.exists()
+    stage = out.with_name(out.name + ".all")
+    fresh, fresh_stage = not out.exists(), not stage.exists()
     try:
         yield
     except StoreLockedError:
         raise  # another process's store: never touched
-    except (PosecalInputError, OSError):
-        if fresh and out.is_dir():
-            shutil.rmtree(out, ignore_errors=True)
+    except Exception:
+        for path, new in ((out, fresh), (stage, fresh_stage)):
+            if new and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
         raise
 
 

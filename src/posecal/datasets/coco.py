@@ -137,6 +137,22 @@ def read_coco(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
         for key in ("width", "height"):
             if key in im and number(im[key], file, f"images[{r}]", key, integer=True) < 1:
                 raise PosecalInputError("must be >= 1", file=file, record=f"images[{r}]", field=key)
+    names_seen: dict[str, int] = {}
+    for r, im in enumerate(d["images"]):
+        first = names_seen.setdefault(im["file_name"], r)
+        if first != r:  # the second record's people would be cropped from the first one's picture
+            raise PosecalInputError(f"file_name {im['file_name']!r} also names images[{first}]", file=file,
+                                    record=f"images[{r}]", field="file_name")
+    cat_ids: set[int] = set()
+    for r, c in enumerate(d["categories"]):
+        if not isinstance(c, dict):
+            raise PosecalInputError("category is not an object", file=file, record=f"categories[{r}]")
+        if "id" in c:
+            cat_ids.add(number(c["id"], file, f"categories[{r}]", "id", integer=True))
+    if not d["categories"]:
+        raise PosecalInputError("empty: the person category (with its keypoint names) is needed", file=file,
+                                field="categories")
+    ann_ids: set[int] = set()
     for r, a in enumerate(d["annotations"]):
         if not isinstance(a, dict):
             raise PosecalInputError("annotation is not an object", file=file, record=r)
@@ -144,14 +160,19 @@ def read_coco(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
             if key not in a:
                 raise PosecalInputError("missing", file=file, record=r, field=key)
             number(a[key], file, r, key, integer=True)
+        if a["id"] in ann_ids:
+            raise PosecalInputError(f"duplicate annotation id {a['id']}", file=file, record=r, field="id")
+        ann_ids.add(a["id"])
         for key in ("iscrowd", "area", "num_keypoints", "category_id"):
             if key in a:
                 number(a[key], file, r, key, integer=key != "area")
+        if "area" in a and a["area"] < 0:
+            raise PosecalInputError(f"negative area {a['area']}", file=file, record=a["id"], field="area")
+        if "category_id" in a and cat_ids and a["category_id"] not in cat_ids:
+            raise PosecalInputError(f"unknown category_id {a['category_id']} (categories: "
+                                    f"{', '.join(map(str, sorted(cat_ids)))})", file=file, record=a["id"],
+                                    field="category_id")
     for r, c in enumerate(d["categories"]):
-        if not isinstance(c, dict):
-            raise PosecalInputError("category is not an object", file=file, record=f"categories[{r}]")
-        if "id" in c:
-            number(c["id"], file, f"categories[{r}]", "id", integer=True)
         names = c.get("keypoints")
         if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
             raise PosecalInputError("expected a list of keypoint names", file=file, record=f"categories[{r}]",
@@ -174,6 +195,10 @@ def check_converted(d: dict[str, Any], *, file: str | None = None, split: str | 
         if not np.isin(kp[:, 2], (0, 1, 2)).all():
             raise PosecalInputError("keypoint flag not in {0, 1, 2}", file=file, record=a.get("id", r),
                                     field="keypoints")
+        for key in ("bbox", "area"):  # coordinates near 1e308 are finite but their box or area is not
+            if key in a and not np.isfinite(np.asarray(a[key], dtype=np.float64)).all():
+                raise PosecalInputError(f"not finite ({a[key]}): coordinates too large", file=file,
+                                        record=a.get("id", r), field=key)
 
 
 def keypoint_set(d: dict[str, Any], *, file: str | None = None) -> KeypointSet:
@@ -199,12 +224,31 @@ def keypoint_set(d: dict[str, Any], *, file: str | None = None) -> KeypointSet:
     k = n3 // 3
     sets = [s for s in KEYPOINT_SETS.values() if s.num_keypoints == k] if n3 % 3 == 0 else []
     if len(sets) == 1:
+        if names:
+            warnings.warn(f"{file}: categories[0].keypoints names match no known keypoint set; taken as "
+                          f"{sets[0].name} by its keypoint count ({k}), with that set's order and OKS sigmas",
+                          PosecalWarning, stacklevel=2)
         return sets[0]
     if not sets:
         raise PosecalInputError(f"{n3} keypoint values ({n3 / 3:g} keypoints) match no keypoint set",
                                 file=file, record=0, field="keypoints")
     raise PosecalInputError(f"{k} keypoints fit {', '.join(s.name for s in sets)}; name them in "
                             "categories[0].keypoints", file=file, field="categories")
+
+
+def _check_box_on_image(bbox: np.ndarray, image: dict[str, Any], file: str | None, record: int,
+                        outside: list[int]) -> None:
+    """A detection box (x, y, w, h, image px) against its image's width/height when the data gives them:
+    larger than 1000× the image is an error (no detector writes it; its crop transform degenerates), one
+    that misses the image entirely is noted in ``outside``."""
+    W, H = image.get("width"), image.get("height")
+    if not (is_number(W) and is_number(H)):
+        return
+    if max(bbox[2], bbox[3]) > 1000.0 * max(W, H):
+        raise PosecalInputError(f"box {bbox[2]:g} × {bbox[3]:g} px on a {W} × {H} image", file=file,
+                                record=record, field="bbox")
+    if bbox[0] + bbox[2] <= 0 or bbox[1] + bbox[3] <= 0 or bbox[0] >= W or bbox[1] >= H:
+        outside.append(record)
 
 
 def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, file: str | None = None,
@@ -249,15 +293,16 @@ def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, f
     else:
         elsewhere = []  # detections of images the data file does not list
         odd_score = []  # person detections scored outside [0, 1]: legal, kept as they are, warned about
+        outside: list[int] = []  # person boxes that miss their image entirely: cropped from padding, warned about
         for r, b in enumerate(boxes):
             if not isinstance(b, dict):
                 raise PosecalInputError("detection is not an object", file=boxes_file, record=r)
-            for key in ("image_id", "bbox"):
+            for key in ("image_id", "bbox", "score"):
                 if key not in b:
                     raise PosecalInputError("missing", file=boxes_file, record=r, field=key)
             iid = number(b["image_id"], boxes_file, r, "image_id", integer=True)
             bbox = numbers(b["bbox"], 4, boxes_file, r, "bbox")
-            score = number(b.get("score", 1.0), boxes_file, r, "score")
+            score = number(b["score"], boxes_file, r, "score")
             cat = number(b.get("category_id", 1), boxes_file, r, "category_id", integer=True)
             if bbox[2] <= 0 or bbox[3] <= 0:
                 raise PosecalInputError("bbox must be [x, y, w, h] with w, h > 0", file=boxes_file, record=r,
@@ -268,11 +313,16 @@ def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, f
                 continue
             if not 0.0 <= score <= 1.0:
                 odd_score.append(r)
+            _check_box_on_image(bbox, imgs[iid], boxes_file, r, outside)
             out.append(Instance(iid, -1, imgs[iid]["file_name"], bbox, score, None, float("nan")))
         if odd_score:
             warnings.warn(f"{boxes_file}: {len(odd_score)} person detection score(s) outside [0, 1] (first: record "
                           f"{odd_score[0]}, field 'score'); kept as they are (they scale the instance score)",
                           PosecalWarning, stacklevel=2)
+        if outside:
+            warnings.warn(f"{boxes_file}: {len(outside)} person box(es) lie entirely outside their image (first: "
+                          f"record {outside[0]}, field 'bbox'); their crops hold only padding", PosecalWarning,
+                          stacklevel=2)
         if elsewhere:
             warnings.warn(f"{boxes_file}: {len(elsewhere)} detection(s) on images that the data file does not "
                           f"list (first: record {elsewhere[0]}); skipped", PosecalWarning, stacklevel=2)

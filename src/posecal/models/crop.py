@@ -53,14 +53,18 @@ def apply_affine(M: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 def load_image(path, record: object = None) -> np.ndarray:
     """RGB uint8 (H, W, 3). A missing, empty, corrupt, truncated or oversized image raises
-    :class:`posecal.errors.PosecalInputError` naming the image (and ``record``, e.g. the annotation id)."""
+    :class:`posecal.errors.PosecalInputError` naming the image (and ``record``, e.g. the annotation id).
+
+    16-bit grayscale images (PIL modes ``I;16*``, ``I`` with values in 0…65535) keep their high byte, as
+    OpenCV's ``imread(IMREAD_COLOR)`` (what MMPose reads with) does — PIL's ``convert("RGB")`` would saturate
+    them to white. Floating-point images are refused."""
     from PIL import Image
 
     from posecal.errors import PosecalInputError
 
     try:
         with Image.open(path) as im:
-            a = np.asarray(im.convert("RGB"))
+            a = _rgb8(im, path, record)
     except OSError as e:  # missing, unreadable, not an image (UnidentifiedImageError), truncated
         raise PosecalInputError(f"cannot read image: {e.strerror or e}", file=str(path), record=record,
                                 field="file_name") from None
@@ -70,6 +74,21 @@ def load_image(path, record: object = None) -> np.ndarray:
     if a.ndim != 3 or a.shape[0] < 1 or a.shape[1] < 1:
         raise PosecalInputError(f"image has shape {a.shape}", file=str(path), record=record, field="file_name")
     return a
+
+
+def _rgb8(im, path, record) -> np.ndarray:
+    from posecal.errors import PosecalInputError
+
+    if im.mode == "F":
+        raise PosecalInputError("floating-point images are not supported; save it as 8 or 16 bits",
+                                file=str(path), record=record, field="file_name")
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        g = np.asarray(im).astype(np.int64)
+        if g.size and (g.min() < 0 or g.max() > 65535):
+            raise PosecalInputError("32-bit integer image with values outside 0…65535", file=str(path),
+                                    record=record, field="file_name")
+        return np.repeat((g >> 8).astype(np.uint8)[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
 
 
 def warp(image: np.ndarray, M: np.ndarray, out_size: tuple[int, int], fill: int = 0) -> np.ndarray:

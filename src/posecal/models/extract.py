@@ -387,7 +387,7 @@ def oks_nms_store(src, out: str | os.PathLike, *, thr: float = OKS_NMS_THR, chun
     return writer.finalize(gt=gt, category_id=category_id)
 
 
-_META_BOOKKEEPING = ("format", "num_instances", "chunk_size", "arrays", "feature_array", "fingerprint")
+_META_BOOKKEEPING = ("format", "num_instances", "chunk_size", "arrays", "feature_array", "fingerprint", "files")
 
 
 def _read_inputs(data: str | os.PathLike | dict, data_file: str, boxes: str | os.PathLike | list | None,

@@ -294,8 +294,31 @@ class FeatureStore:
                 raise PosecalInputError(f"not JSON: {e}", file=str(pp)) from None
             if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
                 raise PosecalInputError("expected a list of result records", file=str(pp))
+            self._check_predictions(recs, pp)
             self._predictions = recs
         return self._predictions
+
+    def _check_predictions(self, recs: list[dict[str, Any]], pp: Path) -> None:
+        """predictions.json must be valid COCO results, one per row, in row order (``image_id`` equal to the
+        row's): every command reading a store then sees the same rows, whatever it reads them from."""
+        import warnings
+
+        from posecal.errors import PosecalWarning
+        from posecal.io.coco import load_results
+
+        if len(recs) != self.num_instances:
+            raise PosecalInputError(f"{len(recs)} records for the store's {self.num_instances} rows", file=str(pp))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PosecalWarning)  # scores > 1: legal, warned about where used
+            res = load_results(recs, file=str(pp))
+        if "image_id" in self.arrays and self.num_instances:
+            ids = self.read("image_id")
+            bad = np.flatnonzero(res.image_id != ids)
+            if bad.size:
+                i = int(bad[0])
+                raise PosecalInputError(f"image_id {int(res.image_id[i])} but row {i} of the store is image "
+                                        f"{int(ids[i])} (records reordered or edited?)", file=str(pp), record=i,
+                                        field="image_id")
 
     def _chunks(self) -> list[int]:
         return sorted(int(j) for j in self._index["chunks"])

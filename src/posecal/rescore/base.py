@@ -92,7 +92,10 @@ def _bbox_score(pred: CocoResults) -> np.ndarray:
     """``(D,)`` box scores: the records' ``bbox_score`` when every record has one, else 1."""
     recs = pred.records
     if recs and all("bbox_score" in r for r in recs):
-        return np.array([float(r["bbox_score"]) for r in recs], dtype=np.float64)
+        from posecal.datasets.coco import number
+
+        return np.array([number(r["bbox_score"], pred.path, i, "bbox_score") for i, r in enumerate(recs)],
+                        dtype=np.float64)
     return np.ones(len(pred))
 
 

@@ -99,10 +99,10 @@ class ClosedFormRescorer(Rescorer):
     def fit(self, pred: PredLike | None, gt: GtLike = None, **kw: object) -> ClosedFormRescorer:
         """Record the mean area (gt: non-crowd annotations with keypoints; else detection areas)."""
         gt = _as_gt(gt)
-        if gt is not None:
-            ok = (~gt.iscrowd) & (gt.num_keypoints > 0) & np.isfinite(gt.area)
+        ok = None if gt is None else (~gt.iscrowd) & (gt.num_keypoints > 0) & np.isfinite(gt.area)
+        if ok is not None and ok.any():
             self.mean_area = float(gt.area[ok].mean())
-        elif pred is not None:
+        elif pred is not None and len(_as_pred(pred)):  # no usable gt person: the detections' own areas
             self.mean_area = float(_as_pred(pred).det_area.mean())
         return self
 
@@ -139,7 +139,8 @@ class ClosedFormRescorer(Rescorer):
                 "closed-form with area 'gt' needs the ground truth (--gt)", pred.path, None, "area"
             )
         m = match_to_gt(pred, gt, self.sigmas)
-        a = np.where(m >= 0, gt.area[np.maximum(m, 0)], np.nan)
+        a = np.full(m.shape, np.nan)
+        a[m >= 0] = gt.area[m[m >= 0]]  # (a gt without annotations has no row to point at)
         miss = ~np.isfinite(a)
         if miss.any():
             warnings.warn(

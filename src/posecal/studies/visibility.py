@@ -68,6 +68,9 @@ def visibility_study(store: str | os.PathLike, *, head: str | os.PathLike | None
     row_of = {int(a): i for i, a in enumerate(gt.ann_id)}
     g = np.array([row_of.get(int(a), -1) for a in fs.read("ann_id")], dtype=np.int64)
     ok = g >= 0
+    if not ok.any():
+        raise PosecalInputError("no row of the store has a ground-truth person (the study needs gt boxes)",
+                                file=str(store), field="ann_id")
     gtk = np.where(ok[:, None, None], gt.keypoints[np.maximum(g, 0)], 0.0)
     if "gt_keypoints" in fs.arrays:  # augmented copies: occluder-updated flags
         gtk[ok] = fs.read("gt_keypoints")[ok]

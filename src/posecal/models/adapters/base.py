@@ -8,13 +8,14 @@ An adapter wraps one frozen top-down pose model. ``predict(crops)`` takes a batc
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from posecal.errors import PosecalInputError
+from posecal.errors import PosecalInputError, PosecalWarning
 
 
 @dataclass
@@ -103,6 +104,19 @@ def load_adapter(path: str | os.PathLike, *, tensor: str | None = None, model_ki
 
         return load_torch_model(path, tensor=tensor, num_threads=num_threads, input_size=input_size)
     card = card_for_model(path, model_card, task="pose")
+    if card is not None and model_card is not None and card.get("sha256"):
+        from posecal.models.store import file_sha256
+
+        if file_sha256(path) != card["sha256"]:
+            raise PosecalInputError(f"the card describes another model file (its sha256 {card['sha256'][:12]}… "
+                                    f"differs from {Path(path).name}'s); fix it or set it to null",
+                                    file=str(model_card) if not isinstance(model_card, dict) else str(path),
+                                    field="sha256")
+    if fmt == "onnx":
+        ignored = [f for f, v in (("--input-size", input_size), ("--model-kind", model_kind)) if v is not None]
+        if ignored:
+            warnings.warn(f"{', '.join(ignored)}: ignored for an ONNX model (its input size and decoding come "
+                          "from the graph or its model card)", PosecalWarning, stacklevel=2)
     if fmt == "tflite":
         from posecal.models.adapters.tflite import TFLiteAdapter
 

@@ -48,8 +48,10 @@ def prepare_input(crops: np.ndarray, inp: dict[str, Any]) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def open_session(path: str | os.PathLike, extra_outputs: list[str], num_threads: int | None = None):
-    """An onnxruntime session of ``path`` with ``extra_outputs`` exposed (and initializers out of the inputs)."""
+def open_session(path: str | os.PathLike, extra_outputs: list[str], num_threads: int | None = None,
+                 named_by: dict[str, str] | None = None):
+    """An onnxruntime session of ``path`` with ``extra_outputs`` exposed (and initializers out of the inputs).
+    ``named_by`` maps a tensor name to the flag that named it (default ``--model-card``), for the error."""
     import onnx
     import onnxruntime as ort
 
@@ -69,8 +71,10 @@ def open_session(path: str | os.PathLike, extra_outputs: list[str], num_threads:
         if t in outs:
             continue
         if t not in values:
-            raise PosecalInputError(f"the model has no tensor {t!r} named by its card", file=str(path),
-                                    field="--model-card")
+            flag = (named_by or {}).get(t, "--model-card")
+            raise PosecalInputError(f"the model has no tensor {t!r}"
+                                    + (" named by its card" if flag == "--model-card" else ""), file=str(path),
+                                    field=flag)
         g.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
         outs.add(t)
     so = ort.SessionOptions()
@@ -103,10 +107,32 @@ class CardAdapter:
         self._hm = hm
         names = [out["name"], self.tensor_name] + ([hm["name"]] if hm else [])
         self._fetch = list(dict.fromkeys(names))
-        self.session = open_session(self.path, self._fetch, num_threads)
+        self.session = open_session(self.path, self._fetch, num_threads,
+                                    named_by={tensor: "--tensor"} if tensor else None)
         self._batch = inp.get("batch")
         self.preprocessing = {k: inp[k] for k in ("layout", "dtype", "color", "scale", "mean", "std")}
         self.preprocessing["card"] = card["name"]
+        self._dry_run()
+
+    def _dry_run(self) -> None:
+        """Run blank crops once (two when the card says the batch is free), so a card that does not fit the
+        model (input name, size, layout, dtype, batch, output shapes) fails here in one line, before a store
+        is created."""
+        n = 1 if self._batch == 1 else 2
+        W, H = self.input_size
+        try:
+            o = self.predict(np.zeros((n, H, W, 3), np.uint8))
+        except PosecalInputError:
+            raise
+        except Exception as e:  # onnxruntime's error types, reshape/index errors of a mismatched card
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PosecalInputError(f"the model does not run as its card describes: {msg[:300]}",
+                                    file=str(self.path), field="--model-card") from None
+        J = len(self.joint_names)
+        if o.coords.shape != (n, J, 2) or (o.heatmaps is not None and o.heatmaps.shape[:2] != (n, J)):
+            got = o.heatmaps.shape if o.heatmaps is not None else o.coords.shape
+            raise PosecalInputError(f"the card lists {J} keypoints but the model's output has shape {got}",
+                                    file=str(self.path), field="--model-card")
 
     def feature_candidates(self) -> list[str]:
         return [self.tensor_name]
