@@ -372,3 +372,15 @@ def test_rescore_refuses_a_box_score_that_is_not_a_number(coco, tmp_path):
                        "--out", out])
     _one_error(rc, err, "record 2", "'bbox_score'")
     assert not out.exists()
+
+
+def test_non_finite_store_rows_are_named():
+    from posecal.ccnet.targets import check_finite_rows
+
+    a = np.zeros((4, 3, 2))
+    check_finite_rows(a, "S", "features_kpt")
+    a[2, 1, 0] = np.nan
+    a[3, 0, 1] = np.inf
+    with pytest.raises(PosecalInputError, match=r"2 rows hold NaN or infinite values \(first: row 2\)") as e:
+        check_finite_rows(a, "S", "features_kpt")
+    assert (e.value.file, e.value.record, e.value.field) == ("S", 2, "features_kpt")

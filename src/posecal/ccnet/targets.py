@@ -24,6 +24,7 @@ benchmarks.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,6 +233,16 @@ def _detection_targets(fs: Any, gt: Any, ks: Any, annotated: np.ndarray) -> dict
             "vis_mask": ok[:, None] & annotated[None], "match": match}
 
 
+def check_finite_rows(arr: np.ndarray, path: str | os.PathLike, name: str) -> None:
+    """Refuse a store array ``(N, ...)`` with NaN/inf in any row (``extract`` refuses non-finite model
+    outputs, so such a store was altered), naming the store, the first row and the array."""
+    bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1) if arr.size else np.zeros(0, bool)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise PosecalInputError(f"{int(bad.sum())} rows hold NaN or infinite values (first: row {i})",
+                                file=str(path), record=i, field=name)
+
+
 def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> StoreData:
     """Open a store and compute the CCNet targets (see module docstring)."""
     from posecal.io.coco import load_gt
@@ -248,6 +259,8 @@ def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> Sto
     except KeyError as e:
         raise PosecalInputError(str(e), file=str(path), field="keypoint_set") from None
     feats = store_features(fs) if features else np.zeros((fs.num_instances, 0))
+    for name, arr in ((fs.feature_name, feats), ("keypoints", fs.read("keypoints")), ("scores", fs.read("scores"))):
+        check_finite_rows(arr, path, name)
     records = fs.predictions
     if len(records) != fs.num_instances:
         raise PosecalInputError(f"{len(records)} predictions for {fs.num_instances} rows", file=str(path))

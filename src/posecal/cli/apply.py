@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from posecal.ccnet.apply import instance_scores, rescore_records
     from posecal.ccnet.checkpoint import check_compatible, load_head
     from posecal.ccnet.context import own_scores, store_context
-    from posecal.ccnet.targets import evidence_columns, load_store, store_features
+    from posecal.ccnet.targets import check_finite_rows, evidence_columns, load_store, store_features
     from posecal.ccnet.train import predict
     from posecal.io.coco import save_results
     from posecal.models.store import FeatureStore
@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     check_compatible(meta, data.head_meta, file=args.head)
     fs = FeatureStore.open(args.store)
     feats = store_features(fs)  # + instance evidence where the model card asks
+    check_finite_rows(feats, args.store, fs.feature_name)
     if meta.get("evidence"):  # per-keypoint evidence columns the head was trained with
         ev = evidence_columns(args.store, tuple(meta["evidence"]), data.sigmas)
         feats = np.concatenate([np.asarray(feats, np.float32), ev], axis=-1)
