@@ -8,12 +8,20 @@ Metadata keys: ``format`` (``"posecal-ccnet/1"``), ``head`` (kind), ``in_channel
 ``feat_mean``/``feat_std`` tensors), ``train`` (config), ``metrics`` (validation), ``aggregation``, and
 ``context`` when the head carries the learned-NMS stage (:mod:`posecal.ccnet.context`), whose parameters
 are ``HEAD_DIR/context.safetensors`` (float64 ``mean``, ``std``, ``coef``).
+
+:func:`load_head` refuses (:class:`PosecalInputError` naming ``head.json`` / ``head.safetensors`` /
+``context.safetensors`` and the field or tensor) a head whose metadata has the wrong types, whose
+``evidence`` does not fit its input width (``in_channels`` = ``feature_shape[-1]`` +
+:func:`posecal.ccnet.targets.evidence_width`), whose ``context`` entry and ``context.safetensors`` disagree,
+or whose tensors are not floating point, not finite, larger than :data:`MAX_ABS` in magnitude, or
+(``feat_std``) below :data:`MIN_STD`.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -28,6 +36,19 @@ FORMAT = "posecal-ccnet/1"
 WEIGHTS, META, CONTEXT = "head.safetensors", "head.json", "context.safetensors"
 COMPARED_KEYS = ("keypoint_set", "feature_tensor", "feature_shape", "pooling", "model_tensor", "model_sha256")
 """Metadata that must agree between a head and the store (or model) it is applied to."""
+
+AGGREGATIONS = ("sum(v_hat*s_hat)/sum(v_hat)", "sum(v_hat*s_hat)/sum(v_hat) * box_score")
+"""The ``aggregation`` values :func:`posecal.ccnet.fit.fit_from_stores` writes (the second with ``box_score``)."""
+
+MAX_ABS = 1e30
+"""Largest magnitude :func:`load_head` accepts in any head tensor. Trained heads stay many orders below it;
+with at most 2**16 input channels a dot product of such weights with unit-scale normalised inputs stays below
+7e34, far from float32's 3.4e38, so neither ``posecal apply`` nor an exported graph overflows on sane inputs."""
+
+MIN_STD = 1e-7
+"""Smallest ``feat_std`` value :func:`load_head` accepts: a tenth of the 1e-6 floor that
+:meth:`posecal.ccnet.heads.CCNetHead.set_normalisation` applies (so every head the library writes passes,
+float32 rounding included); 0 or a negative std would make the normalisation divide by zero or flip signs."""
 
 
 def save_head(head_dir: str | os.PathLike, head: CCNetHead, meta: dict[str, object]) -> None:
@@ -62,10 +83,14 @@ def save_head(head_dir: str | os.PathLike, head: CCNetHead, meta: dict[str, obje
         else:
             full.pop("context", None)
         write_json_atomic(d / META, full)
+    stale = Path(head_dir) / CONTEXT
+    if stage is None and stale.is_file():  # an earlier head's stage, left by saving into the same folder
+        stale.unlink()
 
 
 def load_head(head_dir: str | os.PathLike) -> tuple[CCNetHead, dict[str, object]]:
-    """Load a head saved by :func:`save_head`; raise :class:`PosecalInputError` on anything malformed."""
+    """Load a head saved by :func:`save_head`; raise :class:`PosecalInputError` on anything malformed
+    (see the module docstring for what is checked)."""
     from safetensors.torch import load_file
 
     d = Path(head_dir)
@@ -77,43 +102,21 @@ def load_head(head_dir: str | os.PathLike) -> tuple[CCNetHead, dict[str, object]
         meta = orjson.loads(mpath.read_bytes())
     except orjson.JSONDecodeError as e:
         raise PosecalInputError(f"invalid JSON: {e}", file=str(mpath)) from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise PosecalInputError(f"expected format {FORMAT!r}", file=str(mpath), field="format")
-    for key in ("head", "in_channels", "num_keypoints"):
-        if key not in meta:
-            raise PosecalInputError("missing", file=str(mpath), field=key)
-    for key, top in (("in_channels", 1 << 16), ("num_keypoints", 1 << 10)):
-        v = meta[key]
-        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top:
-            raise PosecalInputError(f"expected an integer in [1, {top}], got {v!r}", file=str(mpath), field=key)
-    if not isinstance(meta["head"], str) or meta["head"] not in HEAD_KINDS:
-        raise PosecalInputError(
-            f"unknown head kind {meta['head']!r}; choose one of {sorted(HEAD_KINDS)}", file=str(mpath), field="head"
-        )
-    for key in ("keypoint_set", "feature_tensor", "pooling", "model_tensor", "model_sha256"):
-        if meta.get(key) is not None and not isinstance(meta[key], str):
-            raise PosecalInputError(f"expected a string, got {meta[key]!r}", file=str(mpath), field=key)
-    fs = meta.get("feature_shape")
-    if fs is not None and not (isinstance(fs, list) and all(
-            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in fs)):
-        raise PosecalInputError(f"expected a list of sizes, got {fs!r}", file=str(mpath), field="feature_shape")
-    head = CCNetHead(meta["head"], int(meta["in_channels"]), int(meta["num_keypoints"]))
+    _check_meta(meta, mpath)
+    has_context = (d / CONTEXT).exists()
+    if meta.get("context") is None and has_context:
+        raise PosecalInputError(f"{CONTEXT} is present but head.json names no context stage (a file left by an "
+                                "earlier head? remove it, or restore the 'context' entry)", file=str(mpath),
+                                field="context")
+    try:
+        head = CCNetHead(meta["head"], int(meta["in_channels"]), int(meta["num_keypoints"]))
+    except PosecalInputError as e:  # e.g. kpt_pose / kpt_inst with too few channels
+        raise PosecalInputError(e.message, file=str(mpath), field="in_channels") from None
     try:
         state = load_file(str(wpath))
     except Exception as e:  # safetensors raises its own error types
         raise PosecalInputError(f"unreadable safetensors: {e}", file=str(wpath)) from None
-    want = head.state_dict()
-    if set(state) != set(want):
-        raise PosecalInputError(
-            f"tensors {sorted(state)} do not match head {meta['head']!r} ({sorted(want)})", file=str(wpath)
-        )
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(want[k].shape):
-            raise PosecalInputError(
-                f"shape {tuple(v.shape)} != expected {tuple(want[k].shape)}", file=str(wpath), field=k
-            )
-        if v.dtype.is_floating_point and not bool(v.isfinite().all()):
-            raise PosecalInputError("non-finite weights", file=str(wpath), field=k)
+    _check_state(state, head.state_dict(), meta["head"], wpath)
     head.load_state_dict(state)
     head.eval()
     if meta.get("context") is not None:
@@ -121,7 +124,112 @@ def load_head(head_dir: str | os.PathLike) -> tuple[CCNetHead, dict[str, object]
     return head, meta
 
 
+def _check_meta(meta: Any, mpath: Path) -> None:
+    """Refuse head.json metadata of the wrong type or inconsistent with itself (types, evidence vs input width,
+    aggregation vs box_score)."""
+    from posecal.ccnet.heads import feature_shape_ok
+    from posecal.ccnet.targets import EVIDENCE, evidence_width
+
+    def bad(message: str, field: str) -> PosecalInputError:
+        return PosecalInputError(message, file=str(mpath), field=field)
+
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise bad(f"expected format {FORMAT!r}", "format")
+    for key in ("head", "in_channels", "num_keypoints"):
+        if key not in meta:
+            raise bad("missing", key)
+    for key, top in (("in_channels", 1 << 16), ("num_keypoints", 1 << 10)):
+        v = meta[key]
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top:
+            raise bad(f"expected an integer in [1, {top}], got {v!r}", key)
+    kind, C, K = meta["head"], meta["in_channels"], meta["num_keypoints"]
+    if not isinstance(kind, str) or kind not in HEAD_KINDS:
+        raise bad(f"unknown head kind {kind!r}; choose one of {sorted(HEAD_KINDS)}", "head")
+    for key in ("keypoint_set", "feature_tensor", "pooling", "model_tensor", "model_sha256"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise bad(f"expected a string, got {meta[key]!r}", key)
+    if meta.get("feature_tensor") is not None and meta["feature_tensor"] != HEAD_KINDS[kind]:
+        raise bad(f"head {kind!r} reads {HEAD_KINDS[kind]}, not {meta['feature_tensor']!r}", "feature_tensor")
+    for key in ("train", "recipe", "normalisation"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise bad(f"expected an object, got {type(meta[key]).__name__}", key)
+    store = (meta.get("train") or {}).get("store")
+    if store is not None and not isinstance(store, str):
+        raise bad(f"expected a path string, got {store!r}", "train.store")
+    box = meta.get("box_score")
+    if box is not None and not isinstance(box, bool):
+        raise bad(f"expected true or false, got {box!r}", "box_score")
+    agg = meta.get("aggregation")
+    if agg is not None:
+        if agg not in AGGREGATIONS:
+            raise bad(f"unsupported aggregation {agg!r}; expected one of {list(AGGREGATIONS)}", "aggregation")
+        if agg.endswith("box_score") != bool(box):
+            raise bad(f"aggregation {agg!r} disagrees with box_score {box!r}", "aggregation")
+    ctx = meta.get("context")
+    if ctx is not None and not isinstance(ctx, dict):
+        raise bad(f"expected an object describing the context stage (or null), got {ctx!r}", "context")
+
+    ev = meta.get("evidence")
+    if ev is None:  # heads written before the key existed read no evidence columns
+        ev = []
+    if not isinstance(ev, list) or not all(isinstance(x, str) for x in ev):
+        raise bad(f"expected a list of evidence names, got {ev!r}", "evidence")
+    unknown = [x for x in ev if x not in EVIDENCE]
+    if unknown:
+        raise bad(f"unknown evidence {unknown[0]!r}; choose from {', '.join(EVIDENCE)}", "evidence")
+    if len(set(ev)) != len(ev):
+        raise bad(f"evidence {ev} names a column twice", "evidence")
+    per_keypoint = kind in ("kpt", "kpt_inst", "kpt_pose")
+    if ev and (not per_keypoint or kind == "kpt_inst"):
+        raise bad(f"head {kind!r} takes no evidence columns, got {ev}", "evidence")
+    if kind == "kpt_pose" and (not ev or ev[-1] != "pose"):
+        raise bad(f"head 'kpt_pose' reads the 'pose' evidence as its last columns, got {ev}", "evidence")
+
+    fs = meta.get("feature_shape")
+    if fs is None:
+        return
+    if not (isinstance(fs, list) and fs and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
+                                                for x in fs)):
+        raise bad(f"expected a list of positive sizes, got {fs!r}", "feature_shape")
+    E = evidence_width(ev, K)
+    shape = (*fs[:-1], fs[-1] + E) if per_keypoint else tuple(fs)  # the head's input, evidence appended
+    why = feature_shape_ok(kind, shape, K)
+    if why:
+        raise bad(why, "feature_shape")
+    width = shape[-1] if per_keypoint else shape[0]
+    if width != C:
+        if per_keypoint:
+            raise bad(f"the head reads {C} input channels, but feature_shape {fs} and evidence {ev} give "
+                      f"{fs[-1]} + {E} = {width}", "evidence")
+        raise bad(f"the head reads {C} input channels, feature_shape {fs} gives {width}", "feature_shape")
+
+
+def _check_state(state: dict[str, Any], want: dict[str, Any], kind: str, wpath: Path) -> None:
+    """Refuse head tensors that are missing, extra, misshapen, not floating point, non-finite, beyond
+    :data:`MAX_ABS` or (``feat_std``) below :data:`MIN_STD`."""
+    if set(state) != set(want):
+        raise PosecalInputError(f"tensors {sorted(state)} do not match head {kind!r} ({sorted(want)})",
+                                file=str(wpath))
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(want[k].shape):
+            raise PosecalInputError(f"shape {tuple(v.shape)} != expected {tuple(want[k].shape)}",
+                                    file=str(wpath), field=k)
+        if not v.dtype.is_floating_point:
+            raise PosecalInputError(f"dtype {str(v.dtype).removeprefix('torch.')} is not floating point",
+                                    file=str(wpath), field=k)
+        x = v.double()
+        if not bool(x.isfinite().all()):
+            raise PosecalInputError("non-finite weights", file=str(wpath), field=k)
+        if x.numel() and float(x.abs().max()) > MAX_ABS:
+            raise PosecalInputError(f"values up to {float(x.abs().max()):.3g} in magnitude, above the bound "
+                                    f"{MAX_ABS:g} (a corrupted or hand-edited head?)", file=str(wpath), field=k)
+        if k == "feat_std" and x.numel() and float(x.min()) < MIN_STD:
+            raise PosecalInputError(f"feature std must be >= {MIN_STD:g}, got {float(x.min()):.3g}",
+                                    file=str(wpath), field=k)
+
+
 def _load_context(path: Path) -> object:
+    import numpy as np
     from safetensors.numpy import load_file
 
     from posecal.ccnet.context import ContextStage
@@ -132,6 +240,9 @@ def _load_context(path: Path) -> object:
         arrs = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types
         raise PosecalInputError(f"unreadable safetensors: {e}", file=str(path)) from None
+    for k, a in arrs.items():
+        if not np.issubdtype(a.dtype, np.floating):
+            raise PosecalInputError(f"dtype {a.dtype} is not floating point", file=str(path), field=k)
     try:
         return ContextStage.from_arrays(arrs)
     except ValueError as e:

@@ -32,6 +32,9 @@ def _evidence(s: str) -> tuple[str, ...]:
     bad = [x for x in names if x not in EVIDENCE]
     if bad:
         raise argparse.ArgumentTypeError(f"unknown evidence {bad[0]!r}; choose from {', '.join(EVIDENCE)} or none")
+    dup = [x for i, x in enumerate(names) if x in names[:i]]
+    if dup:  # a head cannot read the same columns twice (load_head refuses it)
+        raise argparse.ArgumentTypeError(f"evidence {dup[0]!r} given twice")
     return names
 
 
