@@ -384,3 +384,76 @@ def test_non_finite_store_rows_are_named():
     with pytest.raises(PosecalInputError, match=r"2 rows hold NaN or infinite values \(first: row 2\)") as e:
         check_finite_rows(a, "S", "features_kpt")
     assert (e.value.file, e.value.record, e.value.field) == ("S", 2, "features_kpt")
+
+
+# --- outputs and arguments (second audit round) --------------------------------------------------------------
+def test_folder_outputs_are_all_or_nothing_when_a_name_clashes(tmp_path):
+    from posecal._outputs import atomic_dir
+
+    out = tmp_path / "rep"
+    (out / "b.png").mkdir(parents=True)  # a folder where the run writes a file
+    (out / "a.json").write_text("old")
+    with pytest.raises(PosecalInputError, match="b.png exists and is not a file") as e:
+        with atomic_dir(out) as d:
+            (d / "a.json").write_text("new")
+            (d / "b.png").write_text("new")
+    assert e.value.field == "--out"
+    assert (out / "a.json").read_text() == "old"  # untouched: the clash was found before any file moved
+    assert [p.name for p in tmp_path.iterdir()] == ["rep"]  # no temporary folder left
+
+
+def test_empty_paths_and_unbounded_counts_are_refused(coco, tmp_path):
+    _, _, gp, pred = coco
+    for argv, flag in ((["study", "visibility", "--store", tmp_path, "--out", ""], "--out"),
+                       (["demo", "--out", ""], "--out"),
+                       (["evaluate", "--gt", gp, "--pred", pred, "--report", ""], "--report")):
+        rc, _, err = _run(argv)
+        _one_error(rc, err, f"'{flag}'", "empty path")
+    rc, _, err = _run(["evaluate", "--gt", gp, "--pred", pred, "--random-seeds", "5000"])
+    _one_error(rc, err, "--random-seeds")
+    rc, _, err = _run(["study", "visibility", "--store", tmp_path, "--out", tmp_path / "o", "--tau", "-1"])
+    _one_error(rc, err, "--tau")
+
+
+def test_head_files_are_shareable(tmp_path):
+    torch = pytest.importorskip("torch")
+    import os
+
+    from posecal._util import current_umask
+    from posecal.ccnet.checkpoint import save_head
+    from posecal.ccnet.heads import CCNetHead
+
+    del torch
+    save_head(tmp_path / "h", CCNetHead("kpt", 5, 17), {"feature_tensor": "features_kpt", "feature_shape": [17, 5],
+                                                        "keypoint_set": "coco17"})
+    want = 0o666 & ~current_umask()
+    for f in ("head.json", "head.safetensors"):
+        assert os.stat(tmp_path / "h" / f).st_mode & 0o777 == want, f
+
+
+def test_demo_with_a_detector_as_pose_model_writes_nothing(shared, tmp_path):
+    out = tmp_path / "demo"
+    rc, _, err = _run(["demo", "--lsp", shared("data", "lsp"), "--model",
+                       shared("models", "nanodet", "nanodet-m-416.onnx"), "--out", out])
+    _one_error(rc, err, "'--model'", "detector")
+    assert not out.exists()
+
+
+def test_export_names_the_head_problem_before_touching_the_model(shared, tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from posecal.ccnet.checkpoint import save_head
+    from posecal.ccnet.export import export_calibrated, export_head_only
+    from posecal.ccnet.heads import CCNetHead
+
+    meta = {"feature_tensor": "features_kpt", "keypoint_set": "coco17", "pooling": "heatmap",
+            "model_tensor": "hybridsequential0_relu6_fwd", "model_sha256": "a" * 64}
+    save_head(tmp_path / "inst", CCNetHead("kpt_inst", 134, 17), {**meta, "feature_shape": [17, 134]})
+    with pytest.raises(PosecalInputError, match="head-only ONNX does not take") as e:
+        export_head_only(tmp_path / "none.tflite", tmp_path / "inst", tmp_path / "o.onnx")
+    assert e.value.file.endswith("head.json") and e.value.field == "head"
+    save_head(tmp_path / "kpt", CCNetHead("kpt", 128, 17), {**meta, "feature_shape": [17, 128]})
+    with pytest.raises(PosecalInputError, match="fitted on another model") as e:
+        export_calibrated(shared(*SP_MODEL), tmp_path / "kpt", tmp_path / "o.onnx")
+    assert e.value.field == "model_sha256"
+    assert not (tmp_path / "o.onnx").exists()

@@ -175,7 +175,7 @@ def _probe_writable(folder: Path, raw: str, field: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: PathLike) -> Iterator[Path]:
+def atomic_dir(path: PathLike, flag: str = "--out") -> Iterator[Path]:
     """Yield a temporary sibling folder; on success its files move into ``path`` (created if needed).
 
     A new ``path`` appears in one rename; into an existing folder each file is renamed in (files only,
@@ -193,7 +193,13 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
         if not path.exists():
             os.replace(tmp, path)
         else:
-            for f in sorted(tmp.iterdir()):
+            files = sorted(tmp.iterdir())
+            for f in files:  # every clash first: a file moved in before a failing one would stay replaced
+                t = path / f.name
+                if t.is_dir() or (t.exists() and not t.is_file()):
+                    raise PosecalInputError(f"{t} exists and is not a file; nothing was written", file=str(path),
+                                            field=flag)
+            for f in files:
                 os.replace(f, path / f.name)
     finally:
         if tmp.exists():

@@ -209,13 +209,13 @@ def run_lsp(lsp: Path, model: Path, out: Path, *, augment: int = 0, steps: int |
                                     field="--lsp")
     if threads:
         torch.set_num_threads(threads)
+    adapter = load_adapter(model, num_threads=threads)  # a bad model fails before anything is written
     work = out / "work"
     st = Stages(["convert LSP", "extract train", "extract test", "evaluate before", "closed-form",
                  "fit CCNet", "apply CCNet", "evaluate after"], show_progress)
     with st("convert LSP"):
         for split in ("train", "test"):
             write_json_atomic(work / f"lsp_{split}.json", read_lsp(joints, images, split), indent=False)
-    adapter = load_adapter(model, num_threads=threads)
     sha = file_sha256(model)
     pb = None if show_progress is None else bool(show_progress)
     with st("extract train"):

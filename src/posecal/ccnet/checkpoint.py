@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from posecal._util import atomic_path, write_json_atomic
+from posecal._util import atomic_path, current_umask, write_json_atomic
 from posecal.ccnet import HEAD_KINDS
 from posecal.ccnet.heads import CCNetHead
 from posecal.errors import PosecalInputError
@@ -74,12 +74,14 @@ def save_head(head_dir: str | os.PathLike, head: CCNetHead, meta: dict[str, obje
     with atomic_dir(head_dir) as d:  # both files or neither
         with atomic_path(d / WEIGHTS) as tmp:
             save_file(tensors, str(tmp), metadata={"format": FORMAT, "head": head.kind})
+            os.chmod(tmp, 0o666 & ~current_umask())  # safetensors writes 0600; a head is meant to be shared
         stage = getattr(head, "context_stage", None)
         if stage is not None:
             from safetensors.numpy import save_file as save_np
 
             with atomic_path(d / CONTEXT) as tmp:
                 save_np(stage.arrays(), str(tmp), metadata={"format": FORMAT})
+                os.chmod(tmp, 0o666 & ~current_umask())
         else:
             full.pop("context", None)
         write_json_atomic(d / META, full)

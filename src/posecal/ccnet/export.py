@@ -626,6 +626,17 @@ def _to_opset13(m: Any, model: str | os.PathLike) -> Any:
     return m
 
 
+def _same_model(meta: dict[str, Any], head_dir: str | os.PathLike, model: str | os.PathLike) -> None:
+    """A head fitted on stores of another model file is refused up front (its tensor may not exist here)."""
+    from posecal.models.store import file_sha256
+
+    want = meta.get("model_sha256")
+    if isinstance(want, str) and len(want) == 64 and file_sha256(model) != want:
+        raise PosecalInputError(f"the head was fitted on another model (sha256 {want[:12]}…, tensor "
+                                f"{meta.get('model_tensor')!r}), not on {Path(model).name}",
+                                file=str(Path(head_dir) / "head.json"), field="model_sha256")
+
+
 def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike, *,
                       heatmap_output: str | None = None, fuse: bool = True) -> dict[str, Any]:
     """Graft the CCNet head in ``head_dir`` onto the ONNX ``model`` and write ``out`` (atomically).
@@ -649,6 +660,7 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
         raise PosecalInputError("not an ONNX model: use export_head_only for TFLite models", file=str(model),
                                 field="--model")
     arrs, meta = head_arrays(head_dir)
+    _same_model(meta, head_dir, model)
     adapter = load_adapter(model, tensor=meta.get("model_tensor"))
     if heatmap_output is not None or not hasattr(adapter, "card"):
         adapter = OnnxAdapter(model, tensor=meta.get("model_tensor"), output=heatmap_output)
@@ -738,6 +750,13 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
     from posecal.models.adapters.base import load_adapter
 
     arrs, meta = head_arrays(head_dir)
+    if meta.get("head") == "kpt_inst":
+        raise PosecalInputError("a 'kpt_inst' head also reads the instance evidence (keypoint-score statistics "
+                                "and the box score), which a head-only ONNX does not take: graft it onto the "
+                                "ONNX model (posecal export without --head-only), or fit a 'kpt' head (posecal "
+                                "fit --head kpt) for a TFLite model", file=str(Path(head_dir) / "head.json"),
+                                field="head")
+    _same_model(meta, head_dir, model)
     adapter = load_adapter(model, tensor=meta.get("model_tensor"))
     probe = adapter.predict(np.zeros((1, adapter.input_size[1], adapter.input_size[0], 3), np.uint8))
     pooling, jmap = check_head_against_model(meta, head_dir, adapter, model, probe.features)

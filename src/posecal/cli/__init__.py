@@ -105,6 +105,9 @@ def _run_command(args: argparse.Namespace) -> int:
     from posecal.cli._args import one_line
 
     cmd = args.command
+    for flag in ("out", "report", "json", "gt", "pred", "store", "head", "model", "data", "images", "boxes"):
+        if getattr(args, flag, None) == "":  # Path("") is "." : an empty path would silently mean the cwd
+            return _error(cmd, PosecalInputError("empty path", field=f"--{flag}"))
     with warnings.catch_warnings(record=True) as caught:
         try:
             rc = int(args._run(args) or 0)

@@ -64,8 +64,16 @@ def run(args: argparse.Namespace) -> int:
     if args.lsp is not None:
         if args.model is None:
             raise PosecalInputError("--lsp needs --model (e.g. EfficientPoseI.tflite)", field="--model")
-        doc = run_lsp(Path(args.lsp), Path(args.model), out, augment=args.augment, steps=args.steps,
-                      seed=args.seed, threads=args.threads)
+        fresh = not out.exists()
+        try:
+            doc = run_lsp(Path(args.lsp), Path(args.model), out, augment=args.augment, steps=args.steps,
+                          seed=args.seed, threads=args.threads)
+        except Exception:  # a failed real-data demo leaves no half-made folder it created (Ctrl-C keeps it)
+            if fresh and out.is_dir():
+                import shutil
+
+                shutil.rmtree(out, ignore_errors=True)
+            raise
     else:
         print(SIM_BANNER, file=sys.stderr)
         doc = run_simulation(out, n_train=args.n_train, n_test=args.n_test, seed=args.seed,

@@ -31,6 +31,16 @@ from typing import Any
 from posecal.errors import PosecalInputError
 
 
+def _seeds(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= v <= 1000:  # each seed is one more full COCO evaluation
+        raise argparse.ArgumentTypeError(f"must be in [0, 1000], got {v}")
+    return v
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "evaluate",
@@ -61,8 +71,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "JSON to stdout (the summary then goes to stderr)")
     p.add_argument("--report", metavar="DIR", help="calibration audit: metrics.json, figures, index.html "
                    "in DIR (needs matplotlib) and a 'calibration' block in --json")
-    p.add_argument("--random-seeds", type=int, default=5, metavar="N",
-                   help="seeds for the AP with random confidence of --report (default 5)")
+    p.add_argument("--random-seeds", type=_seeds, default=5, metavar="N",
+                   help="seeds for the AP with random confidence of --report (default 5, at most 1000)")
     return p
 
 

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from posecal.cli._args import finite_float, nonneg_float, nonneg_int, threads
+from posecal.cli._args import nonneg_float, nonneg_int, threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     v.add_argument("--store", required=True, help="feature store with gt (posecal extract)")
     v.add_argument("--head", default=None, help="CCNet head directory (adds ŝ, v̂ and predicted visibility)")
     v.add_argument("--out", required=True, help="output directory (visibility.png, visibility.json)")
-    v.add_argument("--tau", type=finite_float, default=0.2, help="threshold of the tau aggregation")
+    v.add_argument("--tau", type=nonneg_float, default=0.2, help="threshold of the tau aggregation (>= 0)")
     v.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     return p
 

@@ -260,5 +260,5 @@ def card_for_model(model: str | os.PathLike, card: str | os.PathLike | dict | No
         c = next((deepcopy(v) for v in BUILTIN_CARDS.values() if v["sha256"] == h), None)
     if c is not None and task is not None and c["task"] != task:
         raise PosecalInputError(f"the model card describes a {c['task']} model, this command needs a {task}",
-                                file=str(model), field="--model-card")
+                                file=str(model), field="--model-card" if card is not None else "--model")
     return c

@@ -75,6 +75,9 @@ def visibility_study(store: str | os.PathLike, *, head: str | os.PathLike | None
     if "gt_keypoints" in fs.arrays:  # augmented copies: occluder-updated flags
         gtk[ok] = fs.read("gt_keypoints")[ok]
     gtv = gtk[..., 2]
+    if not (gtv > 0).any():
+        raise PosecalInputError("the store's ground truth labels no keypoint: AP is undefined", file=str(store),
+                                field="gt.json")
     area = np.where(ok, gt.area[np.maximum(g, 0)], 1.0)
     oks = np.where(gtv > 0, keypoint_oks(fs.read("keypoints"), gtk, area, ks.sigmas), np.nan)
     raw = np.array([r["keypoints"][2::3] for r in records], np.float64)
