@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -32,12 +33,16 @@ def run(args: argparse.Namespace) -> int:
     from posecal._outputs import check_creatable, refuse_clobber
     from posecal._util import dumps_json
     from posecal.ccnet.export import export, export_head_only
+    from posecal.errors import PosecalWarning
 
     refuse_clobber({"--model": args.model, "--head": args.head}, {"--out": args.out})
     check_creatable(args.out, "file")
 
     summary = export_head_only(args.model, args.head, args.out) if args.head_only else \
         export(args.model, args.head, args.out, fuse=args.fuse)
+    if not args.fuse and summary["mode"] != "grafted":
+        warnings.warn("--no-fuse: ignored for a head-only ONNX (no model graph to fuse into)", PosecalWarning,
+                      stacklevel=1)
     if args.json:
         sys.stdout.write(dumps_json(summary, indent=True).decode() + "\n")
     elif summary["mode"] == "grafted":

@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from dataclasses import replace
 from typing import Any
 
 from posecal.ccnet.targets import EVIDENCE
 from posecal.cli._args import device, nonneg_float, nonneg_int, positive_float, positive_int, threads
-from posecal.errors import PosecalInputError
+from posecal.errors import PosecalInputError, PosecalWarning
 
 
 def _evidence(s: str) -> tuple[str, ...]:
@@ -173,6 +174,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             _print_cv(rows, sys.stdout)
             print(f"selected: {recipe.label()}")
+    if not args.context and not any(d.meta.get("boxes", "gt") != "gt" for d in stores):
+        warnings.warn("--no-context: ignored, no training store holds detections (the context stage is fitted "
+                      "on detection stores only)", PosecalWarning, stacklevel=1)
     head, meta = fit_from_stores(stores, recipe, val, device=args.device, threads=args.threads, verbose=True,
                                  context=args.context)
     if not meta:  # a non-zero rank under torchrun
