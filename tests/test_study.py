@@ -67,6 +67,28 @@ def test_occlusion_study_on_lsp(world, tmp_path, capsys):
     assert len(c["raw_confidence"]) == 3 and all(v is not None for v in c["ccnet_confidence"])
 
 
+def test_occlusion_study_with_the_default_head_matches_apply(world, tmp_path, capsys):
+    """The default EfficientPose head (kpt_pose) reads the pose evidence; the study computes it per crop as
+    extract stores it, so at radius 0 its ŝ equals posecal apply's on the store."""
+    from posecal.models.store import FeatureStore
+
+    head, applied = tmp_path / "head", tmp_path / "applied.json"
+    assert main(["fit", "--store", str(world["train_store"]), "--out", str(head)]) == 0
+    assert json.loads((head / "head.json").read_text())["evidence"] == ["pose"]
+    assert main(["apply", "--store", str(world["test_store"]), "--head", str(head), "--out", str(applied)]) == 0
+    capsys.readouterr()
+    j = LSP14.names.index("head_top")
+    assert main(["study", "occlusion", "--model", str(world["model"]), "--data", str(world["test_json"]),
+                 "--images", str(world["images"]), "--joint", "head_top", "--head", str(head),
+                 "--out", str(tmp_path / "occ"), "--radii", "0", "60", "--limit", "4", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    fs = FeatureStore.open(world["test_store"])
+    rows = [list(fs.read("image_id")).index(i) for i in res["image_ids"]]
+    recs = json.loads(applied.read_text())
+    r0 = res["per_instance"]["occluder"][0]
+    np.testing.assert_allclose(r0["ccnet_confidence"], [recs[r]["keypoints"][3 * j + 2] for r in rows], atol=1e-5)
+
+
 def test_occlusion_study_bad_joint_exit_2(world, tmp_path, capsys):
     assert main(["study", "occlusion", "--model", str(world["model"]), "--data", str(world["test_json"]),
                  "--images", str(world["images"]), "--joint", "tail", "--out", str(tmp_path / "o")]) == 2

@@ -506,15 +506,18 @@ def _output_infos(K: int, batch: Any = "batch") -> list[Any]:
 
 
 def check_head_against_model(meta: dict[str, Any], head_dir: str | os.PathLike, adapter: Any,
-                             model: str | os.PathLike, probe_features: np.ndarray) -> tuple[str, np.ndarray]:
+                             model: str | os.PathLike, probe_features: np.ndarray, *,
+                             allow_evidence: bool = False) -> tuple[str, np.ndarray]:
     """Compare a head's metadata with a model (adapter, file, probe features (1, C, h, w)); refuse a
-    mismatch with :class:`PosecalInputError`. Returns (pooling, joint map model → head keypoint set)."""
+    mismatch with :class:`PosecalInputError`. Returns (pooling, joint map model → head keypoint set).
+    ``allow_evidence``: the caller computes the head's evidence columns itself (the studies do; a model
+    graph cannot)."""
     from posecal.keypoints import get_keypoint_set
     from posecal.models.adapters.joints import joint_map
     from posecal.models.store import file_sha256
 
     hfile = str(Path(head_dir) / "head.json")
-    if meta.get("evidence"):
+    if meta.get("evidence") and not allow_evidence:
         raise PosecalInputError(f"the head also reads store evidence columns {list(meta['evidence'])}, which a "
                                 "model graph does not compute; fit a features-only head (--head kpt --evidence none)",
                                 file=hfile, field="evidence")
@@ -529,6 +532,10 @@ def check_head_against_model(meta: dict[str, Any], head_dir: str | os.PathLike, 
     C = int(probe_features.shape[1])
     if uses_evidence(meta) and meta.get("pooling") == "heatmap":
         C += 6  # the instance evidence appended to the pooled features
+    if allow_evidence and meta.get("evidence"):
+        from posecal.ccnet.targets import evidence_width
+
+        C += evidence_width(list(meta["evidence"]), int(meta["num_keypoints"]))
     if int(meta.get("in_channels", -1)) != C:
         diffs.append(f"in_channels: head {meta.get('in_channels')} vs model tensor {C}")
     pooling = meta.get("pooling")

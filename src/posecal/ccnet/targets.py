@@ -328,15 +328,11 @@ def evidence_width(names: tuple[str, ...] | list[str], k: int) -> int:
     return sum(pose_channels(k) if n == "pose" else 1 for n in names)
 
 
-def _pose_columns(fs: Any, score: np.ndarray, cf: np.ndarray) -> np.ndarray:
-    """``(N, P)`` pose evidence (see :data:`EVIDENCE`) from a store's keypoints (image px), crop transforms
-    (image px → input px) and input size, with its scores and closed-form values ``(N, K)``."""
-    kp = np.asarray(fs.read("keypoints"), np.float64)  # (N, K, 2) image px
-    M = np.asarray(fs.read("crop_transform"), np.float64)  # (N, 2, 3)
-    if "input_size" not in fs.meta:
-        raise PosecalInputError("evidence 'pose' needs the store's model input size (meta.json input_size)",
-                                file=str(fs.path), field="evidence")
-    W, H = (float(v) for v in fs.meta["input_size"])
+def _pose_columns(kp: np.ndarray, M: np.ndarray, input_size: tuple[float, float], score: np.ndarray,
+                  cf: np.ndarray) -> np.ndarray:
+    """``(N, P)`` pose evidence (see :data:`EVIDENCE`) from keypoints ``(N, K, 2)`` image px, crop transforms
+    ``(N, 2, 3)`` (image px → input px) and the input size (W, H), with scores and closed-form values ``(N, K)``."""
+    W, H = (float(v) for v in input_size)
     uv = np.einsum("nij,nkj->nki", M[:, :, :2], kp) + M[:, None, :, 2]  # (N, K, 2) input px
     uv = uv / np.array([W, H]) - 0.5
     iu = np.triu_indices(kp.shape[1], 1)
@@ -344,30 +340,28 @@ def _pose_columns(fs: Any, score: np.ndarray, cf: np.ndarray) -> np.ndarray:
     return np.concatenate([uv.reshape(len(uv), -1), dist, score, cf], axis=1)
 
 
-def evidence_columns(path: str, names: tuple[str, ...] | list[str], sigmas: np.ndarray) -> np.ndarray:
-    """``(N, K, E)`` float32 evidence columns ``names`` (see :data:`EVIDENCE`) of the store at ``path``, in
-    that order (``pose`` adds :func:`pose_channels` ``(K)`` columns, the others one each)."""
-    from posecal.models.store import FeatureStore
+EVIDENCE_ARRAYS = {"score": ("scores",), "log_sigma": ("sigma_hat", "bbox"), "cf": ("sigma_hat", "bbox"),
+                   "pose": ("scores", "sigma_hat", "bbox", "keypoints", "crop_transform")}
+"""The store arrays each evidence column is computed from."""
+
+
+def evidence_from_arrays(names: tuple[str, ...] | list[str], sigmas: np.ndarray, arrays: dict[str, np.ndarray],
+                         input_size: tuple[float, float] | None = None) -> np.ndarray:
+    """``(N, K, E)`` float32 evidence columns ``names`` (see :data:`EVIDENCE`) from store-shaped arrays
+    (:data:`EVIDENCE_ARRAYS`: ``scores (N, K)``, ``sigma_hat (N, K)`` image px, ``bbox (N, 4)`` image px,
+    ``keypoints (N, K, 2)`` image px, ``crop_transform (N, 2, 3)``) and the model input size (W, H, for
+    ``pose``). What :func:`evidence_columns` computes from a store, for crops that are not in one."""
     from posecal.theory import oks_l2, perfect_expected_oks
 
-    fs = FeatureStore.open(path)
     K = len(sigmas)
+    n = len(next(iter(arrays.values()))) if arrays else 0
     cols: list[np.ndarray] = []  # (N, K, e) blocks
-    need = {"score": ("scores",), "log_sigma": ("sigma_hat", "bbox"), "cf": ("sigma_hat", "bbox"),
-            "pose": ("scores", "sigma_hat", "bbox", "keypoints", "crop_transform")}
     for name in names:
-        if name not in EVIDENCE:
-            raise PosecalInputError(f"unknown evidence {name!r}; choose from {', '.join(EVIDENCE)}",
-                                    field="evidence")
-        missing = [a for a in need[name] if a not in fs.arrays]
-        if missing:
-            raise PosecalInputError(f"evidence {name!r} needs the store array(s) {', '.join(missing)}",
-                                    file=str(path), field="evidence")
         if name == "score":
-            cols.append(np.asarray(fs.read("scores"), np.float64)[..., None])
+            cols.append(np.asarray(arrays["scores"], np.float64)[..., None])
             continue
-        sig = np.nan_to_num(np.asarray(fs.read("sigma_hat"), np.float64), nan=1e3)
-        box = fs.read("bbox")
+        sig = np.nan_to_num(np.asarray(arrays["sigma_hat"], np.float64), nan=1e3)
+        box = np.asarray(arrays["bbox"], np.float64)
         area = np.maximum(box[:, 2] * box[:, 3], 1.0)[:, None]
         cf = perfect_expected_oks(sig ** 2, oks_l2(sigmas, area))
         if name == "log_sigma":
@@ -375,11 +369,38 @@ def evidence_columns(path: str, names: tuple[str, ...] | list[str], sigmas: np.n
         elif name == "cf":
             cols.append(cf[..., None])
         else:
-            pose = _pose_columns(fs, np.asarray(fs.read("scores"), np.float64), cf)
+            pose = _pose_columns(np.asarray(arrays["keypoints"], np.float64),
+                                 np.asarray(arrays["crop_transform"], np.float64), input_size,
+                                 np.asarray(arrays["scores"], np.float64), cf)
             cols.append(np.broadcast_to(pose[:, None, :], (len(pose), K, pose.shape[1])))
     if not cols:
-        return np.zeros((fs.num_instances, K, 0), np.float32)
+        return np.zeros((n, K, 0), np.float32)
     return np.concatenate(cols, axis=-1).astype(np.float32)
+
+
+def evidence_columns(path: str, names: tuple[str, ...] | list[str], sigmas: np.ndarray) -> np.ndarray:
+    """``(N, K, E)`` float32 evidence columns ``names`` (see :data:`EVIDENCE`) of the store at ``path``, in
+    that order (``pose`` adds :func:`pose_channels` ``(K)`` columns, the others one each)."""
+    from posecal.models.store import FeatureStore
+
+    fs = FeatureStore.open(path)
+    need: set[str] = set()
+    for name in names:
+        if name not in EVIDENCE:
+            raise PosecalInputError(f"unknown evidence {name!r}; choose from {', '.join(EVIDENCE)}",
+                                    field="evidence")
+        missing = [a for a in EVIDENCE_ARRAYS[name] if a not in fs.arrays]
+        if missing:
+            raise PosecalInputError(f"evidence {name!r} needs the store array(s) {', '.join(missing)}",
+                                    file=str(path), field="evidence")
+        need.update(EVIDENCE_ARRAYS[name])
+    if "pose" in names and "input_size" not in fs.meta:
+        raise PosecalInputError("evidence 'pose' needs the store's model input size (meta.json input_size)",
+                                file=str(fs.path), field="evidence")
+    arrays = {a: fs.read(a) for a in sorted(need)}
+    if not arrays:
+        return np.zeros((fs.num_instances, len(sigmas), 0), np.float32)
+    return evidence_from_arrays(names, sigmas, arrays, fs.meta.get("input_size"))
 
 
 def head_inputs(data: StoreData, evidence: tuple[str, ...] | list[str] = ()) -> np.ndarray:

@@ -64,5 +64,30 @@ def open_head(head_dir: str | os.PathLike, model: str | os.PathLike, adapter: Po
     head, meta = load_head(head_dir)
     W, H = adapter.input_size
     probe = adapter.predict(np.zeros((1, H, W, 3), np.uint8))
-    pooling, jmap = check_head_against_model(meta, head_dir, adapter, model, probe.features)
+    pooling, jmap = check_head_against_model(meta, head_dir, adapter, model, probe.features, allow_evidence=True)
     return head, meta, pooling, jmap
+
+
+def head_evidence(meta: dict[str, object], out: ModelOutput, Ms: np.ndarray, boxes: np.ndarray, jmap: np.ndarray,
+                  kp: np.ndarray, sc: np.ndarray, sigmas: np.ndarray, input_size: tuple[int, int],
+                  target_sigma: float) -> np.ndarray:
+    """The head's evidence columns ``(N, K, E)`` for crops made in memory, computed as ``posecal extract``
+    stores their inputs and :func:`posecal.ccnet.targets.evidence_columns` reads them: keypoints ``kp (N, K, 2)``
+    image px and raw scores ``sc (N, K)`` (dataset order, :func:`to_dataset` with the model → dataset joint
+    map ``jmap``), σ̂ fitted to the heatmaps (extract's default estimator, ``target_sigma`` heatmap px) in
+    image px, the gt ``boxes (N, 4)`` image px, the crop transforms ``Ms (N, 2, 3)`` and the input size (W, H)."""
+    from posecal.ccnet.targets import evidence_from_arrays
+    from posecal.models.crop import invert_affine
+    from posecal.theory.heatmap import estimate_sigma
+
+    N, K = sc.shape
+    sig = np.full((N, K), np.nan)
+    if out.heatmaps is not None:
+        hms = np.asarray(out.heatmaps)
+        # image px per heatmap px = image px per input px (crop scale) × input px per heatmap px
+        scale = np.sqrt(np.abs(np.linalg.det(invert_affine(Ms)[:, :, :2]))) * (input_size[0] / hms.shape[3])
+        s_img = np.asarray(estimate_sigma(hms, method="fit", target_sigma=target_sigma, scale=scale), np.float64)
+        have = jmap >= 0
+        sig = np.where(have[None], s_img[:, np.where(have, jmap, 0)], np.nan)
+    arrays = {"scores": sc, "sigma_hat": sig, "bbox": boxes, "keypoints": kp, "crop_transform": Ms}
+    return evidence_from_arrays(list(meta.get("evidence") or []), sigmas, arrays, input_size)

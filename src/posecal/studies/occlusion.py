@@ -89,6 +89,8 @@ class StudyModel:
     head: CCNetHead | None = None
     pooling: str | None = None
     head_jmap: np.ndarray | None = None
+    head_meta: dict[str, object] | None = None  # its evidence columns are computed per crop (head_evidence)
+    sigmas: np.ndarray | None = None  # the keypoint set's OKS sigmas (closed-form / pose evidence)
 
 
 def select_instances(data: str | os.PathLike | dict, joint: str, radii: Sequence[float],
@@ -128,7 +130,7 @@ def open_model(model: str | os.PathLike, head: str | os.PathLike | None, sel: St
     out = StudyModel(adapter, np.zeros(0, np.int64))
     if head is not None:
         hd, hmeta, out.pooling, out.head_jmap = open_head(head, model, adapter)
-        out.head = hd
+        out.head, out.head_meta, out.sigmas = hd, hmeta, np.asarray(sel.ks.sigmas, np.float64)
         if hmeta.get("keypoint_set") != sel.ks.name:
             raise PosecalInputError(f"head keypoint set {hmeta.get('keypoint_set')!r} != data {sel.ks.name!r}",
                                     file=str(head), field="keypoint_set")
@@ -153,15 +155,23 @@ def perturb(crops: np.ndarray, centers: np.ndarray, mode: str, r: float,
 
 
 def run_model(m: StudyModel, crops: np.ndarray, Ms: np.ndarray, batch_size: int,
-              on_batch: Callable[[int], object] | None = None
+              on_batch: Callable[[int], object] | None = None, boxes: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """The model (and head) on ``crops (N, H, W, 3)`` whose image → input affines are ``Ms (N, 2, 3)``.
 
     Returns keypoints ``(N, K, 2)`` image px and raw scores ``(N, K)`` in the dataset keypoint set, and the
-    head's ŝ, v̂ ``(N, K)`` (``None`` without a head). ``on_batch(n)`` is called after each batch of n.
+    head's ŝ, v̂ ``(N, K)`` (``None`` without a head). ``on_batch(n)`` is called after each batch of n. A head
+    that reads evidence columns (e.g. the default ``kpt_pose``) needs the crops' gt ``boxes (N, 4)`` image px.
     """
     from posecal.ccnet.train import predict
-    from posecal.studies._common import pooled_features, to_dataset
+    from posecal.models.extract import DEFAULT_TARGET_SIGMA
+    from posecal.studies._common import head_evidence, pooled_features, to_dataset
+
+    evidence = bool(m.head is not None and (m.head_meta or {}).get("evidence"))
+    if evidence and boxes is None:
+        raise ValueError("this head reads evidence columns: give the crops' boxes")
+    card = getattr(m.adapter, "card", None) or {}
+    target_sigma = float(card.get("target_sigma") or DEFAULT_TARGET_SIGMA.get(getattr(m.adapter, "kind", ""), 2.0))
 
     N = crops.shape[0]
     kp_l, sc_l, s_l, v_l = [], [], [], []
@@ -171,7 +181,12 @@ def run_model(m: StudyModel, crops: np.ndarray, Ms: np.ndarray, batch_size: int,
         kp_l.append(kp)
         sc_l.append(sc)
         if m.head is not None:
-            s, v = predict(m.head, pooled_features(out, m.pooling, m.head_jmap))
+            x = pooled_features(out, m.pooling, m.head_jmap)
+            if evidence:
+                ev = head_evidence(m.head_meta, out, Ms[b:b + batch_size], boxes[b:b + batch_size], m.jmap, kp, sc,
+                                   m.sigmas, tuple(m.adapter.input_size), target_sigma)
+                x = np.concatenate([np.asarray(x, np.float32), ev], axis=-1)
+            s, v = predict(m.head, x)
             s_l.append(s)
             v_l.append(v)
         if on_batch is not None:
@@ -241,6 +256,7 @@ def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, im
     crops, Ms = crop_instances(insts, images, m.adapter.input_size)
     gt = np.stack([i.keypoints for i in insts])
     area = np.array([i.area for i in insts])
+    boxes = np.stack([i.bbox for i in insts]).astype(np.float64)
     centers = apply_affine(Ms, gt[:, j:j + 1, :2])[:, 0]  # the joint in input px
     N = len(insts)
     res: dict[str, dict[str, list[float | None]]] = {}
@@ -253,7 +269,7 @@ def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, im
         inst_rows = []
         for r in sel.radii:
             pert = perturb(crops, centers, mode, r, fill, blur_sigma)
-            kp, sc, s, v = run_model(m, pert, Ms, batch_size, bar.update)
+            kp, sc, s, v = run_model(m, pert, Ms, batch_size, bar.update, boxes=boxes)
             oks = keypoint_oks(kp, gt, area, ks.sigmas)  # (N, K), NaN where unlabelled
             point, row = radius_summary(r, j, oks, sc, s, v)
             for k in keys:
