@@ -457,3 +457,43 @@ def test_export_names_the_head_problem_before_touching_the_model(shared, tmp_pat
         export_calibrated(shared(*SP_MODEL), tmp_path / "kpt", tmp_path / "o.onnx")
     assert e.value.field == "model_sha256"
     assert not (tmp_path / "o.onnx").exists()
+
+
+# --- third audit round ------------------------------------------------------------------------------------
+def test_fit_refuses_the_same_store_twice(tmp_path):
+    (tmp_path / "S").mkdir()
+    rc, _, err = _run(["fit", "--store", tmp_path / "S", "--store", f"{tmp_path / 'S'}/.", "--out", tmp_path / "H"])
+    _one_error(rc, err, "'--store'", "given twice")
+    assert not (tmp_path / "H").exists()
+
+
+def test_detect_data_with_one_picture_under_two_ids_is_refused(tmp_path):
+    from posecal.models.detect import read_data
+
+    d = _data()
+    d["images"][1]["file_name"] = "a.jpg"
+    with pytest.raises(PosecalInputError, match=r"also names images\[0\]") as e:
+        read_data(_write(tmp_path / "d.json", d))
+    assert (e.value.record, e.value.field) == ("images[1]", "file_name")
+
+
+def test_extract_names_a_boxes_file_without_people(shared, mini, tmp_path):
+    data, img, det = mini
+    b = json.loads(det.read_text())
+    for x in b:
+        x["category_id"] = 0  # person = class 0, as Ultralytics numbers it
+    rc, _, err = _run(["extract", "--model", shared(*SP_MODEL), "--data", data, "--images", img, "--boxes",
+                       _write(tmp_path / "d0.json", b), "--out", tmp_path / "st"])
+    _one_error(rc, err, "d0.json", "'category_id'", "is a person")
+    assert not (tmp_path / "st").exists()
+
+
+def test_a_store_whose_keypoint_set_was_edited_is_named(shared, mini, tmp_path):
+    data, img, _ = mini
+    st = tmp_path / "st"
+    assert _run(["extract", "--model", shared(*SP_MODEL), "--data", data, "--images", img, "--out", st])[0] == 0
+    meta = json.loads((st / "meta.json").read_text())
+    meta["keypoint_set"] = "lsp14"
+    (st / "meta.json").write_text(json.dumps(meta))
+    rc, _, err = _run(["fit", "--store", st, "--out", tmp_path / "h"])
+    _one_error(rc, err, "meta.json", "'keypoint_set'", "edited?")

@@ -177,9 +177,20 @@ def test_duplicate_ids(small):
     bad = copy.deepcopy(res)
     for i, r in enumerate(bad):
         r["id"] = i
-    bad[-1]["id"] = 0
-    e = _err(load_results, bad, load_gt(gt))
-    assert (e.record, e.field) == (len(bad) - 1, "id")
+    bad[-1]["id"] = 0  # result ids do not matter: pycocotools' loadRes renumbers them, so duplicates load
+    assert len(load_results(bad, load_gt(gt))) == len(bad)
+
+
+def test_category_id_is_filled_only_when_no_result_names_one(small):
+    gt, res = small
+    g = load_gt(gt)
+    r = copy.deepcopy(res)
+    for x in r:
+        del x["category_id"]
+    assert (load_results(r, g).category_id == g.categories[0]["id"]).all()
+    r[3]["category_id"] = 2  # some records name one: the others are not silently given the gt's
+    e = _err(load_results, r, g)
+    assert (e.record, e.field) == (0, "category_id")
 
 
 def test_missing_fields_and_types(small):

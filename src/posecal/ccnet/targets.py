@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -257,7 +258,12 @@ def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> Sto
     try:
         ks = get_keypoint_set(str(meta.get("keypoint_set")))
     except KeyError as e:
-        raise PosecalInputError(str(e), file=str(path), field="keypoint_set") from None
+        raise PosecalInputError(str(e.args[0]) if e.args else str(e), file=str(Path(path) / "meta.json"),
+                                field="keypoint_set") from None
+    K = ((meta.get("arrays") or {}).get("keypoints") or {}).get("shape", [None])[0]
+    if isinstance(K, int) and K != ks.num_keypoints:
+        raise PosecalInputError(f"{ks.name} has {ks.num_keypoints} keypoints but the store's arrays hold {K} "
+                                "(edited?)", file=str(Path(path) / "meta.json"), field="keypoint_set")
     feats = store_features(fs) if features else np.zeros((fs.num_instances, 0))
     for name, arr in ((fs.feature_name, feats), ("keypoints", fs.read("keypoints")), ("scores", fs.read("scores"))):
         check_finite_rows(arr, path, name)

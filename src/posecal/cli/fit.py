@@ -124,6 +124,12 @@ def _check_before_training(args: argparse.Namespace) -> None:
                    dir_outputs={"--out": ["head.json", "head.safetensors"]})
     check_creatable(args.out, "dir")
     _check_device(args.device)
+    seen: dict[str, str] = {}
+    for s in args.store:
+        real = os.path.realpath(s)
+        if real in seen:  # the same rows twice would silently weigh that store double
+            raise PosecalInputError(f"the same store as {seen[real]!r}, given twice", file=s, field="--store")
+        seen[real] = s
 
 
 def _check_device(device: str) -> None:

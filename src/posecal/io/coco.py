@@ -582,8 +582,8 @@ def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | No
 
     Raises:
         PosecalInputError: bad JSON, not a list, missing field, wrong keypoint count, a value that is not a
-            JSON number, NaN/inf, unknown image_id, negative box size, duplicate ``id`` (when records
-            carry ids).
+            JSON number, NaN/inf, unknown image_id, negative box size, ``category_id`` on some records
+            only. A record's ``id`` is ignored (pycocotools' ``loadRes`` renumbers them).
 
     Warns:
         PosecalWarning: instance or keypoint scores above 1 or below 0 (kept as they are).
@@ -600,7 +600,6 @@ def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | No
         visibility, part_scores = _result_extras(recs, kps.shape[1], file)
         if gt is not None:
             _check_against_gt(image_id, category_id, gt, file)
-        _check_record_ids(recs, file)
         if non_json:
             _refuse_non_json(file)
         _warn_score_range(score, kps, file)
@@ -621,7 +620,8 @@ def _result_ids(recs: list, gt: CocoGroundTruth | None, file: str | None
     D = len(recs)
     image_id = _ints(_column(recs, "image_id", file, "result"), file, "image_id")
     single_cat = gt is not None and len(gt.categories) == 1
-    if D and type(recs[0]) is dict and "category_id" not in recs[0] and single_cat:
+    if D and single_cat and all(type(r) is dict and "category_id" not in r for r in recs):
+        # no record names a category and the gt has one: that one (some records naming it is an error below)
         category_id = np.full(D, int(gt.categories[0]["id"]), dtype=np.int64)
     else:
         category_id = _ints(_column(recs, "category_id", file, "result"), file, "category_id")
@@ -718,18 +718,6 @@ def _check_against_gt(image_id: np.ndarray, category_id: np.ndarray, gt: CocoGro
         warnings.warn(f"{file}: {int(unknown.sum())} results have a category_id that is not in the ground "
                       f"truth (first: record {i}, category_id {int(category_id[i])}); they are not evaluated, "
                       "as in pycocotools", PosecalWarning, stacklevel=3)
-
-
-def _check_record_ids(recs: list, file: str | None) -> None:
-    """Duplicate ``id`` fields (when the records carry integer ids)."""
-    if not recs or "id" not in recs[0]:
-        return
-    ids = [r.get("id") for r in recs]
-    if set(map(type, ids)) <= {int}:
-        dup = _first_dup(np.array(ids, dtype=np.int64))
-        if dup is not None:
-            second = [i for i, v in enumerate(ids) if v == dup][1]
-            raise PosecalInputError(f"duplicate id {dup}", file, second, "id")
 
 
 def _warn_score_range(score: np.ndarray, kps: np.ndarray, file: str | None) -> None:

@@ -251,6 +251,7 @@ def _image_records(data: dict[str, Any], file: str | None) -> list[tuple[int, st
 
     out: list[tuple[int, str]] = []
     seen: dict[int, int] = {}
+    names: dict[str, int] = {}
     for r, im in enumerate(data["images"]):
         rec = f"images[{r}]"
         if not isinstance(im, dict):
@@ -263,7 +264,12 @@ def _image_records(data: dict[str, Any], file: str | None) -> list[tuple[int, st
             raise PosecalInputError(f"duplicate image id {iid} (also images[{seen[iid]}])", file=file, record=rec,
                                     field="id")
         seen[iid] = r
-        out.append((iid, safe_file_name(im["file_name"], file, rec)))
+        name = safe_file_name(im["file_name"], file, rec)
+        if name in names:  # one picture under two ids: its boxes would be written twice
+            raise PosecalInputError(f"file_name {name!r} also names images[{names[name]}]", file=file, record=rec,
+                                    field="file_name")
+        names[name] = r
+        out.append((iid, name))
     return out
 
 

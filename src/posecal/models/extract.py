@@ -402,6 +402,11 @@ def _read_inputs(data: str | os.PathLike | dict, data_file: str, boxes: str | os
     insts = instances(d, boxes=det, file=data_file, boxes_file=str(boxes) if det is not None else None)
     insts, d, missing, bad = _usable_images(insts, d, img_dir, skip_missing=skip_missing,
                                             skip_bad_images=skip_bad_images)
+    if not insts and det:
+        cats = sorted({b.get("category_id", 1) for b in det if isinstance(b, dict)}, key=str)
+        if 1 not in cats:  # e.g. an Ultralytics-style file with person = class 0
+            raise PosecalInputError(f"none of its {len(det)} detections is a person (category_id 1; found "
+                                    f"{', '.join(map(str, cats[:5]))})", file=str(boxes), field="category_id")
     if not insts:
         raise PosecalInputError("no instance to crop (no non-crowd annotation with a labelled keypoint and a box"
                                 + (", no detection of category 1 on these images" if det is not None else "")
