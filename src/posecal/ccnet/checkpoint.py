@@ -129,9 +129,6 @@ def load_head(head_dir: str | os.PathLike) -> tuple[CCNetHead, dict[str, object]
 def _check_meta(meta: Any, mpath: Path) -> None:
     """Refuse head.json metadata of the wrong type or inconsistent with itself (types, evidence vs input width,
     aggregation vs box_score)."""
-    from posecal.ccnet.heads import feature_shape_ok
-    from posecal.ccnet.targets import EVIDENCE, evidence_width
-
     def bad(message: str, field: str) -> PosecalInputError:
         return PosecalInputError(message, file=str(mpath), field=field)
 
@@ -144,9 +141,16 @@ def _check_meta(meta: Any, mpath: Path) -> None:
         v = meta[key]
         if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top:
             raise bad(f"expected an integer in [1, {top}], got {v!r}", key)
-    kind, C, K = meta["head"], meta["in_channels"], meta["num_keypoints"]
+    kind = meta["head"]
     if not isinstance(kind, str) or kind not in HEAD_KINDS:
         raise bad(f"unknown head kind {kind!r}; choose one of {sorted(HEAD_KINDS)}", "head")
+    _check_meta_types(meta, kind, bad)
+    ev = _check_evidence(meta, kind, bad)
+    _check_width(meta, kind, ev, bad)
+
+
+def _check_meta_types(meta: dict[str, Any], kind: str, bad: Any) -> None:
+    """Strings, objects and booleans where head.json has them; aggregation agreeing with box_score."""
     for key in ("keypoint_set", "feature_tensor", "pooling", "model_tensor", "model_sha256"):
         if meta.get(key) is not None and not isinstance(meta[key], str):
             raise bad(f"expected a string, got {meta[key]!r}", key)
@@ -171,6 +175,11 @@ def _check_meta(meta: Any, mpath: Path) -> None:
     if ctx is not None and not isinstance(ctx, dict):
         raise bad(f"expected an object describing the context stage (or null), got {ctx!r}", "context")
 
+
+def _check_evidence(meta: dict[str, Any], kind: str, bad: Any) -> list[str]:
+    """The evidence list: known names, once each, only where the head kind reads them (``pose`` last)."""
+    from posecal.ccnet.targets import EVIDENCE
+
     ev = meta.get("evidence")
     if ev is None:  # heads written before the key existed read no evidence columns
         ev = []
@@ -181,18 +190,26 @@ def _check_meta(meta: Any, mpath: Path) -> None:
         raise bad(f"unknown evidence {unknown[0]!r}; choose from {', '.join(EVIDENCE)}", "evidence")
     if len(set(ev)) != len(ev):
         raise bad(f"evidence {ev} names a column twice", "evidence")
-    per_keypoint = kind in ("kpt", "kpt_inst", "kpt_pose")
-    if ev and (not per_keypoint or kind == "kpt_inst"):
+    if ev and kind not in ("kpt", "kpt_pose"):
         raise bad(f"head {kind!r} takes no evidence columns, got {ev}", "evidence")
     if kind == "kpt_pose" and (not ev or ev[-1] != "pose"):
         raise bad(f"head 'kpt_pose' reads the 'pose' evidence as its last columns, got {ev}", "evidence")
+    return ev
 
+
+def _check_width(meta: dict[str, Any], kind: str, ev: list[str], bad: Any) -> None:
+    """``feature_shape`` (when present) + the evidence columns must give the head's ``in_channels``."""
+    from posecal.ccnet.heads import feature_shape_ok
+    from posecal.ccnet.targets import evidence_width
+
+    C, K = meta["in_channels"], meta["num_keypoints"]
     fs = meta.get("feature_shape")
     if fs is None:
         return
     if not (isinstance(fs, list) and fs and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1
                                                 for x in fs)):
         raise bad(f"expected a list of positive sizes, got {fs!r}", "feature_shape")
+    per_keypoint = kind in ("kpt", "kpt_inst", "kpt_pose")
     E = evidence_width(ev, K)
     shape = (*fs[:-1], fs[-1] + E) if per_keypoint else tuple(fs)  # the head's input, evidence appended
     why = feature_shape_ok(kind, shape, K)

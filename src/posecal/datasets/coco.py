@@ -109,7 +109,9 @@ def read_coco(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
     """Load and validate a COCO keypoints file; returns the dict.
 
     Checks: ``images``/``annotations``/``categories`` present, ``categories[0].keypoints`` names a known
-    keypoint set or every annotation's keypoint count matches one (else error), keypoints length 3K.
+    keypoint set or every annotation's keypoint count matches one (else error), keypoints length 3K; what
+    ``posecal evaluate`` would refuse too: duplicate image/annotation ids or file names, an annotation of an
+    unknown category, a negative area, no category.
     """
     if isinstance(src, dict):
         d, file = src, file or "<dict>"
@@ -121,39 +123,58 @@ def read_coco(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
     for key in ("images", "annotations", "categories"):
         if not isinstance(d.get(key), list):
             raise PosecalInputError("missing or not a list", file=file, field=key)
+    _check_images(d["images"], file)
+    cat_ids = _check_categories(d["categories"], file)
+    _check_annotations(d["annotations"], cat_ids, file)
+    keypoint_set(d, file=file)
+    return d
+
+
+def _check_images(images: list, file: str) -> None:
     seen: set[int] = set()
-    for r, im in enumerate(d["images"]):
+    names: dict[str, int] = {}
+    for r, im in enumerate(images):
+        rec = f"images[{r}]"
         if not isinstance(im, dict):
-            raise PosecalInputError("image record is not an object", file=file, record=f"images[{r}]")
-        if "id" not in im:
-            raise PosecalInputError("missing", file=file, record=f"images[{r}]", field="id")
-        iid = number(im["id"], file, f"images[{r}]", "id", integer=True)
+            raise PosecalInputError("image record is not an object", file=file, record=rec)
+        for key in ("id", "file_name"):
+            if key not in im:
+                raise PosecalInputError("missing", file=file, record=rec, field=key)
+        iid = number(im["id"], file, rec, "id", integer=True)
         if iid in seen:
-            raise PosecalInputError(f"duplicate image id {iid}", file=file, record=f"images[{r}]", field="id")
+            raise PosecalInputError(f"duplicate image id {iid}", file=file, record=rec, field="id")
         seen.add(iid)
-        if "file_name" not in im:
-            raise PosecalInputError("missing", file=file, record=f"images[{r}]", field="file_name")
-        safe_file_name(im["file_name"], file, f"images[{r}]")
+        safe_file_name(im["file_name"], file, rec)
         for key in ("width", "height"):
-            if key in im and number(im[key], file, f"images[{r}]", key, integer=True) < 1:
-                raise PosecalInputError("must be >= 1", file=file, record=f"images[{r}]", field=key)
-    names_seen: dict[str, int] = {}
-    for r, im in enumerate(d["images"]):
-        first = names_seen.setdefault(im["file_name"], r)
+            if key in im and number(im[key], file, rec, key, integer=True) < 1:
+                raise PosecalInputError("must be >= 1", file=file, record=rec, field=key)
+        first = names.setdefault(im["file_name"], r)
         if first != r:  # the second record's people would be cropped from the first one's picture
             raise PosecalInputError(f"file_name {im['file_name']!r} also names images[{first}]", file=file,
-                                    record=f"images[{r}]", field="file_name")
-    cat_ids: set[int] = set()
-    for r, c in enumerate(d["categories"]):
+                                    record=rec, field="file_name")
+
+
+def _check_categories(cats: list, file: str) -> set[int]:
+    """The category ids (categories without one are allowed: the annotations are then not checked)."""
+    if not cats:
+        raise PosecalInputError("empty: the person category (with its keypoint names) is needed", file=file,
+                                field="categories")
+    ids: set[int] = set()
+    for r, c in enumerate(cats):
         if not isinstance(c, dict):
             raise PosecalInputError("category is not an object", file=file, record=f"categories[{r}]")
         if "id" in c:
-            cat_ids.add(number(c["id"], file, f"categories[{r}]", "id", integer=True))
-    if not d["categories"]:
-        raise PosecalInputError("empty: the person category (with its keypoint names) is needed", file=file,
-                                field="categories")
+            ids.add(number(c["id"], file, f"categories[{r}]", "id", integer=True))
+        names = c.get("keypoints")
+        if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+            raise PosecalInputError("expected a list of keypoint names", file=file, record=f"categories[{r}]",
+                                    field="keypoints")
+    return ids
+
+
+def _check_annotations(anns: list, cat_ids: set[int], file: str) -> None:
     ann_ids: set[int] = set()
-    for r, a in enumerate(d["annotations"]):
+    for r, a in enumerate(anns):
         if not isinstance(a, dict):
             raise PosecalInputError("annotation is not an object", file=file, record=r)
         for key in ("id", "image_id"):
@@ -172,13 +193,6 @@ def read_coco(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
             raise PosecalInputError(f"unknown category_id {a['category_id']} (categories: "
                                     f"{', '.join(map(str, sorted(cat_ids)))})", file=file, record=a["id"],
                                     field="category_id")
-    for r, c in enumerate(d["categories"]):
-        names = c.get("keypoints")
-        if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-            raise PosecalInputError("expected a list of keypoint names", file=file, record=f"categories[{r}]",
-                                    field="keypoints")
-    keypoint_set(d, file=file)
-    return d
 
 
 def check_converted(d: dict[str, Any], *, file: str | None = None, split: str | None = None) -> None:
