@@ -497,3 +497,14 @@ def test_a_store_whose_keypoint_set_was_edited_is_named(shared, mini, tmp_path):
     (st / "meta.json").write_text(json.dumps(meta))
     rc, _, err = _run(["fit", "--store", st, "--out", tmp_path / "h"])
     _one_error(rc, err, "meta.json", "'keypoint_set'", "edited?")
+
+
+def test_remap_lsp_to_mpii_keeps_the_neck():
+    from posecal.datasets.remap import source_index
+    from posecal.keypoints import LSP14, MPII16
+
+    idx = dict(zip(MPII16.names, source_index(LSP14, MPII16).tolist(), strict=True))
+    assert idx["upper_neck"] == LSP14.names.index("neck") and idx["head_top"] == LSP14.names.index("head_top")
+    assert idx["pelvis"] == idx["thorax"] == -1  # LSP has neither: not annotated by this dataset
+    back = dict(zip(LSP14.names, source_index(MPII16, LSP14).tolist(), strict=True))
+    assert back["neck"] == MPII16.names.index("upper_neck")

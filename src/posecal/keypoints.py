@@ -26,6 +26,7 @@ __all__ = [
     "LSP14",
     "CROWDPOSE14",
     "KEYPOINT_SETS",
+    "JOINT_ALIASES",
     "find_keypoint_set",
     "get_keypoint_set",
 ]
@@ -178,6 +179,11 @@ def get_keypoint_set(name: str) -> KeypointSet:
     if key not in KEYPOINT_SETS:
         raise KeyError(f"unknown keypoint set {name!r}; known: {', '.join(sorted(KEYPOINT_SETS))}")
     return KEYPOINT_SETS[key]
+
+
+JOINT_ALIASES = {"neck": ("upper_neck", "neck"), "upper_neck": ("upper_neck", "neck")}
+"""Joint names that denote the same joint in different conventions (LSP's ``neck`` is MPII's ``upper_neck``),
+in the order tried: model-to-dataset joint maps and dataset remapping both use it."""
 
 
 def find_keypoint_set(names: Sequence[str] | None, num_keypoints: int | None = None) -> KeypointSet | None:

@@ -11,7 +11,9 @@ on one person): the COCO evaluator ignores both alike (v = 0 adds nothing to OKS
 visibility head that, say, an LSP person has no nose. A dataset without the key annotates every keypoint.
 
 LSP-14 -> COCO-17 shares the 12 body joints; ``neck`` and ``head_top`` have no COCO counterpart and are
-dropped; the 5 face points (nose, eyes, ears) are not annotated.
+dropped; the 5 face points (nose, eyes, ears) are not annotated. Names that differ between conventions for
+the same joint (:data:`posecal.keypoints.JOINT_ALIASES`) count as shared: LSP ``neck`` -> MPII
+``upper_neck``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from posecal.errors import PosecalInputError
-from posecal.keypoints import KeypointSet, get_keypoint_set
+from posecal.keypoints import JOINT_ALIASES, KeypointSet, get_keypoint_set
 
 __all__ = ["ANNOTATED_KEY", "annotated_mask", "remap_keypoint_set", "source_index"]
 
@@ -30,9 +32,14 @@ ANNOTATED_KEY = "annotated_keypoints"
 
 
 def source_index(src: KeypointSet, dst: KeypointSet) -> np.ndarray:
-    """(K_dst,) int: index in ``src`` of each ``dst`` keypoint (same name), -1 where ``src`` lacks it."""
+    """(K_dst,) int: index in ``src`` of each ``dst`` keypoint (same name, else an alias of
+    :data:`posecal.keypoints.JOINT_ALIASES`: LSP ``neck`` = MPII ``upper_neck``), -1 where ``src`` lacks it."""
     pos = {n: i for i, n in enumerate(src.names)}
-    return np.array([pos.get(n, -1) for n in dst.names], dtype=np.int64)
+    out = []
+    for n in dst.names:
+        hit = next((pos[c] for c in (n, *JOINT_ALIASES.get(n, ())) if c in pos), -1)
+        out.append(hit)
+    return np.array(out, dtype=np.int64)
 
 
 def annotated_mask(d: dict[str, Any], ks: KeypointSet) -> np.ndarray:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from posecal.errors import PosecalInputError
+from posecal.keypoints import JOINT_ALIASES
 
 EFFICIENTPOSE16 = (
     "head_top", "upper_neck", "right_shoulder", "right_elbow", "right_wrist", "thorax", "left_shoulder",
@@ -27,7 +28,7 @@ BLAZEPOSE33 = (
 )  # fmt: skip
 
 # dataset name -> model name used when the names differ between conventions
-ALIASES = {"neck": ("upper_neck", "neck"), "upper_neck": ("upper_neck", "neck")}
+ALIASES = JOINT_ALIASES
 
 
 def joint_map(model_joints: Sequence[str], dataset_joints: Sequence[str], *,
