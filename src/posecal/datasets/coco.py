@@ -123,15 +123,19 @@ def read_coco(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
     for key in ("images", "annotations", "categories"):
         if not isinstance(d.get(key), list):
             raise PosecalInputError("missing or not a list", file=file, field=key)
-    _check_images(d["images"], file)
+    check_image_records(d["images"], file)
     cat_ids = _check_categories(d["categories"], file)
     _check_annotations(d["annotations"], cat_ids, file)
     keypoint_set(d, file=file)
     return d
 
 
-def _check_images(images: list, file: str) -> None:
-    seen: set[int] = set()
+def check_image_records(images: list, file: str | None) -> list[tuple[int, str]]:
+    """``(id, file_name)`` of every ``images`` record, checked: an object with an integer ``id`` (unique) and
+    a safe relative ``file_name`` (unique: one picture under two ids would be read twice), ``width``/``height``
+    >= 1 when present. Used by ``extract`` (:func:`read_coco`) and ``detect --data``."""
+    out: list[tuple[int, str]] = []
+    seen: dict[int, int] = {}
     names: dict[str, int] = {}
     for r, im in enumerate(images):
         rec = f"images[{r}]"
@@ -142,16 +146,19 @@ def _check_images(images: list, file: str) -> None:
                 raise PosecalInputError("missing", file=file, record=rec, field=key)
         iid = number(im["id"], file, rec, "id", integer=True)
         if iid in seen:
-            raise PosecalInputError(f"duplicate image id {iid}", file=file, record=rec, field="id")
-        seen.add(iid)
-        safe_file_name(im["file_name"], file, rec)
+            raise PosecalInputError(f"duplicate image id {iid} (also images[{seen[iid]}])", file=file, record=rec,
+                                    field="id")
+        seen[iid] = r
+        name = safe_file_name(im["file_name"], file, rec)
         for key in ("width", "height"):
             if key in im and number(im[key], file, rec, key, integer=True) < 1:
                 raise PosecalInputError("must be >= 1", file=file, record=rec, field=key)
-        first = names.setdefault(im["file_name"], r)
-        if first != r:  # the second record's people would be cropped from the first one's picture
-            raise PosecalInputError(f"file_name {im['file_name']!r} also names images[{first}]", file=file,
-                                    record=rec, field="file_name")
+        if name in names:  # the second record's people would be cropped from the first one's picture
+            raise PosecalInputError(f"file_name {name!r} also names images[{names[name]}]", file=file, record=rec,
+                                    field="file_name")
+        names[name] = r
+        out.append((iid, name))
+    return out
 
 
 def _check_categories(cats: list, file: str) -> set[int]:

@@ -246,31 +246,10 @@ def read_data(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
 
 
 def _image_records(data: dict[str, Any], file: str | None) -> list[tuple[int, str]]:
-    """(id, file_name) of every ``images`` record, checked (see :func:`read_data`)."""
-    from posecal.datasets.coco import number, safe_file_name
+    """(id, file_name) of every ``images`` record, checked (:func:`posecal.datasets.coco.check_image_records`)."""
+    from posecal.datasets.coco import check_image_records
 
-    out: list[tuple[int, str]] = []
-    seen: dict[int, int] = {}
-    names: dict[str, int] = {}
-    for r, im in enumerate(data["images"]):
-        rec = f"images[{r}]"
-        if not isinstance(im, dict):
-            raise PosecalInputError("image record is not an object", file=file, record=rec)
-        for key in ("id", "file_name"):
-            if key not in im:
-                raise PosecalInputError("missing", file=file, record=rec, field=key)
-        iid = number(im["id"], file, rec, "id", integer=True)
-        if iid in seen:
-            raise PosecalInputError(f"duplicate image id {iid} (also images[{seen[iid]}])", file=file, record=rec,
-                                    field="id")
-        seen[iid] = r
-        name = safe_file_name(im["file_name"], file, rec)
-        if name in names:  # one picture under two ids: its boxes would be written twice
-            raise PosecalInputError(f"file_name {name!r} also names images[{names[name]}]", file=file, record=rec,
-                                    field="file_name")
-        names[name] = r
-        out.append((iid, name))
-    return out
+    return check_image_records(data["images"], file)
 
 
 def image_ids(images: str | os.PathLike, data: dict[str, Any] | None, *,
