@@ -508,3 +508,51 @@ def test_remap_lsp_to_mpii_keeps_the_neck():
     assert idx["pelvis"] == idx["thorax"] == -1  # LSP has neither: not annotated by this dataset
     back = dict(zip(LSP14.names, source_index(MPII16, LSP14).tolist(), strict=True))
     assert back["neck"] == MPII16.names.index("upper_neck")
+
+
+def test_occlusion_study_with_a_simplepose_kpt_inst_head_matches_apply(shared, mini, tmp_path):
+    """SimplePose's card asks for the instance evidence: the study appends it as store_features does."""
+    data, img, _ = mini
+    model = shared(*SP_MODEL)
+    st, head, cal = tmp_path / "st", tmp_path / "head", tmp_path / "cal.json"
+    assert _run(["extract", "--model", model, "--data", data, "--images", img, "--out", st])[0] == 0
+    rc, _, err = _run(["fit", "--store", st, "--out", head, "--steps", "50"])
+    assert rc == 0, err
+    assert json.loads((head / "head.json").read_text())["head"] == "kpt_inst"
+    assert _run(["apply", "--store", st, "--head", head, "--out", cal])[0] == 0
+    from posecal.keypoints import COCO17
+
+    anns = [a for a in json.loads(data.read_text())["annotations"] if not a["iscrowd"]]
+    vis2 = np.array([np.asarray(a["keypoints"]).reshape(-1, 3)[:, 2] == 2 for a in anns]).sum(0)
+    joint = COCO17.names[int(np.argmax(vis2))]  # the joint most people show: more rows to compare
+    rc, out, err = _run(["study", "occlusion", "--model", model, "--data", data, "--images", img, "--joint", joint,
+                         "--head", head, "--radii", "0", "--out", tmp_path / "occ", "--json"])
+    assert rc == 0, err
+    res = json.loads(out)
+    from posecal.models.store import FeatureStore
+
+    j = COCO17.names.index(joint)
+    fs = FeatureStore.open(st)
+    ann = list(fs.read("ann_id"))
+    recs = json.loads(cal.read_text())
+    rows = [ann.index(a) for a in res["ann_ids"]]
+    assert len(rows) == int(vis2.max())
+    got = res["per_instance"]["occluder"][0]["ccnet_confidence"]
+    np.testing.assert_allclose(got, [recs[r]["keypoints"][3 * j + 2] for r in rows], atol=1e-5)
+
+
+def test_boolean_iscrowd_and_boxes_checked_against_the_image_header_size(tmp_path):
+    from posecal.datasets.coco import instances, read_coco
+    from posecal.models.detect import read_data
+
+    d = _data()
+    d["annotations"][0]["iscrowd"] = False
+    del d["categories"][0]["keypoints"]
+    read_coco(copy.deepcopy(d), file="d.json")  # JSON true/false read as 1/0, as evaluate and pycocotools do
+    read_data(_write(tmp_path / "d.json", d))
+    for im in d["images"]:
+        del im["width"], im["height"]
+    det = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1e300, 1e300], "score": 0.9}]
+    assert len(instances(d, boxes=det, boxes_file="det.json")) == 1  # no size known: nothing to check against
+    with pytest.raises(PosecalInputError, match="on a 100 × 80 image"):
+        instances(d, boxes=det, boxes_file="det.json", image_size=lambda name: (100, 80))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,7 +193,7 @@ def _check_annotations(anns: list, cat_ids: set[int], file: str) -> None:
             raise PosecalInputError(f"duplicate annotation id {a['id']}", file=file, record=r, field="id")
         ann_ids.add(a["id"])
         for key in ("iscrowd", "area", "num_keypoints", "category_id"):
-            if key in a:
+            if key in a and not (key == "iscrowd" and isinstance(a[key], bool)):  # true/false as pycocotools
                 number(a[key], file, r, key, integer=key != "area")
         if "area" in a and a["area"] < 0:
             raise PosecalInputError(f"negative area {a['area']}", file=file, record=a["id"], field="area")
@@ -273,12 +274,14 @@ def _check_box_on_image(bbox: np.ndarray, image: dict[str, Any], file: str | Non
 
 
 def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, file: str | None = None,
-              min_keypoints: int = 1, boxes_file: str | None = None) -> list[Instance]:
+              min_keypoints: int = 1, boxes_file: str | None = None,
+              image_size: Callable[[str], tuple[int, int] | None] | None = None) -> list[Instance]:
     """Instances to crop, in a stable order (annotation file order, or detection file order).
 
     With ``boxes=None`` every non-crowd gt annotation with at least ``min_keypoints`` labelled keypoints
     (and a positive box) is one instance. With ``boxes`` (COCO detection results: image_id, bbox, score)
-    each detection of an image present in ``d`` is one instance, ``ann_id = -1``.
+    each detection of an image present in ``d`` is one instance, ``ann_id = -1``; its box is checked
+    against the image's width/height (from the data, else ``image_size(file_name)``, e.g. the header).
     """
     ks = keypoint_set(d, file=file)
     k = ks.num_keypoints
@@ -334,7 +337,11 @@ def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, f
                 continue
             if not 0.0 <= score <= 1.0:
                 odd_score.append(r)
-            _check_box_on_image(bbox, imgs[iid], boxes_file, r, outside)
+            im = imgs[iid]
+            if image_size is not None and not (is_number(im.get("width")) and is_number(im.get("height"))):
+                wh = image_size(im["file_name"])
+                im = im if wh is None else {"width": wh[0], "height": wh[1]}
+            _check_box_on_image(bbox, im, boxes_file, r, outside)
             out.append(Instance(iid, -1, imgs[iid]["file_name"], bbox, score, None, float("nan")))
         if odd_score:
             warnings.warn(f"{boxes_file}: {len(odd_score)} person detection score(s) outside [0, 1] (first: record "

@@ -235,7 +235,7 @@ def read_data(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
             raise PosecalInputError(f"image_id {iid} not in images", file=file, record=rec, field="image_id")
         if "category_id" in a:
             number(a["category_id"], file, rec, "category_id", integer=True)
-        if "iscrowd" in a:
+        if "iscrowd" in a and not isinstance(a["iscrowd"], bool):  # true/false: read as 1/0, as pycocotools
             number(a["iscrowd"], file, rec, "iscrowd")
         if "bbox" in a:
             b = numbers(a["bbox"], 4, file, rec, "bbox")

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -390,6 +391,24 @@ def oks_nms_store(src, out: str | os.PathLike, *, thr: float = OKS_NMS_THR, chun
 _META_BOOKKEEPING = ("format", "num_instances", "chunk_size", "arrays", "feature_array", "fingerprint", "files")
 
 
+def _header_size(img_dir: Path) -> Callable[[str], tuple[int, int] | None]:
+    """``file_name -> (W, H)`` from the image header (cached; None when missing or unreadable: those images
+    are refused or skipped later, by :func:`_usable_images`)."""
+    from functools import cache
+
+    from PIL import Image
+
+    @cache
+    def size(name: str) -> tuple[int, int] | None:
+        try:
+            with Image.open(img_dir / name) as im:
+                return int(im.size[0]), int(im.size[1])
+        except Exception:  # noqa: BLE001 - any unreadable image is reported by _usable_images
+            return None
+
+    return size
+
+
 def _read_inputs(data: str | os.PathLike | dict, data_file: str, boxes: str | os.PathLike | list | None,
                  img_dir: Path, skip_missing: bool, skip_bad_images: bool) -> tuple:
     """Stage 1 as a whole: (data, keypoint set, detections | None, boxes' provenance, instances to crop,
@@ -399,7 +418,8 @@ def _read_inputs(data: str | os.PathLike | dict, data_file: str, boxes: str | os
     d = read_coco(data, file=data_file)
     ks = keypoint_set(d, file=data_file)
     det, boxes_src = _read_boxes(boxes)
-    insts = instances(d, boxes=det, file=data_file, boxes_file=str(boxes) if det is not None else None)
+    insts = instances(d, boxes=det, file=data_file, boxes_file=str(boxes) if det is not None else None,
+                      image_size=_header_size(img_dir))
     insts, d, missing, bad = _usable_images(insts, d, img_dir, skip_missing=skip_missing,
                                             skip_bad_images=skip_bad_images)
     if not insts and det:

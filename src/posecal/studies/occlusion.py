@@ -163,11 +163,13 @@ def run_model(m: StudyModel, crops: np.ndarray, Ms: np.ndarray, batch_size: int,
     head's ŝ, v̂ ``(N, K)`` (``None`` without a head). ``on_batch(n)`` is called after each batch of n. A head
     that reads evidence columns (e.g. the default ``kpt_pose``) needs the crops' gt ``boxes (N, 4)`` image px.
     """
+    from posecal.ccnet.targets import instance_evidence, uses_evidence
     from posecal.ccnet.train import predict
     from posecal.models.extract import DEFAULT_TARGET_SIGMA
     from posecal.studies._common import head_evidence, pooled_features, to_dataset
 
     evidence = bool(m.head is not None and (m.head_meta or {}).get("evidence"))
+    inst_ev = bool(m.head is not None and uses_evidence(m.head_meta or {}))  # e.g. SimplePose's kpt_inst
     if evidence and boxes is None:
         raise ValueError("this head reads evidence columns: give the crops' boxes")
     card = getattr(m.adapter, "card", None) or {}
@@ -182,6 +184,9 @@ def run_model(m: StudyModel, crops: np.ndarray, Ms: np.ndarray, batch_size: int,
         sc_l.append(sc)
         if m.head is not None:
             x = pooled_features(out, m.pooling, m.head_jmap)
+            if inst_ev and x.ndim in (2, 3):  # the model card's instance evidence, as store_features appends it
+                ie = instance_evidence(sc, np.ones(len(sc)), per_keypoint=x.ndim == 3)
+                x = np.concatenate([np.asarray(x, np.float32), ie], axis=-1)
             if evidence:
                 ev = head_evidence(m.head_meta, out, Ms[b:b + batch_size], boxes[b:b + batch_size], m.jmap, kp, sc,
                                    m.sigmas, tuple(m.adapter.input_size), target_sigma)
@@ -282,7 +287,8 @@ def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, im
         "study": "occlusion", "joint": joint, "keypoint_set": ks.name, "radii_input_px": sel.radii,
         "input_size": list(m.adapter.input_size), "model": os.path.basename(str(model)),
         "model_tensor": m.adapter.tensor_name, "head": None if head is None else str(head),
-        "instances": N, "image_ids": [int(i.image_id) for i in insts], "fill": list(fill),
+        "instances": N, "image_ids": [int(i.image_id) for i in insts],
+        "ann_ids": [int(i.ann_id) for i in insts], "fill": list(fill),
         "blur_sigma_input_px": blur_sigma, "curves": res, "pearson_vs_joint_oks": pearson_vs_joint_oks(per_instance),
         "per_instance": per_instance,
     }
