@@ -284,74 +284,85 @@ def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, f
     against the image's width/height (from the data, else ``image_size(file_name)``, e.g. the header).
     """
     ks = keypoint_set(d, file=file)
-    k = ks.num_keypoints
     imgs = {int(im["id"]): im for im in d["images"]}
-    out: list[Instance] = []
     if boxes is None:
-        for r, a in enumerate(d["annotations"]):
-            if a.get("iscrowd", 0):
-                continue
-            kp = a.get("keypoints")
-            if not kp:
-                continue
-            if isinstance(kp, list) and len(kp) != 3 * k:
-                raise PosecalInputError(f"{len(kp)} keypoint values, expected {3 * k} ({ks.name})",
-                                        file=file, record=r, field="keypoints")
-            kpa = numbers(kp, 3 * k, file, r, "keypoints").reshape(k, 3)
-            if not np.isin(kpa[:, 2], (0, 1, 2)).all():
-                raise PosecalInputError("visibility flag not in {0, 1, 2}", file=file, record=r, field="keypoints")
-            if int((kpa[:, 2] > 0).sum()) < min_keypoints:
-                continue
-            if "bbox" not in a:
-                raise PosecalInputError("missing", file=file, record=r, field="bbox")
-            bbox = numbers(a["bbox"], 4, file, r, "bbox")
-            if bbox[2] <= 0 or bbox[3] <= 0:
-                raise PosecalInputError("bbox must be [x, y, w, h] with w, h > 0", file=file, record=r,
-                                        field="bbox")
-            iid = int(a["image_id"])
-            if iid not in imgs:
-                raise PosecalInputError(f"image_id {iid} not in images", file=file, record=r,
-                                        field="image_id")
-            out.append(Instance(iid, int(a["id"]), imgs[iid]["file_name"], bbox, 1.0, kpa,
-                                float(a.get("area", bbox[2] * bbox[3]))))
-    else:
-        elsewhere = []  # detections of images the data file does not list
-        odd_score = []  # person detections scored outside [0, 1]: legal, kept as they are, warned about
-        outside: list[int] = []  # person boxes that miss their image entirely: cropped from padding, warned about
-        for r, b in enumerate(boxes):
-            if not isinstance(b, dict):
-                raise PosecalInputError("detection is not an object", file=boxes_file, record=r)
-            for key in ("image_id", "bbox", "score"):
-                if key not in b:
-                    raise PosecalInputError("missing", file=boxes_file, record=r, field=key)
-            iid = number(b["image_id"], boxes_file, r, "image_id", integer=True)
-            bbox = numbers(b["bbox"], 4, boxes_file, r, "bbox")
-            score = number(b["score"], boxes_file, r, "score")
-            cat = number(b.get("category_id", 1), boxes_file, r, "category_id", integer=True)
-            if bbox[2] <= 0 or bbox[3] <= 0:
-                raise PosecalInputError("bbox must be [x, y, w, h] with w, h > 0", file=boxes_file, record=r,
-                                        field="bbox")
-            if iid not in imgs:
-                elsewhere.append(r)
-            if iid not in imgs or cat != 1:  # other categories (a COCO-80 detector's file): not people
-                continue
-            if not 0.0 <= score <= 1.0:
-                odd_score.append(r)
-            im = imgs[iid]
-            if image_size is not None and not (is_number(im.get("width")) and is_number(im.get("height"))):
-                wh = image_size(im["file_name"])
-                im = im if wh is None else {"width": wh[0], "height": wh[1]}
-            _check_box_on_image(bbox, im, boxes_file, r, outside)
-            out.append(Instance(iid, -1, imgs[iid]["file_name"], bbox, score, None, float("nan")))
-        if odd_score:
-            warnings.warn(f"{boxes_file}: {len(odd_score)} person detection score(s) outside [0, 1] (first: record "
-                          f"{odd_score[0]}, field 'score'); kept as they are (they scale the instance score)",
-                          PosecalWarning, stacklevel=2)
-        if outside:
-            warnings.warn(f"{boxes_file}: {len(outside)} person box(es) lie entirely outside their image (first: "
-                          f"record {outside[0]}, field 'bbox'); their crops hold only padding", PosecalWarning,
-                          stacklevel=2)
-        if elsewhere:
-            warnings.warn(f"{boxes_file}: {len(elsewhere)} detection(s) on images that the data file does not "
-                          f"list (first: record {elsewhere[0]}); skipped", PosecalWarning, stacklevel=2)
+        return _gt_instances(d, ks, imgs, file, min_keypoints)
+    return _detection_instances(boxes, imgs, boxes_file, image_size)
+
+
+def _gt_instances(d: dict[str, Any], ks: KeypointSet, imgs: dict[int, Any], file: str | None,
+                  min_keypoints: int) -> list[Instance]:
+    k = ks.num_keypoints
+    out: list[Instance] = []
+    for r, a in enumerate(d["annotations"]):
+        if a.get("iscrowd", 0):
+            continue
+        kp = a.get("keypoints")
+        if not kp:
+            continue
+        if isinstance(kp, list) and len(kp) != 3 * k:
+            raise PosecalInputError(f"{len(kp)} keypoint values, expected {3 * k} ({ks.name})",
+                                    file=file, record=r, field="keypoints")
+        kpa = numbers(kp, 3 * k, file, r, "keypoints").reshape(k, 3)
+        if not np.isin(kpa[:, 2], (0, 1, 2)).all():
+            raise PosecalInputError("visibility flag not in {0, 1, 2}", file=file, record=r, field="keypoints")
+        if int((kpa[:, 2] > 0).sum()) < min_keypoints:
+            continue
+        if "bbox" not in a:
+            raise PosecalInputError("missing", file=file, record=r, field="bbox")
+        bbox = numbers(a["bbox"], 4, file, r, "bbox")
+        if bbox[2] <= 0 or bbox[3] <= 0:
+            raise PosecalInputError("bbox must be [x, y, w, h] with w, h > 0", file=file, record=r,
+                                    field="bbox")
+        iid = int(a["image_id"])
+        if iid not in imgs:
+            raise PosecalInputError(f"image_id {iid} not in images", file=file, record=r,
+                                    field="image_id")
+        out.append(Instance(iid, int(a["id"]), imgs[iid]["file_name"], bbox, 1.0, kpa,
+                            float(a.get("area", bbox[2] * bbox[3]))))
+    return out
+
+
+def _detection_instances(boxes: list[dict[str, Any]], imgs: dict[int, Any], boxes_file: str | None,
+                         image_size: Callable[[str], tuple[int, int] | None] | None) -> list[Instance]:
+    out: list[Instance] = []
+    elsewhere = []  # detections of images the data file does not list
+    odd_score = []  # person detections scored outside [0, 1]: legal, kept as they are, warned about
+    outside: list[int] = []  # person boxes that miss their image entirely: cropped from padding, warned about
+    for r, b in enumerate(boxes):
+        if not isinstance(b, dict):
+            raise PosecalInputError("detection is not an object", file=boxes_file, record=r)
+        for key in ("image_id", "bbox", "score"):
+            if key not in b:
+                raise PosecalInputError("missing", file=boxes_file, record=r, field=key)
+        iid = number(b["image_id"], boxes_file, r, "image_id", integer=True)
+        bbox = numbers(b["bbox"], 4, boxes_file, r, "bbox")
+        score = number(b["score"], boxes_file, r, "score")
+        cat = number(b.get("category_id", 1), boxes_file, r, "category_id", integer=True)
+        if bbox[2] <= 0 or bbox[3] <= 0:
+            raise PosecalInputError("bbox must be [x, y, w, h] with w, h > 0", file=boxes_file, record=r,
+                                    field="bbox")
+        if iid not in imgs:
+            elsewhere.append(r)
+        if iid not in imgs or cat != 1:  # other categories (a COCO-80 detector's file): not people
+            continue
+        if not 0.0 <= score <= 1.0:
+            odd_score.append(r)
+        im = imgs[iid]
+        if image_size is not None and not (is_number(im.get("width")) and is_number(im.get("height"))):
+            wh = image_size(im["file_name"])
+            im = im if wh is None else {"width": wh[0], "height": wh[1]}
+        _check_box_on_image(bbox, im, boxes_file, r, outside)
+        out.append(Instance(iid, -1, imgs[iid]["file_name"], bbox, score, None, float("nan")))
+    if odd_score:
+        warnings.warn(f"{boxes_file}: {len(odd_score)} person detection score(s) outside [0, 1] (first: record "
+                      f"{odd_score[0]}, field 'score'); kept as they are (they scale the instance score)",
+                      PosecalWarning, stacklevel=3)
+    if outside:
+        warnings.warn(f"{boxes_file}: {len(outside)} person box(es) lie entirely outside their image (first: "
+                      f"record {outside[0]}, field 'bbox'); their crops hold only padding", PosecalWarning,
+                      stacklevel=3)
+    if elsewhere:
+        warnings.warn(f"{boxes_file}: {len(elsewhere)} detection(s) on images that the data file does not "
+                      f"list (first: record {elsewhere[0]}); skipped", PosecalWarning, stacklevel=3)
     return out
