@@ -267,9 +267,7 @@ def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> Sto
     feats = store_features(fs) if features else np.zeros((fs.num_instances, 0))
     for name, arr in ((fs.feature_name, feats), ("keypoints", fs.read("keypoints")), ("scores", fs.read("scores"))):
         check_finite_rows(arr, path, name)
-    records = fs.predictions
-    if len(records) != fs.num_instances:
-        raise PosecalInputError(f"{len(records)} predictions for {fs.num_instances} rows", file=str(path))
+    records = fs.predictions  # one valid record per row, in row order (FeatureStore checks it)
     box_score = fs.read("box_score") if "box_score" in fs.arrays else np.ones(fs.num_instances)
     gt = None
     t: dict[str, Any] = dict.fromkeys(("oks", "vis", "has", "conf_mask", "vis_mask", "match"))

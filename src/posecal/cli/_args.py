@@ -12,6 +12,7 @@ import argparse
 import math
 import re
 import sys
+from collections.abc import Callable
 
 __all__ = ["positive_int", "nonneg_int", "threads", "finite_float", "positive_float", "nonneg_float", "unit_float",
            "device", "one_line", "PosecalArgumentParser", "plain_help"]
@@ -42,6 +43,18 @@ def nonneg_int(text: str) -> int:
     if not 0 <= v <= INT_MAX:
         raise argparse.ArgumentTypeError(f"must be in [0, {INT_MAX}], got {text!r}")
     return v
+
+
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An ``argparse`` type: an integer in [lo, hi] (the bound shown with thousands separators)."""
+    def check(text: str) -> int:
+        v = _int(text)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be in [{lo:,}, {hi:,}], got {text!r}")
+        return v
+
+    check.__name__ = f"integer in [{lo}, {hi}]"
+    return check
 
 
 def threads(text: str) -> int:

@@ -15,27 +15,9 @@ import argparse
 import math
 import sys
 
-from posecal.cli._args import nonneg_int
-
-
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
+from posecal.cli._args import int_in, nonneg_int
 
 MAX_RESAMPLES = 1_000_000
-
-
-def _resamples(s: str) -> int:
-    v = _positive_int(s)
-    if v > MAX_RESAMPLES:
-        raise argparse.ArgumentTypeError(f"must be <= {MAX_RESAMPLES:,}, got {v}")
-    return v
 
 
 def _level(s: str) -> float:
@@ -54,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--gt", required=True, help="COCO keypoints ground truth JSON")
     p.add_argument("a", metavar="A.json", help="baseline results")
     p.add_argument("b", metavar="B.json", help="results to compare with the baseline")
-    p.add_argument("--resamples", type=_resamples, default=1000,
+    p.add_argument("--resamples", type=int_in(1, MAX_RESAMPLES), default=1000,
                    help=f"bootstrap resamples (default 1000, at most {MAX_RESAMPLES:,})")
     p.add_argument("--seed", type=nonneg_int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--level", type=_level, default=0.95, help="interval coverage (default 0.95)")

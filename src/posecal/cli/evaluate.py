@@ -28,17 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from posecal.cli._args import int_in
 from posecal.errors import PosecalInputError
-
-
-def _seeds(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= v <= 1000:  # each seed is one more full COCO evaluation
-        raise argparse.ArgumentTypeError(f"must be in [0, 1000], got {v}")
-    return v
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -71,7 +62,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "JSON to stdout (the summary then goes to stderr)")
     p.add_argument("--report", metavar="DIR", help="calibration audit: metrics.json, figures, index.html "
                    "in DIR (needs matplotlib) and a 'calibration' block in --json")
-    p.add_argument("--random-seeds", type=_seeds, default=5, metavar="N",
+    p.add_argument("--random-seeds", type=int_in(0, 1000), default=5, metavar="N",
                    help="seeds for the AP with random confidence of --report (default 5, at most 1000)")
     return p
 
@@ -280,22 +271,15 @@ def check_outputs(args: argparse.Namespace) -> None:
         return
     if importlib.util.find_spec("matplotlib") is None:
         raise PosecalInputError("needs matplotlib: pip install 'posecal[report]'", None, None, "--report")
-    from posecal._outputs import check_report_folder
+    from posecal._outputs import check_report_folder, real
 
     d = Path(args.report)
-    if args.json and args.json != "-" and _inside(args.json, d):
+    if args.json and args.json != "-" and real(d) in real(args.json).parents:
         raise PosecalInputError(f"is inside --report {args.report}, which is replaced as a whole; write it "
                                 f"elsewhere ({args.report}/metrics.json holds the same numbers)", args.json,
                                 None, "--json")
     check_report_folder(d, {"--gt": args.gt, "--pred": args.pred})  # a folder, no input inside, nothing lost
     _check_writable_dir(d.parent if str(d.parent) else Path("."), str(d), "--report")
-    if args.random_seeds < 0:
-        raise PosecalInputError("must be >= 0", None, None, "--random-seeds")
-
-
-def _inside(path: str, folder: Path) -> bool:
-    f = os.path.realpath(folder)
-    return os.path.realpath(path).startswith(f.rstrip(os.sep) + os.sep)
 
 
 def _check_writable_file(path: str, flag: str) -> None:
