@@ -484,8 +484,34 @@ def test_extract_names_a_boxes_file_without_people(shared, mini, tmp_path):
         x["category_id"] = 0  # person = class 0, as Ultralytics numbers it
     rc, _, err = _run(["extract", "--model", shared(*SP_MODEL), "--data", data, "--images", img, "--boxes",
                        _write(tmp_path / "d0.json", b), "--out", tmp_path / "st"])
-    _one_error(rc, err, "d0.json", "'category_id'", "is a person")
+    _one_error(rc, err, "d0.json", "'category_id'", "keypoint category (category_id 1; found 0)")
     assert not (tmp_path / "st").exists()
+
+
+def test_extract_crops_the_detections_of_the_datas_own_keypoint_category(shared, mini, tmp_path):
+    """A dataset whose keypoint category is not COCO's person id 1 (e.g. an animal set): --boxes crops the
+    detections of that category (others are ignored), and the store's results carry it."""
+    data, img, det = mini
+    d = json.loads(data.read_text())
+    d["categories"][0]["id"] = 7
+    for a in d["annotations"]:
+        a["category_id"] = 7
+    b = json.loads(det.read_text())
+    mixed = [{**x, "category_id": 7} for x in b] + [{**x, "category_id": 1, "score": 0.99} for x in b]
+    rc, _, err = _run(["extract", "--model", shared(*SP_MODEL), "--data", _write(tmp_path / "d7.json", d),
+                       "--images", img, "--boxes", _write(tmp_path / "b7.json", mixed), "--out", tmp_path / "st",
+                       "--oks-nms", "1"])
+    assert rc == 0, err
+    pred = json.loads((tmp_path / "st" / "predictions.json").read_text())
+    assert len(pred) == len(b) and {p["category_id"] for p in pred} == {7}
+    from posecal.models.store import FeatureStore
+
+    assert (FeatureStore.open(tmp_path / "st").read("box_score") == 0.9).all()  # category 7's boxes, not 1's
+    only1 = [{**x, "category_id": 1} for x in b]  # e.g. a person detector's file for an animal set
+    rc, _, err = _run(["extract", "--model", shared(*SP_MODEL), "--data", tmp_path / "d7.json", "--images", img,
+                       "--boxes", _write(tmp_path / "b1.json", only1), "--out", tmp_path / "st1"])
+    _one_error(rc, err, "b1.json", "'category_id'", "category_id 7; found 1")
+    assert not (tmp_path / "st1").exists()
 
 
 def test_a_store_whose_keypoint_set_was_edited_is_named(shared, mini, tmp_path):

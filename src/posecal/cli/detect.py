@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from posecal.cli._args import threads
+from posecal.cli._args import int_in, threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--score-thr", type=float, default=0.05, help="minimum person score (default 0.05)")
     p.add_argument("--max-per-image", type=int, default=100, help="boxes kept per image after NMS")
     p.add_argument("--model-card", default=None, help="model card JSON (default: built-in card by SHA-256)")
+    p.add_argument("--category-id", type=int_in(0, 2**63 - 1), default=None, metavar="ID",
+                   help="category_id written on the boxes and used for the recall (default: the keypoint "
+                   "category of --data, categories[0].id, the one posecal extract --boxes crops; else 1)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="give images that cannot be decoded (empty, corrupt, truncated, too large) no detection, "
                    "with one warning, instead of stopping at the first")
@@ -37,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from posecal._outputs import check_creatable, real, refuse_clobber
     from posecal._util import dumps_json, write_json_atomic
+    from posecal.datasets.coco import keypoint_category
     from posecal.errors import PosecalInputError
     from posecal.models.adapters.base import find_model_kind
     from posecal.models.cards import card_for_model
@@ -61,14 +65,15 @@ def run(args: argparse.Namespace) -> int:
         raise PosecalInputError("unknown detector (no built-in card matches its SHA-256); give --model-card",
                                 file=args.model, field="--model-card")
     data = read_data(args.data) if args.data else None
+    cat = args.category_id if args.category_id is not None else keypoint_category(data) if data else 1
     pairs = image_ids(args.images, data, data_file=args.data)
     det = NanoDetDetector(args.model, card, num_threads=args.threads, card_file=args.model_card)
     dets = detect_folder(det, pairs, args.images, score_thr=args.score_thr, max_per_image=args.max_per_image,
-                         skip_bad_images=args.skip_bad_images)
+                         skip_bad_images=args.skip_bad_images, category_id=cat)
     summary = {"out": args.out, "images": len(pairs), "detections": len(dets),
                "per_image": round(len(dets) / max(len(pairs), 1), 2), "model": card["name"]}
-    if data is not None and any(a.get("category_id", 1) == 1 for a in data.get("annotations", [])):
-        rec, n = recall_at_iou(dets, data, 0.5)
+    if data is not None and any(a.get("category_id", cat) == cat for a in data.get("annotations", [])):
+        rec, n = recall_at_iou(dets, data, 0.5, category_id=cat)
         summary["recall_iou50"], summary["gt_boxes"] = round(rec, 4), n
     write_json_atomic(args.out, dets, indent=False)
     if args.json:

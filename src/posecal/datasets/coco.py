@@ -273,6 +273,14 @@ def _check_box_on_image(bbox: np.ndarray, image: dict[str, Any], file: str | Non
         outside.append(record)
 
 
+def keypoint_category(d: dict[str, Any]) -> int:
+    """The id of the keypoint category (``categories[0]``, the one :func:`keypoint_set` reads), 1 when it
+    names none: the category a detection must have to be cropped, and the one the store's results carry."""
+    cats = d.get("categories") or []
+    cid = cats[0].get("id", 1) if cats and isinstance(cats[0], dict) else 1
+    return int(cid) if is_number(cid) and not isinstance(cid, bool) and float(cid) == int(cid) else 1
+
+
 def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, file: str | None = None,
               min_keypoints: int = 1, boxes_file: str | None = None,
               image_size: Callable[[str], tuple[int, int] | None] | None = None) -> list[Instance]:
@@ -280,14 +288,15 @@ def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, f
 
     With ``boxes=None`` every non-crowd gt annotation with at least ``min_keypoints`` labelled keypoints
     (and a positive box) is one instance. With ``boxes`` (COCO detection results: image_id, bbox, score)
-    each detection of an image present in ``d`` is one instance, ``ann_id = -1``; its box is checked
+    each detection of an image present in ``d`` and of the keypoint category (:func:`keypoint_category`; a
+    detection without ``category_id`` is taken as one) is one instance, ``ann_id = -1``; its box is checked
     against the image's width/height (from the data, else ``image_size(file_name)``, e.g. the header).
     """
     ks = keypoint_set(d, file=file)
     imgs = {int(im["id"]): im for im in d["images"]}
     if boxes is None:
         return _gt_instances(d, ks, imgs, file, min_keypoints)
-    return _detection_instances(boxes, imgs, boxes_file, image_size)
+    return _detection_instances(boxes, imgs, boxes_file, image_size, keypoint_category(d))
 
 
 def _gt_instances(d: dict[str, Any], ks: KeypointSet, imgs: dict[int, Any], file: str | None,
@@ -324,7 +333,8 @@ def _gt_instances(d: dict[str, Any], ks: KeypointSet, imgs: dict[int, Any], file
 
 
 def _detection_instances(boxes: list[dict[str, Any]], imgs: dict[int, Any], boxes_file: str | None,
-                         image_size: Callable[[str], tuple[int, int] | None] | None) -> list[Instance]:
+                         image_size: Callable[[str], tuple[int, int] | None] | None, category: int = 1
+                         ) -> list[Instance]:
     out: list[Instance] = []
     elsewhere = []  # detections of images the data file does not list
     odd_score = []  # person detections scored outside [0, 1]: legal, kept as they are, warned about
@@ -338,13 +348,13 @@ def _detection_instances(boxes: list[dict[str, Any]], imgs: dict[int, Any], boxe
         iid = number(b["image_id"], boxes_file, r, "image_id", integer=True)
         bbox = numbers(b["bbox"], 4, boxes_file, r, "bbox")
         score = number(b["score"], boxes_file, r, "score")
-        cat = number(b.get("category_id", 1), boxes_file, r, "category_id", integer=True)
+        cat = number(b.get("category_id", category), boxes_file, r, "category_id", integer=True)
         if bbox[2] <= 0 or bbox[3] <= 0:
             raise PosecalInputError("bbox must be [x, y, w, h] with w, h > 0", file=boxes_file, record=r,
                                     field="bbox")
         if iid not in imgs:
             elsewhere.append(r)
-        if iid not in imgs or cat != 1:  # other categories (a COCO-80 detector's file): not people
+        if iid not in imgs or cat != category:  # other categories (a COCO-80 detector's file): not people
             continue
         if not 0.0 <= score <= 1.0:
             odd_score.append(r)

@@ -277,8 +277,9 @@ def image_ids(images: str | os.PathLike, data: dict[str, Any] | None, *,
 
 def detect_folder(detector: NanoDetDetector, pairs: list[tuple[int, str]], images: str | os.PathLike, *,
                   score_thr: float = 0.05, max_per_image: int = 100, skip_bad_images: bool = False,
-                  show_progress: bool | None = None) -> list[dict[str, Any]]:
-    """COCO detection results (person, category_id 1) for every (image_id, file_name).
+                  show_progress: bool | None = None, category_id: int = 1) -> list[dict[str, Any]]:
+    """COCO detection results (person boxes, written with ``category_id``, COCO's person 1 by default) for
+    every (image_id, file_name).
 
     An image that cannot be decoded (empty, corrupt, truncated, too large) raises :class:`PosecalInputError`
     naming it, or with ``skip_bad_images`` gets no detection and one :class:`PosecalWarning` counts them all."""
@@ -300,7 +301,7 @@ def detect_folder(detector: NanoDetDetector, pairs: list[tuple[int, str]], image
             bar.update(1)
             continue
         b, s = detector(image, score_thr=score_thr, max_per_image=max_per_image)
-        out.extend({"image_id": iid, "category_id": 1, "bbox": [round(float(v), 3) for v in bb],
+        out.extend({"image_id": iid, "category_id": category_id, "bbox": [round(float(v), 3) for v in bb],
                     "score": round(float(sc), 5)} for bb, sc in zip(b, s, strict=True))
         bar.update(1)
     bar.close()
@@ -312,14 +313,16 @@ def detect_folder(detector: NanoDetDetector, pairs: list[tuple[int, str]], image
     return out
 
 
-def recall_at_iou(dets: list[dict[str, Any]], data: dict[str, Any], thr: float = 0.5) -> tuple[float, int]:
-    """Fraction of non-crowd gt person boxes with a detection of IoU >= thr (any score), and their count."""
+def recall_at_iou(dets: list[dict[str, Any]], data: dict[str, Any], thr: float = 0.5, category_id: int = 1
+                  ) -> tuple[float, int]:
+    """Fraction of non-crowd gt boxes of ``category_id`` (annotations without one count as it) with a
+    detection of IoU >= thr (any score), and their count."""
     by_img: dict[int, list[np.ndarray]] = {}
     for d in dets:
         by_img.setdefault(int(d["image_id"]), []).append(np.asarray(d["bbox"], np.float64))
     hit = n = 0
     for a in data.get("annotations", []):
-        if a.get("iscrowd", 0) or int(a.get("category_id", 1)) != 1 or "bbox" not in a:
+        if a.get("iscrowd", 0) or int(a.get("category_id", category_id)) != category_id or "bbox" not in a:
             continue
         n += 1
         g = np.asarray(a["bbox"], np.float64)

@@ -413,7 +413,7 @@ def _read_inputs(data: str | os.PathLike | dict, data_file: str, boxes: str | os
                  img_dir: Path, skip_missing: bool, skip_bad_images: bool) -> tuple:
     """Stage 1 as a whole: (data, keypoint set, detections | None, boxes' provenance, instances to crop,
     missing image names, bad images) — refused in one line when nothing is left to crop."""
-    from posecal.datasets.coco import instances, keypoint_set, read_coco
+    from posecal.datasets.coco import instances, keypoint_category, keypoint_set, read_coco
 
     d = read_coco(data, file=data_file)
     ks = keypoint_set(d, file=data_file)
@@ -422,14 +422,16 @@ def _read_inputs(data: str | os.PathLike | dict, data_file: str, boxes: str | os
                       image_size=_header_size(img_dir))
     insts, d, missing, bad = _usable_images(insts, d, img_dir, skip_missing=skip_missing,
                                             skip_bad_images=skip_bad_images)
+    cat = keypoint_category(d)
     if not insts and det:
-        cats = sorted({b.get("category_id", 1) for b in det if isinstance(b, dict)}, key=str)
-        if 1 not in cats:  # e.g. an Ultralytics-style file with person = class 0
-            raise PosecalInputError(f"none of its {len(det)} detections is a person (category_id 1; found "
-                                    f"{', '.join(map(str, cats[:5]))})", file=str(boxes), field="category_id")
+        cats = sorted({b.get("category_id", cat) for b in det if isinstance(b, dict)}, key=str)
+        if cat not in cats:  # e.g. an Ultralytics-style file with person = class 0
+            raise PosecalInputError(f"none of its {len(det)} detections has the data's keypoint category "
+                                    f"(category_id {cat}; found {', '.join(map(str, cats[:5]))})",
+                                    file=str(boxes), field="category_id")
     if not insts:
         raise PosecalInputError("no instance to crop (no non-crowd annotation with a labelled keypoint and a box"
-                                + (", no detection of category 1 on these images" if det is not None else "")
+                                + (f", no detection of category {cat} on these images" if det is not None else "")
                                 + ")", file=data_file, field="annotations")
     return d, ks, det, boxes_src, insts, missing, bad
 
@@ -450,6 +452,7 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
     (``oks_nms_thr``, 0.9; None = off) followed by the ``max_per_image`` (20, COCO's maxDets) best per image
     keeps the final rows — the crops of all boxes go to ``OUT.all`` (resumable), the kept rows to ``OUT``.
     """
+    from posecal.datasets.coco import keypoint_category
     from posecal.models.adapters.joints import flip_index, joint_map
     from posecal.models.store import StoreWriter, file_sha256
 
@@ -493,7 +496,7 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
                          settings=settings, shard=shard)
     _write_chunks(adapter, plan, writer, img_dir, show_progress)
     gt_bytes = dumps_json(d)
-    cat_id = int(d["categories"][0].get("id", 1)) if d["categories"] else 1
+    cat_id = keypoint_category(d)
     store = writer.finalize(gt=gt_bytes, category_id=cat_id)
     if not nms:
         return store
