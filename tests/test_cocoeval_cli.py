@@ -224,6 +224,11 @@ def test_json_to_stdout(tmp_path):
     assert rc == 0, err
     doc = json.loads(stdout)  # stdout holds only the JSON; the summary went to stderr
     assert list(doc["coco"]) == list(STAT_NAMES) and "Average Precision" in err
+    # a bare --json (as in every other command) means the same, last or before another option
+    for argv in (["--json"], ["--json", "--random-seeds", "3"]):
+        rc2, stdout2, err2 = _run(["evaluate", "--gt", str(g), "--pred", str(p), *argv])
+        assert rc2 == 0, err2
+        assert json.loads(stdout2) == doc and not (tmp_path / "-").exists()
 
 
 def test_output_equal_to_an_input_is_refused(tmp_path):

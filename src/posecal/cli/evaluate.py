@@ -58,8 +58,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "AP(E)/AP(M)/AP(H)); default crowdpose when every image has a 'crowdIndex', else "
                    "pycocotools. A CrowdPose file under xtcocotools is its keypoints_crowd (MMPose), crowd "
                    "levels included")
-    p.add_argument("--json", metavar="OUT.json", help="write the numbers as JSON (atomic); '-' prints the "
-                   "JSON to stdout (the summary then goes to stderr)")
+    p.add_argument("--json", metavar="OUT.json", nargs="?", const="-",
+                   help="write the numbers as JSON (atomic); '-' or no value prints the JSON to stdout (the "
+                   "summary then goes to stderr), as --json does in the other commands")
     p.add_argument("--report", metavar="DIR", help="calibration audit: metrics.json, figures, index.html "
                    "in DIR (needs matplotlib) and a 'calibration' block in --json")
     p.add_argument("--random-seeds", type=int_in(0, 1000), default=5, metavar="N",
