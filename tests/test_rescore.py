@@ -447,6 +447,65 @@ def test_cli_rescore_from_feature_store(tmp_path, capsys):
     got = np.array([o["keypoints"][2::3] for o in out])
     np.testing.assert_allclose(got, want, rtol=1e-12)
     assert np.allclose([o["keypoints"][0::3] for o in out], sim.pred_heatmap[..., 0])
+    # --pred with the store's rows in another order: refused (sigma_hat is read row by row), nothing written
+    rows = json.loads((tmp_path / "store" / "predictions.json").read_text())
+    (tmp_path / "rev.json").write_text(json.dumps(rows[::-1]))
+    argv = ["rescore", "--store", str(tmp_path / "store"), "--method", "closed-form", "--out", str(tmp_path / "r.json")]
+    capsys.readouterr()
+    assert main(argv[:3] + ["--pred", str(tmp_path / "rev.json")] + argv[3:]) == 2
+    err = capsys.readouterr().err
+    assert "rev.json: record 0: field 'image_id': is not the store's row 0" in err and "100 of 100 rows differ" in err
+    assert not (tmp_path / "r.json").exists()
+    # the same rows in the store's order, rescored (new scores, same coordinates): accepted, same output
+    for r_ in rows:
+        r_["score"] = 0.5
+    (tmp_path / "same.json").write_text(json.dumps(rows))
+    assert main(argv[:3] + ["--pred", str(tmp_path / "same.json"), "--aggregate", "mean", "--area", "gt"]
+                + argv[3:]) == 0
+    got2 = np.array([o["keypoints"][2::3] for o in json.loads((tmp_path / "r.json").read_text())])
+    np.testing.assert_allclose(got2, want, rtol=1e-12)
+
+
+def _renamed_set(sim, tmp_path):
+    """The simulation's gt/results with keypoint names posecal does not know (a user's own 17-point set)."""
+    gt = json.loads(json.dumps(sim.gt))
+    gt["categories"][0]["keypoints"] = [f"p{k}" for k in range(17)]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(json.dumps(sim.heatmap_results))
+    return tmp_path / "gt.json", tmp_path / "pred.json"
+
+
+def test_cli_rescore_sigmas_for_a_users_own_keypoint_set(tmp_path, capsys):
+    """--sigmas / --keypoint-set: the closed form and the learned calibrators on keypoint names posecal does not
+    know give what the library gives with those sigmas; wrong counts, unused sigmas, and sigmas next to a loaded
+    calibrator are refused."""
+    from posecal.cli import main
+
+    sim = simulate(150, seed=21)
+    g, p = _renamed_set(sim, tmp_path)
+    sig = COCO17.sigmas * 1.5
+    base = ["rescore", "--pred", str(p), "--gt", str(g), "--out", str(tmp_path / "o.json")]
+    for method, extra in (("closed-form", []), ("isotonic", ["--fit-gt", str(g), "--fit-pred", str(p)])):
+        for sig_args in (["--sigmas", *map(str, sig)], ["--sigmas", ",".join(map(str, sig))]):
+            assert main(base + ["--method", method, *extra, *sig_args]) == 0
+            got = np.array([o["score"] for o in json.loads((tmp_path / "o.json").read_text())])
+            gt, res = load_gt(g), load_results(p, None)
+            r = get_rescorer(method, sigmas=sig)
+            r.fit(res, gt)
+            np.testing.assert_allclose(got, r.transform(res, gt).instance_scores, rtol=1e-12)
+    assert main(base + ["--method", "closed-form", "--keypoint-set", "coco17"]) == 0
+    (tmp_path / "o.json").unlink()
+    capsys.readouterr()
+    for argv, field, needle in (
+        (["--method", "closed-form", "--sigmas", "0.1", "0.2"], "--sigmas", "expected 17 finite"),
+        (["--method", "closed-form", "--sigmas", *["0.1"] * 16, "-0.1"], "--sigmas", "expected 17 finite"),
+        (["--method", "closed-form", "--keypoint-set", "lsp14"], "--keypoint-set", "has 14 keypoints"),
+        (["--method", "mmpose-bbox", "--keypoint-set", "coco17"], "--keypoint-set", "does not use OKS sigmas"),
+    ):
+        assert main(base + argv) == 2
+        err = capsys.readouterr().err
+        assert f"field '{field}'" in err and needle in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "o.json").exists()
 
 
 @pytest.mark.parametrize(

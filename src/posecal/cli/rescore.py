@@ -65,6 +65,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="instance aggregation of the new keypoint scores (closed-form, isotonic, loglog)",
     )
     p.add_argument("--keypoint-score-thr", type=finite_float, default=0.2)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--sigmas", nargs="+", metavar="S",
+                   help="OKS sigmas, one per keypoint (space or comma separated), for keypoint sets posecal does "
+                   "not know (closed-form, isotonic, loglog); default: the gt's keypoint set")
+    g.add_argument("--keypoint-set", metavar="NAME", help="take the OKS sigmas from a named set (coco17, ...)")
     p.add_argument("--fit-gt", help="ground truth to fit a learned calibrator on")
     p.add_argument("--fit-pred", help="results to fit a learned calibrator on (with --fit-gt)")
     g = p.add_mutually_exclusive_group()
@@ -91,8 +96,12 @@ def _params(args: argparse.Namespace) -> dict:
         padding=args.padding,
         aggregate=args.aggregate,
         keypoint_score_thr=args.keypoint_score_thr,
+        sigmas=getattr(args, "sigma_values", None),
     )
     accepted = rescorer_class(args.method)().get_params()
+    if given["sigmas"] is not None and "sigmas" not in accepted:
+        raise PosecalInputError(f"--method {args.method} does not use OKS sigmas (closed-form, isotonic and "
+                                "loglog do)", None, None, "--sigmas" if args.sigmas else "--keypoint-set")
     return {k: v for k, v in given.items() if k in accepted}
 
 
@@ -118,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PosecalWarning)
         pred = load_results(pred_src, gt)
+    args.sigma_values = _sigmas(args, pred.keypoints.shape[1])
     if store is not None:
         if store.num_instances != len(pred):
             raise PosecalInputError(
@@ -127,11 +137,17 @@ def run(args: argparse.Namespace) -> int:
                 "records",
             )
         if args.method == "closed-form" and "sigma_hat" in store.arrays:
+            if args.pred:
+                _same_rows(store, pred, pred_src)
             sigma = store.read("sigma_hat")
     for w in caught:  # scores above 1 are legal (heatmap maxima): say it once (on success), never squash
         warnings.warn(w.message, PosecalWarning, stacklevel=1)
 
     if args.calibrator:
+        if args.sigma_values is not None:
+            raise PosecalInputError("a loaded calibrator carries its own OKS sigmas (params.sigmas); drop "
+                                    "--sigmas/--keypoint-set", args.calibrator, None,
+                                    "--sigmas" if args.sigmas else "--keypoint-set")
         r = Rescorer.load(args.calibrator)
         if r.method != args.method:
             raise PosecalInputError(
@@ -157,6 +173,47 @@ def run(args: argparse.Namespace) -> int:
     _print_summary(args, r, pred, out, pred_src, store_sigma=sigma is not None)
     return 0
 
+
+
+def _sigmas(args: argparse.Namespace, K: int) -> np.ndarray | None:
+    """``--sigmas`` / ``--keypoint-set`` as OKS constants ``(K,)`` for the predictions' K keypoints, or None."""
+    if args.sigmas:
+        toks = [t for s in args.sigmas for t in s.replace(",", " ").split()]
+        try:
+            vals = np.array([float(t) for t in toks], dtype=np.float64)
+        except ValueError:
+            raise PosecalInputError(f"not a number in {' '.join(toks)!r}", None, None, "--sigmas") from None
+        if len(vals) != K or not (np.isfinite(vals) & (vals > 0)).all():
+            raise PosecalInputError(f"expected {K} finite OKS sigmas > 0 (one per keypoint of the predictions), "
+                                    f"got {' '.join(toks)!r}", None, None, "--sigmas")
+        return vals
+    if args.keypoint_set:
+        from posecal.keypoints import get_keypoint_set
+
+        try:
+            kset = get_keypoint_set(args.keypoint_set)
+        except KeyError as e:
+            raise PosecalInputError(str(e.args[0]), None, None, "--keypoint-set") from None
+        if kset.num_keypoints != K:
+            raise PosecalInputError(f"keypoint set {kset.name} has {kset.num_keypoints} keypoints, the "
+                                    f"predictions {K}", None, None, "--keypoint-set")
+        return kset.sigmas
+    return None
+
+
+def _same_rows(store: Any, pred: Any, pred_src: str) -> None:
+    """``--pred`` must hold the store's rows in the store's order (its σ̂ is read by row): same image and the
+    same keypoint coordinates (a rescored copy of the store's predictions.json keeps both)."""
+    iid = store.read("image_id")
+    kp = store.read("keypoints")[..., :2]
+    bad = np.flatnonzero((iid != pred.image_id)
+                         | ~np.isclose(kp, pred.keypoints[..., :2], rtol=0, atol=1e-3).all(axis=(1, 2)))
+    if bad.size:
+        r = int(bad[0])
+        what = ("image_id" if iid[r] != pred.image_id[r] else "keypoints")
+        raise PosecalInputError(f"is not the store's row {r} (image_id {int(iid[r])}): --store's sigma_hat is read "
+                                f"row by row, so --pred must list the store's predictions in the store's order "
+                                f"({bad.size} of {len(iid)} rows differ)", pred_src, r, what)
 
 
 def _write_outputs(args: argparse.Namespace, r: Any, records: list) -> None:

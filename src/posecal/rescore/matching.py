@@ -32,7 +32,8 @@ def oks_sigmas_for(pred: CocoResults, gt: CocoGroundTruth | None, sigmas: ArrayL
         ks = COCO17
     if ks is None:
         raise PosecalInputError(
-            f"cannot tell the OKS sigmas of {K} keypoints; give --gt with named keypoints",
+            f"cannot tell the OKS sigmas of {K} keypoints; give a --gt whose keypoint names posecal knows, "
+            "or the sigmas (--sigmas S ... or --keypoint-set NAME)",
             pred.path,
             None,
             "keypoints",
