@@ -316,6 +316,23 @@ def test_kpt_inst_fit_apply_export_agree(det_store, tmp_path, shared, rank):
     assert main(["apply", "--store", str(store.path), "--head", str(head), "--out", str(res), "--reorder"]) == 0
     cal = json.loads(res.read_text())
     assert [r["keypoints"][0::3] for r in cal] == [r["keypoints"][0::3] for r in store.predictions]
+    if rank is None:
+        from posecal.models.extract import extract
+        from posecal.studies.visibility import visibility_study
+
+        # study visibility (gt boxes) builds the head's input as apply does (the features + the card's
+        # instance evidence): the same keypoint confidences
+        gts = extract(load_adapter(shared(*SP)), small, shared("data", "coco-mini", "train2017"), tmp_path / "G",
+                      show_progress=False)
+        assert main(["apply", "--store", str(gts.path), "--head", str(head), "--out", str(tmp_path / "g.json")]) == 0
+        st = visibility_study(gts.path, head=head)
+        np.testing.assert_allclose(st["_arrays"]["ccnet"],
+                                   [r["keypoints"][2::3] for r in json.loads((tmp_path / "g.json").read_text())],
+                                   rtol=1e-5, atol=1e-7)
+        # a head-only graph does not take the instance evidence: refused, nothing written
+        assert main(["export", "--model", str(shared(*SP)), "--head", str(head), "--out", str(tmp_path / "ho.onnx"),
+                     "--head-only"]) == 2
+        assert not (tmp_path / "ho.onnx").exists()
     onx = tmp_path / "sp_cal.onnx"
     summary = export_calibrated(shared(*SP), head, onx)
     # the filters go into SimplePose's own last Conv unless this machine's onnxruntime then changes the

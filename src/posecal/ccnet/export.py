@@ -754,15 +754,16 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
     import onnx
 
     from posecal._util import write_bytes_atomic
+    from posecal.ccnet.targets import uses_evidence
     from posecal.models.adapters.base import load_adapter
 
     arrs, meta = head_arrays(head_dir)
-    if meta.get("head") == "kpt_inst":
-        raise PosecalInputError("a 'kpt_inst' head also reads the instance evidence (keypoint-score statistics "
-                                "and the box score), which a head-only ONNX does not take: graft it onto the "
-                                "ONNX model (posecal export without --head-only), or fit a 'kpt' head (posecal "
-                                "fit --head kpt) for a TFLite model", file=str(Path(head_dir) / "head.json"),
-                                field="head")
+    if meta.get("head") == "kpt_inst" or (uses_evidence(meta) and meta.get("pooling") == "heatmap"):
+        raise PosecalInputError(f"this {meta.get('head')!r} head also reads the instance evidence (keypoint-score "
+                                "statistics and the box score; its model card asks for it), which a head-only "
+                                "ONNX does not take: graft it onto the ONNX model (posecal export without "
+                                "--head-only); --head-only is for models that cannot be grafted (TFLite)",
+                                file=str(Path(head_dir) / "head.json"), field="head")
     _same_model(meta, head_dir, model)
     adapter = load_adapter(model, tensor=meta.get("model_tensor"))
     probe = adapter.predict(np.zeros((1, adapter.input_size[1], adapter.input_size[0], 3), np.uint8))

@@ -85,16 +85,14 @@ def visibility_study(store: str | os.PathLike, *, head: str | os.PathLike | None
     vhat = None
     if head is not None:
         from posecal.ccnet.checkpoint import check_compatible, load_head
+        from posecal.ccnet.targets import store_features, store_head_meta
         from posecal.ccnet.train import predict
 
         hd, meta = load_head(head)
-        fname = fs.feature_name
-        store_meta = {"keypoint_set": fs.meta.get("keypoint_set"), "feature_tensor": fname,
-                      "feature_shape": list(fs.meta.get("arrays", {}).get(fname, {}).get("shape", [])),
-                      "pooling": fs.meta.get("pooling"), "model_tensor": fs.meta.get("tensor"),
-                      "model_sha256": fs.meta.get("model_sha256")}
-        check_compatible(meta, store_meta, file=str(head))
-        feats = fs.features()
+        # the head's input as posecal apply builds it: the store's features [+ the instance evidence its
+        # model card asks for] [+ the per-keypoint evidence columns the head was trained with]
+        check_compatible(meta, store_head_meta(fs.meta, fs.feature_name), file=str(head))
+        feats = store_features(fs)
         if meta.get("evidence"):  # per-keypoint evidence columns the head was trained with
             from posecal.ccnet.targets import evidence_columns
 
