@@ -47,8 +47,11 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(dumps_json(summary, indent=True).decode() + "\n")
     elif summary["mode"] == "grafted":
         print(f"{args.out}: {args.model} + {summary['head']} head at {summary['model_tensor']} "
-              f"({summary['pooling']} pooling, {summary['added_nodes']} nodes); outputs: "
-              + ", ".join(summary["outputs"]))
+              f"({summary['pooling']} pooling, {summary['added_nodes']} nodes); inputs: "
+              + ", ".join(summary["inputs"]) + "; outputs: " + ", ".join(summary["outputs"]))
+        if "box_score" in summary["inputs"]:
+            print("box_score (B,) float32: the detector's score of each crop's box (1.0 for gt boxes or "
+                  "single-person crops); the head reads it with the keypoint-score statistics")
     else:
         print(f"{args.out}: head-only ONNX ({summary['head']}, {summary['pooling']} pooling); inputs "
               + ", ".join(summary["inputs"]) + f" from {summary['model_tensor']}; outputs: "
@@ -60,4 +63,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"the head's {what} are computed {where}")
     if summary.get("context_stage") and not args.json:
         print(f"note: the head's context stage is {summary['context_stage']}")
+    elif not args.json:
+        print("note: instance_confidence is the head's score of one crop; posecal apply keeps each image's own "
+              "ranking of its people unless --reorder, so apply --reorder is what equals it")
     return 0
