@@ -118,12 +118,15 @@ def test_fit_cv_cli_prints_table_and_refits_winner(stores, tmp_path, capsys):
     rc = main(["fit", "--store", stores[0].path, "--store", stores[1].path, "--out", str(out), "--cv", "3",
                "--steps", "60", "--batch-size", "32", "--json"])
     assert rc == 0
-    doc = json.loads(capsys.readouterr().out)
+    cap = capsys.readouterr()
+    doc = json.loads(cap.out)
     rows = doc["cv"]["rows"]
     assert doc["cv"]["k"] == 3 and len(rows) == len(default_grid(Recipe(steps=60, batch_size=32)))
     best = max(r["cv_ap"] for r in rows)
     chosen = next(r for r in rows if r["cv_ap"] >= best - doc["cv"]["tolerance"])
     assert doc["cv"]["selected"] == chosen["recipe"] == doc["recipe"]
+    # a selected recipe that loses to the stores' own scores by CV is said so (a warning, never silent)
+    assert ("no recipe beat the stores' own scores" in cap.err) == (chosen["cv_delta_ap"] < 0)
     meta = orjson.loads((out / "head.json").read_bytes())
     assert meta["cv"]["selected"] == chosen["recipe"]
     # the applied head rescoring: apply reads the same evidence columns the head was trained with

@@ -229,6 +229,14 @@ def test_json_to_stdout(tmp_path):
         rc2, stdout2, err2 = _run(["evaluate", "--gt", str(g), "--pred", str(p), *argv])
         assert rc2 == 0, err2
         assert json.loads(stdout2) == doc and not (tmp_path / "-").exists()
+    # the OKS constants actually used are recorded, not only where they came from
+    K = len(json.loads(g.read_text())["categories"][0]["keypoints"])
+    assert doc["sigmas"] != "--sigmas" and len(doc["sigma_values"]) == K
+    sig = [round(0.05 + 0.01 * k, 3) for k in range(K)]
+    rc3, stdout3, err3 = _run(["evaluate", "--gt", str(g), "--pred", str(p), "--json", "--sigmas", *map(str, sig)])
+    assert rc3 == 0, err3
+    doc3 = json.loads(stdout3)
+    assert doc3["sigmas"] == "--sigmas" and doc3["sigma_values"] == sig
 
 
 def test_output_equal_to_an_input_is_refused(tmp_path):

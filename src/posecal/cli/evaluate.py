@@ -156,6 +156,7 @@ def build_output(args: argparse.Namespace, ev: Evaluation) -> dict:
         "flavor": ev.flavor,
         "use_area": bool(ev.use_area),
         "sigmas": ev.sigmas_source,
+        "sigma_values": [float(x) for x in ev.result.sigmas],  # the OKS constants actually used
         "num_images": int(ev.gt.image_ids.shape[0]),
         "num_gt": len(ev.gt),
         "num_detections": len(ev.res),

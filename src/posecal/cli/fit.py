@@ -174,9 +174,16 @@ def run(args: argparse.Namespace) -> int:
                               on_row=lambda r: print(f"cv: {r.recipe.label()}: AP {r.mean_ap:.4f} "
                                                      f"(own score {sum(r.base_ap) / len(r.base_ap):.4f})",
                                                      file=sys.stderr))
-        recipe = select(rows).recipe
+        best = select(rows)
+        recipe = best.recipe
         cv = {"k": args.cv, "seed": args.cv_seed, "selected": recipe.to_dict(), "tolerance": TOLERANCE,
               "rows": [r.to_dict() for r in rows]}
+        own = sum(best.base_ap) / len(best.base_ap)
+        if best.mean_ap < own:
+            warnings.warn(f"--cv: no recipe beat the stores' own scores by cross-validation (selected "
+                          f"{recipe.label()}: CV AP {best.mean_ap:.4f} < own score {own:.4f}); the head may lower "
+                          "AP on data like this (more training data, or keep the model's own scores)",
+                          PosecalWarning, stacklevel=1)
         if not args.json:
             _print_cv(rows, sys.stdout)
             print(f"selected: {recipe.label()}")
