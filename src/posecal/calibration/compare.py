@@ -18,6 +18,8 @@ dataset's image ids would), so nothing is approximated. ``tests/test_compare.py`
 against a brute-force re-evaluation of a rebuilt dataset.
 
 Intervals are percentile intervals of the resampled Δ = B − A (default 1000 resamples, 95 %, seeded).
+``P(B better)`` is the fraction of resamples where B beats A with exact ties (Δ == 0) counted as half, so a
+metric B cannot change (ΔAR when B only reorders scores) reads 0.5, not 0; ``p_tied`` is the tied fraction.
 """
 
 from __future__ import annotations
@@ -200,8 +202,10 @@ class CompareResult:
     """Point values (full data) of A and B, the Δ = B − A, and bootstrap percentile intervals of Δ.
 
     ``a``, ``b``, ``delta``: metric -> value (:data:`METRICS`); ``interval``: metric -> (lo, hi) at
-    ``level``; ``p_better``: metric -> fraction of resamples where B is better than A (lower AUSE is better);
-    ``samples``: metric -> (resamples,) Δ (kept for plots and tests)."""
+    ``level``; ``p_better``: metric -> fraction of resamples where B is better than A (lower AUSE is better),
+    resamples with Δ exactly 0 counted as half (every resample tied: 0.5); ``p_tied``: metric -> fraction of
+    resamples with Δ exactly 0; ``samples``: metric -> (resamples,) Δ (kept for plots and tests). Both
+    fractions are over the resamples where Δ is defined (NaN when none is)."""
 
     a: dict[str, float]
     b: dict[str, float]
@@ -213,6 +217,11 @@ class CompareResult:
     level: float
     images: int
     samples: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    p_tied: dict[str, float] = field(default_factory=dict)
+
+    def all_tied(self, m: str) -> bool:
+        """Every resample gave Δ exactly 0 for ``m`` (B cannot differ from A there)."""
+        return self.p_tied.get(m) == 1.0
 
     def to_dict(self) -> dict[str, Any]:
         def num(x: float) -> float | None:
@@ -222,7 +231,8 @@ class CompareResult:
             "resamples": self.resamples, "seed": self.seed, "level": self.level, "images": self.images,
             "metrics": {m: {"a": num(self.a[m]), "b": num(self.b[m]), "delta": num(self.delta[m]),
                             "interval": [num(v) for v in self.interval[m]],
-                            "p_better": num(self.p_better[m])} for m in METRICS},
+                            "p_better": num(self.p_better[m]),
+                            "p_tied": num(self.p_tied.get(m, float("nan")))} for m in METRICS},
         }
 
 
@@ -274,12 +284,15 @@ def compare(gt: Any, res_a: Any, res_b: Any, *, resamples: int = 1000, seed: int
         bar.update(1)
     bar.close()
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
-    interval, p_better = {}, {}
+    interval, p_better, p_tied = {}, {}, {}
     for m, s in samples.items():
         ok = s[np.isfinite(s)]
         interval[m] = tuple(float(v) for v in np.percentile(ok, q)) if ok.size else (float("nan"),) * 2
         better = ok < 0 if m == "ause" else ok > 0
-        p_better[m] = float(better.mean()) if ok.size else float("nan")
+        tied = ok == 0
+        # ties count half: a metric B cannot change must not read "B certainly worse" (0) or "better" (1)
+        p_better[m] = float((better.sum() + 0.5 * tied.sum()) / ok.size) if ok.size else float("nan")
+        p_tied[m] = float(tied.mean()) if ok.size else float("nan")
     delta = {m: b[m] - a[m] for m in METRICS}
     return CompareResult(a=a, b=b, delta=delta, interval=interval, p_better=p_better, resamples=resamples,
-                         seed=seed, level=level, images=I, samples=samples)
+                         seed=seed, level=level, images=I, samples=samples, p_tied=p_tied)

@@ -111,7 +111,8 @@ def _html(res: CompareResult, names: dict[str, str]) -> str:
         excl = np.isfinite(lo) and np.isfinite(hi) and (lo > 0 or hi < 0)
         rows.append(f"<tr><td><b>{m}</b></td><td>{_cell(res.a[m])}</td><td>{_cell(res.b[m])}</td>"
                     f"<td><b>{_cell(res.delta[m], True)}</b></td><td>[{_cell(lo, True)}, {_cell(hi, True)}]"
-                    f"{' *' if excl else ''}</td><td>{_cell(res.p_better[m])}</td><td>{e(_MEANING[m])}</td></tr>")
+                    f"{' *' if excl else ''}</td><td>{_cell(res.p_better[m])}{' (all tied)' if res.all_tied(m) else ''}"
+                    f"</td><td>{e(_MEANING[m])}</td></tr>")
     figs = "".join(f'<h2>{e(f[:-4].replace("_", " "))}</h2><img src="{f}" alt="{e(f)}">' for f in FIGURES)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>posecal compare</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:4px 10px;
@@ -122,7 +123,8 @@ ground truth = <code>{e(names['gt'])}</code></p>
 <table><tr><th>metric</th><th>A</th><th>B</th><th>Δ = B − A</th><th>{int(res.level * 100)} % interval</th>
 <th>P(B better)</th><th>meaning</th></tr>{''.join(rows)}</table>
 <p>Paired bootstrap over the {res.images} images: {res.resamples} resamples, seed {res.seed}; AP/AR recomputed
-exactly per resample. * = the interval excludes 0.</p>
+exactly per resample. * = the interval excludes 0. P(B better): fraction of resamples where B beats A,
+ties (Δ exactly 0) counted as half; "all tied": B equals A on every resample.</p>
 {figs}</body></html>"""
 
 

@@ -9,6 +9,9 @@ The new instance scores keep each image's detection order of the store's own sco
 :mod:`posecal.rescore.order`), so COCO AR is identical by construction; ``--reorder`` drops that constraint.
 A head whose metadata (keypoint set, feature tensor and shape, pooling, model tensor / file hash) differs
 from the store's is refused, naming the difference.
+
+``--out -`` writes the results JSON to stdout (as ``posecal rescore --out -``); the summary line, or the
+``--json`` summary, then goes to stderr so that stdout holds only the results.
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--store", required=True, help="feature store directory")
     p.add_argument("--head", required=True, help="head directory from posecal fit")
-    p.add_argument("--out", required=True, help="COCO results JSON to write")
+    p.add_argument("--out", required=True,
+                   help="COCO results JSON to write; '-' writes it to stdout (the summary then goes to stderr)")
     p.add_argument("--reorder", action="store_true",
                    help="let the new instance scores reorder the detections of an image (default: each image "
                    "keeps the order of the store's own score, so COCO AR stays identical; see "
                    "posecal.rescore.order)")
-    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout (stderr with --out -)")
     return p
 
 
@@ -52,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
     from posecal.io.coco import save_results
     from posecal.models.store import FeatureStore
 
-    refuse_clobber({"--store": args.store, "--head": args.head}, {"--out": args.out})
-    check_creatable(args.out, "file")
+    to_stdout = args.out == "-"
+    refuse_clobber({"--store": args.store, "--head": args.head}, {"--out": None if to_stdout else args.out})
+    if not to_stdout:
+        check_creatable(args.out, "file")
     head, meta = load_head(args.head)
     data = load_store(args.store, need_gt=False, features=False)
     check_compatible(meta, data.head_meta, file=args.head)
@@ -78,7 +84,12 @@ def run(args: argparse.Namespace) -> int:
         raise PosecalInputError("the context stage produced non-finite scores on this store", file=args.store)
     recs = rescore_records(data.records, s, v, box_score=box, file=f"{args.store}/predictions.json",
                            instance=inst)
-    save_results(args.out, recs)
+    if to_stdout:  # serialised completely before the first byte goes out
+        payload = dumps_json(recs)
+        sys.stdout.buffer.write(payload + b"\n")
+        sys.stdout.flush()
+    else:
+        save_results(args.out, recs)
     summary = {
         "records": len(recs),
         "head": args.head,
@@ -87,10 +98,12 @@ def run(args: argparse.Namespace) -> int:
         "context_stage": use_stage,
         "image_order": "free" if args.reorder else "kept",
     }
+    info = sys.stderr if to_stdout else sys.stdout  # stdout carries the results with --out -
     if args.json:
-        sys.stdout.write(dumps_json(summary, indent=True).decode() + "\n")
+        info.write(dumps_json(summary, indent=True).decode() + "\n")
     else:
         how = " (+ context stage over each image's detections)" if use_stage else ""
-        print(f"{len(recs)} records rescored with {args.head}{how} → {args.out}")
+        print(f"{len(recs)} records rescored with {args.head}{how} → {'stdout' if to_stdout else args.out}",
+              file=info)
     return 0
 

@@ -1,12 +1,22 @@
 """``posecal compare``: is B's confidence better than A's? A paired bootstrap over images.
 
-    posecal compare --gt GT.json A.json B.json [--json] [--report DIR] [--resamples 1000] [--seed 0]
+    posecal compare --gt GT.json A.json B.json [--sigmas S ... | --keypoint-set NAME] [--json]
+                    [--report DIR] [--resamples 1000] [--seed 0] [--level 0.95]
 
 Prints ΔAP and ΔAR (B − A) with 95 % percentile intervals, and the instance Pearson / AUSE deltas, from
 ``--resamples`` draws of the gt's images with replacement (the same draws for A and B). AP and AR are
 recomputed exactly on every resample (:mod:`posecal.calibration.compare`). With ``--report DIR``: an HTML
 page with the deltas on top and the two files' PR curves, reliability diagrams and sparsification curves
 overlaid.
+
+P(B better) is the fraction of resamples where B beats A, resamples with Δ exactly 0 counted as half; a
+metric tied on every resample (ΔAR when B only reorders the scores) shows 0.5000 (all tied). ``--json``
+also gives ``p_tied``, the tied fraction.
+
+``--sigmas`` and ``--keypoint-set`` work as in ``posecal evaluate`` (space- or comma-separated sigmas).
+Before the result files, the sigma list ends at the first value that is not a number:
+``--sigmas 0.026 0.035 A.json B.json`` reads two sigmas and two files (a file named like a number: put
+``--`` before the files).
 """
 
 from __future__ import annotations
@@ -30,6 +40,60 @@ def _level(s: str) -> float:
     return v
 
 
+def _numbers(text: str) -> bool:
+    """``text`` is one or more numbers, comma and/or space separated (what ``--sigmas`` takes)."""
+    toks = text.replace(",", " ").split()
+    try:
+        [float(t) for t in toks]
+    except ValueError:
+        return False
+    return bool(toks)
+
+
+def _sigma_value(text: str) -> str:
+    """argparse type of one ``--sigmas`` value (converted by posecal.cli.evaluate._parse_sigmas)."""
+    if not _numbers(text):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r} (--sigmas takes numbers, space or comma "
+                                         "separated)")
+    return text
+
+
+def _is_sigmas_flag(p: argparse.ArgumentParser, name: str) -> bool:
+    """``name`` selects --sigmas: the flag itself or, as argparse allows, an unambiguous prefix of it."""
+    if name == "--sigmas":
+        return True
+    return (p.allow_abbrev and len(name) > 2 and name.startswith("--") and "--sigmas".startswith(name)
+            and not any(o != "--sigmas" and o.startswith(name) for o in p._option_string_actions))
+
+
+def _join_sigmas(p: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Rewrite ``--sigmas a b c`` as ``--sigmas=a,b,c``, taking only the values that are numbers.
+
+    argparse gives a ``nargs='+'`` option every following non-flag word, so ``--sigmas a b A.json B.json``
+    would swallow the result files; joined, the files stay positionals. Nothing after ``--`` is touched."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        t = argv[i]
+        if t == "--":
+            out += argv[i:]
+            break
+        name, eq, first = t.partition("=")
+        if _is_sigmas_flag(p, name):
+            vals = [first] if eq else []
+            j = i + 1
+            while j < len(argv) and _numbers(argv[j]):
+                vals.append(argv[j])
+                j += 1
+            if vals:
+                out.append("--sigmas=" + ",".join(vals))
+                i = j
+                continue
+        out.append(t)
+        i += 1
+    return out
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="paired bootstrap: ΔAP/ΔAR (and Pearson/AUSE) of B over A with intervals",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,9 +104,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help=f"bootstrap resamples (default 1000, at most {MAX_RESAMPLES:,})")
     p.add_argument("--seed", type=nonneg_int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--level", type=_level, default=0.95, help="interval coverage (default 0.95)")
-    p.add_argument("--sigmas", default=None, help="comma-separated OKS sigmas (default: the gt's keypoint set)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--sigmas", nargs="+", metavar="S", type=_sigma_value,
+                   help="OKS sigmas, one per keypoint (space or comma separated, as posecal evaluate); default: "
+                   "the keypoint set matched by the gt's categories[0].keypoints names. Before A.json B.json "
+                   "the list ends at the first value that is not a number")
+    g.add_argument("--keypoint-set", metavar="NAME",
+                   help="take sigmas from a named set (coco17, mpii16, ...), as posecal evaluate")
     p.add_argument("--report", default=None, metavar="DIR", help="write an HTML comparison page into DIR")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    parse_known_args = p.parse_known_args
+
+    def parse_sigmas_first(args=None, namespace=None):  # keep the result files out of --sigmas' list
+        return parse_known_args(_join_sigmas(p, list(sys.argv[1:] if args is None else args)), namespace)
+
+    p.parse_known_args = parse_sigmas_first  # type: ignore[method-assign]
     return p
 
 
@@ -55,7 +131,7 @@ def _fmt(v: float | None, signed: bool = False) -> str:
 def run(args: argparse.Namespace) -> int:
     from posecal._util import dumps_json
     from posecal.calibration.compare import METRICS, compare, per_image_eval
-    from posecal.errors import PosecalInputError
+    from posecal.cli.evaluate import _parse_sigmas
     from posecal.io.coco import load_gt, load_results
 
     paths = {"--gt": args.gt, "A.json": args.a, "B.json": args.b}
@@ -63,13 +139,8 @@ def run(args: argparse.Namespace) -> int:
         from posecal._outputs import check_report_folder
 
         check_report_folder(args.report, paths)  # not an input, none inside it, nothing of the user's lost
-    sigmas = None
-    if args.sigmas:
-        try:
-            sigmas = [float(x) for x in args.sigmas.split(",")]
-        except ValueError:
-            raise PosecalInputError("not a comma-separated list of numbers", field="--sigmas") from None
     gt = load_gt(args.gt)
+    sigmas, _ = _parse_sigmas(args, gt)  # --sigmas / --keypoint-set / the gt's set, exactly as evaluate
     ra, rb = load_results(args.a, gt), load_results(args.b, gt)
     res = compare(gt, ra, rb, resamples=args.resamples, seed=args.seed, level=args.level, sigmas=sigmas,
                   show_progress=True)
@@ -91,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
     for m in METRICS:
         lo, hi = res.interval[m]
         print(f"{m:<8} {_fmt(res.a[m]):>8} {_fmt(res.b[m]):>8} {_fmt(res.delta[m], True):>9}  "
-              f"[{_fmt(lo, True)}, {_fmt(hi, True)}]  {_fmt(res.p_better[m])}")
+              f"[{_fmt(lo, True)}, {_fmt(hi, True)}]  {_fmt(res.p_better[m])}"
+              f"{' (all tied)' if res.all_tied(m) else ''}")
     if args.report is not None:
         print(f"report written to {args.report}/index.html")
     return 0
