@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike
 
 from posecal._util import progress
 from posecal.calibration import metrics as M
-from posecal.calibration.pairs import InstancePairs, KeypointPairs, best_oks, instance_pairs, keypoint_pairs
+from posecal.calibration.pairs import InstancePairs, KeypointPairs, instance_pairs, keypoint_pairs, oracle_oks
 from posecal.errors import PosecalInputError
 
 if TYPE_CHECKING:
@@ -157,8 +157,9 @@ def oracle_bound(
     gt_area: np.ndarray | None,
     thr_index: tuple[int, int],
 ) -> tuple[dict[str, object], dict[float, np.ndarray]]:
-    """AP with oracle confidence (each detection's OKS with its best gt, :func:`best_oks`): the upper bound
-    of the paper's Fig. 1. Returns ``({"oracle_AP", "oracle_AP50"}, {0.5: pr, 0.75: pr})``; ``thr_index``
+    """AP with oracle confidence (:func:`posecal.calibration.pairs.oracle_oks`: each person's one matched
+    detection scored by its OKS, duplicates and false positives 0): the upper bound of the paper's Fig. 1.
+    Returns ``({"oracle_AP", "oracle_AP50"}, {0.5: pr, 0.75: pr})``; ``thr_index``
     are the OKS-threshold indices of 0.5 and 0.75, each ``pr`` is precision ``(101,)`` over recall."""
     from posecal.metrics.cocoeval import evaluate
 
@@ -168,7 +169,7 @@ def oracle_bound(
     if cats.size == 1:
         cat = int(cats[0])
     # also for empty results: the AP of nothing is 0, as pycocotools reports it
-    oracle_scores = best_oks(gt, res, sigmas, category_id=cat, gt_area=gt_area)
+    oracle_scores = oracle_oks(gt, res, sigmas, category_id=cat, gt_area=gt_area)
     ev_o = evaluate(gt, res, scores=oracle_scores, **evaluate_kwargs)
     m: dict[str, object] = {}
     _set(m, "oracle_AP", lambda: _ap(ev_o.stats, "AP"))
@@ -388,7 +389,7 @@ def run_audit(
     """Run the calibration audit of results ``res`` against ground truth ``gt`` (``posecal.io.coco`` objects).
 
     ``ev``: the evaluator's result on (gt, res) if already computed. Re-runs the evaluator with oracle
-    confidence (each detection's OKS with its best-matching gt, :func:`best_oks`) and with ``n_random``
+    confidence (:func:`posecal.calibration.pairs.oracle_oks`) and with ``n_random``
     seeded uniform random confidences (seeds ``seed .. seed+n_random-1``; the mean AP is reported),
     the two bounds of the paper's Fig. 1. ECE uses ``n_bins`` bins; AUSE-PCK uses PCK@``pck_alpha``
     normalised by the gt box's longer side. AP/AR are fractions in [0, 1] as pycocotools reports them.

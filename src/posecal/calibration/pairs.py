@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from posecal.io.coco import CocoGroundTruth, CocoResults
     from posecal.metrics.cocoeval import CocoEvalResult
 
-__all__ = ["InstancePairs", "KeypointPairs", "instance_pairs", "keypoint_pairs", "best_oks"]
+__all__ = ["InstancePairs", "KeypointPairs", "instance_pairs", "keypoint_pairs", "best_oks", "oracle_oks"]
 
 
 @dataclass(frozen=True)
@@ -136,12 +136,13 @@ def best_oks(
     sigmas: np.ndarray,
     category_id: int | None = None,
     gt_area: np.ndarray | None = None,
+    one_to_one: bool = False,
 ) -> np.ndarray:
     """``(D,)`` the OKS of each detection with its best-matching gt of the same image (and category):
     the max over that image's non-crowd gts with at least one labelled keypoint, 0 if there is none.
     This is the *oracle confidence* of the paper's Fig. 1 (pycocotools-exact OKS,
     :func:`posecal.metrics.oks.oks_matrix`; ``gt_area (G,)`` replaces ``gt.area`` as in
-    :func:`keypoint_pairs`)."""
+    :func:`keypoint_pairs`); ``one_to_one``: :func:`oracle_oks`."""
     d_img = np.asarray(res.image_id, dtype=np.int64)
     out = np.zeros(d_img.size, dtype=np.float64)
     if d_img.size == 0:
@@ -166,5 +167,36 @@ def best_oks(
         gi = g_sel[lo:hi]
         di = d_order[a:b]
         o = np.asarray(oks_matrix(dkp[di], np.asarray(gt.keypoints)[gi], area[gi], sigmas))
-        out[di] = o.max(axis=1)
+        out[di] = o.max(axis=1) if not one_to_one else _greedy_one_to_one(o)
     return out
+
+
+def _greedy_one_to_one(o: np.ndarray) -> np.ndarray:
+    """``(d,)`` from an OKS matrix ``(d, g)``: the largest entry first, each detection and gt used once;
+    a detection left without a gt gets 0 (ties: the lower detection row, then the lower gt column)."""
+    o = np.array(o, dtype=np.float64)
+    out = np.zeros(o.shape[0])
+    for _ in range(min(o.shape)):
+        d, g = np.unravel_index(int(np.argmax(o)), o.shape)
+        if o[d, g] <= 0 or not np.isfinite(o[d, g]):
+            break
+        out[d] = o[d, g]
+        o[d, :] = -1.0
+        o[:, g] = -1.0
+    return out
+
+
+def oracle_oks(
+    gt: CocoGroundTruth,
+    res: CocoResults,
+    sigmas: np.ndarray,
+    category_id: int | None = None,
+    gt_area: np.ndarray | None = None,
+) -> np.ndarray:
+    """``(D,)`` the *oracle confidence* of the paper's Fig. 1 for any results: each image's detections and
+    its non-crowd gts with a labelled keypoint matched one to one, greedily by OKS (largest first); a matched
+    detection scores its OKS, every other detection (a duplicate of a person already taken, a false
+    positive) 0. With one detection per person (gt boxes) it is :func:`best_oks`; with detector boxes
+    :func:`best_oks` would also give duplicates their person's OKS and rank them above true matches, which is
+    no upper bound."""
+    return best_oks(gt, res, sigmas, category_id, gt_area, one_to_one=True)

@@ -182,7 +182,8 @@ HEADLINE = (
     ("mAP", "AP", "COCO keypoint AP (OKS .50:.95), instances ranked by their confidence"),
     ("mAR", "AR", "COCO keypoint AR: the same detections, no ranking; AP cannot exceed it"),
     ("gap", "gap", "AR − AP: what ranking by confidence loses; 0 for a perfect ranking"),
-    ("oracle_AP", "oracle AP", "AP if each confidence were the detection's true OKS: the best any rescoring can do"),
+    ("oracle_AP", "oracle AP", "AP if each person's best detection were scored by its true OKS and every "
+                                "duplicate or false positive by 0: the best any rescoring can do"),
     ("pearson_instance", "Pearson", "correlation of instance confidence with OKS (1: confidence tracks accuracy)"),
     ("ause_instance", "AUSE", "area between the sparsification curve and the oracle's (0: confidence orders "
      "errors perfectly)"),
