@@ -106,6 +106,17 @@ def test_builtin_cards_found_by_content_hash(shared, tmp_path):
     p.write_text(json.dumps(bad))
     with pytest.raises(PosecalInputError, match="input.layout"):
         load_card(p)
+    # a misspelt key is refused (its default would otherwise be used silently), naming the card and the key
+    for where, key, hint in ((None, "target_sgima", "target_sigma"), ("crop", "pading", "padding"),
+                             ("input", "colour", "color")):
+        card = json.loads(json.dumps(BUILTIN_CARDS["ultralight-nano-simplepose"]))
+        (card if where is None else card[where])[key] = 1
+        p.write_text(json.dumps(card))
+        with pytest.raises(PosecalInputError, match=f"did you mean '{hint}'") as e:
+            load_card(p)
+        assert e.value.file == str(p) and e.value.field == (key if where is None else f"{where}.{key}")
+    card = dict(BUILTIN_CARDS["ultralight-nano-simplepose"], description="my copy", licence="none stated")
+    assert validate_card(card)["description"] == "my copy"  # free text is allowed
 
 
 @pytest.mark.parametrize("model", [SP, MN])

@@ -218,10 +218,43 @@ def _check_decoder(dec: dict, file: str | None) -> None:
                                 field="decoder.boxes" if both else "decoder")
 
 
+_FREE_TEXT = ("description", "licence", "license", "notes", "source", "comment")
+_KEYS: dict[str, tuple[str, ...]] = {
+    "": ("format", "task", "name", "sha256", "input", "crop", "keypoints", "output", "heatmaps", "features",
+         "target_sigma", "ccnet", "backend_kind", "decoder", *_FREE_TEXT),
+    "input": ("name", "layout", "dtype", "size", "batch", "color", "scale", "mean", "std"),
+    "crop": ("padding", "aspect"),
+    "output": ("type", "name", "layout", "subpixel", "order", "normalised"),
+    "heatmaps": ("name", "layout"),
+    "features": ("name", "layout"),
+    "ccnet": ("pooling", "evidence"),
+    "decoder": ("type", "strides", "reg_max", "scores", "boxes", "class"),
+}
+
+
+def _check_keys(card: dict, file: str | None) -> None:
+    """Every key is one the pipeline reads (or free text): a misspelt one (``"pading"``) would otherwise be
+    ignored and its default used without a word."""
+    import difflib
+
+    for where, known in _KEYS.items():
+        obj = card if not where else card.get(where)
+        if not isinstance(obj, dict):
+            continue
+        for k in obj:
+            if k not in known:
+                close = difflib.get_close_matches(str(k), known, n=1)
+                raise PosecalInputError(f"unknown key{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                                        f"known: {', '.join(known)}", file=file,
+                                        field=f"{where}.{k}" if where else str(k))
+
+
 def validate_card(card: Any, file: str | None = None) -> dict[str, Any]:
-    """Check a card dict (see the module docstring); returns it. PosecalInputError names the bad field."""
+    """Check a card dict (see the module docstring); returns it. PosecalInputError names the bad field; an
+    unknown (e.g. misspelt) key is refused too."""
     if not isinstance(card, dict):
         raise PosecalInputError("a model card is a JSON object", file=file)
+    _check_keys(card, file)
     if card.get("format") != CARD_FORMAT:
         raise PosecalInputError(f"expected {CARD_FORMAT!r}", file=file, field="format")
     if card.get("task") not in ("pose", "detector"):
