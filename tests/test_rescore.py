@@ -535,3 +535,27 @@ def test_every_method_round_trips_through_json(sims, method, tmp_path):
     (tmp_path / "bad.json").write_text('{"method": "nope"}')
     with pytest.raises(PosecalInputError, match="unknown method"):
         Rescorer.load(tmp_path / "bad.json")
+
+
+def test_cli_calibrator_records_its_skeleton_and_warns_on_another(tmp_path, capsys):
+    """--save-calibrator writes what it was fitted on; --calibrator on results with another keypoint count
+    warns (the map still applies, exit 0), on the same count it does not."""
+    from posecal._util import write_json_atomic
+    from posecal.cli import main
+
+    a = simulate(120, seed=31)
+    write_json_atomic(tmp_path / "gt.json", a.gt)
+    write_json_atomic(tmp_path / "pred.json", a.heatmap_results)
+    cal = tmp_path / "cal.json"
+    assert main(["rescore", "--pred", str(tmp_path / "pred.json"), "--method", "isotonic", "--fit-gt",
+                 str(tmp_path / "gt.json"), "--fit-pred", str(tmp_path / "pred.json"), "--save-calibrator", str(cal),
+                 "--out", str(tmp_path / "o.json")]) == 0
+    assert json.loads(cal.read_text())["fitted_on"] == {"num_keypoints": 17, "keypoint_set": "coco17"}
+    five = [dict(r, keypoints=r["keypoints"][:15]) for r in a.heatmap_results]  # a 5-keypoint skeleton
+    write_json_atomic(tmp_path / "five.json", five)
+    capsys.readouterr()
+    for src, warned in (("pred.json", False), ("five.json", True)):
+        assert main(["rescore", "--pred", str(tmp_path / src), "--method", "isotonic", "--calibrator", str(cal),
+                     "--out", str(tmp_path / "o2.json")]) == 0
+        err = capsys.readouterr().err
+        assert ("calibrator fitted on 17 keypoints (coco17), applied to 5" in err) == warned, err

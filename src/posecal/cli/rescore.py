@@ -149,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
                                     "--sigmas/--keypoint-set", args.calibrator, None,
                                     "--sigmas" if args.sigmas else "--keypoint-set")
         r = Rescorer.load(args.calibrator)
+        _warn_other_skeleton(args.calibrator, pred.keypoints.shape[1])
         if r.method != args.method:
             raise PosecalInputError(
                 f"calibrator is {r.method!r}, not {args.method!r}", args.calibrator, None, "method"
@@ -161,12 +162,14 @@ def run(args: argparse.Namespace) -> int:
                 warnings.simplefilter("ignore", PosecalWarning)
                 fpred = load_results(args.fit_pred, fgt)
             r.fit(fpred, fgt)
+            args.fitted_on = _skeleton(fpred, fgt)
         elif r.needs_fit:
             raise PosecalInputError(
                 f"{args.method} needs --fit-gt/--fit-pred or --calibrator", None, None, "--fit-gt"
             )
         else:
             r.fit(pred, gt)
+            args.fitted_on = _skeleton(pred, gt)
     out = _transform(r, pred, gt, sigma, args.calibrator)
     records = out.to_records(pred)
     _write_outputs(args, r, records)
@@ -201,6 +204,25 @@ def _sigmas(args: argparse.Namespace, K: int) -> np.ndarray | None:
     return None
 
 
+def _skeleton(pred: Any, gt: Any) -> dict[str, Any]:
+    """The keypoint count (and the gt's keypoint set, when known) a calibrator was fitted on."""
+    ks = getattr(gt, "keypoint_set", None) if gt is not None else None
+    return {"num_keypoints": int(pred.keypoints.shape[1]), "keypoint_set": ks.name if ks is not None else None}
+
+
+def _warn_other_skeleton(path: str, K: int) -> None:
+    """A calibrator saved with ``fitted_on`` (posecal ≥ this version) fitted on another number of keypoints:
+    its score → OKS map was learned on other joints and their tolerances; warn (the map still applies)."""
+    from posecal._util import read_json
+
+    fitted = read_json(path).get("fitted_on")
+    k = fitted.get("num_keypoints") if isinstance(fitted, dict) else None
+    if isinstance(k, int) and k != K:
+        name = fitted.get("keypoint_set")
+        warnings.warn(f"{path}: calibrator fitted on {k} keypoints{f' ({name})' if name else ''}, applied to "
+                      f"{K}: its score-to-OKS map was learned on other joints", PosecalWarning, stacklevel=2)
+
+
 def _same_rows(store: Any, pred: Any, pred_src: str) -> None:
     """``--pred`` must hold the store's rows in the store's order (its σ̂ is read by row): same image and the
     same keypoint coordinates (a rescored copy of the store's predictions.json keeps both)."""
@@ -230,7 +252,10 @@ def _write_outputs(args: argparse.Namespace, r: Any, records: list) -> None:
         if tmp_out is not None:
             save_results(tmp_out, records)
         if tmp_cal is not None:
-            r.save(tmp_cal)
+            from posecal._util import write_json_atomic
+
+            # what it was fitted on, so a later --calibrator on another skeleton is warned about
+            write_json_atomic(tmp_cal, {**r.to_json(), "fitted_on": getattr(args, "fitted_on", None)})
     if payload is not None:
         sys.stdout.buffer.write(payload + b"\n")
         sys.stdout.flush()
