@@ -294,3 +294,18 @@ def test_deeply_nested_json_is_one_line(tmp_path):
     deep.write_text("[" * 100000 + "]" * 100000)
     rc, _, err = _run(["evaluate", "--gt", str(g), "--pred", str(deep)])
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "nested" in err
+
+
+@pytest.mark.parametrize("argv", [["evaluate", "--gt", "g.json", "--pred", "p.json", "--bogus", "1"],
+                                  ["rescore", "--pred", "p.json", "--method", "isotonic", "--out", "o.json", "--x"],
+                                  ["study", "visibility", "--store", "S", "--out", "D", "--nope"]])
+def test_unrecognized_arguments_are_named_by_the_subcommand(argv, capsys):
+    """An unknown flag is one error line from the subcommand's parser (its name, exit 2), like its other
+    argument errors — not the top-level 'posecal: error:'."""
+    from posecal.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    name = " ".join(argv[:2]) if argv[0] == "study" else argv[0]
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith(f"posecal {name}: error: unrecognized")

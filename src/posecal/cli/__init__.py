@@ -73,11 +73,23 @@ def main(argv: list[str] | None = None) -> int:
     if first == "evaluate":
         _single_thread_blas()
     parser = build_parser(first if first in SUBCOMMANDS else None)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the subcommand's parser ("posecal fit: error: ..."), as its other errors are
+        _deepest_parser(parser, argv).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0 if args.command is None else 2
     return _run_command(args)
+
+
+def _deepest_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The (sub)subcommand parser that ``argv`` selects (``study visibility``), else ``parser``."""
+    for tok in argv:
+        sub = next((a.choices[tok] for a in parser._actions
+                    if isinstance(a, argparse._SubParsersAction) and tok in a.choices), None)
+        if sub is not None:
+            parser = sub
+    return parser
 
 
 def _error(command: str, message: object) -> int:
