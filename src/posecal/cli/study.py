@@ -2,6 +2,7 @@
 
     posecal study occlusion --model M --data DATA.json --images DIR --joint NAME [--head HEAD_DIR] --out DIR
         [--radii 0 8 16 ...] [--limit N] [--blur-sigma S]          # Fig. 3: occluders / blurs at one joint
+        [--model-card CARD.json]                                   # a model without a built-in card
     posecal study visibility --store STORE [--head HEAD_DIR] --out DIR [--tau T]
                                                     # Fig. 4: visible vs occluded; AP by aggregation
 """
@@ -29,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     o.add_argument("--radii", type=nonneg_float, nargs="+", default=None, help="radii in input px (default 0..64)")
     o.add_argument("--limit", type=nonneg_int, default=100, help="at most N instances (0: all)")
     o.add_argument("--blur-sigma", type=nonneg_float, default=6.0, help="Gaussian blur sigma, input px")
+    o.add_argument("--model-card", default=None, help="model card JSON (default: built-in card by SHA-256)")
     o.add_argument("--threads", type=threads, default=None)
     o.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     v = s.add_parser("visibility", help="visible vs occluded confidence; AP by aggregation (Fig. 4)")
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if args.study == "occlusion":
-        ins = {"--model": args.model, "--data": args.data, "--images": args.images, "--head": args.head}
+        ins = {"--model": args.model, "--data": args.data, "--images": args.images, "--head": args.head,
+               "--model-card": args.model_card}
     else:
         ins = {"--store": args.store, "--head": args.head}
     refuse_clobber(ins, {"--out": out}, dir_outputs={"--out": [f"{args.study}.png", f"{args.study}.json"]})
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
         res = occlusion_study(args.model, args.data, args.images, args.joint, head=args.head,
                               radii=args.radii or DEFAULT_RADII, limit=args.limit or None,
-                              blur_sigma=args.blur_sigma, threads=args.threads)
+                              blur_sigma=args.blur_sigma, threads=args.threads, model_card=args.model_card)
         with atomic_dir(out) as tmp:  # both files or neither
             plot_occlusion(res, tmp / "occlusion.png")
             write_json_atomic(tmp / "occlusion.json", res)

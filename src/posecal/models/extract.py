@@ -483,13 +483,16 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
     settings = _settings(adapter, plan, ks, info)
     nms = det is not None and oks_nms_thr is not None and shard[1] == 1
     if nms and (Path(out) / "meta.json").is_file():  # finished earlier: the same settings return it as it is
-        from posecal.models.store import FeatureStore
+        from posecal.models.store import FeatureStore, describe_settings_diff, settings_diff
 
         done = FeatureStore.open(out)
         same = {k: v for k, v in done.meta.items() if k not in _META_BOOKKEEPING and k != "oks_nms"}
-        if orjson.loads(dumps_json(settings)) != same:
-            raise PosecalInputError("existing store was written with different settings; use another --out "
-                                    "or delete it", file=str(out))
+        mine = orjson.loads(dumps_json(settings))
+        keys = settings_diff(same, mine)  # the images folder compared by real path, not by spelling
+        if keys:
+            raise PosecalInputError("existing store was written with different settings ("
+                                    f"{describe_settings_diff(same, mine, keys)}); use another --out or delete it",
+                                    file=str(out), field=keys[0] if len(keys) == 1 else "settings")
         return done
     stage = Path(out).with_name(Path(out).name + ".all") if nms else out
     writer = StoreWriter(stage, num_instances=len(insts) * plan.n_copies, chunk_size=chunk_size,

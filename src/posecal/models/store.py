@@ -104,6 +104,41 @@ def _fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(dumps_json(settings)).hexdigest()
 
 
+# settings that name a folder as the user typed it (kept so in meta.json): compared by the real path they
+# resolve to from the working directory, so ``--images img`` and ``--images /abs/img`` are the same setting
+PATH_SETTINGS = ("images",)
+_ABSENT = object()  # a key one settings dict lacks
+
+
+def _same_setting(key: str, old: Any, new: Any) -> bool:
+    if old == new:
+        return True
+    if key in PATH_SETTINGS and isinstance(old, str) and isinstance(new, str) and old and new:
+        return os.path.realpath(old) == os.path.realpath(new)
+    return False
+
+
+def settings_diff(old: Any, new: dict[str, Any]) -> list[str]:
+    """The keys (sorted) whose values differ between two JSON-normalised settings dicts; a key present in one
+    only differs, folders (:data:`PATH_SETTINGS`) are compared by real path. ``["settings"]`` when ``old`` is
+    not a dict."""
+    if not isinstance(old, dict):
+        return ["settings"]
+    return [k for k in sorted(set(old) | set(new), key=str)
+            if not _same_setting(k, old.get(k, _ABSENT), new.get(k, _ABSENT))]
+
+
+def describe_settings_diff(old: dict[str, Any], new: dict[str, Any], keys: list[str]) -> str:
+    """``'pooling (store "gap", now "heatmap"), ...'`` for the keys of :func:`settings_diff`, values shortened."""
+    def short(v: Any) -> str:
+        t = "absent" if v is _ABSENT else dumps_json(v).decode()
+        return t if len(t) <= 60 else t[:57] + "..."
+
+    if keys == ["settings"]:
+        return "settings"
+    return ", ".join(f"{k} (store {short(old.get(k, _ABSENT))}, now {short(new.get(k, _ABSENT))})" for k in keys)
+
+
 LOCK_NAME = ".lock"
 
 
@@ -486,6 +521,8 @@ class StoreWriter:
                 idx = _dict(orjson.loads(idx_p.read_bytes()), idx_p, "index.json")
             except orjson.JSONDecodeError:
                 raise PosecalInputError("corrupt index.json; delete the store", file=str(idx_p)) from None
+            if idx.get("fingerprint") != self.fingerprint and idx.get("format") == FORMAT:
+                self._adopt_settings(idx)
             for key, mine in (("format", FORMAT), ("fingerprint", self.fingerprint),
                               ("num_instances", self.num_instances), ("chunk_size", self.chunk_size),
                               ("shard", list(self.shard))):
@@ -499,6 +536,23 @@ class StoreWriter:
             self._resume(idx)
         else:
             self._write_index()
+
+    def _adopt_settings(self, idx: dict[str, Any]) -> None:
+        """The fingerprints differ: name the settings that differ in the error, or, when they are the same
+        settings spelled differently (a folder given as a relative and as an absolute path, compared by real
+        path), take over the store's own settings and fingerprint, so the resumed store is the one a single
+        run would have written."""
+        old = idx.get("settings")
+        keys = settings_diff(old, self.settings)
+        if keys:
+            raise PosecalInputError(
+                "existing store was written with different settings (fingerprint differs: "
+                f"{describe_settings_diff(old if isinstance(old, dict) else {}, self.settings, keys)}); "
+                "use another --out or delete it", file=str(self.path), field=keys[0] if len(keys) == 1 else "settings")
+        if not isinstance(idx.get("fingerprint"), str) or idx["fingerprint"] != _fingerprint(old):
+            raise PosecalInputError("corrupt index.json (its fingerprint does not match its settings); delete "
+                                    "the store", file=str(self.path / "index.json"), field="fingerprint")
+        self.settings, self.fingerprint = old, idx["fingerprint"]
 
     def _resume(self, idx: dict[str, Any]) -> None:
         """Take over the finished chunks of an index; a chunk whose files are missing, damaged (checksum) or

@@ -120,13 +120,14 @@ def select_instances(data: str | os.PathLike | dict, joint: str, radii: Sequence
 
 
 def open_model(model: str | os.PathLike, head: str | os.PathLike | None, sel: StudyInstances,
-               threads: int | None) -> StudyModel:
-    """Load the model (and the CCNet head, checked against the model and the keypoint set)."""
+               threads: int | None, model_card: str | os.PathLike | dict | None = None) -> StudyModel:
+    """Load the model (and the CCNet head, checked against the model and the keypoint set). ``model_card``
+    describes a model without a built-in card (:func:`posecal.models.adapters.base.load_adapter`)."""
     from posecal.models.adapters.base import load_adapter
     from posecal.models.adapters.joints import joint_map
     from posecal.studies._common import open_head
 
-    adapter = load_adapter(model, num_threads=threads)
+    adapter = load_adapter(model, num_threads=threads, model_card=model_card)
     out = StudyModel(adapter, np.zeros(0, np.int64))
     if head is not None:
         hd, hmeta, out.pooling, out.head_jmap = open_head(head, model, adapter)
@@ -135,7 +136,8 @@ def open_model(model: str | os.PathLike, head: str | os.PathLike | None, sel: St
             raise PosecalInputError(f"head keypoint set {hmeta.get('keypoint_set')!r} != data {sel.ks.name!r}",
                                     file=str(head), field="keypoint_set")
         if hmeta.get("model_tensor") and hmeta["model_tensor"] != adapter.tensor_name:
-            out.adapter = load_adapter(model, tensor=hmeta["model_tensor"], num_threads=threads)
+            out.adapter = load_adapter(model, tensor=hmeta["model_tensor"], num_threads=threads,
+                                       model_card=model_card)
     out.jmap = joint_map(out.adapter.joint_names, sel.ks.names, allow_missing=True)
     if out.jmap[sel.j] < 0:
         raise PosecalInputError(f"the model has no joint for {sel.ks.names[sel.j]!r}", field="--joint")
@@ -240,11 +242,14 @@ def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, im
                     joint: str, *, head: str | os.PathLike | None = None,
                     radii: Sequence[float] = DEFAULT_RADII, limit: int | None = 100,
                     fill: tuple[int, int, int] = (128, 128, 128), blur_sigma: float = 6.0, batch_size: int = 16,
-                    threads: int | None = None, show_progress: bool | None = None) -> dict[str, object]:
+                    threads: int | None = None, show_progress: bool | None = None,
+                    model_card: str | os.PathLike | dict | None = None) -> dict[str, object]:
     """Run the study (see the module docstring); returns the JSON-ready result.
 
     ``data``: COCO keypoints JSON (e.g. ``posecal convert lsp``); instances are its gt boxes, in file order,
     those with ``joint`` visible (v = 2), at most ``limit``. ``radii`` in input px of the model crop.
+    ``model_card``: the card (JSON path or dict) of a model without a built-in one, as ``posecal extract
+    --model-card`` takes it.
 
     Stages: :func:`select_instances`, :func:`open_model`, the crops
     (:func:`posecal.studies._common.crop_instances`), then per mode and radius :func:`perturb`,
@@ -256,7 +261,7 @@ def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, im
     from posecal.studies._common import crop_instances
 
     sel = select_instances(data, joint, radii, limit)
-    m = open_model(model, head, sel, threads)
+    m = open_model(model, head, sel, threads, model_card=model_card)
     insts, j, ks = sel.insts, sel.j, sel.ks
     crops, Ms = crop_instances(insts, images, m.adapter.input_size)
     gt = np.stack([i.keypoints for i in insts])

@@ -94,7 +94,9 @@ def load_adapter(path: str | os.PathLike, *, tensor: str | None = None, model_ki
 
     The model card (:mod:`posecal.models.cards`: ``model_card`` given, else the built-in card with the file's
     SHA-256) decides how the model is run; an ONNX model without a card falls back to the generic heatmap
-    adapter (input ``(B, 3, H, W)``, ImageNet normalisation, 1×1-conv head discovery).
+    adapter (input ``(B, 3, H, W)``, ImageNet normalisation, 1×1-conv head discovery) with a
+    :class:`PosecalWarning` naming the file and these assumptions (none when ``mean``, ``std`` and
+    ``joint_names`` are all given).
     """
     from posecal.models.cards import card_for_model
 
@@ -129,4 +131,34 @@ def load_adapter(path: str | os.PathLike, *, tensor: str | None = None, model_ki
         return CardAdapter(path, card, tensor=tensor, num_threads=num_threads)
     from posecal.models.adapters.onnx import OnnxAdapter
 
-    return OnnxAdapter(path, tensor=tensor, num_threads=num_threads, **kw)
+    adapter = OnnxAdapter(path, tensor=tensor, num_threads=num_threads, **kw)
+    if not {"mean", "std", "joint_names"} <= kw.keys():  # what the caller gives is not a guess
+        warnings.warn(generic_onnx_warning(path, adapter, tensor_given=tensor is not None), PosecalWarning,
+                      stacklevel=2)
+    return adapter
+
+
+def generic_onnx_warning(path: str | os.PathLike, adapter: Any, *, tensor_given: bool = False) -> str:
+    """The one-line warning for an ONNX model that no model card describes: which file, and the settings the
+    generic adapter guessed (input layout, normalisation, joints, feature tensor)."""
+    from posecal.models.adapters.generic import IMAGENET_MEAN, IMAGENET_STD
+
+    pre = getattr(adapter, "preprocessing", {}) or {}
+    mean, std = pre.get("mean"), pre.get("std")
+    imagenet = (tuple(mean or ()), tuple(std or ())) == (IMAGENET_MEAN, IMAGENET_STD)
+    norm = "ImageNet mean/std normalisation" if imagenet else f"normalisation mean {mean} std {std}"
+    feature = "" if tensor_given else " (the input of the 1×1 conv head)"
+    W, H = adapter.input_size
+    return (f"{path}: no model card matched this model (its SHA-256 is not a built-in card's and no "
+            f"--model-card was given); running it as a generic heatmap model with assumed settings: RGB input "
+            f"(B, 3, {H}, {W}) scaled to [0, 1] with {norm}, {len(adapter.joint_names)} heatmaps read as "
+            f"{_joint_set_name(adapter.joint_names)} joints, argmax decoding, feature tensor "
+            f"{adapter.tensor_name!r}{feature}; if any of this is wrong, describe the model "
+            "with --model-card CARD.json")
+
+
+def _joint_set_name(names: Any) -> str:
+    from posecal.keypoints import KEYPOINT_SETS
+
+    return next((s.name for s in KEYPOINT_SETS.values() if tuple(s.names) == tuple(names)), "the given")
+
