@@ -324,6 +324,14 @@ def test_detection_store_reruns_and_failures_leave_no_staging_store(shared, mini
     rc, _, err = _run(argv)  # finished earlier with the same settings: returned as it is
     assert rc == 0, err
     assert (out / "predictions.json").read_bytes() == before
+    # a damaged chunk of the finished store: the re-run (and apply) names it and says to delete the store
+    chunk = sorted((out / "arrays" / "sigma_hat").iterdir())[0]
+    good = chunk.read_bytes()
+    chunk.write_bytes(good[:100])
+    for cmd in (argv, ["rescore", "--store", out, "--method", "closed-form", "--out", tmp_path / "r.json"]):
+        rc, _, err = _run(cmd)
+        _one_error(rc, err, "chunk 0 of array 'sigma_hat'", "delete the store and re-run posecal extract")
+    chunk.write_bytes(good)
     first = sorted(img.iterdir())[0]
     first.write_bytes(first.read_bytes()[:200])  # truncated image: one error line, no OUT, no OUT.all
     out2 = tmp_path / "store2"

@@ -493,6 +493,7 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
             raise PosecalInputError("existing store was written with different settings ("
                                     f"{describe_settings_diff(same, mine, keys)}); use another --out or delete it",
                                     file=str(out), field=keys[0] if len(keys) == 1 else "settings")
+        done.verify()  # damage names the chunk and says to delete the store (its rows cannot be recomputed alone)
         return done
     stage = Path(out).with_name(Path(out).name + ".all") if nms else out
     writer = StoreWriter(stage, num_instances=len(insts) * plan.n_copies, chunk_size=chunk_size,

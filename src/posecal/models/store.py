@@ -371,7 +371,9 @@ class FeatureStore:
             except (OSError, ValueError):
                 self._verified.discard(key)
         where = f"chunk {j} of array {name!r}"
-        fix = "; re-run posecal extract on this store to recompute it"
+        fix = ("; delete the store and re-run posecal extract (OKS-NMS chose a detection store's rows from all "
+               "its crops, which are not kept)" if self.meta.get("oks_nms") is not None
+               else "; re-run posecal extract on this store to recompute it")
         try:
             data = f.read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
