@@ -211,3 +211,33 @@ def test_apply_out_dash_writes_stdout(store_and_head, tmp_path):
     # bad input with --out -: one error line, nothing on stdout
     p = _apply(["--store", str(tmp_path / "nostore"), "--head", str(head), "--out", "-"], work)
     assert p.returncode == 2 and p.stdout == "" and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_missing_optional_extra_is_one_error_line(monkeypatch, tmp_path, capsys):
+    """An optional dependency a command needs but that is not installed: one line naming it and the extra that
+    installs it, exit 2 (compare --report checks before the bootstrap, so nothing is written); a missing
+    module that is not an optional extra stays a bug (its traceback)."""
+    import argparse
+
+    from posecal.cli import _run_command
+
+    def fails(name):
+        def run(args):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return run
+
+    for mod, extra in (("onnxruntime", "onnx"), ("torch", "torch"), ("ai_edge_litert", "tflite"),
+                       ("matplotlib", "report")):
+        assert _run_command(argparse.Namespace(command="x", _run=fails(mod))) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"pip install 'posecal[{extra}]'" in err and "Traceback" not in err
+    with pytest.raises(ModuleNotFoundError):
+        _run_command(argparse.Namespace(command="x", _run=fails("posecal_no_such_module")))
+    gt, res = make_coco_set(4, n_images=4, max_dets=3)
+    g, a = tmp_path / "g.json", tmp_path / "a.json"
+    g.write_text(json.dumps(gt))
+    a.write_text(json.dumps(res))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    rc = main(["compare", "--gt", str(g), str(a), str(a), "--report", str(tmp_path / "R")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "needs matplotlib" in err and "posecal[report]" in err and not (tmp_path / "R").exists()

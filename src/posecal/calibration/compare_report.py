@@ -55,19 +55,21 @@ def _fig_pr(plt, pes: dict[str, PerImageEval], path: Path) -> None:
 def _fig_reliability(plt, pes: dict[str, PerImageEval], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     drawn = False
+    lo, hi = 0.0, 1.0  # confidences outside [0, 1] are legal (heatmap maxima): the axis grows to show them
     for i, (name, pe) in enumerate(pes.items()):
         if pe.inst_conf.size == 0:
             continue
         r = calibration_error(pe.inst_conf, pe.inst_oks)
+        lo, hi = min(lo, float(r.edges[0])), max(hi, float(r.edges[-1]))
         ok = r.count > 0
         ax.plot(r.mean_confidence[ok], r.mean_target[ok], "o-", color=f"C{i}", ms=4,
                 label=f"{name}: ECE {r.ece:.3f}")
         drawn = True
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="perfect calibration")
     if not drawn:
         _no_data(ax)
-    ax.set(xlabel="mean instance confidence in bin", ylabel="mean OKS in bin", xlim=(0, 1), ylim=(0, 1),
-           title="reliability (15 equal-width bins)")
+    ax.set(xlabel="mean instance confidence in bin", ylabel="mean OKS in bin", xlim=(lo, hi),
+           ylim=(min(0.0, lo), max(1.0, hi)), title="reliability (15 equal-width bins)")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     _save(fig, path)

@@ -29,6 +29,14 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 
+# optional dependency (top-level module) -> (its PyPI name, the posecal extra that installs it)
+OPTIONAL_EXTRAS: dict[str, tuple[str, str]] = {
+    "torch": ("torch", "torch"), "safetensors": ("safetensors", "torch"), "onnx": ("onnx", "onnx"),
+    "onnxruntime": ("onnxruntime", "onnx"), "ai_edge_litert": ("ai-edge-litert", "tflite"),
+    "h5py": ("h5py", "store"), "matplotlib": ("matplotlib", "report"), "PIL": ("pillow", "images"),
+}
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     from posecal.cli._args import PosecalArgumentParser, plain_help
 
@@ -125,6 +133,12 @@ def _run_command(args: argparse.Namespace) -> int:
             rc = int(args._run(args) or 0)
         except PosecalInputError as e:
             return _error(cmd, e)
+        except ModuleNotFoundError as e:  # an optional extra this command needs is not installed
+            top = (e.name or "").split(".")[0]
+            if top not in OPTIONAL_EXTRAS or os.environ.get("POSECAL_DEBUG"):
+                raise
+            pkg, extra = OPTIONAL_EXTRAS[top]
+            return _error(cmd, f"needs {pkg}, which is not installed: pip install 'posecal[{extra}]'")
         except (OSError, RecursionError, MemoryError) as e:
             if os.environ.get("POSECAL_DEBUG"):  # developers: the traceback behind the one line
                 raise

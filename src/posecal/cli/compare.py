@@ -132,11 +132,17 @@ def run(args: argparse.Namespace) -> int:
     from posecal._util import dumps_json
     from posecal.calibration.compare import METRICS, compare, per_image_eval
     from posecal.cli.evaluate import _parse_sigmas
+    from posecal.errors import PosecalInputError
     from posecal.io.coco import load_gt, load_results
 
     paths = {"--gt": args.gt, "A.json": args.a, "B.json": args.b}
     if args.report is not None:
+        import importlib.util
+
         from posecal._outputs import check_report_folder
+
+        if importlib.util.find_spec("matplotlib") is None:  # before the bootstrap, not after it
+            raise PosecalInputError("needs matplotlib: pip install 'posecal[report]'", field="--report")
 
         check_report_folder(args.report, paths)  # not an input, none inside it, nothing of the user's lost
     gt = load_gt(args.gt)
@@ -165,5 +171,5 @@ def run(args: argparse.Namespace) -> int:
               f"[{_fmt(lo, True)}, {_fmt(hi, True)}]  {_fmt(res.p_better[m])}"
               f"{' (all tied)' if res.all_tied(m) else ''}")
     if args.report is not None:
-        print(f"report written to {args.report}/index.html")
+        print(f"posecal compare: report written to {args.report}/index.html", file=sys.stderr)
     return 0
