@@ -216,9 +216,13 @@ def test_scores_outside_unit_interval_warn_not_clip(small):
     recs[0]["score"] = 3.5
     recs[1]["score"] = -0.25
     recs[2]["keypoints"][2] = 7.0
-    with pytest.warns(PosecalWarning):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         r = load_results(recs, load_gt(gt))
     assert r.score[0] == 3.5 and r.score[1] == -0.25 and r.keypoints[2, 0, 2] == 7.0
+    msgs = [str(w.message) for w in caught if issubclass(w.category, PosecalWarning)]
+    assert any("2 instance scores outside [0, 1] (range -0.25..3.5)" in m for m in msgs), msgs
+    assert any("keypoint scores outside [0, 1]" in m and "..7; first: record 2)" in m for m in msgs), msgs
 
 
 # ---- property tests ---------------------------------------------------------------------------

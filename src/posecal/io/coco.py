@@ -730,9 +730,10 @@ def _warn_score_range(score: np.ndarray, kps: np.ndarray, file: str | None) -> N
                       PosecalWarning, stacklevel=4)
     ks = kps[:, :, 2]
     if ks.max() > 1 or ks.min() < 0:
-        n = int(np.count_nonzero((ks > 1) | (ks < 0)))
-        warnings.warn(f"{file or 'results'}: {n} keypoint scores outside [0, 1]; kept as they are",
-                      PosecalWarning, stacklevel=4)
+        bad = (ks > 1) | (ks < 0)
+        n, first = int(np.count_nonzero(bad)), int(np.argmax(bad.any(axis=1)))
+        warnings.warn(f"{file or 'results'}: {n} keypoint scores outside [0, 1] (range {ks.min():.4g}.."
+                      f"{ks.max():.4g}; first: record {first}); kept as they are", PosecalWarning, stacklevel=4)
 
 
 def results_to_records(res: CocoResults) -> list[dict]:
