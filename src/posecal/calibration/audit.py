@@ -332,14 +332,25 @@ def visibility_metrics(kp: KeypointPairs) -> dict[str, object]:
         _set(vis, "auroc", lambda: M.auroc(p, y))
         if y.size and (y.min() == y.max()):  # one class only: AP is trivially 1 (or 0), Brier says nothing
             for k in ("ap", "brier"):
-                vis[k], vis[k + "_reason"] = None, "only one class in the labels"
+                vis[k], vis[k + "_reason"] = None, _one_class(y)
         else:
             _set(vis, "ap", lambda: M.average_precision_binary(p, y))
             _set(vis, "brier", lambda: M.brier(p, y))
     s_all, y_all = kp.score.ravel(), (kp.gt_v > 0).ravel().astype(float)
     _set(vis, "auroc_keypoint_score", lambda: M.auroc(s_all, y_all))
+    for k in ("auroc", "auroc_keypoint_score"):  # say which class is missing, not just that one is
+        if vis.get(k) is None and vis.get(k + "_reason") == "only one class in the labels":
+            vis[k + "_reason"] = _one_class(y_all)
     vis["target"] = "gt v > 0 (labelled), over all keypoints of matched detections"
     return vis
+
+
+def _one_class(y: np.ndarray) -> str:
+    """Why a v > 0 detector cannot be scored on these keypoints."""
+    if y.size and y.min() > 0:
+        return ("every keypoint of the matched detections is labelled (gt v > 0): no unlabelled (v = 0) "
+                "keypoint to tell apart (e.g. LSP labels all 14 joints)")
+    return "no keypoint of the matched detections is labelled (gt v > 0)"
 
 
 def score_by_visibility(kp: KeypointPairs) -> tuple[dict[str, dict[str, object]], dict[str, np.ndarray]]:
@@ -356,6 +367,8 @@ def score_by_visibility(kp: KeypointPairs) -> tuple[dict[str, dict[str, object]]
             "median": float(np.median(x)) if x.size else None,
             "frac_above_0.5": float((x > 0.5).mean()) if x.size else None,
         }
+        if not x.size:
+            dist[name]["_reason"] = f"no {name.split(' ')[0]} keypoint among the matched detections"
     return dist, by_v
 
 
