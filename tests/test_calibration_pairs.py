@@ -180,3 +180,20 @@ def test_oracle_scores_each_person_once_on_detections_with_duplicates(shared):
     a = run_audit(gt, res, n_random=0)
     assert a.metrics["oracle_AP"] >= max(a.metrics["mAP"], ap_best)
     assert a.metrics["oracle_AP"] > ap_best  # the duplicates no longer outrank true matches
+
+
+def test_visibility_metrics_say_which_class_is_missing(shared):
+    """With every keypoint labelled (as in LSP) nothing separates labelled from unlabelled keypoints: the
+    reason says so (not just 'one class'), and the empty v = 0 group carries its reason."""
+    from posecal.calibration.audit import run_audit
+
+    d = json.loads(shared(*COCO_MINI).read_text())
+    d["annotations"] = [a for a in d["annotations"] if a.get("num_keypoints") == 17 and not a["iscrowd"]]
+    assert d["annotations"]
+    gt = load_gt(d)
+    a = run_audit(gt, load_results(perturb_gt(d, seed=7, n_false_pos=0), gt), n_random=0)
+    vis = a.metrics["visibility"]
+    assert vis["auroc_keypoint_score"] is None
+    assert "every keypoint of the matched detections is labelled" in vis["auroc_keypoint_score_reason"]
+    empty = a.metrics["keypoint_score_by_visibility"]["unlabelled (v=0)"]
+    assert empty["count"] == 0 and "no unlabelled keypoint" in empty["_reason"]
