@@ -241,3 +241,21 @@ def test_a_missing_optional_extra_is_one_error_line(monkeypatch, tmp_path, capsy
     rc = main(["compare", "--gt", str(g), str(a), str(a), "--report", str(tmp_path / "R")])
     err = capsys.readouterr().err
     assert rc == 2 and "needs matplotlib" in err and "posecal[report]" in err and not (tmp_path / "R").exists()
+
+
+def test_compare_says_why_a_metric_is_na(tmp_path, capsys):
+    """A constant confidence has no Pearson correlation: the table, --json and the report say why."""
+    gt, res = make_coco_set(5, n_images=6, max_dets=4, p_crowd=0.0)
+    const = [dict(r, score=0.5) for r in res]
+    g, a, b = tmp_path / "g.json", tmp_path / "a.json", tmp_path / "b.json"
+    for f, doc in ((g, gt), (a, res), (b, const)):
+        f.write_text(json.dumps(doc))
+    rc, out, err = _cli(["compare", "--gt", str(g), str(a), str(b), "--resamples", "20"], capsys)
+    assert rc == 0, err
+    row = next(line for line in out.splitlines() if line.startswith("pearson"))
+    assert "n/a: B: constant confidence" in row
+    rc, out, _ = _cli(["compare", "--gt", str(g), str(a), str(b), "--resamples", "20", "--json",
+                       "--report", str(tmp_path / "R")], capsys)
+    doc = json.loads(out)["metrics"]["pearson"]
+    assert rc == 0 and doc["b"] is None and doc["b_reason"] == "constant confidence" and "a_reason" not in doc
+    assert "(n/a: B: constant confidence)" in (tmp_path / "R" / "index.html").read_text()

@@ -218,6 +218,7 @@ class CompareResult:
     images: int
     samples: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     p_tied: dict[str, float] = field(default_factory=dict)
+    undefined: dict[str, dict[str, str]] = field(default_factory=dict)  # "A"/"B" -> metric -> why no value
 
     def all_tied(self, m: str) -> bool:
         """Every resample gave Δ exactly 0 for ``m`` (B cannot differ from A there)."""
@@ -232,13 +233,39 @@ class CompareResult:
             "metrics": {m: {"a": num(self.a[m]), "b": num(self.b[m]), "delta": num(self.delta[m]),
                             "interval": [num(v) for v in self.interval[m]],
                             "p_better": num(self.p_better[m]),
-                            "p_tied": num(self.p_tied.get(m, float("nan")))} for m in METRICS},
+                            "p_tied": num(self.p_tied.get(m, float("nan"))),
+                            **{f"{w.lower()}_reason": self.undefined[w][m] for w in ("A", "B")
+                               if m in self.undefined.get(w, {})}} for m in METRICS},
         }
+
+    def reason(self, m: str) -> str:
+        """Why ``m`` is n/a on the full data ('' when both files have a value)."""
+        return "; ".join(f"{w}: {self.undefined[w][m]}" for w in ("A", "B") if m in self.undefined.get(w, {}))
 
 
 def _point(pe: PerImageEval) -> dict[str, float]:
     p, a = _calib(pe, None)
     return {"AP": float(pe.stats["AP"]), "AR": float(pe.stats["AR"]), "pearson": p, "ause": a}
+
+
+def _why_undefined(pe: PerImageEval) -> dict[str, str]:
+    """metric -> why it has no value on the full data (only the undefined ones)."""
+    c, o = pe.inst_conf, pe.inst_oks
+    out = {}
+    for m, fn, y in (("pearson", pearson, o), ("ause", ause, 1.0 - o)):
+        if c.size < 2:
+            out[m] = "fewer than 2 matched detections"
+            continue
+        try:
+            fn(c, y)
+        except MetricUndefined as e:
+            out[m] = e.reason
+        except ValueError as e:
+            out[m] = str(e)
+    for m in ("AP", "AR"):
+        if not np.isfinite(pe.stats[m]) or pe.stats[m] < 0:
+            out[m] = "no ground-truth person to evaluate"
+    return out
 
 
 def compare(gt: Any, res_a: Any, res_b: Any, *, resamples: int = 1000, seed: int = 0, level: float = 0.95,
@@ -294,5 +321,6 @@ def compare(gt: Any, res_a: Any, res_b: Any, *, resamples: int = 1000, seed: int
         p_better[m] = float((better.sum() + 0.5 * tied.sum()) / ok.size) if ok.size else float("nan")
         p_tied[m] = float(tied.mean()) if ok.size else float("nan")
     delta = {m: b[m] - a[m] for m in METRICS}
-    return CompareResult(a=a, b=b, delta=delta, interval=interval, p_better=p_better, resamples=resamples,
+    return CompareResult(undefined={"A": _why_undefined(pa), "B": _why_undefined(pb)},
+                         a=a, b=b, delta=delta, interval=interval, p_better=p_better, resamples=resamples,
                          seed=seed, level=level, images=I, samples=samples, p_tied=p_tied)

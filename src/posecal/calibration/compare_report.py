@@ -114,7 +114,8 @@ def _html(res: CompareResult, names: dict[str, str]) -> str:
         rows.append(f"<tr><td><b>{m}</b></td><td>{_cell(res.a[m])}</td><td>{_cell(res.b[m])}</td>"
                     f"<td><b>{_cell(res.delta[m], True)}</b></td><td>[{_cell(lo, True)}, {_cell(hi, True)}]"
                     f"{' *' if excl else ''}</td><td>{_cell(res.p_better[m])}{' (all tied)' if res.all_tied(m) else ''}"
-                    f"</td><td>{e(_MEANING[m])}</td></tr>")
+                    f"</td><td>{e(_MEANING[m])}{f' <i>(n/a: {e(res.reason(m))})</i>' if res.reason(m) else ''}"
+                    "</td></tr>")
     figs = "".join(f'<h2>{e(f[:-4].replace("_", " "))}</h2><img src="{f}" alt="{e(f)}">' for f in FIGURES)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>posecal compare</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:4px 10px;

@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         lo, hi = res.interval[m]
         print(f"{m:<8} {_fmt(res.a[m]):>8} {_fmt(res.b[m]):>8} {_fmt(res.delta[m], True):>9}  "
               f"[{_fmt(lo, True)}, {_fmt(hi, True)}]  {_fmt(res.p_better[m])}"
-              f"{' (all tied)' if res.all_tied(m) else ''}")
+              f"{' (all tied)' if res.all_tied(m) else ''}{f'  n/a: {res.reason(m)}' if res.reason(m) else ''}")
     if args.report is not None:
         print(f"posecal compare: report written to {args.report}/index.html", file=sys.stderr)
     return 0
