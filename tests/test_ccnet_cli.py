@@ -214,7 +214,14 @@ def test_fit_refuses_bad_input_with_exit_2(fitted, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["fit", "--store", str(store), "--out", str(tmp_path / "h"), "--filter-rank", "-1"])
     assert e.value.code == 2
+    rc = main(["fit", "--store", str(store), "--val-store", f"{store}/.", "--out", str(tmp_path / "h")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'--val-store'" in err and "is also a training store" in err
     assert not (tmp_path / "h").exists()
+    # fitting into an existing head's folder replaces it, and says so
+    argv = ["fit", "--store", str(store), "--out", str(tmp_path / "h2"), "--steps", "3", "--batch-size", "32"]
+    assert main(argv) == 0 and "replaced" not in capsys.readouterr().err
+    assert main(argv) == 0 and "h2: replaced the head that was there" in capsys.readouterr().err
 
 
 def test_fit_head_refuses_non_finite_features():

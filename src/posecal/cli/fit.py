@@ -21,6 +21,7 @@ import os
 import sys
 import warnings
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from posecal.ccnet.targets import EVIDENCE
@@ -130,6 +131,10 @@ def _check_before_training(args: argparse.Namespace) -> None:
         if real in seen:  # the same rows twice would silently weigh that store double
             raise PosecalInputError(f"the same store as {seen[real]!r}, given twice", file=s, field="--store")
         seen[real] = s
+    if args.val_store and os.path.realpath(args.val_store) in seen:  # its metrics would be training metrics
+        raise PosecalInputError(f"is also a training store ({seen[os.path.realpath(args.val_store)]!r}): the "
+                                "validation metrics would be measured on training rows; give a held-out store",
+                                file=args.val_store, field="--val-store")
 
 
 def _check_device(device: str) -> None:
@@ -170,7 +175,10 @@ def run(args: argparse.Namespace) -> int:
         if args.cv > n_img:
             raise PosecalInputError(f"--cv {args.cv} needs at least {args.cv} images; the stores hold {n_img}",
                                     file=args.store[0], field="--cv")
-        rows = cross_validate(stores, default_grid(recipe), k=args.cv, seed=args.cv_seed,
+        grid = default_grid(recipe)
+        print(f"cv: {len(grid)} recipes × {args.cv} folds = {len(grid) * args.cv} fits (the base recipe: "
+              f"{recipe.label()}); --steps N shortens each", file=sys.stderr)
+        rows = cross_validate(stores, grid, k=args.cv, seed=args.cv_seed,
                               on_row=lambda r: print(f"cv: {r.recipe.label()}: AP {r.mean_ap:.4f} "
                                                      f"(own score {sum(r.base_ap) / len(r.base_ap):.4f})",
                                                      file=sys.stderr))
@@ -196,7 +204,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if cv is not None:
         meta["cv"] = cv
+    replaced = (Path(args.out) / "head.json").is_file()
     save_head(args.out, head, meta)
+    if replaced:  # outputs are overwritten, as everywhere; say so, a head may have taken minutes to fit
+        warnings.warn(f"{args.out}: replaced the head that was there", PosecalWarning, stacklevel=1)
     if args.json:
         sys.stdout.write(dumps_json(meta, indent=True).decode() + "\n")
     else:
