@@ -155,7 +155,8 @@ def _print_cv(rows: list, file: Any) -> None:
     print(f"{'recipe':<{w}}  {'CV AP':>7}  {'sd':>6}  {'Δ vs own score':>14}  {'s':>6}", file=file)
     for r in rows:
         d = r.to_dict()
-        print(f"{d['label']:<{w}}  {d['cv_ap']:7.4f}  {d['cv_ap_sd']:6.4f}  {d['cv_delta_ap']:+14.4f}  "
+        delta = d["cv_delta_ap"] + 0.0 if round(d["cv_delta_ap"], 4) else 0.0  # no "-0.0000"
+        print(f"{d['label']:<{w}}  {d['cv_ap']:7.4f}  {d['cv_ap_sd']:6.4f}  {delta:+14.4f}  "
               f"{d['seconds']:6.1f}", file=file)
 
 
