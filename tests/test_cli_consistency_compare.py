@@ -96,8 +96,8 @@ def test_compare_bad_sigmas_are_one_line_exit_2(custom5, capsys):
     for argv, needle in (
         (["--sigmas", "0.1,x,0.1,0.1,0.1", f["a"], f["b"]], "--sigmas"),
         (["--sigmas", f["a"], f["b"]], "--sigmas"),  # no number at all: the file is named as not a number
-        (["--sigmas", "0.1", "0.2", f["a"], f["b"]], "2 sigmas given for 5 keypoints"),
-        ([f["a"], f["b"], "--sigmas", "0.1", "0.1", "0.1", "nan", "0.1"], "finite and positive"),
+        (["--sigmas", "0.1", "0.2", f["a"], f["b"]], "expected 5 finite OKS sigmas > 0"),
+        ([f["a"], f["b"], "--sigmas", "0.1", "0.1", "0.1", "nan", "0.1"], "expected 5 finite OKS sigmas > 0"),
     ):
         rc, out, err = _cli(["compare", "--gt", f["gt"], *argv, "--resamples", "3"], capsys)
         assert rc == 2 and out == "", argv

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 
 __all__ = ["positive_int", "nonneg_int", "threads", "finite_float", "positive_float", "nonneg_float", "unit_float",
-           "device", "one_line", "PosecalArgumentParser", "plain_help"]
+           "device", "one_line", "PosecalArgumentParser", "plain_help", "sigmas_arg"]
 
 
 # -- validators --------------------------------------------------------------------------------------
@@ -157,3 +157,36 @@ def plain_help(parser: argparse.ArgumentParser) -> None:
         if isinstance(act, argparse._SubParsersAction):
             for sp in act.choices.values():
                 plain_help(sp)
+
+
+def sigmas_arg(sigmas: list[str] | None, keypoint_set: str | None, K: int, what: str):
+    """``--sigmas S ...`` (space and/or comma separated) or ``--keypoint-set NAME`` as OKS constants ``(K,)``
+    float64 for ``what`` ("the ground truth", "the predictions") with K keypoints; ``(None, None)`` when
+    neither is given, else ``(sigmas, source)`` with source ``"--sigmas"`` or the set's name. One
+    PosecalInputError naming the flag otherwise (not numbers, not K of them, not finite > 0, unknown set)."""
+    import numpy as np
+
+    from posecal.errors import PosecalInputError
+
+    if sigmas:
+        toks = [t for s in sigmas for t in s.replace(",", " ").split()]
+        try:
+            vals = np.array([float(t) for t in toks], dtype=np.float64)
+        except ValueError:
+            raise PosecalInputError(f"not a number in {' '.join(toks)!r}", None, None, "--sigmas") from None
+        if len(vals) != K or not (np.isfinite(vals) & (vals > 0)).all():
+            raise PosecalInputError(f"expected {K} finite OKS sigmas > 0 (one per keypoint of {what}), got "
+                                    f"{' '.join(toks)!r}", None, None, "--sigmas")
+        return vals, "--sigmas"
+    if keypoint_set:
+        from posecal.keypoints import get_keypoint_set
+
+        try:
+            kset = get_keypoint_set(keypoint_set)
+        except KeyError as e:
+            raise PosecalInputError(str(e.args[0]), None, None, "--keypoint-set") from None
+        if kset.num_keypoints != K:
+            raise PosecalInputError(f"keypoint set {kset.name} has {kset.num_keypoints} keypoints, {what} {K}",
+                                    None, None, "--keypoint-set")
+        return kset.sigmas, kset.name
+    return None, None

@@ -87,26 +87,11 @@ class Evaluation:
 
 
 def _parse_sigmas(args: argparse.Namespace, gt) -> tuple[Any, str]:
-    import numpy as np
+    from posecal.cli._args import sigmas_arg
 
-    if args.sigmas:
-        toks = [t for s in args.sigmas for t in s.replace(",", " ").split()]
-        try:
-            vals = np.array([float(t) for t in toks], dtype=np.float64)
-        except ValueError:
-            raise PosecalInputError(f"not a number in {' '.join(toks)!r}", None, None, "--sigmas") from None
-        return vals, "--sigmas"
-    if args.keypoint_set:
-        from posecal.keypoints import get_keypoint_set
-
-        try:
-            kset = get_keypoint_set(args.keypoint_set)
-        except KeyError as e:
-            raise PosecalInputError(str(e.args[0]), None, None, "--keypoint-set") from None
-        if kset.num_keypoints != gt.num_joints:
-            raise PosecalInputError(f"keypoint set {kset.name} has {kset.num_keypoints} keypoints, the "
-                                    f"ground truth {gt.num_joints}", None, None, "--keypoint-set")
-        return kset.sigmas, kset.name
+    vals, source = sigmas_arg(args.sigmas, args.keypoint_set, gt.num_joints, "the ground truth")
+    if vals is not None:
+        return vals, source
     if gt.keypoint_set is None:
         raise PosecalInputError(f"keypoint names of categories[0] match no known keypoint set "
                                 f"({gt.num_joints} keypoints); give --sigmas or --keypoint-set", gt.path,

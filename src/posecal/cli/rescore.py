@@ -180,28 +180,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _sigmas(args: argparse.Namespace, K: int) -> np.ndarray | None:
     """``--sigmas`` / ``--keypoint-set`` as OKS constants ``(K,)`` for the predictions' K keypoints, or None."""
-    if args.sigmas:
-        toks = [t for s in args.sigmas for t in s.replace(",", " ").split()]
-        try:
-            vals = np.array([float(t) for t in toks], dtype=np.float64)
-        except ValueError:
-            raise PosecalInputError(f"not a number in {' '.join(toks)!r}", None, None, "--sigmas") from None
-        if len(vals) != K or not (np.isfinite(vals) & (vals > 0)).all():
-            raise PosecalInputError(f"expected {K} finite OKS sigmas > 0 (one per keypoint of the predictions), "
-                                    f"got {' '.join(toks)!r}", None, None, "--sigmas")
-        return vals
-    if args.keypoint_set:
-        from posecal.keypoints import get_keypoint_set
+    from posecal.cli._args import sigmas_arg
 
-        try:
-            kset = get_keypoint_set(args.keypoint_set)
-        except KeyError as e:
-            raise PosecalInputError(str(e.args[0]), None, None, "--keypoint-set") from None
-        if kset.num_keypoints != K:
-            raise PosecalInputError(f"keypoint set {kset.name} has {kset.num_keypoints} keypoints, the "
-                                    f"predictions {K}", None, None, "--keypoint-set")
-        return kset.sigmas
-    return None
+    return sigmas_arg(args.sigmas, args.keypoint_set, K, "the predictions")[0]
 
 
 def _skeleton(pred: Any, gt: Any) -> dict[str, Any]:
