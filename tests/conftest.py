@@ -5,7 +5,9 @@ Under CI (CI=true) a test that needs ../shared fails loudly if it is missing; el
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,24 @@ def shared_path(*parts: str) -> Path:
 def shared():
     """The shared-data resolver: ``shared('data', 'lsp', 'joints.mat')``."""
     return shared_path
+
+
+@pytest.fixture
+def mini(shared, tmp_path):
+    """Two coco-mini images with their people (copied to tmp_path/img): the data JSON, the image folder and a
+    det.json of their gt boxes (scores 0.9)."""
+    src = shared("data", "coco-mini", "person_keypoints_train2017.json")
+    d = json.loads(src.read_text())
+    keep = [im for im in d["images"] if any(a["image_id"] == im["id"] and a["num_keypoints"] > 0
+                                            for a in d["annotations"])][:2]
+    ids = {im["id"] for im in keep}
+    d = {**d, "images": keep, "annotations": [a for a in d["annotations"] if a["image_id"] in ids]}
+    img = tmp_path / "img"
+    img.mkdir()
+    for im in keep:
+        shutil.copy(src.parent / "train2017" / im["file_name"], img / im["file_name"])
+    det = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9}
+           for a in d["annotations"] if not a["iscrowd"]]
+    (tmp_path / "data.json").write_text(json.dumps(d))
+    (tmp_path / "det.json").write_text(json.dumps(det))
+    return tmp_path / "data.json", img, tmp_path / "det.json"

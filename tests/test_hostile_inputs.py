@@ -7,7 +7,6 @@ import contextlib
 import copy
 import io
 import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -268,24 +267,6 @@ def test_unknown_keypoint_names_taken_by_count_are_warned_about():
 
 
 # --- extract with the real SimplePose model ---------------------------------------------------------------
-@pytest.fixture
-def mini(shared, tmp_path):
-    """Two coco-mini images with their people, and a det.json from their gt boxes (scores 0.9)."""
-    src = shared("data", "coco-mini", "person_keypoints_train2017.json")
-    d = json.loads(src.read_text())
-    keep = [im for im in d["images"] if any(a["image_id"] == im["id"] and a["num_keypoints"] > 0
-                                            for a in d["annotations"])][:2]
-    ids = {im["id"] for im in keep}
-    d = {**d, "images": keep, "annotations": [a for a in d["annotations"] if a["image_id"] in ids]}
-    img = tmp_path / "img"
-    img.mkdir()
-    for im in keep:
-        shutil.copy(src.parent / "train2017" / im["file_name"], img / im["file_name"])
-    det = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9}
-           for a in d["annotations"] if not a["iscrowd"]]
-    return _write(tmp_path / "data.json", d), img, _write(tmp_path / "det.json", det)
-
-
 def test_card_that_does_not_fit_the_model_fails_before_a_store_exists(shared, mini, tmp_path):
     from posecal.models.cards import BUILTIN_CARDS
 

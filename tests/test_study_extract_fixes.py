@@ -38,27 +38,10 @@ def _write(path: Path, obj) -> Path:
     return path
 
 
+
 def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and p.name != ".lock"}
-
-
-@pytest.fixture
-def mini(shared, tmp_path):
-    """Two coco-mini images with their people (in tmp_path/img), the data JSON and a det.json of gt boxes."""
-    src = shared("data", "coco-mini", "person_keypoints_train2017.json")
-    d = json.loads(src.read_text())
-    keep = [im for im in d["images"] if any(a["image_id"] == im["id"] and a["num_keypoints"] > 0
-                                            for a in d["annotations"])][:2]
-    ids = {im["id"] for im in keep}
-    d = {**d, "images": keep, "annotations": [a for a in d["annotations"] if a["image_id"] in ids]}
-    img = tmp_path / "img"
-    img.mkdir()
-    for im in keep:
-        shutil.copy(src.parent / "train2017" / im["file_name"], img / im["file_name"])
-    det = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9}
-           for a in d["annotations"] if not a["iscrowd"]]
-    return _write(tmp_path / "data.json", d), img, _write(tmp_path / "det.json", det)
 
 
 @pytest.fixture
