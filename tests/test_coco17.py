@@ -151,26 +151,22 @@ def test_detect_cli_on_real_images(shared, tmp_path, capsys):
                                             for a in d["annotations"])][:2]
     ids = {im["id"] for im in keep}
     small = dict(d, images=keep, annotations=[a for a in d["annotations"] if a["image_id"] in ids])
-    data = tmp_path / "two.json"
-    data.write_text(json.dumps(small))
-    out = tmp_path / "det.json"
-    assert main(["detect", "--model", str(shared(*ND)), "--images", str(shared("data", "coco-mini", "train2017")),
-                 "--data", str(data), "--out", str(out), "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    dets = json.loads(out.read_text())
+
+    def detect(doc: dict, name: str) -> tuple[dict, list]:
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+        out = tmp_path / f"det_{name}.json"
+        assert main(["detect", "--model", str(shared(*ND)), "--images", str(shared("data", "coco-mini", "train2017")),
+                     "--data", str(tmp_path / f"{name}.json"), "--out", str(out), "--json"]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1]), json.loads(out.read_text())
+
+    summary, dets = detect(small, "two")
     assert dets and {r["image_id"] for r in dets} <= ids and all(r["category_id"] == 1 for r in dets)
     assert all(0.05 < r["score"] <= 1 and r["bbox"][2] > 0 for r in dets)
     assert summary["recall_iou50"] > 0.5  # the labelled people are found
     # a dataset whose keypoint category has another id: the boxes carry it (what extract --boxes crops),
     # and the recall counts that category's gt boxes
-    small7 = dict(small, categories=[dict(small["categories"][0], id=7)],
-                  annotations=[dict(a, category_id=7) for a in small["annotations"]])
-    data.write_text(json.dumps(small7))
-    out7 = tmp_path / "det7.json"
-    assert main(["detect", "--model", str(shared(*ND)), "--images", str(shared("data", "coco-mini", "train2017")),
-                 "--data", str(data), "--out", str(out7), "--json"]) == 0
-    summary7 = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    dets7 = json.loads(out7.read_text())
+    summary7, dets7 = detect(dict(small, categories=[dict(small["categories"][0], id=7)],
+                                  annotations=[dict(a, category_id=7) for a in small["annotations"]]), "seven")
     assert [dict(r, category_id=1) for r in dets7] == dets and {r["category_id"] for r in dets7} == {7}
     assert summary7["recall_iou50"] == summary["recall_iou50"]
 
