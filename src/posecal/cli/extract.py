@@ -4,6 +4,7 @@
         [--pooling {heatmap,gap,spatial}] [--boxes gt|DET.json] [--oks-nms 0.9] [--model-card CARD.json]
         [--flip] [--augment N --seed S]
         [--shard i/n] [--skip-missing] [--tensor NAME] [--model-kind K] [--allow-missing-joints]
+        [--input-size W H]                    # a TorchScript .pt model without a card giving its size
     posecal extract --merge --out STORE        # combine STORE.shard-<i>-of-<n> written with --shard
 
 The same pipeline is available from Python as :func:`posecal.models.extract.extract` (any
@@ -29,10 +30,10 @@ from posecal.models.extract import extract, parse_shard, shard_dir
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="run a pose model top-down over a dataset into a feature store",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="model file: .tflite, .onnx, TorchScript .pt (with --input-size) or "
-                   "torch.export .pt2")
+    p.add_argument("--model", help="model file: .tflite, .onnx, TorchScript .pt (with --input-size or a model "
+                   "card) or torch.export .pt2")
     p.add_argument("--input-size", type=positive_int, nargs=2, default=None, metavar=("W", "H"),
-                   help="model input size; needed for a TorchScript model only")
+                   help="model input size; needed for a TorchScript model only (or its model card's input.size)")
     p.add_argument("--data", help="COCO keypoints JSON (e.g. from posecal convert)")
     p.add_argument("--images", help="image folder")
     p.add_argument("--out", required=True, help="store directory")
@@ -41,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "(default: the model card's, else heatmap: what fit's default recipe reads)")
     p.add_argument("--boxes", default="gt", help="'gt' or a COCO detection results JSON (posecal detect); "
                    "detections get the box score folded into the instance score and OKS-NMS 0.9")
-    p.add_argument("--model-card", default=None, help="model card JSON (default: built-in card by SHA-256)")
+    p.add_argument("--model-card", default=None, help="model card JSON, for any model file (.onnx, .pt, .pt2, "
+                   ".tflite; default: built-in card by SHA-256)")
     p.add_argument("--oks-nms", type=unit_float, default=0.9, metavar="THR",
                    help="OKS-NMS threshold for detection boxes (MMPose's 0.9); 1 keeps every box")
     p.add_argument("--max-per-image", type=nonneg_int, default=20, metavar="N",
@@ -58,7 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="skip instances whose image cannot be decoded (empty, corrupt, truncated, too large); "
                    "they are listed in the store's meta.json")
     p.add_argument("--tensor", default=None, help="feature tensor name (default: discovered penultimate)")
-    p.add_argument("--model-kind", default=None, help="efficientpose or blazepose (default: recognised)")
+    p.add_argument("--model-kind", default=None, help="efficientpose or blazepose, for a TFLite model "
+                   "(default: recognised)")
     p.add_argument("--allow-missing-joints", action="store_true",
                    help="dataset keypoints the model lacks get score 0 instead of an error")
     p.add_argument("--target-sigma", type=positive_float, default=None,

@@ -3,6 +3,7 @@
     posecal study occlusion --model M --data DATA.json --images DIR --joint NAME [--head HEAD_DIR] --out DIR
         [--radii 0 8 16 ...] [--limit N] [--blur-sigma S]          # Fig. 3: occluders / blurs at one joint
         [--model-card CARD.json]                                   # a model without a built-in card
+        [--input-size W H]                                         # a TorchScript .pt model (or its card)
     posecal study visibility --store STORE [--head HEAD_DIR] --out DIR [--tau T]
                                                     # Fig. 4: visible vs occluded; AP by aggregation
 """
@@ -13,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from posecal.cli._args import nonneg_float, nonneg_int, threads
+from posecal.cli._args import nonneg_float, nonneg_int, positive_int, threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -21,7 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     s = p.add_subparsers(dest="study", metavar="STUDY", required=True)
     o = s.add_parser("occlusion", help="occluders and blurs of growing radius at one joint (Fig. 3)")
-    o.add_argument("--model", required=True, help="pose model (.tflite / .onnx)")
+    o.add_argument("--model", required=True, help="pose model: .tflite, .onnx, TorchScript .pt (with --input-size "
+                   "or a model card) or torch.export .pt2")
+    o.add_argument("--input-size", type=positive_int, nargs=2, default=None, metavar=("W", "H"),
+                   help="model input size; needed for a TorchScript model only (or its model card's input.size)")
     o.add_argument("--data", required=True, help="COCO keypoints JSON (e.g. posecal convert lsp)")
     o.add_argument("--images", required=True, help="image folder")
     o.add_argument("--joint", required=True, help="keypoint name, e.g. right_wrist")
@@ -60,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
         res = occlusion_study(args.model, args.data, args.images, args.joint, head=args.head,
                               radii=args.radii or DEFAULT_RADII, limit=args.limit or None,
-                              blur_sigma=args.blur_sigma, threads=args.threads, model_card=args.model_card)
+                              blur_sigma=args.blur_sigma, threads=args.threads, model_card=args.model_card,
+                              input_size=args.input_size)
         with atomic_dir(out) as tmp:  # both files or neither
             plot_occlusion(res, tmp / "occlusion.png")
             write_json_atomic(tmp / "occlusion.json", res)

@@ -120,14 +120,16 @@ def select_instances(data: str | os.PathLike | dict, joint: str, radii: Sequence
 
 
 def open_model(model: str | os.PathLike, head: str | os.PathLike | None, sel: StudyInstances,
-               threads: int | None, model_card: str | os.PathLike | dict | None = None) -> StudyModel:
+               threads: int | None, model_card: str | os.PathLike | dict | None = None,
+               input_size: Sequence[int] | None = None) -> StudyModel:
     """Load the model (and the CCNet head, checked against the model and the keypoint set). ``model_card``
-    describes a model without a built-in card (:func:`posecal.models.adapters.base.load_adapter`)."""
+    describes a model without a built-in card, ``input_size`` (W, H) is a TorchScript model's
+    (:func:`posecal.models.adapters.base.load_adapter`)."""
     from posecal.models.adapters.base import load_adapter
     from posecal.models.adapters.joints import joint_map
     from posecal.studies._common import open_head
 
-    adapter = load_adapter(model, num_threads=threads, model_card=model_card)
+    adapter = load_adapter(model, num_threads=threads, model_card=model_card, input_size=input_size)
     out = StudyModel(adapter, np.zeros(0, np.int64))
     if head is not None:
         hd, hmeta, out.pooling, out.head_jmap = open_head(head, model, adapter)
@@ -137,7 +139,7 @@ def open_model(model: str | os.PathLike, head: str | os.PathLike | None, sel: St
                                     file=str(head), field="keypoint_set")
         if hmeta.get("model_tensor") and hmeta["model_tensor"] != adapter.tensor_name:
             out.adapter = load_adapter(model, tensor=hmeta["model_tensor"], num_threads=threads,
-                                       model_card=model_card)
+                                       model_card=model_card, input_size=input_size)
     out.jmap = joint_map(out.adapter.joint_names, sel.ks.names, allow_missing=True)
     if out.jmap[sel.j] < 0:
         raise PosecalInputError(f"the model has no joint for {sel.ks.names[sel.j]!r}", field="--joint")
@@ -243,13 +245,15 @@ def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, im
                     radii: Sequence[float] = DEFAULT_RADII, limit: int | None = 100,
                     fill: tuple[int, int, int] = (128, 128, 128), blur_sigma: float = 6.0, batch_size: int = 16,
                     threads: int | None = None, show_progress: bool | None = None,
-                    model_card: str | os.PathLike | dict | None = None) -> dict[str, object]:
+                    model_card: str | os.PathLike | dict | None = None,
+                    input_size: Sequence[int] | None = None) -> dict[str, object]:
     """Run the study (see the module docstring); returns the JSON-ready result.
 
     ``data``: COCO keypoints JSON (e.g. ``posecal convert lsp``); instances are its gt boxes, in file order,
     those with ``joint`` visible (v = 2), at most ``limit``. ``radii`` in input px of the model crop.
     ``model_card``: the card (JSON path or dict) of a model without a built-in one, as ``posecal extract
-    --model-card`` takes it.
+    --model-card`` takes it. ``input_size`` (W, H): a TorchScript model's input size, as ``posecal extract
+    --input-size`` takes it (or its card's ``input.size``).
 
     Stages: :func:`select_instances`, :func:`open_model`, the crops
     (:func:`posecal.studies._common.crop_instances`), then per mode and radius :func:`perturb`,
@@ -261,7 +265,7 @@ def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, im
     from posecal.studies._common import crop_instances
 
     sel = select_instances(data, joint, radii, limit)
-    m = open_model(model, head, sel, threads, model_card=model_card)
+    m = open_model(model, head, sel, threads, model_card=model_card, input_size=input_size)
     insts, j, ks = sel.insts, sel.j, sel.ks
     crops, Ms = crop_instances(insts, images, m.adapter.input_size)
     gt = np.stack([i.keypoints for i in insts])

@@ -8,6 +8,7 @@ An adapter wraps one frozen top-down pose model. ``predict(crops)`` takes a batc
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,30 +91,39 @@ def load_adapter(path: str | os.PathLike, *, tensor: str | None = None, model_ki
                  num_threads: int | None = None, input_size: Any = None,
                  model_card: str | os.PathLike | dict | None = None, **kw: Any) -> PoseAdapter:
     """Open a model file with the right backend. ``tensor`` overrides the feature tensor; ``input_size``
-    (W, H) is needed by TorchScript models only.
+    (W, H) is needed by TorchScript models only (or their card's ``input.size``).
 
     The model card (:mod:`posecal.models.cards`: ``model_card`` given, else the built-in card with the file's
-    SHA-256) decides how the model is run; an ONNX model without a card falls back to the generic heatmap
-    adapter (input ``(B, 3, H, W)``, ImageNet normalisation, 1×1-conv head discovery) with a
-    :class:`PosecalWarning` naming the file and these assumptions (none when ``mean``, ``std`` and
+    SHA-256) decides how the model is run, for ONNX, TFLite and PyTorch files alike (a card naming another
+    file's SHA-256 is refused; what a PyTorch model reads from its card:
+    :func:`posecal.models.adapters.torch.card_settings`). An ONNX or PyTorch model without a card falls back to
+    the generic heatmap adapter (input ``(B, 3, H, W)``, ImageNet normalisation, 1×1-conv head discovery) with
+    a :class:`PosecalWarning` naming the file and these assumptions (none when ``mean``, ``std`` and
     ``joint_names`` are all given).
     """
     from posecal.models.cards import card_for_model
 
     fmt = find_model_kind(path)
-    if fmt == "torch":
-        from posecal.models.adapters.torch import load_torch_model
-
-        return load_torch_model(path, tensor=tensor, num_threads=num_threads, input_size=input_size)
     card = card_for_model(path, model_card, task="pose")
+    card_file = str(model_card) if model_card is not None and not isinstance(model_card, dict) else None
     if card is not None and model_card is not None and card.get("sha256"):
         from posecal.models.store import file_sha256
 
         if file_sha256(path) != card["sha256"]:
             raise PosecalInputError(f"the card describes another model file (its sha256 {card['sha256'][:12]}… "
                                     f"differs from {Path(path).name}'s); fix it or set it to null",
-                                    file=str(model_card) if not isinstance(model_card, dict) else str(path),
-                                    field="sha256")
+                                    file=card_file or str(path), field="sha256")
+    guessed = card is None and not {"mean", "std", "joint_names"} <= kw.keys()  # what the caller gives is not a guess
+    if fmt == "torch":
+        from posecal.models.adapters.torch import load_torch_model
+
+        given = {k: kw[k] for k in ("joint_names", "mean", "std") if k in kw}
+        adapter = load_torch_model(path, tensor=tensor, num_threads=num_threads, input_size=input_size,
+                                   model_kind=model_kind, card=card, card_file=card_file, **given)
+        if guessed:
+            warnings.warn(generic_onnx_warning(path, adapter, tensor_given=tensor is not None), PosecalWarning,
+                          stacklevel=2)
+        return adapter
     if fmt == "onnx":
         ignored = [f for f, v in (("--input-size", input_size), ("--model-kind", model_kind)) if v is not None]
         if ignored:
@@ -131,11 +141,36 @@ def load_adapter(path: str | os.PathLike, *, tensor: str | None = None, model_ki
         return CardAdapter(path, card, tensor=tensor, num_threads=num_threads)
     from posecal.models.adapters.onnx import OnnxAdapter
 
-    adapter = OnnxAdapter(path, tensor=tensor, num_threads=num_threads, **kw)
-    if not {"mean", "std", "joint_names"} <= kw.keys():  # what the caller gives is not a guess
+    try:
+        adapter = OnnxAdapter(path, tensor=tensor, num_threads=num_threads, **kw)
+    except PosecalInputError as e:  # an ambiguous joint count: say how to tell the joint order
+        m = re.match(r"model has (\d+) heatmap channels", e.message)
+        if e.field == "joint_names" and "joint_names" not in kw and m:
+            raise joint_order_error(path, int(m.group(1))) from None
+        raise
+    if guessed:
         warnings.warn(generic_onnx_warning(path, adapter, tensor_given=tensor is not None), PosecalWarning,
                       stacklevel=2)
     return adapter
+
+
+def keypoint_sets_with(num_joints: int) -> list[str]:
+    """Names of the known keypoint sets with ``num_joints`` keypoints."""
+    from posecal.keypoints import KEYPOINT_SETS
+
+    return [s.name for s in KEYPOINT_SETS.values() if s.num_keypoints == num_joints]
+
+
+def joint_order_error(path: str | os.PathLike, num_joints: int) -> PosecalInputError:
+    """The error for a model file whose joint order cannot be told from its heatmap count: which file, which
+    keypoint sets match, and how to say it (a model card's ``keypoints``)."""
+    sets = keypoint_sets_with(num_joints)
+    which = (f"{len(sets)} known keypoint sets have {num_joints} joints ({', '.join(sets)})" if sets
+             else f"no known keypoint set has {num_joints} joints")
+    return PosecalInputError(f"the model has {num_joints} heatmap channels and {which}, so its joint order is "
+                             "unknown; describe it with --model-card CARD.json whose 'keypoints' is the set's "
+                             "name (e.g. " + repr(sets[0] if sets else "lsp14") + ") or the list of joint names "
+                             "in channel order (docs/model-cards.md)", file=str(path), field="--model-card")
 
 
 def generic_onnx_warning(path: str | os.PathLike, adapter: Any, *, tensor_given: bool = False) -> str:
