@@ -2,7 +2,8 @@
 
 Coordinates are never touched: for every record only ``keypoints[3k+2]`` (the keypoint score) becomes
 ŝ_k, ``score`` becomes the aggregated ĉ (:func:`posecal.rescore.aggregate.instance_score`, mode ``visibility``) and a
-``"visibility"`` list of v̂_k is added. Every other field is kept as it was.
+``"visibility"`` list of v̂_k is added. Every other field is kept as it was. Keypoints the model lacks
+(:func:`mask_missing`) get ŝ = v̂ = 0, so they take no part in ĉ.
 """
 
 from __future__ import annotations
@@ -15,7 +16,19 @@ import numpy as np
 from posecal.errors import PosecalInputError
 from posecal.rescore.aggregate import instance_score
 
-__all__ = ["instance_scores", "rescore_records"]
+__all__ = ["instance_scores", "mask_missing", "rescore_records"]
+
+
+def mask_missing(s_hat: np.ndarray, v_hat: np.ndarray, have: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(s_hat, v_hat)`` (N, K) with ŝ = v̂ = 0 on the keypoints the model does not have (``have`` (K,) bool
+    False, :func:`posecal.ccnet.targets.model_keypoints`; None: all present, returned unchanged). The store
+    holds such keypoints at (0, 0) with score 0 (``extract --allow-missing-joints``): the head's output there
+    would be invented, and v̂ = 0 leaves them out of ĉ = Σ v̂ŝ / Σ v̂. The exported graph masks them alike."""
+    if have is None:
+        return s_hat, v_hat
+    keep = np.asarray(have, bool)
+    return np.where(keep, s_hat, 0).astype(np.asarray(s_hat).dtype), \
+        np.where(keep, v_hat, 0).astype(np.asarray(v_hat).dtype)
 
 
 def rescore_records(

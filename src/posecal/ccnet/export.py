@@ -25,6 +25,9 @@ feature store's pooling in the graph, so the head sees exactly what it was train
   already holds it in (a MatMul for channels-last maps), and pools the 2K head channels
   (:func:`_heatmap_kpt`): the feature map is never transposed, copied or reordered.
 
+Keypoints the model lacks (``extract --allow-missing-joints``: joint map −1) get ŝ = v̂ = 0 in every mode, as
+``posecal apply`` gives them (:func:`posecal.ccnet.apply.mask_missing`), so they take no part in ĉ.
+
 Flip-test averaging is not reproduced: a head fitted on a ``--flip`` store sees single-pass features
 (a warning says so).
 
@@ -383,11 +386,17 @@ def _fold_kpt(arrs: dict[str, np.ndarray], K: int, evidence: bool) -> dict[str, 
     With ``evidence`` the last 6 input channels (s_k and the 5 instance values) become one matrix ``E``
     (K + 4, 2K), columns in (k, j) order, applied to the folded evidence vector of :func:`_evidence`
     (mean = Σ s / K and fraction = count / K folded into the rows of s_k and of the count), and for
-    ``kpt_inst`` ``Eg`` (K + 4, 1) and ``g0`` (1,): the gate's logit, the keypoint mean of its inputs."""
+    ``kpt_inst`` ``Eg`` (K + 4, 1) and ``g0`` (1,): the gate's logit, the keypoint mean of its inputs.
+
+    The evidence is applied centred, ``E·(e − c0)``, with ``c0`` (K + 4,) its training means (returned as ``c0``,
+    float32) and ``E·c0`` moved into ``b`` / ``g0`` in float64: an evidence value that was constant in training
+    (the box score 1 of gt boxes) has σ at the 1e-6 floor, so E holds ~1e5 weights on it, whose products
+    folded into a float32 bias would cancel to a few 1e-3 instead of 0 (as ``(x − μ)/σ`` = 0 in the head)."""
     W = arrs["weight"].astype(np.float64)
     mu, sd = arrs["feat_mean"].astype(np.float64), arrs["feat_std"].astype(np.float64)
     Wn = W / sd[:, None, :]
-    out = {"b": (arrs["bias"] - np.einsum("kjc,kc->kj", Wn, mu)).astype(np.float32)}
+    b64 = arrs["bias"].astype(np.float64) - np.einsum("kjc,kc->kj", Wn, mu)
+    out = {"b": b64.astype(np.float32)}
     if not evidence:
         out["W"] = Wn.astype(np.float32)
         return out
@@ -400,28 +409,38 @@ def _fold_kpt(arrs: dict[str, np.ndarray], K: int, evidence: bool) -> dict[str, 
     for k in range(K):
         E[k, 2 * k:2 * k + 2] = Wn[k, :, C]
         E[K:, 2 * k:2 * k + 2] = Wn[k, :, C + 1:].T
+    g0 = 0.0
     if gate:
         u = arrs["gate.weight"].astype(np.float64).reshape(-1)  # (6,)
         E[:K, -1] = u[0] / (K * sd[:, C])
         E[K:, -1] = (u[1:][None] / (K * sd[:, C + 1:])).sum(0)
-        out["g0"] = np.array([arrs["gate.bias"][0] - (u[None] * mu[:, C:] / (K * sd[:, C:])).sum()], np.float32)
+        g0 = arrs["gate.bias"][0] - (u[None] * mu[:, C:] / (K * sd[:, C:])).sum()
     Ef = np.concatenate([E[:K] + E[K] / K, E[K + 1:K + 2], E[K + 2:K + 3] / K, E[K + 3:]])  # (K + 4, ·)
+    # the centre in the folded evidence's terms: s_k, max, count = K · fraction, box, bbox_keypoint
+    c0 = np.concatenate([mu[:, C], [mu[:, C + 2].mean(), K * mu[:, C + 3].mean(), mu[:, C + 4].mean(),
+                                    mu[:, C + 5].mean()]]).astype(np.float32)
+    shift = c0.astype(np.float64) @ Ef  # what E·(e − c0) leaves out, added to the biases in float64
+    out["c0"] = c0
+    out["b"] = (b64 + shift[:2 * K].reshape(K, 2)).astype(np.float32)
     out["E"] = Ef[:, :2 * K].astype(np.float32)
     if gate:
         out["Eg"] = Ef[:, 2 * K:].astype(np.float32)
+        out["g0"] = np.array([g0 + shift[2 * K]], np.float32)
     return out
 
 
 def _kpt_logits(b: _Builder, t: str, has_bias: bool, kind: str, f: dict[str, np.ndarray],
                 evidence: str | None) -> tuple[str, str | None]:
     """``kpt``/``kpt_inst`` logits (B, 2K) from the fused term ``t`` of :func:`_heatmap_kpt` (with the bias
-    b' when ``has_bias``) and the folded head ``f`` of :func:`_fold_kpt`: z = t [+ b'] [+ E·evidence], and
-    for ``kpt_inst`` the gate σ(Eg·evidence + g0) (B, 1)."""
+    b' when ``has_bias``) and the folded head ``f`` of :func:`_fold_kpt`: z = t [+ b'] [+ E·(evidence − c0)], and
+    for ``kpt_inst`` the gate σ(Eg·(evidence − c0) + g0) (B, 1)."""
     b_flat = f["b"].reshape(-1)
     if evidence is None:
         if kind == "kpt_inst":
             raise PosecalInputError("a 'kpt_inst' head needs the instance evidence", field="head")
         return (t if has_bias else b.op("Add", [t, b.const("bias", b_flat)])), None
+    if "c0" in f:  # centred (see _fold_kpt): E·(e − c0), E·c0 is in the biases
+        evidence = b.op("Sub", [evidence, b.const("evidence_centre", f["c0"])])
     ew = b.const("evidence_w", f["E"])
     z = b.op("Gemm", [evidence, ew, t]) if has_bias else \
         b.op("Add", [t, b.op("Gemm", [evidence, ew, b.const("bias", b_flat)])])
@@ -453,13 +472,23 @@ def _head(b: _Builder, x: str, kind: str, arrs: dict[str, np.ndarray], K: int) -
     raise PosecalInputError(f"unknown head kind {kind!r}", field="head")
 
 
-def _outputs(b: _Builder, z: str, K: int, probabilities: bool, gate: str | None) -> list[str]:
-    """Logits (B, 2K) in (k, j) order [and a gate (B, 1)] -> the three :data:`OUTPUTS`."""
+def _outputs(b: _Builder, z: str, K: int, probabilities: bool, gate: str | None,
+             have: np.ndarray | None = None) -> list[str]:
+    """Logits (B, 2K) in (k, j) order [and a gate (B, 1)] -> the three :data:`OUTPUTS`. Keypoints the model
+    lacks (``have`` (K,) False) get ŝ = v̂ = 0, as ``posecal apply`` gives them
+    (:func:`posecal.ccnet.apply.mask_missing`), and so take no part in ĉ; with all present nothing is added."""
+    mask = None if have is None or np.asarray(have, bool).all() else \
+        b.const("have", np.asarray(have, bool).astype(np.float32))
     p = z if probabilities else b.op("Sigmoid", [z])
-    s = b.op("Gather", [p, b.const("i0", np.arange(0, 2 * K, 2))], None if gate else OUTPUTS[0], axis=1)
+    last = gate is None and mask is None
+    s = b.op("Gather", [p, b.const("i0", np.arange(0, 2 * K, 2))], OUTPUTS[0] if last else None, axis=1)
     if gate is not None:
-        s = b.op("Mul", [s, gate], OUTPUTS[0])
-    v = b.op("Gather", [p, b.const("i1", np.arange(1, 2 * K, 2))], OUTPUTS[1], axis=1)
+        s = b.op("Mul", [s, gate], OUTPUTS[0] if mask is None else None)
+    if mask is not None:
+        s = b.op("Mul", [s, mask], OUTPUTS[0])
+    v = b.op("Gather", [p, b.const("i1", np.arange(1, 2 * K, 2))], OUTPUTS[1] if mask is None else None, axis=1)
+    if mask is not None:
+        v = b.op("Mul", [v, mask], OUTPUTS[1])
     # ĉ = Σ v̂ŝ / Σ v̂, 0 where Σ v̂ = 0 (posecal.rescore.aggregate.instance_score, mode "visibility"); the
     # 0 / 0 there is discarded by the Where
     axes = b.const("axes", np.array([1], np.int64))
@@ -474,9 +503,11 @@ def _graft(b: _Builder, kind: str, arrs: dict[str, np.ndarray], K: int, pooling:
            feat: str, feat_layout: str, feat_hw: tuple[int, int], feat_ndim: int, C: int,
            hm: str | None = None, hm_layout: str = "NCHW", hm_hw: tuple[int, int] | None = None, J: int = 0,
            evidence: str | None = None, opset: int = 13, rank: int = 0,
-           fuse: Callable[[np.ndarray], str | None] | None = None) -> list[str]:
+           fuse: Callable[[np.ndarray], str | None] | None = None, have: np.ndarray | None = None) -> list[str]:
     """Pooling + head + aggregation: the model's penultimate ``feat`` (C channels on an ``feat_hw`` grid, in
-    ``feat_layout``) [and heatmaps ``hm`` (J maps on ``hm_hw``)] -> the three :data:`OUTPUTS`."""
+    ``feat_layout``) [and heatmaps ``hm`` (J maps on ``hm_hw``)] -> the three :data:`OUTPUTS`. ``have`` (K,) bool:
+    the keypoints the model has (``jmap`` ≥ 0); the others get ŝ = v̂ = 0, as in ``posecal apply`` (None: the
+    head's outputs as they are)."""
     if pooling == "heatmap":
         if hm is None or hm_hw is None:
             raise PosecalInputError("heatmap pooling needs the model's heatmap output", field="pooling")
@@ -489,11 +520,11 @@ def _graft(b: _Builder, kind: str, arrs: dict[str, np.ndarray], K: int, pooling:
         t, has_bias = _heatmap_kpt(b, feat, feat_layout, hm, hm_layout, feat_hw, hm_hw, jmap, J, f["W"], f["b"], opset,
                                    rank, fuse)
         z, gate = _kpt_logits(b, t, has_bias, kind, f, evidence)
-        return _outputs(b, z, K, False, gate)
+        return _outputs(b, z, K, False, gate, have)
     if feat_layout != "NCHW":
         feat = b.op("Transpose", [feat], perm=[0, 3, 1, 2])
     z = _head(b, _pool(b, feat, pooling, feat_hw, feat_ndim, C), kind, arrs, K)
-    return _outputs(b, z, K, kind == "conv_sigmoid_gap", None)
+    return _outputs(b, z, K, kind == "conv_sigmoid_gap", None, have)
 
 
 def _output_infos(K: int, batch: Any = "batch") -> list[Any]:
@@ -645,7 +676,8 @@ def _same_model(meta: dict[str, Any], head_dir: str | os.PathLike, model: str | 
 
 
 def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike, *,
-                      heatmap_output: str | None = None, fuse: bool = True) -> dict[str, Any]:
+                      heatmap_output: str | None = None, fuse: bool = True,
+                      model_card: str | os.PathLike | dict | None = None, input_size: Any = None) -> dict[str, Any]:
     """Graft the CCNet head in ``head_dir`` onto the ONNX ``model`` and write ``out`` (atomically).
 
     ``heatmap_output`` names the heatmap output used for heatmap pooling (default: the model card's, else
@@ -655,7 +687,10 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
     evidence gets one more graph input, ``box_score (B,)`` float32 (1 for a gt box). ``fuse``: let the head's
     filters widen the model's own last Conv when the heatmaps are a plain 1×1 Conv of the feature tensor
     (:func:`_fuse_into_conv`, kept only if the model's outputs stay byte-identical); False leaves every node
-    of the model untouched. Returns a summary dict."""
+    of the model untouched. ``model_card`` (a path or dict, :mod:`posecal.models.cards`) describes a model without
+    a built-in card, as for ``posecal extract --model-card`` (a card whose ``sha256`` names another file is
+    refused); ``input_size`` is passed to the adapter loading too (ignored for ONNX, with its warning). Returns a
+    summary dict."""
     import onnx
 
     from posecal._util import write_bytes_atomic
@@ -668,7 +703,7 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
                                 field="--model")
     arrs, meta = head_arrays(head_dir)
     _same_model(meta, head_dir, model)
-    adapter = load_adapter(model, tensor=meta.get("model_tensor"))
+    adapter = load_adapter(model, tensor=meta.get("model_tensor"), model_card=model_card, input_size=input_size)
     if heatmap_output is not None or not hasattr(adapter, "card"):
         adapter = OnnxAdapter(model, tensor=meta.get("model_tensor"), output=heatmap_output)
     src = _graft_sources(adapter)
@@ -713,7 +748,7 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
         _graft(b, str(meta["head"]), arrs, K, pooling, jmap, src["feat"], src["feat_layout"],
                tuple(probe.features.shape[2:]), feat_ndim, int(probe.features.shape[1]), hm, src["hm_layout"],
                None if probe.heatmaps is None else tuple(probe.heatmaps.shape[2:]),
-               0 if probe.heatmaps is None else int(probe.heatmaps.shape[1]), ev, opset, rank, fuse)
+               0 if probe.heatmaps is None else int(probe.heatmaps.shape[1]), ev, opset, rank, fuse, have=jmap >= 0)
         m.graph.node.extend(b.nodes)
         m.graph.initializer.extend(b.inits)
         m.graph.output.extend(_output_infos(K, batch))
@@ -746,11 +781,13 @@ CONTEXT_NOTE = ("not in the graph: instance_confidence is the head's score of on
                 "posecal.rescore.order.keep_image_order unless apply --reorder")
 
 
-def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike,
-                     ) -> dict[str, Any]:
+def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike, *,
+                     model_card: str | os.PathLike | dict | None = None, input_size: Any = None) -> dict[str, Any]:
     """Head-only ONNX for a model that cannot be grafted (TFLite): inputs ``features (B, C, h, w)``
     float32 channels-first [and ``heatmaps (B, J, h', w')`` for heatmap pooling], outputs :data:`OUTPUTS`.
-    ``model`` is opened once to check the head against it and to read the joint order and grid sizes."""
+    ``model`` is opened once (:func:`posecal.models.adapters.base.load_adapter` with ``model_card`` and, for a
+    TorchScript ``.pt``, ``input_size`` (W, H)) to check the head against it and to read the joint order and
+    grid sizes."""
     import onnx
 
     from posecal._util import write_bytes_atomic
@@ -765,7 +802,7 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
                                 "--head-only); --head-only is for models that cannot be grafted (TFLite)",
                                 file=str(Path(head_dir) / "head.json"), field="head")
     _same_model(meta, head_dir, model)
-    adapter = load_adapter(model, tensor=meta.get("model_tensor"))
+    adapter = load_adapter(model, tensor=meta.get("model_tensor"), model_card=model_card, input_size=input_size)
     probe = adapter.predict(np.zeros((1, adapter.input_size[1], adapter.input_size[0], 3), np.uint8))
     pooling, jmap = check_head_against_model(meta, head_dir, adapter, model, probe.features)
     K, C = int(meta["num_keypoints"]), int(probe.features.shape[1])
@@ -781,7 +818,7 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
     rank = filter_rank(meta, head_dir)
     _graft(b, str(meta["head"]), arrs, K, pooling, jmap, "features", "NCHW", tuple(probe.features.shape[2:]), 4, C,
            "heatmaps" if use_hm else None, "NCHW", tuple(probe.heatmaps.shape[2:]) if use_hm else None,
-           int(probe.heatmaps.shape[1]) if use_hm else 0, opset=HEAD_ONLY_OPSET, rank=rank)
+           int(probe.heatmaps.shape[1]) if use_hm else 0, opset=HEAD_ONLY_OPSET, rank=rank, have=jmap >= 0)
     g = onnx.helper.make_graph(b.nodes, "posecal_ccnet_head", inputs, _output_infos(K), b.inits)
     m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", HEAD_ONLY_OPSET)],
                                producer_name="posecal")
@@ -816,10 +853,12 @@ def run_two_stage(adapter: Any, session: Any, crops: np.ndarray) -> dict[str, np
 
 
 def export(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike, *,
-           fuse: bool = True) -> dict[str, Any]:
-    """ONNX model → :func:`export_calibrated` (``fuse`` passed on); TFLite → :func:`export_head_only`."""
+           fuse: bool = True, model_card: str | os.PathLike | dict | None = None,
+           input_size: Any = None) -> dict[str, Any]:
+    """ONNX model → :func:`export_calibrated` (``fuse`` passed on); TFLite or torch → :func:`export_head_only`;
+    ``model_card`` and ``input_size`` go to the adapter loading of either."""
     from posecal.models.adapters.base import find_model_kind
 
     if find_model_kind(model) == "onnx":
-        return export_calibrated(model, head_dir, out, fuse=fuse)
-    return export_head_only(model, head_dir, out)
+        return export_calibrated(model, head_dir, out, fuse=fuse, model_card=model_card, input_size=input_size)
+    return export_head_only(model, head_dir, out, model_card=model_card, input_size=input_size)

@@ -13,9 +13,13 @@ OKS; an unmatched one (a duplicate, a false positive, a miss-localised box) gets
 
 **Partial skeletons**: keypoints outside the dataset's ``categories[0].annotated_keypoints``
 (:mod:`posecal.datasets.remap`, e.g. the 5 face points of LSP as COCO-17) are out of both losses
-(``conf_mask`` and ``vis_mask`` 0), instead of teaching the visibility head that they never exist.
+(``conf_mask`` and ``vis_mask`` 0), instead of teaching the visibility head that they never exist. So are
+keypoints the *model* lacks (``extract --allow-missing-joints``: store ``joint_map`` −1, :func:`model_keypoints`),
+which ``posecal apply`` and ``export`` give ŝ = v̂ = 0.
 
-**Instance evidence**: for models whose card asks for it (``"ccnet": {"evidence": true}``), the head's input
+**Instance evidence**: for models whose card asks for it (``"ccnet": {"evidence": true}``: a built-in card, found
+by the model's SHA-256, or a user card, whose ``ccnet`` block ``extract`` records in the store as
+:data:`CARD_CCNET`), the head's input
 is the pooled feature with the instance evidence appended (:func:`instance_evidence`: box score, the model's
 own keypoint score and its statistics), so that CCNet can weigh the detector's confidence; ``posecal
 apply`` and ``export`` build the same input. Used by ``posecal fit`` / ``posecal apply``, the demo and the
@@ -67,12 +71,38 @@ class StoreData:
 MATCH_OKS = 0.5  # COCOeval's loosest OKS threshold
 
 
+CARD_CCNET = "model_card_ccnet"
+"""Store setting (``meta.json``) and head metadata key holding the ``ccnet`` block of a user model card
+(``extract --model-card``); stores made with a built-in card do not have it (their card is found by the
+model's SHA-256)."""
+
+
 def uses_evidence(meta: dict[str, Any]) -> bool:
-    """Whether the store's model card asks CCNet to read the instance evidence (``ccnet.evidence``)."""
+    """Whether the store's model card asks CCNet to read the instance evidence (``ccnet.evidence``): the
+    user card's block recorded in the store (or head) metadata (:data:`CARD_CCNET`), else the built-in card
+    with the model's SHA-256. ``meta``: a store's ``meta.json`` or a head's ``head.json``."""
     from posecal.models.cards import BUILTIN_CARDS
 
+    own = meta.get(CARD_CCNET)
+    if isinstance(own, dict):
+        return bool(own.get("evidence"))
     card = next((c for c in BUILTIN_CARDS.values() if c["sha256"] == meta.get("model_sha256")), None)
     return bool(((card or {}).get("ccnet") or {}).get("evidence"))
+
+
+def model_keypoints(meta: dict[str, Any], num_keypoints: int | None = None, *,
+                    file: str | os.PathLike | None = None) -> np.ndarray | None:
+    """``(K,)`` bool: the dataset keypoints the model has (store ``joint_map`` ≥ 0); None when it has them all
+    (or the store records no joint map). Keypoints it lacks (``extract --allow-missing-joints``) are stored at
+    (0, 0) with score 0: CCNet gives them ŝ = v̂ = 0 and leaves them out of the losses."""
+    jm = meta.get("joint_map")
+    if not isinstance(jm, list) or not jm or not all(isinstance(j, int) for j in jm):
+        return None
+    if num_keypoints is not None and len(jm) != num_keypoints:
+        raise PosecalInputError(f"joint_map has {len(jm)} entries for {num_keypoints} keypoints (edited?)",
+                                file=None if file is None else str(file), field="joint_map")
+    have = np.asarray(jm, np.int64) >= 0
+    return None if have.all() else have
 
 
 def default_head(meta: dict[str, Any], feature_name: str | None, fallback: str) -> str:
@@ -124,7 +154,7 @@ def store_head_meta(meta: dict[str, Any], feature_name: str | None) -> dict[str,
     if shape and uses_evidence(meta) and len(shape) in (1, 2):
         K = len(meta.get("keypoint_names", []))
         shape[-1] += 6 if len(shape) == 2 else K + 5
-    return {
+    out = {
         "keypoint_set": meta.get("keypoint_set"),
         "feature_tensor": feature_name,
         "feature_shape": shape,
@@ -132,6 +162,9 @@ def store_head_meta(meta: dict[str, Any], feature_name: str | None) -> dict[str,
         "model_tensor": meta.get("tensor"),
         "model_sha256": meta.get("model_sha256"),
     }
+    if isinstance(meta.get(CARD_CCNET), dict):  # a user card's ccnet settings travel into head.json
+        out[CARD_CCNET] = meta[CARD_CCNET]
+    return out
 
 
 def match_detections(gt: Any, image_id: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
@@ -274,6 +307,9 @@ def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> Sto
     if fs.gt_path is not None:
         gt = load_gt(fs.gt_path)
         annotated = _annotated(fs.gt_path, ks)
+        have = model_keypoints(meta, ks.num_keypoints, file=Path(path) / "meta.json")
+        if have is not None:  # keypoints the model lacks: ŝ = v̂ = 0 in apply, out of both losses here
+            annotated = annotated & have
         detections = meta.get("boxes", "gt") != "gt"
         t = (_detection_targets if detections else _gt_box_targets)(fs, gt, ks, annotated)
     elif need_gt:

@@ -2,7 +2,8 @@
 
 Every keypoint coordinate of ``STORE/predictions.json`` is kept bit for bit; only the keypoint scores
 (→ ŝ_k), the instance ``score`` (→ ĉ = Σ v̂ŝ / Σ v̂, × box score if the head was fitted so) change,
-and a ``"visibility"`` list (v̂_k) is added. On a detection store (``extract --boxes``), a head fitted with
+and a ``"visibility"`` list (v̂_k) is added. Keypoints the model lacks (``extract --allow-missing-joints``)
+get ŝ = v̂ = 0 and so take no part in ĉ. On a detection store (``extract --boxes``), a head fitted with
 detection stores also carries the context stage (learned NMS, :mod:`posecal.ccnet.context`), which replaces
 the instance score by one that also weighs the detection against the higher-scored detections of its image.
 The new instance scores keep each image's detection order of the store's own score (isotonic projection,
@@ -48,10 +49,16 @@ def run(args: argparse.Namespace) -> int:
 
     from posecal._outputs import check_creatable, refuse_clobber
     from posecal._util import dumps_json
-    from posecal.ccnet.apply import instance_scores, rescore_records
+    from posecal.ccnet.apply import instance_scores, mask_missing, rescore_records
     from posecal.ccnet.checkpoint import check_compatible, load_head
     from posecal.ccnet.context import own_scores, store_context
-    from posecal.ccnet.targets import check_finite_rows, evidence_columns, load_store, store_features
+    from posecal.ccnet.targets import (
+        check_finite_rows,
+        evidence_columns,
+        load_store,
+        model_keypoints,
+        store_features,
+    )
     from posecal.ccnet.train import predict
     from posecal.io.coco import save_results
     from posecal.models.store import FeatureStore
@@ -72,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     s, v = predict(head, feats)
     if not (np.isfinite(s).all() and np.isfinite(v).all()):
         raise PosecalInputError("the head produced non-finite scores on this store", file=args.head)
+    # keypoints the model lacks (extract --allow-missing-joints): s_hat = v_hat = 0, out of the instance score
+    s, v = mask_missing(s, v, model_keypoints(data.meta, s.shape[1], file=f"{args.store}/meta.json"))
     box = data.box_score if meta.get("box_score") else None
     stage = getattr(head, "context_stage", None)
     detections = data.meta.get("boxes", "gt") != "gt"

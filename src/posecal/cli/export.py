@@ -5,6 +5,10 @@ original outputs plus ``keypoint_confidence (B, K)``, ``keypoint_visibility (B, 
 ``instance_confidence (B,)``. A TFLite model (``--model X.tflite``) cannot be grafted: the output is a
 head-only ONNX with inputs ``features (B, C, h, w)`` [and ``heatmaps (B, J, h', w')``], run after the TFLite
 model (two-stage use, see :mod:`posecal.ccnet.export`).
+
+A model without a built-in card takes ``--model-card CARD.json``, as for ``posecal extract`` (the head must
+have been fitted on stores extracted with the same card); a TorchScript ``.pt`` takes ``--input-size W H``.
+The output is a file: ``--out -`` (stdout) is refused.
 """
 
 from __future__ import annotations
@@ -13,13 +17,20 @@ import argparse
 import sys
 import warnings
 
+from posecal.cli._args import positive_int
+from posecal.errors import PosecalInputError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="graft a CCNet head onto an ONNX model (head-only ONNX for TFLite)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="pose model (.onnx: grafted; .tflite: head-only ONNX)")
     p.add_argument("--head", required=True, help="head directory from posecal fit")
-    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--out", required=True, help="ONNX file to write (a file name: '-' is refused)")
+    p.add_argument("--model-card", default=None,
+                   help="model card JSON, as given to posecal extract (default: built-in card by SHA-256)")
+    p.add_argument("--input-size", type=positive_int, nargs=2, default=None, metavar=("W", "H"),
+                   help="model input size; needed for a TorchScript .pt model only")
     p.add_argument("--head-only", action="store_true", help="write the head-only ONNX even for an ONNX model")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
                    help="leave every node of the model untouched (default: when the heatmaps are a plain 1x1 Conv "
@@ -35,11 +46,16 @@ def run(args: argparse.Namespace) -> int:
     from posecal.ccnet.export import export, export_head_only
     from posecal.errors import PosecalWarning
 
-    refuse_clobber({"--model": args.model, "--head": args.head}, {"--out": args.out})
+    if args.out == "-":  # an ONNX model on stdout is of no use (apply / rescore write JSON there)
+        raise PosecalInputError("an ONNX model cannot be written to stdout: give a file name, e.g. "
+                                "MODEL_calibrated.onnx", field="--out")
+    refuse_clobber({"--model": args.model, "--head": args.head, "--model-card": args.model_card},
+                   {"--out": args.out})
     check_creatable(args.out, "file")
 
-    summary = export_head_only(args.model, args.head, args.out) if args.head_only else \
-        export(args.model, args.head, args.out, fuse=args.fuse)
+    adapter_args = {"model_card": args.model_card, "input_size": args.input_size}
+    summary = export_head_only(args.model, args.head, args.out, **adapter_args) if args.head_only else \
+        export(args.model, args.head, args.out, fuse=args.fuse, **adapter_args)
     if not args.fuse and summary["mode"] != "grafted":
         warnings.warn("--no-fuse: ignored for a head-only ONNX (no model graph to fuse into)", PosecalWarning,
                       stacklevel=1)

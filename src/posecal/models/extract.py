@@ -286,6 +286,18 @@ class _Plan:
         return max(self.augment, 1)
 
 
+def _card_ccnet(card: dict[str, Any] | None) -> dict[str, Any]:
+    """``{"model_card_ccnet": card["ccnet"]}`` for a user card with a ``ccnet`` block (CCNet reads the store's
+    settings, :func:`posecal.ccnet.targets.uses_evidence`), else nothing: a built-in card is found again by the
+    model's SHA-256, and the settings (the store's fingerprint) of its stores stay as they were."""
+    from posecal.ccnet.targets import CARD_CCNET
+    from posecal.models.cards import BUILTIN_CARDS
+
+    if not card or not isinstance(card.get("ccnet"), dict) or any(card == c for c in BUILTIN_CARDS.values()):
+        return {}
+    return {CARD_CCNET: dict(card["ccnet"])}
+
+
 def _settings(adapter, plan: _Plan, ks, d_info: dict[str, Any]) -> dict[str, Any]:
     W, H = plan.input_size
     card = getattr(adapter, "card", None)
@@ -294,6 +306,7 @@ def _settings(adapter, plan: _Plan, ks, d_info: dict[str, Any]) -> dict[str, Any
         "model_sha256": d_info["model_sha256"],
         "model_kind": getattr(adapter, "kind", None),
         **({"model_card": card["name"]} if card else {}),
+        **_card_ccnet(card),
         "backend": getattr(adapter, "info", {}).get("backend"),
         "tensor": adapter.tensor_name,
         "keypoint_set": ks.name,

@@ -99,6 +99,11 @@ def visibility_study(store: str | os.PathLike, *, head: str | os.PathLike | None
             ev = evidence_columns(str(store), tuple(meta["evidence"]), ks.sigmas)
             feats = np.concatenate([np.asarray(feats, np.float32), ev], axis=-1)
         s, vhat = predict(hd, feats)
+        # keypoints the model lacks (extract --allow-missing-joints): s_hat = v_hat = 0, as posecal apply
+        from posecal.ccnet.apply import mask_missing
+        from posecal.ccnet.targets import model_keypoints
+
+        s, vhat = mask_missing(s, vhat, model_keypoints(fs.meta, ks.num_keypoints, file=Path(store) / "meta.json"))
         conf["ccnet"] = s
     res = load_results(records, gt)
     K = raw.shape[1]
