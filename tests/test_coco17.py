@@ -42,6 +42,53 @@ def test_oks_nms_per_image_keeps_images_apart():
     np.testing.assert_array_equal(keep, [0, 3])  # one survivor per image, the best of each
 
 
+def _mmpose_bbox_scale_area(bbox_xywh: np.ndarray, input_size=(192, 256), padding=1.25) -> np.ndarray:
+    """MMPose 1.x top-down, transcribed: GetBBoxCenterScale (bbox_xyxy2cs: scale = (x2 - x1, y2 - y1) ×
+    padding), then TopdownAffine._fix_aspect_ratio to w / h of the input; CocoMetric.process keeps
+    ``np.prod(bbox_scales)`` as the prediction's area."""
+    out = []
+    for x, y, w, h in np.asarray(bbox_xywh, np.float64):
+        x1, y1, x2, y2 = x, y, x + w, y + h
+        sw, sh = (x2 - x1) * padding, (y2 - y1) * padding
+        aspect = input_size[0] / input_size[1]
+        sw, sh = (sw, sw / aspect) if sw > sh * aspect else (sh * aspect, sh)
+        out.append(sw * sh)
+    return np.array(out)
+
+
+def test_store_oks_nms_keeps_what_mmpose_cocometric_keeps(det_store, tmp_path):
+    """Extraction's OKS-NMS on detector boxes is MMPose's CocoMetric step: bbox_keypoint scores, the verbatim
+    MMPose oks_nms at 0.9, and each prediction's area = prod(bbox_scales) of its crop (not the keypoint
+    extent, MMPose's fallback for predictions without an area, which keeps another set)."""
+    from conftest import shared_path
+    from posecal.models.adapters.base import load_adapter
+    from posecal.models.extract import extract, oks_nms_store
+    from posecal.models.nms import crop_box_area
+    from posecal.rescore.aggregate import instance_score
+
+    _, small, dets = det_store
+    img = shared_path("data", "coco-mini", "train2017")
+    allrows = extract(load_adapter(shared_path(*SP)), small, img, tmp_path / "ALL", boxes=dets,
+                      oks_nms_thr=None, show_progress=False)  # every box, no NMS
+    iid, kp, sc = allrows.read("image_id"), allrows.read("keypoints"), allrows.read("scores")
+    score = instance_score(sc, "bbox_keypoint", allrows.read("box_score"))
+    area = _mmpose_bbox_scale_area(allrows.read("bbox"))
+    np.testing.assert_allclose(crop_box_area(allrows.read("bbox"), (192, 256)), area, rtol=1e-12)
+    want, extent_keep = [], []
+    kp3 = np.concatenate([kp, sc[..., None]], -1)
+    for i in np.unique(iid):
+        rows = np.flatnonzero(iid == i)
+        inst = [{"keypoints": kp3[r], "score": score[r], "area": area[r]} for r in rows]
+        want += rows[mmpose_oks_nms(inst, 0.9, sigmas=COCO17.sigmas)].tolist()
+        ext = [dict(d, area=a) for d, a in zip(inst, keypoint_extent_area(kp[rows]), strict=True)]
+        extent_keep += rows[mmpose_oks_nms(ext, 0.9, sigmas=COCO17.sigmas)].tolist()
+    kept = oks_nms_store(allrows, tmp_path / "NMS", thr=0.9, max_per_image=None)
+    got = sorted(zip(kept.read("image_id").tolist(), kept.read("bbox")[:, 0].tolist(), strict=True))
+    ref = sorted(zip(iid[want].tolist(), allrows.read("bbox")[want, 0].tolist(), strict=True))
+    assert got == ref and kept.num_instances == len(want) < allrows.num_instances
+    assert sorted(want) != sorted(extent_keep)  # the area rule matters on these real boxes
+
+
 # ---- partial skeletons ------------------------------------------------------------------------------------
 def test_lsp_as_coco17_marks_face_not_annotated(shared, tmp_path):
     from posecal.cli import main

@@ -379,7 +379,7 @@ def oks_nms_store(src, out: str | os.PathLike, *, thr: float = OKS_NMS_THR, chun
     (COCO's keypoint ``maxDets`` = 20: the evaluator never looks further, so a rescoring cannot swap
     detections in or out of the evaluated set). Returns the new FeatureStore."""
     from posecal.keypoints import get_keypoint_set
-    from posecal.models.nms import oks_nms_per_image
+    from posecal.models.nms import crop_box_area, oks_nms_per_image
     from posecal.models.store import StoreWriter
     from posecal.rescore.aggregate import instance_score
 
@@ -387,13 +387,18 @@ def oks_nms_store(src, out: str | os.PathLike, *, thr: float = OKS_NMS_THR, chun
     kp, sc = src.read("keypoints"), src.read("scores")
     score = instance_score(sc, "bbox_keypoint", src.read("box_score"))
     iid = src.read("image_id")
-    keep = oks_nms_per_image(iid, kp, sc, score, ks.sigmas, thr)
+    # MMPose's CocoMetric gives a top-down prediction the area of its crop box, prod(bbox_scales)
+    area = crop_box_area(src.read("bbox"), tuple(src.meta["input_size"]),
+                         float((src.meta.get("crop") or {}).get("padding", 1.25)))
+    keep = oks_nms_per_image(iid, kp, sc, score, ks.sigmas, thr, areas=area)
     if max_per_image:
         keep = top_per_image(iid, score, keep, max_per_image)
     settings = {k: src.meta[k] for k in src.meta if k not in _META_BOOKKEEPING}
     settings["oks_nms"] = {"thr": thr, "kept": int(keep.size), "of": src.num_instances,
                            "max_per_image": max_per_image,
-                           "score": "bbox_keypoint", "area": "keypoint extent (MMPose CocoMetric)"}
+                           "score": "bbox_keypoint",
+                           "area": "crop box: the detection box at the model aspect x padding (MMPose CocoMetric "
+                                   "top-down: prod(bbox_scales))"}
     writer = StoreWriter(out, num_instances=int(keep.size), chunk_size=chunk_size, settings=settings)
     for j in writer.pending_chunks():
         a, b = writer.chunk_rows(j)

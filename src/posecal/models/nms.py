@@ -3,15 +3,17 @@
 `oks_nms` follows ``mmpose.evaluation.functional.nms.oks_nms`` / ``oks_iou`` (MMPose 1.x,
 ``vis_thr=None``): instances sorted by score (``argsort()[::-1]``), each kept one suppresses the rest whose
 OKS to it (area = mean of the two areas) is **above** ``thr``. MMPose's ``CocoMetric`` runs it per image with
-``nms_thr=0.9`` on the ``bbox_keypoint`` scores and area = the extent of the predicted keypoints
-(``(max x − min x)·(max y − min y)``) when predictions carry no area.
+``nms_thr=0.9`` on the ``bbox_keypoint`` scores; the area of a top-down prediction is
+``np.prod(gt_instances.bbox_scales)``, the crop box (the detection box at the model's aspect × the padding 1.25,
+:func:`crop_box_area`); only predictions that carry no area (bottom-up) use the extent of the predicted
+keypoints, ``(max x − min x)·(max y − min y)`` (:func:`keypoint_extent_area`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["box_nms", "keypoint_extent_area", "oks_iou", "oks_nms", "oks_nms_per_image"]
+__all__ = ["box_nms", "crop_box_area", "keypoint_extent_area", "oks_iou", "oks_nms", "oks_nms_per_image"]
 
 
 def oks_iou(g: np.ndarray, d: np.ndarray, a_g: float, a_d: np.ndarray, sigmas: np.ndarray,
@@ -56,16 +58,33 @@ def keypoint_extent_area(xy: np.ndarray) -> np.ndarray:
     return np.ptp(xy[..., 0], axis=-1) * np.ptp(xy[..., 1], axis=-1)
 
 
+def crop_box_area(bbox: np.ndarray, input_size: tuple[int, int], padding: float = 1.25) -> np.ndarray:
+    """(D,) px² the top-down crop box of detection boxes ``bbox`` (D, 4) x, y, w, h: the box widened to the
+    model input's aspect ``input_size`` (W, H) and padded (:func:`posecal.theory.heatmap.topdown_crop_box`).
+    It is MMPose's ``np.prod(bbox_scales)``, the area ``CocoMetric`` gives a top-down prediction for OKS-NMS
+    (``GetBBoxCenterScale`` pads, ``TopdownAffine`` fixes the aspect: the order does not change the product)."""
+    from posecal.theory.heatmap import topdown_crop_box
+
+    b = np.asarray(bbox, np.float64).reshape(-1, 4)
+    if not len(b):
+        return np.zeros(0)
+    c = topdown_crop_box(b, tuple(input_size), padding)
+    return c[:, 2] * c[:, 3]
+
+
 def oks_nms_per_image(image_id: np.ndarray, keypoints: np.ndarray, keypoint_scores: np.ndarray,
-                      scores: np.ndarray, sigmas: np.ndarray, thr: float = 0.9) -> np.ndarray:
+                      scores: np.ndarray, sigmas: np.ndarray, thr: float = 0.9,
+                      areas: np.ndarray | None = None) -> np.ndarray:
     """Sorted row indices kept by :func:`oks_nms` run image by image (MMPose's CocoMetric step).
 
-    image_id (N,), keypoints (N, K, 2) image px, keypoint_scores (N, K), scores (N,) instance scores.
+    image_id (N,), keypoints (N, K, 2) image px, keypoint_scores (N, K), scores (N,) instance scores, areas (N,)
+    px² (top-down: :func:`crop_box_area`, as MMPose; default: the keypoint extent, MMPose's rule for
+    predictions without an area).
     """
     image_id = np.asarray(image_id)
     kp3 = np.concatenate([np.asarray(keypoints, np.float64),
                           np.asarray(keypoint_scores, np.float64)[..., None]], axis=-1)
-    areas = keypoint_extent_area(keypoints)
+    areas = keypoint_extent_area(keypoints) if areas is None else np.asarray(areas, np.float64)
     keep = []
     for iid in np.unique(image_id):
         rows = np.flatnonzero(image_id == iid)
