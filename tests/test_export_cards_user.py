@@ -8,9 +8,7 @@ described by the built-in SimplePose card as JSON with ``sha256: null``."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
 from pathlib import Path
 
@@ -21,7 +19,6 @@ pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from posecal.cli import main  # noqa: E402
 from posecal.keypoints import COCO17  # noqa: E402
 
 SP_MODEL = ("models", "simplepose", "ultralight-nano-simplepose.onnx")
@@ -30,19 +27,7 @@ N_IMAGES = 5
 MISSING = ("nose", "left_eye", "right_eye")  # renamed in the card: the model "lacks" them
 
 
-def _run(argv: list) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as e:  # argparse's own errors
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
-
-
-def _write(path: Path, obj) -> Path:
-    path.write_text(json.dumps(obj))
-    return path
+from test_hostile_inputs import _run, _write  # noqa: E402  (the CLI runner and JSON writer)
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,7 @@ images folder spelled differently (relative / absolute), with the differing sett
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
 import shutil
 import warnings
@@ -13,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from posecal.cli import main
 from posecal.errors import PosecalWarning
 
 pytest.importorskip("onnx")
@@ -23,20 +20,7 @@ SP_MODEL = ("models", "simplepose", "ultralight-nano-simplepose.onnx")
 NO_CARD = "no model card matched"
 
 
-def _run(argv: list) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as e:  # argparse's own errors
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
-
-
-def _write(path: Path, obj) -> Path:
-    path.write_text(json.dumps(obj))
-    return path
-
+from test_hostile_inputs import _run, _write  # noqa: E402  (the CLI runner and JSON writer)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
