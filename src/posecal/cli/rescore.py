@@ -83,7 +83,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _params(args: argparse.Namespace) -> dict:
+def _params(args: argparse.Namespace, sigmas: np.ndarray | None) -> dict:
     """The CLI options that are constructor parameters of the chosen rescorer (from its ``get_params``)."""
     from posecal.rescore import rescorer_class
 
@@ -96,7 +96,7 @@ def _params(args: argparse.Namespace) -> dict:
         padding=args.padding,
         aggregate=args.aggregate,
         keypoint_score_thr=args.keypoint_score_thr,
-        sigmas=getattr(args, "sigma_values", None),
+        sigmas=sigmas,
     )
     accepted = rescorer_class(args.method)().get_params()
     if given["sigmas"] is not None and "sigmas" not in accepted:
@@ -127,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PosecalWarning)
         pred = load_results(pred_src, gt)
-    args.sigma_values = _sigmas(args, pred.keypoints.shape[1])
+    sigmas = _sigmas(args, pred.keypoints.shape[1])
+    fitted_on = None
     if store is not None:
         if store.num_instances != len(pred):
             raise PosecalInputError(
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         warnings.warn(w.message, PosecalWarning, stacklevel=1)
 
     if args.calibrator:
-        if args.sigma_values is not None:
+        if sigmas is not None:
             raise PosecalInputError("a loaded calibrator carries its own OKS sigmas (params.sigmas); drop "
                                     "--sigmas/--keypoint-set", args.calibrator, None,
                                     "--sigmas" if args.sigmas else "--keypoint-set")
@@ -155,24 +156,24 @@ def run(args: argparse.Namespace) -> int:
                 f"calibrator is {r.method!r}, not {args.method!r}", args.calibrator, None, "method"
             )
     else:
-        r = get_rescorer(args.method, **_params(args))
+        r = get_rescorer(args.method, **_params(args, sigmas))
         if args.fit_gt:
             fgt = load_gt(args.fit_gt)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", PosecalWarning)
                 fpred = load_results(args.fit_pred, fgt)
             r.fit(fpred, fgt)
-            args.fitted_on = _skeleton(fpred, fgt)
+            fitted_on = _skeleton(fpred, fgt)
         elif r.needs_fit:
             raise PosecalInputError(
                 f"{args.method} needs --fit-gt/--fit-pred or --calibrator", None, None, "--fit-gt"
             )
         else:
             r.fit(pred, gt)
-            args.fitted_on = _skeleton(pred, gt)
+            fitted_on = _skeleton(pred, gt)
     out = _transform(r, pred, gt, sigma, args.calibrator)
     records = out.to_records(pred)
-    _write_outputs(args, r, records)
+    _write_outputs(args, r, records, fitted_on)
     _print_summary(args, r, pred, out, pred_src, store_sigma=sigma is not None)
     return 0
 
@@ -219,7 +220,7 @@ def _same_rows(store: Any, pred: Any, pred_src: str) -> None:
                                 f"({bad.size} of {len(iid)} rows differ)", pred_src, r, what)
 
 
-def _write_outputs(args: argparse.Namespace, r: Any, records: list) -> None:
+def _write_outputs(args: argparse.Namespace, r: Any, records: list, fitted_on: dict[str, Any] | None) -> None:
     """The results (``--out``, ``-`` = stdout) and the calibrator (``--save-calibrator``): both or neither —
     each goes to a temporary sibling, renamed in only when both are written; with ``--out -`` the results
     are serialised completely before the first byte goes to stdout."""
@@ -236,7 +237,7 @@ def _write_outputs(args: argparse.Namespace, r: Any, records: list) -> None:
             from posecal._util import write_json_atomic
 
             # what it was fitted on, so a later --calibrator on another skeleton is warned about
-            write_json_atomic(tmp_cal, {**r.to_json(), "fitted_on": getattr(args, "fitted_on", None)})
+            write_json_atomic(tmp_cal, {**r.to_json(), "fitted_on": fitted_on})
     if payload is not None:
         sys.stdout.buffer.write(payload + b"\n")
         sys.stdout.flush()
