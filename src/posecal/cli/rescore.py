@@ -6,6 +6,7 @@ Examples::
     posecal rescore --pred test.json --method isotonic --fit-gt val_gt.json --fit-pred val.json \\
         --save-calibrator iso.json --out test_iso.json
     posecal rescore --pred test2.json --method isotonic --calibrator iso.json --out test2_iso.json
+    posecal rescore --pred raw_topdown.json --method mmpose-bbox_keypoint --oks-nms 0.9 --out mmpose.json
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from posecal.cli._args import finite_float, positive_float, positive_int
+from posecal.cli._args import finite_float, positive_float, positive_int, unit_float
 from posecal.errors import PosecalInputError, PosecalWarning
 
 
@@ -70,6 +71,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="OKS sigmas, one per keypoint (space or comma separated), for keypoint sets posecal does "
                    "not know (closed-form, isotonic, loglog); default: the gt's keypoint set")
     g.add_argument("--keypoint-set", metavar="NAME", help="take the OKS sigmas from a named set (coco17, ...)")
+    p.add_argument("--oks-nms", type=unit_float, default=None, metavar="THR",
+                   help="after rescoring, MMPose's OKS-NMS per image at this threshold (CocoMetric: 0.9) on the new "
+                   "instance scores; suppressed records are dropped from --out (so AR can change). Default: none")
+    p.add_argument("--nms-area", choices=("auto", "crop-box", "extent"), default="auto",
+                   help="--oks-nms areas: crop-box = each record's bbox at the --input-size aspect x --padding "
+                   "(MMPose's bbox_scales, top-down); extent = the predicted keypoints' extent (MMPose's rule "
+                   "without boxes); auto (default): crop-box when every record has a bbox, else extent")
     p.add_argument("--fit-gt", help="ground truth to fit a learned calibrator on")
     p.add_argument("--fit-pred", help="results to fit a learned calibrator on (with --fit-gt)")
     g = p.add_mutually_exclusive_group()
@@ -99,9 +107,10 @@ def _params(args: argparse.Namespace, sigmas: np.ndarray | None) -> dict:
         sigmas=sigmas,
     )
     accepted = rescorer_class(args.method)().get_params()
-    if given["sigmas"] is not None and "sigmas" not in accepted:
+    if given["sigmas"] is not None and "sigmas" not in accepted and args.oks_nms is None:
         raise PosecalInputError(f"--method {args.method} does not use OKS sigmas (closed-form, isotonic and "
-                                "loglog do)", None, None, "--sigmas" if args.sigmas else "--keypoint-set")
+                                "loglog do; so does --oks-nms)", None, None,
+                                "--sigmas" if args.sigmas else "--keypoint-set")
     return {k: v for k, v in given.items() if k in accepted}
 
 
@@ -173,9 +182,43 @@ def run(args: argparse.Namespace) -> int:
             fitted_on = _skeleton(pred, gt)
     out = _transform(r, pred, gt, sigma, args.calibrator)
     records = out.to_records(pred)
+    nms = None
+    if args.oks_nms is not None:
+        keep, nms = _oks_nms(args, pred, out, gt, sigmas, pred_src)
+        records = [records[i] for i in keep]
     _write_outputs(args, r, records, fitted_on)
-    _print_summary(args, r, pred, out, pred_src, store_sigma=sigma is not None)
+    _print_summary(args, r, pred, out, pred_src, store_sigma=sigma is not None, nms=nms)
     return 0
+
+
+def _oks_nms(args: argparse.Namespace, pred: Any, out: Any, gt: Any, sigmas: np.ndarray | None,
+             pred_src: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Rows kept by MMPose CocoMetric's OKS-NMS (:func:`posecal.models.nms.oks_nms_per_image`) on the new
+    instance scores, and what was done (for the summary). Sigmas: ``--sigmas``/``--keypoint-set``, else the
+    gt's keypoint set, else the one set with the predictions' keypoint count."""
+    from posecal.keypoints import find_keypoint_set
+    from posecal.models.nms import crop_box_area, keypoint_extent_area, oks_nms_per_image
+
+    K = pred.keypoints.shape[1]
+    if sigmas is None:
+        ks = getattr(gt, "keypoint_set", None) if gt is not None else None
+        ks = ks if ks is not None and ks.num_keypoints == K else find_keypoint_set(None, K)
+        if ks is None:
+            raise PosecalInputError(f"--oks-nms needs OKS sigmas for {K} keypoints: give --sigmas, --keypoint-set "
+                                    "or --gt", pred_src, None, "--oks-nms")
+        sigmas = ks.sigmas
+    mode = args.nms_area
+    if mode == "auto":
+        mode = "crop-box" if pred.bbox is not None and np.isfinite(pred.bbox).all() else "extent"
+    if mode == "crop-box":
+        if pred.bbox is None or not np.isfinite(pred.bbox).all():
+            raise PosecalInputError("--nms-area crop-box needs a bbox on every record", pred_src, None, "bbox")
+        areas = crop_box_area(pred.bbox, tuple(args.input_size), args.padding)
+    else:
+        areas = keypoint_extent_area(pred.keypoints[..., :2])
+    keep = oks_nms_per_image(pred.image_id, pred.keypoints[..., :2], out.keypoint_scores, out.instance_scores,
+                             np.asarray(sigmas, np.float64), args.oks_nms, areas)
+    return keep, {"thr": args.oks_nms, "area": mode, "kept": int(len(keep)), "removed": int(len(pred) - len(keep))}
 
 
 
@@ -244,7 +287,7 @@ def _write_outputs(args: argparse.Namespace, r: Any, records: list, fitted_on: d
 
 
 def _print_summary(args: argparse.Namespace, r: Any, pred: Any, out: Any, pred_src: str, *,
-                   store_sigma: bool) -> None:
+                   store_sigma: bool, nms: dict[str, Any] | None = None) -> None:
     """The summary table (or ``--json``) on stdout, on stderr when stdout carries the results."""
     from posecal._util import dumps_json
 
@@ -261,6 +304,7 @@ def _print_summary(args: argparse.Namespace, r: Any, pred: Any, out: Any, pred_s
         "instance_score": {"raw_mean": _mean(raw_inst), "new_mean": _mean(out.instance_scores)},
         "keypoint_score": {"raw_mean": _mean(raw_kp), "new_mean": _mean(out.keypoint_scores)},
         "calibrator_saved": args.save_calibrator,
+        "oks_nms": nms,
     }
     info = sys.stderr if to_stdout else sys.stdout
     if args.json:
@@ -271,6 +315,9 @@ def _print_summary(args: argparse.Namespace, r: Any, pred: Any, out: Any, pred_s
     print(f"  {'':10s}{'raw mean':>12s}{'new mean':>12s}", file=info)
     print(f"  {'instance':10s}{_mean(raw_inst):12.4f}{_mean(out.instance_scores):12.4f}", file=info)
     print(f"  {'keypoint':10s}{_mean(raw_kp):12.4f}{_mean(out.keypoint_scores):12.4f}", file=info)
+    if nms is not None:
+        print(f"  OKS-NMS {nms['thr']:g} ({nms['area']} areas): kept {nms['kept']}, removed {nms['removed']}",
+              file=info)
     if args.save_calibrator:
         print(f"  calibrator saved to {args.save_calibrator}", file=info)
 
