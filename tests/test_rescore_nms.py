@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from _mmpose_nms import oks_nms as mmpose_oks_nms
-from test_hostile_inputs import _one_error, _run, _write
 from posecal.keypoints import get_keypoint_set
+from test_hostile_inputs import _one_error, _run, _write
 
 COCO17 = get_keypoint_set("coco17").sigmas
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from posecal.errors import PosecalInputError, PosecalWarning
 from posecal.io.fastjson import read_json
-from posecal.keypoints import COCO_WHOLEBODY133, KeypointSet, find_keypoint_set
+from posecal.keypoints import COCO17, COCO_WHOLEBODY133, KeypointSet, find_keypoint_set
 
 __all__ = ["CocoGroundTruth", "CocoResults", "load_gt", "load_results", "save_results", "WHOLEBODY_FIELDS",
            "keypoint_set_for_count", "keypoint_extent"]
@@ -60,9 +60,13 @@ class CocoGroundTruth:
         bbox: (G, 4) float64 x, y, w, h in image pixels.
         iscrowd: (G,) bool.
         num_keypoints: (G,) int64 — the ``num_keypoints`` FIELD as written (pycocotools uses it for
-            ignoring); where absent, the count of v > 0 of the body ``keypoints``.
+            ignoring); when any annotation lacks it, the count of v > 0 of the body ``keypoints`` of every
+            annotation (as xtcocotools counts).
         image_ids: (I,) int64 sorted ids of all listed images.
         images: image id -> image record.
+        image_id_strings, category_id_strings: None for integer ids; for a file whose image (category) ids
+            are strings, the sorted distinct strings, and the int64 ids above are their positions in this
+            list (pycocotools sorts the ids, strings as text, so the order is the same).
         categories: the category records.
         keypoint_set: the matched keypoint set (by ``categories[0].keypoints`` names, or WholeBody
             when the part fields are present, or by the annotations' keypoint count when the names do
@@ -87,6 +91,8 @@ class CocoGroundTruth:
     has_area: bool = True
     wholebody: bool = False
     path: str | None = None
+    image_id_strings: list[str] | None = None
+    category_id_strings: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.ann_id.shape[0])
@@ -99,6 +105,8 @@ class CocoGroundTruth:
     @property
     def category_ids(self) -> np.ndarray:
         """(C,) int64 sorted category ids (pycocotools' default ``catIds``)."""
+        if self.category_id_strings is not None:
+            return np.arange(len(self.category_id_strings), dtype=np.int64)
         return _unique(np.array([c["id"] for c in self.categories], dtype=np.int64))
 
     @property
@@ -344,6 +352,73 @@ def _first_unknown(values: np.ndarray, known: np.ndarray) -> int | None:
     return None if ok.all() else int(np.argmin(ok))
 
 
+def _id_codes(values: list, file, key: str, what: str) -> tuple[np.ndarray, list[str] | None]:
+    """The ids of the images (categories): int64 ids, or — when every id is a string, which pycocotools
+    accepts — the positions of the ids in their sorted distinct list, and that list."""
+    strs = [type(v) is str for v in values]
+    if not any(strs):
+        return _ints(values, file, key), None
+    if not all(strs):
+        i, j = strs.index(False), strs.index(True)
+        raise PosecalInputError(f"{what} ids mix strings ({values[j]!r:.40}) and numbers ({values[i]!r:.40}); "
+                                "pycocotools cannot sort them", file, i, key)
+    names = sorted(set(values))
+    index = {n: i for i, n in enumerate(names)}
+    return np.array([index[v] for v in values], dtype=np.int64), names
+
+
+def _ann_ids(values: list, file) -> np.ndarray:
+    """Annotation ids: JSON integers, or strings holding one (pycocotools stores ids as floats, so ``"12"``
+    evaluates as 12; a string that is no number makes it fail)."""
+    if str in set(map(type, values)):
+        values = [_numeric_string(v, file, i) if type(v) is str else v for i, v in enumerate(values)]
+    return _ints(values, file, "id")
+
+
+def _numeric_string(v: str, file, i: int) -> Any:
+    try:
+        return float(v) if v.strip().lower().lstrip("+-") not in ("nan", "inf", "infinity") else v
+    except ValueError:
+        raise PosecalInputError(f"expected an integer, got {v!r:.40} (a string id must hold a number: "
+                                "pycocotools fails on it)", file, i, "id") from None
+
+
+def _id_refs(values: list, names: list[str] | None, file, key: str, rec_ids=None, *, listed_in: str
+             ) -> np.ndarray:
+    """References to image (category) ids: int64 ids, or the codes of :func:`_id_codes` when the ids are
+    strings (``names``); a reference to an id not ``listed_in`` is an error."""
+    if names is None:
+        return _ints(values, file, key, rec_ids)
+    index = {n: i for i, n in enumerate(names)}
+    codes = [index.get(v, -1) if type(v) is str else -1 for v in values]
+    if -1 in codes:
+        i = codes.index(-1)
+        raise PosecalInputError(f"unknown {key} {values[i]!r:.40} (not in {listed_in})", file,
+                                _rid(rec_ids, i), key)
+    return np.array(codes, dtype=np.int64)
+
+
+def _result_category_ids(values: list, gt: CocoGroundTruth | None, file) -> np.ndarray:
+    """Results' ``category_id``: int64 ids, or, where the gt's category ids are strings, their codes. A
+    string that names no category of the gt is not an error: pycocotools leaves such results out, and so do
+    the evaluators here (it gets an id below every known one)."""
+    names = None if gt is None else gt.category_id_strings
+    if names is None:
+        return _ints(values, file, "category_id")
+    index = {n: i for i, n in enumerate(names)}
+    codes = []
+    for i, v in enumerate(values):
+        if type(v) is not str:
+            raise PosecalInputError(f"expected a string id (the ground truth's category ids are strings), got "
+                                    f"{v!r:.40}", file, i, "category_id")
+        codes.append(index.get(v, -1 - i))
+    return np.array(codes, dtype=np.int64)
+
+
+def _id_label(code: int, names: list[str] | None) -> Any:
+    return code if names is None or not 0 <= code < len(names) else names[code]
+
+
 # ---- ground truth --------------------------------------------------------------------------------------
 def load_gt(src: str | os.PathLike | dict | bytes, *, file: str | None = None) -> CocoGroundTruth:
     """Load and validate COCO keypoint ground truth.
@@ -358,10 +433,16 @@ def load_gt(src: str | os.PathLike | dict | bytes, *, file: str | None = None) -
     Returns:
         :class:`CocoGroundTruth` with arrays in annotation file order; keypoints (G, K, 3) in image pixels.
 
+    Third-party conventions, as the reference evaluators read such files: a missing ``iscrowd`` is 0
+    (xtcocotools), image / category ids may all be strings (coded by their sorted order, as pycocotools
+    sorts them), a string annotation id holding an integer is that integer, ``"keypoints": []`` is K
+    unlabelled keypoints, and without ``num_keypoints`` on every annotation the labelled keypoints are
+    counted for all (xtcocotools).
+
     Raises:
         PosecalInputError: bad JSON, missing/ill-typed field, annotations whose keypoint counts disagree,
             NaN/inf, unknown image_id or category_id, negative area or box size, duplicate
-            image/category/annotation ids.
+            image/category/annotation ids, string and number ids mixed.
 
     Warns:
         PosecalWarning: ``categories[0].keypoints`` names a different number of keypoints than the
@@ -382,6 +463,7 @@ def load_gt(src: str | os.PathLike | dict | bytes, *, file: str | None = None) -
         bbox=bbox, iscrowd=iscrowd, num_keypoints=num_kp, image_ids=np.sort(ids.img_ids),
         images={int(i): im for i, im in zip(ids.img_ids.tolist(), images_l, strict=True)},
         categories=list(cats), keypoint_set=kset, has_area=has_area, wholebody=wholebody, path=file,
+        image_id_strings=ids.img_names, category_id_strings=ids.cat_names,
     )
 
 
@@ -413,24 +495,28 @@ class _GtIds:
     image_id: np.ndarray
     category_id: np.ndarray
     rec_ids: list
+    img_names: list[str] | None = None
+    cat_names: list[str] | None = None
 
 
 def _gt_ids(images_l: list, anns: list, cats: list, file: str | None) -> _GtIds:
-    img_ids = _ints(_column(images_l, "id", file, "image"), file, "id")
+    img_ids, img_names = _id_codes(_column(images_l, "id", file, "image"), file, "id", "image")
     dup = _first_dup(img_ids)
     if dup is not None:
-        raise PosecalInputError(f"duplicate image id {dup}", file, "images", "id")
-    cat_ids = _ints(_column(cats, "id", file, "category"), file, "id")
+        raise PosecalInputError(f"duplicate image id {_id_label(dup, img_names)}", file, "images", "id")
+    cat_ids, cat_names = _id_codes(_column(cats, "id", file, "category"), file, "id", "category")
     dup = _first_dup(cat_ids)
     if dup is not None:
-        raise PosecalInputError(f"duplicate category id {dup}", file, "categories", "id")
-    ann_id = _ints(_column(anns, "id", file, "annotation"), file, "id")
+        raise PosecalInputError(f"duplicate category id {_id_label(dup, cat_names)}", file, "categories", "id")
+    ann_id = _ann_ids(_column(anns, "id", file, "annotation"), file)
     rec_ids = ann_id.tolist()
     dup = _first_dup(ann_id)
     if dup is not None:
         raise PosecalInputError("duplicate annotation id", file, dup, "id")
-    image_id = _ints(_column(anns, "image_id", file, "annotation"), file, "image_id", rec_ids)
-    category_id = _ints(_column(anns, "category_id", file, "annotation"), file, "category_id", rec_ids)
+    image_id = _id_refs(_column(anns, "image_id", file, "annotation"), img_names, file, "image_id", rec_ids,
+                        listed_in="images")
+    category_id = _id_refs(_column(anns, "category_id", file, "annotation"), cat_names, file, "category_id",
+                           rec_ids, listed_in="categories")
     i = _first_unknown(image_id, img_ids)
     if i is not None:
         raise PosecalInputError(f"unknown image_id {int(image_id[i])} (not in images)", file, rec_ids[i],
@@ -438,7 +524,7 @@ def _gt_ids(images_l: list, anns: list, cats: list, file: str | None) -> _GtIds:
     i = _first_unknown(category_id, cat_ids)
     if i is not None:
         raise PosecalInputError(f"unknown category_id {int(category_id[i])}", file, rec_ids[i], "category_id")
-    return _GtIds(img_ids, ann_id, image_id, category_id, rec_ids)
+    return _GtIds(img_ids, ann_id, image_id, category_id, rec_ids, img_names, cat_names)
 
 
 def _category_names(cats: list) -> list[str] | None:
@@ -448,10 +534,11 @@ def _category_names(cats: list) -> list[str] | None:
 
 
 def _annotation_k(anns: list, kp_rows: Any, fast_kp: np.ndarray | None) -> int | None:
-    """K of the annotations when they all carry the same multiple of 3 values, else None."""
+    """K of the annotations when they all carry the same multiple of 3 values (empty lists aside), else
+    None."""
     if fast_kp is not None:
         return fast_kp.shape[1] // 3 if fast_kp.shape[1] % 3 == 0 and fast_kp.shape[1] else None
-    lengths = {len(r) if type(r) is list else -1 for r in kp_rows}
+    lengths = {len(r) if type(r) is list else -1 for r in kp_rows if not _empty_list(r)}
     if len(lengths) != 1:
         return None
     n = lengths.pop()
@@ -475,8 +562,7 @@ def _gt_keypoints(anns: list, cats: list, fast_kp: np.ndarray | None, file: str 
     elif names is not None:
         K = len(names)
     elif G:
-        first = kp_rows[0]
-        K = len(first) // 3 if fast_kp is None and type(first) is list else (k_ann or 0)
+        K = k_ann or _first_row_k(kp_rows, fast_kp)
         if K == 0:
             raise PosecalInputError("empty keypoints", file, rec_ids[0], "keypoints")
     else:
@@ -484,7 +570,7 @@ def _gt_keypoints(anns: list, cats: list, fast_kp: np.ndarray | None, file: str 
     if fast_kp is not None:
         kps = _checked_rows(fast_kp, 3 * K, file, "keypoints", rec_ids).reshape(G, K, 3)
     else:
-        kps = _flat_array(kp_rows, 3 * K, file, "keypoints", rec_ids).reshape(G, K, 3)
+        kps = _flat_array(_fill_empty(kp_rows, K), 3 * K, file, "keypoints", rec_ids).reshape(G, K, 3)
 
     wholebody = G > 0 and type(anns[0]) is dict and all(f in anns[0] for _, f, _ in WHOLEBODY_FIELDS)
     if wholebody and K == 17:
@@ -495,7 +581,40 @@ def _gt_keypoints(anns: list, cats: list, fast_kp: np.ndarray | None, file: str 
         return np.concatenate(parts, axis=1), COCO_WHOLEBODY133, True
     if partition or names is None:
         return kps, keypoint_set_for_count(K), False
-    return kps, find_keypoint_set(names), False
+    return kps, _named_set(names, file), False
+
+
+def _named_set(names: list[str], file: str | None) -> KeypointSet | None:
+    """The keypoint set of ``categories[0].keypoints``; 17 names of no known set: COCO-17 (pycocotools' and
+    xtcocotools' default sigmas are COCO's whatever the names), with a warning."""
+    kset = find_keypoint_set(names)
+    if kset is None and len(names) == 17:
+        warnings.warn(f"{file or 'ground truth'}: the keypoint names of categories[0] match no known keypoint "
+                      "set; 17 keypoints: COCO-17 sigmas, as pycocotools uses (give --sigmas otherwise)",
+                      PosecalWarning, stacklevel=4)
+        kset = COCO17
+    return kset
+
+
+def _first_row_k(kp_rows: Any, fast_kp: np.ndarray | None) -> int:
+    """K of the first annotation with a non-empty keypoint list (0 when none is a list)."""
+    if fast_kp is not None:
+        return 0
+    first = next((r for r in kp_rows if not _empty_list(r)), kp_rows[0])
+    return len(first) // 3 if type(first) is list else 0
+
+
+def _empty_list(r: Any) -> bool:
+    return type(r) is list and not r
+
+
+def _fill_empty(rows: list, K: int) -> list:
+    """``"keypoints": []`` (a person with no keypoint, e.g. a crowd region) as K unlabelled (0, 0, 0):
+    pycocotools and xtcocotools evaluate such a gt as one without labelled keypoints (box-distance OKS,
+    ignored)."""
+    if not any(map(_empty_list, rows)):
+        return rows
+    return [[0] * (3 * K) if _empty_list(r) else r for r in rows]
 
 
 _PART_SETS: dict[int, KeypointSet] = {}
@@ -545,7 +664,8 @@ def _gt_geometry(anns: list, file: str | None, rec_ids: list
     if neg.any():
         i = int(np.argmax(neg))
         raise PosecalInputError("negative box width or height", file, rec_ids[i], "bbox")
-    crowd = _column(anns, "iscrowd", file, "annotation")
+    # absent ``iscrowd``: 0, as xtcocotools' COCO(file) sets it (pycocotools raises KeyError)
+    crowd = _column(anns, "iscrowd", file, "annotation", default=0)
     if bool in set(map(type, crowd)):  # JSON true/false: pycocotools reads them as 1/0
         crowd = [int(v) if type(v) is bool else v for v in crowd]
     iscrowd = _ints(crowd, file, "iscrowd", rec_ids) != 0
@@ -554,13 +674,17 @@ def _gt_geometry(anns: list, file: str | None, rec_ids: list
 
 def _gt_num_keypoints(anns: list, kps: np.ndarray, kset: KeypointSet | None, file: str | None,
                       rec_ids: list) -> np.ndarray:
-    """The ``num_keypoints`` field; where absent, the count of labelled body keypoints."""
+    """The ``num_keypoints`` field; when any annotation lacks it, the count of labelled body keypoints of
+    every annotation (pycocotools then fails with KeyError; xtcocotools, the one reference that runs,
+    always counts)."""
     nk_vals = [a.get("num_keypoints") for a in anns]
     if anns and None not in nk_vals:
         return _ints(nk_vals, file, "num_keypoints", rec_ids)
-    count = np.count_nonzero(kps[:, :17 if kset is COCO_WHOLEBODY133 else kps.shape[1], 2] > 0, axis=1)
-    return np.array([count[i] if v is None else _check_int(v, file, rec_ids[i], "num_keypoints")
-                     for i, v in enumerate(nk_vals)], dtype=np.int64)
+    for i, v in enumerate(nk_vals):  # the fields present are still checked
+        if v is not None:
+            _check_int(v, file, rec_ids[i], "num_keypoints")
+    return np.count_nonzero(kps[:, :17 if kset is COCO_WHOLEBODY133 else kps.shape[1], 2] > 0,
+                            axis=1).astype(np.int64)
 
 
 # ---- results -------------------------------------------------------------------------------------------
@@ -599,7 +723,7 @@ def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | No
         bbox, det_area = _result_boxes(recs, own, file)
         visibility, part_scores = _result_extras(recs, kps.shape[1], file)
         if gt is not None:
-            _check_against_gt(image_id, category_id, gt, file)
+            _check_against_gt(image_id, category_id, gt, file, recs)
         if non_json:
             _refuse_non_json(file)
         _warn_score_range(score, kps, file)
@@ -618,13 +742,15 @@ def _result_records(d: Any) -> Any:
 def _result_ids(recs: list, gt: CocoGroundTruth | None, file: str | None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     D = len(recs)
-    image_id = _ints(_column(recs, "image_id", file, "result"), file, "image_id")
+    image_id = _id_refs(_column(recs, "image_id", file, "result"), None if gt is None else gt.image_id_strings,
+                        file, "image_id",
+                        listed_in="the ground truth images")
     single_cat = gt is not None and len(gt.categories) == 1
     if D and single_cat and all(type(r) is dict and "category_id" not in r for r in recs):
         # no record names a category and the gt has one: that one (some records naming it is an error below)
-        category_id = np.full(D, int(gt.categories[0]["id"]), dtype=np.int64)
+        category_id = np.full(D, int(gt.category_ids[0]), dtype=np.int64)
     else:
-        category_id = _ints(_column(recs, "category_id", file, "result"), file, "category_id")
+        category_id = _result_category_ids(_column(recs, "category_id", file, "result"), gt, file)
     score = _floats(_column(recs, "score", file, "result"), file, "score")
     return image_id, category_id, score
 
@@ -707,7 +833,7 @@ def _result_extras(recs: list, K: int, file: str | None
 
 
 def _check_against_gt(image_id: np.ndarray, category_id: np.ndarray, gt: CocoGroundTruth,
-                      file: str | None) -> None:
+                      file: str | None, recs: list) -> None:
     i = _first_unknown(image_id, gt.image_ids)
     if i is not None:
         raise PosecalInputError(f"unknown image_id {int(image_id[i])} (not in the ground truth images)", file,
@@ -716,8 +842,8 @@ def _check_against_gt(image_id: np.ndarray, category_id: np.ndarray, gt: CocoGro
     if unknown.any():  # pycocotools evaluates only the gt's categories (params.catIds) and drops the rest
         i = int(np.argmax(unknown))
         warnings.warn(f"{file}: {int(unknown.sum())} results have a category_id that is not in the ground "
-                      f"truth (first: record {i}, category_id {int(category_id[i])}); they are not evaluated, "
-                      "as in pycocotools", PosecalWarning, stacklevel=3)
+                      f"truth (first: record {i}, category_id {recs[i]['category_id']!r:.40}); they are not "
+                      "evaluated, as in pycocotools", PosecalWarning, stacklevel=3)
 
 
 def _warn_score_range(score: np.ndarray, kps: np.ndarray, file: str | None) -> None:
