@@ -35,6 +35,12 @@ def run(args: argparse.Namespace) -> int:
     if args.split != "all" and args.format != "lsp":
         raise PosecalInputError(f"--split {args.split} applies to 'lsp' only ({args.format} has no split)",
                                 field="--split")
+    if args.keypoint_set is not None:  # checked before any input is read; "" would silently mean no remap
+        if not args.keypoint_set.strip():
+            raise PosecalInputError("empty; give a keypoint set name (e.g. coco17)", field="--keypoint-set")
+        from posecal.datasets.remap import _get
+
+        _get(args.keypoint_set)
     refuse_clobber({"src": args.src, "--images": args.images}, {"--out": args.out})
     check_creatable(args.out, "file")
     if args.format == "lsp":
@@ -52,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from posecal.datasets.coco import check_converted
 
     check_converted(d, file=args.src, split=args.split if args.format == "lsp" else None)
-    if getattr(args, "keypoint_set", None):
+    if args.keypoint_set is not None:
         from posecal.datasets.remap import remap_keypoint_set
 
         d = remap_keypoint_set(d, args.keypoint_set)

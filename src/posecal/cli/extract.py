@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from posecal._outputs import check_creatable, refuse_clobber
     from posecal.models.store import merge_stores
 
+    args.out = _named_out(args.out)
     if args.merge:
         out = Path(args.out)
         shards = sorted(out.parent.glob(out.name + ".shard-*-of-*"))
@@ -127,6 +129,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _report(res, args)
     return 0
+
+
+def _named_out(out: str) -> str:
+    """``--out`` as a path with a last name: the store's siblings (``OUT.all``, ``OUT.shard-i-of-n``) are named
+    after it, so ``.``, ``..`` or ``dir/..`` become the absolute folder they mean; the filesystem root is refused."""
+    if out == "" or Path(out).name not in ("", ".", ".."):
+        return out
+    full = os.path.abspath(out)
+    if not Path(full).name:
+        raise PosecalInputError("the filesystem root cannot be a store; name a folder", file=out, field="--out")
+    return full
 
 
 @contextlib.contextmanager

@@ -258,9 +258,32 @@ def keypoint_set(d: dict[str, Any], *, file: str | None = None) -> KeypointSet:
                             "categories[0].keypoints", file=file, field="categories")
 
 
+MIN_BOX_PX = 1e-3
+"""Smallest side, in image px, the larger side of a box to crop may have: below it the crop's scale (model input px
+per image px) runs out of floating-point range and the model sees garbage; no detector or annotator writes it."""
+
+
+def _check_box_size(bbox: np.ndarray, file: str | None, record: object) -> None:
+    """A box to crop: w, h > 0 and not vanishingly small (:data:`MIN_BOX_PX`)."""
+    if bbox[2] <= 0 or bbox[3] <= 0:
+        raise PosecalInputError("bbox must be [x, y, w, h] with w, h > 0", file=file, record=record, field="bbox")
+    if max(bbox[2], bbox[3]) < MIN_BOX_PX:
+        raise PosecalInputError(f"box {bbox[2]:g} × {bbox[3]:g} px is too small to crop (both sides under "
+                                f"{MIN_BOX_PX:g} px)", file=file, record=record, field="bbox")
+
+
+def _image_wh(image: dict[str, Any], image_size: Callable[[str], tuple[int, int] | None] | None
+              ) -> dict[str, Any]:
+    """``image`` when it gives width/height, else its header size (``image_size(file_name)``) when known."""
+    if image_size is not None and not (is_number(image.get("width")) and is_number(image.get("height"))):
+        wh = image_size(image["file_name"])
+        return image if wh is None else {"width": wh[0], "height": wh[1]}
+    return image
+
+
 def _check_box_on_image(bbox: np.ndarray, image: dict[str, Any], file: str | None, record: int,
                         outside: list[int]) -> None:
-    """A detection box (x, y, w, h, image px) against its image's width/height when the data gives them:
+    """A box to crop (gt or detection; x, y, w, h, image px) against its image's width/height when known:
     larger than 1000× the image is an error (no detector writes it; its crop transform degenerates), one
     that misses the image entirely is noted in ``outside``."""
     W, H = image.get("width"), image.get("height")
@@ -290,19 +313,23 @@ def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, f
     (and a positive box) is one instance. With ``boxes`` (COCO detection results: image_id, bbox, score)
     each detection of an image present in ``d`` and of the keypoint category (:func:`keypoint_category`; a
     detection without ``category_id`` is taken as one) is one instance, ``ann_id = -1``; its box is checked
-    against the image's width/height (from the data, else ``image_size(file_name)``, e.g. the header).
+    against the image's width/height (from the data, else ``image_size(file_name)``, e.g. the header), as is
+    every gt box: larger than 1000× the image is an error, one entirely outside it a warning; a box whose
+    larger side is under :data:`MIN_BOX_PX` cannot be cropped (an error).
     """
     ks = keypoint_set(d, file=file)
     imgs = {int(im["id"]): im for im in d["images"]}
     if boxes is None:
-        return _gt_instances(d, ks, imgs, file, min_keypoints)
+        return _gt_instances(d, ks, imgs, file, min_keypoints, image_size)
     return _detection_instances(boxes, imgs, boxes_file, image_size, keypoint_category(d))
 
 
 def _gt_instances(d: dict[str, Any], ks: KeypointSet, imgs: dict[int, Any], file: str | None,
-                  min_keypoints: int) -> list[Instance]:
+                  min_keypoints: int, image_size: Callable[[str], tuple[int, int] | None] | None = None
+                  ) -> list[Instance]:
     k = ks.num_keypoints
     out: list[Instance] = []
+    outside: list[int] = []  # gt boxes that miss their image entirely: cropped from padding, warned about
     for r, a in enumerate(d["annotations"]):
         if a.get("iscrowd", 0):
             continue
@@ -320,15 +347,17 @@ def _gt_instances(d: dict[str, Any], ks: KeypointSet, imgs: dict[int, Any], file
         if "bbox" not in a:
             raise PosecalInputError("missing", file=file, record=r, field="bbox")
         bbox = numbers(a["bbox"], 4, file, r, "bbox")
-        if bbox[2] <= 0 or bbox[3] <= 0:
-            raise PosecalInputError("bbox must be [x, y, w, h] with w, h > 0", file=file, record=r,
-                                    field="bbox")
+        _check_box_size(bbox, file, r)
         iid = int(a["image_id"])
         if iid not in imgs:
             raise PosecalInputError(f"image_id {iid} not in images", file=file, record=r,
                                     field="image_id")
+        _check_box_on_image(bbox, _image_wh(imgs[iid], image_size), file, r, outside)
         out.append(Instance(iid, int(a["id"]), imgs[iid]["file_name"], bbox, 1.0, kpa,
                             float(a.get("area", bbox[2] * bbox[3]))))
+    if outside:
+        warnings.warn(f"{file}: {len(outside)} annotation box(es) lie entirely outside their image (first: record "
+                      f"{outside[0]}, field 'bbox'); their crops hold only padding", PosecalWarning, stacklevel=3)
     return out
 
 
@@ -349,20 +378,14 @@ def _detection_instances(boxes: list[dict[str, Any]], imgs: dict[int, Any], boxe
         bbox = numbers(b["bbox"], 4, boxes_file, r, "bbox")
         score = number(b["score"], boxes_file, r, "score")
         cat = number(b.get("category_id", category), boxes_file, r, "category_id", integer=True)
-        if bbox[2] <= 0 or bbox[3] <= 0:
-            raise PosecalInputError("bbox must be [x, y, w, h] with w, h > 0", file=boxes_file, record=r,
-                                    field="bbox")
+        _check_box_size(bbox, boxes_file, r)
         if iid not in imgs:
             elsewhere.append(r)
         if iid not in imgs or cat != category:  # other categories (a COCO-80 detector's file): not people
             continue
         if not 0.0 <= score <= 1.0:
             odd_score.append(r)
-        im = imgs[iid]
-        if image_size is not None and not (is_number(im.get("width")) and is_number(im.get("height"))):
-            wh = image_size(im["file_name"])
-            im = im if wh is None else {"width": wh[0], "height": wh[1]}
-        _check_box_on_image(bbox, im, boxes_file, r, outside)
+        _check_box_on_image(bbox, _image_wh(imgs[iid], image_size), boxes_file, r, outside)
         out.append(Instance(iid, -1, imgs[iid]["file_name"], bbox, score, None, float("nan")))
     if odd_score:
         warnings.warn(f"{boxes_file}: {len(odd_score)} person detection score(s) outside [0, 1] (first: record "

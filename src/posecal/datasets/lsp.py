@@ -20,6 +20,7 @@ def _load_joints(joints_mat: str | os.PathLike) -> np.ndarray:
     from scipy.io import loadmat
 
     file = str(joints_mat)
+    _check_mat_header(file)
     try:
         m = loadmat(joints_mat)
     except FileNotFoundError:
@@ -29,12 +30,64 @@ def _load_joints(joints_mat: str | os.PathLike) -> np.ndarray:
     if "joints" not in m:
         raise PosecalInputError("no 'joints' variable", file=file, field="joints")
     raw = m["joints"]
+    if not isinstance(raw, np.ndarray):  # a MATLAB sparse matrix (scipy.sparse), or another object
+        raise PosecalInputError(f"joints is a {type(raw).__name__} (a sparse matrix?); expected a full numeric "
+                                "array", file=file, field="joints")
     kind = getattr(raw, "dtype", np.dtype(object)).kind
     if kind not in "iuf":  # bool and complex convert to float64 silently; cells/structs do not convert
         what = {"b": "logical", "c": "complex"}.get(kind, "not a numeric array")
         raise PosecalInputError(f"joints is {what} (dtype {raw.dtype}); expected real numbers", file=file,
                                 field="joints")
     return np.asarray(raw, dtype=np.float64)
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _check_mat_header(file: str) -> None:
+    """Refuse, in words, the files scipy's ``loadmat`` would reject with a puzzling message: an empty file and
+    a MATLAB v7.3 file (HDF5; its signature at byte 0 or after MATLAB's 512-byte header)."""
+    try:
+        with open(file, "rb") as f:
+            head = f.read(520)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return  # named by loadmat's own error below
+    if not head:
+        raise PosecalInputError("empty file (0 bytes); expected a MATLAB .mat file", file=file)
+    if head.startswith(_HDF5_SIGNATURE) or head[512:520] == _HDF5_SIGNATURE:
+        raise PosecalInputError("a MATLAB v7.3 (HDF5) file, which is not supported; re-save it in MATLAB with "
+                                "save(FILE, 'joints', '-v7')", file=file)
+
+
+def _check_images_dir(images: str | os.PathLike | None) -> Path | None:
+    """The ``--images`` folder: None, or an existing folder (refused before any person is read)."""
+    if images is None:
+        return None
+    if not Path(images).is_dir():
+        what = "not a folder" if Path(images).exists() else "image folder not found"
+        raise PosecalInputError(what, file=str(images), field="--images")
+    return Path(images)
+
+
+def _warn_flat_boxes(anns: list[dict[str, Any]], file: str) -> None:
+    """People whose labelled joints span no area (one joint, or all on one point or line): their box has
+    w or h = 0, which ``posecal extract`` refuses to crop and OKS cannot scale. Kept, and warned about."""
+    flat = [a["id"] for a in anns if a["bbox"][2] <= 0 or a["bbox"][3] <= 0]
+    if flat:
+        warnings.warn(f"{file}: {len(flat)} person(s) whose labelled joints span a zero-width or zero-height box "
+                      f"(first: record {flat[0]}, field 'joints'); written as they are, but posecal extract "
+                      "cannot crop them", PosecalWarning, stacklevel=3)
+
+
+def _warn_off_image(images: list[dict[str, Any]], anns: list[dict[str, Any]], file: str) -> None:
+    """People whose box lies entirely outside their image (width/height read from ``--images``): no real LSP /
+    LSPET person does; a wrong image folder (or joints file) does. Kept, and warned about."""
+    off = [a["id"] for im, a in zip(images, anns, strict=True) if "width" in im
+           and (a["bbox"][0] + a["bbox"][2] < 0 or a["bbox"][1] + a["bbox"][3] < 0
+                or a["bbox"][0] >= im["width"] or a["bbox"][1] >= im["height"])]
+    if off:
+        warnings.warn(f"{file}: {len(off)} person(s) lie entirely outside their image (first: record {off[0]}, "
+                      "field 'joints'); does --images hold this file's images?", PosecalWarning, stacklevel=3)
 
 
 def _image_record(num: int, fname: str, img_dir: Path | None, image_sizes: bool) -> dict[str, Any]:
@@ -106,6 +159,7 @@ def read_lsp(joints_mat: str | os.PathLike, images: str | os.PathLike | None = N
     file = str(joints_mat)
     if split not in SPLITS:
         raise PosecalInputError(f"unknown split {split!r}; choose {', '.join(SPLITS)}", field="split")
+    img_dir = _check_images_dir(images)
     j = _load_joints(joints_mat)
     if j.ndim != 3:
         raise PosecalInputError(f"joints has shape {j.shape}, expected (3, 14, N)", file=file, field="joints")
@@ -124,12 +178,13 @@ def read_lsp(joints_mat: str | os.PathLike, images: str | os.PathLike | None = N
                       f"LSP file; this one holds {n} people, so split {split!r} takes people {lo}–{hi}",
                       PosecalWarning, stacklevel=2)
     _check_joints(j[:, :, lo - 1:hi], (0.0, 1.0), file, lo)
-    img_dir = Path(images) if images is not None else None
     out_images, anns = [], []
     for num in range(lo, hi + 1):
         x, y, flag = j[0, :, num - 1], j[1, :, num - 1], j[2, :, num - 1]
         out_images.append(_image_record(num, f"im{num:04d}.jpg", img_dir, image_sizes))
         anns.append(_annotation(num, x, y, np.where(flag == 0, 2, 1)))
+    _warn_flat_boxes(anns, file)
+    _warn_off_image(out_images, anns, file)
     return _coco_dict(f"Leeds Sports Pose, split {split}", file, out_images, anns)
 
 
@@ -144,6 +199,7 @@ def read_lspet(joints_mat: str | os.PathLike, images: str | os.PathLike | None =
     with no annotated joint, an unknown flag or a non-finite annotated coordinate is an error.
     """
     file = str(joints_mat)
+    img_dir = _check_images_dir(images)
     j = _load_joints(joints_mat)
     if j.ndim != 3 or j.shape[:2] != (14, 3):
         hint = " (an LSP file? use 'posecal convert lsp')" if j.shape[:2] == (3, 14) else ""
@@ -160,10 +216,11 @@ def read_lspet(joints_mat: str | os.PathLike, images: str | os.PathLike | None =
     empty = np.flatnonzero(~lab.any(axis=0))
     if empty.size:
         raise PosecalInputError("no annotated joint", file=file, record=int(empty[0]) + 1, field="joints")
-    img_dir = Path(images) if images is not None else None
     out_images, anns = [], []
     for num in range(1, n + 1):
         x, y, flag = j[0, :, num - 1], j[1, :, num - 1], j[2, :, num - 1]
         out_images.append(_image_record(num, f"im{num:05d}.jpg", img_dir, image_sizes))
         anns.append(_annotation(num, x, y, np.where(flag == 1, 2, 0)))
+    _warn_flat_boxes(anns, file)
+    _warn_off_image(out_images, anns, file)
     return _coco_dict("LSP Extended", file, out_images, anns)

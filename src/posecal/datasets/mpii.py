@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from posecal._util import read_json
-from posecal.errors import PosecalInputError
+from posecal.errors import PosecalInputError, PosecalWarning
 from posecal.keypoints import MPII16
 
 PIXEL_STD = 200.0
+
+
+def _check_scale(scale: object, file: str, r: int) -> None:
+    """``scale`` a number > 0 whose box (side ``scale·200`` px) and area stay finite."""
+    from posecal.datasets.coco import number
+
+    s = number(scale, file, r, "scale")
+    if s <= 0:
+        raise PosecalInputError("must be > 0", file=file, record=r, field="scale")
+    if not np.isfinite(s * PIXEL_STD * s * PIXEL_STD):
+        raise PosecalInputError(f"box of side {s:g} x {PIXEL_STD:g} px is not representable (its area overflows)",
+                                file=file, record=r, field="scale")
 
 
 def read_mpii(path: str | os.PathLike, images: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -33,7 +46,9 @@ def read_mpii(path: str | os.PathLike, images: str | os.PathLike | None = None) 
         raise PosecalInputError("expected a list of MPII records", file=file)
     img_ids: dict[str, int] = {}
     out_images, anns = [], []
-    from posecal.datasets.coco import number, numbers, safe_file_name
+    seen: dict[tuple, int] = {}
+    dups: list[tuple[int, int]] = []  # (record, the earlier identical record)
+    from posecal.datasets.coco import numbers, safe_file_name
 
     for r, a in enumerate(recs):
         if not isinstance(a, dict):
@@ -50,8 +65,11 @@ def read_mpii(path: str | os.PathLike, images: str | os.PathLike | None = None) 
             raise PosecalInputError(f"flag {bad:g}: expected 0 (not labelled) or 1 (labelled)", file=file,
                                     record=r, field="joints_vis")
         c_in = numbers(a["center"], 2, file, r, "center")
-        if number(a["scale"], file, r, "scale") <= 0:
-            raise PosecalInputError("must be > 0", file=file, record=r, field="scale")
+        _check_scale(a["scale"], file, r)
+        key = (str(a["image"]), joints.tobytes(), vis.tobytes(), c_in.tobytes(), float(a["scale"]))
+        if key in seen:
+            dups.append((r, seen[key]))
+        seen.setdefault(key, r)
         name = safe_file_name(a["image"], file, r)
         if name not in img_ids:
             img_ids[name] = len(img_ids) + 1
@@ -77,6 +95,10 @@ def read_mpii(path: str | os.PathLike, images: str | os.PathLike | None = None) 
             "bbox": [float(c[0] - s / 2), float(c[1] - s / 2), s, s], "area": s * s,
             "mpii_center": c.tolist(), "mpii_scale": float(a["scale"]),
         })
+    if dups:
+        warnings.warn(f"{file}: {len(dups)} record(s) repeat an earlier one exactly (first: record {dups[0][0]} = "
+                      f"record {dups[0][1]}); each is written as a person of its own, so evaluation counts it "
+                      "twice", PosecalWarning, stacklevel=2)
     return {
         "info": {"description": "MPII (MMPose JSON)", "source": os.path.basename(file)},
         "images": out_images,

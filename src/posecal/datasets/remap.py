@@ -105,8 +105,8 @@ def remap_keypoint_set(d: dict[str, Any], target: str | KeypointSet) -> dict[str
 def _get(name: str) -> KeypointSet:
     try:
         return get_keypoint_set(name)
-    except KeyError as e:
-        raise PosecalInputError(str(e), field="--keypoint-set") from None
+    except KeyError as e:  # str(KeyError) is the repr of its message: quoted
+        raise PosecalInputError(str(e.args[0]) if e.args else str(e), field="--keypoint-set") from None
 
 
 _COCO_SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8], [7, 9],

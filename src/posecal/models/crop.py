@@ -65,6 +65,8 @@ def load_image(path, record: object = None) -> np.ndarray:
     try:
         with Image.open(path) as im:
             a = _rgb8(im, path, record)
+    except PosecalInputError:  # _rgb8's own one line (a ValueError too): not wrapped again
+        raise
     except OSError as e:  # missing, unreadable, not an image (UnidentifiedImageError), truncated
         raise PosecalInputError(f"cannot read image: {e.strerror or e}", file=str(path), record=record,
                                 field="file_name") from None

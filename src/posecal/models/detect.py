@@ -252,21 +252,67 @@ def _image_records(data: dict[str, Any], file: str | None) -> list[tuple[int, st
     return check_image_records(data["images"], file)
 
 
+def _warn_size_mismatch(data: dict[str, Any], img_dir: Path, data_file: str | None) -> None:
+    """Images whose header size differs from the data's ``width``/``height`` (a wrong ``--images`` folder, or
+    resized copies: the boxes are written in the pictures' own pixels, the gt boxes of the recall are not)."""
+    from PIL import Image
+
+    odd = []
+    for r, im in enumerate(data["images"]):
+        if "width" not in im or "height" not in im:
+            continue
+        try:
+            with Image.open(img_dir / im["file_name"]) as f:
+                wh = (int(f.size[0]), int(f.size[1]))
+        except Exception:  # noqa: BLE001 - an unreadable image is named when it is read
+            continue
+        if wh != (int(im["width"]), int(im["height"])):
+            odd.append((r, im["file_name"], wh, (int(im["width"]), int(im["height"]))))
+    if odd:
+        import warnings
+
+        from posecal.errors import PosecalWarning
+
+        r, name, wh, want = odd[0]
+        warnings.warn(f"{data_file}: {len(odd)} image(s) differ in size from the data's width/height (first: record "
+                      f"images[{r}], {name} is {wh[0]}x{wh[1]}, the data says {want[0]}x{want[1]}); does --images "
+                      "hold this data's images?", PosecalWarning, stacklevel=3)
+
+
+def _listed_images(img_dir: Path) -> list[str]:
+    """Sorted names of the image files in ``img_dir``; links named like images that lead to no file are
+    skipped with one warning (not silently left out)."""
+    named = [p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS]
+    broken = sorted(p.name for p in named if p.is_symlink() and not p.is_file())
+    if broken:
+        import warnings
+
+        from posecal.errors import PosecalWarning
+
+        warnings.warn(f"{img_dir}: {len(broken)} link(s) named like images lead to no file and are skipped "
+                      f"(first: {broken[0]})", PosecalWarning, stacklevel=3)
+    return sorted(p.name for p in named if p.is_file())
+
+
 def image_ids(images: str | os.PathLike, data: dict[str, Any] | None, *,
               data_file: str | None = None) -> list[tuple[int, str]]:
     """(image_id, file_name) pairs to run on (see the module docstring for the id rule). ``data``'s image
     records are checked as :func:`read_data` does (``data_file`` names it in the errors)."""
     img_dir = Path(images)
     if not img_dir.is_dir():
-        raise PosecalInputError("image folder not found", file=str(img_dir), field="--images")
+        raise PosecalInputError("not a folder" if img_dir.exists() else "image folder not found", file=str(img_dir),
+                                field="--images")
     if data is not None:
         out = _image_records(data, data_file)
+        if not out:
+            raise PosecalInputError("no image records: nothing to detect on", file=data_file, field="images")
         missing = [f for _, f in out if not (img_dir / f).is_file()]
         if missing:
             raise PosecalInputError(f"{len(missing)} image(s) of the dataset missing: {', '.join(missing[:5])}",
                                     file=str(img_dir), field="--images")
+        _warn_size_mismatch(data, img_dir, data_file)
         return out
-    files = sorted(p.name for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    files = _listed_images(img_dir)
     if not files:
         raise PosecalInputError("no images (.jpg/.png/...) in the folder", file=str(img_dir), field="--images")
     stems = [Path(f).stem for f in files]
@@ -293,7 +339,7 @@ def detect_folder(detector: NanoDetDetector, pairs: list[tuple[int, str]], image
                    **({} if show_progress is None else {"disable": not show_progress}))
     for iid, f in pairs:
         try:
-            image = load_image(Path(images) / f)
+            image = load_image(Path(images) / f, record=f"image_id {iid}")
         except PosecalInputError:
             if not skip_bad_images:
                 raise

@@ -33,15 +33,28 @@ OKS_NMS_THR = 0.9  # MMPose CocoMetric nms_thr
 MAX_PER_IMAGE = 20  # COCOeval keypoint maxDets
 
 
+MAX_SHARDS = 2**31 - 1  # the shard numbers are stored in the store's JSON (64-bit integers there)
+
+
 def parse_shard(spec: str | None) -> tuple[int, int]:
     """'i/n' -> (i, n); None -> from torchrun's RANK / WORLD_SIZE, else (0, 1)."""
     if spec is None:
-        ws = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        rank = int(os.environ.get("RANK", "0") or 0)
+        env = {}
+        for key, default in (("WORLD_SIZE", "1"), ("RANK", "0")):
+            raw = os.environ.get(key, default) or default
+            if not re.fullmatch(r"\s*-?\d{1,18}\s*", raw):
+                raise PosecalInputError(f"expected an integer (torchrun's), got {raw[:40]!r}; or give --shard i/n",
+                                        field=key)
+            env[key] = int(raw)
+        ws, rank = env["WORLD_SIZE"], env["RANK"]
+        if ws > MAX_SHARDS:
+            raise PosecalInputError(f"{ws} shards; at most {MAX_SHARDS:,}", field="WORLD_SIZE")
         return (rank, ws) if ws > 1 else (0, 1)
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
     if not m or not int(m.group(1)) < int(m.group(2)):
         raise PosecalInputError(f"bad --shard {spec!r}: expected i/n with 0 <= i < n", field="--shard")
+    if int(m.group(2)) > MAX_SHARDS:
+        raise PosecalInputError(f"bad --shard {spec!r}: at most {MAX_SHARDS:,} shards", field="--shard")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -93,6 +106,8 @@ def _read_boxes(boxes: str | os.PathLike | list | None) -> tuple[list | None, An
         raise PosecalInputError(f"cannot read detections: {e}", file=str(boxes), field="--boxes") from None
     if not isinstance(det, list):
         raise PosecalInputError("expected a list of detections", file=str(boxes), field="--boxes")
+    if not det:
+        raise PosecalInputError("no detections (an empty list): nothing to crop", file=str(boxes), field="--boxes")
     return det, {"file": os.path.basename(str(boxes)), "sha256": file_sha256(boxes)}
 
 
@@ -427,6 +442,25 @@ def _header_size(img_dir: Path) -> Callable[[str], tuple[int, int] | None]:
     return size
 
 
+def _warn_size_mismatch(insts: list, d: dict[str, Any], data_file: str,
+                        header_size: Callable[[str], tuple[int, int] | None]) -> None:
+    """Images whose header size differs from the data's ``width``/``height``: the annotations (and boxes) were
+    made on other pictures — a wrong ``--images`` folder, or resized copies. Cropped as they are, warned about."""
+    used = {i.file_name for i in insts}
+    odd = []
+    for r, im in enumerate(d["images"]):
+        if im["file_name"] not in used or "width" not in im or "height" not in im:
+            continue
+        wh = header_size(im["file_name"])
+        if wh is not None and wh != (int(im["width"]), int(im["height"])):
+            odd.append((r, im["file_name"], wh, (int(im["width"]), int(im["height"]))))
+    if odd:
+        r, name, wh, want = odd[0]
+        warnings.warn(f"{data_file}: {len(odd)} image(s) differ in size from the data's width/height (first: record "
+                      f"images[{r}], {name} is {wh[0]}x{wh[1]}, the data says {want[0]}x{want[1]}); does --images "
+                      "hold this data's images?", PosecalWarning, stacklevel=3)
+
+
 def _read_inputs(data: str | os.PathLike | dict, data_file: str, boxes: str | os.PathLike | list | None,
                  img_dir: Path, skip_missing: bool, skip_bad_images: bool) -> tuple:
     """Stage 1 as a whole: (data, keypoint set, detections | None, boxes' provenance, instances to crop,
@@ -436,10 +470,12 @@ def _read_inputs(data: str | os.PathLike | dict, data_file: str, boxes: str | os
     d = read_coco(data, file=data_file)
     ks = keypoint_set(d, file=data_file)
     det, boxes_src = _read_boxes(boxes)
+    header_size = _header_size(img_dir)
     insts = instances(d, boxes=det, file=data_file, boxes_file=str(boxes) if det is not None else None,
-                      image_size=_header_size(img_dir))
+                      image_size=header_size)
     insts, d, missing, bad = _usable_images(insts, d, img_dir, skip_missing=skip_missing,
                                             skip_bad_images=skip_bad_images)
+    _warn_size_mismatch(insts, d, data_file, header_size)
     cat = keypoint_category(d)
     if not insts and det:
         cats = sorted({b.get("category_id", cat) for b in det if isinstance(b, dict)}, key=str)
