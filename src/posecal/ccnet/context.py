@@ -31,13 +31,15 @@ CONTEXT_NAMES = ("log1p_rank", "score_over_max", "max_oks_above", "log1p_n_oks_a
 """Column names of :func:`context_features` (``n_*_above``: higher-scored detections with OKS / IoU > 0.5)."""
 
 
-def _pair_oks(kp: np.ndarray, area: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+def _pair_oks(kp: np.ndarray, area: np.ndarray, sigmas: np.ndarray, have: np.ndarray | None = None) -> np.ndarray:
     """(D, D) keypoint OKS between every pair of detections (scale: the mean of the two areas, as
-    :func:`posecal.models.nms.oks_iou`), all keypoints counted."""
+    :func:`posecal.models.nms.oks_iou`), over the keypoints in ``have`` (K,) bool (None: all)."""
     vars_ = (2 * np.asarray(sigmas, np.float64)) ** 2
     d2 = ((kp[:, None] - kp[None]) ** 2).sum(-1)  # (D, D, K)
     s = (area[:, None] + area[None]) / 2 + np.spacing(1)
-    return np.exp(-d2 / vars_ / s[..., None] / 2).mean(-1)
+    e = np.exp(-d2 / vars_ / s[..., None] / 2)
+    keep = np.ones(e.shape[-1], bool) if have is None else np.asarray(have, bool)
+    return e[..., keep].mean(-1) if keep.any() else np.zeros(e.shape[:-1])
 
 
 def _pair_iou(box: np.ndarray) -> np.ndarray:
@@ -52,7 +54,7 @@ def _pair_iou(box: np.ndarray) -> np.ndarray:
 
 
 def context_features(image_id: np.ndarray, keypoints: np.ndarray, bbox: np.ndarray, score: np.ndarray,
-                     sigmas: np.ndarray) -> np.ndarray:
+                     sigmas: np.ndarray, have: np.ndarray | None = None) -> np.ndarray:
     """``(N, 6)`` float32 context of every detection among the detections of its image (:data:`CONTEXT_NAMES`).
 
     Args:
@@ -61,6 +63,9 @@ def context_features(image_id: np.ndarray, keypoints: np.ndarray, bbox: np.ndarr
         bbox: (N, 4) the detection boxes, xywh image px (their areas scale the OKS).
         score: (N,) the ordering score (the store's own MMPose ``bbox_keypoint`` score); ties keep row order.
         sigmas: (K,) the keypoint set's OKS sigmas.
+        have: (K,) bool, the keypoints the model has (:func:`posecal.ccnet.targets.model_keypoints`; None:
+            all). The others (``extract --allow-missing-joints``) sit at (0, 0) in every detection and would
+            count as perfect agreement between any two of them: the pairwise OKS leaves them out.
 
     A row alone in its image gets ``[0, 1, 0, 0, 0, 0]``; so does every person of a gt-box store whose image
     holds one annotated person.
@@ -83,7 +88,7 @@ def context_features(image_id: np.ndarray, keypoints: np.ndarray, bbox: np.ndarr
         D = len(rows)
         above = np.tril(np.ones((D, D), bool), -1)  # above[i, j]: j ranks above i
         with np.errstate(invalid="ignore"):  # a non-finite coordinate gives no overlap, not a NaN feature
-            O = np.where(above, np.nan_to_num(_pair_oks(kp[rows], area[rows], sigmas), nan=0.0), 0.0)
+            O = np.where(above, np.nan_to_num(_pair_oks(kp[rows], area[rows], sigmas, have), nan=0.0), 0.0)
             U = np.where(above, np.nan_to_num(_pair_iou(box[rows]), nan=0.0), 0.0)
         best = sc[rows].max()
         out[rows] = np.stack([
@@ -106,12 +111,18 @@ def own_scores(records: list[dict[str, Any]], file: str | None = None) -> np.nda
 
 def store_context(path: str, records: list[dict[str, Any]], sigmas: np.ndarray) -> np.ndarray:
     """:func:`context_features` ``(N, 6)`` of every row of the store at ``path`` (its ``image_id``,
-    ``keypoints``, ``bbox`` arrays; ordering score: :func:`own_scores` of ``records``, the store's own score)."""
+    ``keypoints``, ``bbox`` arrays; ordering score: :func:`own_scores` of ``records``, the store's own score;
+    the keypoints the model lacks, store ``joint_map`` −1, left out of the pairwise OKS). ``posecal fit`` and
+    ``posecal apply`` both read the context from here."""
+    import os
+
+    from posecal.ccnet.targets import model_keypoints
     from posecal.models.store import FeatureStore
 
     fs = FeatureStore.open(path)
     own = own_scores(records, f"{path}/predictions.json")
-    return context_features(fs.read("image_id"), fs.read("keypoints"), fs.read("bbox"), own, sigmas)
+    have = model_keypoints(fs.meta, len(sigmas), file=os.path.join(str(path), "meta.json"))
+    return context_features(fs.read("image_id"), fs.read("keypoints"), fs.read("bbox"), own, sigmas, have)
 
 
 def instance_target(oks: np.ndarray, conf_mask: np.ndarray) -> np.ndarray:

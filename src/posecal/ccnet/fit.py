@@ -162,10 +162,16 @@ def training_masks(stores: Sequence[StoreData], rows: Sequence[np.ndarray] | Non
 
 def predict_store(head: Any, data: StoreData, evidence: Sequence[str] = (), *,
                   box_score: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(s_hat (N, K), v_hat (N, K), c (N,))`` for every row of ``data`` (c: Sec. 5 aggregation)."""
+    """``(s_hat (N, K), v_hat (N, K), c (N,))`` for every row of ``data`` (c: Sec. 5 aggregation), as
+    ``posecal apply`` computes them: keypoints the model lacks (store ``joint_map`` −1,
+    :func:`posecal.ccnet.targets.model_keypoints`) get ŝ = v̂ = 0 (:func:`posecal.ccnet.apply.mask_missing`)
+    and so take no part in c. ``fit``'s recorded metrics and the context stage's out-of-fold ĉ come from here."""
+    from posecal.ccnet.apply import mask_missing
+    from posecal.ccnet.targets import model_keypoints
     from posecal.ccnet.train import predict
 
     s, v = predict(head, head_inputs(data, tuple(evidence)))
+    s, v = mask_missing(s, v, model_keypoints(data.meta, s.shape[1], file=os.path.join(data.path, "meta.json")))
     c = instance_score(s, "visibility", data.box_score if box_score else None, visibility=v)
     return s, v, c
 

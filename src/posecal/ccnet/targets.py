@@ -96,11 +96,21 @@ def model_keypoints(meta: dict[str, Any], num_keypoints: int | None = None, *,
     (or the store records no joint map). Keypoints it lacks (``extract --allow-missing-joints``) are stored at
     (0, 0) with score 0: CCNet gives them ŝ = v̂ = 0 and leaves them out of the losses."""
     jm = meta.get("joint_map")
-    if not isinstance(jm, list) or not jm or not all(isinstance(j, int) for j in jm):
+    if jm is None:
         return None
+    where = {"file": None if file is None else str(file), "field": "joint_map"}
+    if not isinstance(jm, list) or not jm or not all(isinstance(j, int) and not isinstance(j, bool) for j in jm):
+        # read as "every keypoint present", a damaged map would give invented scores to missing joints
+        raise PosecalInputError(f"expected a non-empty list of integers (model joint per keypoint, -1: none), got "
+                                f"{str(jm)[:80]} (edited?)", **where)
     if num_keypoints is not None and len(jm) != num_keypoints:
-        raise PosecalInputError(f"joint_map has {len(jm)} entries for {num_keypoints} keypoints (edited?)",
-                                file=None if file is None else str(file), field="joint_map")
+        raise PosecalInputError(f"joint_map has {len(jm)} entries for {num_keypoints} keypoints (edited?)", **where)
+    joints = meta.get("model_joints")
+    top = len(joints) if isinstance(joints, list) and joints else None
+    bad = [j for j in jm if j < -1 or (top is not None and j >= top)]
+    if bad:
+        span = f"[-1, {top - 1}]" if top is not None else ">= -1"
+        raise PosecalInputError(f"entry {bad[0]} out of range {span} (edited?)", **where)
     have = np.asarray(jm, np.int64) >= 0
     return None if have.all() else have
 
@@ -286,6 +296,9 @@ def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> Sto
     fs = FeatureStore.open(path)
     fs.verify()  # a missing, damaged or reshaped chunk is named here, whichever arrays are used below
     meta = fs.meta
+    if fs.num_instances == 0:  # (its meta.json then names no feature array either)
+        raise PosecalInputError("the store holds no rows (0 instances): nothing to fit or rescore",
+                                file=str(path))
     if fs.feature_name is None:
         raise PosecalInputError("store has no feature tensor (extract with --pooling)", file=str(path))
     try:
@@ -297,11 +310,17 @@ def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> Sto
     if isinstance(K, int) and K != ks.num_keypoints:
         raise PosecalInputError(f"{ks.name} has {ks.num_keypoints} keypoints but the store's arrays hold {K} "
                                 "(edited?)", file=str(Path(path) / "meta.json"), field="keypoint_set")
-    feats = store_features(fs) if features else np.zeros((fs.num_instances, 0))
-    for name, arr in ((fs.feature_name, feats), ("keypoints", fs.read("keypoints")), ("scores", fs.read("scores"))):
-        check_finite_rows(arr, path, name)
-    records = fs.predictions  # one valid record per row, in row order (FeatureStore checks it)
     box_score = fs.read("box_score") if "box_score" in fs.arrays else np.ones(fs.num_instances)
+    # the raw arrays first: the features may carry the instance evidence computed from scores and box_score,
+    # and a NaN there is to be named where it is, not in the features
+    raw = [("keypoints", fs.read("keypoints")), ("scores", fs.read("scores")), ("box_score", box_score)]
+    if "bbox" in fs.arrays:  # read by the context stage and the evidence columns
+        raw.append(("bbox", fs.read("bbox")))
+    for name, arr in raw:
+        check_finite_rows(np.asarray(arr, np.float64), path, name)
+    feats = store_features(fs) if features else np.zeros((fs.num_instances, 0))
+    check_finite_rows(feats, path, fs.feature_name)
+    records = fs.predictions  # one valid record per row, in row order (FeatureStore checks it)
     gt = None
     t: dict[str, Any] = dict.fromkeys(("oks", "vis", "has", "conf_mask", "vis_mask", "match"))
     if fs.gt_path is not None:
@@ -437,10 +456,38 @@ def evidence_columns(path: str, names: tuple[str, ...] | list[str], sigmas: np.n
     if "pose" in names and "input_size" not in fs.meta:
         raise PosecalInputError("evidence 'pose' needs the store's model input size (meta.json input_size)",
                                 file=str(fs.path), field="evidence")
+    if "pose" in names:
+        _check_input_size(fs.meta["input_size"], Path(fs.path) / "meta.json")
     arrays = {a: fs.read(a) for a in sorted(need)}
+    for a, arr in arrays.items():
+        _check_evidence_array(a, arr, fs.path)
     if not arrays:
         return np.zeros((fs.num_instances, len(sigmas), 0), np.float32)
     return evidence_from_arrays(names, sigmas, arrays, fs.meta.get("input_size"))
+
+
+def _check_input_size(size: Any, file: Path) -> None:
+    """meta.json ``input_size``: [W, H], two finite positive numbers (the pose evidence divides by them)."""
+    ok = isinstance(size, list) and len(size) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0 for v in size)
+    if not ok:
+        raise PosecalInputError(f"expected [W, H], two positive numbers, got {str(size)[:80]} (edited?)",
+                                file=str(file), field="input_size")
+
+
+def _check_evidence_array(name: str, arr: np.ndarray, path: Any) -> None:
+    """A store array an evidence column reads: finite in every row; ``sigma_hat`` may be NaN (no estimate)
+    but neither infinite nor negative (a spread)."""
+    a = np.asarray(arr, np.float64)
+    if name != "sigma_hat":
+        check_finite_rows(a, path, name)
+        return
+    flat = a.reshape(len(a), -1)
+    bad = (np.isinf(flat) | (flat < 0)).any(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise PosecalInputError(f"{int(bad.sum())} rows hold an infinite or negative heatmap spread (first: row "
+                                f"{i}; NaN marks 'no estimate')", file=str(path), record=i, field=name)
 
 
 def head_inputs(data: StoreData, evidence: tuple[str, ...] | list[str] = ()) -> np.ndarray:

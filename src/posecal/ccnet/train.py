@@ -12,6 +12,7 @@ floating-point summation order.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,10 @@ __all__ = [
     "distributed_env",
     "default_device",
 ]
+
+
+MAX_HYPER = 1e30
+"""Largest ``lr``, ``weight_decay`` and ``lam`` a :class:`TrainConfig` takes (see :func:`_check_config`)."""
 
 
 @dataclass
@@ -139,6 +144,13 @@ def _check_config(cfg: TrainConfig) -> None:
     if cfg.filter_rank and cfg.head not in ("kpt", "kpt_inst"):
         raise PosecalInputError(f"filter_rank applies to 'kpt' / 'kpt_inst' heads, not {cfg.head!r}",
                                 field="filter_rank")
+    # the optimiser steps float32 weights by lr / (1 - beta1) and decays them by weight_decay: above MAX_HYPER
+    # torch cannot even represent the step (an exception, not a diverged head)
+    for name, v in (("lr", cfg.lr), ("weight_decay", cfg.weight_decay), ("lam", cfg.lam)):
+        low = "(0" if name == "lr" else "[0"
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= MAX_HYPER) or (low == "(0" and v == 0):
+            raise PosecalInputError(f"{name} must be a finite number in {low}, {MAX_HYPER:g}], got {v!r}",
+                                    field="--" + name.replace("_", "-"))
 
 
 def _mask_tensor(mask: np.ndarray | None) -> torch.Tensor | None:
@@ -283,7 +295,18 @@ def fit_head(
 
 
 def _finish(head: CCNetHead, cfg: TrainConfig) -> CCNetHead:
-    """The trained head with ``cfg.filter_rank`` applied."""
+    """The trained head with ``cfg.filter_rank`` applied; :class:`PosecalInputError` when training diverged
+    (a weight NaN, infinite or beyond :data:`posecal.ccnet.checkpoint.MAX_ABS`: such a head would be written,
+    then refused by ``load_head``)."""
+    from posecal.ccnet.checkpoint import MAX_ABS
+
+    bad = [k for k, t in head.state_dict().items()
+           if t.numel() and not (bool(torch.isfinite(t).all()) and float(t.double().abs().max()) <= MAX_ABS)]
+    if bad:
+        raise PosecalInputError(f"training diverged: the head's weights became NaN, infinite or above {MAX_ABS:g} "
+                                f"in magnitude ({bad[0]}; load_head would refuse them) with lr "
+                                f"{cfg.lr:g}, weight_decay {cfg.weight_decay:g}, lam {cfg.lam:g}; nothing written "
+                                "(lower --lr, --weight-decay or --lam)", field="--lr")
     if cfg.filter_rank:
         from posecal.ccnet.heads import project_filter_rank
 

@@ -121,6 +121,9 @@ def _check_before_training(args: argparse.Namespace) -> None:
     """Everything that can be checked before minutes of training: outputs (no input, writable), device."""
     from posecal._outputs import check_creatable, refuse_clobber
 
+    if args.out == "-":  # apply's '-' (stdout) has no meaning for a head folder of two or three files
+        raise PosecalInputError("a head is a folder (head.json + head.safetensors) and cannot be written to "
+                                "stdout: give a folder name", field="--out")
     refuse_clobber({"--store": args.store, "--val-store": args.val_store}, {"--out": args.out},
                    dir_outputs={"--out": ["head.json", "head.safetensors"]})
     check_creatable(args.out, "dir")
