@@ -571,3 +571,18 @@ def test_boolean_iscrowd_and_boxes_checked_against_the_image_header_size(tmp_pat
     assert len(instances(d, boxes=det, boxes_file="det.json")) == 1  # no size known: nothing to check against
     with pytest.raises(PosecalInputError, match="on a 100 × 80 image"):
         instances(d, boxes=det, boxes_file="det.json", image_size=lambda name: (100, 80))
+
+
+def test_ctrl_c_while_modules_load_is_one_line_exit_130(monkeypatch, capsys):
+    """A KeyboardInterrupt raised before main's own handler (e.g. while a subcommand's modules import) is
+    still one line and exit 130, not a traceback."""
+    import posecal.cli as cli
+
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "main", interrupted)
+    with pytest.raises(SystemExit) as e:
+        cli.console_main()
+    assert e.value.code == 130
+    assert capsys.readouterr().err == "posecal: interrupted\n"

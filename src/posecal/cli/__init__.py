@@ -177,7 +177,11 @@ def console_main() -> None:
     # a warning that escapes the per-command handler is still one line, without source paths or code lines
     warnings.formatwarning = lambda message, category, filename, lineno, line=None: (  # type: ignore[assignment]
         f"posecal: warning: {one_line(message)}\n")
-    rc = main()
+    try:
+        rc = main()
+    except KeyboardInterrupt:  # Ctrl-C before main's own handler is in place (while modules load)
+        sys.stderr.write("posecal: interrupted\n")
+        sys.exit(130)
     if rc == 0 and getattr(sys.modules.get("posecal.cli.evaluate"), "_finished_plain", False):
         try:
             sys.stdout.flush()
