@@ -43,20 +43,29 @@ def _raw_results(seed: int, n_images: int = 3, per_image: int = 6):
     return recs
 
 
-def _expected(recs, thr):
-    """MMPose CocoMetric: bbox_keypoint score (box score x mean of keypoint scores > 0.2, 0 when none), then
-    oks_nms per image with the crop-box areas; the kept records in input order."""
+def _mmpose_keep(recs, thr, score, area):
+    """MMPose's verbatim oks_nms per image on instance ``score(k (17, 3), record)`` and ``area(k, record)``; the
+    kept records' indices in input order."""
     keep = []
     for img in sorted({r["image_id"] for r in recs}):
         rows = [i for i, r in enumerate(recs) if r["image_id"] == img]
         db = []
         for i in rows:
             k = np.array(recs[i]["keypoints"], np.float64).reshape(17, 3)
-            m = k[:, 2] > 0.2
-            score = recs[i]["bbox_score"] * (k[m, 2].mean() if m.any() else 0.0)
-            db.append({"keypoints": k, "score": score, "area": _mmpose_area(recs[i]["bbox"])})
+            db.append({"keypoints": k, "score": score(k, recs[i]), "area": area(k, recs[i])})
         keep += [rows[j] for j in mmpose_oks_nms(db, thr, COCO17)]
     return sorted(keep)
+
+
+def _bbox_keypoint(k, rec):
+    """MMPose's bbox_keypoint score: box score x mean of the keypoint scores > 0.2 (0 when none)."""
+    m = k[:, 2] > 0.2
+    return rec["bbox_score"] * (k[m, 2].mean() if m.any() else 0.0)
+
+
+def _expected(recs, thr):
+    """MMPose CocoMetric: bbox_keypoint score, then oks_nms per image with the crop-box areas."""
+    return _mmpose_keep(recs, thr, _bbox_keypoint, lambda k, rec: _mmpose_area(rec["bbox"]))
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -87,16 +96,9 @@ def test_oks_nms_without_boxes_uses_the_keypoint_extent(tmp_path: Path):
                             "--out", tmp_path / "o.json"])
     assert rc == 0, err
     got = json.loads((tmp_path / "o.json").read_text())
-    keep = []
-    for img in sorted({r["image_id"] for r in recs}):
-        rows = [i for i, r in enumerate(recs) if r["image_id"] == img]
-        db = []
-        for i in rows:
-            k = np.array(recs[i]["keypoints"], np.float64).reshape(17, 3)
-            ext = np.ptp(k[:, 0]) * np.ptp(k[:, 1])  # MMPose's score_mode 'keypoint': the plain mean
-            db.append({"keypoints": k, "score": k[:, 2].mean(), "area": ext})
-        keep += [rows[j] for j in mmpose_oks_nms(db, 0.9, COCO17)]
-    assert [g["keypoints"] for g in got] == [recs[i]["keypoints"] for i in sorted(keep)]
+    # MMPose's score_mode 'keypoint' (the plain mean) and, without boxes, the keypoint extent as the area
+    keep = _mmpose_keep(recs, 0.9, lambda k, rec: k[:, 2].mean(), lambda k, rec: np.ptp(k[:, 0]) * np.ptp(k[:, 1]))
+    assert [g["keypoints"] for g in got] == [recs[i]["keypoints"] for i in keep]
     assert json.loads(stdout)["oks_nms"]["area"] == "extent"
 
 

@@ -109,3 +109,20 @@ def warp(image: np.ndarray, M: np.ndarray, out_size: tuple[int, int], fill: int 
     out = im.transform(tuple(int(v) for v in out_size), Image.Transform.AFFINE, coeffs,
                        resample=Image.Resampling.BILINEAR, fillcolor=(fill,) * 3)
     return np.asarray(out)
+
+
+def warn_image_sizes(odd: list[tuple[int, str, tuple[int, int], tuple[int, int]]], data_file: str | None,
+                     stacklevel: int = 3) -> None:
+    """One warning for the images whose header size differs from the data's ``width``/``height``: ``odd`` holds
+    (record index, file name, header (w, h), data (w, h)) per such image (a wrong ``--images`` folder, or resized
+    copies). Nothing when ``odd`` is empty."""
+    if not odd:
+        return
+    import warnings
+
+    from posecal.errors import PosecalWarning
+
+    r, name, wh, want = odd[0]
+    warnings.warn(f"{data_file}: {len(odd)} image(s) differ in size from the data's width/height (first: record "
+                  f"images[{r}], {name} is {wh[0]}x{wh[1]}, the data says {want[0]}x{want[1]}); does --images "
+                  "hold this data's images?", PosecalWarning, stacklevel=stacklevel + 1)

@@ -268,15 +268,9 @@ def _warn_size_mismatch(data: dict[str, Any], img_dir: Path, data_file: str | No
             continue
         if wh != (int(im["width"]), int(im["height"])):
             odd.append((r, im["file_name"], wh, (int(im["width"]), int(im["height"]))))
-    if odd:
-        import warnings
+    from posecal.models.crop import warn_image_sizes
 
-        from posecal.errors import PosecalWarning
-
-        r, name, wh, want = odd[0]
-        warnings.warn(f"{data_file}: {len(odd)} image(s) differ in size from the data's width/height (first: record "
-                      f"images[{r}], {name} is {wh[0]}x{wh[1]}, the data says {want[0]}x{want[1]}); does --images "
-                      "hold this data's images?", PosecalWarning, stacklevel=3)
+    warn_image_sizes(odd, data_file, stacklevel=3)
 
 
 def _listed_images(img_dir: Path) -> list[str]:

@@ -454,11 +454,9 @@ def _warn_size_mismatch(insts: list, d: dict[str, Any], data_file: str,
         wh = header_size(im["file_name"])
         if wh is not None and wh != (int(im["width"]), int(im["height"])):
             odd.append((r, im["file_name"], wh, (int(im["width"]), int(im["height"]))))
-    if odd:
-        r, name, wh, want = odd[0]
-        warnings.warn(f"{data_file}: {len(odd)} image(s) differ in size from the data's width/height (first: record "
-                      f"images[{r}], {name} is {wh[0]}x{wh[1]}, the data says {want[0]}x{want[1]}); does --images "
-                      "hold this data's images?", PosecalWarning, stacklevel=3)
+    from posecal.models.crop import warn_image_sizes
+
+    warn_image_sizes(odd, data_file, stacklevel=3)
 
 
 def _read_inputs(data: str | os.PathLike | dict, data_file: str, boxes: str | os.PathLike | list | None,
