@@ -22,7 +22,7 @@ from pathlib import Path
 
 from posecal.errors import PosecalInputError
 
-__all__ = ["refuse_clobber", "check_creatable", "atomic_dir", "real"]
+__all__ = ["refuse_clobber", "check_creatable", "atomic_dir", "real", "replace_dir", "signals_deferred"]
 
 PathLike = str | os.PathLike
 
@@ -204,3 +204,42 @@ def atomic_dir(path: PathLike, flag: str = "--out") -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM / SIGHUP back (main thread, POSIX) for a few renames that must happen together;
+    a signal that arrives meanwhile is delivered when the block ends. Elsewhere: no-op."""
+    import signal
+    import threading
+
+    sigs = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def replace_dir(tmp: PathLike, final: PathLike) -> None:
+    """Move the finished folder ``tmp`` to ``final`` (a sibling), replacing a previous ``final`` as a whole.
+
+    The old folder is first renamed aside (a fresh hidden sibling), then ``tmp`` renamed into place, with
+    Ctrl-C held back between the two renames, so ``final`` is always either the old or the new folder;
+    the old one is deleted afterwards."""
+    tmp, final = Path(tmp), Path(final)
+    if not os.path.lexists(final):
+        os.replace(tmp, final)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+    with signals_deferred():
+        os.replace(final, aside / "x")
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(aside / "x", final)  # put the old folder back
+            raise
+    shutil.rmtree(aside, ignore_errors=True)

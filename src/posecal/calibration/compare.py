@@ -234,9 +234,16 @@ class CompareResult:
                             "interval": [num(v) for v in self.interval[m]],
                             "p_better": num(self.p_better[m]),
                             "p_tied": num(self.p_tied.get(m, float("nan"))),
+                            "resamples_used": self.used(m),
                             **{f"{w.lower()}_reason": self.undefined[w][m] for w in ("A", "B")
                                if m in self.undefined.get(w, {})}} for m in METRICS},
         }
+
+    def used(self, m: str) -> int:
+        """Resamples where Δ of ``m`` is defined (the interval and P(B better) are over these only: a resample
+        that drew no person has no AP/AR, one with fewer than 2 pairs no Pearson/AUSE)."""
+        s = self.samples.get(m)
+        return self.resamples if s is None else int(np.isfinite(s).sum())
 
     def reason(self, m: str) -> str:
         """Why ``m`` is n/a on the full data ('' when both files have a value)."""
@@ -266,6 +273,12 @@ def _why_undefined(pe: PerImageEval) -> dict[str, str]:
         if not np.isfinite(pe.stats[m]) or pe.stats[m] < 0:
             out[m] = "no ground-truth person to evaluate"
     return out
+
+
+def _defined(ap_ar: tuple[float, float]) -> tuple[float, float]:
+    """A resample's (AP, AR) with pycocotools' −1 (no person drawn: nothing to score) as NaN, so that such a
+    resample is left out of the interval and of P(B better) instead of counting as a tie (−1 − (−1) = 0)."""
+    return tuple(v if v >= 0 else float("nan") for v in ap_ar)  # type: ignore[return-value]
 
 
 def compare(gt: Any, res_a: Any, res_b: Any, *, resamples: int = 1000, seed: int = 0, level: float = 0.95,
@@ -302,8 +315,8 @@ def compare(gt: Any, res_a: Any, res_b: Any, *, resamples: int = 1000, seed: int
     bar = progress(total=resamples, desc="bootstrap", disable=not show_progress or None)
     for r in range(resamples):
         draw = rng.integers(0, I, size=I)
-        ap_a, ar_a = resample_ap_ar(pa, draw)
-        ap_b, ar_b = resample_ap_ar(pb, draw)
+        ap_a, ar_a = _defined(resample_ap_ar(pa, draw))
+        ap_b, ar_b = _defined(resample_ap_ar(pb, draw))
         pr_a, au_a = _calib(pa, draw)
         pr_b, au_b = _calib(pb, draw)
         samples["AP"][r], samples["AR"][r] = ap_b - ap_a, ar_b - ar_a

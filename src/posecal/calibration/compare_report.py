@@ -13,15 +13,17 @@ import html
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from posecal._outputs import replace_dir
 from posecal._util import write_bytes_atomic, write_json_atomic
 from posecal.calibration.compare import METRICS, CompareResult, PerImageEval, accumulate_images
 from posecal.calibration.metrics import calibration_error, sparsification
-from posecal.calibration.report import _file_mode, _no_data, _plt, _save
-from posecal.errors import PosecalInputError
+from posecal.calibration.report import _file_mode, _no_data, _placeholder, _plt, _save
+from posecal.errors import PosecalInputError, PosecalWarning
 from posecal.metrics.cocoeval import REC_THRS
 
 __all__ = ["write_compare_report"]
@@ -96,6 +98,20 @@ def _fig_sparsification(plt, pes: dict[str, PerImageEval], path: Path) -> None:
     plt.close(fig)
 
 
+def _draw(plt, fn, pes: dict[str, PerImageEval], path: Path) -> None:
+    """Draw one figure; one that cannot be drawn (e.g. scores near ±1e308: no axis spans them) becomes a
+    placeholder saying why, with a warning, so the page and its links stay whole."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Tight layout not applied")
+            fn(plt, pes, path)
+    except (ValueError, OverflowError) as e:
+        plt.close("all")
+        _placeholder(plt, path, f"not drawn: {e}")
+        warnings.warn(f"{path.name}: not drawn ({e}); the numbers are in compare.json", PosecalWarning,
+                      stacklevel=2)
+
+
 FIGURES = {"pr_curves.png": _fig_pr, "reliability.png": _fig_reliability, "sparsification.png": _fig_sparsification}
 
 
@@ -116,6 +132,9 @@ def _html(res: CompareResult, names: dict[str, str]) -> str:
                     f"{' *' if excl else ''}</td><td>{_cell(res.p_better[m])}{' (all tied)' if res.all_tied(m) else ''}"
                     f"</td><td>{e(_MEANING[m])}{f' <i>(n/a: {e(res.reason(m))})</i>' if res.reason(m) else ''}"
                     "</td></tr>")
+    left = [f"{m} {res.resamples - res.used(m)}" for m in METRICS if 0 < res.used(m) < res.resamples]
+    left_p = (f"<p>Resamples left out (Δ undefined there: no person drawn, or fewer than 2 pairs): "
+              f"{e(', '.join(left))}.</p>") if left else ""
     figs = "".join(f'<h2>{e(f[:-4].replace("_", " "))}</h2><img src="{f}" alt="{e(f)}">' for f in FIGURES)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>posecal compare</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:4px 10px;
@@ -127,7 +146,7 @@ ground truth = <code>{e(names['gt'])}</code></p>
 <th>P(B better)</th><th>meaning</th></tr>{''.join(rows)}</table>
 <p>Paired bootstrap over the {res.images} images: {res.resamples} resamples, seed {res.seed}; AP/AR recomputed
 exactly per resample. * = the interval excludes 0. P(B better): fraction of resamples where B beats A,
-ties (Δ exactly 0) counted as half; "all tied": B equals A on every resample.</p>
+ties (Δ exactly 0) counted as half; "all tied": B equals A on every resample.</p>{left_p}
 {figs}</body></html>"""
 
 
@@ -144,24 +163,19 @@ def write_compare_report(res: CompareResult, pes: dict[str, PerImageEval], out_d
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
     except OSError as err:
-        raise PosecalInputError(f"cannot create the report folder: {err.strerror}", file=str(out)) from None
+        raise PosecalInputError(f"cannot create the report folder: {err.strerror or err}", file=str(out),
+                                field="--report") from None
     try:
         plt = _plt()
         for name, fn in FIGURES.items():
-            fn(plt, pes, tmp / name)
+            _draw(plt, fn, pes, tmp / name)
         write_json_atomic(tmp / "compare.json", {**res.to_dict(), "files": names})
         write_bytes_atomic(tmp / "index.html", _html(res, names).encode())
         mode = _file_mode()
         for p in tmp.iterdir():
             os.chmod(p, mode)
         os.chmod(tmp, mode | ((mode & 0o444) >> 2))  # a folder: x wherever r (mkdtemp makes it 0700)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
-            os.rename(out, old / "x")
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)  # the old report or the new one, never neither (Ctrl-C held back meanwhile)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -11,7 +11,8 @@ overlaid.
 
 P(B better) is the fraction of resamples where B beats A, resamples with Δ exactly 0 counted as half; a
 metric tied on every resample (ΔAR when B only reorders the scores) shows 0.5000 (all tied). ``--json``
-also gives ``p_tied``, the tied fraction.
+also gives ``p_tied``, the tied fraction. A resample where Δ is undefined (it drew no person: no AP/AR; fewer
+than 2 pairs: no Pearson/AUSE) is left out, not counted as a tie; ``resamples_used`` says how many count.
 
 ``--sigmas`` and ``--keypoint-set`` work as in ``posecal evaluate`` (space- or comma-separated sigmas).
 Before the result files, the sigma list ends at the first value that is not a number:
@@ -139,12 +140,13 @@ def run(args: argparse.Namespace) -> int:
     if args.report is not None:
         import importlib.util
 
-        from posecal._outputs import check_report_folder
+        from posecal._outputs import check_creatable, check_report_folder
 
         if importlib.util.find_spec("matplotlib") is None:  # before the bootstrap, not after it
             raise PosecalInputError("needs matplotlib: pip install 'posecal[report]'", field="--report")
 
         check_report_folder(args.report, paths)  # not an input, none inside it, nothing of the user's lost
+        check_creatable(args.report, "dir", field="--report")  # its folder writable, before the bootstrap
     gt = load_gt(args.gt)
     sigmas, _ = _parse_sigmas(args, gt)  # --sigmas / --keypoint-set / the gt's set, exactly as evaluate
     ra, rb = load_results(args.a, gt), load_results(args.b, gt)
@@ -170,6 +172,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{m:<8} {_fmt(res.a[m]):>8} {_fmt(res.b[m]):>8} {_fmt(res.delta[m], True):>9}  "
               f"[{_fmt(lo, True)}, {_fmt(hi, True)}]  {_fmt(res.p_better[m])}"
               f"{' (all tied)' if res.all_tied(m) else ''}{f'  n/a: {res.reason(m)}' if res.reason(m) else ''}")
+    left_out = [f"{m} {res.resamples - res.used(m)}" for m in METRICS if 0 < res.used(m) < res.resamples]
+    if left_out:
+        print(f"resamples left out (Δ undefined: no person drawn, or fewer than 2 pairs): {', '.join(left_out)}")
     if args.report is not None:
         print(f"posecal compare: report written to {args.report}/index.html", file=sys.stderr)
     return 0

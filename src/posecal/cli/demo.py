@@ -17,12 +17,19 @@ The final table has one row per stage: AP and AR (COCO, OKS .50:.95), gap = AR â
 of instance confidence with OKS, AUSE (instance, 1 âˆ’ OKS); the HTML report (``DIR/index.html``) links a full
 calibration report (:mod:`posecal.calibration.report`) per row. ``--json`` prints the table as JSON (it is
 always written to ``DIR/demo.json``).
+
+``DIR`` is built in a hidden sibling and moved into place whole, replacing a previous demo folder; a folder
+holding anything else is refused. Ctrl-C leaves ``DIR`` as it was (with ``--lsp`` the work so far stays in
+``.DIR.partial`` and the next run resumes it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from posecal.cli._args import nonneg_int, positive_int, threads
@@ -50,9 +57,36 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+DEMO_ENTRIES = ("before", "closed_form", "ccnet", "head", "work", "demo.json", "index.html")
+
+
+def check_demo_folder(out: Path) -> None:
+    """``--out`` may be new, empty or a previous demo's folder (it is replaced as a whole): refuse anything
+    else before any work, so nothing of the user's is lost."""
+    if not out.is_dir():
+        return
+    names = sorted(e.name for e in out.iterdir())
+    foreign = [n for n in names if n not in DEMO_ENTRIES]
+    if names and (foreign or "demo.json" not in names):
+        what = f"holds {foreign[0]!r}" if foreign else "is not empty and holds no demo.json"
+        raise PosecalInputError(f"{what}: not a posecal demo folder, and the demo replaces the folder as a "
+                                "whole; choose a new or empty folder", file=str(out), field="--out")
+
+
+def _publish(stage: Path, out: Path, doc: dict) -> None:
+    """Write demo.json and index.html into the finished ``stage`` and move it to ``out`` in one rename."""
+    from posecal._outputs import replace_dir
+    from posecal._util import current_umask
+    from posecal.demo import write_outputs
+
+    write_outputs(stage, doc)
+    os.chmod(stage, 0o777 & ~current_umask())  # mkdtemp makes it 0700; the report is meant to be shared
+    replace_dir(stage, out)
+
+
 def run(args: argparse.Namespace) -> int:
     from posecal._util import dumps_json
-    from posecal.demo import SIM_BANNER, format_table, run_lsp, run_simulation, write_outputs
+    from posecal.demo import SIM_BANNER, format_table, run_lsp, run_simulation
 
     if args.lsp is None and args.model is not None:
         raise PosecalInputError("--model needs --lsp DIR (without both: the simulation demo)", field="--lsp")
@@ -61,24 +95,38 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or DEFAULT_OUT["lsp" if args.lsp is not None else "simulation"])
     refuse_clobber({"--lsp": args.lsp, "--model": args.model}, {"--out": out})
     check_creatable(out, "dir")
+    check_demo_folder(out)
+    if args.lsp is not None and args.model is None:
+        raise PosecalInputError("--lsp needs --model (e.g. EfficientPoseI.tflite)", field="--model")
+    # built in a hidden sibling and moved into place whole: OUT is never half-written
     if args.lsp is not None:
-        if args.model is None:
-            raise PosecalInputError("--lsp needs --model (e.g. EfficientPoseI.tflite)", field="--model")
-        fresh = not out.exists()
+        stage = out.parent / f".{out.name}.partial"  # kept on Ctrl-C: the next run resumes its extraction
+        fresh = not stage.exists()
+        stage.mkdir(parents=True, exist_ok=True)
         try:
-            doc = run_lsp(Path(args.lsp), Path(args.model), out, augment=args.augment, steps=args.steps,
+            doc = run_lsp(Path(args.lsp), Path(args.model), stage, augment=args.augment, steps=args.steps,
                           seed=args.seed, threads=args.threads)
-        except Exception:  # a failed real-data demo leaves no half-made folder it created (Ctrl-C keeps it)
-            if fresh and out.is_dir():
-                import shutil
-
-                shutil.rmtree(out, ignore_errors=True)
+            doc["provenance"]["head"] = str(out / "head")
+            _publish(stage, out, doc)
+        except KeyboardInterrupt:
+            if stage.is_dir():
+                print(f"posecal demo: the work so far is kept in {stage} (the next run resumes it); {out} was "
+                      "not touched", file=sys.stderr)
+            raise
+        except BaseException:  # a failed real-data demo leaves nothing it made
+            if fresh:
+                shutil.rmtree(stage, ignore_errors=True)
             raise
     else:
         print(SIM_BANNER, file=sys.stderr)
-        doc = run_simulation(out, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
-                             steps=args.steps or 2000, threads=args.threads)
-    write_outputs(out, doc)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        try:
+            doc = run_simulation(stage, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
+                                 steps=args.steps or 2000, threads=args.threads)
+            _publish(stage, out, doc)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)  # gone already when published
     if args.json:
         sys.stdout.write(dumps_json(doc, indent=True).decode() + "\n")
     else:

@@ -226,14 +226,11 @@ def _umask() -> int:
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished report folder into place (an existing report folder is replaced)."""
-    if final.is_dir():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    """Move the finished report folder into place (an existing report folder is replaced as a whole; Ctrl-C
+    between the renames is held back, so DIR is always the old report or the new one)."""
+    from posecal._outputs import replace_dir
+
+    replace_dir(tmp, final)
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -258,7 +255,7 @@ def check_outputs(args: argparse.Namespace) -> None:
         return
     if importlib.util.find_spec("matplotlib") is None:
         raise PosecalInputError("needs matplotlib: pip install 'posecal[report]'", None, None, "--report")
-    from posecal._outputs import check_report_folder, real
+    from posecal._outputs import check_creatable, check_report_folder, real
 
     d = Path(args.report)
     if args.json and args.json != "-" and real(d) in real(args.json).parents:
@@ -267,6 +264,7 @@ def check_outputs(args: argparse.Namespace) -> None:
                                 None, "--json")
     check_report_folder(d, {"--gt": args.gt, "--pred": args.pred})  # a folder, no input inside, nothing lost
     _check_writable_dir(d.parent if str(d.parent) else Path("."), str(d), "--report")
+    check_creatable(d, "dir", field="--report")  # files can really be created there (root, read-only mounts)
 
 
 def _check_writable_file(path: str, flag: str) -> None:

@@ -46,6 +46,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def _check_head(head: str | None) -> None:
+    """``--head`` names a CCNet head folder (``posecal fit --out``), checked before any model runs."""
+    from posecal.errors import PosecalInputError
+
+    if head is None:
+        return
+    h = Path(head)
+    if not h.exists():
+        raise PosecalInputError("no such folder (--head takes a CCNet head folder, as posecal fit --out writes)",
+                                file=head, field="--head")
+    if not h.is_dir():
+        raise PosecalInputError("not a folder (--head takes a CCNet head folder, as posecal fit --out writes)",
+                                file=head, field="--head")
+    if not (h / "head.json").is_file():
+        raise PosecalInputError("holds no head.json: not a posecal CCNet head folder (posecal fit --out)",
+                                file=head, field="--head")
+
+
 def run(args: argparse.Namespace) -> int:
     from posecal._outputs import atomic_dir, check_creatable, refuse_clobber
     from posecal._util import dumps_json, write_json_atomic
@@ -59,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         ins = {"--store": args.store, "--head": args.head}
     refuse_clobber(ins, {"--out": out}, dir_outputs={"--out": [f"{args.study}.png", f"{args.study}.json"]})
     check_creatable(out, "dir")
+    _check_head(args.head)
     if args.study == "occlusion":
         from posecal.studies.occlusion import DEFAULT_RADII, occlusion_study, plot_occlusion
 
