@@ -6,9 +6,7 @@ Everything is built here from synthetic COCO sets (``_cocogen``); nothing needs 
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
 import os
 import re
@@ -19,32 +17,15 @@ import numpy as np
 import pytest
 
 from _cocogen import make_coco_set
-from posecal.cli import main
+from test_hostile_inputs import _one_error, _run, _write
 
 pytest.importorskip("matplotlib")
 
 
-def _run(argv: list) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as e:
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
 
 
-def _write(path: Path, obj) -> Path:
-    path.write_text(json.dumps(obj))
-    return path
 
 
-def _one_error(rc: int, err: str, *needles: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ": warning: " not in ln]
-    assert rc == 2 and len(lines) == 1 and ": error: " in lines[0] and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def _strict(text: str):

@@ -4,8 +4,6 @@ is kept and warned about."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 from pathlib import Path
@@ -14,26 +12,8 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-from posecal.cli import main
 from posecal.errors import PosecalInputError, PosecalWarning
-
-
-def _run(argv: list) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as e:  # argparse's own errors
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
-
-
-def _one_error(rc: int, err: str, *needles: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ": warning: " not in ln]
-    assert rc == 2 and len(lines) == 1 and ": error: " in lines[0] and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
+from test_hostile_inputs import _one_error, _run
 
 
 def _lsp(n: int = 3) -> np.ndarray:

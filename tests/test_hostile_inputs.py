@@ -35,11 +35,13 @@ def _write(path: Path, obj) -> Path:
     return path
 
 
-def _one_error(rc: int, err: str, *needles: str) -> None:
+def _one_error(rc: int, err: str, *needles: str) -> str:
+    """Exit 2 and one error line (warnings aside), no traceback, naming each of ``needles``; returns the line."""
     lines = [ln for ln in err.strip().splitlines() if ": warning: " not in ln]
-    assert rc == 2 and len(lines) == 1 and ": error: " in lines[0], err
+    assert rc == 2 and len(lines) == 1 and ": error: " in lines[0] and "Traceback" not in err, err
     for n in needles:
         assert n in lines[0], (n, lines[0])
+    return lines[0]
 
 
 @pytest.fixture
