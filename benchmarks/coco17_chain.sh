@@ -5,12 +5,13 @@
 # each half in turn plays the hidden check's training "COCOMINI" and the other the hidden test set:
 #   detect -> extract --boxes -> fit --store S_LSPET --store S_TRAIN -> apply -> evaluate / compare.
 # Usage (in an empty work directory):
-#   bash benchmarks/coco17_chain.sh SHARED_DIR S_LSPET
-# SHARED_DIR: ../shared; S_LSPET: the SimplePose store of LSPET-as-COCO-17 (`posecal convert lspet ...
-# --keypoint-set coco17`, then `posecal extract --model ...simplepose.onnx` with defaults).
+#   bash benchmarks/coco17_chain.sh SHARED_DIR S_LSPET [MODEL]
+# SHARED_DIR: ../shared; S_LSPET: the store of LSPET-as-COCO-17 made with the same pose model (`posecal convert
+# lspet ... --keypoint-set coco17`, then `posecal extract --model MODEL` with defaults); MODEL: the pose model
+# (default SHARED_DIR/models/simplepose/ultralight-nano-simplepose.onnx; e.g. .../movenet/movenet-thunder.onnx).
 set -euo pipefail
 S=${1:?shared dir}; LSPET=${2:?SimplePose LSPET store}
-M=$S/models/simplepose/ultralight-nano-simplepose.onnx; ND=$S/models/nanodet/nanodet-m-416.onnx
+M=${3:-$S/models/simplepose/ultralight-nano-simplepose.onnx}; ND=$S/models/nanodet/nanodet-m-416.onnx
 GT=$S/data/coco-mini/person_keypoints_train2017.json; IM=$S/data/coco-mini/train2017
 python3 - "$GT" <<'PY'
 import json, sys
