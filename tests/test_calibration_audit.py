@@ -182,3 +182,21 @@ def test_perturbation_free_predictions(mini, tmp_path):
     assert m["ause_instance"] == 0.0 and m["aurc"] == 0.0
     write_report(a, tmp_path / "rep")
     check_report(tmp_path / "rep")
+
+
+def test_audit_without_labelled_ground_truth_reports_nothing_as_perfect():
+    """A gt with no labelled keypoint: every detection would pair with OKS 0 and AUSE / ECE / AURC would read as
+    numbers (AUSE 0 = "perfect ranking"); every pair metric is n/a with the reason instead."""
+    from _cocogen import make_coco_set
+    from posecal.calibration.audit import NO_GT
+
+    gt_dict, res = make_coco_set(5, n_images=4, max_gts=3, max_dets=4)
+    for a in gt_dict["annotations"]:
+        a["keypoints"] = [0] * len(a["keypoints"])
+        a["num_keypoints"] = 0
+    audit = run_audit(load_gt(gt_dict), load_results(res))
+    m = audit.metrics
+    assert len(res) > 0 and m["n_instance_pairs"] == 0
+    for k in ("mAP", "ause_instance", "ece", "aurc", "pearson_instance"):
+        assert m[k] is None and m[k + "_reason"] == NO_GT, (k, m[k], m.get(k + "_reason"))
+    json.dumps(m, allow_nan=False)  # strict JSON

@@ -20,6 +20,9 @@ from posecal.calibration import metrics as M
 from posecal.calibration.pairs import InstancePairs, KeypointPairs, instance_pairs, keypoint_pairs, oracle_oks
 from posecal.errors import PosecalInputError
 
+NO_GT = "no labelled ground truth to evaluate"
+"""The reason given for every metric when the ground truth holds no person with a labelled keypoint."""
+
 if TYPE_CHECKING:
     from posecal.io.coco import CocoGroundTruth, CocoResults
     from posecal.metrics.cocoeval import CocoEvalResult
@@ -93,7 +96,7 @@ def _set(out: dict[str, object], key: str, fn: Callable[[], float]) -> float | N
 def _ap(stats: dict[str, float], key: str, n_det: int = 1) -> float:
     v = float(stats[key])
     if v < 0:  # pycocotools' -1: nothing to evaluate
-        raise M.MetricUndefined("no detections" if n_det == 0 else "no labelled ground truth to evaluate")
+        raise M.MetricUndefined("no detections" if n_det == 0 else NO_GT)
     return v
 
 
@@ -203,7 +206,7 @@ def random_bound(
         m["random_AP"], m["random_AP_reason"] = None, "n_random = 0"
         return m, None
     if min(rand_ap) < 0:
-        m["random_AP"], m["random_AP_reason"] = None, "no labelled ground truth to evaluate"
+        m["random_AP"], m["random_AP_reason"] = None, NO_GT
         return m, None
     m["random_AP"] = float(np.mean(rand_ap))
     m["random_AP_std"] = float(np.std(rand_ap))
@@ -372,9 +375,11 @@ def score_by_visibility(kp: KeypointPairs) -> tuple[dict[str, dict[str, object]]
     return dist, by_v
 
 
-def explain_no_pairs(blocks: Sequence[dict[str, object]], n_det: int, n_pairs: int) -> None:
-    """Replace the metrics' generic reason ``"no pairs"`` by why there are none (in place)."""
-    why = (
+def explain_no_pairs(blocks: Sequence[dict[str, object]], n_det: int, n_pairs: int,
+                     why: str | None = None) -> None:
+    """Replace the metrics' generic reason ``"no pairs"`` by why there are none (in place); ``why``: a reason
+    known to the caller (e.g. :data:`NO_GT`)."""
+    why = why or (
         "no detections"
         if n_det == 0
         else (
@@ -444,6 +449,10 @@ def run_audit(
 
     # --- pairs and the metrics over them ----------------------------------------------------------
     inst = instance_pairs(ev, res)
+    no_gt = NO_GT if m.get("mAP") is None and m.get("mAP_reason") == NO_GT else None
+    if no_gt:  # every detection would pair with OKS 0: calibration against nothing, not a perfect ranking
+        none = np.zeros(0, np.int64)
+        inst = InstancePairs(det_index=none, gt_index=none, confidence=np.zeros(0), oks=np.zeros(0))
     kp = keypoint_pairs(inst, gt, res, sigmas, pck_alpha=pck_alpha, gt_area=gt_area)
     m_c, notes = pair_counts(inst, kp, n_det)
     m.update(m_c)
@@ -457,7 +466,7 @@ def run_audit(
     vis = visibility_metrics(kp)
     m["visibility"] = vis
     m["keypoint_score_by_visibility"], curves["score_by_visibility"] = score_by_visibility(kp)
-    explain_no_pairs((m, vis), n_det, len(inst))
+    explain_no_pairs((m, vis), n_det, len(inst), no_gt)
     if notes:
         m["notes"] = notes
     return Audit(metrics=m, curves=curves, coco=stats, instance=inst, keypoint=kp, notes=notes, evaluation=ev)
