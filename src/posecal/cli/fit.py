@@ -215,8 +215,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(dumps_json(meta, indent=True).decode() + "\n")
     else:
-        for split, m in meta["metrics"].items():
-            print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
+        for split, m in meta["metrics"].items():  # in-sample on train; the head's scores, as apply --reorder
+            what = " (the head alone, before the context stage)" if "context" in meta else ""
+            print(f"{split}{what}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
         if "context" in meta:
             print(f"context stage: fitted on {meta['context']['rows']} detections (out-of-fold scores, "
                   f"{meta['context']['folds']} folds)")
