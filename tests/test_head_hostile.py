@@ -47,15 +47,19 @@ def _head(path: Path, kind: str = "kpt", extra: int = 0, context: bool = False, 
     return path
 
 
-def _edit_json(path: Path, **kw: object) -> None:
-    p = path / "head.json"
-    m = json.loads(p.read_text())
+def edit_json_file(file: Path, **kw: object) -> None:
+    """Set keys of a JSON object file (``_DROP`` removes one)."""
+    m = json.loads(file.read_text())
     for k, v in kw.items():
         if v is _DROP:
             m.pop(k, None)
         else:
             m[k] = v
-    p.write_text(json.dumps(m))
+    file.write_text(json.dumps(m))
+
+
+def _edit_json(path: Path, **kw: object) -> None:
+    edit_json_file(path / "head.json", **kw)
 
 
 def _edit_tensors(path: Path, fn) -> None:

@@ -34,6 +34,7 @@ from posecal.keypoints import LSP14  # noqa: E402
 from posecal.metrics.cocoeval import evaluate  # noqa: E402
 from posecal.models.store import StoreWriter  # noqa: E402
 from test_ccnet_cli import make_store  # noqa: E402
+from test_head_hostile import _DROP, edit_json_file  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 K = LSP14.num_keypoints
@@ -49,14 +50,8 @@ def _one_error(rc: int, err: str, *parts: str) -> None:
 
 
 def _edit_meta(store: Path, **kw: object) -> None:
-    p = store / "meta.json"
-    m = json.loads(p.read_text())
-    for k, v in kw.items():
-        if v is None:
-            m.pop(k, None)
-        else:
-            m[k] = v
-    p.write_text(json.dumps(m))
+    """Set keys of the store's meta.json (None removes one)."""
+    edit_json_file(store / "meta.json", **{k: _DROP if v is None else v for k, v in kw.items()})
 
 
 def _set_chunk(store: Path, name: str, fn, j: int = 0) -> None:
