@@ -54,7 +54,9 @@ def run_cv(a: argparse.Namespace) -> None:
         recipe = replace(recipe, steps=a.steps)
     if a.rank:
         recipe = replace(recipe, filter_rank=a.rank)
-    context = not a.no_context and a.head_seeds == 1 and a.mini_weight == 1
+    # the context stage exists for detection stores only (a gt-box --mini store: the head alone)
+    context = (not a.no_context and a.head_seeds == 1 and a.mini_weight == 1
+               and mini.meta.get("boxes", "gt") != "gt")
     print(recipe.label(), "| context stage" if context else "| head alone", flush=True)
     iid = np.array([r["image_id"] for r in mini.records])
     fold = image_folds([iid], a.folds, a.seed)[0]
