@@ -487,10 +487,13 @@ def test_context_stage_fit_apply_export(det_store, tmp_path, shared, capsys):
     assert "not in the graph" in summary["context_stage"]
 
 
-def test_export_onto_movenet_matches_the_head(shared, tmp_path):
+@pytest.mark.parametrize("tensor,channels", [("backbone_features", 24), ("kpt_heatmap_head_features", 96)])
+def test_export_onto_movenet_matches_the_head(shared, tmp_path, tensor, channels):
     """A kpt_inst head (random weights and normalisation) grafted onto MoveNet (int32 NHWC input, NHWC
     features and heatmaps, in-graph coordinate decoding): its outputs equal the head run on what posecal
-    extract computes (pooled features + instance evidence) within 1e-5; MoveNet's own outputs bit-identical."""
+    extract computes (pooled features + instance evidence) within 1e-5; MoveNet's own outputs bit-identical.
+    Also for another tensor than the card's (``extract --tensor``): it is read in the graph's layout (NHWC, its
+    channels on the last axis), not as channels-first."""
     torch = pytest.importorskip("torch")
     import onnxruntime as ort
 
@@ -510,12 +513,13 @@ def test_export_onto_movenet_matches_the_head(shared, tmp_path):
     d = json.loads(shared(*MINI).read_text())
     a = max((a for a in d["annotations"] if not a["iscrowd"]), key=lambda a: a["num_keypoints"] * a["area"])
     im = next(i for i in d["images"] if i["id"] == a["image_id"])
-    ad = load_adapter(shared(*MN))
+    ad = load_adapter(shared(*MN), tensor=tensor)
     W, H = ad.input_size
     b = topdown_crop_box(a["bbox"], (W, H))[0]
     crop = warp(load_image(shared("data", "coco-mini", "train2017") / im["file_name"]),
                 crop_matrix(b[:2], b[2:], (W, H)), (W, H))
     out = ad.predict(crop[None])
+    assert out.features.shape == (1, channels, 64, 64)  # NCHW after the adapter
     box = np.array([0.7])
     x = np.concatenate([pool_features(out.features, out.heatmaps, "heatmap", np.arange(17)),
                         instance_evidence(out.scores, box, per_keypoint=True)], -1)
@@ -524,7 +528,7 @@ def test_export_onto_movenet_matches_the_head(shared, tmp_path):
     head.set_normalisation(torch.rand(17, x.shape[2]), 0.5 + torch.rand(17, x.shape[2]))
     save_head(tmp_path / "H", head, {"keypoint_set": "coco17", "feature_tensor": "features_kpt",
                                      "feature_shape": list(x.shape[1:]), "pooling": "heatmap",
-                                     "model_tensor": "backbone_features", "model_sha256": file_sha256(shared(*MN))})
+                                     "model_tensor": tensor, "model_sha256": file_sha256(shared(*MN))})
     export_calibrated(shared(*MN), tmp_path / "H", tmp_path / "mn.onnx")
     s_ref, v_ref = predict(head, x)
     feed = prepare_input(crop[None], ad.card["input"])

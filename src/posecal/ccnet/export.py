@@ -606,9 +606,8 @@ def _graft_sources(adapter: Any) -> dict[str, Any]:
     out = card["output"]
     hm = card.get("heatmaps") or ({"name": out["name"], "layout": out["layout"]}
                                   if out["type"] == "heatmaps" else None)
-    feat = card.get("features") or {}
     return {"feat": adapter.tensor_name,
-            "feat_layout": feat.get("layout", "NCHW") if adapter.tensor_name == feat.get("name") else "NCHW",
+            "feat_layout": adapter.feature_layout,  # another tensor (--tensor) in the card's layout too
             "hm": hm["name"] if hm else None, "hm_layout": hm["layout"] if hm else "NCHW",
             "input": card["input"]["name"],
             "coords": out if out["type"] == "coordinates" else None}

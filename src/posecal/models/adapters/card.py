@@ -100,10 +100,12 @@ class CardAdapter:
             raise PosecalInputError("the model card names no feature tensor; give --tensor", file=str(path),
                                     field="--tensor")
         self.tensor_name = tensor or feat["name"]
-        self._feat_layout = feat["layout"] if (feat and tensor in (None, feat["name"])) else "NCHW"
         out = card["output"]
         hm = card.get("heatmaps") or (
             {"name": out["name"], "layout": out["layout"]} if out["type"] == "heatmaps" else None)
+        # another tensor (--tensor) of the same graph is in the graph's own layout: the card's feature tensor's,
+        # else its heatmaps', else its input's (a channels-last TF export stays channels-last throughout)
+        self._feat_layout = self.feature_layout = (feat or hm or card["input"])["layout"]
         self._hm = hm
         names = [out["name"], self.tensor_name] + ([hm["name"]] if hm else [])
         self._fetch = list(dict.fromkeys(names))
