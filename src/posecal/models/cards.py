@@ -39,7 +39,7 @@ from typing import Any
 
 from posecal.errors import PosecalInputError
 
-__all__ = ["BUILTIN_CARDS", "CARD_FORMAT", "card_for_model", "load_card", "validate_card"]
+__all__ = ["BUILTIN_CARDS", "CARD_FORMAT", "card_for_model", "crop_aspect", "load_card", "validate_card"]
 
 CARD_FORMAT = "posecal-model-card/1"
 _IMAGENET = {"color": "RGB", "scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -180,6 +180,16 @@ def _check_pose(card: dict, file: str | None) -> None:
     ts = card.get("target_sigma", 2.0)
     if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not 0 < ts <= 1000:
         raise PosecalInputError("must be a number in (0, 1000] (heatmap px)", file=file, field="target_sigma")
+
+
+def crop_aspect(card: dict[str, Any] | None, input_size: tuple[int, int]) -> tuple[float, float]:
+    """The (W, H) whose ratio the crop box is widened to before padding (:func:`posecal.theory.heatmap.
+    topdown_crop_box`): the model input's ``input_size`` for the card's ``crop.aspect`` ``"input"`` (the default,
+    MMPose's rule), ``(1, 1)`` for ``"square"`` (a square region, then resized to the input)."""
+    crop = (card or {}).get("crop") or {}
+    if isinstance(crop, dict) and crop.get("aspect") == "square":
+        return 1.0, 1.0
+    return float(input_size[0]), float(input_size[1])
 
 
 def _is_int(v: Any) -> bool:

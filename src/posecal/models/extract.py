@@ -24,6 +24,7 @@ import orjson
 from posecal._util import dumps_json, progress
 from posecal.errors import PosecalInputError, PosecalWarning
 from posecal.models.adapters.pooling import POOLINGS, STORE_FIELD, pool_features
+from posecal.models.cards import crop_aspect
 
 # training-target Gaussian width (heatmap px) assumed by the sigma-hat estimator. EfficientPose's is not
 # published with the weights; 1.0 is inferred from the narrowest fitted widths on its 32×32 maps (LSP crops:
@@ -189,7 +190,7 @@ def _crop_chunk(plan: _Plan, rows: range, image) -> tuple[np.ndarray, np.ndarray
     gt_kp = np.zeros((n, plan.K, 3)) if plan.augment else None
     for r, row in enumerate(rows):
         inst = plan.insts[row // plan.n_copies]
-        box = topdown_crop_box(inst.bbox, (W, H), plan.padding)[0]
+        box = topdown_crop_box(inst.bbox, plan.aspect, plan.padding)[0]
         center, size = box[:2], box[2:]
         rot, fl, occ = 0.0, False, []
         if plan.augment:
@@ -288,6 +289,7 @@ class _Plan:
     mflip: np.ndarray
     input_size: tuple[int, int]
     padding: float
+    aspect: tuple[float, float]  # the crop box's W:H before padding: the input's, or (1, 1) for a card's "square"
     pooling: str
     flip: bool
     augment: int
@@ -330,7 +332,7 @@ def _settings(adapter, plan: _Plan, ks, d_info: dict[str, Any]) -> dict[str, Any
         "joint_map": plan.jmap.tolist(),
         "input_size": list(adapter.input_size),
         "preprocessing": adapter.preprocessing,
-        "crop": {"padding": plan.padding, "aspect": W / H, "warp": "PIL bilinear",
+        "crop": {"padding": plan.padding, "aspect": plan.aspect[0] / plan.aspect[1], "warp": "PIL bilinear",
                  "coords": "pixel centres at integers"},
         "pooling": plan.pooling,
         "flip_test": bool(plan.flip),
@@ -403,8 +405,9 @@ def oks_nms_store(src, out: str | os.PathLike, *, thr: float = OKS_NMS_THR, chun
     score = instance_score(sc, "bbox_keypoint", src.read("box_score"))
     iid = src.read("image_id")
     # MMPose's CocoMetric gives a top-down prediction the area of its crop box, prod(bbox_scales)
-    area = crop_box_area(src.read("bbox"), tuple(src.meta["input_size"]),
-                         float((src.meta.get("crop") or {}).get("padding", 1.25)))
+    crop = src.meta.get("crop") or {}
+    W, H = src.meta["input_size"]
+    area = crop_box_area(src.read("bbox"), (float(crop.get("aspect", W / H)), 1.0), float(crop.get("padding", 1.25)))
     keep = oks_nms_per_image(iid, kp, sc, score, ks.sigmas, thr, areas=area)
     if max_per_image:
         keep = top_per_image(iid, score, keep, max_per_image)
@@ -525,7 +528,8 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
                  jmap=joint_map(adapter.joint_names, ks.names, allow_missing=allow_missing_joints,
                                 model=getattr(adapter, "kind", "model")),
                  mflip=flip_index(adapter.joint_names), input_size=tuple(adapter.input_size),
-                 padding=float(((card or {}).get("crop") or {}).get("padding", 1.25)), pooling=pooling,
+                 padding=float(((card or {}).get("crop") or {}).get("padding", 1.25)),
+                 aspect=crop_aspect(card, adapter.input_size), pooling=pooling,
                  flip=flip, augment=augment, seed=seed, batch_size=batch_size, target_sigma=float(target_sigma),
                  sigma_method=sigma_method)
     info = {"model_sha256": model_sha256 or (file_sha256(adapter.path) if hasattr(adapter, "path") else None),

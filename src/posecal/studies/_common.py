@@ -15,20 +15,24 @@ if TYPE_CHECKING:
 __all__ = ["crop_instances", "pooled_features", "open_head", "to_dataset"]
 
 
-def crop_instances(insts: list[Instance], images: str | os.PathLike, input_size: tuple[int, int]
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def crop_instances(insts: list[Instance], images: str | os.PathLike, input_size: tuple[int, int],
+                   card: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Crops ``(N, H, W, 3) uint8`` and their image → input affines ``(N, 2, 3)``, exactly as
-    ``posecal extract`` makes them (gt box, padding 1.25, model aspect)."""
+    ``posecal extract`` makes them (gt box; the model ``card``'s crop padding and aspect, default 1.25 and the
+    input's)."""
     from pathlib import Path
 
+    from posecal.models.cards import crop_aspect
     from posecal.models.crop import crop_matrix, load_image, warp
     from posecal.theory.heatmap import topdown_crop_box
 
     W, H = input_size
+    padding = float(((card or {}).get("crop") or {}).get("padding", 1.25))
+    aspect = crop_aspect(card, (W, H))
     crops = np.zeros((len(insts), H, W, 3), np.uint8)
     Ms = np.zeros((len(insts), 2, 3))
     for i, inst in enumerate(insts):
-        b = topdown_crop_box(inst.bbox, (W, H))[0]
+        b = topdown_crop_box(inst.bbox, aspect, padding)[0]
         Ms[i] = crop_matrix(b[:2], b[2:], (W, H))
         crops[i] = warp(load_image(Path(images) / inst.file_name, record=inst.ann_id), Ms[i], (W, H))
     return crops, Ms

@@ -267,7 +267,7 @@ def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, im
     sel = select_instances(data, joint, radii, limit)
     m = open_model(model, head, sel, threads, model_card=model_card, input_size=input_size)
     insts, j, ks = sel.insts, sel.j, sel.ks
-    crops, Ms = crop_instances(insts, images, m.adapter.input_size)
+    crops, Ms = crop_instances(insts, images, m.adapter.input_size, getattr(m.adapter, "card", None))
     gt = np.stack([i.keypoints for i in insts])
     area = np.array([i.area for i in insts])
     boxes = np.stack([i.bbox for i in insts]).astype(np.float64)
