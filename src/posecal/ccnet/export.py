@@ -207,8 +207,8 @@ def _heatmap_kpt(b: _Builder, feat: str, feat_layout: str, hm: str, hm_layout: s
     Wk = np.where(have[:, None, None], W, 0).astype(np.float32)  # (K, 2, C)
     jsel = np.where(have, jmap, 0)
     if feat_layout == "NCHW" and 0 < rank < min(2 * K, C):
-        A, Bm = _factor(Wk.reshape(2 * K, C), rank)
-        err = np.linalg.norm(A.astype(np.float64) @ Bm - Wk.reshape(2 * K, C)) / max(np.linalg.norm(Wk), 1e-30)
+        A, Bm = _factor(Wk.reshape(2 * K, C), rank)  # A (2K, r) float64, fitted to the float32 B
+        err = np.linalg.norm(A @ Bm - Wk.reshape(2 * K, C)) / max(np.linalg.norm(Wk), 1e-30)
         if err > 1e-4:  # the graph would not compute what posecal apply computes
             raise PosecalInputError(f"the head's weights are not of rank {rank} (relative residual {err:.2g}) as its "
                                     "metadata says", field="train.filter_rank")
@@ -218,12 +218,17 @@ def _heatmap_kpt(b: _Builder, feat: str, feat_layout: str, hm: str, hm_layout: s
         wts, tot = _heatmap_weights(b, hm, hm_layout, hm_hw, feat_hw, jsel, J, opset, [0, K, P], unnormalised=True)
         g = b.op("Transpose", [b.op("Reshape", [g, b.const("shape", np.array([0, rank, P], np.int64))])],
                  perm=[0, 2, 1])  # (B, P, r)
-        x = b.op("Div", [b.op("MatMul", [wts, g]), tot])  # (B, K, r): the pooled r maps
+        # pooling and A in float64: the r maps of a head with large weights (features near-constant in training,
+        # σ at its floor) cancel in A·g, and float32 there differs from the head by > 1e-5
+        f64 = b.onnx.TensorProto.DOUBLE
+        x = b.op("MatMul", [b.op("Cast", [wts], to=f64), b.op("Cast", [g], to=f64)])
+        x = b.op("Div", [x, b.op("Cast", [tot], to=f64)])  # (B, K, r): the pooled r maps
         x = b.op("Reshape", [x, b.const("shape", np.array([0, K * rank], np.int64))])
-        Ab = np.zeros((K * rank, 2 * K), np.float32)  # block diagonal: keypoint k's (r, 2) block A_k^T
+        Ab = np.zeros((K * rank, 2 * K))  # block diagonal: keypoint k's (r, 2) block A_k^T
         for k in range(K):
             Ab[k * rank:(k + 1) * rank, 2 * k:2 * k + 2] = A[2 * k:2 * k + 2].T
-        return b.op("Gemm", [x, b.const("proj_head", Ab), b.const("bias", bias.reshape(-1).astype(np.float32))]), True
+        z = b.op("Gemm", [x, b.const("proj_head", Ab), b.const("bias", bias.reshape(-1).astype(np.float64))])
+        return b.op("Cast", [z], to=b.onnx.TensorProto.FLOAT), True
     flat = b.const("shape", np.array([0, 2 * K], np.int64))
     if feat_layout == "NCHW":
         wts = _heatmap_weights(b, hm, hm_layout, hm_hw, feat_hw, jsel, J, opset, [0, K, P, 1])
@@ -244,9 +249,13 @@ def _heatmap_kpt(b: _Builder, feat: str, feat_layout: str, hm: str, hm_layout: s
 
 def _factor(M: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """``M (F, C) ≈ A (F, r) · B (r, C)`` by truncated SVD (float64; exact for a rank-r ``M`` up to
-    rounding), B with orthonormal rows; both float32."""
-    U, S, Vt = np.linalg.svd(np.asarray(M, np.float64), full_matrices=False)
-    return (U[:, :rank] * S[:rank]).astype(np.float32), np.ascontiguousarray(Vt[:rank]).astype(np.float32)
+    rounding), B with orthonormal rows, float32 (it runs in a float32 Conv); A float64, the least-squares fit of
+    ``M`` on the float32 B (so B's rounding is not multiplied into the large weights of A)."""
+    M = np.asarray(M, np.float64)
+    _, _, Vt = np.linalg.svd(M, full_matrices=False)
+    B = np.ascontiguousarray(Vt[:rank]).astype(np.float32)
+    A = np.linalg.lstsq(B.astype(np.float64).T, M.T, rcond=None)[0].T
+    return np.ascontiguousarray(A), B
 
 
 def _plain_1x1_conv(m: Any, feat: str, hm: str, C: int) -> tuple[int, dict[str, Any], np.ndarray, Any] | None:
@@ -377,6 +386,22 @@ def _evidence(b: _Builder, scores: str, box: str, opset: int) -> str:
     # num = 0 where cnt = 0: num / max(cnt, 1) is 0 there (MMPose's bbox_keypoint rule)
     bkp = b.op("Mul", [bx, b.op("Div", [num, b.op("Max", [cnt, b.const("one", np.ones((), np.float32))])])])
     return b.op("Concat", [scores, mx, cnt, bx, bkp], axis=1)
+
+
+def _evidence_flat(b: _Builder, scores: str, box: str, opset: int) -> str:
+    """Instance evidence (B, K + 5) = [s_1..s_K, mean s, max s, fraction of s > 0.2, box score, bbox_keypoint
+    score] from keypoint scores (B, K) and box scores (B,), as :func:`posecal.ccnet.targets.instance_evidence`
+    (``per_keypoint=False``) appends it to ``gap`` features for an ``fc`` head."""
+    f32 = b.onnx.TensorProto.FLOAT
+    mean = _reduce(b, "ReduceMean", scores, [1], 1, opset)
+    mx = _reduce(b, "ReduceMax", scores, [1], 1, opset)
+    m = b.op("Cast", [b.op("Greater", [scores, b.const("thr", np.array(0.2, np.float32))])], to=f32)
+    cnt = _reduce(b, "ReduceSum", m, [1], 1, opset)
+    frac = _reduce(b, "ReduceMean", m, [1], 1, opset)
+    num = _reduce(b, "ReduceSum", b.op("Mul", [scores, m]), [1], 1, opset)
+    bx = b.op("Reshape", [box, b.const("shape", np.array([-1, 1], np.int64))])
+    bkp = b.op("Mul", [bx, b.op("Div", [num, b.op("Max", [cnt, b.const("one", np.ones((), np.float32))])])])
+    return b.op("Concat", [scores, mean, mx, frac, bx, bkp], axis=1)
 
 
 def _fold_kpt(arrs: dict[str, np.ndarray], K: int, evidence: bool) -> dict[str, np.ndarray]:
@@ -523,7 +548,13 @@ def _graft(b: _Builder, kind: str, arrs: dict[str, np.ndarray], K: int, pooling:
         return _outputs(b, z, K, False, gate, have)
     if feat_layout != "NCHW":
         feat = b.op("Transpose", [feat], perm=[0, 3, 1, 2])
-    z = _head(b, _pool(b, feat, pooling, feat_hw, feat_ndim, C), kind, arrs, K)
+    x = _pool(b, feat, pooling, feat_hw, feat_ndim, C)
+    if evidence is not None:  # gap features + the instance evidence (fc head)
+        if pooling != "gap":
+            raise PosecalInputError(f"the instance evidence is appended to gap or heatmap features, not {pooling!r}",
+                                    field="pooling")
+        x = b.op("Concat", [x, evidence], axis=1)
+    z = _head(b, x, kind, arrs, K)
     return _outputs(b, z, K, kind == "conv_sigmoid_gap", None, have)
 
 
@@ -548,6 +579,9 @@ def check_head_against_model(meta: dict[str, Any], head_dir: str | os.PathLike, 
     from posecal.models.store import file_sha256
 
     hfile = str(Path(head_dir) / "head.json")
+    if meta.get("pooling") not in ("gap", "heatmap", "spatial"):
+        raise PosecalInputError(f"pooling must be 'gap', 'heatmap' or 'spatial', got {meta.get('pooling')!r} (edited?)",
+                                file=hfile, field="pooling")
     if meta.get("evidence") and not allow_evidence:
         raise PosecalInputError(f"the head also reads store evidence columns {list(meta['evidence'])}, which a "
                                 "model graph does not compute; fit a features-only head (--head kpt --evidence none)",
@@ -563,6 +597,8 @@ def check_head_against_model(meta: dict[str, Any], head_dir: str | os.PathLike, 
     C = int(probe_features.shape[1])
     if uses_evidence(meta) and meta.get("pooling") == "heatmap":
         C += 6  # the instance evidence appended to the pooled features
+    elif uses_evidence(meta) and meta.get("pooling") == "gap":
+        C += int(meta["num_keypoints"]) + 5  # [s_1..s_K, mean, max, fraction, box, bbox_keypoint]
     if allow_evidence and meta.get("evidence"):
         from posecal.ccnet.targets import evidence_width
 
@@ -740,10 +776,10 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
             return g
 
         ev = None
-        if uses_evidence(meta) and pooling == "heatmap":
+        if uses_evidence(meta) and pooling in ("heatmap", "gap"):
             m.graph.input.append(onnx.helper.make_tensor_value_info("box_score", onnx.TensorProto.FLOAT, [batch]))
             sc = _keypoint_scores(b, src, hm, jmap, len(adapter.joint_names), opset)
-            ev = _evidence(b, sc, "box_score", opset)
+            ev = (_evidence if pooling == "heatmap" else _evidence_flat)(b, sc, "box_score", opset)
         _graft(b, str(meta["head"]), arrs, K, pooling, jmap, src["feat"], src["feat_layout"],
                tuple(probe.features.shape[2:]), feat_ndim, int(probe.features.shape[1]), hm, src["hm_layout"],
                None if probe.heatmaps is None else tuple(probe.heatmaps.shape[2:]),
@@ -794,7 +830,7 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
     from posecal.models.adapters.base import load_adapter
 
     arrs, meta = head_arrays(head_dir)
-    if meta.get("head") == "kpt_inst" or (uses_evidence(meta) and meta.get("pooling") == "heatmap"):
+    if meta.get("head") == "kpt_inst" or (uses_evidence(meta) and meta.get("pooling") in ("heatmap", "gap")):
         raise PosecalInputError(f"this {meta.get('head')!r} head also reads the instance evidence (keypoint-score "
                                 "statistics and the box score; its model card asks for it), which a head-only "
                                 "ONNX does not take: graft it onto the ONNX model (posecal export without "
