@@ -340,7 +340,7 @@ def test_detection_targets_match_pycocotools(det_store):
 
 
 @pytest.mark.parametrize("rank", [None, 4], ids=["full", "rank4"])
-def test_kpt_inst_fit_apply_export_agree(det_store, tmp_path, shared, rank):
+def test_kpt_inst_fit_apply_export_agree(det_store, tmp_path, shared, rank, capsys):
     """fit (kpt_inst by default for the card) -> apply -> export on the real graph: outputs equal apply
     within 1e-5 and the original SimplePose output bit-identical. The head's 2K filters (or, with
     ``fit --filter-rank 4``, its 4 shared ones) are computed by SimplePose's own last Conv (widened, then
@@ -430,6 +430,15 @@ def test_kpt_inst_fit_apply_export_agree(det_store, tmp_path, shared, rank):
         np.testing.assert_allclose(o["keypoint_confidence"][0], [cal[r]["keypoints"][3 * k + 2] for k in range(17)],
                                    atol=1e-5)
         np.testing.assert_allclose(o["instance_confidence"][0], cal[r]["score"], atol=1e-5)
+    if rank:  # head.json edited to claim a rank its weights do not have: refused naming head.json, nothing written
+        meta["train"]["filter_rank"] = rank - 1
+        (head / "head.json").write_text(json.dumps(meta))
+        bad = tmp_path / "bad.onnx"
+        capsys.readouterr()
+        assert main(["export", "--model", str(shared(*SP)), "--head", str(head), "--out", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert "head.json" in err and f"not of rank {rank - 1}" in err and len(err.strip().splitlines()) == 1, err
+        assert not bad.exists()
 
 
 def test_context_stage_fit_apply_export(det_store, tmp_path, shared, capsys):

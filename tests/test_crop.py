@@ -45,3 +45,28 @@ def test_inverse_round_trip_and_centre():
     Mn = crop_matrix(c, s, (32, 64))
     q = apply_affine(Mn, p)
     np.testing.assert_allclose(apply_affine(Mf, p), np.stack([31 - q[:, 0], q[:, 1]], 1))
+
+
+def test_exif_orientation_is_warned_once_and_not_applied(tmp_path):
+    import warnings
+
+    from PIL import Image
+
+    from posecal.errors import PosecalWarning
+    from posecal.models.crop import load_image
+
+    a = np.zeros((4, 6, 3), np.uint8)
+    a[0, 0] = 255  # top-left marker, as stored
+    im = Image.fromarray(a)
+    ex = im.getexif()
+    ex[0x0112] = 6  # "rotate 90° clockwise to display"
+    im.save(tmp_path / "r.jpg", exif=ex, quality=100)
+    Image.fromarray(a).save(tmp_path / "plain.jpg", quality=100)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        got = load_image(tmp_path / "r.jpg")
+        load_image(tmp_path / "r.jpg")
+        load_image(tmp_path / "plain.jpg")
+    msgs = [str(x.message) for x in w if issubclass(x.category, PosecalWarning)]
+    assert len(msgs) == 1 and "r.jpg" in msgs[0] and "orientation 6" in msgs[0], msgs
+    assert got.shape == (4, 6, 3) and got[0, 0, 0] > 200  # pixels as stored, not rotated

@@ -295,3 +295,46 @@ def test_context_features_leave_missing_joints_out_of_the_pairwise_oks():
     assert with_missing[1, 2] == pytest.approx(1 / 3, abs=1e-6)  # the (0, 0) joint agreed perfectly
     assert masked[1, 2] == pytest.approx(0.0, abs=1e-9)
     np.testing.assert_array_equal(masked[0], with_missing[0])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ground truth without ``area`` (CrowdPose / AIC files): targets scaled as ``posecal evaluate`` scales OKS
+
+
+def _drop_area(store: Path, only_first: bool = False) -> dict:
+    f = store / "gt.json"
+    gt = json.loads(f.read_text())
+    for a in gt["annotations"][:1] if only_first else gt["annotations"]:
+        del a["area"]
+    f.write_text(json.dumps(gt))
+    from posecal.models.store import file_sha256
+
+    _edit_meta(store, files={**json.loads((store / "meta.json").read_text())["files"], "gt.json": file_sha256(f)})
+    return gt
+
+
+def test_fit_targets_on_gt_without_area_use_the_evaluators_box_area(store, tmp_path, capsys):
+    from posecal.metrics.oks import keypoint_oks
+
+    gt = _drop_area(store)
+    data = load_store(str(store))
+    box = np.array([a["bbox"] for a in gt["annotations"]], float)
+    kp = np.array([a["keypoints"] for a in gt["annotations"]], float).reshape(len(box), K, 3)
+    pred = np.array([r["keypoints"] for r in data.records], float).reshape(len(box), K, 3)[..., :2]
+    want = keypoint_oks(pred, kp, 0.53 * box[:, 2] * box[:, 3], LSP14.sigmas)
+    vis = kp[..., 2] > 0
+    assert np.isfinite(data.oks[vis]).all()
+    np.testing.assert_allclose(data.oks[vis], want[vis], rtol=1e-12)
+    assert _fit(store, tmp_path / "H") == 0  # (it failed: "target OKS must be finite")
+    # the recorded train AP is what `posecal evaluate` (0.53·w·h without area) gives on apply's output
+    assert main(["apply", "--store", str(store), "--head", str(tmp_path / "H"), "--out", str(tmp_path / "c.json")]) == 0
+    ev = evaluate(load_gt(str(store / "gt.json")), load_results(str(tmp_path / "c.json")), use_area=False)
+    meta = json.loads((tmp_path / "H" / "head.json").read_text())
+    assert abs(meta["metrics"]["train"]["AP"] - ev.stats["AP"]) < 1e-9
+
+
+def test_fit_on_gt_with_some_areas_missing_names_the_annotation(store, tmp_path, capsys):
+    _drop_area(store, only_first=True)
+    rc = _fit(store, tmp_path / "H")
+    _one_error(rc, capsys.readouterr().err, "gt.json", "record 1", "'area'")
+    assert not (tmp_path / "H").exists()

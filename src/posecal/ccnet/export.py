@@ -789,7 +789,13 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
         m.graph.output.extend(_output_infos(K, batch))
         return m, b, any(fused)
 
-    m, b, fused = build(fuse)
+    try:
+        m, b, fused = build(fuse)
+    except PosecalInputError as e:  # the head's own arrays disagree with its metadata: name the head
+        if e.file is not None:
+            raise
+        raise PosecalInputError(e.message, file=str(Path(head_dir) / "head.json"), record=e.record,
+                                field=e.field) from None
     if fused and not _same_outputs(original, m):  # the widened Conv changed the model's own outputs: keep it
         m, b, fused = build(False)
     m.metadata_props.add(key="posecal_ccnet_head", value=str(meta["head"]))

@@ -324,7 +324,9 @@ def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> Sto
     gt = None
     t: dict[str, Any] = dict.fromkeys(("oks", "vis", "has", "conf_mask", "vis_mask", "match"))
     if fs.gt_path is not None:
-        gt = load_gt(fs.gt_path)
+        from posecal.metrics.cocoeval import with_oks_area
+
+        gt = with_oks_area(load_gt(fs.gt_path))  # OKS as `posecal evaluate` scales it (0.53·w·h without area)
         annotated = _annotated(fs.gt_path, ks)
         have = model_keypoints(meta, ks.num_keypoints, file=Path(path) / "meta.json")
         if have is not None:  # keypoints the model lacks: ŝ = v̂ = 0 in apply, out of both losses here

@@ -116,6 +116,7 @@ def _params(args: argparse.Namespace, sigmas: np.ndarray | None) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from posecal.io.coco import load_gt, load_results
+    from posecal.metrics.cocoeval import with_oks_area
     from posecal.rescore import Rescorer, get_rescorer
 
     _check_outputs(args)
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         if args.pred is None:
             _ = store.predictions  # checked against its checksum in meta.json
     gt_src = args.gt or (str(store.gt_path) if store is not None and store.gt_path is not None else None)
-    gt = load_gt(gt_src) if gt_src else None
+    gt = with_oks_area(load_gt(gt_src)) if gt_src else None
     pred_src = args.pred if args.pred else str(store.path / "predictions.json")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PosecalWarning)
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         r = get_rescorer(args.method, **_params(args, sigmas))
         if args.fit_gt:
-            fgt = load_gt(args.fit_gt)
+            fgt = with_oks_area(load_gt(args.fit_gt))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", PosecalWarning)
                 fpred = load_results(args.fit_pred, fgt)

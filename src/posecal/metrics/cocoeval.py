@@ -653,6 +653,32 @@ def default_use_area(gt: CocoGroundTruth) -> bool:
     return False
 
 
+def oks_area(gt: CocoGroundTruth, *, use_area: bool | None = None, flavor: str | None = None) -> np.ndarray:
+    """``(G,)`` the area (image px²) in each gt's OKS scale under :func:`evaluate_dataset`'s rules: the gt
+    ``area``, or 0.53·w·h of the gt box for a CrowdPose file (``crowdIndex`` on every image), for
+    ``use_area=False`` and for a file without any ``area`` (xtcocotools' ``use_area=False``). Training
+    targets and gt-area rescoring use it so that they score people as ``posecal evaluate`` will. Raises
+    :class:`PosecalInputError` (file, annotation, ``area``) when only some annotations have an area."""
+    if flavor is None:
+        flavor = "crowdpose" if gt.crowd_index is not None else "pycocotools"
+    if use_area is None:
+        use_area = default_use_area(gt)
+    if flavor == "crowdpose" or not use_area:
+        return 0.53 * gt.bbox[:, 2] * gt.bbox[:, 3]
+    return np.asarray(gt.area, dtype=np.float64)
+
+
+def with_oks_area(gt: CocoGroundTruth) -> CocoGroundTruth:
+    """A shallow copy of ``gt`` whose ``area`` is :func:`oks_area` (the evaluator's default rule), every
+    annotation then having one (``has_area``)."""
+    import dataclasses
+
+    area = oks_area(gt)
+    if area is gt.area:
+        return gt
+    return dataclasses.replace(gt, area=area, has_area=True)
+
+
 def _settings(gt: CocoGroundTruth, flavor: str, use_area: bool | None, crowd_levels: bool | None,
               max_dets: int | Sequence[int], img_ids: Any, cat_ids: Any, use_cats: bool, iou_thrs: Any,
               rec_thrs: Any, area_rngs: Any) -> _Settings:

@@ -64,6 +64,7 @@ def load_image(path, record: object = None) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
+            _warn_exif_orientation(im, path)
             a = _rgb8(im, path, record)
     except PosecalInputError:  # _rgb8's own one line (a ValueError too): not wrapped again
         raise
@@ -76,6 +77,28 @@ def load_image(path, record: object = None) -> np.ndarray:
     if a.ndim != 3 or a.shape[0] < 1 or a.shape[1] < 1:
         raise PosecalInputError(f"image has shape {a.shape}", file=str(path), record=record, field="file_name")
     return a
+
+
+_EXIF_WARNED: set[str] = set()
+
+
+def _warn_exif_orientation(im, path) -> None:
+    """Warn once per image whose EXIF orientation tag asks for a rotation or mirror: posecal reads pixels as
+    stored — the frame COCO's annotations (and ``width``/``height``) are made in — and never applies it."""
+    try:
+        o = im.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block is not an image error
+        return
+    if o in (None, 1) or str(path) in _EXIF_WARNED:
+        return
+    _EXIF_WARNED.add(str(path))
+    import warnings
+
+    from posecal.errors import PosecalWarning
+
+    warnings.warn(f"{path}: EXIF orientation {o} is not applied: pixels are read as stored (the frame COCO "
+                  "annotations use); if the annotations were made on the rotated picture, save it rotated",
+                  PosecalWarning, stacklevel=3)
 
 
 def _rgb8(im, path, record) -> np.ndarray:

@@ -85,7 +85,9 @@ def _as_pred(pred: PredLike, gt: CocoGroundTruth | None = None) -> CocoResults:
 def _as_gt(gt: GtLike) -> CocoGroundTruth | None:
     if gt is None or isinstance(gt, CocoGroundTruth):
         return gt
-    return load_gt(gt)
+    from posecal.metrics.cocoeval import with_oks_area
+
+    return with_oks_area(load_gt(gt))
 
 
 def _bbox_score(pred: CocoResults) -> np.ndarray:

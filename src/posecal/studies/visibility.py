@@ -59,7 +59,9 @@ def visibility_study(store: str | os.PathLike, *, head: str | os.PathLike | None
     fs = FeatureStore.open(store)
     if fs.gt_path is None:
         raise PosecalInputError("the store has no gt.json", file=str(store))
-    gt = load_gt(fs.gt_path)
+    from posecal.metrics.cocoeval import with_oks_area
+
+    gt = with_oks_area(load_gt(fs.gt_path))
     try:
         ks = get_keypoint_set(str(fs.meta.get("keypoint_set")))
     except KeyError as e:
