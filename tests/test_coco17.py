@@ -477,6 +477,13 @@ def test_context_stage_fit_apply_export(det_store, tmp_path, shared, capsys):
     own = np.array([r["score"] for r in store.predictions])
     kept = [r["score"] for r in json.loads((tmp_path / "k.json").read_text())]
     np.testing.assert_allclose(kept, keep_image_order(store.read("image_id"), own, want), rtol=1e-12)
+    # fit records, per training store, the AP / AR of what apply writes on it (context stage, order kept)
+    from posecal.io.coco import load_gt, load_results
+    from posecal.metrics.cocoeval import evaluate
+
+    ev = evaluate(load_gt(str(store.path / "gt.json")), load_results(str(tmp_path / "k.json")))
+    assert meta["metrics"]["applied"][str(store.path)] == pytest.approx(
+        {"AP": ev.stats["AP"], "AR": ev.stats["AR"]}, abs=1e-12)
     np.testing.assert_allclose([r["keypoints"][2::3] for r in cal], s, rtol=1e-6)
     np.testing.assert_allclose([r["visibility"] for r in cal], v, rtol=1e-6)
     assert not np.allclose(want, c)

@@ -192,6 +192,29 @@ def rescored_ap(head: Any, data: StoreData, evidence: Sequence[str] = (), *,
     return out
 
 
+def applied_ap(head: Any, data: StoreData, evidence: Sequence[str] = (), *,
+               box_score: bool = False) -> dict[str, float]:
+    """AP/AR of ``data``'s predictions with the instance scores ``posecal apply`` writes for ``head`` on it:
+    the head, then (detection stores) the head's context stage, then the store's own order kept per image
+    (:func:`posecal.ccnet.apply.instance_scores`). Empty without gt."""
+    from posecal.ccnet.apply import instance_scores
+    from posecal.ccnet.context import own_scores, store_context
+    from posecal.metrics.cocoeval import evaluate
+
+    if data.gt is None:
+        return {}
+    s, v, _ = predict_store(head, data, evidence, box_score=box_score)
+    stage = getattr(head, "context_stage", None)
+    use_stage = stage is not None and data.meta.get("boxes", "gt") != "gt"
+    own = own_scores(data.records)
+    ctx = store_context(data.path, data.records, data.sigmas) if use_stage else None
+    iid = np.array([r["image_id"] for r in data.records], np.int64)
+    c = instance_scores(s, v, own, iid, box_score=data.box_score if box_score else None,
+                        stage=stage if use_stage else None, context=ctx)
+    ev = evaluate(data.gt, data.results(), scores=c, sigmas=data.sigmas, warn=False)
+    return {"AP": float(ev.stats["AP"]), "AR": float(ev.stats["AR"])}
+
+
 def _is_detection_store(d: StoreData) -> bool:
     return d.match is not None and d.has_target is not None and bool(d.has_target.any())
 
@@ -328,6 +351,9 @@ def fit_from_stores(stores: Sequence[StoreData], recipe: Recipe | None = None, v
             elif context and any(_is_detection_store(d) for d in stores):
                 warnings.warn("context stage skipped under DDP (world size > 1): fit it in one process",
                               PosecalWarning, stacklevel=2)
+            # in-sample, per training store, what `posecal apply` would write on it (context stage, order kept)
+            metrics["applied"] = {d.path: applied_ap(res.head, d, recipe.evidence, box_score=recipe.box_score)
+                                  for d in stores if d.gt is not None}
     finally:
         if world > 1:
             import torch.distributed as dist

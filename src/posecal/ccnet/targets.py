@@ -62,9 +62,14 @@ class StoreData:
     def results(self) -> Any:
         """``records`` parsed as :class:`posecal.io.coco.CocoResults` against ``gt`` (cached)."""
         if self._results is None:
+            import warnings
+
+            from posecal.errors import PosecalWarning
             from posecal.io.coco import load_results
 
-            self._results = load_results(self.records, self.gt)
+            with warnings.catch_warnings():  # the store's own scores: `extract` warned when it wrote them
+                warnings.simplefilter("ignore", PosecalWarning)
+                self._results = load_results(self.records, self.gt)
         return self._results
 
 

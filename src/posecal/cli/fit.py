@@ -216,8 +216,14 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(dumps_json(meta, indent=True).decode() + "\n")
     else:
         for split, m in meta["metrics"].items():  # in-sample on train; the head's scores, as apply --reorder
-            what = " (the head alone, before the context stage)" if "context" in meta else ""
-            print(f"{split}{what}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
+            if split == "applied":  # per training store, what `posecal apply` writes (context stage, order kept)
+                for path, mm in m.items():
+                    print(f"apply on {path} (in-sample): " + ", ".join(f"{k} {v:.4f}" for k, v in mm.items()))
+                continue
+            label = split
+            if split == "train":  # the first store, the head's own scores
+                label += f" ({args.store[0]}" + (", the head alone" if "context" in meta else "") + ")"
+            print(f"{label}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
         if "context" in meta:
             print(f"context stage: fitted on {meta['context']['rows']} detections (out-of-fold scores, "
                   f"{meta['context']['folds']} folds)")
