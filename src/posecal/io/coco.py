@@ -160,6 +160,8 @@ class CocoResults:
             has that field).
         records: the parsed dicts (file order), for round-tripping extra fields.
         path: source file (None for a list).
+        body_only: the records carry only the 17 body ``keypoints`` while the ground truth is COCO-WholeBody
+            (K = 133): keypoints 17.. are (0, 0, 0) padding, and only the body can be evaluated.
     """
 
     image_id: np.ndarray
@@ -172,6 +174,7 @@ class CocoResults:
     part_scores: dict[str, np.ndarray] = field(default_factory=dict)
     records: list[dict] = _LazyRecords()  # type: ignore[assignment]
     path: str | None = None
+    body_only: bool = False
 
     def __len__(self) -> int:
         return int(self.image_id.shape[0])
@@ -294,6 +297,15 @@ def _flat_array(rows: list, k3: int, file, fld: str, rec_ids: Sequence | None = 
     except OverflowError:  # an integer beyond float64
         raise PosecalInputError("number out of range", file, None, fld) from None
     return _require_finite(arr, file, fld, rec_ids)
+
+
+def _box_rows(rows: list) -> list:
+    """``bbox`` lists as pycocotools reads them: only ``bb[0:4]`` are used, so a longer list (a detector's
+    ``[x, y, w, h, score]``) is its first four values; shorter ones and non-lists are left for
+    :func:`_flat_array` to refuse."""
+    if not any(type(b) is list and len(b) > 4 for b in rows):
+        return rows
+    return [b[:4] if type(b) is list and len(b) > 4 else b for b in rows]
 
 
 def _column(recs: list[dict], key: str, file, what: str, default: Any = KeyError) -> list:
@@ -419,6 +431,39 @@ def _id_label(code: int, names: list[str] | None) -> Any:
     return code if names is None or not 0 <= code < len(names) else names[code]
 
 
+def _plain_python(obj: Any) -> Any:
+    """A copy of an already-parsed document with numpy scalars (``np.float32(0.9)``, ``np.int64(3)``) as
+    Python numbers and numpy arrays and tuples as lists; None when ``obj`` is not a parsed list / dict or
+    holds none of them (nothing to retry). The input is not modified.
+
+    Tried only after the strict checks refused the document (no cost on the usual path); values the checks
+    refuse anyway (a numpy bool, NaN) are refused again, as in a file."""
+    if not isinstance(obj, (list, dict)):
+        return None
+    changed = False
+
+    def conv(v: Any) -> Any:
+        nonlocal changed
+        t = type(v)
+        if t is list:
+            return [conv(x) for x in v]
+        if t is dict:
+            return {k: conv(x) for k, x in v.items()}
+        if t is tuple or isinstance(v, np.ndarray):
+            changed = True
+            return [conv(x) for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
+        if isinstance(v, np.generic):
+            changed = True
+            return v.item()
+        return v
+
+    try:
+        out = conv(obj)
+    except RecursionError:  # absurdly nested: keep the first error
+        return None
+    return out if changed else None
+
+
 # ---- ground truth --------------------------------------------------------------------------------------
 def load_gt(src: str | os.PathLike | dict | bytes, *, file: str | None = None) -> CocoGroundTruth:
     """Load and validate COCO keypoint ground truth.
@@ -437,18 +482,32 @@ def load_gt(src: str | os.PathLike | dict | bytes, *, file: str | None = None) -
     (xtcocotools), image / category ids may all be strings (coded by their sorted order, as pycocotools
     sorts them), a string annotation id holding an integer is that integer, ``"keypoints": []`` is K
     unlabelled keypoints, and without ``num_keypoints`` on every annotation the labelled keypoints are
-    counted for all (xtcocotools).
+    counted for all (xtcocotools), and a ``bbox`` of more than four numbers is its first four (pycocotools
+    reads ``bb[0:4]`` only).
 
     Raises:
         PosecalInputError: bad JSON, missing/ill-typed field, annotations whose keypoint counts disagree,
             NaN/inf, unknown image_id or category_id, negative area or box size, duplicate
             image/category/annotation ids, string and number ids mixed.
 
+    An already-parsed ``src`` may hold numpy scalars / arrays and tuples where JSON has numbers and lists
+    (pycocotools takes them): they are read as the equal Python values (:func:`_plain_python`).
+
     Warns:
         PosecalWarning: ``categories[0].keypoints`` names a different number of keypoints than the
             annotations carry (MMPose's KeypointPartitionMetric writes such files): K is taken from the
             annotations and the keypoint set (sigmas) matched by that count.
     """
+    try:
+        return _load_gt(src, file)
+    except PosecalInputError:
+        plain = _plain_python(src)
+        if plain is None:
+            raise
+        return _load_gt(plain, file)
+
+
+def _load_gt(src: Any, file: str | None) -> CocoGroundTruth:
     with no_gc():
         d, file, fast_kp, non_json = read_json(src, file, _gt_annotations)
         images_l, anns, cats = _gt_document(d, file)
@@ -659,7 +718,8 @@ def _gt_geometry(anns: list, file: str | None, rec_ids: list
     if neg.any():
         i = int(np.argmax(neg))
         raise PosecalInputError(f"negative area {area[i]}", file, rec_ids[i], "area")
-    bbox = _flat_array(_column(anns, "bbox", file, "annotation"), 4, file, "bbox", rec_ids, key="bbox")
+    bbox = _flat_array(_box_rows(_column(anns, "bbox", file, "annotation")), 4, file, "bbox", rec_ids,
+                       key="bbox")
     neg = (bbox[:, 2] < 0) | (bbox[:, 3] < 0)
     if neg.any():
         i = int(np.argmax(neg))
@@ -695,6 +755,10 @@ def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | No
     Stages: read (strict JSON) → ids and scores → keypoints → boxes and detection area → optional
     fields → checks against ``gt`` → score range warnings.
 
+    An already-parsed ``src`` may hold numpy scalars / arrays and tuples where JSON has numbers and lists,
+    as results built in memory often do (pycocotools' ``loadRes`` takes them): they are read as the equal
+    Python values (:func:`_plain_python`; float32 values exactly, as float64).
+
     Args:
         src: a path, raw JSON bytes, or an already-parsed list of dicts (not modified).
         gt: when given, K is taken from it and ``image_id``/``category_id`` are checked against it (a
@@ -712,6 +776,16 @@ def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | No
     Warns:
         PosecalWarning: instance or keypoint scores above 1 or below 0 (kept as they are).
     """
+    try:
+        return _load_results(src, gt, file)
+    except PosecalInputError:
+        plain = _plain_python(src)
+        if plain is None:
+            raise
+        return _load_results(plain, gt, file)
+
+
+def _load_results(src: Any, gt: CocoGroundTruth | None, file: str | None) -> CocoResults:
     with no_gc():
         recs, file, fast_kp, non_json = read_json(src, file, _result_records)
         if type(recs) is dict and type(recs.get("annotations")) is list:
@@ -719,7 +793,7 @@ def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | No
         if type(recs) is not list:
             raise PosecalInputError("results must be a JSON list of detection records", file)
         image_id, category_id, score = _result_ids(recs, gt, file)
-        kps, own = _result_keypoints(recs, gt, fast_kp, file)
+        kps, own, body_only = _result_keypoints(recs, gt, fast_kp, file)
         bbox, det_area = _result_boxes(recs, own, file)
         visibility, part_scores = _result_extras(recs, kps.shape[1], file)
         if gt is not None:
@@ -729,7 +803,7 @@ def load_results(src: str | os.PathLike | list | bytes, gt: CocoGroundTruth | No
         _warn_score_range(score, kps, file)
     out = CocoResults(image_id=image_id, category_id=category_id, keypoints=kps, score=score, bbox=bbox,
                       visibility=visibility, det_area=det_area, part_scores=part_scores, records=recs,
-                      path=file)
+                      path=file, body_only=body_only)
     if fast_kp is not None:
         out._defer_keypoints(fast_kp)
     return out
@@ -759,8 +833,14 @@ _WB_EXTRA = sum(k for *_, k in WHOLEBODY_FIELDS)
 
 
 def _result_keypoints(recs: list, gt: CocoGroundTruth | None, fast_kp: np.ndarray | None, file: str | None
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """(D, K, 3) keypoints (WholeBody parts concatenated) and the records' own ``keypoints`` part."""
+                      ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(D, K, 3) keypoints (WholeBody parts concatenated), the records' own ``keypoints`` part, and whether
+    the results are body-only against COCO-WholeBody ground truth.
+
+    Body-only results (17-keypoint ``keypoints`` and no part fields, e.g. a COCO body model's file) against
+    COCO-WholeBody ground truth are what pycocotools evaluates from such a file (it reads the gt's and the
+    results' ``keypoints`` only): the parts are padded with unlabelled (0, 0, 0) keypoints to K = 133, and
+    the evaluators refuse to score anything but the body of them (:attr:`CocoResults.body_only`)."""
     D = len(recs)
     kp_rows = fast_kp if fast_kp is not None else _column(recs, "keypoints", file, "result")
     wholebody = D > 0 and all(f in recs[0] for _, f, _ in WHOLEBODY_FIELDS)
@@ -782,20 +862,30 @@ def _result_keypoints(recs: list, gt: CocoGroundTruth | None, fast_kp: np.ndarra
         body = rows(kp_rows, 51, "keypoints").reshape(D, 17, 3)
         parts = [body] + [rows(_column(recs, fld, file, "result"), 3 * k, fld).reshape(D, k, 3)
                           for _, fld, k in WHOLEBODY_FIELDS]
-        return np.concatenate(parts, axis=1), body
+        return np.concatenate(parts, axis=1), body, False
+    if gt is not None and gt.wholebody and K_total == 133 and D and _first_row_len(kp_rows, fast_kp) == 51:
+        body = rows(kp_rows, 51, "keypoints").reshape(D, 17, 3)
+        return np.concatenate([body, np.zeros((D, K_total - 17, 3))], axis=1), body, True
     if K_total <= 0:
         raise PosecalInputError("empty keypoints", file, 0, "keypoints")
     kps = rows(kp_rows, 3 * K_total, "keypoints").reshape(D, K_total, 3)
-    return kps, kps
+    return kps, kps, False
+
+
+def _first_row_len(kp_rows: Any, fast_kp: np.ndarray | None) -> int | None:
+    if fast_kp is not None:
+        return int(fast_kp.shape[1])
+    return len(kp_rows[0]) if type(kp_rows[0]) is list else None
 
 
 def _result_boxes(recs: list, own: np.ndarray, file: str | None) -> tuple[np.ndarray | None, np.ndarray]:
-    """``bbox`` (D, 4) or None, and the detection area as pycocotools' ``loadRes`` assigns it."""
+    """``bbox`` (D, 4) or None, and the detection area as pycocotools' ``loadRes`` assigns it. A ``bbox``
+    longer than 4 (``[x, y, w, h, score]``) is read by its first four values, as ``loadRes`` reads it."""
     D = len(recs)
     bbox = None
     first = recs[0].get("bbox") if D else None
     if type(first) is list and len(first) > 0:
-        bbox = _flat_array(_column(recs, "bbox", file, "result"), 4, file, "bbox", key="bbox")
+        bbox = _flat_array(_box_rows(_column(recs, "bbox", file, "result")), 4, file, "bbox", key="bbox")
         with np.errstate(over="ignore"):  # a box of 1e200 px: inf area, as pycocotools computes it
             det_area = bbox[:, 2] * bbox[:, 3]
     else:
@@ -807,8 +897,8 @@ def _result_boxes(recs: list, own: np.ndarray, file: str | None) -> tuple[np.nda
             det_area = np.zeros(0)
         if D and any("bbox" in r for r in recs):
             box_rows = [r.get("bbox") for r in recs]
-            if all(type(b) is list and len(b) == 4 for b in box_rows):
-                bbox = _flat_array(box_rows, 4, file, "bbox", key="bbox")
+            if all(type(b) is list and len(b) >= 4 for b in box_rows):
+                bbox = _flat_array(_box_rows(box_rows), 4, file, "bbox", key="bbox")
     if bbox is not None:
         neg = (bbox[:, 2] < 0) | (bbox[:, 3] < 0)
         if neg.any():

@@ -755,6 +755,7 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
         labels = tuple(area_labels) if area_labels is not None else (
             AREA_LABELS if area_rngs is None else tuple(f"area{i}" for i in range(st.area_rngs.shape[0])))
         kp_idx = _keypoint_index(gt, keypoints)
+        _check_body_only(res, kp_idx)
         sig = _resolve_sigmas(gt, kp_idx, sigmas)
         score = _check_inputs(gt, res, scores)
         out = _evaluate_core(gt, res, score, kp_idx, sig, st, warn)
@@ -773,6 +774,16 @@ def evaluate(gt: CocoGroundTruth | str | dict, res: CocoResults | str | list, *,
         gt_evaluated=gt_eval, crowd_levels=st.crowd_levels, match_detail=out[6] if keep_matches else None,
         **per_det,
     )
+
+
+def _check_body_only(res: CocoResults, kp_idx: np.ndarray) -> None:
+    """Body-only results against COCO-WholeBody ground truth (:attr:`CocoResults.body_only`) can be
+    evaluated on the 17 body keypoints only: anything else is refused (their parts are padding)."""
+    if res.body_only and kp_idx.size and int(kp_idx.max()) >= 17:
+        raise PosecalInputError("the results carry only the 17 body keypoints (no foot_kpts / face_kpts / "
+                                "lefthand_kpts / righthand_kpts): only the body can be evaluated (the WholeBody "
+                                "parts, sigmas for all 133 keypoints and --report need the part fields)",
+                                res.path, None, "keypoints")
 
 
 def _check_inputs(gt: CocoGroundTruth, res: CocoResults, scores: np.ndarray | None) -> np.ndarray:
@@ -976,7 +987,9 @@ def evaluate_dataset(gt: CocoGroundTruth | str | dict, res: CocoResults | str | 
     * ``use_area`` None: the gt ``area`` when every gt has one, else 0.53·w·h of the box (with a note).
     * COCO-WholeBody ground truth (part fields) with default sigmas: the body as pycocotools evaluates the
       file (its own COCO-17 sigmas, which differ from the WholeBody list in the last bit), plus
-      xtcocotools' part-wise AP with part scores (:func:`evaluate_wholebody`).
+      xtcocotools' part-wise AP with part scores (:func:`evaluate_wholebody`). Body-only results (17
+      ``keypoints``, no part fields: a COCO body model's file, which pycocotools evaluates on such ground
+      truth) get the body only, with a note; with explicit sigmas over all 133 keypoints they are refused.
     """
     if not isinstance(gt, CocoGroundTruth):
         gt = load_gt(gt)
@@ -993,6 +1006,9 @@ def evaluate_dataset(gt: CocoGroundTruth | str | dict, res: CocoResults | str | 
         use_area = False
     if gt.wholebody and sigmas is None:
         result = evaluate(gt, res, sigmas=COCO17.sigmas, use_area=use_area, flavor=flavor, keypoints="body")
+        if res.body_only:
+            notes.append("results carry only the 17 body keypoints: body AP/AR only, no COCO-WholeBody parts")
+            return DatasetEvaluation(result, {}, use_area, flavor, notes)
         return DatasetEvaluation(result, evaluate_wholebody(gt, res, use_area=use_area), use_area, flavor,
                                  notes)
     # a CrowdPose file under xtcocotools: its 'keypoints_crowd' (MMPose's CrowdPose metric), crowd levels too
