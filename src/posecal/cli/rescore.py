@@ -82,7 +82,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--fit-pred", help="results to fit a learned calibrator on (with --fit-gt)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--save-calibrator", help="write the fitted calibrator as JSON")
-    g.add_argument("--calibrator", help="load a fitted calibrator (JSON) instead of fitting")
+    g.add_argument("--calibrator", help="load a fitted calibrator (JSON) instead of fitting; it keeps its own "
+                   "parameters and applies only to the keypoint set it was fitted on (other options or keypoints: "
+                   "refused)")
     p.add_argument("--out", required=True,
                    help="output COCO results JSON (written atomically); '-' writes it to stdout and the "
                         "summary to stderr")
@@ -120,8 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from posecal.rescore import Rescorer, get_rescorer
 
     _check_outputs(args)
-    if (args.fit_gt is None) != (args.fit_pred is None):
-        raise PosecalInputError("--fit-gt and --fit-pred go together", None, None, "--fit-gt/--fit-pred")
+    _check_flags(args)
     if args.pred is None and args.store is None:
         raise PosecalInputError("give --pred or --store", None, None, "--pred")
     store = sigma = None
@@ -160,11 +161,12 @@ def run(args: argparse.Namespace) -> int:
                                     "--sigmas/--keypoint-set", args.calibrator, None,
                                     "--sigmas" if args.sigmas else "--keypoint-set")
         r = Rescorer.load(args.calibrator)
-        _warn_other_skeleton(args.calibrator, pred.keypoints.shape[1])
         if r.method != args.method:
             raise PosecalInputError(
                 f"calibrator is {r.method!r}, not {args.method!r}", args.calibrator, None, "method"
             )
+        _check_skeleton(args.calibrator, pred, gt)
+        _check_calibrator_options(args, r)
     else:
         r = get_rescorer(args.method, **_params(args, sigmas))
         if args.fit_gt:
@@ -185,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
     records = out.to_records(pred)
     nms = None
     if args.oks_nms is not None:
-        keep, nms = _oks_nms(args, pred, out, gt, sigmas, pred_src)
+        keep, nms = _oks_nms(args, pred, out, gt, sigmas if sigmas is not None else getattr(r, "sigmas", None),
+                             pred_src)
         records = [records[i] for i in keep]
     _write_outputs(args, r, records, fitted_on)
     _print_summary(args, r, pred, out, pred_src, store_sigma=sigma is not None, nms=nms)
@@ -195,8 +198,9 @@ def run(args: argparse.Namespace) -> int:
 def _oks_nms(args: argparse.Namespace, pred: Any, out: Any, gt: Any, sigmas: np.ndarray | None,
              pred_src: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Rows kept by MMPose CocoMetric's OKS-NMS (:func:`posecal.models.nms.oks_nms_per_image`) on the new
-    instance scores, and what was done (for the summary). Sigmas: ``--sigmas``/``--keypoint-set``, else the
-    gt's keypoint set, else the one set with the predictions' keypoint count."""
+    instance scores, and what was done (for the summary). Sigmas: ``--sigmas``/``--keypoint-set`` (or a loaded
+    calibrator's own ``params.sigmas``), else the gt's keypoint set, else the one set with the predictions'
+    keypoint count."""
     from posecal.keypoints import find_keypoint_set
     from posecal.models.nms import crop_box_area, keypoint_extent_area, oks_nms_per_image
 
@@ -236,17 +240,65 @@ def _skeleton(pred: Any, gt: Any) -> dict[str, Any]:
     return {"num_keypoints": int(pred.keypoints.shape[1]), "keypoint_set": ks.name if ks is not None else None}
 
 
-def _warn_other_skeleton(path: str, K: int) -> None:
-    """A calibrator saved with ``fitted_on`` (posecal ≥ this version) fitted on another number of keypoints:
-    its score → OKS map was learned on other joints and their tolerances; warn (the map still applies)."""
+def _check_flags(args: argparse.Namespace) -> None:
+    """Flag combinations that cannot mean what they say, refused before anything is read."""
+    from posecal.rescore import rescorer_class
+
+    if (args.fit_gt is None) != (args.fit_pred is None):
+        raise PosecalInputError("--fit-gt and --fit-pred go together", None, None, "--fit-gt/--fit-pred")
+    if args.calibrator and args.fit_gt:
+        raise PosecalInputError("a loaded calibrator is already fitted: drop --fit-gt/--fit-pred, or drop "
+                                "--calibrator to fit a new one", args.calibrator, None, "--fit-gt")
+    cls = rescorer_class(args.method)
+    if args.fit_gt and not cls.needs_fit and not (args.method == "closed-form" and args.area == "mean"):
+        warnings.warn(f"--method {args.method} learns nothing from --fit-gt/--fit-pred (isotonic and loglog fit "
+                      "on them; closed-form --area mean takes its mean area from them): they change nothing",
+                      PosecalWarning, stacklevel=2)
+    if args.oks_nms is None and args.nms_area != "auto":
+        warnings.warn("--nms-area only applies with --oks-nms THR: ignored", PosecalWarning, stacklevel=2)
+
+
+def _check_skeleton(path: str, pred: Any, gt: Any) -> None:
+    """A calibrator saved with ``fitted_on`` (what ``--save-calibrator`` writes) fitted on another keypoint
+    count, or another named keypoint set (the gt's, when it is known): its score → OKS map was learned on other
+    joints and their OKS tolerances; warned (the map still applies). A damaged ``fitted_on`` is refused; a
+    calibrator without one (``Rescorer.save``) is not checked."""
     from posecal._util import read_json
 
-    fitted = read_json(path).get("fitted_on")
+    obj = read_json(path)
+    if not isinstance(obj, dict) or "fitted_on" not in obj or obj["fitted_on"] is None:
+        return
+    fitted = obj["fitted_on"]
     k = fitted.get("num_keypoints") if isinstance(fitted, dict) else None
-    if isinstance(k, int) and k != K:
-        name = fitted.get("keypoint_set")
+    name = fitted.get("keypoint_set") if isinstance(fitted, dict) else None
+    if type(k) is not int or k < 1 or not (name is None or isinstance(name, str)):
+        raise PosecalInputError('expected {"num_keypoints": K >= 1, "keypoint_set": NAME or null}', path, None,
+                                "fitted_on")
+    K = int(pred.keypoints.shape[1])
+    ks = getattr(gt, "keypoint_set", None) if gt is not None else None
+    here = ks.name if ks is not None and ks.num_keypoints == K else None
+    if k != K or (name is not None and here is not None and name != here):
         warnings.warn(f"{path}: calibrator fitted on {k} keypoints{f' ({name})' if name else ''}, applied to "
-                      f"{K}: its score-to-OKS map was learned on other joints", PosecalWarning, stacklevel=2)
+                      f"{K}{f' ({here})' if here else ''}: its score-to-OKS map was learned on other joints",
+                      PosecalWarning, stacklevel=2)
+
+
+def _check_calibrator_options(args: argparse.Namespace, r: Any) -> None:
+    """A rescorer option given on the command line (a value other than its default) that disagrees with the
+    loaded calibrator's own parameter is refused: the calibrator's value is the one that would be used."""
+    from posecal.rescore import rescorer_class
+
+    loaded = r.get_params()
+    defaults = rescorer_class(args.method)().get_params()
+    for k, v in _params(args, None).items():
+        if k not in loaded or k == "sigmas":
+            continue
+        mine = loaded[k]
+        if v != defaults[k] and v != mine:
+            flag = "--" + k.replace("_", "-")
+            shown = " ".join(map(str, mine)) if isinstance(mine, tuple) else mine
+            raise PosecalInputError(f"the calibrator was saved with {flag} {shown}; drop {flag} or fit a new "
+                                    "calibrator", args.calibrator, None, flag)
 
 
 def _same_rows(store: Any, pred: Any, pred_src: str) -> None:

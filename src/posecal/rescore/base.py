@@ -91,14 +91,38 @@ def _as_gt(gt: GtLike) -> CocoGroundTruth | None:
 
 
 def _bbox_score(pred: CocoResults) -> np.ndarray:
-    """``(D,)`` box scores: the records' ``bbox_score`` when every record has one, else 1."""
+    """``(D,)`` box scores: the records' ``bbox_score`` when every record has one, 1 when none has one.
+
+    Some records with a ``bbox_score`` and others without is refused (naming the first without one): giving
+    every record a box score of 1 then would silently drop the detector's scores from every instance score.
+    """
     recs = pred.records
-    if recs and all("bbox_score" in r for r in recs):
+    has = [isinstance(r, dict) and "bbox_score" in r for r in recs] if recs else []
+    if has and all(has):
         from posecal.datasets.coco import number
 
         return np.array([number(r["bbox_score"], pred.path, i, "bbox_score") for i, r in enumerate(recs)],
                         dtype=np.float64)
+    if any(has):
+        i = has.index(False)
+        raise PosecalInputError(f"no 'bbox_score' ({sum(has)} of {len(has)} records have one: give it on every "
+                                "record, or on none for box scores of 1)", pred.path, i, "bbox_score")
     return np.ones(len(pred))
+
+
+_NO_BOX_SCORE = ("keypoint", "mean")  # instance-score modes that never read the box score
+
+
+def _checked_visibility(pred: CocoResults, v: np.ndarray) -> np.ndarray:
+    """Visibility ``(D, K)`` used as weights: finite and >= 0 (a negative weight makes the instance score no
+    longer a weighted mean of the keypoint scores); refused naming the first bad record."""
+    v = np.asarray(v, dtype=np.float64)
+    bad = ~np.isfinite(v) | (v < 0)
+    if v.ndim == 2 and bad.any():
+        r, k = (int(x) for x in np.argwhere(bad)[0])
+        raise PosecalInputError(f"keypoint {k}: visibility {float(v[r, k]):g} is not a weight >= 0",
+                                pred.path, r, "visibility")
+    return v
 
 
 def _aggregate_for(
@@ -106,11 +130,13 @@ def _aggregate_for(
 ) -> np.ndarray:
     """Instance scores ``(D,)`` of keypoint scores ``s (D, K)`` by ``mode`` (MMPose-exact rule)."""
     v = visibility if visibility is not None else pred.visibility
-    if mode == "visibility" and v is None:
-        raise PosecalInputError(
-            "aggregation 'visibility' needs a 'visibility' list per record", pred.path, 0, "visibility"
-        )
-    return instance_score(s, mode, _bbox_score(pred), thr, v)
+    if mode == "visibility":
+        if v is None:
+            raise PosecalInputError(
+                "aggregation 'visibility' needs a 'visibility' list per record", pred.path, 0, "visibility"
+            )
+        v = _checked_visibility(pred, v)
+    return instance_score(s, mode, None if mode in _NO_BOX_SCORE else _bbox_score(pred), thr, v)
 
 
 def _json_value(v: object) -> object:
@@ -318,8 +344,9 @@ def _check_calibrator_values(params: dict, state: dict, file: str | None) -> Non
                 raise PosecalInputError(f"bad value {str(v)[:40]!r}", file, None, f"{where}.{k}")
     for k in ("heatmap_size", "input_size"):
         v = params.get(k)
-        if v is not None and not (isinstance(v, list) and len(v) == 2 and all(x >= 1 for x in v)):
-            raise PosecalInputError("expected [W, H] with W, H >= 1", file, None, f"params.{k}")
+        if v is not None and not (isinstance(v, list) and len(v) == 2
+                                  and all(x >= 1 and float(x).is_integer() for x in v)):
+            raise PosecalInputError("expected [W, H], whole numbers >= 1", file, None, f"params.{k}")
     for k in ("target_sigma", "padding", "min_score"):
         v = params.get(k)
         if v is not None and not (num(v) and v > 0):
@@ -336,6 +363,9 @@ def _check_calibrator_state(r: Rescorer, file: str | None) -> None:
         if x.ndim != 1 or x.shape != y.shape or x.size < 1 or np.any(np.diff(x) < 0):
             raise PosecalInputError("x_ and y_ must be lists of equal length >= 1, x_ increasing", file, None,
                                     "state")
+        if np.any(y < -1e-9) or np.any(y > 1 + 1e-9) or np.any(np.diff(y) < -1e-9):
+            raise PosecalInputError("y_ must be keypoint OKS values in [0, 1], non-decreasing (the isotonic "
+                                    "fit)", file, None, "state.y_")
     elif r.method == "loglog":
         if np.asarray(r.coef_).shape != (2,):
             raise PosecalInputError("coef_ must be [a, b]", file, None, "state.coef_")

@@ -176,8 +176,13 @@ class LogLogRescorer(_KeypointMapRescorer):
 
     def fit(self, pred: PredLike, gt: GtLike = None, **kw: object) -> LogLogRescorer:
         """Least-squares fit of ``coef_`` on ``pred``'s matched labelled keypoints (needs ``gt``)."""
+        gt = _as_gt(gt)
+        pred = _as_pred(pred, gt)
         p = self._pairs(pred, gt)
         ok = p["error"] > 0
+        if int(ok.sum()) < 2:  # log(0) is no data point: a fit on fewer than 2 would be made up
+            raise PosecalInputError(f"loglog: {int(ok.sum())} matched labelled keypoints with a non-zero error "
+                                    "(needs at least 2 to fit log(error) on log(score))", pred.path)
         x = np.log(np.maximum(p["score"][ok], self.min_score))
         y = np.log(p["error"][ok] / p["l"][ok])
         A = np.column_stack([np.ones_like(x), x])
@@ -188,8 +193,10 @@ class LogLogRescorer(_KeypointMapRescorer):
         """Per-axis error scale in units of ``l`` for raw scores ``s``."""
         self._check_is_fitted()
         a, b = self.coef_
-        return np.exp(a + b * np.log(np.maximum(s, self.min_score)) - _RAYLEIGH_LOG_SHIFT)
+        with np.errstate(over="ignore"):  # a steep fit: sigma_n = inf, expected OKS 0 (as the limit)
+            return np.exp(a + b * np.log(np.maximum(s, self.min_score)) - _RAYLEIGH_LOG_SHIFT)
 
     def map_scores(self, s: np.ndarray) -> np.ndarray:
         """Expected keypoint OKS ``1 / (1 + sigma_n(s)^2)`` (Eq. 12 with ``l = 1``)."""
-        return 1.0 / (1.0 + self.sigma_n(s) ** 2)
+        with np.errstate(over="ignore"):
+            return 1.0 / (1.0 + self.sigma_n(s) ** 2)

@@ -41,7 +41,8 @@ class MMPoseRescorer(Rescorer):
         """Keypoint scores ``(D, K)`` unchanged; instance scores ``(D,)`` by ``mode``."""
         pred = _as_pred(pred)
         s = pred.keypoints[..., 2].copy()
-        inst = instance_score(s, self.mode, _bbox_score(pred), self.keypoint_score_thr)
+        inst = instance_score(s, self.mode, None if self.mode == "keypoint" else _bbox_score(pred),
+                              self.keypoint_score_thr)
         return RescoreResult(s, inst)
 
 

@@ -8,7 +8,8 @@ AR (the per-image matches, hence every TP/FP label, stay the same).
 
 :func:`keep_image_order` projects new scores onto that set: per image, the isotonic (least-squares,
 non-increasing) regression of the new scores along the old order (pool-adjacent-violators; Barlow et al.
-1972), then ties broken in the old order by ≤ (n − 1)·1e-9 so the order is strict. Numpy + scipy.
+1972), then ties broken in the old order by ≤ (n − 1)·1e-9 (by one float spacing per place where the scores are so
+large that 1e-9 is below it) so the order is strict. Numpy + scipy.
 """
 
 from __future__ import annotations
@@ -55,5 +56,10 @@ def keep_image_order(image_id: np.ndarray, old: np.ndarray, new: np.ndarray) -> 
         if n < 2:
             continue
         y = isotonic_regression(new[rows], increasing=False).x
-        out[rows] = y + TIE_STEP * np.arange(n - 1, -1, -1)
+        z = y + TIE_STEP * np.arange(n - 1, -1, -1)
+        if np.any(np.diff(z) >= 0):  # |score| ≳ 4e6: the step is below the float spacing; step by ulps instead
+            for i in range(n - 2, -1, -1):
+                if z[i] <= z[i + 1]:
+                    z[i] = np.nextafter(z[i + 1], np.inf)
+        out[rows] = z
     return out

@@ -6,7 +6,15 @@ import numpy as np
 
 from posecal.errors import PosecalInputError
 from posecal.rescore.aggregate import instance_score
-from posecal.rescore.base import GtLike, PredLike, Rescorer, RescoreResult, _as_pred, register_rescorer
+from posecal.rescore.base import (
+    GtLike,
+    PredLike,
+    Rescorer,
+    RescoreResult,
+    _as_pred,
+    _checked_visibility,
+    register_rescorer,
+)
 
 __all__ = ["VisibilityRescorer"]
 
@@ -36,4 +44,4 @@ class VisibilityRescorer(Rescorer):
                 "visibility rescoring needs a 'visibility' list per record", pred.path, 0, "visibility"
             )
         s = pred.keypoints[..., 2].copy()
-        return RescoreResult(s, instance_score(s, "visibility", visibility=v))
+        return RescoreResult(s, instance_score(s, "visibility", visibility=_checked_visibility(pred, v)))
