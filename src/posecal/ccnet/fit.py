@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from posecal.ccnet import HEAD_KINDS
-from posecal.ccnet.targets import StoreData, default_head, head_inputs, load_store
+from posecal.ccnet.targets import StoreData, default_head, head_inputs, load_store, metric_masks
 from posecal.errors import PosecalInputError, PosecalWarning
 from posecal.rescore.aggregate import instance_score
 
@@ -188,7 +188,7 @@ def rescored_ap(head: Any, data: StoreData, evidence: Sequence[str] = (), *,
         ev = evaluate(data.gt, data.results(), scores=c, sigmas=data.sigmas, warn=False)
         out["AP"], out["AR"] = float(ev.stats["AP"]), float(ev.stats["AR"])
         sel = data.has_target
-        out.update(quick_metrics(s[sel], v[sel], data.oks[sel], data.vis[sel]))
+        out.update(quick_metrics(s[sel], v[sel], data.oks[sel], data.vis[sel], *metric_masks(data, sel)))
     return out
 
 

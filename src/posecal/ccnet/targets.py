@@ -282,6 +282,22 @@ def _detection_targets(fs: Any, gt: Any, ks: Any, annotated: np.ndarray) -> dict
             "vis_mask": ok[:, None] & annotated[None], "match": match}
 
 
+def _gt_for_store(gt: Any, ks: Any, gt_path: Any) -> Any:
+    """The store's ground truth on the store's keypoints. A COCO-WholeBody file (its 17 body ``keypoints``
+    named in ``categories[0]``, the parts in ``foot_kpts``...) is loaded with all 133 keypoints, while
+    ``extract`` crops it as COCO-17: its body part, as ``posecal evaluate`` scores body-only results
+    (``num_keypoints`` as written). Any other disagreement is refused, naming the file."""
+    from dataclasses import replace
+
+    K = gt.keypoints.shape[1]
+    if K == ks.num_keypoints:
+        return gt
+    if getattr(gt, "wholebody", False) and ks.name == "coco17":
+        return replace(gt, keypoints=np.ascontiguousarray(gt.keypoints[:, :17]), keypoint_set=ks, wholebody=False)
+    raise PosecalInputError(f"the ground truth holds {K} keypoints, the store's keypoint set {ks.name} "
+                            f"{ks.num_keypoints}", file=str(gt_path), field="keypoints")
+
+
 def check_finite_rows(arr: np.ndarray, path: str | os.PathLike, name: str) -> None:
     """Refuse a store array ``(N, ...)`` with NaN/inf in any row (``extract`` refuses non-finite model
     outputs, so such a store was altered), naming the store, the first row and the array."""
@@ -332,6 +348,7 @@ def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> Sto
         from posecal.metrics.cocoeval import with_oks_area
 
         gt = with_oks_area(load_gt(fs.gt_path))  # OKS as `posecal evaluate` scales it (0.53·w·h without area)
+        gt = _gt_for_store(gt, ks, fs.gt_path)
         annotated = _annotated(fs.gt_path, ks)
         have = model_keypoints(meta, ks.num_keypoints, file=Path(path) / "meta.json")
         if have is not None:  # keypoints the model lacks: ŝ = v̂ = 0 in apply, out of both losses here
@@ -347,6 +364,12 @@ def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> Sto
     )
 
 
+def metric_masks(data: StoreData, sel: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(conf_mask, vis_mask)`` of ``data``'s rows ``sel`` (None where the store has none): what
+    :func:`posecal.ccnet.train.quick_metrics` reports over, the keypoints the training losses see."""
+    return tuple(None if m is None else m[sel] for m in (data.conf_mask, data.vis_mask))
+
+
 def scores_and_ap(head: Any, data: StoreData, *, use_box_score: bool = False) -> dict[str, float]:
     """AP/AR of ``data``'s predictions rescored by ``head`` (coordinates unchanged) and Pearson checks."""
     from posecal.ccnet.train import predict, quick_metrics
@@ -360,7 +383,7 @@ def scores_and_ap(head: Any, data: StoreData, *, use_box_score: bool = False) ->
         ev = evaluate(data.gt, res, scores=c, sigmas=data.sigmas, warn=False)
         out["AP"], out["AR"] = float(ev.stats["AP"]), float(ev.stats["AR"])
         sel = data.has_target
-        out.update(quick_metrics(s[sel], v[sel], data.oks[sel], data.vis[sel]))
+        out.update(quick_metrics(s[sel], v[sel], data.oks[sel], data.vis[sel], *metric_masks(data, sel)))
     return out
 
 

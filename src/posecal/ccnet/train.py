@@ -387,19 +387,28 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def quick_metrics(s_hat: np.ndarray, v_hat: np.ndarray, oks: np.ndarray, vis: np.ndarray) -> dict[str, float]:
+def quick_metrics(s_hat: np.ndarray, v_hat: np.ndarray, oks: np.ndarray, vis: np.ndarray,
+                  conf_mask: np.ndarray | None = None, vis_mask: np.ndarray | None = None) -> dict[str, float]:
     """Pearson correlations used for monitoring (the audit module has the full set).
 
     ``pearson_kpt``: ŝ vs keypoint OKS over labelled keypoints; ``pearson_inst``: ĉ (Sec. 5 aggregation)
     vs the instance OKS against its own gt (mean keypoint OKS over labelled keypoints, Eq. 7);
-    ``vis_acc``: accuracy of v̂ > 0.5 against labelled.
+    ``vis_acc``: accuracy of v̂ > 0.5 against labelled. ``conf_mask`` / ``vis_mask`` (N, K), the training
+    loss masks (:class:`posecal.ccnet.targets.StoreData`), leave out what the losses leave out: keypoints the
+    model lacks (``extract --allow-missing-joints``: ŝ = v̂ = 0 by construction) and ones the dataset does
+    not annotate; ``vis_mask`` also the detections without a matched person (no visibility target).
     """
     lab = np.asarray(vis) > 0
+    if conf_mask is not None:
+        lab = lab & np.asarray(conf_mask, bool)
     has = lab.any(axis=1)
     inst = np.where(has, np.nansum(np.where(lab, oks, 0.0), axis=1) / np.maximum(lab.sum(axis=1), 1), np.nan)
     c = instance_score(s_hat, "visibility", visibility=v_hat)
+    hit = (v_hat > 0.5) == (np.asarray(vis) > 0)
+    if vis_mask is not None:
+        hit = hit[np.asarray(vis_mask, bool)]
     return {
         "pearson_kpt": _pearson(s_hat[lab], np.asarray(oks)[lab]),
         "pearson_inst": _pearson(c[has], inst[has]),
-        "vis_acc": float(((v_hat > 0.5) == lab).mean()),
+        "vis_acc": float(hit.mean()) if hit.size else float("nan"),
     }

@@ -246,7 +246,11 @@ def keypoint_set(d: dict[str, Any], *, file: str | None = None) -> KeypointSet:
     k = n3 // 3
     sets = [s for s in KEYPOINT_SETS.values() if s.num_keypoints == k] if n3 % 3 == 0 else []
     if len(sets) == 1:
-        if names:
+        if names and len(names) != k and find_keypoint_set(list(names[:k])) is sets[0]:
+            # e.g. Human-Art: 21 names, `keypoints` holds the first 17 (COCO's, as are the first 17 names)
+            warnings.warn(f"{file}: categories[0] names {len(names)} keypoints, the annotations carry {k}: taken "
+                          f"as {sets[0].name}, which its first {k} names are", PosecalWarning, stacklevel=2)
+        elif names:
             warnings.warn(f"{file}: categories[0].keypoints names match no known keypoint set; taken as "
                           f"{sets[0].name} by its keypoint count ({k}), with that set's order and OKS sigmas",
                           PosecalWarning, stacklevel=2)
@@ -254,8 +258,29 @@ def keypoint_set(d: dict[str, Any], *, file: str | None = None) -> KeypointSet:
     if not sets:
         raise PosecalInputError(f"{n3} keypoint values ({n3 / 3:g} keypoints) match no keypoint set",
                                 file=file, record=0, field="keypoints")
+    if names:  # named, but not as any known set (e.g. AI Challenger: LSP's joints in its own order)
+        raise PosecalInputError(f"the names ({', '.join(map(str, names[:3]))}, …) match no known keypoint set"
+                                f"{_same_joints_hint(names)} and {k} keypoints fit "
+                                f"{', '.join(s.name for s in sets)}: rename and reorder the keypoints to one of "
+                                "these sets", file=file, field="categories[0].keypoints")
     raise PosecalInputError(f"{k} keypoints fit {', '.join(s.name for s in sets)}; name them in "
                             "categories[0].keypoints", file=file, field="categories")
+
+
+def _same_joints_hint(names: list) -> str:
+    """`` (lsp14 has the same joints in another order)`` when the names, normalised, are a known set's joints."""
+    from posecal.keypoints import JOINT_ALIASES, KEYPOINT_SETS
+
+    def norm(n: object) -> str:
+        return str(n).strip().lower().replace(" ", "_").replace("-", "_")
+
+    want = {norm(n) for n in names}
+    for s in KEYPOINT_SETS.values():
+        have = {norm(n) for n in s.names}
+        if len(have) == len(want) and all(n in have or any(a in have for a in JOINT_ALIASES.get(n, ()))
+                                          for n in want):
+            return f" ({s.name} has the same joints in another order)"
+    return ""
 
 
 MIN_BOX_PX = 1e-3
@@ -294,6 +319,21 @@ def _check_box_on_image(bbox: np.ndarray, image: dict[str, Any], file: str | Non
                                 record=record, field="bbox")
     if bbox[0] + bbox[2] <= 0 or bbox[1] + bbox[3] <= 0 or bbox[0] >= W or bbox[1] >= H:
         outside.append(record)
+
+
+def _note_corner_box(bbox: np.ndarray, image: dict[str, Any], record: int, corners: dict[str, list[int]]) -> None:
+    """Evidence that a detection file holds corner boxes ``[x1, y1, x2, y2]`` (MMDetection's own layout) rather
+    than COCO's ``[x, y, w, h]``: as ``[x, y, w, h]`` the box runs past the image's right or bottom edge by more
+    than 5 % of it (``overshoot``), or it cannot be read as corners inside the image (``not_xyxy``)."""
+    W, H = image.get("width"), image.get("height")
+    if not (is_number(W) and is_number(H)):
+        return
+    corners["known"].append(record)
+    x, y, w, h = (float(v) for v in bbox)
+    if x + w > 1.05 * W or y + h > 1.05 * H:
+        corners["overshoot"].append(record)
+    if not (w > x and h > y and w <= 1.01 * W + 1 and h <= 1.01 * H + 1):
+        corners["not_xyxy"].append(record)
 
 
 def keypoint_category(d: dict[str, Any]) -> int:
@@ -368,6 +408,7 @@ def _detection_instances(boxes: list[dict[str, Any]], imgs: dict[int, Any], boxe
     elsewhere = []  # detections of images the data file does not list
     odd_score = []  # person detections scored outside [0, 1]: legal, kept as they are, warned about
     outside: list[int] = []  # person boxes that miss their image entirely: cropped from padding, warned about
+    corners: dict[str, list[int]] = {"known": [], "overshoot": [], "not_xyxy": []}  # [x1, y1, x2, y2] written?
     for r, b in enumerate(boxes):
         if not isinstance(b, dict):
             raise PosecalInputError("detection is not an object", file=boxes_file, record=r)
@@ -385,7 +426,9 @@ def _detection_instances(boxes: list[dict[str, Any]], imgs: dict[int, Any], boxe
             continue
         if not 0.0 <= score <= 1.0:
             odd_score.append(r)
-        _check_box_on_image(bbox, _image_wh(imgs[iid], image_size), boxes_file, r, outside)
+        wh = _image_wh(imgs[iid], image_size)
+        _check_box_on_image(bbox, wh, boxes_file, r, outside)
+        _note_corner_box(bbox, wh, r, corners)
         out.append(Instance(iid, -1, imgs[iid]["file_name"], bbox, score, None, float("nan")))
     if odd_score:
         warnings.warn(f"{boxes_file}: {len(odd_score)} person detection score(s) outside [0, 1] (first: record "
@@ -395,6 +438,12 @@ def _detection_instances(boxes: list[dict[str, Any]], imgs: dict[int, Any], boxe
         warnings.warn(f"{boxes_file}: {len(outside)} person box(es) lie entirely outside their image (first: "
                       f"record {outside[0]}, field 'bbox'); their crops hold only padding", PosecalWarning,
                       stacklevel=3)
+    over = corners["overshoot"]
+    if over and not corners["not_xyxy"] and len(over) >= 0.2 * len(corners["known"]):
+        warnings.warn(f"{boxes_file}: {len(over)} of {len(corners['known'])} person boxes, read as COCO's "
+                      "[x, y, w, h], run well past their image's right or bottom edge (first: record "
+                      f"{over[0]}, field 'bbox'), while every box fits its image as [x1, y1, x2, y2]: corner "
+                      "boxes? posecal reads [x, y, w, h]", PosecalWarning, stacklevel=3)
     if elsewhere:
         warnings.warn(f"{boxes_file}: {len(elsewhere)} detection(s) on images that the data file does not "
                       f"list (first: record {elsewhere[0]}); skipped", PosecalWarning, stacklevel=3)

@@ -526,7 +526,7 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
                                                                                     2.0)
     plan = _Plan(insts=insts, K=ks.num_keypoints,
                  jmap=joint_map(adapter.joint_names, ks.names, allow_missing=allow_missing_joints,
-                                model=getattr(adapter, "kind", "model")),
+                                model=getattr(adapter, "kind", "model"), file=data_file),
                  mflip=flip_index(adapter.joint_names), input_size=tuple(adapter.input_size),
                  padding=float(((card or {}).get("crop") or {}).get("padding", 1.25)),
                  aspect=crop_aspect(card, adapter.input_size), pooling=pooling,

@@ -32,11 +32,12 @@ ALIASES = JOINT_ALIASES
 
 
 def joint_map(model_joints: Sequence[str], dataset_joints: Sequence[str], *,
-              allow_missing: bool = False, model: str = "model") -> np.ndarray:
+              allow_missing: bool = False, model: str = "model", file: str | None = None) -> np.ndarray:
     """Index (K_data,) into the model's joints for each dataset keypoint, by name; -1 where missing.
 
     A dataset keypoint the model lacks raises :class:`PosecalInputError` naming it, unless
-    ``allow_missing`` (then -1: such keypoints get score 0 downstream).
+    ``allow_missing`` (then -1: such keypoints get score 0 downstream); ``file`` (the dataset's) is named in
+    that error.
     """
     idx = {n: i for i, n in enumerate(model_joints)}
     out = np.full(len(dataset_joints), -1, dtype=np.int64)
@@ -50,7 +51,8 @@ def joint_map(model_joints: Sequence[str], dataset_joints: Sequence[str], *,
             missing.append(name)
     if missing and not allow_missing:
         raise PosecalInputError(f"{model} has no joint for dataset keypoint(s) {', '.join(missing)} "
-                                "(use --allow-missing-joints to give them score 0)", field="keypoints")
+                                "(use --allow-missing-joints to give them score 0)", file=file,
+                                field="categories[0].keypoints")
     return out
 
 
