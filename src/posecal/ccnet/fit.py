@@ -208,7 +208,7 @@ def applied_ap(head: Any, data: StoreData, evidence: Sequence[str] = (), *,
     use_stage = stage is not None and data.meta.get("boxes", "gt") != "gt"
     own = own_scores(data.records)
     ctx = store_context(data.path, data.records, data.sigmas) if use_stage else None
-    iid = np.array([r["image_id"] for r in data.records], np.int64)
+    iid = data.image_codes()
     c = instance_scores(s, v, own, iid, box_score=data.box_score if box_score else None,
                         stage=stage if use_stage else None, context=ctx)
     ev = evaluate(data.gt, data.results(), scores=c, sigmas=data.sigmas, warn=False)

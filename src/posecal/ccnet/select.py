@@ -47,6 +47,7 @@ class FoldEvaluator:
 
     def __init__(self, stores: Sequence[StoreData]):
         from posecal._util import read_json
+        from posecal.datasets.coco import image_id_codes
         from posecal.models.store import FeatureStore
 
         self.stores = list(stores)
@@ -55,15 +56,19 @@ class FoldEvaluator:
         off = 0
         for i, d in enumerate(self.stores):
             g = read_json(FeatureStore.open(d.path).gt_path)
-            ids = [int(im["id"]) for im in g["images"]]
+            # string image ids: their codes (the store's, load_gt's for its gt.json), numbers as they are
+            codes = image_id_codes(im["id"] for im in g["images"])
+            key = int if codes is None else codes.__getitem__
+            ids = [key(im["id"]) for im in g["images"]]
             step = (max(ids + [int(a["id"]) for a in g["annotations"]] + [0]) + 1)
             self.offset.append(off)
-            self.images += [{**im, "id": int(im["id"]) + off} for im in g["images"]]
-            self.anns += [{**a, "id": int(a["id"]) + off, "image_id": int(a["image_id"]) + off}
+            self.images += [{**im, "id": key(im["id"]) + off} for im in g["images"]]
+            self.anns += [{**a, "id": int(a["id"]) + off, "image_id": key(a["image_id"]) + off}
                           for a in g["annotations"]]
-            self.recs += [{**r, "image_id": int(r["image_id"]) + off} for r in d.records]
+            row_img = d.image_codes() + off
+            self.recs += [{**r, "image_id": int(c)} for r, c in zip(d.records, row_img, strict=True)]
             self.row_store.append(np.full(len(d.records), i))
-            self.row_img.append(np.array([int(r["image_id"]) + off for r in d.records], np.int64))
+            self.row_img.append(row_img)
             off += step
         self.cats = g["categories"]
         self.row_img_all = np.concatenate(self.row_img)
@@ -153,7 +158,7 @@ def cross_validate(stores: Sequence[StoreData], grid: Sequence[Recipe], k: int =
     from posecal.ccnet.train import fit_head, predict
     from posecal.rescore.aggregate import instance_score
 
-    folds = image_folds([np.array([int(r["image_id"]) for r in d.records]) for d in stores], k, seed)
+    folds = image_folds([d.image_codes() for d in stores], k, seed)
     fe = FoldEvaluator(stores)
     base_ap = []
     held = []

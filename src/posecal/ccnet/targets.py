@@ -59,6 +59,16 @@ class StoreData:
     match: np.ndarray | None = None  # (N,) detection stores: gt row matched (-1 none, -2 ignore gt)
     _results: Any = None
 
+    def image_codes(self) -> np.ndarray:
+        """``(N,)`` int64 image of each record: its ``image_id``, or, for a store made from a data file with
+        string image ids, that id's code (the store's ``image_id`` array; :func:`posecal.io.coco.load_gt`'s
+        id of the image in the store's gt.json)."""
+        names = self.meta.get("image_id_strings")
+        if names is None:
+            return np.array([int(r["image_id"]) for r in self.records], np.int64)
+        index = {n: i for i, n in enumerate(names)}  # the records were checked against them (FeatureStore)
+        return np.array([index[r["image_id"]] for r in self.records], np.int64)
+
     def results(self) -> Any:
         """``records`` parsed as :class:`posecal.io.coco.CocoResults` against ``gt`` (cached)."""
         if self._results is None:
@@ -298,6 +308,18 @@ def _gt_for_store(gt: Any, ks: Any, gt_path: Any) -> Any:
                             f"{ks.num_keypoints}", file=str(gt_path), field="keypoints")
 
 
+def _check_image_coding(fs: Any, gt: Any) -> None:
+    """The store's image codes are the gt's: string ids (meta ``image_id_strings``) are the sorted ids of the
+    images of gt.json, numeric ids are the ids themselves; a store and gt.json that disagree (edited) are
+    refused, not matched image by image at random."""
+    mine, theirs = fs.image_id_strings, gt.image_id_strings
+    if mine != theirs:
+        what = ("string image ids" if mine is not None else "numeric image ids")
+        other = (f"{len(theirs)} string image ids" if theirs is not None else "numeric image ids")
+        raise PosecalInputError(f"the store was made with {what}{f' ({len(mine)})' if mine else ''}, its gt.json "
+                                f"has {other} (edited?)", file=str(fs.path / "meta.json"), field="image_id_strings")
+
+
 def check_finite_rows(arr: np.ndarray, path: str | os.PathLike, name: str) -> None:
     """Refuse a store array ``(N, ...)`` with NaN/inf in any row (``extract`` refuses non-finite model
     outputs, so such a store was altered), naming the store, the first row and the array."""
@@ -349,6 +371,7 @@ def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> Sto
 
         gt = with_oks_area(load_gt(fs.gt_path))  # OKS as `posecal evaluate` scales it (0.53·w·h without area)
         gt = _gt_for_store(gt, ks, fs.gt_path)
+        _check_image_coding(fs, gt)
         annotated = _annotated(fs.gt_path, ks)
         have = model_keypoints(meta, ks.num_keypoints, file=Path(path) / "meta.json")
         if have is not None:  # keypoints the model lacks: ŝ = v̂ = 0 in apply, out of both losses here

@@ -3,9 +3,10 @@
     posecal detect --model DET.onnx --images DIR [--data DATA.json] --out DET.json
         [--score-thr 0.05] [--max-per-image 100] [--model-card CARD.json] [--skip-bad-images] [--json]
 
-With ``--data``, image ids come from it (file_name -> id) and, when it has person annotations, the recall of
-the gt boxes at IoU 0.5 is printed. Without it, ids are the numbers in the file names (COCO style) when every
-name is one, else the 1-based position in the sorted file list. Library: :mod:`posecal.models.detect`.
+With ``--data``, image ids come from it (file_name -> id; string ids are written as the same strings) and,
+when it has person annotations, the recall of the gt boxes at IoU 0.5 is printed. Without it, ids are the
+numbers in the file names (COCO style) when every name is one, else the 1-based position in the sorted file
+list. Library: :mod:`posecal.models.detect`.
 """
 
 from __future__ import annotations

@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cv:
         from posecal.ccnet.select import TOLERANCE, cross_validate, default_grid, select
 
-        n_img = len({(i, int(r["image_id"])) for i, d in enumerate(stores) for r in d.records})
+        n_img = len({(i, int(c)) for i, d in enumerate(stores) for c in d.image_codes()})
         if args.cv > n_img:
             raise PosecalInputError(f"--cv {args.cv} needs at least {args.cv} images; the stores hold {n_img}",
                                     file=args.store[0], field="--cv")

@@ -306,12 +306,18 @@ def _same_rows(store: Any, pred: Any, pred_src: str) -> None:
     same keypoint coordinates (a rescored copy of the store's predictions.json keeps both)."""
     iid = store.read("image_id")
     kp = store.read("keypoints")[..., :2]
-    bad = np.flatnonzero((iid != pred.image_id)
-                         | ~np.isclose(kp, pred.keypoints[..., :2], rtol=0, atol=1e-3).all(axis=(1, 2)))
+    names = store.image_id_strings  # string image ids: compared as written (the gt given may code them otherwise)
+    if names is not None and pred.records is not None:
+        other_img = np.array([r.get("image_id") != names[int(c)] for r, c in zip(pred.records, iid, strict=True)],
+                             bool)
+    else:
+        other_img = iid != pred.image_id
+    bad = np.flatnonzero(other_img | ~np.isclose(kp, pred.keypoints[..., :2], rtol=0, atol=1e-3).all(axis=(1, 2)))
     if bad.size:
         r = int(bad[0])
-        what = ("image_id" if iid[r] != pred.image_id[r] else "keypoints")
-        raise PosecalInputError(f"is not the store's row {r} (image_id {int(iid[r])}): --store's sigma_hat is read "
+        what = ("image_id" if other_img[r] else "keypoints")
+        shown = int(iid[r]) if names is None else f"{names[int(iid[r])]!r:.60}"
+        raise PosecalInputError(f"is not the store's row {r} (image_id {shown}): --store's sigma_hat is read "
                                 f"row by row, so --pred must list the store's predictions in the store's order "
                                 f"({bad.size} of {len(iid)} rows differ)", pred_src, r, what)
 

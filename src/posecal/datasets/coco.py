@@ -20,7 +20,8 @@ class Instance:
     """One person to crop.
 
     Attributes:
-        image_id: COCO image id.
+        image_id: COCO image id as the data file writes it: an int, or a string when the file's image ids are
+            strings (:func:`image_id_codes` gives the integer code the store holds).
         ann_id: gt annotation id (-1 for a detection box without gt).
         file_name: image file name relative to the image folder.
         bbox: (4,) float64 x, y, w, h in image pixels.
@@ -29,7 +30,7 @@ class Instance:
         area: gt area (image px²) or NaN.
     """
 
-    image_id: int
+    image_id: int | str
     ann_id: int
     file_name: str
     bbox: np.ndarray
@@ -106,13 +107,63 @@ def safe_file_name(name: Any, file: str | None, record: object) -> str:
     return name
 
 
+# -- image ids: integers, or (as pycocotools accepts) all strings ------------------------------------
+def image_key(v: Any) -> int | str:
+    """An image id (checked) as a dict key: a string id as it is, a number as its int (``5.0`` is image 5)."""
+    return v if isinstance(v, str) else int(v)
+
+
+def show_id(v: Any) -> str:
+    """An image id in a message: a number as written (``493652``), a string quoted (``'img_1'``)."""
+    return f"{v!r:.60}" if isinstance(v, str) else str(v)
+
+
+def image_id_codes(ids: Any) -> dict[str, int] | None:
+    """``{id: code}`` for string image ids: each id's position in their sorted distinct list, the int64 id
+    :func:`posecal.io.coco.load_gt` gives that image (pycocotools sorts the ids, strings as text); None for
+    numeric ids, whose code is the id itself. ``ids``: the ids of every image of the file (checked by
+    :func:`check_image_records`, so all strings or all numbers)."""
+    ids = list(ids)
+    if not ids or not isinstance(ids[0], str):
+        return None
+    return {n: i for i, n in enumerate(sorted(set(ids)))}
+
+
+def image_ref(v: Any, string_ids: bool, file: str | None, record: object, *, field: str = "image_id",
+              whose: str = "the images' ids") -> int | str:
+    """A reference to an image (an annotation's or a detection's ``image_id``), checked: a string when the
+    images' ids are strings (``string_ids``, as :func:`posecal.io.coco.load_gt` reads them), else an integer."""
+    if string_ids:
+        if not isinstance(v, str):
+            raise PosecalInputError(f"expected a string id ({whose} are strings), got {_show(v)}", file=file,
+                                    record=record, field=field)
+        return v
+    return number(v, file, record, field, integer=True)
+
+
+def check_ref_kind(images: list[tuple[int | str, str]], anns: Any, file: str | None) -> None:
+    """Images whose ids are strings while every annotation refers to its image by a number (the ids turned
+    into text in ``images`` alone?): one error on the first image's ``id``, naming both. (An annotation with a
+    number among others with strings is named itself, by :func:`image_ref`.)"""
+    if not images or not isinstance(images[0][0], str) or not isinstance(anns, list):
+        return
+    refs = [a["image_id"] for a in anns if isinstance(a, dict) and "image_id" in a]
+    if refs and not any(isinstance(v, str) for v in refs) and any(is_number(v) for v in refs):
+        num = next(v for v in refs if is_number(v))
+        raise PosecalInputError(f"image ids are strings ({images[0][0]!r:.40}, ...) but the annotations refer to "
+                                f"their images by number ({num!r:.40}, ...): write every image id as one kind",
+                                file=file, record="images[0]", field="id")
+
+
 def read_coco(src: str | os.PathLike | dict[str, Any], *, file: str | None = None) -> dict[str, Any]:
     """Load and validate a COCO keypoints file; returns the dict.
 
     Checks: ``images``/``annotations``/``categories`` present, ``categories[0].keypoints`` names a known
     keypoint set or every annotation's keypoint count matches one (else error), keypoints length 3K; what
     ``posecal evaluate`` would refuse too: duplicate image/annotation ids or file names, an annotation of an
-    unknown category, a negative area, no category.
+    unknown category, a negative area, no category, image ids that mix strings and numbers. Image ids (and
+    the annotations' ``image_id``) are integers or, as pycocotools and ``posecal evaluate`` accept, all
+    strings (:func:`image_id_codes`: the integer code a store holds for each).
     """
     if isinstance(src, dict):
         d, file = src, file or "<dict>"
@@ -124,20 +175,24 @@ def read_coco(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
     for key in ("images", "annotations", "categories"):
         if not isinstance(d.get(key), list):
             raise PosecalInputError("missing or not a list", file=file, field=key)
-    check_image_records(d["images"], file)
+    images = check_image_records(d["images"], file)
     cat_ids = _check_categories(d["categories"], file)
-    _check_annotations(d["annotations"], cat_ids, file)
+    check_ref_kind(images, d["annotations"], file)
+    _check_annotations(d["annotations"], cat_ids, file, bool(images) and isinstance(images[0][0], str))
     keypoint_set(d, file=file)
     return d
 
 
-def check_image_records(images: list, file: str | None) -> list[tuple[int, str]]:
-    """``(id, file_name)`` of every ``images`` record, checked: an object with an integer ``id`` (unique) and
-    a safe relative ``file_name`` (unique: one picture under two ids would be read twice), ``width``/``height``
-    >= 1 when present. Used by ``extract`` (:func:`read_coco`) and ``detect --data``."""
-    out: list[tuple[int, str]] = []
-    seen: dict[int, int] = {}
+def check_image_records(images: list, file: str | None) -> list[tuple[int | str, str]]:
+    """``(id, file_name)`` of every ``images`` record, checked: an object with an integer ``id`` — or, as
+    pycocotools (and ``posecal evaluate``) accept, every id a string — unique, and a safe relative
+    ``file_name`` (unique: one picture under two ids would be read twice), ``width``/``height`` >= 1 when
+    present. Strings and numbers mixed are refused (pycocotools cannot sort them). Used by ``extract``
+    (:func:`read_coco`) and ``detect --data``."""
+    out: list[tuple[int | str, str]] = []
+    seen: dict[int | str, int] = {}
     names: dict[str, int] = {}
+    first: tuple[int, Any] | None = None  # the first record's id: strings or numbers, one kind throughout
     for r, im in enumerate(images):
         rec = f"images[{r}]"
         if not isinstance(im, dict):
@@ -145,10 +200,17 @@ def check_image_records(images: list, file: str | None) -> list[tuple[int, str]]
         for key in ("id", "file_name"):
             if key not in im:
                 raise PosecalInputError("missing", file=file, record=rec, field=key)
-        iid = number(im["id"], file, rec, "id", integer=True)
-        if iid in seen:
-            raise PosecalInputError(f"duplicate image id {iid} (also images[{seen[iid]}])", file=file, record=rec,
+        v = im["id"]
+        iid = v if isinstance(v, str) else number(v, file, rec, "id", integer=True)
+        if first is None:
+            first = (r, v)
+        elif isinstance(first[1], str) != isinstance(v, str):
+            raise PosecalInputError(f"image ids mix strings and numbers (images[{first[0]}]: {first[1]!r:.40}, "
+                                    f"here: {v!r:.40}); pycocotools cannot sort them", file=file, record=rec,
                                     field="id")
+        if iid in seen:
+            raise PosecalInputError(f"duplicate image id {show_id(iid)} (also images[{seen[iid]}])", file=file,
+                                    record=rec, field="id")
         seen[iid] = r
         name = safe_file_name(im["file_name"], file, rec)
         for key in ("width", "height"):
@@ -180,7 +242,9 @@ def _check_categories(cats: list, file: str) -> set[int]:
     return ids
 
 
-def _check_annotations(anns: list, cat_ids: set[int], file: str) -> None:
+def _check_annotations(anns: list, cat_ids: set[int], file: str, string_ids: bool = False) -> None:
+    """Annotation ids (integers, unique), ``image_id`` (an integer, or a string where the images' ids are),
+    the numeric fields, the category."""
     ann_ids: set[int] = set()
     for r, a in enumerate(anns):
         if not isinstance(a, dict):
@@ -188,7 +252,10 @@ def _check_annotations(anns: list, cat_ids: set[int], file: str) -> None:
         for key in ("id", "image_id"):
             if key not in a:
                 raise PosecalInputError("missing", file=file, record=r, field=key)
-            number(a[key], file, r, key, integer=True)
+            if key == "id":
+                number(a[key], file, r, key, integer=True)
+            else:
+                image_ref(a[key], string_ids, file, r)
         if a["id"] in ann_ids:
             raise PosecalInputError(f"duplicate annotation id {a['id']}", file=file, record=r, field="id")
         ann_ids.add(a["id"])
@@ -358,13 +425,13 @@ def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, f
     larger side is under :data:`MIN_BOX_PX` cannot be cropped (an error).
     """
     ks = keypoint_set(d, file=file)
-    imgs = {int(im["id"]): im for im in d["images"]}
+    imgs = {image_key(im["id"]): im for im in d["images"]}
     if boxes is None:
         return _gt_instances(d, ks, imgs, file, min_keypoints, image_size)
     return _detection_instances(boxes, imgs, boxes_file, image_size, keypoint_category(d))
 
 
-def _gt_instances(d: dict[str, Any], ks: KeypointSet, imgs: dict[int, Any], file: str | None,
+def _gt_instances(d: dict[str, Any], ks: KeypointSet, imgs: dict[int | str, Any], file: str | None,
                   min_keypoints: int, image_size: Callable[[str], tuple[int, int] | None] | None = None
                   ) -> list[Instance]:
     k = ks.num_keypoints
@@ -388,9 +455,9 @@ def _gt_instances(d: dict[str, Any], ks: KeypointSet, imgs: dict[int, Any], file
             raise PosecalInputError("missing", file=file, record=r, field="bbox")
         bbox = numbers(a["bbox"], 4, file, r, "bbox")
         _check_box_size(bbox, file, r)
-        iid = int(a["image_id"])
+        iid = image_key(a["image_id"])
         if iid not in imgs:
-            raise PosecalInputError(f"image_id {iid} not in images", file=file, record=r,
+            raise PosecalInputError(f"image_id {show_id(iid)} not in images", file=file, record=r,
                                     field="image_id")
         _check_box_on_image(bbox, _image_wh(imgs[iid], image_size), file, r, outside)
         out.append(Instance(iid, int(a["id"]), imgs[iid]["file_name"], bbox, 1.0, kpa,
@@ -401,7 +468,7 @@ def _gt_instances(d: dict[str, Any], ks: KeypointSet, imgs: dict[int, Any], file
     return out
 
 
-def _detection_instances(boxes: list[dict[str, Any]], imgs: dict[int, Any], boxes_file: str | None,
+def _detection_instances(boxes: list[dict[str, Any]], imgs: dict[int | str, Any], boxes_file: str | None,
                          image_size: Callable[[str], tuple[int, int] | None] | None, category: int = 1
                          ) -> list[Instance]:
     out: list[Instance] = []
@@ -409,13 +476,14 @@ def _detection_instances(boxes: list[dict[str, Any]], imgs: dict[int, Any], boxe
     odd_score = []  # person detections scored outside [0, 1]: legal, kept as they are, warned about
     outside: list[int] = []  # person boxes that miss their image entirely: cropped from padding, warned about
     corners: dict[str, list[int]] = {"known": [], "overshoot": [], "not_xyxy": []}  # [x1, y1, x2, y2] written?
+    string_ids = any(isinstance(k, str) for k in imgs)  # the data file's ids are strings: so must the boxes' be
     for r, b in enumerate(boxes):
         if not isinstance(b, dict):
             raise PosecalInputError("detection is not an object", file=boxes_file, record=r)
         for key in ("image_id", "bbox", "score"):
             if key not in b:
                 raise PosecalInputError("missing", file=boxes_file, record=r, field=key)
-        iid = number(b["image_id"], boxes_file, r, "image_id", integer=True)
+        iid = image_ref(b["image_id"], string_ids, boxes_file, r, whose="the data file's image ids")
         bbox = numbers(b["bbox"], 4, boxes_file, r, "bbox")
         score = number(b["score"], boxes_file, r, "score")
         cat = number(b.get("category_id", category), boxes_file, r, "category_id", integer=True)

@@ -7,14 +7,16 @@ times s; boxes are scaled back to the image by W0/W_in, H0/H_in (the frame is re
 aspect). Candidates above ``score_thr`` go through class-wise IoU NMS (0.6, NanoDet's test config) and the
 best ``max_per_image`` are kept.
 
-Image ids: with a COCO dataset, ``file_name -> id`` from it (images not in it are skipped); without one, the
-id is the integer in the file name's stem when every stem is a decimal number (COCO's ``000000000785.jpg``
--> 785), else the 1-based position in the sorted file list.
+Image ids: with a COCO dataset, ``file_name -> id`` from it (images not in it are skipped), written as the
+dataset writes them (integers, or strings when all its image ids are strings, as pycocotools accepts); without
+one, the id is the integer in the file name's stem when every stem is a decimal number (COCO's
+``000000000785.jpg`` -> 785), else the 1-based position in the sorted file list.
 
-Checks before any image is read: the dataset (:func:`read_data`: integer unique image ids, file names inside
-the image folder, well-formed annotations) and the card against the model (:class:`NanoDetDetector`: the
-card's SHA-256, input name / dtype / layout / size, the decoder's tensors, class index, ``reg_max`` and
-strides against one blank frame run through the model), each refused in one line naming the file and field.
+Checks before any image is read: the dataset (:func:`read_data`: unique image ids, all integers or all
+strings, file names inside the image folder, well-formed annotations) and the card against the model
+(:class:`NanoDetDetector`: the card's SHA-256, input name / dtype / layout / size, the decoder's tensors,
+class index, ``reg_max`` and strides against one blank frame run through the model), each refused in one
+line naming the file and field.
 """
 
 from __future__ import annotations
@@ -205,13 +207,14 @@ class NanoDetDetector:
 def read_data(src: str | os.PathLike | dict[str, Any], *, file: str | None = None) -> dict[str, Any]:
     """Load and check the COCO JSON ``detect --data`` reads; returns the dict.
 
-    ``images``: a list of objects with an integer ``id`` (unique; not a string, bool or fraction) and a
-    ``file_name`` inside the image folder (:func:`posecal.datasets.coco.safe_file_name`). ``annotations``
-    (optional, for the recall): a list of objects with an integer ``image_id`` of a listed image, integer
+    ``images``: a list of objects with an integer ``id`` (unique; not a bool or fraction) — or every ``id`` a
+    string, as pycocotools accepts — and a ``file_name`` inside the image folder
+    (:func:`posecal.datasets.coco.safe_file_name`). ``annotations`` (optional, for the recall): a list of
+    objects with an ``image_id`` of a listed image (of its ids' kind), integer
     ``category_id`` / number ``iscrowd`` when present, and a ``bbox`` of 4 finite numbers with w, h >= 0 when
     present. A bad record raises :class:`PosecalInputError` naming the file, record and field."""
     from posecal._util import read_json
-    from posecal.datasets.coco import number, numbers
+    from posecal.datasets.coco import check_ref_kind, image_ref, number, numbers, show_id
 
     if isinstance(src, dict):
         d, file = src, file or "<dict>"
@@ -220,19 +223,23 @@ def read_data(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
         d = read_json(src)
     if not isinstance(d, dict) or not isinstance(d.get("images"), list):
         raise PosecalInputError("expected a COCO dict with an images list", file=file, field="images")
-    ids = {iid for iid, _ in _image_records(d, file)}
+    images = _image_records(d, file)
+    ids = {iid for iid, _ in images}
+    string_ids = bool(images) and isinstance(images[0][0], str)
     anns = d.get("annotations", [])
     if not isinstance(anns, list):
         raise PosecalInputError(f"expected a list, got {type(anns).__name__}", file=file, field="annotations")
+    check_ref_kind(images, anns, file)
     for r, a in enumerate(anns):
         rec = f"annotations[{r}]"
         if not isinstance(a, dict):
             raise PosecalInputError("annotation is not an object", file=file, record=rec)
         if "image_id" not in a:
             raise PosecalInputError("missing", file=file, record=rec, field="image_id")
-        iid = number(a["image_id"], file, rec, "image_id", integer=True)
+        iid = image_ref(a["image_id"], string_ids, file, rec)
         if iid not in ids:
-            raise PosecalInputError(f"image_id {iid} not in images", file=file, record=rec, field="image_id")
+            raise PosecalInputError(f"image_id {show_id(iid)} not in images", file=file, record=rec,
+                                    field="image_id")
         if "category_id" in a:
             number(a["category_id"], file, rec, "category_id", integer=True)
         if "iscrowd" in a and not isinstance(a["iscrowd"], bool):  # true/false: read as 1/0, as pycocotools
@@ -245,7 +252,7 @@ def read_data(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
     return d
 
 
-def _image_records(data: dict[str, Any], file: str | None) -> list[tuple[int, str]]:
+def _image_records(data: dict[str, Any], file: str | None) -> list[tuple[int | str, str]]:
     """(id, file_name) of every ``images`` record, checked (:func:`posecal.datasets.coco.check_image_records`)."""
     from posecal.datasets.coco import check_image_records
 
@@ -289,7 +296,7 @@ def _listed_images(img_dir: Path) -> list[str]:
 
 
 def image_ids(images: str | os.PathLike, data: dict[str, Any] | None, *,
-              data_file: str | None = None) -> list[tuple[int, str]]:
+              data_file: str | None = None) -> list[tuple[int | str, str]]:
     """(image_id, file_name) pairs to run on (see the module docstring for the id rule). ``data``'s image
     records are checked as :func:`read_data` does (``data_file`` names it in the errors)."""
     img_dir = Path(images)
@@ -315,7 +322,7 @@ def image_ids(images: str | os.PathLike, data: dict[str, Any] | None, *,
     return [(i + 1, f) for i, f in enumerate(files)]
 
 
-def detect_folder(detector: NanoDetDetector, pairs: list[tuple[int, str]], images: str | os.PathLike, *,
+def detect_folder(detector: NanoDetDetector, pairs: list[tuple[int | str, str]], images: str | os.PathLike, *,
                   score_thr: float = 0.05, max_per_image: int = 100, skip_bad_images: bool = False,
                   show_progress: bool | None = None, category_id: int = 1) -> list[dict[str, Any]]:
     """COCO detection results (person boxes, written with ``category_id``, COCO's person 1 by default) for
@@ -324,6 +331,7 @@ def detect_folder(detector: NanoDetDetector, pairs: list[tuple[int, str]], image
     An image that cannot be decoded (empty, corrupt, truncated, too large) raises :class:`PosecalInputError`
     naming it, or with ``skip_bad_images`` gets no detection and one :class:`PosecalWarning` counts them all."""
     from posecal._util import progress
+    from posecal.datasets.coco import show_id
     from posecal.errors import PosecalInputError, PosecalWarning
     from posecal.models.crop import load_image
 
@@ -333,7 +341,7 @@ def detect_folder(detector: NanoDetDetector, pairs: list[tuple[int, str]], image
                    **({} if show_progress is None else {"disable": not show_progress}))
     for iid, f in pairs:
         try:
-            image = load_image(Path(images) / f, record=f"image_id {iid}")
+            image = load_image(Path(images) / f, record=f"image_id {show_id(iid)}")
         except PosecalInputError:
             if not skip_bad_images:
                 raise
@@ -356,17 +364,19 @@ def detect_folder(detector: NanoDetDetector, pairs: list[tuple[int, str]], image
 def recall_at_iou(dets: list[dict[str, Any]], data: dict[str, Any], thr: float = 0.5, category_id: int = 1
                   ) -> tuple[float, int]:
     """Fraction of non-crowd gt boxes of ``category_id`` (annotations without one count as it) with a
-    detection of IoU >= thr (any score), and their count."""
-    by_img: dict[int, list[np.ndarray]] = {}
+    detection of IoU >= thr (any score), and their count. Image ids: integers, or strings (both files')."""
+    from posecal.datasets.coco import image_key
+
+    by_img: dict[int | str, list[np.ndarray]] = {}
     for d in dets:
-        by_img.setdefault(int(d["image_id"]), []).append(np.asarray(d["bbox"], np.float64))
+        by_img.setdefault(image_key(d["image_id"]), []).append(np.asarray(d["bbox"], np.float64))
     hit = n = 0
     for a in data.get("annotations", []):
         if a.get("iscrowd", 0) or int(a.get("category_id", category_id)) != category_id or "bbox" not in a:
             continue
         n += 1
         g = np.asarray(a["bbox"], np.float64)
-        ds = by_img.get(int(a["image_id"]))
+        ds = by_img.get(image_key(a["image_id"]))
         if not ds:
             continue
         D = np.stack(ds)

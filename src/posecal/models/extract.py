@@ -114,10 +114,12 @@ def _read_boxes(boxes: str | os.PathLike | list | None) -> tuple[list | None, An
 
 def _drop_images(insts: list, d: dict[str, Any], names: set[str]) -> tuple[list, dict[str, Any]]:
     """Instances and data without the images ``names``."""
+    from posecal.datasets.coco import image_key
+
     insts = [i for i in insts if i.file_name not in names]
-    keep = {int(im["id"]) for im in d["images"] if im["file_name"] not in names}
-    d = dict(d, images=[im for im in d["images"] if int(im["id"]) in keep],
-             annotations=[a for a in d["annotations"] if int(a["image_id"]) in keep])
+    keep = {image_key(im["id"]) for im in d["images"] if im["file_name"] not in names}
+    d = dict(d, images=[im for im in d["images"] if image_key(im["id"]) in keep],
+             annotations=[a for a in d["annotations"] if image_key(a["image_id"]) in keep])
     return insts, d
 
 
@@ -263,8 +265,9 @@ def _chunk_arrays(plan: _Plan, rows: range, Ms: np.ndarray, img_xy, scores, feat
         s_img = estimate_sigma(hms, method=plan.sigma_method, target_sigma=plan.target_sigma, scale=scale)
         sig = np.where(have[None], np.asarray(s_img, dtype=np.float64)[:, src], np.nan)
     insts = [plan.insts[r // plan.n_copies] for r in rows]
+    codes = plan.image_codes  # string image ids: the store holds their codes (meta image_id_strings)
     arrays: dict[str, np.ndarray] = {
-        "image_id": np.array([i.image_id for i in insts], dtype=np.int64),
+        "image_id": np.array([i.image_id if codes is None else codes[i.image_id] for i in insts], dtype=np.int64),
         "ann_id": np.array([i.ann_id for i in insts], dtype=np.int64),
         "bbox": np.stack([i.bbox for i in insts]).astype(np.float64),
         "box_score": np.array([i.box_score for i in insts], dtype=np.float64),
@@ -297,6 +300,7 @@ class _Plan:
     batch_size: int
     target_sigma: float
     sigma_method: str
+    image_codes: dict[str, int] | None = None  # string image ids -> their codes (image_id_codes); None: ints
 
     @property
     def n_copies(self) -> int:
@@ -341,6 +345,7 @@ def _settings(adapter, plan: _Plan, ks, d_info: dict[str, Any]) -> dict[str, Any
         "data_file": os.path.basename(d_info["data_file"]),
         "data_sha256": d_info["data_sha256"],
         "images": d_info["images"],
+        **({"image_id_strings": d_info["image_id_strings"]} if d_info.get("image_id_strings") else {}),
         "skipped_missing_images": d_info["missing"],
         **({"skipped_bad_images": d_info["bad"]} if d_info.get("bad") is not None else {}),
         "sigma_hat": {"estimator": "posecal.theory.heatmap.estimate_sigma", "method": plan.sigma_method,
@@ -491,6 +496,28 @@ def _read_inputs(data: str | os.PathLike | dict, data_file: str, boxes: str | os
     return d, ks, det, boxes_src, insts, missing, bad
 
 
+def _card_padding(card: dict[str, Any] | None) -> float:
+    """The crop padding a model card states (``crop.padding``), MMPose's 1.25 without one."""
+    return float(((card or {}).get("crop") or {}).get("padding", 1.25))
+
+
+def _finished_store(out: str | os.PathLike, settings: dict[str, Any]) -> Any:
+    """A detection store finished earlier (its OKS-NMS done) with the same ``settings``, verified; a store
+    written with other settings is refused, naming what differs."""
+    from posecal.models.store import FeatureStore, describe_settings_diff, settings_diff
+
+    done = FeatureStore.open(out)
+    same = {k: v for k, v in done.meta.items() if k not in _META_BOOKKEEPING and k != "oks_nms"}
+    mine = orjson.loads(dumps_json(settings))
+    keys = settings_diff(same, mine)  # the images folder compared by real path, not by spelling
+    if keys:
+        raise PosecalInputError("existing store was written with different settings ("
+                                f"{describe_settings_diff(same, mine, keys)}); use another --out or delete it",
+                                file=str(out), field=keys[0] if len(keys) == 1 else "settings")
+    done.verify()  # damage names the chunk and says to delete the store (its rows cannot be recomputed alone)
+    return done
+
+
 def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, out: str | os.PathLike, *,
             pooling: str | None = None, boxes: str | os.PathLike | list | None = None, flip: bool = False,
             augment: int = 0, seed: int = 0, shard: tuple[int, int] = (0, 1), skip_missing: bool = False,
@@ -507,7 +534,7 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
     (``oks_nms_thr``, 0.9; None = off) followed by the ``max_per_image`` (20, COCO's maxDets) best per image
     keeps the final rows — the crops of all boxes go to ``OUT.all`` (resumable), the kept rows to ``OUT``.
     """
-    from posecal.datasets.coco import keypoint_category
+    from posecal.datasets.coco import image_id_codes, keypoint_category
     from posecal.models.adapters.joints import flip_index, joint_map
     from posecal.models.store import StoreWriter, file_sha256
 
@@ -521,6 +548,10 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
     img_dir = Path(images)
     d, ks, det, boxes_src, insts, missing, bad = _read_inputs(data, data_file, boxes, img_dir, skip_missing,
                                                               skip_bad_images)
+    # string image ids (all or none, checked by read_coco): the arrays hold each image's code, its position in
+    # the sorted ids of the images the store's gt.json lists (load_gt's coding of that file), and meta.json the
+    # ids themselves (image_id_strings), which predictions.json and every result written from the store carry
+    codes = image_id_codes(im["id"] for im in d["images"])
     if target_sigma is None:
         target_sigma = (card or {}).get("target_sigma") or DEFAULT_TARGET_SIGMA.get(getattr(adapter, "kind", ""),
                                                                                     2.0)
@@ -528,29 +559,18 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
                  jmap=joint_map(adapter.joint_names, ks.names, allow_missing=allow_missing_joints,
                                 model=getattr(adapter, "kind", "model"), file=data_file),
                  mflip=flip_index(adapter.joint_names), input_size=tuple(adapter.input_size),
-                 padding=float(((card or {}).get("crop") or {}).get("padding", 1.25)),
-                 aspect=crop_aspect(card, adapter.input_size), pooling=pooling,
+                 padding=_card_padding(card), aspect=crop_aspect(card, adapter.input_size), pooling=pooling,
                  flip=flip, augment=augment, seed=seed, batch_size=batch_size, target_sigma=float(target_sigma),
-                 sigma_method=sigma_method)
+                 sigma_method=sigma_method, image_codes=codes)
     info = {"model_sha256": model_sha256 or (file_sha256(adapter.path) if hasattr(adapter, "path") else None),
             "boxes_src": boxes_src, "data_file": data_file,
             "data_sha256": file_sha256(data) if not isinstance(data, dict) else None, "images": str(img_dir),
-            "missing": missing, "bad": sorted(b[0] for b in bad) if skip_bad_images else None}
+            "missing": missing, "bad": sorted(b[0] for b in bad) if skip_bad_images else None,
+            "image_id_strings": sorted(codes) if codes else None}
     settings = _settings(adapter, plan, ks, info)
     nms = det is not None and oks_nms_thr is not None and shard[1] == 1
     if nms and (Path(out) / "meta.json").is_file():  # finished earlier: the same settings return it as it is
-        from posecal.models.store import FeatureStore, describe_settings_diff, settings_diff
-
-        done = FeatureStore.open(out)
-        same = {k: v for k, v in done.meta.items() if k not in _META_BOOKKEEPING and k != "oks_nms"}
-        mine = orjson.loads(dumps_json(settings))
-        keys = settings_diff(same, mine)  # the images folder compared by real path, not by spelling
-        if keys:
-            raise PosecalInputError("existing store was written with different settings ("
-                                    f"{describe_settings_diff(same, mine, keys)}); use another --out or delete it",
-                                    file=str(out), field=keys[0] if len(keys) == 1 else "settings")
-        done.verify()  # damage names the chunk and says to delete the store (its rows cannot be recomputed alone)
-        return done
+        return _finished_store(out, settings)
     stage = Path(out).with_name(Path(out).name + ".all") if nms else out
     writer = StoreWriter(stage, num_instances=len(insts) * plan.n_copies, chunk_size=chunk_size,
                          settings=settings, shard=shard)

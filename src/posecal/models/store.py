@@ -17,7 +17,7 @@ Arrays over N instances (contract of docs/design.md, "Feature store"):
 ============================  ======================  ==========================================
 name                          shape, dtype            meaning
 ============================  ======================  ==========================================
-``image_id``                  (N,) int64              COCO image id
+``image_id``                  (N,) int64              COCO image id (string ids: its code, below)
 ``ann_id``                    (N,) int64              gt annotation id (matching key), -1 if none
 ``bbox``                      (N, 4) float64          box the crop was made from, x, y, w, h (image px)
 ``box_score``                 (N,) float64            detector score of that box (1 for gt boxes) [ext.]
@@ -32,6 +32,12 @@ name                          shape, dtype            meaning
 ============================  ======================  ==========================================
 
 Only one ``features_*`` array is present (``meta["feature_array"]`` names it). Extra arrays are allowed.
+
+String image ids (a data file whose image ids are all strings, as pycocotools accepts): ``image_id`` holds
+each image's code, its position in ``meta["image_id_strings"]``, the sorted ids of the images of ``gt.json``
+(the int64 id :func:`posecal.io.coco.load_gt` gives the image in that file), and ``predictions.json`` (like
+every result written from the store) carries the original string. Stores without the key hold the ids
+themselves.
 
 Why a directory of per-chunk ``.npy`` files (and not HDF5/zarr): each chunk is written to a temporary name
 and renamed into place, then the index is rewritten atomically, so a run killed at any instant leaves a
@@ -214,10 +220,13 @@ def _check_layout(meta: dict[str, Any], index: dict[str, Any], p: Path) -> None:
 
 def predictions_from_arrays(image_id: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
                             box_score: np.ndarray, bbox: np.ndarray | None = None,
-                            category_id: int = 1) -> list[dict[str, Any]]:
+                            category_id: int = 1, image_id_strings: Sequence[str] | None = None
+                            ) -> list[dict[str, Any]]:
     """COCO keypoint results, one record per row.
 
-    keypoints (N, K, 2) image px, scores (N, K), box_score (N,), bbox (N, 4) or None.
+    keypoints (N, K, 2) image px, scores (N, K), box_score (N,), bbox (N, 4) or None. With
+    ``image_id_strings`` (a store's string ids) ``image_id`` holds codes and each record carries
+    ``image_id_strings[code]``.
     ``score`` is MMPose's ``bbox_keypoint`` score (:func:`posecal.rescore.aggregate.instance_score`) and
     ``bbox_score`` the box score, so ``posecal rescore --method mmpose-bbox_keypoint`` reproduces it.
     Non-finite keypoint scores become 0.
@@ -230,7 +239,7 @@ def predictions_from_arrays(image_id: np.ndarray, keypoints: np.ndarray, scores:
     for i in range(kp.shape[0]):
         flat = np.concatenate([kp[i], sc[i][:, None]], axis=1).reshape(-1)
         rec: dict[str, Any] = {
-            "image_id": int(image_id[i]),
+            "image_id": int(image_id[i]) if image_id_strings is None else image_id_strings[int(image_id[i])],
             "category_id": int(category_id),
             "keypoints": [float(v) for v in flat],
             "score": float(inst[i]),
@@ -296,6 +305,19 @@ class FeatureStore:
         return list(self.meta["keypoint_names"])
 
     @property
+    def image_id_strings(self) -> list[str] | None:
+        """The original ids of a store made from a data file with string image ids (``image_id`` holds their
+        codes: positions in this sorted list), else None (``image_id`` holds the ids)."""
+        names = self.meta.get("image_id_strings")
+        if names is None:
+            return None
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)
+                and all(a < b for a, b in zip(names, names[1:], strict=False))):
+            raise PosecalInputError("expected the sorted, distinct string image ids (edited?)",
+                                    file=str(self.path / "meta.json"), field="image_id_strings")
+        return names
+
+    @property
     def gt_path(self) -> Path | None:
         """``STORE/gt.json`` (checked against its checksum in meta.json) or None."""
         g = self.path / "gt.json"
@@ -343,6 +365,9 @@ class FeatureStore:
 
         if len(recs) != self.num_instances:
             raise PosecalInputError(f"{len(recs)} records for the store's {self.num_instances} rows", file=str(pp))
+        names = self.image_id_strings
+        if names is not None:  # string ids: read as their codes, which the image_id array holds
+            recs = _coded_records(recs, names, pp)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PosecalWarning)  # scores > 1: legal, warned about where used
             res = load_results(recs, file=str(pp))
@@ -351,9 +376,14 @@ class FeatureStore:
             bad = np.flatnonzero(res.image_id != ids)
             if bad.size:
                 i = int(bad[0])
-                raise PosecalInputError(f"image_id {int(res.image_id[i])} but row {i} of the store is image "
-                                        f"{int(ids[i])} (records reordered or edited?)", file=str(pp), record=i,
-                                        field="image_id")
+
+                def show(code: int) -> str:
+                    ok = names is not None and 0 <= code < len(names)
+                    return f"{names[code]!r:.60}" if ok else str(code)
+
+                raise PosecalInputError(f"image_id {show(int(res.image_id[i]))} but row {i} of the store is image "
+                                        f"{show(int(ids[i]))} (records reordered or edited?)", file=str(pp),
+                                        record=i, field="image_id")
 
     def _chunks(self) -> list[int]:
         return sorted(int(j) for j in self._index["chunks"])
@@ -692,6 +722,20 @@ class StoreWriter:
             self.release()
 
 
+def _coded_records(recs: list[dict[str, Any]], names: list[str], pp: Path) -> list[dict[str, Any]]:
+    """Copies of a string-id store's records with each ``image_id`` replaced by its code (its position in the
+    store's ``image_id_strings``); a record whose id is not one of them is refused."""
+    index = {n: i for i, n in enumerate(names)}
+    out = []
+    for i, r in enumerate(recs):
+        v = r.get("image_id")
+        if not isinstance(v, str) or v not in index:
+            raise PosecalInputError(f"image_id {v!r:.60} is not one of the store's image ids (edited?)",
+                                    file=str(pp), record=i, field="image_id")
+        out.append({**r, "image_id": index[v]})
+    return out
+
+
 def _finish(path: Path, settings: dict[str, Any], index: dict[str, Any],
             gt: dict[str, Any] | bytes | None, category_id: int) -> FeatureStore:
     arrays = index["arrays"]
@@ -711,7 +755,7 @@ def _finish(path: Path, settings: dict[str, Any], index: dict[str, Any],
         box_score = (tmp.read("box_score") if "box_score" in arrays
                      else np.ones(index["num_instances"]))
         preds = predictions_from_arrays(tmp.read("image_id"), tmp.read("keypoints"), tmp.read("scores"),
-                                        box_score, bbox, category_id)
+                                        box_score, bbox, category_id, image_id_strings=tmp.image_id_strings)
     else:
         preds = []
     pred_b = dumps_json(preds)

@@ -260,6 +260,7 @@ def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, im
     :func:`run_model`, :func:`radius_summary`; finally :func:`pearson_vs_joint_oks`.
     """
     from posecal._util import progress
+    from posecal.datasets.coco import image_key
     from posecal.metrics.oks import keypoint_oks
     from posecal.models.crop import apply_affine
     from posecal.studies._common import crop_instances
@@ -296,7 +297,7 @@ def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, im
         "study": "occlusion", "joint": joint, "keypoint_set": ks.name, "radii_input_px": sel.radii,
         "input_size": list(m.adapter.input_size), "model": os.path.basename(str(model)),
         "model_tensor": m.adapter.tensor_name, "head": None if head is None else str(head),
-        "instances": N, "image_ids": [int(i.image_id) for i in insts],
+        "instances": N, "image_ids": [image_key(i.image_id) for i in insts],
         "ann_ids": [int(i.ann_id) for i in insts], "fill": list(fill),
         "blur_sigma_input_px": blur_sigma, "curves": res, "pearson_vs_joint_oks": pearson_vs_joint_oks(per_instance),
         "per_instance": per_instance,
