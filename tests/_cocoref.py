@@ -51,3 +51,31 @@ def run_xtcocotools(gt: dict, res: list, *, sigmas=None, use_area=True, iou_type
         ev.summarize()
     return {"stats": np.asarray(ev.stats), "precision": ev.eval["precision"], "recall": ev.eval["recall"],
             "scores": ev.eval["scores"], "evalImgs": ev.evalImgs}
+
+
+def reference_stats_from_files(module: str, gt_path, res_path) -> np.ndarray:
+    """The 10 stats of ``module`` (pycocotools / xtcocotools) loading the FILES, as their users call them."""
+    coco = __import__(f"{module}.coco", fromlist=["COCO"])
+    cocoeval = __import__(f"{module}.cocoeval", fromlist=["COCOeval"])
+    with _quiet():
+        cg = coco.COCO(str(gt_path))
+        cd = cg.loadRes(str(res_path))
+        ev = cocoeval.COCOeval(cg, cd, "keypoints")
+        if module == "xtcocotools":
+            ev.params.useSegm = None
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return np.asarray(ev.stats)
+
+
+def posecal_evaluate_json(gt_path, res_path, *extra: str) -> tuple[int, dict | None, str]:
+    """``posecal evaluate --json -`` in-process: (exit code, the JSON or None, stderr)."""
+    import json
+
+    from posecal.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["evaluate", "--gt", str(gt_path), "--pred", str(res_path), "--json", "-", *extra])
+    return rc, (json.loads(out.getvalue()) if rc == 0 else None), err.getvalue()

@@ -23,36 +23,13 @@ import numpy as np
 import pytest
 
 from _cocogen import make_coco_set, perturb_gt
-from _cocoref import run_pycocotools
+from _cocoref import posecal_evaluate_json, reference_stats_from_files, run_pycocotools
 from posecal.cli import main
 from posecal.errors import PosecalInputError
 from posecal.io.coco import load_gt, load_results
 from posecal.metrics.cocoeval import STAT_NAMES, evaluate, evaluate_dataset, evaluate_wholebody
 
 pytest.importorskip("pycocotools")
-
-
-def _reference(module: str, gt_path: Path, res_path: Path) -> np.ndarray:
-    """The 10 stats of pycocotools / xtcocotools loading the FILES, as their users call them."""
-    coco = __import__(f"{module}.coco", fromlist=["COCO"])
-    cocoeval = __import__(f"{module}.cocoeval", fromlist=["COCOeval"])
-    with contextlib.redirect_stdout(io.StringIO()):
-        cg = coco.COCO(str(gt_path))
-        cd = cg.loadRes(str(res_path))
-        ev = cocoeval.COCOeval(cg, cd, "keypoints")
-        if module == "xtcocotools":
-            ev.params.useSegm = None
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return np.asarray(ev.stats)
-
-
-def _cli(gt_path: Path, res_path: Path, *extra: str) -> tuple[int, dict | None, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["evaluate", "--gt", str(gt_path), "--pred", str(res_path), "--json", "-", *extra])
-    return rc, (json.loads(out.getvalue()) if rc == 0 else None), err.getvalue()
 
 
 def _files(tmp_path: Path, name: str, gt, res) -> tuple[Path, Path]:
@@ -81,9 +58,9 @@ def test_bbox_with_score_column_matches_pycocotools(tmp_path, seed):
         for a in gt["annotations"]:
             a["bbox"] = a["bbox"] + [1.0, "extra"]
     gp, rp = _files(tmp_path, "b5", gt, res)
-    rc, doc, err = _cli(gp, rp)
+    rc, doc, err = posecal_evaluate_json(gp, rp)
     assert rc == 0, err
-    np.testing.assert_array_equal(_stats(doc), _reference("pycocotools", gp, rp))
+    np.testing.assert_array_equal(_stats(doc), reference_stats_from_files("pycocotools", gp, rp))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         r = load_results(rp, load_gt(gp))
@@ -175,14 +152,14 @@ def test_wholebody_gt_with_body_only_results(shared, tmp_path, seed):
     res = perturb_gt(gt, seed, copies=3)  # 17 body keypoints, no part fields
     assert res and len(res[0]["keypoints"]) == 51
     gp, rp = _files(tmp_path, "wb", gt, res)
-    rc, doc, err = _cli(gp, rp)
+    rc, doc, err = posecal_evaluate_json(gp, rp)
     assert rc == 0, err
-    np.testing.assert_array_equal(_stats(doc), _reference("pycocotools", gp, rp))
+    np.testing.assert_array_equal(_stats(doc), reference_stats_from_files("pycocotools", gp, rp))
     assert "wholebody" not in doc and "body keypoints" in err
     pytest.importorskip("xtcocotools")
-    rc, doc, err = _cli(gp, rp, "--flavor", "xtcocotools")
+    rc, doc, err = posecal_evaluate_json(gp, rp, "--flavor", "xtcocotools")
     assert rc == 0, err
-    np.testing.assert_array_equal(_stats(doc), _reference("xtcocotools", gp, rp))
+    np.testing.assert_array_equal(_stats(doc), reference_stats_from_files("xtcocotools", gp, rp))
 
 
 def test_wholebody_body_only_results_refused_for_the_parts(shared, tmp_path):

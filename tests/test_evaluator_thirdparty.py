@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from _cocogen import make_coco_set
+from _cocoref import posecal_evaluate_json, reference_stats_from_files
 from posecal.cli import main
 from posecal.metrics.cocoeval import STAT_NAMES
 
@@ -37,29 +38,6 @@ def _write(path: Path, obj) -> Path:
     return path
 
 
-def _reference(module: str, gt_path: Path, res_path: Path) -> np.ndarray:
-    """The 10 stats of ``module`` (pycocotools / xtcocotools) on the files, as their users call them."""
-    coco = __import__(f"{module}.coco", fromlist=["COCO"])
-    cocoeval = __import__(f"{module}.cocoeval", fromlist=["COCOeval"])
-    with contextlib.redirect_stdout(io.StringIO()):
-        cg = coco.COCO(str(gt_path))
-        cd = cg.loadRes(str(res_path))
-        ev = cocoeval.COCOeval(cg, cd, "keypoints")
-        if module == "xtcocotools":
-            ev.params.useSegm = None
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return np.asarray(ev.stats)
-
-
-def _posecal(gt_path: Path, res_path: Path, *extra: str) -> tuple[int, dict | None, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["evaluate", "--gt", str(gt_path), "--pred", str(res_path), "--json", "-", *extra])
-    return rc, (json.loads(out.getvalue()) if rc == 0 else None), err.getvalue()
-
-
 def _stats(doc: dict) -> np.ndarray:
     return np.array([doc["coco"][k] for k in STAT_NAMES])
 
@@ -73,8 +51,8 @@ def _case(tmp_path: Path, name: str, gt, res) -> tuple[Path, Path]:
 def assert_matches(tmp_path: Path, name: str, gt, res, reference: str = "pycocotools") -> str:
     """posecal's stats on the files equal ``reference``'s bit for bit; returns posecal's stderr."""
     gp, rp = _case(tmp_path, name, gt, res)
-    want = _reference(reference, gp, rp)
-    rc, doc, err = _posecal(gp, rp)
+    want = reference_stats_from_files(reference, gp, rp)
+    rc, doc, err = posecal_evaluate_json(gp, rp)
     assert rc == 0, (name, err)
     np.testing.assert_array_equal(_stats(doc), want, err_msg=name)
     return err
@@ -126,10 +104,10 @@ def test_missing_iscrowd_is_zero_as_xtcocotools_reads_it(tmp_path, seed, frac):
     gp, rp = _case(tmp_path, f"nocrowd{seed}", gt, res)
     if any("iscrowd" not in a for a in gt["annotations"]) and res:
         with pytest.raises(KeyError), contextlib.redirect_stdout(io.StringIO()):
-            _reference("pycocotools", gp, rp)  # why xtcocotools is the reference here
-    rc, doc, err = _posecal(gp, rp)
+            reference_stats_from_files("pycocotools", gp, rp)  # why xtcocotools is the reference here
+    rc, doc, err = posecal_evaluate_json(gp, rp)
     assert rc == 0, err
-    np.testing.assert_array_equal(_stats(doc), _reference("xtcocotools", gp, rp))
+    np.testing.assert_array_equal(_stats(doc), reference_stats_from_files("xtcocotools", gp, rp))
 
 
 def test_missing_iscrowd_equals_iscrowd_zero(tmp_path):
@@ -139,7 +117,7 @@ def test_missing_iscrowd_equals_iscrowd_zero(tmp_path):
         del a["iscrowd"]
     gp, rp = _case(tmp_path, "a", gt, res)
     gz, rz = _case(tmp_path, "b", zero, res)
-    assert _posecal(gp, rp)[1]["coco"] == _posecal(gz, rz)[1]["coco"]
+    assert posecal_evaluate_json(gp, rp)[1]["coco"] == posecal_evaluate_json(gz, rz)[1]["coco"]
 
 
 # ---- string ids: pycocotools sorts them as text ----------------------------------------------------------
