@@ -17,6 +17,10 @@ a function of that multiset (and of the order of ties, which follows the draw or
 dataset's image ids would), so nothing is approximated. ``tests/test_compare.py`` checks every resample
 against a brute-force re-evaluation of a rebuilt dataset.
 
+Both files are evaluated as ``posecal evaluate`` evaluates them (:func:`evaluation_settings`: crowdposetools
+for CrowdPose files, 0.53·w·h of the gt box for files without ``area``, the 17 body keypoints of
+COCO-WholeBody ground truth), so A's and B's values are the AP/AR that command and the reference tool give.
+
 Intervals are percentile intervals of the resampled Δ = B − A (default 1000 resamples, 95 %, seeded).
 ``P(B better)`` is the fraction of resamples where B beats A with exact ties (Δ == 0) counted as half, so a
 metric B cannot change (ΔAR when B only reorders scores) reads 0.5, not 0; ``p_tied`` is the tied fraction.
@@ -24,6 +28,7 @@ metric B cannot change (ΔAR when B only reorders scores) reads 0.5, not 0; ``p_
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,11 +36,11 @@ import numpy as np
 
 from posecal.calibration.metrics import MetricUndefined, ause, pearson
 from posecal.calibration.pairs import instance_pairs
-from posecal.errors import PosecalInputError
+from posecal.errors import PosecalInputError, PosecalWarning
 from posecal.metrics.cocoeval import REC_THRS, evaluate
 
-__all__ = ["PerImageEval", "per_image_eval", "accumulate_images", "resample_ap_ar", "compare", "CompareResult",
-           "METRICS"]
+__all__ = ["PerImageEval", "per_image_eval", "evaluation_settings", "accumulate_images", "resample_ap_ar",
+           "compare", "CompareResult", "METRICS", "INTERVAL_METHOD"]
 
 METRICS = ("AP", "AR", "pearson", "ause")
 """Compared quantities: COCO AP and AR (area all, maxDets 20), instance Pearson(score, OKS) and instance
@@ -85,17 +90,53 @@ def _csr(image_index: np.ndarray, n_images: int) -> tuple[np.ndarray, np.ndarray
     return order, start
 
 
-def per_image_eval(gt: Any, res: Any, *, sigmas: Any = None, use_area: bool = True,
-                   flavor: str = "pycocotools") -> PerImageEval:
-    """Evaluate ``res`` against ``gt`` once (:func:`posecal.metrics.cocoeval.evaluate`) and split the
-    per-detection matches by image (see :class:`PerImageEval`)."""
+def evaluation_settings(gt: Any, *, sigmas: Any = None, use_area: bool | None = None,
+                        flavor: str | None = None) -> dict[str, Any]:
+    """The :func:`posecal.metrics.cocoeval.evaluate` arguments ``posecal evaluate`` would use on ``gt``
+    (the rules of :func:`posecal.metrics.cocoeval.evaluate_dataset`), so that compare's A and B values are
+    the AP/AR that ``posecal evaluate`` and the reference tool report for each file:
+
+    * ``flavor`` None: ``"crowdpose"`` when every image has a ``crowdIndex`` (CrowdPose), else
+      ``"pycocotools"``; a CrowdPose file under ``"xtcocotools"`` as its ``keypoints_crowd`` (crowd levels).
+    * ``use_area`` None: the gt ``area`` when every gt has one, else 0.53·w·h of the box (crowdposetools:
+      always the box).
+    * COCO-WholeBody ground truth with default sigmas: the 17 body keypoints with COCO's sigmas (what
+      pycocotools evaluates from such a file).
+
+    Returns ``{"sigmas", "use_area", "flavor", "keypoints", "crowd_levels"}``."""
+    from posecal.io.coco import CocoGroundTruth, load_gt
+    from posecal.keypoints import COCO17
+    from posecal.metrics.cocoeval import default_use_area
+
+    if not isinstance(gt, CocoGroundTruth):
+        gt = load_gt(gt)
+    if flavor is None:
+        flavor = "crowdpose" if gt.crowd_index is not None else "pycocotools"
+    if flavor == "crowdpose":
+        use_area = False
+    elif use_area is None:
+        use_area = default_use_area(gt)
+    keypoints = None
+    if gt.wholebody and sigmas is None:
+        sigmas, keypoints = COCO17.sigmas, "body"
+    crowd = flavor == "crowdpose" or (flavor == "xtcocotools" and gt.crowd_index is not None)
+    return {"sigmas": sigmas, "use_area": bool(use_area), "flavor": flavor, "keypoints": keypoints,
+            "crowd_levels": crowd}
+
+
+def per_image_eval(gt: Any, res: Any, *, sigmas: Any = None, use_area: bool | None = None,
+                   flavor: str | None = None) -> PerImageEval:
+    """Evaluate ``res`` against ``gt`` once (:func:`posecal.metrics.cocoeval.evaluate`, with the settings
+    of :func:`evaluation_settings`: as ``posecal evaluate``) and split the per-detection matches by image
+    (see :class:`PerImageEval`)."""
     from posecal.io.coco import CocoGroundTruth, CocoResults, load_gt, load_results
 
     if not isinstance(gt, CocoGroundTruth):
         gt = load_gt(gt)
     if not isinstance(res, CocoResults):
         res = load_results(res, gt)
-    ev = evaluate(gt, res, sigmas=sigmas, use_area=use_area, flavor=flavor, warn=False)
+    kw = evaluation_settings(gt, sigmas=sigmas, use_area=use_area, flavor=flavor)
+    ev = evaluate(gt, res, warn=False, **kw)
     img_ids = np.asarray(gt.image_ids, np.int64)
     I = img_ids.size
     cats = np.asarray(ev.cat_ids, np.int64)
@@ -197,6 +238,16 @@ def _calib(pe: PerImageEval, images: np.ndarray | None) -> tuple[float, float]:
     return out[0], out[1]
 
 
+INTERVAL_METHOD = "percentile"
+"""How the intervals are made: the (1 − level)/2 and (1 + level)/2 percentiles (``numpy.percentile``, linear
+interpolation) of the resampled Δ = B − A (the resamples where Δ is defined)."""
+
+
+def level_label(level: float) -> str:
+    """``level`` as a percentage for the table and the page: 0.95 -> "95", 0.999 -> "99.9" (not "100")."""
+    return f"{level * 100:.10g}"
+
+
 @dataclass
 class CompareResult:
     """Point values (full data) of A and B, the Δ = B − A, and bootstrap percentile intervals of Δ.
@@ -205,7 +256,9 @@ class CompareResult:
     ``level``; ``p_better``: metric -> fraction of resamples where B is better than A (lower AUSE is better),
     resamples with Δ exactly 0 counted as half (every resample tied: 0.5); ``p_tied``: metric -> fraction of
     resamples with Δ exactly 0; ``samples``: metric -> (resamples,) Δ (kept for plots and tests). Both
-    fractions are over the resamples where Δ is defined (NaN when none is)."""
+    fractions are over the resamples where Δ is defined (NaN when none is). ``flavor``, ``use_area`` and
+    ``keypoints`` say how AP/AR were computed (:func:`evaluation_settings`); ``warnings``: the odd-input
+    messages :func:`compare` warned (also in :meth:`to_dict`, where undefined values are None, never NaN)."""
 
     a: dict[str, float]
     b: dict[str, float]
@@ -219,6 +272,10 @@ class CompareResult:
     samples: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     p_tied: dict[str, float] = field(default_factory=dict)
     undefined: dict[str, dict[str, str]] = field(default_factory=dict)  # "A"/"B" -> metric -> why no value
+    flavor: str = "pycocotools"  # the evaluator reproduced (evaluation_settings)
+    use_area: bool = True  # OKS scale: the gt 'area' (True) or 0.53·w·h of the gt box
+    keypoints: str = "all"  # "body": COCO-WholeBody ground truth evaluated on its 17 body keypoints
+    warnings: list[str] = field(default_factory=list)  # odd inputs (also warned): see compare()
 
     def all_tied(self, m: str) -> bool:
         """Every resample gave Δ exactly 0 for ``m`` (B cannot differ from A there)."""
@@ -230,6 +287,8 @@ class CompareResult:
 
         return {
             "resamples": self.resamples, "seed": self.seed, "level": self.level, "images": self.images,
+            "interval_method": INTERVAL_METHOD, "flavor": self.flavor, "use_area": self.use_area,
+            "keypoints": self.keypoints, "warnings": list(self.warnings),
             "metrics": {m: {"a": num(self.a[m]), "b": num(self.b[m]), "delta": num(self.delta[m]),
                             "interval": [num(v) for v in self.interval[m]],
                             "p_better": num(self.p_better[m]),
@@ -281,8 +340,50 @@ def _defined(ap_ar: tuple[float, float]) -> tuple[float, float]:
     return tuple(v if v >= 0 else float("nan") for v in ap_ar)  # type: ignore[return-value]
 
 
+def _odd_inputs(gt: Any, pes: dict[str, PerImageEval], names: dict[str, str]) -> list[str]:
+    """Messages about legal inputs that make the comparison say little: a file without results, a file whose
+    counted scores are all equal, images with people that only one file has results on, and a bootstrap with
+    at most one image that holds anything to score (every resample then repeats it: (near) zero-width
+    intervals)."""
+    from posecal.io.coco import _id_label
+
+    out = []
+    pa = next(iter(pes.values()))
+    people = pa.npig.sum(axis=1) > 0
+    covered, scored = {}, np.zeros(pa.image_ids.size, bool)
+    for w, pe in pes.items():
+        counts = np.diff(pe.det_start)
+        covered[w] = counts > 0
+        img = np.repeat(np.arange(pe.image_ids.size), counts)
+        scored[img[~pe.det_ig.all(axis=0)]] = True
+        if counts.sum() == 0:
+            out.append(f"{names[w]}: no results to score: AP and AR 0 (every person missed), Pearson and AUSE "
+                       "undefined")
+        elif counts.sum() > 1 and np.all(pe.det_score == pe.det_score[0]):
+            out.append(f"{names[w]}: all {int(counts.sum())} scored detections have the same score "
+                       f"({pe.det_score[0]:.6g}): its AP then ranks them by record and image order, not by "
+                       "confidence, and its Pearson is undefined")
+    (wa, ca), (wb, cb) = covered.items()
+    if ca.any() and cb.any():
+        only = people & (ca != cb)
+        if only.any():
+            first = int(np.argmax(only))
+            label = _id_label(int(pa.image_ids[first]), getattr(gt, "image_id_strings", None))
+            where = " and ".join(f"{n} in {names[w]} only" for w, n in ((wa, int((only & ca).sum())),
+                                                                         (wb, int((only & cb).sum()))) if n)
+            out.append(f"images with people that only one file has results on: {where} (first: image_id "
+                       f"{label!r}); an image without results counts its people as missed: right if the model "
+                       "found nobody there, wrong if the files were made on different images")
+    informative = int((people | scored).sum())
+    if informative <= 1:
+        out.append(f"only {informative} of the {pa.image_ids.size} images holds a person or a scored detection: "
+                   "every resample repeats that image, so the intervals have (near) zero width and P(B better) "
+                   "is about 0, 1 or a tie: the bootstrap measures no uncertainty here; compare on more images")
+    return out
+
+
 def compare(gt: Any, res_a: Any, res_b: Any, *, resamples: int = 1000, seed: int = 0, level: float = 0.95,
-            sigmas: Any = None, use_area: bool = True, flavor: str = "pycocotools",
+            sigmas: Any = None, use_area: bool | None = None, flavor: str | None = None,
             show_progress: bool = False) -> CompareResult:
     """Paired bootstrap of B − A over the gt's images (see the module docstring).
 
@@ -291,9 +392,16 @@ def compare(gt: Any, res_a: Any, res_b: Any, *, resamples: int = 1000, seed: int
         res_a, res_b: results (paths, record lists or :class:`CocoResults`) on that gt.
         resamples: bootstrap draws (>= 1); ``seed``: their ``numpy.random.default_rng`` seed.
         level: interval coverage (percentile interval).
+        sigmas, use_area, flavor: as ``posecal evaluate`` (:func:`evaluation_settings`; default: the rules
+            ``posecal evaluate`` applies to ``gt``).
+
+    Warns:
+        PosecalWarning: a file without results, a file whose scores are all equal, images with people that
+            only one file has results on, at most one image with anything to score (degenerate bootstrap).
+            The same messages are kept in :attr:`CompareResult.warnings` (``warnings`` of the JSON, the page).
     """
     from posecal._util import progress
-    from posecal.io.coco import CocoGroundTruth, load_gt
+    from posecal.io.coco import CocoGroundTruth, CocoResults, load_gt, load_results
 
     if resamples < 1:
         raise ValueError("resamples must be >= 1")
@@ -301,8 +409,10 @@ def compare(gt: Any, res_a: Any, res_b: Any, *, resamples: int = 1000, seed: int
         raise ValueError("level must be in (0, 1)")
     if not isinstance(gt, CocoGroundTruth):
         gt = load_gt(gt)
+    res = {w: r if isinstance(r, CocoResults) else load_results(r, gt) for w, r in (("A", res_a), ("B", res_b))}
     kw = {"sigmas": sigmas, "use_area": use_area, "flavor": flavor}
-    pa, pb = per_image_eval(gt, res_a, **kw), per_image_eval(gt, res_b, **kw)
+    settings = evaluation_settings(gt, **kw)
+    pa, pb = per_image_eval(gt, res["A"], **kw), per_image_eval(gt, res["B"], **kw)
     I = pa.image_ids.size
     if I == 0:
         raise PosecalInputError("the ground truth lists no image", file=getattr(gt, "path", None))
@@ -310,6 +420,12 @@ def compare(gt: Any, res_a: Any, res_b: Any, *, resamples: int = 1000, seed: int
     if not a["AP"] >= 0:  # pycocotools' -1: no non-crowd person with a labelled keypoint in the gt
         raise PosecalInputError("no person with a labelled keypoint (non-crowd) to score: AP and AR are "
                                 "undefined", file=getattr(gt, "path", None), field="annotations")
+    names = {w: str(r.path) if r.path else w for w, r in res.items()}
+    if names["A"] == names["B"]:
+        names = {w: f"{w} ({n})" for w, n in names.items()}
+    notes = _odd_inputs(gt, {"A": pa, "B": pb}, names)
+    for msg in notes:
+        warnings.warn(msg, PosecalWarning, stacklevel=2)
     rng = np.random.default_rng(seed)
     samples = {m: np.empty(resamples) for m in METRICS}
     bar = progress(total=resamples, desc="bootstrap", disable=not show_progress or None)
@@ -336,4 +452,6 @@ def compare(gt: Any, res_a: Any, res_b: Any, *, resamples: int = 1000, seed: int
     delta = {m: b[m] - a[m] for m in METRICS}
     return CompareResult(undefined={"A": _why_undefined(pa), "B": _why_undefined(pb)},
                          a=a, b=b, delta=delta, interval=interval, p_better=p_better, resamples=resamples,
-                         seed=seed, level=level, images=I, samples=samples, p_tied=p_tied)
+                         seed=seed, level=level, images=I, samples=samples, p_tied=p_tied,
+                         flavor=settings["flavor"], use_area=settings["use_area"],
+                         keypoints=settings["keypoints"] or "all", warnings=notes)

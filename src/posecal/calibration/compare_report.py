@@ -20,7 +20,7 @@ import numpy as np
 
 from posecal._outputs import replace_dir
 from posecal._util import write_bytes_atomic, write_json_atomic
-from posecal.calibration.compare import METRICS, CompareResult, PerImageEval, accumulate_images
+from posecal.calibration.compare import METRICS, CompareResult, PerImageEval, accumulate_images, level_label
 from posecal.calibration.metrics import calibration_error, sparsification
 from posecal.calibration.report import _file_mode, _no_data, _placeholder, _plt, _save
 from posecal.errors import PosecalInputError, PosecalWarning
@@ -135,6 +135,12 @@ def _html(res: CompareResult, names: dict[str, str]) -> str:
     left = [f"{m} {res.resamples - res.used(m)}" for m in METRICS if 0 < res.used(m) < res.resamples]
     left_p = (f"<p>Resamples left out (Δ undefined there: no person drawn, or fewer than 2 pairs): "
               f"{e(', '.join(left))}.</p>") if left else ""
+    warn_p = ("<p><b>Warnings:</b></p><ul>" + "".join(f"<li>{e(w)}</li>" for w in res.warnings) + "</ul>"
+              if res.warnings else "")
+    pct = level_label(res.level)
+    lo_q, hi_q = (1 - res.level) / 2 * 100, (1 + res.level) / 2 * 100
+    evaluator = (f"{res.flavor}{'' if res.use_area else ', OKS on 0.53·w·h of the gt box'}"
+                 f"{', the 17 body keypoints of COCO-WholeBody' if res.keypoints == 'body' else ''}")
     figs = "".join(f'<h2>{e(f[:-4].replace("_", " "))}</h2><img src="{f}" alt="{e(f)}">' for f in FIGURES)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>posecal compare</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:4px 10px;
@@ -142,10 +148,12 @@ border-bottom:1px solid #ddd;text-align:left}}img{{max-width:100%}}</style></hea
 <h1>posecal compare: B − A</h1>
 <p>A = <code>{e(names['A'])}</code><br>B = <code>{e(names['B'])}</code><br>
 ground truth = <code>{e(names['gt'])}</code></p>
-<table><tr><th>metric</th><th>A</th><th>B</th><th>Δ = B − A</th><th>{int(res.level * 100)} % interval</th>
-<th>P(B better)</th><th>meaning</th></tr>{''.join(rows)}</table>
-<p>Paired bootstrap over the {res.images} images: {res.resamples} resamples, seed {res.seed}; AP/AR recomputed
-exactly per resample. * = the interval excludes 0. P(B better): fraction of resamples where B beats A,
+<table><tr><th>metric</th><th>A</th><th>B</th><th>Δ = B − A</th><th>{pct} % interval</th>
+<th>P(B better)</th><th>meaning</th></tr>{''.join(rows)}</table>{warn_p}
+<p>Paired bootstrap over the {res.images} images: {res.resamples} resamples (images drawn with replacement,
+the same draws for A and B), seed {res.seed}; AP/AR recomputed exactly per resample ({e(evaluator)}).
+Interval: {pct} % percentile interval (the {lo_q:.10g}th and {hi_q:.10g}th percentiles of the resampled Δ,
+linear interpolation). * = the interval excludes 0. P(B better): fraction of resamples where B beats A,
 ties (Δ exactly 0) counted as half; "all tied": B equals A on every resample.</p>{left_p}
 {figs}</body></html>"""
 

@@ -2,17 +2,34 @@
 
     posecal compare --gt GT.json A.json B.json [--sigmas S ... | --keypoint-set NAME] [--json]
                     [--report DIR] [--resamples 1000] [--seed 0] [--level 0.95]
+                    [--use-area | --no-use-area] [--flavor pycocotools|xtcocotools|crowdpose]
 
 Prints ΔAP and ΔAR (B − A) with 95 % percentile intervals, and the instance Pearson / AUSE deltas, from
-``--resamples`` draws of the gt's images with replacement (the same draws for A and B). AP and AR are
-recomputed exactly on every resample (:mod:`posecal.calibration.compare`). With ``--report DIR``: an HTML
-page with the deltas on top and the two files' PR curves, reliability diagrams and sparsification curves
-overlaid.
+``--resamples`` draws of the gt's images with replacement (the same draws for A and B; an image drawn twice
+counts twice). AP and AR are recomputed exactly on every resample (:mod:`posecal.calibration.compare`).
+Each file is evaluated as ``posecal evaluate`` evaluates it (same defaults and flags: crowdposetools for
+CrowdPose files, 0.53·w·h of the gt box without ``area``, the body of COCO-WholeBody), so the A and B
+columns are that command's AP/AR. With ``--report DIR``: an HTML page with the deltas on top and the two
+files' PR curves, reliability diagrams and sparsification curves overlaid (``index.html``, the PNG figures
+and ``compare.json`` in DIR, no network needed).
+
+Warnings (the result is still given): a file without results, a file whose scores are all equal, images
+with people that only one file has results on, and a bootstrap with at most one image holding anything to
+score (every resample repeats it: (near) zero-width intervals that measure nothing). They are also in the
+JSON and on the report's page.
 
 P(B better) is the fraction of resamples where B beats A, resamples with Δ exactly 0 counted as half; a
 metric tied on every resample (ΔAR when B only reorders the scores) shows 0.5000 (all tied). ``--json``
 also gives ``p_tied``, the tied fraction. A resample where Δ is undefined (it drew no person: no AP/AR; fewer
 than 2 pairs: no Pearson/AUSE) is left out, not counted as a tie; ``resamples_used`` says how many count.
+
+``--json`` prints one object (the same as ``compare.json`` of ``--report``): ``resamples``, ``seed``,
+``level``, ``images`` (gt images drawn from), ``interval_method`` ("percentile"), ``flavor``, ``use_area``,
+``keypoints`` ("all", or "body" for COCO-WholeBody), ``warnings`` (the warning lines, a list), ``metrics``
+and ``files`` ({"A", "B", "gt"}; plus ``report`` with ``--report``). ``metrics`` has the keys AP, AR,
+pearson, ause, each ``{"a", "b", "delta", "interval": [lo, hi], "p_better", "p_tied", "resamples_used"}``;
+a value that is undefined is ``null`` (never NaN), and then ``a_reason`` / ``b_reason`` says why for the file
+that lacks it.
 
 ``--sigmas`` and ``--keypoint-set`` work as in ``posecal evaluate`` (space- or comma-separated sigmas).
 Before the result files, the sigma list ends at the first value that is not a number:
@@ -29,6 +46,7 @@ import sys
 from posecal.cli._args import int_in, nonneg_int
 
 MAX_RESAMPLES = 1_000_000
+FLAVOR_CHOICES = ("pycocotools", "xtcocotools", "crowdpose")
 
 
 def _level(s: str) -> float:
@@ -112,6 +130,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "the list ends at the first value that is not a number")
     g.add_argument("--keypoint-set", metavar="NAME",
                    help="take sigmas from a named set (coco17, mpii16, ...), as posecal evaluate")
+    p.add_argument("--use-area", dest="use_area", action="store_true", default=None,
+                   help="scale OKS by the gt 'area' (default when every gt has one), as posecal evaluate")
+    p.add_argument("--no-use-area", dest="use_area", action="store_false",
+                   help="use 0.53·w·h of the gt box instead of 'area', as posecal evaluate")
+    p.add_argument("--flavor", choices=FLAVOR_CHOICES, default=None,
+                   help="evaluator to reproduce, as posecal evaluate: pycocotools, xtcocotools or crowdpose; "
+                   "default crowdpose when every image has a 'crowdIndex', else pycocotools")
     p.add_argument("--report", default=None, metavar="DIR", help="write an HTML comparison page into DIR")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     parse_known_args = p.parse_known_args
@@ -131,7 +156,7 @@ def _fmt(v: float | None, signed: bool = False) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from posecal._util import dumps_json
-    from posecal.calibration.compare import METRICS, compare, per_image_eval
+    from posecal.calibration.compare import INTERVAL_METHOD, METRICS, compare, level_label, per_image_eval
     from posecal.cli.evaluate import _parse_sigmas
     from posecal.errors import PosecalInputError
     from posecal.io.coco import load_gt, load_results
@@ -149,13 +174,18 @@ def run(args: argparse.Namespace) -> int:
         check_creatable(args.report, "dir", field="--report")  # its folder writable, before the bootstrap
     gt = load_gt(args.gt)
     sigmas, _ = _parse_sigmas(args, gt)  # --sigmas / --keypoint-set / the gt's set, exactly as evaluate
+    use_area, flavor = getattr(args, "use_area", None), getattr(args, "flavor", None)
+    if use_area and (flavor == "crowdpose" or (flavor is None and gt.crowd_index is not None)):
+        raise PosecalInputError("crowdposetools scales OKS by 0.53·w·h of the gt box, never by 'area'; give "
+                                "--flavor pycocotools or xtcocotools to use it", None, None, "--use-area")
+    kw = {"sigmas": sigmas, "use_area": use_area, "flavor": flavor}
     ra, rb = load_results(args.a, gt), load_results(args.b, gt)
-    res = compare(gt, ra, rb, resamples=args.resamples, seed=args.seed, level=args.level, sigmas=sigmas,
-                  show_progress=True)
+    res = compare(gt, ra, rb, resamples=args.resamples, seed=args.seed, level=args.level, show_progress=True,
+                  **kw)
     if args.report is not None:
         from posecal.calibration.compare_report import write_compare_report
 
-        pes = {"A": per_image_eval(gt, ra, sigmas=sigmas), "B": per_image_eval(gt, rb, sigmas=sigmas)}
+        pes = {"A": per_image_eval(gt, ra, **kw), "B": per_image_eval(gt, rb, **kw)}
         write_compare_report(res, pes, args.report, {"A": args.a, "B": args.b, "gt": args.gt})
     if args.json:
         doc = {**res.to_dict(), "files": {"A": args.a, "B": args.b, "gt": args.gt}}
@@ -163,9 +193,11 @@ def run(args: argparse.Namespace) -> int:
             doc["report"] = args.report
         sys.stdout.write(dumps_json(doc, indent=True).decode() + "\n")
         return 0
-    pct = int(round(args.level * 100))
+    pct = level_label(args.level)
     print(f"A = {args.a}\nB = {args.b}\npaired bootstrap over {res.images} images, {res.resamples} resamples, "
-          f"seed {res.seed}")
+          f"seed {res.seed}, {pct} % {INTERVAL_METHOD} intervals; AP/AR as {res.flavor}"
+          f"{'' if res.use_area else ', OKS on 0.53·w·h of the gt box'}"
+          f"{', body keypoints (COCO-WholeBody)' if res.keypoints == 'body' else ''}")
     print(f"{'metric':<8} {'A':>8} {'B':>8} {'B - A':>9}  {pct} % interval{'':>6} P(B better)")
     for m in METRICS:
         lo, hi = res.interval[m]
