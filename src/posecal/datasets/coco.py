@@ -96,14 +96,15 @@ def _show(v: Any) -> str:
     return f"{type(v).__name__} {r[:40]}{'...' if len(r) > 40 else ''}"
 
 
-def safe_file_name(name: Any, file: str | None, record: object) -> str:
-    """An image ``file_name``: a non-empty relative path that stays inside the image folder."""
+def safe_file_name(name: Any, file: str | None, record: object, field: str = "file_name") -> str:
+    """An image ``file_name`` (or the source format's ``field``, e.g. MPII's ``image``): a non-empty relative
+    path that stays inside the image folder."""
     if not isinstance(name, str) or not name:
         raise PosecalInputError(f"expected a non-empty string, got {_show(name)}", file=file, record=record,
-                                field="file_name")
+                                field=field)
     if "\x00" in name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
         raise PosecalInputError(f"must be a path inside the image folder, got {name!r}", file=file,
-                                record=record, field="file_name")
+                                record=record, field=field)
     return name
 
 
@@ -275,7 +276,8 @@ def check_converted(d: dict[str, Any], *, file: str | None = None, split: str | 
     every keypoint coordinate finite and every flag 0, 1 or 2 (checked again here, whatever the reader)."""
     if not d["annotations"]:
         what = f"split {split!r}" if split else "the conversion"
-        raise PosecalInputError(f"{what} holds no person; nothing to write", file=file, field="split")
+        raise PosecalInputError(f"{what} holds no person; nothing to write", file=file,
+                                field="split" if split else None)
     for r, a in enumerate(d["annotations"]):
         kp = np.asarray(a["keypoints"], dtype=np.float64).reshape(-1, 3)
         if not np.isfinite(kp).all():

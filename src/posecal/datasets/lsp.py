@@ -1,8 +1,15 @@
-"""Leeds Sports Pose: ``joints.mat`` -> COCO keypoints dict in the LSP-14 keypoint set."""
+"""Leeds Sports Pose: ``joints.mat`` -> COCO keypoints dict in the LSP-14 keypoint set.
+
+Coordinates are written as stored, with no MATLAB 1-based -> 0-based shift: checked against a model, a
+horizontal flip test (MoveNet Thunder on every LSP image and 3000 LSPET images, each prediction averaged with
+the one on the mirrored image, which cancels the model's and the crop's own offsets) leaves a median x offset
+gt − prediction of +0.34 px on LSP and +0.13 px on LSPET, where stored 1-based coordinates would show +1.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,19 +23,23 @@ SPLITS = {"train": (1, 1000), "test": (1001, 2000), "all": (1, 2000)}
 
 
 def _load_joints(joints_mat: str | os.PathLike) -> np.ndarray:
-    """The ``joints`` array of a MATLAB file, float64, any shape (errors name the file)."""
+    """The ``joints`` array of a MATLAB file, float64, any shape (errors name the file; a file with MATLAB's
+    text header that scipy cannot read is called truncated or corrupt, not "not a MATLAB file")."""
     from scipy.io import loadmat
 
     file = str(joints_mat)
-    _check_mat_header(file)
+    head = _check_mat_header(file)
     try:
         m = loadmat(joints_mat)
     except FileNotFoundError:
         raise PosecalInputError("file not found", file=file) from None
     except Exception as e:  # scipy raises several kinds for non-.mat input
-        raise PosecalInputError(f"not a MATLAB file: {e}", file=file) from None
+        what = "truncated or corrupt MATLAB file" if head.startswith(b"MATLAB") else "not a MATLAB file"
+        raise PosecalInputError(f"{what}: {e}", file=file) from None
     if "joints" not in m:
-        raise PosecalInputError("no 'joints' variable", file=file, field="joints")
+        names = [k for k in m if not k.startswith("__")]
+        held = f"the file holds {', '.join(map(repr, names[:5]))}" if names else "the file holds none (truncated?)"
+        raise PosecalInputError(f"no 'joints' variable; {held}", file=file, field="joints")
     raw = m["joints"]
     if not isinstance(raw, np.ndarray):  # a MATLAB sparse matrix (scipy.sparse), or another object
         raise PosecalInputError(f"joints is a {type(raw).__name__} (a sparse matrix?); expected a full numeric "
@@ -44,19 +55,23 @@ def _load_joints(joints_mat: str | os.PathLike) -> np.ndarray:
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def _check_mat_header(file: str) -> None:
-    """Refuse, in words, the files scipy's ``loadmat`` would reject with a puzzling message: an empty file and
-    a MATLAB v7.3 file (HDF5; its signature at byte 0 or after MATLAB's 512-byte header)."""
+def _check_mat_header(file: str) -> bytes:
+    """The file's first 520 bytes. Refuses, in words, the files scipy's ``loadmat`` would reject with a
+    puzzling message: a folder, an empty file and a MATLAB v7.3 file (HDF5; its signature at byte 0 or after
+    MATLAB's 512-byte header)."""
+    if os.path.isdir(file):
+        raise PosecalInputError("is a folder, expected a MATLAB .mat file", file=file)
     try:
         with open(file, "rb") as f:
             head = f.read(520)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return  # named by loadmat's own error below
+    except (FileNotFoundError, NotADirectoryError):
+        return b""  # named by loadmat's own error below
     if not head:
         raise PosecalInputError("empty file (0 bytes); expected a MATLAB .mat file", file=file)
     if head.startswith(_HDF5_SIGNATURE) or head[512:520] == _HDF5_SIGNATURE:
         raise PosecalInputError("a MATLAB v7.3 (HDF5) file, which is not supported; re-save it in MATLAB with "
                                 "save(FILE, 'joints', '-v7')", file=file)
+    return head
 
 
 def _check_images_dir(images: str | os.PathLike | None) -> Path | None:
@@ -90,12 +105,45 @@ def _warn_off_image(images: list[dict[str, Any]], anns: list[dict[str, Any]], fi
                       "field 'joints'); does --images hold this file's images?", PosecalWarning, stacklevel=3)
 
 
-def _image_record(num: int, fname: str, img_dir: Path | None, image_sizes: bool) -> dict[str, Any]:
+_IMAGE_NAME = re.compile(r"im(\d+)\.jpg")
+
+
+def _image_numbers(img_dir: Path, width: int) -> list[int]:
+    """Numbers of the folder's images named as the dataset names them (``im0001.jpg``: ``width`` 4)."""
+    out = []
+    for name in os.listdir(img_dir):
+        m = _IMAGE_NAME.fullmatch(name)
+        if m and name == f"im{int(m[1]):0{width}d}.jpg":
+            out.append(int(m[1]))
+    return out
+
+
+def _warn_extra_images(img_dir: Path | None, n: int, width: int, file: str) -> None:
+    """An image folder holding more of the dataset's images (``im2001.jpg`` ...) than the joints file has
+    people: the images and the joints may come from different releases. Converted as it is, and warned about."""
+    if img_dir is None:
+        return
+    extra = sorted(k for k in _image_numbers(img_dir, width) if k > n)
+    if extra:
+        warnings.warn(f"{img_dir}: the image folder holds {len(extra)} image(s) beyond the {n} people of {file} "
+                      f"(first: im{extra[0]:0{width}d}.jpg); are the joints and the images from the same "
+                      "release?", PosecalWarning, stacklevel=3)
+
+
+def _image_record(num: int, fname: str, img_dir: Path | None, image_sizes: bool, n: int = 0) -> dict[str, Any]:
     rec: dict[str, Any] = {"id": num, "file_name": fname}
     if img_dir is not None and image_sizes:
         p = img_dir / fname
+        if p.exists() and not p.is_file():
+            raise PosecalInputError("not an image file (a folder?)", file=str(p), record=num, field="file_name")
         if not p.is_file():
-            raise PosecalInputError("image missing", file=str(p), record=num, field="file_name")
+            width = len(fname) - len("im.jpg")
+            have = len(_image_numbers(img_dir, width))
+            hint = (f" (the folder holds no image named as the dataset's, im{1:0{width}d}.jpg …: the wrong "
+                    "--images folder?)" if have == 0 else
+                    f" (the folder holds {have} of the dataset's images; the joints file has {n} people)" if n
+                    else "")
+            raise PosecalInputError(f"image missing{hint}", file=str(p), record=num, field="file_name")
         from posecal.datasets.coco import image_size
 
         rec["width"], rec["height"] = image_size(p, record=num)
@@ -120,17 +168,30 @@ def _annotation(num: int, x: np.ndarray, y: np.ndarray, v: np.ndarray) -> dict[s
 
 
 def _check_joints(j: np.ndarray, flags: tuple[float, ...], file: str, lo: int) -> None:
-    """Every flag known, every coordinate finite (records numbered from ``lo``)."""
+    """Every flag known, every coordinate finite (records numbered from ``lo``; joints named 1.. and by name).
+    The first bad person is named (then its first bad joint)."""
     bad = ~np.isin(j[2], flags)
     if bad.any():
-        k, n = np.argwhere(bad)[0]
+        n, k = np.argwhere(bad.T)[0]
         raise PosecalInputError(f"unknown flag {float(j[2, k, n]):g} at joint {k + 1}; expected one of "
-                                f"{[int(f) for f in flags]}", file=file, record=lo + int(n), field="joints")
-    bad = ~np.isfinite(j[:2]).all(axis=0)
+                                f"{[int(f) for f in flags]} (joint {k + 1} = {LSP14.names[k]})", file=file,
+                                record=lo + int(n), field="joints")
+    bad = ~np.isfinite(j[:2])
     if bad.any():
-        k, n = np.argwhere(bad)[0]
-        raise PosecalInputError(f"non-finite coordinate at joint {k + 1}", file=file, record=lo + int(n),
-                                field="joints")
+        n, k, c = np.argwhere(bad.transpose(2, 1, 0))[0]
+        raise PosecalInputError(f"non-finite coordinate at joint {k + 1} ({LSP14.names[k]}): "
+                                f"{'xy'[c]} = {float(j[c, k, n]):g}", file=file, record=lo + int(n), field="joints")
+
+
+def _shape_hint(shape: tuple[int, ...], want: tuple[int, int], other: tuple[int, int], other_cmd: str) -> str:
+    """Why a ``joints`` shape is wrong, when it can tell: the other LSP format's axes, or 3 and 14 in
+    another order (e.g. a (N, 14, 3) array written from Python)."""
+    if len(shape) == 3 and shape[:2] == other:
+        return f" (an {'LSP-extended' if other_cmd == 'lspet' else 'LSP'} file? use 'posecal convert {other_cmd}')"
+    if len(shape) == 3 and 3 in shape and 14 in shape:
+        axes = ("x/y/flag", "joint") if want == (3, 14) else ("joint", "x/y/flag")
+        return f" (axes in another order? expected {axes[0]} × {axes[1]} × person)"
+    return ""
 
 
 def _coco_dict(description: str, file: str, images: list, anns: list) -> dict[str, Any]:
@@ -150,24 +211,25 @@ def read_lsp(joints_mat: str | os.PathLike, images: str | os.PathLike | None = N
     """LSP ``joints.mat`` (key ``joints``, (3, 14, N): x, y, flag) -> COCO keypoints dict.
 
     flag 0 = visible -> v = 2, flag 1 = occluded -> v = 1 (LSP's flag is inverted w.r.t. COCO);
-    coordinates are kept as stored (image pixels). bbox = tight box of the 14 joints, area = w·h.
-    Image ids = image numbers (``im0001.jpg`` -> 1); annotation id = image id. ``split``: train
-    (1–1000), test (1001–2000) or all. With ``images`` given and ``image_sizes``, width/height come
-    from the image headers (missing images are an error). Unknown flags, non-finite coordinates and an
-    empty split are errors.
+    coordinates are kept as stored (image pixels, no 1-based shift: see the module docstring). bbox = tight
+    box of the 14 joints, area = w·h. Image ids = image numbers (``im0001.jpg`` -> 1); annotation id = image
+    id. ``split``: train (1–1000), test (1001–2000) or all. With ``images`` given and ``image_sizes``,
+    width/height come from the image headers (missing images are an error). Unknown flags, non-finite
+    coordinates, a file without people and an empty split are errors (naming the person as the record and
+    the joint by number and name). Warned about, and converted: most joints flagged 1 (an LSPET file in
+    LSP's axis order?), and an image folder holding more of the dataset's images than the file has people.
     """
     file = str(joints_mat)
     if split not in SPLITS:
         raise PosecalInputError(f"unknown split {split!r}; choose {', '.join(SPLITS)}", field="split")
     img_dir = _check_images_dir(images)
     j = _load_joints(joints_mat)
-    if j.ndim != 3:
-        raise PosecalInputError(f"joints has shape {j.shape}, expected (3, 14, N)", file=file, field="joints")
-    if j.shape[:2] != (3, 14):
-        hint = " (an LSP-extended file? use 'posecal convert lspet')" if j.shape[:2] == (14, 3) else ""
-        raise PosecalInputError(f"joints has shape {j.shape}, expected (3, 14, N){hint}", file=file,
-                                field="joints")
+    if j.ndim != 3 or j.shape[:2] != (3, 14):
+        raise PosecalInputError(f"joints has shape {j.shape}, expected (3, 14, N)"
+                                f"{_shape_hint(j.shape, (3, 14), (14, 3), 'lspet')}", file=file, field="joints")
     n = j.shape[2]
+    if n == 0:
+        raise PosecalInputError("no people in the file (shape (3, 14, 0))", file=file, field="joints")
     lo, hi = SPLITS[split]
     hi = n if split == "all" else min(hi, n)
     if hi < lo:
@@ -178,13 +240,20 @@ def read_lsp(joints_mat: str | os.PathLike, images: str | os.PathLike | None = N
                       f"LSP file; this one holds {n} people, so split {split!r} takes people {lo}–{hi}",
                       PosecalWarning, stacklevel=2)
     _check_joints(j[:, :, lo - 1:hi], (0.0, 1.0), file, lo)
+    occluded = float((j[2, :, lo - 1:hi] == 1).mean())
+    if occluded > 0.5:
+        warnings.warn(f"{file}: {occluded:.0%} of the joints carry flag 1, which LSP reads as occluded (v = 1; "
+                      "7% in the LSP release); an LSP Extended file (flag 1 = annotated) in LSP's axis order? "
+                      "Converted as LSP", PosecalWarning, stacklevel=2)
     out_images, anns = [], []
     for num in range(lo, hi + 1):
         x, y, flag = j[0, :, num - 1], j[1, :, num - 1], j[2, :, num - 1]
-        out_images.append(_image_record(num, f"im{num:04d}.jpg", img_dir, image_sizes))
+        out_images.append(_image_record(num, f"im{num:04d}.jpg", img_dir, image_sizes, n))
         anns.append(_annotation(num, x, y, np.where(flag == 0, 2, 1)))
     _warn_flat_boxes(anns, file)
     _warn_off_image(out_images, anns, file)
+    if image_sizes:
+        _warn_extra_images(img_dir, n, 4, file)
     return _coco_dict(f"Leeds Sports Pose, split {split}", file, out_images, anns)
 
 
@@ -196,15 +265,16 @@ def read_lspet(joints_mat: str | os.PathLike, images: str | os.PathLike | None =
     (0, 0, 0) (LSPET stores coordinates <= 0 there: the joint lies outside the frame). Annotated coordinates
     are kept as stored (image px, the same convention as :func:`read_lsp`). bbox = tight box of the annotated
     joints, area = w·h. Image ids = image numbers (``im00001.jpg`` -> 1); annotation id = image id. A person
-    with no annotated joint, an unknown flag or a non-finite annotated coordinate is an error.
+    with no annotated joint, an unknown flag or a non-finite annotated coordinate is an error. Warned about,
+    and converted: fewer than half the joints annotated (an LSP file in LSPET's axis order?), and an image
+    folder holding more of the dataset's images than the file has people.
     """
     file = str(joints_mat)
     img_dir = _check_images_dir(images)
     j = _load_joints(joints_mat)
     if j.ndim != 3 or j.shape[:2] != (14, 3):
-        hint = " (an LSP file? use 'posecal convert lsp')" if j.shape[:2] == (3, 14) else ""
-        raise PosecalInputError(f"joints has shape {j.shape}, expected (14, 3, N){hint}", file=file,
-                                field="joints")
+        raise PosecalInputError(f"joints has shape {j.shape}, expected (14, 3, N)"
+                                f"{_shape_hint(j.shape, (14, 3), (3, 14), 'lsp')}", file=file, field="joints")
     j = np.transpose(j, (1, 0, 2))  # -> (3, 14, N)
     n = j.shape[2]
     if n == 0:
@@ -213,14 +283,22 @@ def read_lspet(joints_mat: str | os.PathLike, images: str | os.PathLike | None =
     j = j.copy()
     j[:2] = np.where(lab[None], j[:2], 0.0)  # unannotated coordinates carry no information
     _check_joints(j, (0.0, 1.0), file, 1)
+    annotated = float(lab.mean())
+    odd = (f"only {annotated:.0%} of the joints carry flag 1, which LSPET reads as annotated (88% in the LSPET "
+           "release); an LSP file (flag 0 = visible) in LSPET's axis order?") if annotated < 0.5 else ""
     empty = np.flatnonzero(~lab.any(axis=0))
     if empty.size:
-        raise PosecalInputError("no annotated joint", file=file, record=int(empty[0]) + 1, field="joints")
+        raise PosecalInputError(f"no annotated joint{'; ' + odd if odd else ''}", file=file,
+                                record=int(empty[0]) + 1, field="joints")
+    if odd:
+        warnings.warn(f"{file}: {odd} Converted as LSPET", PosecalWarning, stacklevel=2)
     out_images, anns = [], []
     for num in range(1, n + 1):
         x, y, flag = j[0, :, num - 1], j[1, :, num - 1], j[2, :, num - 1]
-        out_images.append(_image_record(num, f"im{num:05d}.jpg", img_dir, image_sizes))
+        out_images.append(_image_record(num, f"im{num:05d}.jpg", img_dir, image_sizes, n))
         anns.append(_annotation(num, x, y, np.where(flag == 1, 2, 0)))
     _warn_flat_boxes(anns, file)
     _warn_off_image(out_images, anns, file)
+    if image_sizes:
+        _warn_extra_images(img_dir, n, 5, file)
     return _coco_dict("LSP Extended", file, out_images, anns)

@@ -39,8 +39,9 @@ def read_mpii(path: str | os.PathLike, images: str | os.PathLike | None = None) 
     width/height are read from the image headers).
     """
     file = str(path)
-    if images is not None and not Path(images).is_dir():
-        raise PosecalInputError("not a folder", file=str(images), field="--images")
+    from posecal.datasets.lsp import _check_images_dir
+
+    _check_images_dir(images)
     recs = read_json(path)
     if not isinstance(recs, list):
         raise PosecalInputError("expected a list of MPII records", file=file)
@@ -70,7 +71,7 @@ def read_mpii(path: str | os.PathLike, images: str | os.PathLike | None = None) 
         if key in seen:
             dups.append((r, seen[key]))
         seen.setdefault(key, r)
-        name = safe_file_name(a["image"], file, r)
+        name = safe_file_name(a["image"], file, r, "image")
         if name not in img_ids:
             img_ids[name] = len(img_ids) + 1
             rec: dict[str, Any] = {"id": img_ids[name], "file_name": name}
