@@ -51,10 +51,28 @@ MIN_STD = 1e-7
 float32 rounding included); 0 or a negative std would make the normalisation divide by zero or flip signs."""
 
 
+def _canonical(blob: bytes) -> bytes:
+    """``blob`` (a safetensors file) with its ``__metadata__`` keys sorted: safetensors writes them in hash-map
+    order, which changes from call to call, so the same head would give different bytes. Same header length
+    (the same characters, reordered); tensors untouched."""
+    import json
+    import struct
+
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    if isinstance(header.get("__metadata__"), dict):
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # not the compact form safetensors writes: keep its bytes
+        return blob
+    return blob[:8] + text.ljust(n, b" ") + blob[8 + n:]
+
+
 def save_head(head_dir: str | os.PathLike, head: CCNetHead, meta: dict[str, object]) -> None:
     """Write weights and metadata atomically (weights first, then the JSON that names them); a head with a
-    ``context_stage`` (:class:`posecal.ccnet.context.ContextStage`) also writes ``context.safetensors``."""
-    from safetensors.torch import save_file
+    ``context_stage`` (:class:`posecal.ccnet.context.ContextStage`) also writes ``context.safetensors``. The
+    same head gives the same bytes (safetensors metadata keys sorted, :func:`_canonical`)."""
+    from safetensors.torch import save
 
     from posecal._outputs import atomic_dir
 
@@ -73,14 +91,14 @@ def save_head(head_dir: str | os.PathLike, head: CCNetHead, meta: dict[str, obje
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     with atomic_dir(head_dir) as d:  # both files or neither
         with atomic_path(d / WEIGHTS) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": FORMAT, "head": head.kind})
-            os.chmod(tmp, 0o666 & ~current_umask())  # safetensors writes 0600; a head is meant to be shared
+            Path(tmp).write_bytes(_canonical(save(tensors, metadata={"format": FORMAT, "head": head.kind})))
+            os.chmod(tmp, 0o666 & ~current_umask())  # a head is meant to be shared
         stage = getattr(head, "context_stage", None)
         if stage is not None:
-            from safetensors.numpy import save_file as save_np
+            from safetensors.numpy import save as save_np
 
             with atomic_path(d / CONTEXT) as tmp:
-                save_np(stage.arrays(), str(tmp), metadata={"format": FORMAT})
+                Path(tmp).write_bytes(_canonical(save_np(stage.arrays(), metadata={"format": FORMAT})))
                 os.chmod(tmp, 0o666 & ~current_umask())
         else:
             full.pop("context", None)

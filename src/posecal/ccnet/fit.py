@@ -224,27 +224,26 @@ def fit_context_stage(stores: Sequence[StoreData], recipe: Recipe, *, folds: int
     """The learned-NMS stage (:class:`posecal.ccnet.context.ContextStage`) for a head trained with ``recipe``
     on ``stores``, or None when no store holds detections (``--boxes`` stores with matched targets).
 
-    Stacked: the training rows are split by image into ``folds`` (seed ``recipe.seed``); a head trained with
+    Stacked: the training rows are split by image into ``folds`` (seed ``recipe.seed``; an image's rows in
+    every store of the same data file share a fold, :func:`posecal.ccnet.select.image_folds`); a head trained with
     ``recipe`` on the other folds scores each fold's detection rows (ĉ, Sec. 5 aggregation), and the stage is
     fitted on those out-of-fold scores with the rows' image context against their instance targets
     (:func:`posecal.ccnet.context.instance_target`). Costs ``folds`` extra head fits. Returns the stage and
     its metadata."""
     from posecal.ccnet.context import CONTEXT_NAMES, ContextStage, instance_target, store_context
-    from posecal.ccnet.select import image_folds
+    from posecal.ccnet.select import image_count, image_folds, store_image_keys
     from posecal.ccnet.train import fit_head
 
     det = [i for i, d in enumerate(stores) if _is_detection_store(d)]
     if not det:
         return None
-    from posecal.models.store import FeatureStore
-
-    keys = [np.asarray(FeatureStore.open(d.path).read("image_id"), np.int64) for d in stores]
-    folds = min(folds, len({(i, int(x)) for i, k in enumerate(keys) for x in np.unique(k)}))
+    keys, datasets = store_image_keys(stores)  # an image of two stores of one data file: one fold
+    folds = min(folds, image_count(keys, datasets))
     if folds < 2:
         warnings.warn("context stage skipped: cross-fitting needs at least 2 training images", PosecalWarning,
                       stacklevel=2)
         return None
-    fold = image_folds(keys, folds, recipe.seed)
+    fold = image_folds(keys, folds, recipe.seed, datasets=datasets)
     c_oof = {i: np.full(len(stores[i].records), np.nan) for i in det}
     for k in range(folds):
         rows = [np.flatnonzero(f != k) for f in fold]

@@ -1,11 +1,14 @@
 """Recipe selection by cross-validation on training data (``posecal fit --cv K``). Imports torch.
 
-Folds are by image: every row of an image (all its people, all augmented copies) falls in one fold, so no
-person is trained and scored on at once; rows of different stores never share an image (the image key is
-``(store, image_id)``). A recipe's CV score is the COCO AP of the held-out fold's predictions rescored by a
-head trained on the other folds, against the fold's own gt (the same evaluator as ``posecal evaluate``),
-averaged over the K folds; the baseline is the store's own score (``predictions.json`` ``score``: the
-MMPose ``bbox_keypoint`` rule) on the same folds. Nothing here looks at a test split.
+Folds are by image: every row of an image (all its people, all augmented copies, and its rows in every
+training store made from the same data file — e.g. a plain and an ``--augment`` store, or a gt-box and a
+``--boxes`` store) falls in one fold, so no person is trained and scored on at once. The image key is
+``(dataset, image_id)`` with the dataset named by :func:`store_dataset` (the store's source data file hash):
+stores made from different data files never share an image, even where their image ids coincide.
+A recipe's CV score is the COCO AP of the held-out fold's predictions rescored by a head trained on the
+other folds, against the fold's own gt (the same evaluator as ``posecal evaluate``), averaged over the K
+folds; the baseline is the store's own score (``predictions.json`` ``score``: the MMPose ``bbox_keypoint``
+rule) on the same folds. Nothing here looks at a test split.
 """
 
 from __future__ import annotations
@@ -19,26 +22,62 @@ import numpy as np
 from posecal.ccnet.fit import Recipe, training_arrays, training_masks
 from posecal.ccnet.targets import StoreData, head_inputs
 
-__all__ = ["image_folds", "FoldEvaluator", "cross_validate", "CVRow", "default_grid", "select", "TOLERANCE"]
+__all__ = ["image_folds", "image_count", "store_dataset", "store_image_keys", "FoldEvaluator", "cross_validate",
+           "CVRow", "default_grid", "select", "TOLERANCE"]
 
 TOLERANCE = 1e-3
 """Selection tolerance (0.1 AP point): a recipe must beat the first grid row (the default) by more than this
 CV AP to replace it — differences below it are inside the fold-to-fold noise seen on LSPET + LSP train."""
 
 
-def image_folds(image_keys: Sequence[np.ndarray], k: int, seed: int = 0) -> list[np.ndarray]:
-    """Fold index of every row: ``image_keys[i] (N_i,)`` are store i's image ids; returns ``[(N_i,) int]``.
+def store_dataset(meta: dict[str, Any], path: str) -> str:
+    """The dataset a store's image ids refer to: its source data file's hash (``meta["data_sha256"]``), else
+    its gt.json's (``meta["files"]["gt.json"]``), else the store itself (``path``, never shared). Two stores
+    with the same key hold the same image under the same id."""
+    sha = meta.get("data_sha256") or (meta.get("files") or {}).get("gt.json")
+    return f"sha256:{sha}" if sha else f"store:{path}"
 
-    Images (keyed by ``(store, image_id)``) are shuffled with ``seed`` and dealt round-robin into ``k`` folds,
-    so fold sizes differ by at most one image and all rows of an image share a fold."""
+
+def store_image_keys(stores: Sequence[Any]) -> tuple[list[np.ndarray], list[str]]:
+    """``(image ids per store, dataset per store)`` of :class:`StoreData` ``stores``: the arguments of
+    :func:`image_folds`. String image ids are kept as strings (their codes are store-local: two stores of one
+    data file holding different images number them differently)."""
+    ids = [np.array([r["image_id"] for r in d.records], object) if d.meta.get("image_id_strings") is not None
+           else d.image_codes() for d in stores]
+    return ids, [store_dataset(d.meta, d.path) for d in stores]
+
+
+def _image_key(x: Any) -> int | str:
+    return x if isinstance(x, str) else int(x)
+
+
+def image_count(image_keys: Sequence[np.ndarray], datasets: Sequence[Any] | None = None) -> int:
+    """The number of distinct images :func:`image_folds` deals into folds (same arguments)."""
+    ds = list(range(len(image_keys))) if datasets is None else list(datasets)
+    return len({(ds[i], _image_key(x)) for i, ids in enumerate(image_keys) for x in np.unique(np.asarray(ids))})
+
+
+def image_folds(image_keys: Sequence[np.ndarray], k: int, seed: int = 0,
+                datasets: Sequence[Any] | None = None) -> list[np.ndarray]:
+    """Fold index of every row: ``image_keys[i] (N_i,)`` are store i's image ids (integers or strings);
+    returns ``[(N_i,) int]``.
+
+    Images, keyed by ``(datasets[i], image_id)`` (``datasets`` default: the store index, so no two stores
+    share an image), are shuffled with ``seed`` and dealt round-robin into ``k`` folds, so fold sizes differ
+    by at most one image and all rows of an image share a fold — across stores of the same dataset too."""
     if k < 2:
         raise ValueError("k must be >= 2")
-    keys = [(i, int(x)) for i, ids in enumerate(image_keys) for x in np.unique(np.asarray(ids))]
+    ds = list(range(len(image_keys))) if datasets is None else list(datasets)
+    if len(ds) != len(image_keys):
+        raise ValueError(f"{len(image_keys)} stores but {len(ds)} datasets")
+    keys = list(dict.fromkeys((ds[i], _image_key(x)) for i, ids in enumerate(image_keys)
+                              for x in np.unique(np.asarray(ids))))
     if len(keys) < k:
         raise ValueError(f"{len(keys)} images cannot be split into {k} folds")
     perm = np.random.default_rng(seed).permutation(len(keys))
     fold_of = {keys[p]: j % k for j, p in enumerate(perm)}
-    return [np.array([fold_of[(i, int(x))] for x in np.asarray(ids)], np.int64) for i, ids in enumerate(image_keys)]
+    return [np.array([fold_of[(ds[i], _image_key(x))] for x in np.asarray(ids)], np.int64)
+            for i, ids in enumerate(image_keys)]
 
 
 class FoldEvaluator:
@@ -158,7 +197,8 @@ def cross_validate(stores: Sequence[StoreData], grid: Sequence[Recipe], k: int =
     from posecal.ccnet.train import fit_head, predict
     from posecal.rescore.aggregate import instance_score
 
-    folds = image_folds([d.image_codes() for d in stores], k, seed)
+    ids, datasets = store_image_keys(stores)
+    folds = image_folds(ids, k, seed, datasets=datasets)
     fe = FoldEvaluator(stores)
     base_ap = []
     held = []

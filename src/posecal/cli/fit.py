@@ -8,7 +8,8 @@ any labelled keypoint carry no target and are left out of training.
 With no option but the stores, the recipe is the default for the stores' model kind
 (:data:`posecal.ccnet.fit.DEFAULT_RECIPES`, selected by cross-validation on training data); every option
 given overrides that recipe's value. ``--cv K`` scores a small grid of recipes by K-fold cross-validation
-over images (:mod:`posecal.ccnet.select`), prints the CV table and refits the selected recipe (the best CV
+over images (:mod:`posecal.ccnet.select`; an image's rows in every store made from the same data file share
+a fold), prints the CV table and refits the selected recipe (the best CV
 AP; the default stays unless beaten by more than 0.1 AP) on all the data.
 
 Distributed: ``torchrun --nproc_per_node N -m posecal fit ...`` (DDP, gloo on CPU, nccl on GPU).
@@ -173,9 +174,9 @@ def run(args: argparse.Namespace) -> int:
     recipe = _recipe(args, stores)
     cv = None
     if args.cv:
-        from posecal.ccnet.select import TOLERANCE, cross_validate, default_grid, select
+        from posecal.ccnet.select import TOLERANCE, cross_validate, default_grid, image_count, select, store_image_keys
 
-        n_img = len({(i, int(c)) for i, d in enumerate(stores) for c in d.image_codes()})
+        n_img = image_count(*store_image_keys(stores))  # an image in two stores of one data file counts once
         if args.cv > n_img:
             raise PosecalInputError(f"--cv {args.cv} needs at least {args.cv} images; the stores hold {n_img}",
                                     file=args.store[0], field="--cv")
