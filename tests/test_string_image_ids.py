@@ -202,6 +202,30 @@ def test_rescore_store_with_string_ids(chains, tmp_path):
     assert [r["image_id"] for r in recs] == [r["image_id"] for r in FeatureStore.open(s).predictions]
 
 
+def test_rescore_results_with_string_ids_without_gt(world, chains, tmp_path):
+    """A results file with string image ids and no ground truth (``--pred`` alone, a third-party file): the
+    ids are written back as they were, and the rescoring (OKS-NMS per image included) equals that of the
+    integer-id file record for record."""
+    outs = {}
+    for kind in ("int", "name"):
+        outs[kind] = tmp_path / f"{kind}.json"
+        _main("rescore", "--pred", chains[kind]["det_store"] / "predictions.json", "--method", "closed-form",
+              "--area", "pred", "--keypoint-set", "coco17", "--oks-nms", "0.5", "--out", outs[kind])
+    a, b = (json.loads(outs[k].read_text()) for k in ("int", "name"))
+    assert len(b) < len(chains["name"]["det"])  # OKS-NMS grouped the detections by image and removed some
+    _same_but_ids(a, b, _ids("name", world["data"]))
+
+
+def test_results_mixing_id_kinds_refused_without_gt(chains, capsys, tmp_path):
+    recs = json.loads((chains["name"]["det_store"] / "predictions.json").read_text())
+    recs[3]["image_id"] = 790
+    bad = tmp_path / "mixed.json"
+    bad.write_text(json.dumps(recs))
+    _refused(capsys, ["rescore", "--pred", bad, "--method", "mmpose-bbox_keypoint", "--keypoint-set", "coco17",
+                      "--out", tmp_path / "o.json"], tmp_path / "o.json", str(bad), "record 3", "field 'image_id'",
+             "mix strings")
+
+
 def _refused(capsys, argv, out, *needles) -> None:
     capsys.readouterr()
     assert main([str(a) for a in argv]) == 2

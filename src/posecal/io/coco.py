@@ -162,6 +162,9 @@ class CocoResults:
         path: source file (None for a list).
         body_only: the records carry only the 17 body ``keypoints`` while the ground truth is COCO-WholeBody
             (K = 133): keypoints 17.. are (0, 0, 0) padding, and only the body can be evaluated.
+        image_id_strings: None, except for results loaded WITHOUT ground truth whose image ids are all
+            strings: then ``image_id`` holds their positions in this sorted distinct list (the coding
+            :func:`load_gt` uses), and ``records`` keep the strings. With ground truth the codes are the gt's.
     """
 
     image_id: np.ndarray
@@ -175,6 +178,7 @@ class CocoResults:
     records: list[dict] = _LazyRecords()  # type: ignore[assignment]
     path: str | None = None
     body_only: bool = False
+    image_id_strings: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.image_id.shape[0])
@@ -792,7 +796,7 @@ def _load_results(src: Any, gt: CocoGroundTruth | None, file: str | None) -> Coc
             recs = recs["annotations"]
         if type(recs) is not list:
             raise PosecalInputError("results must be a JSON list of detection records", file)
-        image_id, category_id, score = _result_ids(recs, gt, file)
+        image_id, category_id, score, id_names = _result_ids(recs, gt, file)
         kps, own, body_only = _result_keypoints(recs, gt, fast_kp, file)
         bbox, det_area = _result_boxes(recs, own, file)
         visibility, part_scores = _result_extras(recs, kps.shape[1], file)
@@ -814,11 +818,16 @@ def _result_records(d: Any) -> Any:
 
 
 def _result_ids(recs: list, gt: CocoGroundTruth | None, file: str | None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str] | None]:
+    """``image_id`` (D,), ``category_id`` (D,), ``score`` (D,) and, for string image ids read without ground
+    truth, their sorted distinct list (``image_id`` then holds positions in it, as :func:`load_gt` codes)."""
     D = len(recs)
-    image_id = _id_refs(_column(recs, "image_id", file, "result"), None if gt is None else gt.image_id_strings,
-                        file, "image_id",
-                        listed_in="the ground truth images")
+    id_names = None
+    if gt is None:  # nothing to check the ids against: strings kept (coded locally), numbers as integers
+        image_id, id_names = _id_codes(_column(recs, "image_id", file, "result"), file, "image_id", "image")
+    else:
+        image_id = _id_refs(_column(recs, "image_id", file, "result"), gt.image_id_strings, file, "image_id",
+                            listed_in="the ground truth images")
     single_cat = gt is not None and len(gt.categories) == 1
     if D and single_cat and all(type(r) is dict and "category_id" not in r for r in recs):
         # no record names a category and the gt has one: that one (some records naming it is an error below)
@@ -826,7 +835,7 @@ def _result_ids(recs: list, gt: CocoGroundTruth | None, file: str | None
     else:
         category_id = _result_category_ids(_column(recs, "category_id", file, "result"), gt, file)
     score = _floats(_column(recs, "score", file, "result"), file, "score")
-    return image_id, category_id, score
+    return image_id, category_id, score, id_names
 
 
 _WB_EXTRA = sum(k for *_, k in WHOLEBODY_FIELDS)
