@@ -49,7 +49,8 @@ def stores(tmp_path_factory):
     return load_training_stores([str(make_store(d / "a", N=120, seed=0)), str(make_store(d / "b", N=80, seed=3))])[0]
 
 
-def test_cross_validate_never_trains_on_the_held_out_images(stores, monkeypatch):
+def spy_fit_head(monkeypatch) -> list[np.ndarray]:
+    """Record a copy of the training inputs ``X`` of every :func:`posecal.ccnet.train.fit_head` call."""
     import posecal.ccnet.train as train
 
     seen = []
@@ -60,6 +61,11 @@ def test_cross_validate_never_trains_on_the_held_out_images(stores, monkeypatch)
         return real(X, T, V, cfg, **kw)
 
     monkeypatch.setattr(train, "fit_head", spy)
+    return seen
+
+
+def test_cross_validate_never_trains_on_the_held_out_images(stores, monkeypatch):
+    seen = spy_fit_head(monkeypatch)
     k = 4
     rows = cross_validate(stores, [Recipe(steps=50, batch_size=32)], k=k, seed=0)
     assert len(rows) == 1 and len(rows[0].ap) == k and len(seen) == k

@@ -18,6 +18,7 @@ from posecal.ccnet.fit import Recipe, load_training_stores  # noqa: E402
 from posecal.ccnet.select import cross_validate  # noqa: E402
 from posecal.cli import main  # noqa: E402
 from test_ccnet_cli import make_store  # noqa: E402
+from test_ccnet_select import spy_fit_head  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -32,27 +33,13 @@ def twin(tmp_path_factory):
     return d, [str(a), str(a2), str(b)]
 
 
-def _spy_fit_head(monkeypatch):
-    import posecal.ccnet.train as train
-
-    seen = []
-    real = train.fit_head
-
-    def spy(X, T, V, cfg, **kw):
-        seen.append(np.asarray(X).copy())
-        return real(X, T, V, cfg, **kw)
-
-    monkeypatch.setattr(train, "fit_head", spy)
-    return seen
-
-
 def test_cv_never_trains_on_a_held_out_image_through_a_second_store_of_it(twin, monkeypatch):
     """Store a2 holds the images of store a: an image held out in a must be held out in a2 too, else its rows
     (identical features here) are trained on while a's copy is scored. Store b (another data file, same ids)
     is dealt on its own."""
     _, paths = twin
     stores = load_training_stores(paths)[0]
-    seen = _spy_fit_head(monkeypatch)
+    seen = spy_fit_head(monkeypatch)
     k = 3
     rows = cross_validate(stores, [Recipe(steps=5, batch_size=16)], k=k, seed=0)
     assert len(seen) == k and len(rows[0].ap) == k
@@ -91,7 +78,7 @@ def test_context_stage_cross_fit_keeps_an_image_of_two_stores_in_one_fold(twin, 
     _, paths = twin
     stores = load_training_stores(paths[:2])[0]
     monkeypatch.setattr(fit, "_is_detection_store", lambda d: True)
-    seen = _spy_fit_head(monkeypatch)
+    seen = spy_fit_head(monkeypatch)
     res = fit.fit_context_stage(stores, Recipe(steps=5, batch_size=16), folds=3)
     assert res is not None and len(seen) == 3
     held = 0  # each of a's rows (== a2's) is left out of exactly one fold's training
