@@ -193,12 +193,16 @@ def store_head_meta(meta: dict[str, Any], feature_name: str | None) -> dict[str,
 
 
 def match_detections(gt: Any, image_id: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
-                     sigmas: np.ndarray, thr: float = MATCH_OKS) -> tuple[np.ndarray, np.ndarray]:
+                     sigmas: np.ndarray, thr: float = MATCH_OKS, category_id: int = 1
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """COCOeval's greedy matching of keypoint detections to gt, at one OKS threshold.
 
     Args:
-        gt: :class:`posecal.io.coco.CocoGroundTruth` (person annotations of the images).
+        gt: :class:`posecal.io.coco.CocoGroundTruth` (annotations of the images).
         image_id (N,), keypoints (N, K, 2) image px, scores (N,) the ranking score.
+        category_id: the detections' category (the ``category_id`` of the store's records: the data file's
+            keypoint category, COCO's person 1 by default); only gt of that category are matched, as COCOeval
+            evaluates each category on its own.
     Returns:
         match (N,) int64: gt row (index into ``gt``) of the match; -1 unmatched; -2 matched to an ignore gt
         (crowd or no labelled keypoint: COCOeval drops such detections). oks (N,) of the match (0 unmatched).
@@ -214,7 +218,7 @@ def match_detections(gt: Any, image_id: np.ndarray, keypoints: np.ndarray, score
     N = image_id.shape[0]
     match = np.full(N, -1, np.int64)
     moks = np.zeros(N)
-    person = gt.category_id == 1
+    person = gt.category_id == int(category_id)
     ignore = gt.iscrowd.astype(bool) | (gt.num_keypoints == 0)
     for iid in np.unique(image_id):
         drows = np.flatnonzero(image_id == iid)
@@ -272,12 +276,24 @@ def _gt_box_targets(fs: Any, gt: Any, ks: Any, annotated: np.ndarray) -> dict[st
             "vis_mask": ok[:, None] & annotated[None], "match": None}
 
 
+def _store_category(fs: Any, gt: Any) -> int:
+    """The category the store's detections carry (``extract`` writes the data file's keypoint category on
+    every record), as ``gt`` codes it; 1 for an empty store."""
+    recs = fs.predictions
+    cid = recs[0].get("category_id", 1) if recs else 1
+    names = getattr(gt, "category_id_strings", None)
+    if names is not None and isinstance(cid, str):
+        return names.index(cid) if cid in names else -1
+    return int(cid)
+
+
 def _detection_targets(fs: Any, gt: Any, ks: Any, annotated: np.ndarray) -> dict[str, np.ndarray]:
     from posecal.metrics.oks import keypoint_oks
 
     kp, sc = fs.read("keypoints"), fs.read("scores")
     box = fs.read("box_score") if "box_score" in fs.arrays else np.ones(fs.num_instances)
-    match, _ = match_detections(gt, fs.read("image_id"), kp, instance_score(sc, "bbox_keypoint", box), ks.sigmas)
+    match, _ = match_detections(gt, fs.read("image_id"), kp, instance_score(sc, "bbox_keypoint", box), ks.sigmas,
+                                category_id=_store_category(fs, gt))
     ok = match >= 0
     gtk = np.zeros((fs.num_instances, ks.num_keypoints, 3))
     gtk[ok] = gt.keypoints[match[ok]]

@@ -1,0 +1,77 @@
+"""A data file whose keypoint category is not COCO's person id 1 (animal sets, custom exports): ``extract
+--boxes`` writes that category on every detection, and ``fit``'s training targets match the detections to the
+gt of that category, as COCOeval does — the same targets, head and ``apply`` output as with id 1.
+
+(Found by an audit: the matching took only gt of category 1, so every detection of such a set became a
+false positive with target 0.) Real coco-mini images with SimplePose and NanoDet."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+
+from posecal.ccnet.targets import load_store  # noqa: E402
+from posecal.cli import main  # noqa: E402
+
+IMAGES = (790, 30752)
+
+
+def _run(*argv) -> None:
+    assert main([str(a) for a in argv]) == 0
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    from conftest import shared_path
+
+    mini = shared_path("data", "coco-mini", "person_keypoints_train2017.json")
+    src = json.loads(mini.read_text())
+    d = {**src, "images": [im for im in src["images"] if im["id"] in IMAGES],
+         "annotations": [a for a in src["annotations"] if a["image_id"] in IMAGES]}
+    root = tmp_path_factory.mktemp("cat")
+    img = root / "images"
+    img.mkdir()
+    for im in d["images"]:
+        shutil.copy(mini.parent / "train2017" / im["file_name"], img / im["file_name"])
+    model = shared_path("models", "simplepose", "ultralight-nano-simplepose.onnx")
+    out = {}
+    for cat in (1, 2):
+        dc = json.loads(json.dumps(d))
+        dc["categories"][0]["id"] = cat
+        for a in dc["annotations"]:
+            a["category_id"] = cat
+        data = root / f"cat{cat}.json"
+        data.write_text(json.dumps(dc))
+        det = root / f"det{cat}.json"
+        _run("detect", "--model", shared_path("models", "nanodet", "nanodet-m-416.onnx"), "--data", data,
+             "--images", img, "--out", det, "--score-thr", "0.2")
+        gts, dets = root / f"G{cat}", root / f"D{cat}"
+        _run("extract", "--model", model, "--data", data, "--images", img, "--out", gts)
+        _run("extract", "--model", model, "--data", data, "--images", img, "--boxes", det, "--out", dets)
+        head, applied = root / f"H{cat}", root / f"A{cat}.json"
+        _run("fit", "--store", gts, "--store", dets, "--steps", "30", "--out", head)
+        _run("apply", "--store", dets, "--head", head, "--out", applied)
+        out[cat] = {"gt": gts, "det": dets, "applied": json.loads(applied.read_text()), "data": data}
+    return out
+
+
+def test_detection_targets_match_the_gt_of_the_stores_category(stores):
+    a, b = (load_store(stores[c]["det"]) for c in (1, 2))
+    assert {r["category_id"] for r in b.records} == {2}
+    matched = np.flatnonzero(b.match >= 0)
+    assert matched.size >= 3  # the people of the two images are found
+    np.testing.assert_array_equal(a.match, b.match)
+    np.testing.assert_array_equal(np.nan_to_num(a.oks, nan=-1), np.nan_to_num(b.oks, nan=-1))
+    assert np.nanmax(b.oks) > 0.5
+
+
+def test_apply_output_same_but_the_category(stores):
+    a, b = stores[1]["applied"], stores[2]["applied"]
+    assert len(a) == len(b) > 0 and all(r["category_id"] == 2 for r in b)
+    assert [{**r, "category_id": 0} for r in a] == [{**r, "category_id": 0} for r in b]
