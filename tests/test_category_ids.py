@@ -1,6 +1,8 @@
 """A data file whose keypoint category is not COCO's person id 1 (animal sets, custom exports): ``extract
 --boxes`` writes that category on every detection, and ``fit``'s training targets match the detections to the
-gt of that category, as COCOeval does — the same targets, head and ``apply`` output as with id 1.
+gt of that category, as COCOeval does — the same targets, head and ``apply`` output as with id 1. A file
+whose keypoint category is not ``categories[0]`` (box-only categories listed first, as general exports write
+them) is read by the category that names keypoints.
 
 (Found by an audit: the matching took only gt of category 1, so every detection of such a set became a
 false positive with target 0.) Real coco-mini images with SimplePose and NanoDet."""
@@ -58,6 +60,8 @@ def stores(tmp_path_factory):
         _run("fit", "--store", gts, "--store", dets, "--steps", "30", "--out", head)
         _run("apply", "--store", dets, "--head", head, "--out", applied)
         out[cat] = {"gt": gts, "det": dets, "applied": json.loads(applied.read_text()), "data": data}
+    out["base"], out["images"], out["model"] = d, img, model
+    out["detector"] = shared_path("models", "nanodet", "nanodet-m-416.onnx")
     return out
 
 
@@ -75,3 +79,35 @@ def test_apply_output_same_but_the_category(stores):
     a, b = stores[1]["applied"], stores[2]["applied"]
     assert len(a) == len(b) > 0 and all(r["category_id"] == 2 for r in b)
     assert [{**r, "category_id": 0} for r in a] == [{**r, "category_id": 0} for r in b]
+
+
+def test_keypoint_category_not_first(stores, tmp_path, capsys):
+    """categories = [car (boxes only), person (keypoints)] and a car box among the annotations: the keypoint
+    set, the crops, the results' category and the evaluation are the person category's."""
+    from posecal.datasets.coco import keypoint_category, keypoint_set
+    from posecal.io.coco import load_gt
+
+    d = json.loads(json.dumps(stores["base"]))
+    d["categories"] = [{"id": 3, "name": "car", "supercategory": "vehicle"}, *d["categories"]]
+    d["annotations"].append({"id": 10**9, "image_id": IMAGES[0], "category_id": 3, "bbox": [10, 10, 50, 40],
+                             "area": 2000.0, "iscrowd": 0, "num_keypoints": 0, "keypoints": [0] * 51})
+    data = tmp_path / "cats.json"
+    data.write_text(json.dumps(d))
+    assert keypoint_category(d) == 1 and keypoint_set(d).name == "coco17"
+    assert load_gt(data).keypoint_set.name == "coco17"
+    out = tmp_path / "S"
+    _run("extract", "--model", stores["model"], "--data", data, "--images", stores["images"], "--out", out)
+    recs = json.loads((out / "predictions.json").read_text())
+    ref = json.loads((stores[1]["gt"] / "predictions.json").read_text())
+    assert recs == ref  # the same people cropped, category 1 written
+    from _cocoref import posecal_evaluate_json, reference_stats_from_files
+
+    rc, got, _ = posecal_evaluate_json(data, out / "predictions.json")
+    assert rc == 0
+    stats = reference_stats_from_files("pycocotools", data, out / "predictions.json")
+    np.testing.assert_allclose([got["coco"][k] for k in ("AP", "AP50", "AP75")], stats[:3], atol=1e-12)
+    capsys.readouterr()
+    _run("detect", "--model", stores["detector"], "--data", data, "--images", stores["images"], "--out",
+         tmp_path / "det.json", "--score-thr", "0.2")
+    assert "recall at IoU 0.5" in capsys.readouterr().out
+    assert {r["category_id"] for r in json.loads((tmp_path / "det.json").read_text())} == {1}

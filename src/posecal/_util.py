@@ -8,7 +8,7 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import orjson
 
@@ -115,3 +115,14 @@ def read_json(path: str | os.PathLike) -> JSON:
         raise PosecalInputError("file not found", file=str(path)) from None
     except orjson.JSONDecodeError as e:
         raise PosecalInputError(f"not JSON: {e}", file=str(path)) from None
+
+
+def keypoint_category_index(cats: Any) -> int:
+    """Index in a COCO file's ``categories`` of its keypoint category: the first one with a non-empty
+    ``keypoints`` list of names, else 0 (COCO's own files hold the person category alone; a file exported
+    with other, box-only categories ahead of it names the keypoint one by its ``keypoints``)."""
+    if isinstance(cats, list):
+        for i, c in enumerate(cats):
+            if isinstance(c, dict) and isinstance(c.get("keypoints"), list) and c["keypoints"]:
+                return i
+    return 0

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from posecal._util import read_json
+from posecal._util import keypoint_category_index, read_json
 from posecal.errors import PosecalInputError, PosecalWarning
 from posecal.keypoints import KeypointSet, find_keypoint_set
 
@@ -293,14 +293,16 @@ def check_converted(d: dict[str, Any], *, file: str | None = None, split: str | 
 
 
 def keypoint_set(d: dict[str, Any], *, file: str | None = None) -> KeypointSet:
-    """Keypoint set of a COCO dict: by ``categories[0].keypoints`` names, else by keypoint count.
+    """Keypoint set of a COCO dict: by the keypoint category's ``keypoints`` names (``categories[0]``, or the
+    first category that names keypoints: :func:`posecal._util.keypoint_category_index`), else by keypoint count.
 
     A count that matches no known set, or two sets (e.g. 14: LSP14 and CrowdPose14) without names, raises.
     """
     from posecal.keypoints import KEYPOINT_SETS
 
     cats = d.get("categories") or []
-    names = cats[0].get("keypoints") if cats and isinstance(cats[0], dict) else None
+    c0 = cats[keypoint_category_index(cats)] if isinstance(cats, list) and cats else None
+    names = c0.get("keypoints") if isinstance(c0, dict) else None
     if names:
         ks = find_keypoint_set(names)
         if ks is not None:
@@ -406,10 +408,12 @@ def _note_corner_box(bbox: np.ndarray, image: dict[str, Any], record: int, corne
 
 
 def keypoint_category(d: dict[str, Any]) -> int:
-    """The id of the keypoint category (``categories[0]``, the one :func:`keypoint_set` reads), 1 when it
-    names none: the category a detection must have to be cropped, and the one the store's results carry."""
+    """The id of the keypoint category (``categories[0]``, or the first category that names keypoints: the one
+    :func:`keypoint_set` reads), 1 when it names none: the category a detection must have to be cropped, and
+    the one the store's results carry."""
     cats = d.get("categories") or []
-    cid = cats[0].get("id", 1) if cats and isinstance(cats[0], dict) else 1
+    c0 = cats[keypoint_category_index(cats)] if isinstance(cats, list) and cats else None
+    cid = c0.get("id", 1) if isinstance(c0, dict) else 1
     return int(cid) if is_number(cid) and not isinstance(cid, bool) and float(cid) == int(cid) else 1
 
 

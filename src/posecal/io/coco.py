@@ -591,7 +591,12 @@ def _gt_ids(images_l: list, anns: list, cats: list, file: str | None) -> _GtIds:
 
 
 def _category_names(cats: list) -> list[str] | None:
-    names = cats[0].get("keypoints") if type(cats[0]) is dict else None
+    """The keypoint names of the keypoint category (``categories[0]``, or the first category naming keypoints:
+    :func:`posecal._util.keypoint_category_index`)."""
+    from posecal._util import keypoint_category_index
+
+    c0 = cats[keypoint_category_index(cats)]
+    names = c0.get("keypoints") if type(c0) is dict else None
     ok = type(names) is list and names and all(type(n) is str for n in names)
     return names if ok else None
 
