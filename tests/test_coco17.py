@@ -482,8 +482,9 @@ def test_context_stage_fit_apply_export(det_store, tmp_path, shared, capsys):
     from posecal.metrics.cocoeval import evaluate
 
     ev = evaluate(load_gt(str(store.path / "gt.json")), load_results(str(tmp_path / "k.json")))
+    base = evaluate(load_gt(str(store.path / "gt.json")), load_results(str(store.path / "predictions.json")))
     assert meta["metrics"]["applied"][str(store.path)] == pytest.approx(
-        {"AP": ev.stats["AP"], "AR": ev.stats["AR"]}, abs=1e-12)
+        {"AP": ev.stats["AP"], "AR": ev.stats["AR"], "own_AP": base.stats["AP"]}, abs=1e-12)
     np.testing.assert_allclose([r["keypoints"][2::3] for r in cal], s, rtol=1e-6)
     np.testing.assert_allclose([r["visibility"] for r in cal], v, rtol=1e-6)
     assert not np.allclose(want, c)

@@ -196,7 +196,8 @@ def applied_ap(head: Any, data: StoreData, evidence: Sequence[str] = (), *,
                box_score: bool = False) -> dict[str, float]:
     """AP/AR of ``data``'s predictions with the instance scores ``posecal apply`` writes for ``head`` on it:
     the head, then (detection stores) the head's context stage, then the store's own order kept per image
-    (:func:`posecal.ccnet.apply.instance_scores`). Empty without gt."""
+    (:func:`posecal.ccnet.apply.instance_scores`), and ``own_AP``: the same predictions ranked by the store's
+    own score (``predictions.json``, MMPose's rule), the baseline (AR is the same). Empty without gt."""
     from posecal.ccnet.apply import instance_scores
     from posecal.ccnet.context import own_scores, store_context
     from posecal.metrics.cocoeval import evaluate
@@ -212,7 +213,8 @@ def applied_ap(head: Any, data: StoreData, evidence: Sequence[str] = (), *,
     c = instance_scores(s, v, own, iid, box_score=data.box_score if box_score else None,
                         stage=stage if use_stage else None, context=ctx)
     ev = evaluate(data.gt, data.results(), scores=c, sigmas=data.sigmas, warn=False)
-    return {"AP": float(ev.stats["AP"]), "AR": float(ev.stats["AR"])}
+    base = evaluate(data.gt, data.results(), scores=own, sigmas=data.sigmas, warn=False)
+    return {"AP": float(ev.stats["AP"]), "AR": float(ev.stats["AR"]), "own_AP": float(base.stats["AP"])}
 
 
 def _is_detection_store(d: StoreData) -> bool:

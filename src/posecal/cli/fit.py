@@ -219,7 +219,9 @@ def run(args: argparse.Namespace) -> int:
         for split, m in meta["metrics"].items():  # in-sample on train; the head's scores, as apply --reorder
             if split == "applied":  # per training store, what `posecal apply` writes (context stage, order kept)
                 for path, mm in m.items():
-                    print(f"apply on {path} (in-sample): " + ", ".join(f"{k} {v:.4f}" for k, v in mm.items()))
+                    own = f" (own score: AP {mm['own_AP']:.4f})" if "own_AP" in mm else ""
+                    print(f"apply on {path} (in-sample): " + ", ".join(f"{k} {v:.4f}" for k, v in mm.items()
+                                                                       if k != "own_AP") + own)
                 continue
             label = split
             if split == "train":  # the first store, the head's own scores
