@@ -69,7 +69,7 @@ def test_store_oks_nms_keeps_what_mmpose_cocometric_keeps(det_store, tmp_path):
     _, small, dets = det_store
     img = shared_path("data", "coco-mini", "train2017")
     allrows = extract(load_adapter(shared_path(*SP)), small, img, tmp_path / "ALL", boxes=dets,
-                      oks_nms_thr=None, show_progress=False)  # every box, no NMS
+                      oks_nms_thr=None, max_per_image=None, show_progress=False)  # every box, no NMS
     iid, kp, sc = allrows.read("image_id"), allrows.read("keypoints"), allrows.read("scores")
     score = instance_score(sc, "bbox_keypoint", allrows.read("box_score"))
     area = _mmpose_bbox_scale_area(allrows.read("bbox"))

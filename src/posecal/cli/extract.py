@@ -46,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model-card", default=None, help="model card JSON, for any model file (.onnx, .pt, .pt2, "
                    ".tflite; default: built-in card by SHA-256)")
     p.add_argument("--oks-nms", type=unit_float, default=0.9, metavar="THR",
-                   help="OKS-NMS threshold for detection boxes (MMPose's 0.9); 1 keeps every box")
+                   help="OKS-NMS threshold for detection boxes (MMPose's 0.9); 1: no OKS-NMS "
+                   "(--max-per-image still applies)")
     p.add_argument("--max-per-image", type=nonneg_int, default=20, metavar="N",
                    help="detections kept per image after OKS-NMS, best first (COCO's maxDets 20; 0 = all)")
     p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop")
@@ -78,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     from posecal._outputs import check_creatable, refuse_clobber
-    from posecal.models.store import merge_stores
+    from posecal.models.extract import merge_shards
 
     args.out = _named_out(args.out)
     if args.merge:
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         refuse_clobber({"shard": [str(x) for x in shards]}, {"--out": out})
         check_creatable(out, "dir")
         with _removed_on_failure(out):
-            store = merge_stores(shards, out)
+            store = merge_shards(shards, out)
         _report(store, args)
         return 0
     for flag in ("model", "data", "images"):

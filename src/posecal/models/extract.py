@@ -394,12 +394,13 @@ def top_per_image(image_id: np.ndarray, score: np.ndarray, rows: np.ndarray, k: 
     return np.sort(np.concatenate(out)) if out else rows
 
 
-def oks_nms_store(src, out: str | os.PathLike, *, thr: float = OKS_NMS_THR, chunk_size: int = 64,
+def oks_nms_store(src, out: str | os.PathLike, *, thr: float | None = OKS_NMS_THR, chunk_size: int = 64,
                   gt: bytes | None = None, category_id: int = 1, max_per_image: int | None = MAX_PER_IMAGE):
     """Copy of store ``src`` with only the rows MMPose's OKS-NMS keeps (per image, on the ``bbox_keypoint``
     score, :func:`posecal.models.nms.oks_nms_per_image`), then the ``max_per_image`` best of each image
     (COCO's keypoint ``maxDets`` = 20: the evaluator never looks further, so a rescoring cannot swap
-    detections in or out of the evaluated set). Returns the new FeatureStore."""
+    detections in or out of the evaluated set). ``thr`` None: no OKS-NMS (``--oks-nms 1``), the cut only.
+    Returns the new FeatureStore."""
     from posecal.keypoints import get_keypoint_set
     from posecal.models.nms import crop_box_area, oks_nms_per_image
     from posecal.models.store import StoreWriter
@@ -413,10 +414,11 @@ def oks_nms_store(src, out: str | os.PathLike, *, thr: float = OKS_NMS_THR, chun
     crop = src.meta.get("crop") or {}
     W, H = src.meta["input_size"]
     area = crop_box_area(src.read("bbox"), (float(crop.get("aspect", W / H)), 1.0), float(crop.get("padding", 1.25)))
-    keep = oks_nms_per_image(iid, kp, sc, score, ks.sigmas, thr, areas=area)
+    keep = (np.arange(src.num_instances) if thr is None  # --oks-nms 1: every box, then the top per image
+            else oks_nms_per_image(iid, kp, sc, score, ks.sigmas, thr, areas=area))
     if max_per_image:
         keep = top_per_image(iid, score, keep, max_per_image)
-    settings = {k: src.meta[k] for k in src.meta if k not in _META_BOOKKEEPING}
+    settings = {k: src.meta[k] for k in src.meta if k not in _META_BOOKKEEPING and k != MERGE_POST}
     settings["oks_nms"] = {"thr": thr, "kept": int(keep.size), "of": src.num_instances,
                            "max_per_image": max_per_image,
                            "score": "bbox_keypoint",
@@ -427,6 +429,34 @@ def oks_nms_store(src, out: str | os.PathLike, *, thr: float = OKS_NMS_THR, chun
         a, b = writer.chunk_rows(j)
         writer.write_chunk(j, {name: src.read(name, keep[a:b]) for name in src.arrays})
     return writer.finalize(gt=gt, category_id=category_id)
+
+
+MERGE_POST = "merge_oks_nms"
+"""Setting of a shard of a detection store (``extract --boxes --shard i/n``): the OKS-NMS threshold (None: off)
+and ``max_per_image`` that :func:`merge_shards` applies to the merged rows, as an unsharded run applies them."""
+
+
+def merge_shards(shards: list[Path], out: str | os.PathLike) -> Any:
+    """``extract --merge``: the shards merged into ``out`` (:func:`posecal.models.store.merge_stores`); shards
+    of a detection store are merged into ``OUT.all`` and reduced into ``out`` by :func:`oks_nms_store` with
+    the settings they record (:data:`MERGE_POST`), giving the store an unsharded run writes."""
+    from posecal.models.store import merge_stores
+
+    out = Path(out)
+    try:
+        post = orjson.loads((shards[0] / "index.json").read_bytes())["settings"].get(MERGE_POST)
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        post = None  # merge_stores names what is wrong with the shard
+    if not isinstance(post, dict):
+        return merge_stores(shards, out)
+    stage = out.with_name(out.name + ".all")
+    store = merge_stores(shards, stage)
+    gt = (stage / "gt.json").read_bytes() if (stage / "gt.json").is_file() else None
+    cat = store.predictions[0].get("category_id", 1) if store.predictions else 1
+    final = oks_nms_store(store, out, thr=post.get("thr"), chunk_size=int(store.meta["chunk_size"]), gt=gt,
+                          category_id=cat, max_per_image=post.get("max_per_image"))
+    shutil.rmtree(stage)
+    return final
 
 
 _META_BOOKKEEPING = ("format", "num_instances", "chunk_size", "arrays", "feature_array", "fingerprint", "files")
@@ -568,7 +598,12 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
             "missing": missing, "bad": sorted(b[0] for b in bad) if skip_bad_images else None,
             "image_id_strings": sorted(codes) if codes else None}
     settings = _settings(adapter, plan, ks, info)
-    nms = det is not None and oks_nms_thr is not None and shard[1] == 1
+    # detections: OKS-NMS, then the max_per_image best of each image (either may be off); shards keep every
+    # crop and record what `--merge` applies to their union (MERGE_POST), as the unsharded run does here
+    post = det is not None and (oks_nms_thr is not None or bool(max_per_image))
+    if post and shard[1] > 1:
+        settings[MERGE_POST] = {"thr": oks_nms_thr, "max_per_image": max_per_image}
+    nms = post and shard[1] == 1
     if nms and (Path(out) / "meta.json").is_file():  # finished earlier: the same settings return it as it is
         return _finished_store(out, settings)
     stage = Path(out).with_name(Path(out).name + ".all") if nms else out
@@ -580,7 +615,8 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
     store = writer.finalize(gt=gt_bytes, category_id=cat_id)
     if not nms:
         return store
-    final = oks_nms_store(store, out, thr=float(oks_nms_thr), chunk_size=chunk_size, gt=gt_bytes,
+    final = oks_nms_store(store, out, thr=None if oks_nms_thr is None else float(oks_nms_thr),
+                          chunk_size=chunk_size, gt=gt_bytes,
                           category_id=cat_id, max_per_image=max_per_image)
     shutil.rmtree(stage)
     return final

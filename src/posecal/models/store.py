@@ -808,12 +808,25 @@ def _copy_chunk(s: Path, outp: Path, j: int, arrays: dict[str, Any], want: dict[
     return out
 
 
+def _gt_keypoint_category(gt_b: bytes | None) -> int:
+    """The keypoint category id of a store's gt.json bytes (:func:`posecal.datasets.coco.keypoint_category`);
+    1 without gt or for a damaged one (named where it is read: fit, rescore)."""
+    from posecal.datasets.coco import keypoint_category
+
+    try:
+        gt_d = orjson.loads(gt_b) if gt_b is not None else None
+    except orjson.JSONDecodeError:
+        gt_d = None
+    return keypoint_category(gt_d) if isinstance(gt_d, dict) else 1
+
+
 def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
-                 category_id: int = 1, move: bool = False) -> FeatureStore:
+                 category_id: int | None = None, move: bool = False) -> FeatureStore:
     """Combine shard stores (from ``StoreWriter(..., shard=(i, n))``) into one finished store at ``out``.
 
     The result is byte-identical to the store an unsharded run writes. ``move`` renames chunk files instead
-    of copying them.
+    of copying them. ``category_id`` (of the records of predictions.json): default the keypoint category of
+    the shards' gt.json, as ``extract`` writes it (1 without gt).
     """
     shards = [Path(s) for s in shards]
     if not shards:
@@ -860,6 +873,8 @@ def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
         }
         write_json_atomic(outp / "index.json", index)
         gt_b = next(((s / "gt.json").read_bytes() for s in shards if (s / "gt.json").is_file()), None)
+        if category_id is None:  # the data's keypoint category, not COCO's person 1 (extract's own choice)
+            category_id = _gt_keypoint_category(gt_b)
         return _finish(outp, settings_src, index, gt_b, category_id)
     finally:
         lock.close()
