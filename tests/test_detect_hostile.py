@@ -240,3 +240,44 @@ def test_valid_card_file_matches_builtin(one, tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "b.json")]) == 0
     a = json.loads((tmp_path / "a.json").read_text())
     assert a and a == json.loads((tmp_path / "b.json").read_text())
+
+
+def test_detections_without_data_checked_against_the_data_files_images(shared, tmp_path, capsys):
+    """``detect`` without ``--data`` makes up ids from the file names and writes each box's ``file_name``;
+    ``extract --boxes`` crops them when the data file's images carry those ids, and refuses (one line, exit 2,
+    nothing written) a data file that gives the ids to other images — the boxes would be cropped from the
+    wrong pictures."""
+    d = json.loads(shared(*MINI).read_text())
+    ims = d["images"][:2]
+    img = tmp_path / "img"
+    img.mkdir()
+    for im in ims:
+        os.symlink(shared(*IMAGES) / im["file_name"], img / im["file_name"])
+    det = tmp_path / "det.json"
+    assert main(["detect", "--model", str(shared(*ND)), "--images", str(img), "--out", str(det),
+                 "--score-thr", "0.3"]) == 0
+    boxes = json.loads(det.read_text())
+    names = {im["id"]: im["file_name"] for im in ims}
+    assert boxes and all(b["file_name"] == names[b["image_id"]] for b in boxes)  # COCO names: the ids agree
+    ids = [im["id"] for im in ims]
+    keep = set(ids)
+    small = dict(d, images=ims, annotations=[a for a in d["annotations"] if a["image_id"] in keep])
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(small))
+    sp = str(shared("models", "simplepose", "ultralight-nano-simplepose.onnx"))
+    assert main(["extract", "--model", sp, "--data", str(good), "--images", str(img), "--boxes", str(det),
+                 "--out", str(tmp_path / "S")]) == 0
+    swap = {ids[0]: ids[1], ids[1]: ids[0]}  # the same images, their ids exchanged
+    perm = json.loads(json.dumps(small))
+    for im in perm["images"]:
+        im["id"] = swap[im["id"]]
+    for a in perm["annotations"]:
+        a["image_id"] = swap[a["image_id"]]
+    bad = tmp_path / "perm.json"
+    bad.write_text(json.dumps(perm))
+    capsys.readouterr()
+    assert main(["extract", "--model", sp, "--data", str(bad), "--images", str(img), "--boxes", str(det),
+                 "--out", str(tmp_path / "S2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "det.json: record 0: field 'file_name'" in err[0] and "--data" in err[0], err
+    assert not (tmp_path / "S2").exists()

@@ -6,7 +6,9 @@
 With ``--data``, image ids come from it (file_name -> id; string ids are written as the same strings) and,
 when it has person annotations, the recall of the gt boxes at IoU 0.5 is printed. Without it, ids are the
 numbers in the file names (COCO style) when every name is one, else the 1-based position in the sorted file
-list. Library: :mod:`posecal.models.detect`.
+list, and each box also carries its image's ``file_name``: ``extract --boxes`` refuses a box whose
+``file_name`` is not the data file's image of that id (ids made up from the folder need not be the data's).
+Library: :mod:`posecal.models.detect`.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     pairs = image_ids(args.images, data, data_file=args.data)
     det = NanoDetDetector(args.model, card, num_threads=args.threads, card_file=args.model_card)
     dets = detect_folder(det, pairs, args.images, score_thr=args.score_thr, max_per_image=args.max_per_image,
-                         skip_bad_images=args.skip_bad_images, category_id=cat)
+                         skip_bad_images=args.skip_bad_images, category_id=cat,
+                         with_file_name=data is None)  # made-up ids: extract --boxes checks the images
     summary = {"out": args.out, "images": len(pairs), "detections": len(dets),
                "per_image": round(len(dets) / max(len(pairs), 1), 2), "model": card["name"]}
     if data is not None and any(a.get("category_id", cat) == cat for a in data.get("annotations", [])):

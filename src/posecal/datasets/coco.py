@@ -474,6 +474,20 @@ def _gt_instances(d: dict[str, Any], ks: KeypointSet, imgs: dict[int | str, Any]
     return out
 
 
+def _check_detection_image(b: dict[str, Any], img: dict[str, Any], boxes_file: str | None, r: int) -> None:
+    """A detection that names its image (``file_name``, as ``posecal detect`` writes without ``--data``) must
+    name the data file's image of its ``image_id``: else its box would be cropped from another picture."""
+    fn = b.get("file_name")
+    if fn is None:
+        return
+    want = img.get("file_name")
+    if not isinstance(fn, str) or os.path.normpath(fn) != os.path.normpath(str(want)):
+        raise PosecalInputError(f"image_id {show_id(b['image_id'])} is {want!r} in the data file, but this box was "
+                                f"detected on {fn!r:.80}: ids made up by `posecal detect` without --data need not be "
+                                "the data file's; run detect with --data DATA.json", file=boxes_file, record=r,
+                                field="file_name")
+
+
 def _detection_instances(boxes: list[dict[str, Any]], imgs: dict[int | str, Any], boxes_file: str | None,
                          image_size: Callable[[str], tuple[int, int] | None] | None, category: int = 1
                          ) -> list[Instance]:
@@ -500,6 +514,7 @@ def _detection_instances(boxes: list[dict[str, Any]], imgs: dict[int | str, Any]
             continue
         if not 0.0 <= score <= 1.0:
             odd_score.append(r)
+        _check_detection_image(b, imgs[iid], boxes_file, r)
         wh = _image_wh(imgs[iid], image_size)
         _check_box_on_image(bbox, wh, boxes_file, r, outside)
         _note_corner_box(bbox, wh, r, corners)

@@ -324,9 +324,12 @@ def image_ids(images: str | os.PathLike, data: dict[str, Any] | None, *,
 
 def detect_folder(detector: NanoDetDetector, pairs: list[tuple[int | str, str]], images: str | os.PathLike, *,
                   score_thr: float = 0.05, max_per_image: int = 100, skip_bad_images: bool = False,
-                  show_progress: bool | None = None, category_id: int = 1) -> list[dict[str, Any]]:
+                  show_progress: bool | None = None, category_id: int = 1, with_file_name: bool = False
+                  ) -> list[dict[str, Any]]:
     """COCO detection results (person boxes, written with ``category_id``, COCO's person 1 by default) for
-    every (image_id, file_name).
+    every (image_id, file_name). ``with_file_name``: each record also carries its image's ``file_name`` (ids
+    made up from the folder, without a data file: ``extract --boxes`` then checks they name the data file's
+    images, not others that happen to share the ids).
 
     An image that cannot be decoded (empty, corrupt, truncated, too large) raises :class:`PosecalInputError`
     naming it, or with ``skip_bad_images`` gets no detection and one :class:`PosecalWarning` counts them all."""
@@ -349,8 +352,9 @@ def detect_folder(detector: NanoDetDetector, pairs: list[tuple[int | str, str]],
             bar.update(1)
             continue
         b, s = detector(image, score_thr=score_thr, max_per_image=max_per_image)
+        extra = {"file_name": f} if with_file_name else {}
         out.extend({"image_id": iid, "category_id": category_id, "bbox": [round(float(v), 3) for v in bb],
-                    "score": round(float(sc), 5)} for bb, sc in zip(b, s, strict=True))
+                    "score": round(float(sc), 5), **extra} for bb, sc in zip(b, s, strict=True))
         bar.update(1)
     bar.close()
     if bad:
