@@ -242,6 +242,14 @@ def test_valid_card_file_matches_builtin(one, tmp_path, capsys):
     assert a and a == json.loads((tmp_path / "b.json").read_text())
 
 
+def _linked(src, names, folder):
+    """``folder`` holding symlinks to the images ``names`` of ``src``."""
+    folder.mkdir()
+    for n in names:
+        os.symlink(src / n, folder / n)
+    return folder
+
+
 def test_detections_without_data_checked_against_the_data_files_images(shared, tmp_path, capsys):
     """``detect`` without ``--data`` makes up ids from the file names and writes each box's ``file_name``;
     ``extract --boxes`` crops them when the data file's images carry those ids, and refuses (one line, exit 2,
@@ -249,10 +257,7 @@ def test_detections_without_data_checked_against_the_data_files_images(shared, t
     wrong pictures."""
     d = json.loads(shared(*MINI).read_text())
     ims = d["images"][:2]
-    img = tmp_path / "img"
-    img.mkdir()
-    for im in ims:
-        os.symlink(shared(*IMAGES) / im["file_name"], img / im["file_name"])
+    img = _linked(shared(*IMAGES), [im["file_name"] for im in ims], tmp_path / "img")
     det = tmp_path / "det.json"
     assert main(["detect", "--model", str(shared(*ND)), "--images", str(img), "--out", str(det),
                  "--score-thr", "0.3"]) == 0
