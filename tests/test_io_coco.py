@@ -393,3 +393,36 @@ def test_keypoint_extent_is_the_box_of_the_points(seed, n, k, block):
                      np.where(lab, kps[:, :, 1], np.inf).min(1, initial=np.inf),
                      np.where(lab, kps[:, :, 1], -np.inf).max(1, initial=-np.inf)])
     np.testing.assert_array_equal(got, want)
+
+
+def test_zero_area_on_labelled_people_warned(small):
+    """A labelled, non-crowd person with area 0 can never be matched (OKS scales by the area; pycocotools
+    scores it so): load_gt warns once, naming the first such record; crowd regions and unlabelled people
+    with area 0 are not warned about. The evaluation is unchanged (still pycocotools')."""
+    gt, res = copy.deepcopy(small[0]), small[1]
+    labelled = [a for a in gt["annotations"] if a["num_keypoints"] > 0 and not a["iscrowd"]]
+    for a in labelled[:2]:
+        a["area"] = 0.0
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        g = load_gt(gt)
+    msgs = [str(x.message) for x in w if issubclass(x.category, PosecalWarning) and "area 0" in str(x.message)]
+    assert len(msgs) == 1 and "2 labelled people have area 0" in msgs[0], msgs
+    assert f"record {labelled[0]['id']}" in msgs[0]
+    ok = copy.deepcopy(small[0])
+    for a in ok["annotations"]:
+        if a["num_keypoints"] == 0 or a["iscrowd"]:
+            a["area"] = 0.0
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        load_gt(ok)
+    assert not [x for x in w if "area 0" in str(x.message)]
+    assert g.area[np.isin(g.ann_id, [a["id"] for a in labelled[:2]])].tolist() == [0.0, 0.0]
+    from _cocoref import run_pycocotools
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = evaluate(g, load_results(res, g)).stats
+    ref = run_pycocotools(gt, res)["stats"]
+    np.testing.assert_allclose([got[k] for k in ("AP", "AP50", "AP75", "APm", "APl", "AR")],
+                               ref[[0, 1, 2, 3, 4, 5]], atol=1e-12)

@@ -521,6 +521,7 @@ def _load_gt(src: Any, file: str | None) -> CocoGroundTruth:
         num_kp = _gt_num_keypoints(anns, kps, kset, file, ids.rec_ids)
         if non_json:
             _refuse_non_json(file)
+        _warn_zero_area(area, iscrowd, num_kp, file, ids.rec_ids)
     return CocoGroundTruth(
         ann_id=ids.ann_id, image_id=ids.image_id, category_id=ids.category_id, keypoints=kps, area=area,
         bbox=bbox, iscrowd=iscrowd, num_keypoints=num_kp, image_ids=np.sort(ids.img_ids),
@@ -709,6 +710,21 @@ def keypoint_set_for_count(k: int) -> KeypointSet | None:
     kset = KeypointSet(f"{wb.name}:{part}", tuple(wb.names[i] for i in idx), wb.sigmas[list(idx)].copy())
     _PART_SETS[k] = kset
     return kset
+
+
+def _warn_zero_area(area: np.ndarray, iscrowd: np.ndarray, num_kp: np.ndarray, file: str | None,
+                    rec_ids: list) -> None:
+    """Warn about labelled people (``num_keypoints`` > 0, not crowd) whose ``area`` is 0: pycocotools scales
+    OKS by the area, so their OKS is 0 whatever the prediction — they can never be matched (a forgotten area?)."""
+    zero = (area == 0) & ~iscrowd & (num_kp > 0)
+    if zero.any():
+        i = int(np.argmax(zero))
+        n = int(zero.sum())
+        warnings.warn(f"{file or 'ground truth'}: {n} labelled {'person has' if n == 1 else 'people have'} area 0 "
+                      f"(first: record "
+                      f"{rec_ids[i]}, field 'area'): OKS scales by the area, so their OKS is 0 and no prediction "
+                      "can match them (as pycocotools scores them); give the segment area, or 0.53·w·h of the "
+                      "box, or leave 'area' out", PosecalWarning, stacklevel=4)
 
 
 def _gt_geometry(anns: list, file: str | None, rec_ids: list
