@@ -111,3 +111,33 @@ def test_keypoint_category_not_first(stores, tmp_path, capsys):
          tmp_path / "det.json", "--score-thr", "0.2")
     assert "recall at IoU 0.5" in capsys.readouterr().out
     assert {r["category_id"] for r in json.loads((tmp_path / "det.json").read_text())} == {1}
+
+
+def test_keypoints_named_in_another_order_refused_by_extract(stores, tmp_path, capsys):
+    """COCO-17's names in another order (eyes swapped, the annotations' keypoints with them): extract keeps
+    keypoints in the known set's order, so it would score the model's left eye against the right one — it
+    refuses in one line naming the field, and writes nothing. ``evaluate`` still scores the file as
+    pycocotools does (with a warning)."""
+    d = json.loads(json.dumps(stores["base"]))
+    perm = list(range(17))
+    perm[1], perm[2] = 2, 1
+    d["categories"][0]["keypoints"] = [d["categories"][0]["keypoints"][i] for i in perm]
+    for a in d["annotations"]:
+        k = a["keypoints"]
+        a["keypoints"] = [v for i in perm for v in k[3 * i:3 * i + 3]]
+    data = tmp_path / "perm.json"
+    data.write_text(json.dumps(d))
+    capsys.readouterr()
+    out = tmp_path / "S"
+    assert main(["extract", "--model", str(stores["model"]), "--data", str(data), "--images",
+                 str(stores["images"]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "field 'categories[0].keypoints'" in err[0] and "another order" in err[0], err
+    assert "'right_eye'" in err[0] and not out.exists()
+    from _cocoref import posecal_evaluate_json, reference_stats_from_files
+
+    pred = stores[1]["gt"] / "predictions.json"
+    rc, got, _ = posecal_evaluate_json(data, pred)
+    assert rc == 0
+    np.testing.assert_allclose(got["coco"]["AP"], reference_stats_from_files("pycocotools", data, pred)[0],
+                               atol=1e-12)

@@ -321,6 +321,12 @@ def keypoint_set(d: dict[str, Any], *, file: str | None = None) -> KeypointSet:
             # e.g. Human-Art: 21 names, `keypoints` holds the first 17 (COCO's, as are the first 17 names)
             warnings.warn(f"{file}: categories[0] names {len(names)} keypoints, the annotations carry {k}: taken "
                           f"as {sets[0].name}, which its first {k} names are", PosecalWarning, stacklevel=2)
+        elif names and (moved := _reordered(names, sets[0])):
+            raise PosecalInputError(f"the names are {sets[0].name}'s joints in another order (position "
+                                    f"{moved[0]}: {moved[1]!r}); posecal "
+                                    f"keeps keypoints in {sets[0].name}'s order, so its predictions would be "
+                                    "scored against the wrong joints: reorder the names and every annotation's "
+                                    "keypoints to it", file=file, field="categories[0].keypoints")
         elif names:
             warnings.warn(f"{file}: categories[0].keypoints names match no known keypoint set; taken as "
                           f"{sets[0].name} by its keypoint count ({k}), with that set's order and OKS sigmas",
@@ -336,6 +342,27 @@ def keypoint_set(d: dict[str, Any], *, file: str | None = None) -> KeypointSet:
                                 "these sets", file=file, field="categories[0].keypoints")
     raise PosecalInputError(f"{k} keypoints fit {', '.join(s.name for s in sets)}; name them in "
                             "categories[0].keypoints", file=file, field="categories")
+
+
+def _reordered(names: list, ks: KeypointSet) -> tuple[int, str] | None:
+    """``(position, name)`` of the first name out of place when ``names`` (normalised, aliases allowed) are
+    exactly ``ks``'s joints in another order; None otherwise (other joints, or the same order)."""
+    from posecal.keypoints import JOINT_ALIASES
+
+    def norm(n: object) -> str:
+        return str(n).strip().lower().replace(" ", "_").replace("-", "_")
+
+    have = [norm(n) for n in ks.names]
+    canon = []
+    for n in map(norm, names):
+        hit = n if n in have else next((a for a in JOINT_ALIASES.get(n, ()) if a in have), None)
+        if hit is None:
+            return None
+        canon.append(hit)
+    if len(canon) != len(have) or set(canon) != set(have) or canon == have:
+        return None
+    i = next(i for i, (a, b) in enumerate(zip(canon, have, strict=True)) if a != b)
+    return i, str(names[i])
 
 
 def _same_joints_hint(names: list) -> str:
