@@ -126,3 +126,13 @@ def keypoint_category_index(cats: Any) -> int:
             if isinstance(c, dict) and isinstance(c.get("keypoints"), list) and c["keypoints"]:
                 return i
     return 0
+
+
+def keypoint_category_record(d: Any) -> dict | None:
+    """The keypoint category's record of a COCO dict ``d`` (``d["categories"][keypoint_category_index]``), or
+    None when it has no categories."""
+    cats = d.get("categories") if isinstance(d, dict) else None
+    if not isinstance(cats, list) or not cats:
+        return None
+    c = cats[keypoint_category_index(cats)]
+    return c if isinstance(c, dict) else None

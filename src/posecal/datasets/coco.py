@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from posecal._util import keypoint_category_index, read_json
+from posecal._util import keypoint_category_record, read_json
 from posecal.errors import PosecalInputError, PosecalWarning
 from posecal.keypoints import KeypointSet, find_keypoint_set
 
@@ -300,9 +300,8 @@ def keypoint_set(d: dict[str, Any], *, file: str | None = None) -> KeypointSet:
     """
     from posecal.keypoints import KEYPOINT_SETS
 
-    cats = d.get("categories") or []
-    c0 = cats[keypoint_category_index(cats)] if isinstance(cats, list) and cats else None
-    names = c0.get("keypoints") if isinstance(c0, dict) else None
+    c0 = keypoint_category_record(d)
+    names = c0.get("keypoints") if c0 is not None else None
     if names:
         ks = find_keypoint_set(names)
         if ks is not None:
@@ -344,17 +343,19 @@ def keypoint_set(d: dict[str, Any], *, file: str | None = None) -> KeypointSet:
                             "categories[0].keypoints", file=file, field="categories")
 
 
+def _norm_name(n: object) -> str:
+    """A keypoint name compared case-, space- and dash-insensitively."""
+    return str(n).strip().lower().replace(" ", "_").replace("-", "_")
+
+
 def _reordered(names: list, ks: KeypointSet) -> tuple[int, str] | None:
     """``(position, name)`` of the first name out of place when ``names`` (normalised, aliases allowed) are
     exactly ``ks``'s joints in another order; None otherwise (other joints, or the same order)."""
     from posecal.keypoints import JOINT_ALIASES
 
-    def norm(n: object) -> str:
-        return str(n).strip().lower().replace(" ", "_").replace("-", "_")
-
-    have = [norm(n) for n in ks.names]
+    have = [_norm_name(n) for n in ks.names]
     canon = []
-    for n in map(norm, names):
+    for n in map(_norm_name, names):
         hit = n if n in have else next((a for a in JOINT_ALIASES.get(n, ()) if a in have), None)
         if hit is None:
             return None
@@ -369,12 +370,9 @@ def _same_joints_hint(names: list) -> str:
     """`` (lsp14 has the same joints in another order)`` when the names, normalised, are a known set's joints."""
     from posecal.keypoints import JOINT_ALIASES, KEYPOINT_SETS
 
-    def norm(n: object) -> str:
-        return str(n).strip().lower().replace(" ", "_").replace("-", "_")
-
-    want = {norm(n) for n in names}
+    want = {_norm_name(n) for n in names}
     for s in KEYPOINT_SETS.values():
-        have = {norm(n) for n in s.names}
+        have = {_norm_name(n) for n in s.names}
         if len(have) == len(want) and all(n in have or any(a in have for a in JOINT_ALIASES.get(n, ()))
                                           for n in want):
             return f" ({s.name} has the same joints in another order)"
@@ -438,9 +436,8 @@ def keypoint_category(d: dict[str, Any]) -> int:
     """The id of the keypoint category (``categories[0]``, or the first category that names keypoints: the one
     :func:`keypoint_set` reads), 1 when it names none: the category a detection must have to be cropped, and
     the one the store's results carry."""
-    cats = d.get("categories") or []
-    c0 = cats[keypoint_category_index(cats)] if isinstance(cats, list) and cats else None
-    cid = c0.get("id", 1) if isinstance(c0, dict) else 1
+    c0 = keypoint_category_record(d)
+    cid = c0.get("id", 1) if c0 is not None else 1
     return int(cid) if is_number(cid) and not isinstance(cid, bool) and float(cid) == int(cid) else 1
 
 

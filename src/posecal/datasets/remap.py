@@ -44,11 +44,10 @@ def source_index(src: KeypointSet, dst: KeypointSet) -> np.ndarray:
 
 def annotated_mask(d: dict[str, Any], ks: KeypointSet) -> np.ndarray:
     """(K,) bool: the keypoints ``d`` annotates (``categories[0]["annotated_keypoints"]``; all if absent)."""
-    from posecal._util import keypoint_category_index
+    from posecal._util import keypoint_category_record
 
-    cats = d.get("categories") or []
-    c0 = cats[keypoint_category_index(cats)] if isinstance(cats, list) and cats else None
-    names = c0.get(ANNOTATED_KEY) if isinstance(c0, dict) else None
+    c0 = keypoint_category_record(d)
+    names = c0.get(ANNOTATED_KEY) if c0 is not None else None
     if names is None:
         return np.ones(ks.num_keypoints, dtype=bool)
     if not isinstance(names, list) or any(n not in ks.names for n in names):
