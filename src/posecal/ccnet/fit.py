@@ -341,6 +341,7 @@ def fit_from_stores(stores: Sequence[StoreData], recipe: Recipe | None = None, v
                 "box_score": bool(recipe.box_score),
                 "recipe": recipe.to_dict(),
                 "train": {**recipe.train_config().to_dict(), "stores": [os.path.abspath(d.path) for d in stores],
+                          "flip_test": sorted({bool(d.meta.get("flip_test")) for d in stores}),  # apply warns
                           "rows": len(X), "world_size": world, "final_loss": float(res.losses[-100:].mean())},
                 "metrics": metrics,
                 "history": res.history,

@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     head, meta = load_head(args.head)
     data = load_store(args.store, need_gt=False, features=False)
     check_compatible(meta, data.head_meta, file=args.head)
+    _warn_flip_mismatch(meta, data.meta, args)
     fs = FeatureStore.open(args.store)
     feats = store_features(fs)  # + instance evidence where the model card asks
     check_finite_rows(feats, args.store, fs.feature_name)
@@ -116,3 +117,17 @@ def run(args: argparse.Namespace) -> int:
               file=info)
     return 0
 
+
+def _warn_flip_mismatch(head_meta: dict, store_meta: dict, args: argparse.Namespace) -> None:
+    """Warn when the store's flip test (``extract --flip``: averaged with the mirrored crop, so other keypoint
+    scores and features) is not what the head was trained on; heads from before this record say nothing."""
+    import warnings
+
+    from posecal.errors import PosecalWarning
+
+    seen = (head_meta.get("train") or {}).get("flip_test") if isinstance(head_meta.get("train"), dict) else None
+    flip = bool(store_meta.get("flip_test"))
+    if isinstance(seen, list) and seen and flip not in seen:
+        warnings.warn(f"{args.store}: extracted {'with' if flip else 'without'} --flip, the head's training stores "
+                      f"{'without' if flip else 'with'} it: keypoint scores and features differ, the head's "
+                      "calibration may not carry over (extract the stores alike)", PosecalWarning, stacklevel=2)
