@@ -5,6 +5,7 @@ it (recorded metrics, context stage). Synthetic stores only (tests/test_ccnet_cl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -196,9 +197,32 @@ def test_sigint_during_fit_leaves_no_output(base, tmp_path):
     time.sleep(4)  # well into training (startup and store loading take ~2 s)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+    # "posecal: interrupted" if the signal landed while the command's modules were still loading (slow machine)
+    assert p.returncode == 130 and err.strip().splitlines()[-1] in ("interrupted", "posecal: interrupted"), err
     assert "Traceback" not in err and not out.exists()
     assert not [f for f in tmp_path.iterdir() if f.name != "h"]  # no temporary folder left either
+
+
+def test_ctrl_c_that_python_wraps_is_still_an_interrupt(base, tmp_path, capsys, monkeypatch):
+    """Before: a Ctrl-C landing while torch lazily imported a module on first use (in
+    ``use_deterministic_algorithms``) surfaced as 'RuntimeError: Error calling __set_name__' and a traceback,
+    rc 1 (seen once on CI): Python wraps a KeyboardInterrupt raised in ``__set_name__``."""
+    import posecal.ccnet.train as train
+
+    class _Field:
+        def __set_name__(self, owner, name):
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def wrapped_interrupt():
+        type("ExceptionStack", (), {"_exc_stack": _Field()})  # what torch._dynamo's import did
+        yield
+
+    monkeypatch.setattr(train, "_deterministic", wrapped_interrupt)
+    rc = main(["fit", "--store", str(base), "--out", str(tmp_path / "h"), "--steps", "3"])
+    err = capsys.readouterr().err
+    assert rc == 130 and err.strip().splitlines() == ["interrupted"], err
+    assert not (tmp_path / "h").exists() and not list(tmp_path.iterdir())
 
 
 # --------------------------------------------------------------------------------------------------------------

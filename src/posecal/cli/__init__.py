@@ -122,8 +122,6 @@ def _run_command(args: argparse.Namespace) -> int:
     ``POSECAL_DEBUG=1`` also behind OSError / RecursionError / MemoryError)."""
     import warnings
 
-    from posecal.cli._args import one_line
-
     cmd = args.command
     for flag in ("out", "report", "json", "gt", "pred", "store", "head", "model", "data", "images", "boxes"):
         if getattr(args, flag, None) == "":  # Path("") is "." : an empty path would silently mean the cwd
@@ -133,22 +131,55 @@ def _run_command(args: argparse.Namespace) -> int:
             rc = int(args._run(args) or 0)
         except PosecalInputError as e:
             return _error(cmd, e)
-        except ModuleNotFoundError as e:  # an optional extra this command needs is not installed
-            top = (e.name or "").split(".")[0]
-            if top not in OPTIONAL_EXTRAS or os.environ.get("POSECAL_DEBUG"):
-                raise
-            pkg, extra = OPTIONAL_EXTRAS[top]
-            return _error(cmd, f"needs {pkg}, which is not installed: pip install 'posecal[{extra}]'")
-        except (OSError, RecursionError, MemoryError) as e:
-            if os.environ.get("POSECAL_DEBUG"):  # developers: the traceback behind the one line
-                raise
-            if isinstance(e, OSError):
-                return _error(cmd, _os_error(e))
-            return _error(cmd, "input nested too deeply (RecursionError)" if isinstance(e, RecursionError)
-                          else "out of memory (input too large?)")
+        except Exception as e:
+            if not _caused_by_interrupt(e):
+                rc = _other_error(cmd, e)
+                if rc is None:
+                    raise
+                return rc
+            print("interrupted", file=sys.stderr)
+            return 130
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+    return _flush_warnings(cmd, caught, rc)
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    """Whether ``e`` was raised because of a Ctrl-C: Python wraps a KeyboardInterrupt that lands in some places
+    (``__set_name__`` while a class body runs, e.g. while torch lazily imports a module on first use) into a
+    RuntimeError whose cause is the interrupt."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _other_error(cmd: str, e: Exception) -> int | None:
+    """The exit code for a failure that is not a bug (a missing optional extra, a file-system error, input too
+    deep or too large), after its one error line; None for a bug (the caller re-raises it)."""
+    if isinstance(e, ModuleNotFoundError):  # an optional extra this command needs is not installed
+        top = (e.name or "").split(".")[0]
+        if top not in OPTIONAL_EXTRAS or os.environ.get("POSECAL_DEBUG"):
+            return None
+        pkg, extra = OPTIONAL_EXTRAS[top]
+        return _error(cmd, f"needs {pkg}, which is not installed: pip install 'posecal[{extra}]'")
+    if not isinstance(e, (OSError, RecursionError, MemoryError)) or os.environ.get("POSECAL_DEBUG"):
+        return None  # a bug, or a developer asking for the traceback behind the one line
+    if isinstance(e, OSError):
+        return _error(cmd, _os_error(e))
+    return _error(cmd, "input nested too deeply (RecursionError)" if isinstance(e, RecursionError)
+                  else "out of memory (input too large?)")
+
+
+def _flush_warnings(cmd: str, caught: list, rc: int) -> int:
+    """Print posecal's own recorded warnings, one line each and once, after a successful command; returns rc."""
+    from posecal.cli._args import one_line
+
     seen = set()
     own = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for w in caught:  # posecal's own warnings; third-party deprecation chatter stays off stderr
@@ -180,6 +211,11 @@ def console_main() -> None:
     try:
         rc = main()
     except KeyboardInterrupt:  # Ctrl-C before main's own handler is in place (while modules load)
+        sys.stderr.write("posecal: interrupted\n")
+        sys.exit(130)
+    except Exception as e:
+        if not _caused_by_interrupt(e):
+            raise
         sys.stderr.write("posecal: interrupted\n")
         sys.exit(130)
     if rc == 0 and getattr(sys.modules.get("posecal.cli.evaluate"), "_finished_plain", False):
