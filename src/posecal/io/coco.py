@@ -416,18 +416,29 @@ def _id_refs(values: list, names: list[str] | None, file, key: str, rec_ids=None
 
 def _result_category_ids(values: list, gt: CocoGroundTruth | None, file) -> np.ndarray:
     """Results' ``category_id``: int64 ids, or, where the gt's category ids are strings, their codes. A
-    string that names no category of the gt is not an error: pycocotools leaves such results out, and so do
-    the evaluators here (it gets an id below every known one)."""
+    string that names no category of the gt (or, against string ids, a number) is not an error: pycocotools
+    leaves such results out, and so do the evaluators here (it gets an id below every known one; the
+    warning of :func:`_check_against_gt`)."""
     names = None if gt is None else gt.category_id_strings
     if names is None:
-        return _ints(values, file, "category_id")
+        if gt is None or str not in set(map(type, values)):
+            return _ints(values, file, "category_id")
+        # integer categories, a string id among the results: it names no category (pycocotools compares ids
+        # by equality, "1" is not 1) and is left out like any unknown id, with the warning of
+        # _check_against_gt; its code lies below every gt id
+        low = min(int(gt.category_ids.min()) if gt.category_ids.size else 0, 0) - 1
+        if low - len(values) < -(2**63):
+            return _ints(values, file, "category_id")
+        return _ints([low - i if type(v) is str else v for i, v in enumerate(values)], file, "category_id")
     index = {n: i for i, n in enumerate(names)}
     codes = []
     for i, v in enumerate(values):
         if type(v) is not str:
-            raise PosecalInputError(f"expected a string id (the ground truth's category ids are strings), got "
-                                    f"{v!r:.40}", file, i, "category_id")
-        codes.append(index.get(v, -1 - i))
+            if not _num(v):
+                raise PosecalInputError(f"expected a string id (the ground truth's category ids are strings), "
+                                        f"got {v!r:.40}", file, i, "category_id")
+            _check_int(v, file, i, "category_id")  # a number names no string category: left out (warned)
+        codes.append(index.get(v, -1 - i) if type(v) is str else -1 - i)
     return np.array(codes, dtype=np.int64)
 
 
@@ -619,7 +630,9 @@ def _gt_keypoints(anns: list, cats: list, fast_kp: np.ndarray | None, file: str 
     """(G, K, 3) keypoints, the keypoint set and whether the file is COCO-WholeBody."""
     G = len(anns)
     names = _category_names(cats)
-    kp_rows = fast_kp if fast_kp is not None else _column(anns, "keypoints", file, "annotation")
+    # no "keypoints" field (a category without keypoints, a crowd region): no labelled keypoint, as ``[]`` —
+    # pycocotools reads the field only to compute OKS against detections, and evaluates such files
+    kp_rows = fast_kp if fast_kp is not None else _column(anns, "keypoints", file, "annotation", default=[])
     k_ann = _annotation_k(anns, kp_rows, fast_kp) if G else None
     partition = names is not None and k_ann is not None and k_ann != len(names)
     if partition:
@@ -763,6 +776,9 @@ def _gt_num_keypoints(anns: list, kps: np.ndarray, kset: KeypointSet | None, fil
     every annotation (pycocotools then fails with KeyError; xtcocotools, the one reference that runs,
     always counts)."""
     nk_vals = [a.get("num_keypoints") for a in anns]
+    if float in set(map(type, nk_vals)):  # pycocotools only asks num_keypoints == 0: 2.5 is "some", as 3 is
+        nk_vals = [(math.ceil(v) if v > 0 else math.floor(v)) if type(v) is float and math.isfinite(v) else v
+                   for v in nk_vals]
     if anns and None not in nk_vals:
         return _ints(nk_vals, file, "num_keypoints", rec_ids)
     for i, v in enumerate(nk_vals):  # the fields present are still checked
