@@ -181,7 +181,12 @@ class ClosedFormRescorer(Rescorer):
                 f"sigma has shape {sig.shape}, expected {pred.keypoints.shape[:2]}", pred.path, None, "sigma"
             )
         area = self.areas(pred, gt)
+        bad = np.flatnonzero(~np.isfinite(area) & ~np.isnan(area))
+        if bad.size:  # finite coordinates whose extent overflows (1e300): l² = ∞, and ∞/∞ has no score
+            raise PosecalInputError(f"coordinates too large: the predicted area (keypoint extent) is {area[bad[0]]}, "
+                                    "so the closed form has no value", pred.path, int(bad[0]), "keypoints")
         k = oks_sigmas_for(pred, gt, self.sigmas)
-        s = theory.perfect_expected_oks(sig**2, theory.oks_l2(k[None], area[:, None]))
+        with np.errstate(over="ignore"):  # σ ≈ 1e300 px: σ² = ∞ gives the limit, s = 0
+            s = theory.perfect_expected_oks(sig**2, theory.oks_l2(k[None], area[:, None]))
         inst = _aggregate_for(pred, s, self.aggregate, self.keypoint_score_thr, visibility)
         return RescoreResult(s, inst)

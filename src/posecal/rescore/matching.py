@@ -84,9 +84,10 @@ def matched_keypoint_pairs(
     g = m[d]
     gk = gt.keypoints[g]
     lab = gk[..., 2] > 0
-    err = np.sqrt(((pred.keypoints[d, :, :2] - gk[..., :2]) ** 2).sum(-1))
-    l2 = theory.oks_l2(sig[None], gt.area[g][:, None])
-    oks = np.exp(-(err**2) / (2 * l2))
+    with np.errstate(over="ignore"):  # a coordinate of 1e300 is an error of ∞ px: OKS 0, as pycocotools gives
+        err = np.sqrt(((pred.keypoints[d, :, :2] - gk[..., :2]) ** 2).sum(-1))
+        l2 = theory.oks_l2(sig[None], gt.area[g][:, None])
+        oks = np.exp(-(err**2) / (2 * l2))
     di, ki = np.nonzero(lab)
     return {
         "score": pred.keypoints[d, :, 2][di, ki],
