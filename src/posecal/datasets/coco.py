@@ -66,12 +66,16 @@ def is_number(v: Any) -> bool:
 
 def number(v: Any, file: str | None, record: object, field: str, *, integer: bool = False,
            finite: bool = True) -> float | int:
-    """``v`` checked to be a JSON number (an integer when ``integer``), finite unless ``finite=False``."""
+    """``v`` checked to be a JSON number (an integer when ``integer``: a 64-bit signed one, as the store and the
+    evaluator hold ids), finite unless ``finite=False``."""
     if not is_number(v) or (integer and not (isinstance(v, int) or float(v).is_integer())):
         raise PosecalInputError(f"expected {'an integer' if integer else 'a number'}, got {_show(v)}",
                                 file=file, record=record, field=field)
     if finite and not np.isfinite(v):
         raise PosecalInputError(f"not finite: {v}", file=file, record=record, field=field)
+    if integer and not -(2**63) <= v < 2**63:  # ids are stored as int64 (and JSON writers stop at 64 bits)
+        raise PosecalInputError(f"integer out of range: {v!r:.40} (a 64-bit signed integer is needed)", file=file,
+                                record=record, field=field)
     return int(v) if integer else float(v)
 
 
@@ -384,10 +388,19 @@ MIN_BOX_PX = 1e-3
 per image px) runs out of floating-point range and the model sees garbage; no detector or annotator writes it."""
 
 
+MAX_BOX_XY = 1e12
+"""Largest abs(x), abs(y) (image px) a box to crop may have: farther off, its crop's position and the keypoints found
+in it lose their sub-pixel precision (and beyond ~1e154 px, OKS-NMS overflows); no image is that large."""
+
+
 def _check_box_size(bbox: np.ndarray, file: str | None, record: object) -> None:
-    """A box to crop: w, h > 0 and not vanishingly small (:data:`MIN_BOX_PX`)."""
+    """A box to crop: w, h > 0, not vanishingly small (:data:`MIN_BOX_PX`) nor impossibly far off
+    (:data:`MAX_BOX_XY`)."""
     if bbox[2] <= 0 or bbox[3] <= 0:
         raise PosecalInputError("bbox must be [x, y, w, h] with w, h > 0", file=file, record=record, field="bbox")
+    if max(abs(bbox[0]), abs(bbox[1])) > MAX_BOX_XY:
+        raise PosecalInputError(f"box at ({bbox[0]:g}, {bbox[1]:g}) px: coordinates beyond ±{MAX_BOX_XY:g} px "
+                                "cannot be cropped (no image is that large)", file=file, record=record, field="bbox")
     if max(bbox[2], bbox[3]) < MIN_BOX_PX:
         raise PosecalInputError(f"box {bbox[2]:g} × {bbox[3]:g} px is too small to crop (both sides under "
                                 f"{MIN_BOX_PX:g} px)", file=file, record=record, field="bbox")

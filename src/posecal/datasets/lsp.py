@@ -45,11 +45,24 @@ def _load_joints(joints_mat: str | os.PathLike) -> np.ndarray:
         raise PosecalInputError(f"joints is a {type(raw).__name__} (a sparse matrix?); expected a full numeric "
                                 "array", file=file, field="joints")
     kind = getattr(raw, "dtype", np.dtype(object)).kind
+    if raw.dtype == np.uint8 and _is_logical(file):  # loadmat reads a MATLAB logical array as uint8
+        kind = "b"
     if kind not in "iuf":  # bool and complex convert to float64 silently; cells/structs do not convert
         what = {"b": "logical", "c": "complex"}.get(kind, "not a numeric array")
-        raise PosecalInputError(f"joints is {what} (dtype {raw.dtype}); expected real numbers", file=file,
+        shown = "MATLAB class logical" if raw.dtype == np.uint8 else f"dtype {raw.dtype}"
+        raise PosecalInputError(f"joints is {what} ({shown}); expected real numbers", file=file,
                                 field="joints")
     return np.asarray(raw, dtype=np.float64)
+
+
+def _is_logical(file: str) -> bool:
+    """Whether the file's ``joints`` is a MATLAB logical array (its class, which loadmat's uint8 hides)."""
+    from scipy.io import whosmat
+
+    try:
+        return any(name == "joints" and cls == "logical" for name, _, cls in whosmat(file))
+    except Exception:  # noqa: BLE001 - loadmat read it already; the class is a hint, not a requirement
+        return False
 
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -183,10 +196,16 @@ def _check_joints(j: np.ndarray, flags: tuple[float, ...], file: str, lo: int) -
                                 f"{'xy'[c]} = {float(j[c, k, n]):g}", file=file, record=lo + int(n), field="joints")
 
 
+def _one_person(j: np.ndarray, want: tuple[int, int]) -> np.ndarray:
+    """``joints`` of one person as MATLAB saves it: ``want`` (3, 14) or (14, 3) with no third axis (MATLAB drops
+    a trailing singleton dimension, so a 3×14×1 array is stored as 3×14) -> (…, 1)."""
+    return j[:, :, None] if j.ndim == 2 and j.shape == want else j
+
+
 def _shape_hint(shape: tuple[int, ...], want: tuple[int, int], other: tuple[int, int], other_cmd: str) -> str:
     """Why a ``joints`` shape is wrong, when it can tell: the other LSP format's axes, or 3 and 14 in
     another order (e.g. a (N, 14, 3) array written from Python)."""
-    if len(shape) == 3 and shape[:2] == other:
+    if len(shape) in (2, 3) and shape[:2] == other:
         return f" (an {'LSP-extended' if other_cmd == 'lspet' else 'LSP'} file? use 'posecal convert {other_cmd}')"
     if len(shape) == 3 and 3 in shape and 14 in shape:
         axes = ("x/y/flag", "joint") if want == (3, 14) else ("joint", "x/y/flag")
@@ -208,7 +227,8 @@ def _coco_dict(description: str, file: str, images: list, anns: list) -> dict[st
 
 def read_lsp(joints_mat: str | os.PathLike, images: str | os.PathLike | None = None,
              split: str = "all", *, image_sizes: bool = True) -> dict[str, Any]:
-    """LSP ``joints.mat`` (key ``joints``, (3, 14, N): x, y, flag) -> COCO keypoints dict.
+    """LSP ``joints.mat`` (key ``joints``, (3, 14, N): x, y, flag; one person as MATLAB saves it: (3, 14)) -> COCO
+    keypoints dict.
 
     flag 0 = visible -> v = 2, flag 1 = occluded -> v = 1 (LSP's flag is inverted w.r.t. COCO);
     coordinates are kept as stored (image pixels, no 1-based shift: see the module docstring). bbox = tight
@@ -223,7 +243,7 @@ def read_lsp(joints_mat: str | os.PathLike, images: str | os.PathLike | None = N
     if split not in SPLITS:
         raise PosecalInputError(f"unknown split {split!r}; choose {', '.join(SPLITS)}", field="split")
     img_dir = _check_images_dir(images)
-    j = _load_joints(joints_mat)
+    j = _one_person(_load_joints(joints_mat), (3, 14))
     if j.ndim != 3 or j.shape[:2] != (3, 14):
         raise PosecalInputError(f"joints has shape {j.shape}, expected (3, 14, N)"
                                 f"{_shape_hint(j.shape, (3, 14), (14, 3), 'lspet')}", file=file, field="joints")
@@ -259,7 +279,8 @@ def read_lsp(joints_mat: str | os.PathLike, images: str | os.PathLike | None = N
 
 def read_lspet(joints_mat: str | os.PathLike, images: str | os.PathLike | None = None, *,
                image_sizes: bool = True) -> dict[str, Any]:
-    """LSP Extended ``joints.mat`` (key ``joints``, **(14, 3, N)**: x, y, flag) -> COCO keypoints dict.
+    """LSP Extended ``joints.mat`` (key ``joints``, **(14, 3, N)**: x, y, flag; one person: (14, 3)) -> COCO
+    keypoints dict.
 
     flag 1 = annotated -> v = 2 (LSPET has no occlusion flag), flag 0 = not annotated -> v = 0, written as
     (0, 0, 0) (LSPET stores coordinates <= 0 there: the joint lies outside the frame). Annotated coordinates
@@ -271,7 +292,7 @@ def read_lspet(joints_mat: str | os.PathLike, images: str | os.PathLike | None =
     """
     file = str(joints_mat)
     img_dir = _check_images_dir(images)
-    j = _load_joints(joints_mat)
+    j = _one_person(_load_joints(joints_mat), (14, 3))
     if j.ndim != 3 or j.shape[:2] != (14, 3):
         raise PosecalInputError(f"joints has shape {j.shape}, expected (14, 3, N)"
                                 f"{_shape_hint(j.shape, (14, 3), (3, 14), 'lsp')}", file=file, field="joints")

@@ -9,7 +9,7 @@ best ``max_per_image`` are kept.
 
 Image ids: with a COCO dataset, ``file_name -> id`` from it (images not in it are skipped), written as the
 dataset writes them (integers, or strings when all its image ids are strings, as pycocotools accepts); without
-one, the id is the integer in the file name's stem when every stem is a decimal number (COCO's
+one, the id is the integer in the file name's stem when every stem is a decimal number under 2**63 (COCO's
 ``000000000785.jpg`` -> 785), else the 1-based position in the sorted file list.
 
 Checks before any image is read: the dataset (:func:`read_data`: unique image ids, all integers or all
@@ -224,6 +224,7 @@ def read_data(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
     if not isinstance(d, dict) or not isinstance(d.get("images"), list):
         raise PosecalInputError("expected a COCO dict with an images list", file=file, field="images")
     images = _image_records(d, file)
+    _check_keypoint_category_id(d, file)
     ids = {iid for iid, _ in images}
     string_ids = bool(images) and isinstance(images[0][0], str)
     anns = d.get("annotations", [])
@@ -250,6 +251,20 @@ def read_data(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
                 raise PosecalInputError("bbox must be [x, y, w, h] with w, h >= 0", file=file, record=rec,
                                         field="bbox")
     return d
+
+
+def _check_keypoint_category_id(d: dict[str, Any], file: str | None) -> None:
+    """The keypoint category's ``id`` (the ``category_id`` written on the boxes), when present: an integer
+    (64-bit, as ``extract`` reads it)."""
+    from posecal._util import keypoint_category_index
+    from posecal.datasets.coco import number
+
+    cats = d.get("categories")
+    if not isinstance(cats, list) or not cats:
+        return
+    i = keypoint_category_index(cats)
+    if isinstance(cats[i], dict) and "id" in cats[i]:
+        number(cats[i]["id"], file, f"categories[{i}]", "id", integer=True)
 
 
 def _image_records(data: dict[str, Any], file: str | None) -> list[tuple[int | str, str]]:
@@ -317,7 +332,8 @@ def image_ids(images: str | os.PathLike, data: dict[str, Any] | None, *,
     if not files:
         raise PosecalInputError("no images (.jpg/.png/...) in the folder", file=str(img_dir), field="--images")
     stems = [Path(f).stem for f in files]
-    if all(re.fullmatch(r"\d+", s) for s in stems) and len({int(s) for s in stems}) == len(stems):
+    if (all(re.fullmatch(r"\d+", s) for s in stems) and len({int(s) for s in stems}) == len(stems)
+            and max(int(s) for s in stems) < 2**63):  # ids fit a 64-bit integer (JSON writers, the store)
         return [(int(s), f) for s, f in zip(stems, files, strict=True)]
     return [(i + 1, f) for i, f in enumerate(files)]
 

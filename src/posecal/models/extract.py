@@ -128,7 +128,8 @@ def _usable_images(insts: list, d: dict[str, Any], img_dir: Path, *, skip_missin
     """Refuse (or, with the skip flags, drop with a warning) instances whose image is missing or cannot be
     decoded, before anything is written. Returns (instances, data, missing names, bad (name, record, why))."""
     if not img_dir.is_dir():
-        raise PosecalInputError("image folder not found", file=str(img_dir), field="--images")
+        raise PosecalInputError("not a folder" if img_dir.exists() else "image folder not found", file=str(img_dir),
+                                field="--images")
     missing = sorted({i.file_name for i in insts if not (img_dir / i.file_name).is_file()})
     if missing:
         if not skip_missing:
@@ -501,9 +502,10 @@ def _read_inputs(data: str | os.PathLike | dict, data_file: str, boxes: str | os
                  img_dir: Path, skip_missing: bool, skip_bad_images: bool) -> tuple:
     """Stage 1 as a whole: (data, keypoint set, detections | None, boxes' provenance, instances to crop,
     missing image names, bad images) — refused in one line when nothing is left to crop."""
-    from posecal.datasets.coco import instances, keypoint_category, keypoint_set, read_coco
+    from posecal.datasets.coco import image_key, instances, keypoint_category, keypoint_set, read_coco, show_id
 
     d = read_coco(data, file=data_file)
+    listed = {image_key(im["id"]) for im in d["images"]}
     ks = keypoint_set(d, file=data_file)
     det, boxes_src = _read_boxes(boxes)
     header_size = _header_size(img_dir)
@@ -513,6 +515,15 @@ def _read_inputs(data: str | os.PathLike | dict, data_file: str, boxes: str | os
                                             skip_bad_images=skip_bad_images)
     _warn_size_mismatch(insts, d, data_file, header_size)
     cat = keypoint_category(d)
+    if not insts and det and not any(image_key(b["image_id"]) in listed for b in det):
+        # every box is on an image the data file does not list (each was warned about, but a failing run
+        # prints no warning): say so, rather than that no box is a person
+        ids = sorted({image_key(b["image_id"]) for b in det}, key=str)
+        raise PosecalInputError(f"none of its {len(det)} detections is on an image of {data_file} (its image ids: "
+                                f"{', '.join(map(show_id, ids[:3]))}{', ...' if len(ids) > 3 else ''}): boxes of "
+                                "another dataset, or of `posecal detect` run without --data (run it with --data "
+                                f"{data_file})", file="<list>" if isinstance(boxes, list) else str(boxes),
+                                field="image_id")
     if not insts and det:
         cats = sorted({b.get("category_id", cat) for b in det if isinstance(b, dict)}, key=str)
         if cat not in cats:  # e.g. an Ultralytics-style file with person = class 0
