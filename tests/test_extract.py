@@ -295,3 +295,38 @@ def test_flip_test_and_augmentation_map_back_to_image_pixels(tmp_path, monkeypat
             M = fs.read("crop_transform")
             assert (M[:, 0, 0] < 0).any() and (M[:, 0, 0] > 0).any()  # both mirrored and plain copies
             np.testing.assert_array_equal(fs.read("gt_keypoints")[:, idx, :2], np.repeat(truth, 4, axis=0))
+
+
+def test_model_lacking_joints_the_data_does_not_annotate_extracts_without_the_flag(shared_dir, tmp_path, capsys):
+    """Before: EfficientPose (MPII-16, no face points) on LSP converted with ``--keypoint-set coco17`` was refused
+    ('has no joint for dataset keypoint(s) nose, …') although the file declares those joints not annotated
+    (categories[0].annotated_keypoints); now they are stored like ``--allow-missing-joints`` does (joint map −1,
+    score 0) with one warning — and a joint the data does annotate but the model lacks is still refused."""
+    full = tmp_path / "lsp17.json"
+    assert main(["convert", "lsp", str(shared_dir / "data/lsp/joints.mat"), "--images",
+                 str(shared_dir / "data/lsp/images"), "--split", "test", "--keypoint-set", "coco17",
+                 "--out", str(full)]) == 0
+    g = json.loads(full.read_text())
+    g["images"], g["annotations"] = g["images"][:3], g["annotations"][:3]
+    data = tmp_path / "lsp17_3.json"
+    data.write_text(json.dumps(g))
+    capsys.readouterr()
+    assert _extract(shared_dir, data, tmp_path / "S") == 0
+    err = capsys.readouterr().err
+    assert "has no joint for nose, left_eye, right_eye, left_ear, right_ear, which the data file does not " \
+           "annotate" in err, err
+    fs = FeatureStore.open(tmp_path / "S")
+    jm = np.asarray(json.loads((tmp_path / "S" / "meta.json").read_text())["joint_map"])
+    assert (jm[:5] == -1).all() and (jm[5:] >= 0).all()
+    assert (fs.read("scores")[:, :5] == 0).all() and (fs.read("scores")[:, 5:] > 0).all()
+    # the same store as --allow-missing-joints writes
+    assert _extract(shared_dir, data, tmp_path / "S2", "--allow-missing-joints") == 0
+    np.testing.assert_array_equal(fs.read("keypoints"), FeatureStore.open(tmp_path / "S2").read("keypoints"))
+    # a joint the file annotates (nose) that the model lacks: still refused, naming it
+    g["categories"][0]["annotated_keypoints"].append("nose")
+    data.write_text(json.dumps(g))
+    capsys.readouterr()
+    assert _extract(shared_dir, data, tmp_path / "S3") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no joint for dataset keypoint(s) nose" in err[0], err
+    assert not (tmp_path / "S3").exists()

@@ -65,7 +65,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--model-kind", default=None, help="efficientpose or blazepose, for a TFLite model "
                    "(default: recognised)")
     p.add_argument("--allow-missing-joints", action="store_true",
-                   help="dataset keypoints the model lacks get score 0 instead of an error")
+                   help="dataset keypoints the model lacks get score 0 instead of an error (automatic, with a "
+                   "warning, for keypoints the data file declares not annotated: categories[0]."
+                   "annotated_keypoints, as convert --keypoint-set writes)")
     p.add_argument("--target-sigma", type=positive_float, default=None,
                    help="training-target Gaussian sigma in heatmap px for sigma-hat (default per model kind)")
     p.add_argument("--sigma-method", choices=["fit", "peak"], default="fit", help="sigma-hat estimator")

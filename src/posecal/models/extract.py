@@ -498,6 +498,28 @@ def _warn_size_mismatch(insts: list, d: dict[str, Any], data_file: str,
     warn_image_sizes(odd, data_file, stacklevel=3)
 
 
+def _joint_map(adapter: Any, ks: Any, d: dict[str, Any], data_file: str, allow_missing: bool) -> np.ndarray:
+    """(K,) model joint per dataset keypoint (:func:`~posecal.models.adapters.joints.joint_map`). Keypoints the
+    model lacks are refused unless ``allow_missing`` (``--allow-missing-joints``) — or unless the data file says
+    it does not annotate them at all (``categories[0].annotated_keypoints``, what ``posecal convert
+    --keypoint-set`` writes, e.g. LSPET as COCO-17 has no face points): then nothing is lost and they are left
+    out the same way (joint map −1, score 0), with a warning naming them."""
+    from posecal.datasets.remap import annotated_mask
+    from posecal.models.adapters.joints import joint_map
+
+    model = getattr(adapter, "kind", "model")
+    jmap = joint_map(adapter.joint_names, ks.names, allow_missing=True, model=model, file=data_file)
+    lacking = jmap < 0
+    if lacking.any() and not allow_missing:
+        annotated = annotated_mask(d, ks)
+        if (lacking & annotated).any():
+            joint_map(adapter.joint_names, ks.names, model=model, file=data_file)  # raises, naming them
+        warnings.warn(f"{data_file}: {model} has no joint for {', '.join(np.asarray(ks.names)[lacking])}, which "
+                      "the data file does not annotate (categories[0].annotated_keypoints): stored with score 0, "
+                      "left out of training and of the instance score", PosecalWarning, stacklevel=2)
+    return jmap
+
+
 def _read_inputs(data: str | os.PathLike | dict, data_file: str, boxes: str | os.PathLike | list | None,
                  img_dir: Path, skip_missing: bool, skip_bad_images: bool) -> tuple:
     """Stage 1 as a whole: (data, keypoint set, detections | None, boxes' provenance, instances to crop,
@@ -576,7 +598,7 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
     keeps the final rows — the crops of all boxes go to ``OUT.all`` (resumable), the kept rows to ``OUT``.
     """
     from posecal.datasets.coco import image_id_codes, keypoint_category
-    from posecal.models.adapters.joints import flip_index, joint_map
+    from posecal.models.adapters.joints import flip_index
     from posecal.models.store import StoreWriter, file_sha256
 
     card = getattr(adapter, "card", None)
@@ -597,8 +619,7 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
         target_sigma = (card or {}).get("target_sigma") or DEFAULT_TARGET_SIGMA.get(getattr(adapter, "kind", ""),
                                                                                     2.0)
     plan = _Plan(insts=insts, K=ks.num_keypoints,
-                 jmap=joint_map(adapter.joint_names, ks.names, allow_missing=allow_missing_joints,
-                                model=getattr(adapter, "kind", "model"), file=data_file),
+                 jmap=_joint_map(adapter, ks, d, data_file, allow_missing_joints),
                  mflip=flip_index(adapter.joint_names), input_size=tuple(adapter.input_size),
                  padding=_card_padding(card), aspect=crop_aspect(card, adapter.input_size), pooling=pooling,
                  flip=flip, augment=augment, seed=seed, batch_size=batch_size, target_sigma=float(target_sigma),
