@@ -286,3 +286,22 @@ def test_detections_without_data_checked_against_the_data_files_images(shared, t
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "det.json: record 0: field 'file_name'" in err[0] and "--data" in err[0], err
     assert not (tmp_path / "S2").exists()
+
+
+def test_max_per_image_zero_keeps_every_box(mini, shared, tmp_path):
+    """Before: 'field --max-per-image: must be >= 1' while extract's --max-per-image 0 means 'all'. Now 0 keeps
+    every box after NMS: the same boxes as a limit no image reaches, and more than a limit of 1."""
+    data, img = tmp_path / "data.json", tmp_path / "img"
+    model = str(shared(*ND))
+
+    def run(n: int) -> list:
+        out = tmp_path / f"det{n}.json"
+        assert main(["detect", "--model", model, "--images", str(img), "--data", str(data), "--out", str(out),
+                     "--max-per-image", str(n)]) == 0
+        return json.loads(out.read_text())
+
+    every, huge, one = run(0), run(10**6), run(1)
+    assert every == huge and len(every) > len(one) == 2
+    assert main(["detect", "--model", model, "--images", str(img), "--out", str(tmp_path / "x.json"),
+                 "--max-per-image", "-1"]) == 2
+    assert not (tmp_path / "x.json").exists()

@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="COCO JSON: image ids (file_name -> id) and gt for recall")
     p.add_argument("--out", required=True, help="COCO detection results JSON to write")
     p.add_argument("--score-thr", type=float, default=0.05, help="minimum person score (default 0.05)")
-    p.add_argument("--max-per-image", type=int, default=100, help="boxes kept per image after NMS")
+    p.add_argument("--max-per-image", type=int, default=100,
+                   help="boxes kept per image after NMS (0: all of them, as extract's --max-per-image 0)")
     p.add_argument("--model-card", default=None, help="model card JSON (default: built-in card by SHA-256)")
     p.add_argument("--category-id", type=int_in(0, 2**63 - 1), default=None, metavar="ID",
                    help="category_id written on the boxes and used for the recall (default: the keypoint "
@@ -51,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.score_thr <= 1:
         raise PosecalInputError("must be in [0, 1]", field="--score-thr")
-    if args.max_per_image < 1:
-        raise PosecalInputError("must be >= 1", field="--max-per-image")
+    if args.max_per_image < 0:
+        raise PosecalInputError("must be >= 0 (0 keeps every box)", field="--max-per-image")
     # every input is checked before the detector runs; the output is written once, atomically, at the end
     refuse_clobber({"--model": args.model, "--model-card": args.model_card, "--data": args.data,
                     "--images": args.images}, {"--out": args.out})

@@ -197,7 +197,7 @@ class NanoDetDetector:
         if not boxes:
             return np.zeros((0, 4)), np.zeros(0)
         b, sc = np.concatenate(boxes), np.concatenate(scores)
-        keep = box_nms(b, sc, nms_thr)[:max_per_image]
+        keep = box_nms(b, sc, nms_thr)[:max_per_image or None]  # 0: all
         b, sc = b[keep] * np.array([w0 / W, h0 / H, w0 / W, h0 / H]), sc[keep]
         xywh = np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1)
         ok = (xywh[:, 2] > 0) & (xywh[:, 3] > 0)
