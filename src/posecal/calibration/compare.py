@@ -245,7 +245,10 @@ interpolation) of the resampled Δ = B − A (the resamples where Δ is defined)
 
 def level_label(level: float) -> str:
     """``level`` as a percentage for the table and the page: 0.95 -> "95", 0.999 -> "99.9" (not "100")."""
-    return f"{level * 100:.10g}"
+    out = f"{level * 100:.10g}"
+    if float(out) in (0.0, 100.0):  # 0.99999999999 rounds to "100" at 10 digits: show every digit instead
+        out = repr(float(level * 100))
+    return out
 
 
 @dataclass
@@ -439,6 +442,10 @@ def compare(gt: Any, res_a: Any, res_b: Any, *, resamples: int = 1000, seed: int
         samples["pearson"][r], samples["ause"][r] = pr_b - pr_a, au_b - au_a
         bar.update(1)
     bar.close()
+    delta = {m: b[m] - a[m] for m in METRICS}
+    for m in METRICS:  # undefined on the data (e.g. one file has a single pair): its resamples say nothing either
+        if not np.isfinite(delta[m]):  # (a resample drawing that pair twice has "2 pairs", AUSE 0: a false "B better")
+            samples[m][:] = np.nan
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
     interval, p_better, p_tied = {}, {}, {}
     for m, s in samples.items():
@@ -449,7 +456,6 @@ def compare(gt: Any, res_a: Any, res_b: Any, *, resamples: int = 1000, seed: int
         # ties count half: a metric B cannot change must not read "B certainly worse" (0) or "better" (1)
         p_better[m] = float((better.sum() + 0.5 * tied.sum()) / ok.size) if ok.size else float("nan")
         p_tied[m] = float(tied.mean()) if ok.size else float("nan")
-    delta = {m: b[m] - a[m] for m in METRICS}
     return CompareResult(undefined={"A": _why_undefined(pa), "B": _why_undefined(pb)},
                          a=a, b=b, delta=delta, interval=interval, p_better=p_better, resamples=resamples,
                          seed=seed, level=level, images=I, samples=samples, p_tied=p_tied,

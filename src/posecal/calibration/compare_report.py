@@ -92,7 +92,8 @@ def _fig_sparsification(plt, pes: dict[str, PerImageEval], path: Path) -> None:
         _no_data(ax)
     ax.set(xlabel="fraction removed (least confident first)", ylabel="mean 1 − OKS of the rest", xlim=(0, 1),
            title="sparsification")
-    ax.legend(fontsize=8)
+    if drawn:  # no curve: no legend (matplotlib would warn "No artists with labels")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

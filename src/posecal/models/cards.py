@@ -37,6 +37,8 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from posecal.errors import PosecalInputError
 
 __all__ = ["BUILTIN_CARDS", "CARD_FORMAT", "card_for_model", "crop_aspect", "load_card", "validate_card"]
@@ -113,6 +115,14 @@ BUILTIN_CARDS: dict[str, dict[str, Any]] = {
 
 _LAYOUTS = ("NCHW", "NHWC")
 _DTYPES = ("float32", "int32", "uint8")
+_MAX_SIDE = 16384  # px per input side: far above any pose model; a blank crop of it is already ~3 GiB float32
+_BACKEND_KINDS = ("efficientpose", "blazepose")  # posecal.models.adapters.tflite.KINDS
+_POOLINGS = ("gap", "heatmap", "spatial")  # posecal.models.adapters.pooling.POOLINGS
+
+
+def _is_num(v: Any) -> bool:
+    """A JSON number (``true``/``false`` are not: Python reads them as 1/0)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _need(card: dict, key: str, types: type | tuple[type, ...], file: str | None, where: str = "") -> Any:
@@ -123,26 +133,63 @@ def _need(card: dict, key: str, types: type | tuple[type, ...], file: str | None
 
 
 def _check_input(inp: dict, file: str | None, detector: bool) -> None:
-    _need(inp, "name", str, file, "input.")
+    if not _need(inp, "name", str, file, "input."):
+        raise PosecalInputError("must be the model's input tensor name, not empty", file=file, field="input.name")
     if inp.get("layout") not in _LAYOUTS:
         raise PosecalInputError(f"must be one of {_LAYOUTS}", file=file, field="input.layout")
     if inp.get("dtype") not in _DTYPES:
         raise PosecalInputError(f"must be one of {_DTYPES}", file=file, field="input.dtype")
     size = inp.get("size")
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
-        raise PosecalInputError("must be [W, H], positive integers", file=file, field="input.size")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and 0 < v <= _MAX_SIDE for v in size)):
+        raise PosecalInputError(f"must be [W, H], positive integers (at most {_MAX_SIDE}), got {size!r:.60}",
+                                file=file, field="input.size")
     if inp.get("color") not in ("RGB", "BGR"):
         raise PosecalInputError("must be RGB or BGR", file=file, field="input.color")
     for key in ("mean", "std"):
         v = inp.get(key)
-        if not (isinstance(v, list) and len(v) == 3 and all(isinstance(t, (int, float)) for t in v)):
-            raise PosecalInputError("must be 3 numbers", file=file, field=f"input.{key}")
+        if not (isinstance(v, list) and len(v) == 3 and all(_is_num(t) for t in v)):
+            raise PosecalInputError(f"must be 3 numbers, got {v!r:.60}", file=file, field=f"input.{key}")
     if any(t == 0 for t in inp["std"]):
         raise PosecalInputError("std must be non-zero", file=file, field="input.std")
-    if not isinstance(inp.get("scale", 1.0), (int, float)):
+    if not _is_num(inp.get("scale", 1.0)):
         raise PosecalInputError("must be a number", file=file, field="input.scale")
-    if inp.get("batch") not in (None, 1) and not (isinstance(inp.get("batch"), int) and inp["batch"] > 0):
+    batch = inp.get("batch")
+    if batch is not None and not (_is_int(batch) and batch > 0):
         raise PosecalInputError("must be a positive integer or null", file=file, field="input.batch")
+    _check_normalisation(inp, file)
+
+
+def _f(x: Any) -> float:
+    """``x`` as a float; a JSON integer too large for one (``1e400`` written out) as ±inf."""
+    try:
+        return float(x)
+    except OverflowError:
+        return float("inf") if x > 0 else float("-inf")
+
+
+def _check_normalisation(inp: dict, file: str | None) -> None:
+    """``(pixel · scale − mean) / std`` of pixels 0 and 255 must be finite in the input dtype (float32 overflows
+    past ~3.4e38: the model would then see inf/NaN), and an integer input must hold them (the cast wraps)."""
+    scale, mean, std = _f(inp.get("scale", 1.0)), [_f(t) for t in inp["mean"]], [_f(t) for t in inp["std"]]
+    if inp["dtype"] != "float32" and scale == 1.0 and not any(mean) and all(t == 1 for t in std):
+        return  # raw pixels, cast as they are
+    lim = {"float32": (-3.4e38, 3.4e38), "int32": (-2.0**31, 2.0**31 - 1), "uint8": (0.0, 255.0)}[inp["dtype"]]
+    with np.errstate(all="ignore"):
+        for c in range(3):
+            for px in (0.0, 255.0):
+                v = float((np.float64(px) * scale - mean[c]) / np.float64(std[c]))
+                if np.isfinite(v) and lim[0] <= v <= lim[1]:
+                    continue
+                if inp["dtype"] != "float32":
+                    field = "input.dtype"
+                elif not np.isfinite(px * scale):
+                    field = "input.scale"
+                else:
+                    m = float(np.float64(mean[c]) / np.float64(std[c]))
+                    field = "input.mean" if abs(mean[c]) > 1 and not abs(m) <= lim[1] else "input.std"
+                raise PosecalInputError(f"pixel {px:g} of channel {c} normalises to {v:.4g}, outside what the "
+                                        f"input dtype {inp['dtype']} holds ([{lim[0]:.4g}, {lim[1]:.4g}]); fix "
+                                        "scale, mean or std", file=file, field=field)
 
 
 def _check_pose(card: dict, file: str | None) -> None:
@@ -155,9 +202,14 @@ def _check_pose(card: dict, file: str | None) -> None:
                 get_keypoint_set(kp)
             except KeyError as e:
                 raise PosecalInputError(str(e), file=file, field="keypoints") from None
-    elif not (isinstance(kp, list) and kp and all(isinstance(n, str) for n in kp)):
+    elif not (isinstance(kp, list) and kp and all(isinstance(n, str) and n for n in kp)):
         raise PosecalInputError("must be a keypoint-set name or a list of joint names", file=file,
                                 field="keypoints")
+    else:
+        dup = next((n for i, n in enumerate(kp) if n in kp[:i]), None)
+        if dup is not None:
+            raise PosecalInputError(f"joint name {dup!r:.40} is listed twice: one name per output channel",
+                                    file=file, field="keypoints")
     out = _need(card, "output", dict, file)
     if out.get("type") not in ("heatmaps", "coordinates"):
         raise PosecalInputError("must be 'heatmaps' or 'coordinates'", file=file, field="output.type")
@@ -166,6 +218,9 @@ def _check_pose(card: dict, file: str | None) -> None:
         raise PosecalInputError(f"must be one of {_LAYOUTS}", file=file, field="output.layout")
     if out["type"] == "coordinates" and out.get("order") not in ("yxs", "xys"):
         raise PosecalInputError("must be 'yxs' or 'xys'", file=file, field="output.order")
+    for key in ("subpixel", "normalised"):  # a string "false" would read as true
+        if key in out and not isinstance(out[key], bool):
+            raise PosecalInputError(f"must be true or false, got {out[key]!r:.40}", file=file, field=f"output.{key}")
     for key in ("heatmaps", "features"):
         t = card.get(key)
         if t is None:
@@ -180,6 +235,26 @@ def _check_pose(card: dict, file: str | None) -> None:
     ts = card.get("target_sigma", 2.0)
     if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not 0 < ts <= 1000:
         raise PosecalInputError("must be a number in (0, 1000] (heatmap px)", file=file, field="target_sigma")
+    bk = card.get("backend_kind")
+    if bk is not None and bk not in _BACKEND_KINDS:
+        raise PosecalInputError(f"must be one of {_BACKEND_KINDS} (a TFLite model's kind) or absent, got {bk!r:.40}",
+                                file=file, field="backend_kind")
+    cc = card.get("ccnet")
+    if cc is None:
+        return
+    if not isinstance(cc, dict):
+        raise PosecalInputError("must be null or {pooling: gap|heatmap|spatial, evidence: true|false}", file=file,
+                                field="ccnet")
+    if "pooling" in cc and cc["pooling"] not in _POOLINGS:
+        raise PosecalInputError(f"must be one of {_POOLINGS}, got {cc['pooling']!r:.40}", file=file,
+                                field="ccnet.pooling")
+    if cc.get("pooling") == "heatmap" and out["type"] != "heatmaps" and card.get("heatmaps") is None:
+        raise PosecalInputError("'heatmap' pooling needs heatmaps: the output is coordinates and 'heatmaps' is "
+                                "null; name the heatmap tensor or choose gap/spatial", file=file,
+                                field="ccnet.pooling")
+    if "evidence" in cc and not isinstance(cc["evidence"], bool):
+        raise PosecalInputError(f"must be true or false, got {cc['evidence']!r:.40}", file=file,
+                                field="ccnet.evidence")
 
 
 def crop_aspect(card: dict[str, Any] | None, input_size: tuple[int, int]) -> tuple[float, float]:
@@ -269,9 +344,14 @@ def validate_card(card: Any, file: str | None = None) -> dict[str, Any]:
         raise PosecalInputError(f"expected {CARD_FORMAT!r}", file=file, field="format")
     if card.get("task") not in ("pose", "detector"):
         raise PosecalInputError("must be 'pose' or 'detector'", file=file, field="task")
+    if not _need(card, "name", str, file).strip():
+        raise PosecalInputError("must be a label, not empty", file=file, field="name")
     sha = card.get("sha256")
-    if sha is not None and not (isinstance(sha, str) and len(sha) == 64):
-        raise PosecalInputError("must be 64 hex digits or null", file=file, field="sha256")
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64
+                                and all(ch in "0123456789abcdef" for ch in sha.lower())):
+        raise PosecalInputError(f"must be 64 hex digits or null, got {sha!r:.70}", file=file, field="sha256")
+    if sha is not None:
+        card["sha256"] = sha.lower()  # the file's digest is compared in lower case
     _check_input(_need(card, "input", dict, file), file, card["task"] == "detector")
     if card["task"] == "pose":
         _check_pose(card, file)

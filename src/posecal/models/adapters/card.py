@@ -23,6 +23,10 @@ def _joint_names(card: dict[str, Any]) -> tuple[str, ...]:
     kp = card["keypoints"]
     if isinstance(kp, list):
         return tuple(kp)
+    if kp == "blazepose33":  # allowed by validate_card: BlazePose's joint order (no posecal keypoint set)
+        from posecal.models.adapters.joints import BLAZEPOSE33
+
+        return BLAZEPOSE33
     from posecal.keypoints import get_keypoint_set
 
     return tuple(get_keypoint_set(kp).names)
