@@ -209,19 +209,31 @@ def atomic_dir(path: PathLike, flag: str = "--out") -> Iterator[Path]:
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """Hold SIGINT / SIGTERM / SIGHUP back (main thread, POSIX) for a few renames that must happen together;
-    a signal that arrives meanwhile is delivered when the block ends. Elsewhere: no-op."""
+    a signal that arrives meanwhile is delivered when the block ends. Elsewhere: no-op.
+
+    The signals' Python handlers are swapped for one that only records them, then restored, and a recorded
+    signal is raised again. (A signal mask would not do: it blocks the main thread only, and the kernel hands a
+    process-directed signal — Ctrl-C, ``kill`` — to any thread that does not block it, e.g. a thread of
+    onnxruntime's or torch's pools; Python then runs its handler in the main thread at once.)"""
     import signal
     import threading
 
-    sigs = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    sigs = [getattr(signal, n) for n in names if hasattr(signal, n)]
+    if not hasattr(signal, "raise_signal") or threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    got: list[int] = []
+    old = {}
     try:
+        for sig in sigs:
+            old[sig] = signal.signal(sig, lambda signum, frame: got.append(signum))
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for sig in dict.fromkeys(got):
+            signal.raise_signal(sig)
 
 
 def replace_dir(tmp: PathLike, final: PathLike) -> None:
