@@ -330,3 +330,27 @@ def test_model_lacking_joints_the_data_does_not_annotate_extracts_without_the_fl
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no joint for dataset keypoint(s) nose" in err[0], err
     assert not (tmp_path / "S3").exists()
+
+
+def test_user_card_for_a_tflite_model_says_what_it_does_not_follow(shared_dir, lsp40, tmp_path, capsys):
+    """Before: a card given with a TFLite model was silently ignored but for backend_kind (a SimplePose-style
+    card on EfficientPose-RT ran as EfficientPose without a word). Now one warning names the card and the
+    fields posecal does not read for TFLite where they differ from what it does; a card that agrees says nothing."""
+    from posecal.models.cards import BUILTIN_CARDS
+
+    g = json.loads(lsp40.read_text())
+    g["images"], g["annotations"] = g["images"][:2], g["annotations"][:2]
+    data = tmp_path / "two.json"
+    data.write_text(json.dumps(g))
+    ref = BUILTIN_CARDS["EfficientPoseRT"]
+    card = dict(ref, name="my-card", keypoints="coco17", input=dict(ref["input"], color="BGR"))
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    capsys.readouterr()
+    assert _extract(shared_dir, data, tmp_path / "S", "--model-card", str(tmp_path / "card.json")) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "not read for a TFLite model" in ln]
+    assert len(err) == 1 and "card.json: input, keypoints not read" in err[0], err
+    assert "efficientpose decoder" in err[0]
+    same = dict(BUILTIN_CARDS["EfficientPoseRT"], name="my-copy", target_sigma=1.5)
+    (tmp_path / "same.json").write_text(json.dumps(same))
+    assert _extract(shared_dir, data, tmp_path / "S2", "--model-card", str(tmp_path / "same.json")) == 0
+    assert "not read for a TFLite model" not in capsys.readouterr().err

@@ -134,7 +134,17 @@ def load_adapter(path: str | os.PathLike, *, tensor: str | None = None, model_ki
 
         if model_kind is None and card is not None:
             model_kind = card.get("backend_kind")
-        return TFLiteAdapter(path, tensor=tensor, model_kind=model_kind, num_threads=num_threads, **kw)
+        adapter = TFLiteAdapter(path, tensor=tensor, model_kind=model_kind, num_threads=num_threads, **kw)
+        if model_card is not None:  # a user's card: say what of it a TFLite model does not follow
+            ref = card_for_model(path, None, task="pose") or {}  # the built-in card of this file, if any
+            ignored = [f for f in ("input", "output", "heatmaps", "features", "keypoints")
+                       if card.get(f) is not None and card.get(f) != ref.get(f)]
+            if ignored:
+                warnings.warn(f"{card_file or 'the model card'}: {', '.join(ignored)} not read for a TFLite model: "
+                              f"posecal runs {Path(path).name} with its {adapter.kind} decoder (its own input, "
+                              f"outputs and joint order); the card's backend_kind, sha256, crop, target_sigma and "
+                              "ccnet are followed", PosecalWarning, stacklevel=2)
+        return adapter
     if card is not None:
         from posecal.models.adapters.card import CardAdapter
 
