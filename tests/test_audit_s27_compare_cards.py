@@ -19,6 +19,7 @@ error named ``--pooling`` and no card), ``heatmap`` pooling on a card without he
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 import warnings
@@ -31,6 +32,7 @@ from _cocogen import make_coco_set
 from posecal.calibration.compare import compare, level_label
 from posecal.calibration.metrics import pearson
 from posecal.errors import PosecalInputError
+from posecal.keypoints import COCO17
 from posecal.models.cards import BUILTIN_CARDS, validate_card
 from test_hostile_inputs import _one_error, _run, _write
 
@@ -215,3 +217,34 @@ def test_extract_accepts_the_models_sha256_in_upper_case(sp_run):
     rc, err, _, out = sp_run(_mut(SP, ("sha256",), SP["sha256"].upper()))
     assert rc == 0, err  # before: "the card describes another model file"
     assert (out / "meta.json").is_file()
+
+
+@pytest.mark.parametrize("task", ["pose", "detector"])
+def test_empty_onnx_file_with_a_card_is_named_as_not_onnx(tmp_path, capsys, task):
+    """Before: an empty .onnx given with --model-card was reported as a card field naming a missing tensor
+    (an empty file parses as an empty ModelProto); without a card it already said 'not an ONNX model'."""
+    from posecal.cli import main as cli_main
+    from posecal.models.cards import BUILTIN_CARDS
+
+    name = "nanodet-m-416" if task == "detector" else next(k for k in BUILTIN_CARDS if "simplepose" in k)
+    card = dict(BUILTIN_CARDS[name], sha256=None, name="mine")
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    (tmp_path / "m.onnx").write_bytes(b"")
+    img = tmp_path / "img"
+    img.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (64, 48)).save(img / "1.jpg")
+    data = {"images": [{"id": 1, "file_name": "1.jpg", "width": 64, "height": 48}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 30, 30], "area": 900,
+                             "iscrowd": 0, "num_keypoints": 1, "keypoints": [10, 10, 2] + [0] * 48}],
+            "categories": [{"id": 1, "name": "person", "keypoints": list(COCO17.names), "skeleton": []}]}
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    argv = (["detect", "--model", str(tmp_path / "m.onnx"), "--model-card", str(tmp_path / "card.json"),
+             "--images", str(img), "--out", str(tmp_path / "o.json")] if task == "detector" else
+            ["extract", "--model", str(tmp_path / "m.onnx"), "--model-card", str(tmp_path / "card.json"),
+             "--data", str(tmp_path / "d.json"), "--images", str(img), "--out", str(tmp_path / "S")])
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "m.onnx: field '--model': not an ONNX model (empty graph)" in err[0], err
+    assert not (tmp_path / "o.json").exists() and not (tmp_path / "S").exists()

@@ -84,6 +84,8 @@ class NanoDetDetector:
             g = onnx.load_model(str(self.path), load_external_data=False).graph
         except Exception as e:
             raise PosecalInputError(f"not an ONNX model: {e}", file=str(self.path), field="--model") from None
+        if not g.node:  # an empty file parses as an empty ModelProto
+            raise PosecalInputError("not an ONNX model (empty graph)", file=str(self.path), field="--model")
         values = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {o.name for o in g.output}
         for key in ("scores", "boxes"):
             for t in self.card["decoder"][key]:

@@ -64,6 +64,8 @@ def open_session(path: str | os.PathLike, extra_outputs: list[str], num_threads:
     except Exception as e:
         raise PosecalInputError(f"not an ONNX model: {e}", file=str(path), field="--model") from None
     g = model.graph
+    if not g.node:  # an empty file parses as an empty ModelProto
+        raise PosecalInputError("not an ONNX model (empty graph)", file=str(path), field="--model")
     inits = {i.name for i in g.initializer}
     keep = [i for i in g.input if i.name not in inits]
     if len(keep) != len(g.input):
