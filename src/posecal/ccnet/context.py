@@ -139,6 +139,12 @@ def _logit(c: np.ndarray) -> np.ndarray:
     return np.log(c / (1 - c))
 
 
+MAX_ABS = 1e30
+"""Largest magnitude :meth:`ContextStage.from_arrays` accepts (as :data:`posecal.ccnet.checkpoint.MAX_ABS`)."""
+MIN_STD = 1e-7
+"""Smallest ``std`` :meth:`ContextStage.from_arrays` accepts (:meth:`ContextStage.fit` floors it at 1e-6)."""
+
+
 class ContextStage:
     """Learned NMS over a head's instance scores: ``ĉ' = σ(w · z((logit ĉ, context)) + b)``, z the
     standardisation of the training rows (see the module docstring).
@@ -191,7 +197,8 @@ class ContextStage:
         if self.coef is None or self.mean is None or self.std is None:
             raise ValueError("ContextStage is not fitted")
         z = ((self._design(c, ctx) - self.mean) / self.std) @ self.coef[:-1] + self.coef[-1]
-        return 1 / (1 + np.exp(-z))
+        with np.errstate(over="ignore"):  # exp(-z) = inf for z < -709: the sigmoid saturates at 0, as it should
+            return 1 / (1 + np.exp(-z))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The fitted parameters as float64 arrays (``mean``, ``std``, ``coef``), for safetensors."""
@@ -213,7 +220,10 @@ class ContextStage:
                 raise ValueError(f"array {k!r} has shape {a.shape}, expected {shape}")
             if not np.isfinite(a).all():
                 raise ValueError(f"array {k!r} is not finite")
-        if (np.asarray(arrs["std"]) <= 0).any():
-            raise ValueError("array 'std' must be positive")
+            if np.abs(a).max() > MAX_ABS:  # as load_head bounds the head's tensors: a hand-edited or corrupt stage
+                raise ValueError(f"array {k!r} holds values up to {np.abs(a).max():.3g} in magnitude, above the "
+                                 f"bound {MAX_ABS:g}")
+        if (np.asarray(arrs["std"]) < MIN_STD).any():  # fit floors it at 1e-6
+            raise ValueError(f"array 'std' must be >= {MIN_STD:g}")
         st.mean, st.std, st.coef = (np.asarray(arrs[k], np.float64) for k in ("mean", "std", "coef"))
         return st

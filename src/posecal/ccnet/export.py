@@ -623,11 +623,16 @@ def check_head_against_model(meta: dict[str, Any], head_dir: str | os.PathLike, 
     if train_store and Path(train_store, "meta.json").is_file():
         import orjson
 
-        smeta = orjson.loads(Path(train_store, "meta.json").read_bytes())
+        try:  # a cross-check only: the training store may since have been replaced, damaged or edited
+            smeta = orjson.loads(Path(train_store, "meta.json").read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            smeta = None
+        if not isinstance(smeta, dict):
+            smeta = {}
         if smeta.get("flip_test"):
             warnings.warn("the head was fitted on flip-test features; the exported graph computes "
                           "single-pass features", PosecalWarning, stacklevel=3)
-        if "joint_map" in smeta and list(smeta["joint_map"]) != jmap.tolist():
+        if isinstance(smeta.get("joint_map"), list) and smeta["joint_map"] != jmap.tolist():
             raise PosecalInputError(f"joint map of the training store {smeta['joint_map']} differs from the "
                                     f"model's {jmap.tolist()}", file=hfile)
     return str(pooling), jmap

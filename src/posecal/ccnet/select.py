@@ -145,17 +145,28 @@ class CVRow:
     ar: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
+    def _scored(self) -> np.ndarray:
+        """Folds whose held-out images hold a labelled person: COCO's AP of the others is -1 ("no gt"), not a
+        score to average in (tiny or sparsely labelled stores)."""
+        keep = np.asarray(self.base_ap, np.float64) >= 0
+        return keep if keep.any() else np.ones(len(self.ap), bool)
+
     @property
     def mean_ap(self) -> float:
-        return float(np.mean(self.ap))
+        return float(np.mean(np.asarray(self.ap)[self._scored()]))
+
+    @property
+    def mean_base_ap(self) -> float:
+        return float(np.mean(np.asarray(self.base_ap)[self._scored()]))
 
     @property
     def mean_delta(self) -> float:
-        return float(np.mean(np.subtract(self.ap, self.base_ap)))
+        return float(np.mean(np.subtract(self.ap, self.base_ap)[self._scored()]))
 
     def to_dict(self) -> dict[str, Any]:
         return {"recipe": self.recipe.to_dict(), "label": self.recipe.label(), "cv_ap": self.mean_ap,
-                "cv_ap_sd": float(np.std(self.ap)), "cv_delta_ap": self.mean_delta, "fold_ap": self.ap,
+                "cv_ap_sd": float(np.std(np.asarray(self.ap)[self._scored()])), "cv_delta_ap": self.mean_delta,
+                "fold_ap": self.ap,
                 "fold_base_ap": self.base_ap, "fold_ar": self.ar, "seconds": self.seconds}
 
 

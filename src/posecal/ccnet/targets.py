@@ -360,6 +360,10 @@ def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> Sto
                                 file=str(path))
     if fs.feature_name is None:
         raise PosecalInputError("store has no feature tensor (extract with --pooling)", file=str(path))
+    for key in ("model_sha256", "tensor", "pooling"):  # they travel into head.json, whose loader wants strings
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise PosecalInputError(f"expected a string, got {str(meta[key])[:60]!r} (edited?)",
+                                    file=str(Path(path) / "meta.json"), field=key)
     try:
         ks = get_keypoint_set(str(meta.get("keypoint_set")))
     except KeyError as e:
@@ -532,7 +536,27 @@ def evidence_columns(path: str, names: tuple[str, ...] | list[str], sigmas: np.n
         _check_evidence_array(a, arr, fs.path)
     if not arrays:
         return np.zeros((fs.num_instances, len(sigmas), 0), np.float32)
-    return evidence_from_arrays(names, sigmas, arrays, fs.meta.get("input_size"))
+    with np.errstate(over="ignore"):  # a huge (finite) σ̂ squares to inf: its closed-form OKS is then 0, as it should
+        ev = evidence_from_arrays(names, sigmas, arrays, fs.meta.get("input_size"))
+    _check_evidence_finite(ev, names, len(sigmas), fs.path)
+    return ev
+
+
+def _check_evidence_finite(ev: np.ndarray, names: tuple[str, ...] | list[str], k: int, path: Any) -> None:
+    """Evidence columns ``(N, K, E)`` computed from finite store arrays can still overflow (float32, or
+    huge coordinates / scores / boxes edited into the store): name the store, the first such row and the
+    evidence, not the head or its input width."""
+    bad_cols = ~np.isfinite(ev).all(axis=(0, 1)) if ev.size else np.zeros(0, bool)
+    if not bad_cols.any():
+        return
+    col = int(np.argmax(bad_cols))
+    edges = np.cumsum([evidence_width([n], k) for n in names])
+    name = names[int(np.searchsorted(edges, col, side="right"))]
+    bad_rows = ~np.isfinite(ev.reshape(len(ev), -1)).all(axis=1)
+    i = int(np.argmax(bad_rows))
+    raise PosecalInputError(f"{int(bad_rows.sum())} rows give non-finite {name!r} evidence (first: row {i}): the "
+                            f"store arrays it is computed from ({', '.join(EVIDENCE_ARRAYS[name])}) hold values too "
+                            "large to compute with (edited?)", file=str(path), record=i, field=name)
 
 
 def _check_input_size(size: Any, file: Path) -> None:

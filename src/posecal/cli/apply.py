@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from posecal.models.store import FeatureStore
 
     to_stdout = args.out == "-"
+    if to_stdout and getattr(sys.stdout, "buffer", None) is None:  # started with stdout closed (`>&-`)
+        raise PosecalInputError("stdout is closed: give a file name", field="--out")
     refuse_clobber({"--store": args.store, "--head": args.head}, {"--out": None if to_stdout else args.out})
     if not to_stdout:
         check_creatable(args.out, "file")

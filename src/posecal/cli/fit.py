@@ -141,6 +141,25 @@ def _check_before_training(args: argparse.Namespace) -> None:
                                 file=args.val_store, field="--val-store")
 
 
+def _check_cv_folds(stores: list, args: argparse.Namespace) -> None:
+    """Every ``--cv`` fold leaves rows with a target to train on (images without a labelled person count as
+    images but teach nothing): else one line before the first fit, not a misleading 'no row of the store has
+    a gt with a labelled keypoint' from inside the cross-validation."""
+    import numpy as np
+
+    from posecal.ccnet.select import image_count, image_folds, store_image_keys
+
+    ids, datasets = store_image_keys(stores)
+    folds = image_folds(ids, args.cv, args.cv_seed, datasets=datasets)
+    for f in range(args.cv):
+        if not any(bool(np.any(d.has_target[fo != f])) for d, fo in zip(stores, folds, strict=True)):
+            n = image_count([i[d.has_target] for i, d in zip(ids, stores, strict=True)], datasets)
+            raise PosecalInputError(f"--cv {args.cv}: fold {f + 1} holds every image with a labelled person "
+                                    f"({n} in all), so its training part has nothing to learn from; give a "
+                                    "smaller --cv, another --cv-seed, or more labelled images",
+                                    file=args.store[0], field="--cv")
+
+
 def _check_device(device: str) -> None:
     """The --device exists on this machine (its syntax was checked at parse time)."""
     import torch
@@ -180,18 +199,19 @@ def run(args: argparse.Namespace) -> int:
         if args.cv > n_img:
             raise PosecalInputError(f"--cv {args.cv} needs at least {args.cv} images; the stores hold {n_img}",
                                     file=args.store[0], field="--cv")
+        _check_cv_folds(stores, args)
         grid = default_grid(recipe)
         print(f"cv: {len(grid)} recipes × {args.cv} folds = {len(grid) * args.cv} fits (the base recipe: "
               f"{recipe.label()}); --steps N shortens each", file=sys.stderr)
         rows = cross_validate(stores, grid, k=args.cv, seed=args.cv_seed,
                               on_row=lambda r: print(f"cv: {r.recipe.label()}: AP {r.mean_ap:.4f} "
-                                                     f"(own score {sum(r.base_ap) / len(r.base_ap):.4f})",
+                                                     f"(own score {r.mean_base_ap:.4f})",
                                                      file=sys.stderr))
         best = select(rows)
         recipe = best.recipe
         cv = {"k": args.cv, "seed": args.cv_seed, "selected": recipe.to_dict(), "tolerance": TOLERANCE,
               "rows": [r.to_dict() for r in rows]}
-        own = sum(best.base_ap) / len(best.base_ap)
+        own = best.mean_base_ap  # over the folds that hold a labelled person
         if best.mean_ap < own:
             warnings.warn(f"--cv: no recipe beat the stores' own scores by cross-validation (selected "
                           f"{recipe.label()}: CV AP {best.mean_ap:.4f} < own score {own:.4f}); the head may lower "

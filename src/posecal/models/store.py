@@ -204,6 +204,15 @@ def _check_layout(meta: dict[str, Any], index: dict[str, Any], p: Path) -> None:
             ok = False
         if not ok or not isinstance(name, str) or "/" in name or name.startswith("."):
             raise PosecalInputError("bad array description", file=str(p / "meta.json"), field=str(name))
+    feature = meta.get("feature_array")  # what finalize writes: one of FEATURE_ARRAYS among the arrays, or null
+    if feature is not None and not (isinstance(feature, str) and feature in FEATURE_ARRAYS and feature in arrays):
+        have = [f for f in FEATURE_ARRAYS if f in arrays]
+        raise PosecalInputError(f"expected {' or '.join(map(repr, have)) or 'null'} (the store's feature array), got "
+                                f"{str(feature)[:60]!r} (edited?)", file=str(p / "meta.json"), field="feature_array")
+    files = meta.get("files")  # checksums of predictions.json / gt.json
+    if files is not None and not (isinstance(files, dict) and all(isinstance(h, str) for h in files.values())):
+        raise PosecalInputError(f"expected an object of file checksums, got {str(files)[:60]!r} (edited?)",
+                                file=str(p / "meta.json"), field="files")
     n_chunks = -(-meta["num_instances"] // meta["chunk_size"])
     for key in ("fingerprint", "num_instances", "chunk_size", "arrays"):
         if index.get(key) != meta.get(key):
