@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    if sys.stdout is None:  # started with stdout closed (`>&-`): tables go nowhere (as print() drops them)...
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the process's stdout from here on
+        args._stdout_closed = True  # ... and results asked for on stdout are refused (_run_command)
     return _run_command(args)
 
 
@@ -126,6 +129,13 @@ def _run_command(args: argparse.Namespace) -> int:
     for flag in ("out", "report", "json", "gt", "pred", "store", "head", "model", "data", "images", "boxes"):
         if getattr(args, flag, None) == "":  # Path("") is "." : an empty path would silently mean the cwd
             return _error(cmd, PosecalInputError("empty path", field=f"--{flag}"))
+    for flag in ("out", "json"):  # results on a closed stdout would be lost without a word
+        value = getattr(args, flag, None)
+        if getattr(args, "_stdout_closed", False) and (value == "-" or value is True):
+            return _error(cmd, PosecalInputError("stdout is closed (started with >&-): nothing could be written "
+                                                 "there; give a file name" if value == "-" else
+                                                 "stdout is closed (started with >&-): the JSON has nowhere to go",
+                                                 field=f"--{flag}"))
     with warnings.catch_warnings(record=True) as caught:
         try:
             rc = int(args._run(args) or 0)
