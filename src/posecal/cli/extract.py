@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
     args.out = _named_out(args.out)
     if args.merge:
         out = Path(args.out)
-        shards = sorted(out.parent.glob(out.name + ".shard-*-of-*"))
+        # OUT.shard-<i>-of-<n> folders only: not a log or backup beside them (OUT.shard-0-of-2.log, ...bak)
+        shards = sorted(p for p in out.parent.glob(glob.escape(out.name) + ".shard-*-of-*")
+                        if re.fullmatch(re.escape(out.name) + r"\.shard-\d+-of-\d+", p.name) and p.is_dir())
         if not shards:
             raise PosecalInputError(f"no shard stores {out.name}.shard-*-of-* found", file=str(out.parent))
         refuse_clobber({"shard": [str(x) for x in shards]}, {"--out": out})
@@ -148,12 +152,19 @@ def _named_out(out: str) -> str:
 @contextlib.contextmanager
 def _removed_on_failure(out: Path) -> Iterator[None]:
     """A store this run creates (and its ``OUT.all`` staging store of detection crops) is removed if the run
-    fails (an existing partial store is kept: its finished chunks are valid and a re-run resumes them). A
-    killed or interrupted run (SIGKILL, Ctrl-C) leaves it to resume."""
-    from posecal.models.store import StoreLockedError
+    fails (an existing partial store is kept: its finished chunks are valid and a re-run resumes them; an
+    existing empty folder is emptied again). A killed or interrupted run (SIGKILL, Ctrl-C) leaves it to resume."""
+    from posecal.models.store import LOCK_NAME, StoreLockedError
+
+    def empty_dir(p: Path) -> bool:  # an empty folder given as --out (a lock file aside) is the run's to fill
+        try:
+            return p.is_dir() and not p.is_symlink() and all(c.name == LOCK_NAME for c in p.iterdir())
+        except OSError:
+            return False
 
     stage = out.with_name(out.name + ".all")
     fresh, fresh_stage = not out.exists(), not stage.exists()
+    emptied = [p for p in (out, stage) if empty_dir(p)]
     try:
         yield
     except StoreLockedError:
@@ -162,6 +173,12 @@ def _removed_on_failure(out: Path) -> Iterator[None]:
         for path, new in ((out, fresh), (stage, fresh_stage)):
             if new and path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
+        for path in emptied:  # left as empty as it was found (the folder itself is the user's)
+            for child in path.iterdir() if path.is_dir() else ():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
         raise
 
 

@@ -50,6 +50,9 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
         ws, rank = env["WORLD_SIZE"], env["RANK"]
         if ws > MAX_SHARDS:
             raise PosecalInputError(f"{ws} shards; at most {MAX_SHARDS:,}", field="WORLD_SIZE")
+        if ws > 1 and not 0 <= rank < ws:  # refused here, before the model runs, naming the variable
+            raise PosecalInputError(f"rank {rank} is not one of 0..{ws - 1} (WORLD_SIZE {ws}); or give --shard i/n",
+                                    field="RANK")
         return (rank, ws) if ws > 1 else (0, 1)
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
     if not m or not int(m.group(1)) < int(m.group(2)):
@@ -564,14 +567,21 @@ def _card_padding(card: dict[str, Any] | None) -> float:
     return float(((card or {}).get("crop") or {}).get("padding", 1.25))
 
 
-def _finished_store(out: str | os.PathLike, settings: dict[str, Any]) -> Any:
+def _finished_store(out: str | os.PathLike, settings: dict[str, Any], post: dict[str, Any] | None = None) -> Any:
     """A detection store finished earlier (its OKS-NMS done) with the same ``settings``, verified; a store
-    written with other settings is refused, naming what differs."""
+    written with other settings is refused, naming what differs. ``post``: the OKS-NMS threshold, the
+    ``max_per_image`` cut and the chunk size of this run, which the store must have been reduced and written
+    with too (``oks_nms.thr``, ``oks_nms.max_per_image``, ``chunk_size``)."""
     from posecal.models.store import FeatureStore, describe_settings_diff, settings_diff
 
     done = FeatureStore.open(out)
     same = {k: v for k, v in done.meta.items() if k not in _META_BOOKKEEPING and k != "oks_nms"}
     mine = orjson.loads(dumps_json(settings))
+    if post is not None:  # what OKS-NMS kept is fixed by its threshold and cut: compare them too
+        nms = done.meta.get("oks_nms") if isinstance(done.meta.get("oks_nms"), dict) else {}
+        same.update({"oks_nms.thr": nms.get("thr"), "oks_nms.max_per_image": nms.get("max_per_image"),
+                     "chunk_size": done.meta.get("chunk_size")})
+        mine.update(orjson.loads(dumps_json(post)))
     keys = settings_diff(same, mine)  # the images folder compared by real path, not by spelling
     if keys:
         raise PosecalInputError("existing store was written with different settings ("
@@ -637,7 +647,9 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
         settings[MERGE_POST] = {"thr": oks_nms_thr, "max_per_image": max_per_image}
     nms = post and shard[1] == 1
     if nms and (Path(out) / "meta.json").is_file():  # finished earlier: the same settings return it as it is
-        return _finished_store(out, settings)
+        return _finished_store(out, settings, {
+            "oks_nms.thr": None if oks_nms_thr is None else float(oks_nms_thr),
+            "oks_nms.max_per_image": max_per_image, "chunk_size": int(chunk_size)})
     stage = Path(out).with_name(Path(out).name + ".all") if nms else out
     writer = StoreWriter(stage, num_instances=len(insts) * plan.n_copies, chunk_size=chunk_size,
                          settings=settings, shard=shard)

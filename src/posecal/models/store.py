@@ -790,7 +790,26 @@ def _shard_index(s: Path) -> dict[str, Any]:
     if not (isinstance(ix.get("shard"), list) and len(ix["shard"]) == 2 and isinstance(ix.get("chunks"), list)
             and isinstance(ix.get("arrays"), dict)):
         raise PosecalInputError("corrupt shard index", file=str(ip))
+
+    def count(v: Any, low: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    i, n = ix["shard"]
+    for field, ok in (("shard", count(i, 0) and count(n, 1) and i < n),
+                      ("num_instances", count(ix.get("num_instances"), 0)),
+                      ("chunk_size", count(ix.get("chunk_size"), 1)),
+                      ("chunks", all(count(j, 0) for j in ix["chunks"]))):
+        if not ok:
+            raise PosecalInputError("corrupt shard index (edited?); re-run the shard", file=str(ip), field=field)
     return ix
+
+
+def _shard_marker(s: Path) -> Any:
+    """A shard's ``shard.json`` (what :meth:`StoreWriter.finalize` writes last), or None when absent/unreadable."""
+    try:
+        return orjson.loads((s / "shard.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
 
 
 def _copy_chunk(s: Path, outp: Path, j: int, arrays: dict[str, Any], want: dict[str, str],
@@ -829,6 +848,34 @@ def _gt_keypoint_category(gt_b: bytes | None) -> int:
     return keypoint_category(gt_d) if isinstance(gt_d, dict) else 1
 
 
+def _describe_shard_diff(a: Any, b: Any, keys: list[str]) -> str:
+    """``'pooling ("heatmap" there, "gap" here), ...'``: the settings (:func:`settings_diff` keys) in which a
+    shard differs from the first one."""
+    if not keys or not isinstance(a, dict) or not isinstance(b, dict):
+        return "settings (corrupt index.json?)"
+
+    def short(v: Any) -> str:
+        t = "absent" if v is _ABSENT else dumps_json(v).decode()
+        return t if len(t) <= 60 else t[:57] + "..."
+
+    return ", ".join(f"{k} ({short(a.get(k, _ABSENT))} there, {short(b.get(k, _ABSENT))} here)" for k in keys)
+
+
+def _shards_gt(shards: list[Path]) -> bytes | None:
+    """The shards' gt.json bytes (the same in every shard, or in none), else an error naming the shard."""
+    gts = []
+    for s in shards:
+        try:
+            gts.append((s / "gt.json").read_bytes() if (s / "gt.json").exists() else None)
+        except OSError as e:
+            raise PosecalInputError(f"cannot read gt.json: {e.strerror}", file=str(s / "gt.json")) from None
+    for s, g in zip(shards[1:], gts[1:], strict=True):
+        if g != gts[0]:
+            raise PosecalInputError(f"gt.json differs from {shards[0]}'s (edited or missing?); re-run the shard",
+                                    file=str(s), field="gt.json")
+    return gts[0]
+
+
 def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
                  category_id: int | None = None, move: bool = False) -> FeatureStore:
     """Combine shard stores (from ``StoreWriter(..., shard=(i, n))``) into one finished store at ``out``.
@@ -844,14 +891,34 @@ def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
     ref = idxs[0]
     n = ref["shard"][1]
     for s, ix in zip(shards, idxs, strict=True):
-        for key in ("fingerprint", "num_instances", "chunk_size"):
+        if ix.get("fingerprint") != ref.get("fingerprint"):
+            # the settings that differ, named as a resume names them; the same settings spelled differently
+            # (the images folder relative in one shard, absolute in another) merge like a resumed store
+            keys = settings_diff(ref.get("settings"), ix.get("settings") if isinstance(ix.get("settings"), dict)
+                                 else {})
+            if keys or not isinstance(ix.get("fingerprint"), str) \
+                    or ix["fingerprint"] != _fingerprint(ix.get("settings")):
+                raise PosecalInputError(f"shard was written with other settings than {shards[0]}: "
+                                        f"{_describe_shard_diff(ref.get('settings'), ix.get('settings'), keys)}",
+                                        file=str(s), field=keys[0] if len(keys) == 1 else "settings")
+        for key in ("num_instances", "chunk_size"):
             if ix.get(key) != ref.get(key):
                 raise PosecalInputError(f"shard differs from {shards[0]} in {key}", file=str(s), field=key)
         if ix["shard"][1] != n:
             raise PosecalInputError(f"shard count {ix['shard'][1]} != {n}", file=str(s), field="shard")
-    seen = sorted(ix["shard"][0] for ix in idxs)
+    by_i: dict[Any, Path] = {}
+    for s, ix in zip(shards, idxs, strict=True):
+        i = ix["shard"][0]
+        if i in by_i:
+            raise PosecalInputError(f"shard {i}/{n} given twice (also {by_i[i]})", file=str(s), field="shard")
+        by_i[i] = s
+    seen = sorted(by_i, key=str)
     if seen != list(range(n)):
-        raise PosecalInputError(f"need shards 0..{n - 1} exactly once, got {seen}", field="shards")
+        missing = [i for i in range(n) if i not in by_i]
+        more = ", ..." if len(missing) > 5 else ""
+        raise PosecalInputError(f"need shards 0..{n - 1} exactly once, got {seen}"
+                                + (f" (missing: {', '.join(map(str, missing[:5]))}{more})" if missing else ""),
+                                field="shards")
     num_chunks = -(-ref["num_instances"] // ref["chunk_size"])
     arrays = next((ix["arrays"] for ix in idxs if ix["arrays"]), {})
     for s, ix in zip(shards, idxs, strict=True):
@@ -862,9 +929,18 @@ def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
                                     "re-run it", file=str(s))
         if ix["arrays"] and ix["arrays"] != arrays:
             raise PosecalInputError("shards hold different arrays", file=str(s), field="arrays")
+        if n > 1 and _shard_marker(s) != {"shard": ix["shard"], "fingerprint": ix.get("fingerprint")}:
+            # finalize writes shard.json last (after gt.json): without it the run stopped before finishing
+            raise PosecalInputError(f"shard {i}/{n} is unfinished (no shard.json, or another one: its run was "
+                                    "interrupted); re-run it", file=str(s), field="shard.json")
+    gt_b = _shards_gt(shards)
     outp = Path(out)
     if outp.exists() and (not outp.is_dir() or any(outp.iterdir())):
-        raise PosecalInputError("merge output exists and is not empty", file=str(outp))
+        raise PosecalInputError("merge output exists and is not a folder" if not outp.is_dir() else
+                                "merge output exists and is not empty" + (
+                                    " (a finished store: use another --out or delete it)"
+                                    if (outp / "meta.json").is_file()
+                                    else " (an interrupted merge? delete it and merge again)"), file=str(outp))
     settings_src = ref["settings"]
     sums: dict[int, dict[str, str]] = {}
     outp.mkdir(parents=True, exist_ok=True)
@@ -881,7 +957,6 @@ def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
             "checksums": {f"{j:06d}": sums[j] for j in range(num_chunks)},
         }
         write_json_atomic(outp / "index.json", index)
-        gt_b = next(((s / "gt.json").read_bytes() for s in shards if (s / "gt.json").is_file()), None)
         if category_id is None:  # the data's keypoint category, not COCO's person 1 (extract's own choice)
             category_id = _gt_keypoint_category(gt_b)
         return _finish(outp, settings_src, index, gt_b, category_id)
