@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from posecal._util import dumps_json
     from posecal.demo import SIM_BANNER, format_table, run_lsp, run_simulation
 
+    if args.lsp is not None and not args.lsp.strip():  # else LSP_DIR '' is the current folder
+        raise PosecalInputError("empty path", field="--lsp")
     if args.lsp is None and args.model is not None:
         raise PosecalInputError("--model needs --lsp DIR (without both: the simulation demo)", field="--lsp")
     from posecal._outputs import check_creatable, refuse_clobber

@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from posecal.metrics.cocoeval import with_oks_area
     from posecal.rescore import Rescorer, get_rescorer
 
+    _check_empty(args)
     _check_outputs(args)
     _check_flags(args)
     if args.pred is None and args.store is None:
@@ -176,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
                 fpred = load_results(args.fit_pred, fgt)
             r.fit(fpred, fgt)
             fitted_on = _skeleton(fpred, fgt)
+            _warn_skeleton(args.fit_pred, fitted_on["num_keypoints"], fitted_on["keypoint_set"], pred, gt)
         elif r.needs_fit:
             raise PosecalInputError(
                 f"{args.method} needs --fit-gt/--fit-pred or --calibrator", None, None, "--fit-gt"
@@ -240,6 +242,16 @@ def _skeleton(pred: Any, gt: Any) -> dict[str, Any]:
     return {"num_keypoints": int(pred.keypoints.shape[1]), "keypoint_set": ks.name if ks is not None else None}
 
 
+def _check_empty(args: argparse.Namespace) -> None:
+    """A flag given an empty value is refused: ``if args.calibrator`` would read ``--calibrator ''`` as not
+    given (and ``--save-calibrator ''`` would silently save nothing)."""
+    for flag in ("calibrator", "save_calibrator", "fit_gt", "fit_pred", "keypoint_set"):
+        v = getattr(args, flag)
+        if v is not None and not v.strip():
+            raise PosecalInputError("empty value" if flag == "keypoint_set" else "empty path", None, None,
+                                    "--" + flag.replace("_", "-"))
+
+
 def _check_flags(args: argparse.Namespace) -> None:
     """Flag combinations that cannot mean what they say, refused before anything is read."""
     from posecal.rescore import rescorer_class
@@ -274,13 +286,19 @@ def _check_skeleton(path: str, pred: Any, gt: Any) -> None:
     if type(k) is not int or k < 1 or not (name is None or isinstance(name, str)):
         raise PosecalInputError('expected {"num_keypoints": K >= 1, "keypoint_set": NAME or null}', path, None,
                                 "fitted_on")
+    _warn_skeleton(path, k, name, pred, gt)
+
+
+def _warn_skeleton(path: str, k: int, name: str | None, pred: Any, gt: Any) -> None:
+    """Warn when a calibrator fitted on ``k`` keypoints (of the named set) is applied to ``pred`` of another
+    keypoint count or named set: a loaded ``--calibrator`` and one fitted here on ``--fit-gt/--fit-pred``."""
     K = int(pred.keypoints.shape[1])
     ks = getattr(gt, "keypoint_set", None) if gt is not None else None
     here = ks.name if ks is not None and ks.num_keypoints == K else None
     if k != K or (name is not None and here is not None and name != here):
         warnings.warn(f"{path}: calibrator fitted on {k} keypoints{f' ({name})' if name else ''}, applied to "
                       f"{K}{f' ({here})' if here else ''}: its score-to-OKS map was learned on other joints",
-                      PosecalWarning, stacklevel=2)
+                      PosecalWarning, stacklevel=3)
 
 
 def _check_calibrator_options(args: argparse.Namespace, r: Any) -> None:

@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     o.add_argument("--out", required=True, help="output directory (occlusion.png, occlusion.json)")
     o.add_argument("--radii", type=nonneg_float, nargs="+", default=None, help="radii in input px (default 0..64)")
     o.add_argument("--limit", type=nonneg_int, default=100, help="at most N instances (0: all)")
-    o.add_argument("--blur-sigma", type=nonneg_float, default=6.0, help="Gaussian blur sigma, input px")
+    o.add_argument("--blur-sigma", type=nonneg_float, default=6.0, help="Gaussian blur sigma, input px (at most 1e6)")
     o.add_argument("--model-card", default=None, help="model card JSON (default: built-in card by SHA-256)")
     o.add_argument("--threads", type=threads, default=None)
     o.add_argument("--json", action="store_true", help="print the result JSON on stdout")
@@ -70,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
     from posecal.ccnet.export import make_shareable
 
     out = Path(args.out)
+    if args.study == "occlusion" and args.model_card is not None and not args.model_card.strip():
+        from posecal.errors import PosecalInputError
+
+        raise PosecalInputError("empty path", field="--model-card")  # else read as the folder '.'
     if args.study == "occlusion":
         ins = {"--model": args.model, "--data": args.data, "--images": args.images, "--head": args.head,
                "--model-card": args.model_card}

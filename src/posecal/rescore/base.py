@@ -331,14 +331,17 @@ _STRING_PARAMS = ("area", "model", "aggregate", "mode")
 
 def _check_calibrator_values(params: dict, state: dict, file: str | None) -> None:
     """Values of a calibrator JSON: strings where names belong, finite numbers (never booleans or numeric
-    strings) or flat lists of them elsewhere."""
+    strings) or flat lists of them elsewhere; null only for ``params.sigmas`` and unfitted state (a null
+    ``target_sigma`` was a bare ``float()`` TypeError naming no field)."""
 
     def num(v: object) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
 
     for where, d in (("params", params), ("state", state)):
         for k, v in d.items():
-            ok = (v is None or num(v) or (isinstance(v, str) and where == "params" and k in _STRING_PARAMS)
+            null_ok = where == "state" or k == "sigmas"
+            ok = ((v is None and null_ok) or num(v)
+                  or (isinstance(v, str) and where == "params" and k in _STRING_PARAMS)
                   or (isinstance(v, list) and all(num(x) for x in v)))
             if not ok:
                 raise PosecalInputError(f"bad value {str(v)[:40]!r}", file, None, f"{where}.{k}")

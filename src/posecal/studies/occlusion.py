@@ -38,6 +38,7 @@ __all__ = ["DEFAULT_RADII", "MODES", "StudyInstances", "StudyModel", "occlusion_
 
 DEFAULT_RADII = (0, 8, 16, 24, 32, 48, 64)
 MODES = ("occluder", "blur")
+MAX_BLUR_SIGMA = 1e6  # input px; PIL's GaussianBlur refuses radii past ~1e11
 
 
 def _disc(shape: tuple[int, int], center: np.ndarray, r: float) -> np.ndarray:
@@ -111,6 +112,9 @@ def select_instances(data: str | os.PathLike | dict, joint: str, radii: Sequence
     radii = [float(r) for r in radii]
     if not radii or min(radii) < 0:
         raise PosecalInputError("radii must be >= 0", field="--radii")
+    if not np.isfinite(max(radii) * max(radii)):  # the disc test squares r (and the plot's axis overflows)
+        raise PosecalInputError(f"radius {max(radii):g} input px is too large (its square overflows; a radius "
+                                "beyond the crop's diagonal already covers the whole crop)", field="--radii")
     insts = [i for i in instances(d, file=file) if i.keypoints[j, 2] == 2]
     if limit is not None:
         insts = insts[:limit]
@@ -265,6 +269,9 @@ def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, im
     from posecal.models.crop import apply_affine
     from posecal.studies._common import crop_instances
 
+    if not (0 <= blur_sigma <= MAX_BLUR_SIGMA):  # PIL's Gaussian blur fails beyond ~1e11 px
+        raise PosecalInputError(f"must be in [0, {MAX_BLUR_SIGMA:g}] input px (a blur much wider than the crop "
+                                f"already averages it whole), got {blur_sigma:g}", field="--blur-sigma")
     sel = select_instances(data, joint, radii, limit)
     m = open_model(model, head, sel, threads, model_card=model_card, input_size=input_size)
     insts, j, ks = sel.insts, sel.j, sel.ks
