@@ -117,3 +117,13 @@ def test_a_null_calibrator_parameter_is_named(world):  # noqa: F811
         for k in ("keypoint_score_thr", "target_sigma" if method == "closed-form" else "min_score"):
             bad = _write(d / "bad.json", {**obj, "params": {**obj["params"], k: None}})
             _refused(base + ["--method", method, "--calibrator", bad], "bad.json", f"'params.{k}'")
+
+
+def test_demo_lsp_with_a_model_lacking_lsp_joints_names_the_model(shared, tmp_path):
+    """Before: after converting LSP, extract refused the internal '.D.partial/work/lsp_train.json' and suggested
+    --allow-missing-joints, which demo does not have. Now one line names --model and the joints, before anything
+    is written."""
+    model = shared("models", "movenet", "movenet-thunder.onnx")
+    rc, _, err = _run(["demo", "--lsp", shared("data", "lsp"), "--model", model, "--out", tmp_path / "D"])
+    _one_error(rc, err, "field '--model'", "movenet-thunder.onnx has no joint for LSP's neck, head_top")
+    assert "partial" not in err and not (tmp_path / "D").exists()

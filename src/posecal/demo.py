@@ -181,6 +181,20 @@ def run_simulation(out: Path, *, n_train: int = 4000, n_test: int = 2000, seed: 
                            "ccnet": cfg.to_dict(), "closed_form": "ClosedFormRescorer(area='pred')"}}
 
 
+def _check_lsp_joints(adapter: Any, model: Path) -> None:
+    """The model predicts every LSP-14 joint (by name: MPII-16 models such as EfficientPose do; COCO-17 models lack
+    head top and neck), else one line naming ``--model`` and the missing joints, before anything is written."""
+    from posecal.keypoints import LSP14
+    from posecal.models.adapters.joints import joint_map
+
+    missing = [n for n, j in zip(LSP14.names, joint_map(adapter.joint_names, LSP14.names, allow_missing=True),
+                                 strict=True) if j < 0]
+    if missing:
+        raise PosecalInputError(f"{model.name} has no joint for LSP's {', '.join(missing)}: demo --lsp needs a model "
+                                "that predicts LSP's 14 joints (an MPII-16 model such as EfficientPose); for other "
+                                "models run convert / extract / fit / apply (README)", file=str(model), field="--model")
+
+
 def run_lsp(lsp: Path, model: Path, out: Path, *, augment: int = 0, steps: int | None = None, seed: int = 0,
             threads: int | None = None, show_progress: bool | None = None) -> dict[str, Any]:
     """Real LSP demo (see the module docstring); returns the JSON document (``table`` rows).
@@ -210,6 +224,7 @@ def run_lsp(lsp: Path, model: Path, out: Path, *, augment: int = 0, steps: int |
     if threads:
         torch.set_num_threads(threads)
     adapter = load_adapter(model, num_threads=threads)  # a bad model fails before anything is written
+    _check_lsp_joints(adapter, model)
     work = out / "work"
     st = Stages(["convert LSP", "extract train", "extract test", "evaluate before", "closed-form",
                  "fit CCNet", "apply CCNet", "evaluate after"], show_progress)
