@@ -191,3 +191,20 @@ def test_merge_into_the_leftovers_of_an_interrupted_merge_says_so(tmp_path):
     (tmp_path / "m" / ".lock").touch()
     rc, _, err = _run(["extract", "--merge", "--out", tmp_path / "m"])
     _one_error(rc, err, "m: merge output exists and is not empty (an interrupted merge? delete it")
+
+
+def test_merge_says_which_given_options_it_ignores(tmp_path):
+    """Before: `extract --merge --out X --pooling gap --flip` merged the shards as they were, silently."""
+    ref = _single(tmp_path / "ref")
+    for i in range(2):
+        _shard(tmp_path / f"st.shard-{i}-of-2", i, 2)
+    rc, _, err = _run(["extract", "--merge", "--out", tmp_path / "st", "--pooling", "gap", "--flip",
+                       "--chunk-size", "3"])
+    assert rc == 0, err
+    warned = [ln for ln in err.splitlines() if "ignored with --merge" in ln]
+    assert len(warned) == 1 and "--pooling, --flip, --chunk-size: ignored with --merge" in warned[0], err
+    assert _files(tmp_path / "st") == _files(ref)
+    for i in range(2):
+        _shard(tmp_path / f"s2.shard-{i}-of-2", i, 2)
+    rc, _, err = _run(["extract", "--merge", "--out", tmp_path / "s2", "--json"])
+    assert rc == 0 and "ignored" not in err, err

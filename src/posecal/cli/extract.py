@@ -19,13 +19,14 @@ import glob
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from posecal._util import dumps_json
 from posecal.cli._args import nonneg_int, positive_float, positive_int, threads, unit_float
-from posecal.errors import PosecalInputError
+from posecal.errors import PosecalInputError, PosecalWarning
 from posecal.models.adapters.pooling import POOLINGS
 from posecal.models.extract import extract, parse_shard, shard_dir
 
@@ -77,7 +78,22 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--threads", type=threads, default=None)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(_option_defaults={a.dest: a.default for a in p._actions if a.option_strings})
     return p
+
+
+_MERGE_READS = {"out", "merge", "json", "help"}  # what --merge uses; the shards carry every other setting
+
+
+def _warn_ignored_by_merge(args: argparse.Namespace) -> None:
+    """One warning naming the options given with ``--merge`` that it does not use (the merged store keeps the
+    settings its shards were extracted with)."""
+    defaults = getattr(args, "_option_defaults", {})
+    given = [d for d, v in defaults.items() if d not in _MERGE_READS and getattr(args, d, v) != v]
+    if given:
+        flags = ", ".join("--" + d.replace("_", "-") for d in given)
+        warnings.warn(f"{flags}: ignored with --merge (the merged store keeps the settings its shards were "
+                      "extracted with)", PosecalWarning, stacklevel=2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -87,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     args.out = _named_out(args.out)
     if args.merge:
+        _warn_ignored_by_merge(args)
         out = Path(args.out)
         # OUT.shard-<i>-of-<n> folders only: not a log or backup beside them (OUT.shard-0-of-2.log, ...bak)
         shards = sorted(p for p in out.parent.glob(glob.escape(out.name) + ".shard-*-of-*")
