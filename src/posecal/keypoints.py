@@ -132,13 +132,16 @@ COCO_WHOLEBODY133 = _make(
     "coco_wholebody133", _WB_NAMES, _S_BODY + _S_FOOT + _S_FACE + _S_HAND + _S_HAND, _WB_PARTS
 )
 
-# --- MPII-16 (MMPose order); COCO sigmas borrowed ---------------------------------------------
-# hip->pelvis .107, shoulder->thorax and upper neck .079, nose->head top .026.
+# --- MPII-16 (MMPose order); the sigmas of MMPose's mpii / mhp metainfo ------------------------------
+# (configs/_base_/datasets/mpii.py, mhp.py: MHP, the one COCO-AP evaluation of these joints, uses them; note
+# its 0.026 for pelvis, thorax and upper neck and 0.179 for the shoulders). Until 2026-12-03 posecal borrowed
+# COCO's sigmas instead (hip->pelvis .107, shoulder->thorax and upper neck .079, nose->head top .026), which
+# made `posecal evaluate` on an MHP-style file differ from MMPose's numbers.
 _MPII = (
-    ("right_ankle", 0.089), ("right_knee", 0.087), ("right_hip", 0.107), ("left_hip", 0.107),
-    ("left_knee", 0.087), ("left_ankle", 0.089), ("pelvis", 0.107), ("thorax", 0.079),
-    ("upper_neck", 0.079), ("head_top", 0.026), ("right_wrist", 0.062), ("right_elbow", 0.072),
-    ("right_shoulder", 0.079), ("left_shoulder", 0.079), ("left_elbow", 0.072), ("left_wrist", 0.062),
+    ("right_ankle", 0.089), ("right_knee", 0.083), ("right_hip", 0.107), ("left_hip", 0.107),
+    ("left_knee", 0.083), ("left_ankle", 0.089), ("pelvis", 0.026), ("thorax", 0.026),
+    ("upper_neck", 0.026), ("head_top", 0.026), ("right_wrist", 0.062), ("right_elbow", 0.072),
+    ("right_shoulder", 0.179), ("left_shoulder", 0.179), ("left_elbow", 0.072), ("left_wrist", 0.062),
 )  # fmt: skip
 MPII16 = _make("mpii16", [n for n, _ in _MPII], [s for _, s in _MPII])
 
@@ -165,8 +168,31 @@ KEYPOINT_SETS: dict[str, KeypointSet] = {
     s.name: s for s in (COCO17, COCO_WHOLEBODY133, MPII16, LSP14, CROWDPOSE14)
 }
 
+# --- COCO-style evaluation sets of MMPose's dataset metainfo (configs/_base_/datasets/*.py) ----------------
+# Used by the COCO keypoint evaluator only (not in KEYPOINT_SETS: joint mapping, extraction and the keypoint
+# count lookup are unchanged). MMPose evaluates these datasets with xtcocotools' COCOeval and these sigmas.
+_AIC_NAMES = (
+    "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist",
+    "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle", "head_top", "neck",
+)  # fmt: skip
+_AIC_SIGMAS = [0.01388152, 0.01515228, 0.01057665, 0.01417709, 0.01497891, 0.01402144, 0.03909642, 0.03686941,
+               0.01981803, 0.03843971, 0.03412318, 0.02415081, 0.01291456, 0.01236173]  # fmt: skip
+#: AI Challenger (MMPose aic.py; its AIC configs evaluate with use_area=False)
+AIC14 = _make("aic14", _AIC_NAMES, _AIC_SIGMAS)
+_HALPE_NAMES = (_COCO_NAMES + ("head", "neck", "hip", "left_big_toe", "right_big_toe", "left_small_toe",
+                               "right_small_toe", "left_heel", "right_heel") + _WB_FACE
+                + tuple(f"left_{n}" for n in ("hand_root",) + tuple(f"{f}{j}" for f in
+                        ("thumb", "forefinger", "middle_finger", "ring_finger", "pinky_finger") for j in range(1, 5)))
+                + tuple(f"right_{n}" for n in ("hand_root",) + tuple(f"{f}{j}" for f in
+                        ("thumb", "forefinger", "middle_finger", "ring_finger", "pinky_finger") for j in range(1, 5))))
+#: Halpe-FullBody 136 (MMPose halpe.py, from halpecocotools)
+HALPE136 = _make("halpe136", _HALPE_NAMES, _S_BODY + [0.08, 0.08, 0.08] + [0.089] * 6 + [0.015] * 110)
+#: MMPose's evaluation sets, by name
+MMPOSE_EVAL_SETS: dict[str, KeypointSet] = {s.name: s for s in (AIC14, HALPE136)}
+
 _ALIASES = {"coco": "coco17", "wholebody": "coco_wholebody133", "coco_wholebody": "coco_wholebody133",
-            "mpii": "mpii16", "lsp": "lsp14", "crowdpose": "crowdpose14"}  # fmt: skip
+            "mpii": "mpii16", "lsp": "lsp14", "crowdpose": "crowdpose14", "aic": "aic14", "halpe": "halpe136",
+            "mhp": "mpii16"}  # fmt: skip
 
 
 def _norm(name: str) -> str:
@@ -176,8 +202,11 @@ def _norm(name: str) -> str:
 def get_keypoint_set(name: str) -> KeypointSet:
     """Look a set up by name or alias (``"coco"``, ``"lsp14"``...). Raises KeyError listing known names."""
     key = _ALIASES.get(name.lower(), name.lower())
+    if key in MMPOSE_EVAL_SETS:
+        return MMPOSE_EVAL_SETS[key]
     if key not in KEYPOINT_SETS:
-        raise KeyError(f"unknown keypoint set {name!r}; known: {', '.join(sorted(KEYPOINT_SETS))}")
+        known = sorted(KEYPOINT_SETS) + sorted(MMPOSE_EVAL_SETS)
+        raise KeyError(f"unknown keypoint set {name!r}; known: {', '.join(known)}")
     return KEYPOINT_SETS[key]
 
 

@@ -661,15 +661,36 @@ def _gt_keypoints(anns: list, cats: list, fast_kp: np.ndarray | None, file: str 
             parts.append(_flat_array(_column(anns, fld, file, "annotation"), 3 * k, file, fld,
                                      rec_ids, key=fld).reshape(G, k, 3))
         return np.concatenate(parts, axis=1), COCO_WHOLEBODY133, True
-    if partition or names is None:
+    if partition:
         return kps, keypoint_set_for_count(K), False
+    if names is None:
+        return kps, keypoint_set_for_count(K) or _unnamed_mmpose_set(K, file), False
     return kps, _named_set(names, file), False
+
+
+def _unnamed_mmpose_set(K: int, file: str | None) -> KeypointSet | None:
+    """No keypoint names (Halpe's ``"keypoints": []``): the MMPose dataset with that many keypoints, when only
+    one has it (136: Halpe-FullBody), with a warning."""
+    from posecal.keypoints import HALPE136
+
+    if K != HALPE136.num_keypoints:
+        return None
+    warnings.warn(f"{file or 'ground truth'}: categories[0] names no keypoints; 136 keypoints: Halpe-FullBody, "
+                  "OKS sigmas of MMPose's halpe metainfo (give --sigmas otherwise)", PosecalWarning, stacklevel=5)
+    return HALPE136
 
 
 def _named_set(names: list[str], file: str | None) -> KeypointSet | None:
     """The keypoint set of ``categories[0].keypoints``; 17 names of no known set: COCO-17 (pycocotools' and
     xtcocotools' default sigmas are COCO's whatever the names), with a warning."""
     kset = find_keypoint_set(names)
+    if kset is None:
+        from posecal.keypoints import AIC14
+
+        if [n.strip().lower().replace(" ", "_").replace("-", "_") for n in names] == list(AIC14.names):
+            warnings.warn(f"{file or 'ground truth'}: AI Challenger keypoints: OKS sigmas of MMPose's aic metainfo "
+                          "(give --sigmas otherwise)", PosecalWarning, stacklevel=4)
+            return AIC14
     if kset is None and len(names) == 17:
         warnings.warn(f"{file or 'ground truth'}: the keypoint names of categories[0] match no known keypoint "
                       "set; 17 keypoints: COCO-17 sigmas, as pycocotools uses (give --sigmas otherwise)",

@@ -539,8 +539,10 @@ def _detection_flags(res: CocoResults, g: _GtPrep, d: _DetPrep, mt: _Matches, st
     if mt.det.size:
         real = g.ann_id[mt.gt] != 0 if st.zero_id_quirk else np.ones(mt.det.size, dtype=bool)
         if warn and not real.all():
-            warnings.warn("a ground-truth annotation with id 0 was matched; pycocotools counts such a match "
-                          "as a false positive (reproduced here)", PosecalWarning, stacklevel=4)
+            ref = "crowdposetools" if st.flavor == "crowdpose" else "pycocotools"
+            warnings.warn(f"a ground-truth annotation with id 0 was matched; {ref} counts such a match as a false "
+                          "positive (reproduced here); xtcocotools (MMPose; --flavor xtcocotools) counts it as a "
+                          "true positive", PosecalWarning, stacklevel=4)
         ig = g.ignore_a[a_of_c[mt.combo], mt.gt] | (~real & d_ig[mt.combo, mt.det])
         d_ig[mt.combo, mt.det] = ig
         tp[mt.combo, mt.det] = real & ~ig
@@ -1013,5 +1015,12 @@ def evaluate_dataset(gt: CocoGroundTruth | str | dict, res: CocoResults | str | 
                                  notes)
     # a CrowdPose file under xtcocotools: its 'keypoints_crowd' (MMPose's CrowdPose metric), crowd levels too
     crowd = flavor == "crowdpose" or (flavor == "xtcocotools" and gt.crowd_index is not None)
+    if flavor == "crowdpose" and len(res):
+        n0 = int(np.count_nonzero(~(res.keypoints[:, :, 2] > 0).any(axis=1)))
+        if n0:
+            warnings.warn(f"{res.path or 'results'}: {n0} detection{'s' if n0 > 1 else ''} with every keypoint "
+                          "score 0: crowdposetools keeps them (reproduced here); MMPose's CrowdPose metric "
+                          "(xtcocotools keypoints_crowd; --flavor xtcocotools) drops them", PosecalWarning,
+                          stacklevel=2)
     result = evaluate(gt, res, sigmas=sigmas, use_area=use_area, flavor=flavor, crowd_levels=crowd)
     return DatasetEvaluation(result, {}, use_area, flavor, notes)
