@@ -193,23 +193,35 @@ def _check_normalisation(inp: dict, file: str | None) -> None:
 
 
 def _check_pose(card: dict, file: str | None) -> None:
+    """A pose card's fields after ``input``: keypoints, output, tensors, crop, target sigma, backend kind, ccnet."""
+    _check_keypoints(card.get("keypoints"), file)
+    out = _check_output(card, file)
+    _check_tensors_and_crop(card, file)
+    _check_ccnet(card, out, file)
+
+
+def _check_keypoints(kp: Any, file: str | None) -> None:
+    """``keypoints``: a known set's name (or ``blazepose33``), or a list of distinct joint names."""
     from posecal.keypoints import get_keypoint_set
 
-    kp = card.get("keypoints")
     if isinstance(kp, str):
         if kp != "blazepose33":
             try:
                 get_keypoint_set(kp)
             except KeyError as e:
                 raise PosecalInputError(str(e), file=file, field="keypoints") from None
-    elif not (isinstance(kp, list) and kp and all(isinstance(n, str) and n for n in kp)):
+        return
+    if not (isinstance(kp, list) and kp and all(isinstance(n, str) and n for n in kp)):
         raise PosecalInputError("must be a keypoint-set name or a list of joint names", file=file,
                                 field="keypoints")
-    else:
-        dup = next((n for i, n in enumerate(kp) if n in kp[:i]), None)
-        if dup is not None:
-            raise PosecalInputError(f"joint name {dup!r:.40} is listed twice: one name per output channel",
-                                    file=file, field="keypoints")
+    dup = next((n for i, n in enumerate(kp) if n in kp[:i]), None)
+    if dup is not None:
+        raise PosecalInputError(f"joint name {dup!r:.40} is listed twice: one name per output channel",
+                                file=file, field="keypoints")
+
+
+def _check_output(card: dict, file: str | None) -> dict:
+    """``output``: heatmaps (with a layout) or coordinates (with an order); boolean flags are booleans."""
     out = _need(card, "output", dict, file)
     if out.get("type") not in ("heatmaps", "coordinates"):
         raise PosecalInputError("must be 'heatmaps' or 'coordinates'", file=file, field="output.type")
@@ -221,6 +233,12 @@ def _check_pose(card: dict, file: str | None) -> None:
     for key in ("subpixel", "normalised"):  # a string "false" would read as true
         if key in out and not isinstance(out[key], bool):
             raise PosecalInputError(f"must be true or false, got {out[key]!r:.40}", file=file, field=f"output.{key}")
+    return out
+
+
+def _check_tensors_and_crop(card: dict, file: str | None) -> None:
+    """``heatmaps`` / ``features`` (null or a named tensor with a layout), ``crop``, ``target_sigma`` and
+    ``backend_kind``."""
     for key in ("heatmaps", "features"):
         t = card.get(key)
         if t is None:
@@ -239,6 +257,10 @@ def _check_pose(card: dict, file: str | None) -> None:
     if bk is not None and bk not in _BACKEND_KINDS:
         raise PosecalInputError(f"must be one of {_BACKEND_KINDS} (a TFLite model's kind) or absent, got {bk!r:.40}",
                                 file=file, field="backend_kind")
+
+
+def _check_ccnet(card: dict, out: dict, file: str | None) -> None:
+    """``ccnet``: null or {pooling: gap|heatmap|spatial, evidence: true|false}; heatmap pooling needs heatmaps."""
     cc = card.get("ccnet")
     if cc is None:
         return

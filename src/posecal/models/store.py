@@ -188,31 +188,7 @@ def _dict(obj: Any, file: Path, what: str) -> dict[str, Any]:
 
 def _check_layout(meta: dict[str, Any], index: dict[str, Any], p: Path) -> None:
     """meta.json and index.json of a finished store agree and are well-formed (an edited index is refused)."""
-    for key in ("num_instances", "chunk_size"):
-        v = meta.get(key)
-        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key == "num_instances" else 1):
-            raise PosecalInputError(f"bad {key} {v!r}", file=str(p / "meta.json"), field=key)
-    arrays = meta.get("arrays")
-    if not isinstance(arrays, dict):
-        raise PosecalInputError("bad arrays", file=str(p / "meta.json"), field="arrays")
-    for name, info in arrays.items():
-        ok = isinstance(info, dict) and isinstance(info.get("shape"), list) and all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in info["shape"])
-        try:
-            ok = ok and np.dtype(info["dtype"]).kind in "biuf"
-        except (TypeError, ValueError, KeyError):
-            ok = False
-        if not ok or not isinstance(name, str) or "/" in name or name.startswith("."):
-            raise PosecalInputError("bad array description", file=str(p / "meta.json"), field=str(name))
-    feature = meta.get("feature_array")  # what finalize writes: one of FEATURE_ARRAYS among the arrays, or null
-    if feature is not None and not (isinstance(feature, str) and feature in FEATURE_ARRAYS and feature in arrays):
-        have = [f for f in FEATURE_ARRAYS if f in arrays]
-        raise PosecalInputError(f"expected {' or '.join(map(repr, have)) or 'null'} (the store's feature array), got "
-                                f"{str(feature)[:60]!r} (edited?)", file=str(p / "meta.json"), field="feature_array")
-    files = meta.get("files")  # checksums of predictions.json / gt.json
-    if files is not None and not (isinstance(files, dict) and all(isinstance(h, str) for h in files.values())):
-        raise PosecalInputError(f"expected an object of file checksums, got {str(files)[:60]!r} (edited?)",
-                                file=str(p / "meta.json"), field="files")
+    _check_meta_fields(meta, p / "meta.json")
     n_chunks = -(-meta["num_instances"] // meta["chunk_size"])
     for key in ("fingerprint", "num_instances", "chunk_size", "arrays"):
         if index.get(key) != meta.get(key):
@@ -225,6 +201,35 @@ def _check_layout(meta: dict[str, Any], index: dict[str, Any], p: Path) -> None:
     if sums is not None and not (isinstance(sums, dict) and all(
             isinstance(v, dict) and all(isinstance(h, str) for h in v.values()) for v in sums.values())):
         raise PosecalInputError("bad checksums", file=str(p / "index.json"), field="checksums")
+
+
+def _check_meta_fields(meta: dict[str, Any], file: Path) -> None:
+    """meta.json's own fields: sizes, array descriptions, the feature array, file checksums."""
+    for key in ("num_instances", "chunk_size"):
+        v = meta.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key == "num_instances" else 1):
+            raise PosecalInputError(f"bad {key} {v!r}", file=str(file), field=key)
+    arrays = meta.get("arrays")
+    if not isinstance(arrays, dict):
+        raise PosecalInputError("bad arrays", file=str(file), field="arrays")
+    for name, info in arrays.items():
+        ok = isinstance(info, dict) and isinstance(info.get("shape"), list) and all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in info["shape"])
+        try:
+            ok = ok and np.dtype(info["dtype"]).kind in "biuf"
+        except (TypeError, ValueError, KeyError):
+            ok = False
+        if not ok or not isinstance(name, str) or "/" in name or name.startswith("."):
+            raise PosecalInputError("bad array description", file=str(file), field=str(name))
+    feature = meta.get("feature_array")  # what finalize writes: one of FEATURE_ARRAYS among the arrays, or null
+    if feature is not None and not (isinstance(feature, str) and feature in FEATURE_ARRAYS and feature in arrays):
+        have = [f for f in FEATURE_ARRAYS if f in arrays]
+        raise PosecalInputError(f"expected {' or '.join(map(repr, have)) or 'null'} (the store's feature array), got "
+                                f"{str(feature)[:60]!r} (edited?)", file=str(file), field="feature_array")
+    files = meta.get("files")  # checksums of predictions.json / gt.json
+    if files is not None and not (isinstance(files, dict) and all(isinstance(h, str) for h in files.values())):
+        raise PosecalInputError(f"expected an object of file checksums, got {str(files)[:60]!r} (edited?)",
+                                file=str(file), field="files")
 
 
 def predictions_from_arrays(image_id: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
@@ -876,18 +881,8 @@ def _shards_gt(shards: list[Path]) -> bytes | None:
     return gts[0]
 
 
-def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
-                 category_id: int | None = None, move: bool = False) -> FeatureStore:
-    """Combine shard stores (from ``StoreWriter(..., shard=(i, n))``) into one finished store at ``out``.
-
-    The result is byte-identical to the store an unsharded run writes. ``move`` renames chunk files instead
-    of copying them. ``category_id`` (of the records of predictions.json): default the keypoint category of
-    the shards' gt.json, as ``extract`` writes it (1 without gt).
-    """
-    shards = [Path(s) for s in shards]
-    if not shards:
-        raise PosecalInputError("no shard stores given", field="shards")
-    idxs = [_shard_index(s) for s in shards]
+def _check_shards_agree(shards: list[Path], idxs: list[dict[str, Any]]) -> None:
+    """The shards were written with the same settings, sizes and shard count, and are shards 0..n-1 exactly once."""
     ref = idxs[0]
     n = ref["shard"][1]
     for s, ix in zip(shards, idxs, strict=True):
@@ -919,8 +914,12 @@ def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
         raise PosecalInputError(f"need shards 0..{n - 1} exactly once, got {seen}"
                                 + (f" (missing: {', '.join(map(str, missing[:5]))}{more})" if missing else ""),
                                 field="shards")
-    num_chunks = -(-ref["num_instances"] // ref["chunk_size"])
-    arrays = next((ix["arrays"] for ix in idxs if ix["arrays"]), {})
+
+
+def _check_shards_complete(shards: list[Path], idxs: list[dict[str, Any]], num_chunks: int,
+                           arrays: dict[str, Any]) -> None:
+    """Every shard holds its chunks (chunk j belongs to shard j mod n) and the same arrays, and finished."""
+    n = idxs[0]["shard"][1]
     for s, ix in zip(shards, idxs, strict=True):
         i = ix["shard"][0]
         want = [j for j in range(num_chunks) if j % n == i]
@@ -933,6 +932,25 @@ def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
             # finalize writes shard.json last (after gt.json): without it the run stopped before finishing
             raise PosecalInputError(f"shard {i}/{n} is unfinished (no shard.json, or another one: its run was "
                                     "interrupted); re-run it", file=str(s), field="shard.json")
+
+
+def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
+                 category_id: int | None = None, move: bool = False) -> FeatureStore:
+    """Combine shard stores (from ``StoreWriter(..., shard=(i, n))``) into one finished store at ``out``.
+
+    The result is byte-identical to the store an unsharded run writes. ``move`` renames chunk files instead
+    of copying them. ``category_id`` (of the records of predictions.json): default the keypoint category of
+    the shards' gt.json, as ``extract`` writes it (1 without gt).
+    """
+    shards = [Path(s) for s in shards]
+    if not shards:
+        raise PosecalInputError("no shard stores given", field="shards")
+    idxs = [_shard_index(s) for s in shards]
+    ref = idxs[0]
+    _check_shards_agree(shards, idxs)
+    num_chunks = -(-ref["num_instances"] // ref["chunk_size"])
+    arrays = next((ix["arrays"] for ix in idxs if ix["arrays"]), {})
+    _check_shards_complete(shards, idxs, num_chunks, arrays)
     gt_b = _shards_gt(shards)
     outp = Path(out)
     if outp.exists() and (not outp.is_dir() or any(outp.iterdir())):

@@ -130,21 +130,8 @@ def load_adapter(path: str | os.PathLike, *, tensor: str | None = None, model_ki
             warnings.warn(f"{', '.join(ignored)}: ignored for an ONNX model (its input size and decoding come "
                           "from the graph or its model card)", PosecalWarning, stacklevel=2)
     if fmt == "tflite":
-        from posecal.models.adapters.tflite import TFLiteAdapter
-
-        if model_kind is None and card is not None:
-            model_kind = card.get("backend_kind")
-        adapter = TFLiteAdapter(path, tensor=tensor, model_kind=model_kind, num_threads=num_threads, **kw)
-        if model_card is not None:  # a user's card: say what of it a TFLite model does not follow
-            ref = card_for_model(path, None, task="pose") or {}  # the built-in card of this file, if any
-            ignored = [f for f in ("input", "output", "heatmaps", "features", "keypoints")
-                       if card.get(f) is not None and card.get(f) != ref.get(f)]
-            if ignored:
-                warnings.warn(f"{card_file or 'the model card'}: {', '.join(ignored)} not read for a TFLite model: "
-                              f"posecal runs {Path(path).name} with its {adapter.kind} decoder (its own input, "
-                              f"outputs and joint order); the card's backend_kind, sha256, crop, target_sigma and "
-                              "ccnet are followed", PosecalWarning, stacklevel=2)
-        return adapter
+        return _tflite_adapter(path, card, card_file if model_card is not None else False, tensor=tensor,
+                               model_kind=model_kind, num_threads=num_threads, **kw)
     if card is not None:
         from posecal.models.adapters.card import CardAdapter
 
@@ -161,6 +148,30 @@ def load_adapter(path: str | os.PathLike, *, tensor: str | None = None, model_ki
     if guessed:
         warnings.warn(generic_onnx_warning(path, adapter, tensor_given=tensor is not None), PosecalWarning,
                       stacklevel=2)
+    return adapter
+
+
+def _tflite_adapter(path: str | os.PathLike, card: dict | None, user_card: str | None | bool, *,
+                    tensor: str | None, model_kind: str | None, num_threads: int | None, **kw: Any) -> PoseAdapter:
+    """A TFLite model, run by posecal's EfficientPose / BlazePose decoder (kind: ``model_kind``, else the card's
+    ``backend_kind``, else recognised from the graph). ``user_card`` (the card file's name, or None for a dict;
+    False when no card was given): a user's card warns which of its fields the decoder does not follow, where they
+    differ from the file's built-in card."""
+    from posecal.models.adapters.tflite import TFLiteAdapter
+    from posecal.models.cards import card_for_model
+
+    if model_kind is None and card is not None:
+        model_kind = card.get("backend_kind")
+    adapter = TFLiteAdapter(path, tensor=tensor, model_kind=model_kind, num_threads=num_threads, **kw)
+    if user_card is not False and card is not None:
+        ref = card_for_model(path, None, task="pose") or {}  # the built-in card of this file, if any
+        ignored = [f for f in ("input", "output", "heatmaps", "features", "keypoints")
+                   if card.get(f) is not None and card.get(f) != ref.get(f)]
+        if ignored:
+            warnings.warn(f"{user_card or 'the model card'}: {', '.join(ignored)} not read for a TFLite model: "
+                          f"posecal runs {Path(path).name} with its {adapter.kind} decoder (its own input, "
+                          f"outputs and joint order); the card's backend_kind, sha256, crop, target_sigma and "
+                          "ccnet are followed", PosecalWarning, stacklevel=3)
     return adapter
 
 
