@@ -224,7 +224,7 @@ def pair_counts(inst: InstancePairs, kp: KeypointPairs, n_det: int) -> tuple[dic
         "n_matched": int((inst.gt_index >= 0).sum()),
         "n_keypoint_pairs": int(kp.labelled.sum()),
         "mean_oks_instance": float(inst.oks.mean()) if len(inst) else None,
-        "mean_confidence_instance": float(inst.confidence.mean()) if len(inst) else None,
+        "mean_confidence_instance": M.finite_mean(inst.confidence) if len(inst) else None,
     }
     if len(inst) and (inst.confidence > 1).any():
         notes.append(f"{int((inst.confidence > 1).sum())} instance scores above 1 (kept as is)")
@@ -307,6 +307,9 @@ def calibration_error_metrics(
             m[key], m[key + "_reason"] = None, e.reason
             m["m" + key[1:]] = None
             continue
+        if not (math.isfinite(r.ece) and math.isfinite(r.mce)):  # never a null without its reason
+            m[key], m[key + "_reason"], m["m" + key[1:]] = None, "not finite", None
+            continue
         m[key], m["m" + key[1:]] = r.ece, r.mce
         rel[key] = r
     m["ece_bins"] = n_bins
@@ -366,8 +369,8 @@ def score_by_visibility(kp: KeypointPairs) -> tuple[dict[str, dict[str, object]]
         by_v[name] = x
         dist[name] = {
             "count": int(x.size),
-            "mean": float(x.mean()) if x.size else None,
-            "median": float(np.median(x)) if x.size else None,
+            "mean": M.finite_mean(x) if x.size else None,  # scores near ±1.8e308: no overflow
+            "median": M.finite_median(x) if x.size else None,
             "frac_above_0.5": float((x > 0.5).mean()) if x.size else None,
         }
         if not x.size:

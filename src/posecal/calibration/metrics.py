@@ -30,6 +30,8 @@ __all__ = [
     "auroc",
     "brier",
     "calibration_error",
+    "finite_mean",
+    "finite_median",
     "pearson",
     "sparsification",
     "spearman",
@@ -68,6 +70,38 @@ def _check_corr(x: np.ndarray, y: np.ndarray) -> None:
         raise MetricUndefined("constant confidence")
     if y.min() == y.max():
         raise MetricUndefined("constant accuracy")
+
+
+def _scale(v: np.ndarray) -> float:
+    """A power of two that brings ``max |v|`` into [0.5, 1) when it is 1 or more; 1.0 otherwise (scaling tiny
+    values up is never needed, and 2**1073 would overflow)."""
+    _, e = np.frexp(np.max(np.abs(v)))
+    return float(np.ldexp(1.0, -int(e))) if e > 0 else 1.0
+
+
+def finite_mean(values: np.ndarray) -> float:
+    """Mean of finite ``values (N,)`` (N > 0) that does not overflow: scores near ±1.8e308 are legal input, and
+    their plain sum overflows to inf (a null in JSON and numpy's "overflow encountered" on stderr). Computed
+    on the values scaled by a power of two (exact but for subnormals) and scaled back; the mean of finite
+    values is finite."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    with np.errstate(over="ignore", invalid="ignore"):
+        m = float(v.mean())
+    if np.isfinite(m) or not np.isfinite(v).all():
+        return m
+    s = _scale(v)
+    return float((v * s).mean()) / s
+
+
+def finite_median(values: np.ndarray) -> float:
+    """Median of finite ``values (N,)`` (N > 0); the mean of the two middle values does not overflow."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    with np.errstate(over="ignore", invalid="ignore"):
+        m = float(np.median(v))
+    if np.isfinite(m) or not np.isfinite(v).all():
+        return m
+    s = _scale(v)
+    return float(np.median(v * s)) / s
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -278,8 +312,9 @@ def calibration_error(
         else:  # scores near ±1.8e308: hi − lo overflows; this form stays finite and increasing (lo ≤ 0 < hi)
             f = np.linspace(0.0, 1.0, n_bins + 1)
             edges = lo * (1.0 - f) + hi * f
-    elif binning == "mass":
-        edges = np.unique(np.quantile(c, np.linspace(0.0, 1.0, n_bins + 1)))
+    elif binning == "mass":  # on scaled scores: interpolating between ±1.8e308 overflows
+        sc = _scale(c)
+        edges = np.unique(np.quantile(c * sc, np.linspace(0.0, 1.0, n_bins + 1)) / sc)
         if edges.size == 1:
             edges = np.array([edges[0], edges[0]])
     else:
@@ -287,8 +322,9 @@ def calibration_error(
     nb = edges.size - 1
     idx = np.clip(np.searchsorted(edges, c, side="right") - 1, 0, nb - 1)
     count = np.bincount(idx, minlength=nb)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # sums of scores near 1e308 overflow
-        mc = np.bincount(idx, weights=c, minlength=nb) / count
+    sc = _scale(c)  # sums of scores near ±1.8e308 overflow: mean of the scaled scores, scaled back
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty bins: NaN (see ``count``)
+        mc = np.bincount(idx, weights=c * sc, minlength=nb) / count / sc
         mt = np.bincount(idx, weights=t, minlength=nb) / count
     ok = count > 0
     gap = np.abs(mt[ok] - mc[ok])

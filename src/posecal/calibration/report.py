@@ -60,7 +60,9 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "n/a"
     if isinstance(v, float):
-        return f"{v:.4f}" if math.isfinite(v) else "n/a"
+        if not math.isfinite(v):
+            return "n/a"
+        return f"{v:.4f}" if abs(v) < 1e6 else f"{v:.4g}"  # scores near 1e308 are legal: not 309 digits
     return str(v)
 
 

@@ -18,6 +18,7 @@ them. Imports stay light (numpy + orjson): whole-process time is benchmarked.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import shutil
@@ -89,6 +90,8 @@ class Evaluation:
 def _parse_sigmas(args: argparse.Namespace, gt) -> tuple[Any, str]:
     from posecal.cli._args import sigmas_arg
 
+    if args.keypoint_set is not None and not args.keypoint_set.strip():  # '' would mean "not given"
+        raise PosecalInputError("empty; give a keypoint set name (e.g. coco17)", None, None, "--keypoint-set")
     vals, source = sigmas_arg(args.sigmas, args.keypoint_set, gt.num_joints, "the ground truth")
     if vals is not None:
         return vals, source
@@ -124,11 +127,14 @@ def compute(args: argparse.Namespace, gt, res) -> Evaluation:
     if getattr(args, "report", None):
         from posecal.calibration.audit import run_audit
 
-        if ev.parts:
-            ev.notes.append("calibration audit over all keypoints of the whole body (COCO summary: body)")
         ev.calibration = run_audit(gt, res, None if ev.parts else de.result, sigmas=sigmas,
                                    n_random=args.random_seeds,
                                    evaluate_kwargs={"use_area": de.use_area, "flavor": de.flavor})
+        if ev.parts:
+            note = "calibration audit over all keypoints of the whole body (COCO summary: body)"
+            ev.notes.append(note)
+            # the report and the JSON say so too: their mAP is not the "coco" block's body AP
+            ev.calibration.metrics["notes"] = [note, *ev.calibration.metrics.get("notes", [])]
     return ev
 
 
@@ -184,9 +190,15 @@ def emit(args: argparse.Namespace, ev: Evaluation, out: dict) -> None:
     to_stdout = args.json == "-"
     (sys.stderr if to_stdout else sys.stdout).write(_summary_text(ev))
     tmp_report = None
+    # folders that writing creates above --report / --json: removed again (when empty) if writing fails
+    report = _report_path(args.report) if ev.calibration is not None else None
+    made = _missing_dirs(report.parent) if report is not None else []
+    if args.json and not to_stdout:
+        made += _missing_dirs(Path(args.json).parent)
+    done = False
     try:
         if ev.calibration is not None:
-            tmp_report = _write_report_tmp(ev, args.report, out)
+            tmp_report = _write_report_tmp(ev, report, out)
         if to_stdout:
             sys.stdout.write(dumps_json(out, indent=True).decode() + "\n")
         elif args.json:
@@ -196,15 +208,41 @@ def emit(args: argparse.Namespace, ev: Evaluation, out: dict) -> None:
                 raise PosecalInputError(f"cannot write: {e.strerror or e}", args.json, None,
                                         "--json") from None
         if tmp_report is not None:
-            _replace_dir(tmp_report, Path(args.report))
+            _replace_dir(tmp_report, report)
             tmp_report = None
             print(f"posecal evaluate: report written to {args.report}/index.html", file=sys.stderr)
+        done = True
     finally:
         if tmp_report is not None:
             shutil.rmtree(tmp_report, ignore_errors=True)
+        if not done:
+            for d in sorted(set(made), key=lambda q: len(q.parts), reverse=True):  # deepest first
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only if empty
 
 
-def _write_report_tmp(ev: Evaluation, report: str, out: dict) -> Path:
+def _missing_dirs(d: Path) -> list[Path]:
+    """``d`` and those of its ancestors that do not exist yet (deepest first)."""
+    out = []
+    while not os.path.lexists(d) and d != d.parent:
+        out.append(d)
+        d = d.parent
+    return out
+
+
+def _report_path(report: str) -> Path:
+    """--report as an absolute path whose last part is a real name: ``a/b/..`` and ``x/.`` would otherwise
+    put the temporary folder inside the folder it replaces (the rename then fails after all the work). The
+    last part itself is not resolved, so a link named by --report is replaced, not its target."""
+    from posecal._outputs import real
+
+    p = Path(report)
+    if p.name in ("", ".", ".."):
+        return real(p)
+    return real(p.parent) / p.name
+
+
+def _write_report_tmp(ev: Evaluation, report: str | Path, out: dict) -> Path:
     from posecal.calibration.report import write_report
 
     final = Path(report)
@@ -251,6 +289,9 @@ def check_outputs(args: argparse.Namespace) -> None:
                 raise PosecalInputError(f"is an input file ({src}); refusing to overwrite it", args.json,
                                         None, "--json")
         _check_writable_file(args.json, "--json")
+        from posecal._outputs import check_creatable
+
+        check_creatable(args.json, "file", field="--json")  # a device or a pipe: refused now, not after the work
     if not getattr(args, "report", None):
         return
     if importlib.util.find_spec("matplotlib") is None:
@@ -258,6 +299,14 @@ def check_outputs(args: argparse.Namespace) -> None:
     from posecal._outputs import check_creatable, check_report_folder, real
 
     d = Path(args.report)
+    if real(d) in (real("."), *real(".").parents):
+        raise PosecalInputError("is the current folder or one above it, and the report replaces the folder as a "
+                                "whole (the shell would be left in a deleted folder); choose another folder",
+                                args.report, None, "--report")
+    if args.json and args.json != "-" and real(args.json) in (real(d), *real(d).parents):
+        raise PosecalInputError(f"is the --report folder {args.report} or one above it; the JSON and the report "
+                                f"need different paths ({args.report}/metrics.json holds the same numbers)",
+                                args.json, None, "--json")
     if args.json and args.json != "-" and real(d) in real(args.json).parents:
         raise PosecalInputError(f"is inside --report {args.report}, which is replaced as a whole; write it "
                                 f"elsewhere ({args.report}/metrics.json holds the same numbers)", args.json,
