@@ -93,7 +93,15 @@ def test_check_report_folder(tmp_path):
     old.mkdir()
     for f in ("index.html", "metrics.json", "a.png"):
         (old / f).write_text("x")
+    # before: any index.html made a folder "a previous report", so a user's site folder (index.html,
+    # data.json, logo.png) was deleted as a whole by `--report` into it
+    with pytest.raises(PosecalInputError, match="index.html that posecal did not write"):
+        check_report_folder(old, {})
+    (old / "index.html").write_text('<!doctype html><html><head><meta charset="utf-8"><meta name="generator" '
+                                    'content="posecal"><title>anything</title>')
     check_report_folder(old, {"--gt": tmp_path / "gt.json"})
+    (old / "index.html").write_text("<!doctype html>\n<html><head><title>posecal compare</title>")  # older reports
+    check_report_folder(old, {})
     with pytest.raises(PosecalInputError, match="holds the input --gt"):
         check_report_folder(old, {"--gt": old / "metrics.json"})
     (old / "sub").mkdir()

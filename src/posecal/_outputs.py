@@ -103,10 +103,22 @@ def check_report_folder(path: PathLike, inputs: Mapping[str, PathLike | None | l
     if not entries:
         return
     foreign = [e.name for e in entries if e.is_dir() or not e.name.endswith(REPORT_SUFFIXES)]
-    if foreign or not (d / "index.html").is_file():
-        what = f"holds {foreign[0]!r}" if foreign else "is not empty and holds no index.html"
+    if foreign or not (d / "index.html").is_file() or not _posecal_page(d / "index.html"):
+        what = (f"holds {foreign[0]!r}" if foreign else "is not empty and holds no index.html"
+                if not (d / "index.html").is_file() else "holds an index.html that posecal did not write")
         raise PosecalInputError(f"{what}: not a posecal report folder, and the report replaces the folder "
                                 "as a whole; choose a new or empty folder", file=str(d), field=field)
+
+
+def _posecal_page(index: Path) -> bool:
+    """Whether ``index`` is a page posecal wrote: its ``<meta name="generator" content="posecal">`` (or, from
+    before that marker, a ``<title>`` beginning "posecal"), in its first 4 KiB."""
+    try:
+        with open(index, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return b'<meta name="generator" content="posecal"' in head or b"<title>posecal" in head
 
 
 def _nearest_existing(p: Path) -> Path:

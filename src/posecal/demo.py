@@ -105,7 +105,8 @@ def _write_index(out: Path, doc: dict[str, Any]) -> None:
                    f'style="max-width:32%"><figcaption>{html.escape(r["method"])}: reliability</figcaption>'
                    "</figure>" for r in doc["table"])
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>posecal demo — {html.escape(label)}</title>
+<html><head><meta charset="utf-8"><meta name="generator" content="posecal">
+<title>posecal demo — {html.escape(label)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:1em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:2px 8px}}figure{{display:inline-block;width:32%;margin:0}}
 figure img{{max-width:100%!important}}</style></head>

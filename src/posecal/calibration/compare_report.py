@@ -143,7 +143,8 @@ def _html(res: CompareResult, names: dict[str, str]) -> str:
     evaluator = (f"{res.flavor}{'' if res.use_area else ', OKS on 0.53·w·h of the gt box'}"
                  f"{', the 17 body keypoints of COCO-WholeBody' if res.keypoints == 'body' else ''}")
     figs = "".join(f'<h2>{e(f[:-4].replace("_", " "))}</h2><img src="{f}" alt="{e(f)}">' for f in FIGURES)
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>posecal compare</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><meta name="generator" content="posecal">
+<title>posecal compare</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:4px 10px;
 border-bottom:1px solid #ddd;text-align:left}}img{{max-width:100%}}</style></head><body>
 <h1>posecal compare: B − A</h1>

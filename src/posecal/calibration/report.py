@@ -238,7 +238,7 @@ def _html(a: Audit, figures: list[str], coco: dict[str, Any], title: str,
     src = "".join(f"<li>{html.escape(k)}: <code>{html.escape(str(v))}</code></li>"
                   for k, v in (sources or {}).items() if v)
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html><head><meta charset="utf-8"><meta name="generator" content="posecal"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:1em auto;line-height:1.35}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}
 table.headline th{{font-size:1.1em}}table.headline td.num{{font-size:1.3em;font-weight:bold;
