@@ -619,23 +619,40 @@ def check_head_against_model(meta: dict[str, Any], head_dir: str | os.PathLike, 
         raise PosecalInputError("num_keypoints differs from the keypoint set", file=hfile,
                                 field="num_keypoints")
     jmap = joint_map(adapter.joint_names, ks.names, allow_missing=True)
-    train_store = (meta.get("train") or {}).get("store")
-    if train_store and Path(train_store, "meta.json").is_file():
-        import orjson
+    _check_training_stores(meta, hfile, adapter, jmap)
+    return str(pooling), jmap
 
+
+def _check_training_stores(meta: dict[str, Any], hfile: str, adapter: Any, jmap: np.ndarray) -> None:
+    """Cross-check a head with the stores it was fitted on (``train.stores``, as ``fit`` writes it; older heads:
+    ``train.store``), where they are still readable: a flip-test store (also ``train.flip_test``) warns once, a
+    store of another feature tensor or joint map is refused."""
+    import orjson
+
+    train = meta.get("train") if isinstance(meta.get("train"), dict) else {}
+    stores = train.get("stores") if isinstance(train.get("stores"), list) else [train.get("store")]
+    flip = isinstance(train.get("flip_test"), list) and True in train["flip_test"]
+    for train_store in stores:
+        if not isinstance(train_store, str) or not train_store or not Path(train_store, "meta.json").is_file():
+            continue
         try:  # a cross-check only: the training store may since have been replaced, damaged or edited
             smeta = orjson.loads(Path(train_store, "meta.json").read_bytes())
         except (OSError, orjson.JSONDecodeError):
             smeta = None
         if not isinstance(smeta, dict):
             smeta = {}
-        if smeta.get("flip_test"):
-            warnings.warn("the head was fitted on flip-test features; the exported graph computes "
-                          "single-pass features", PosecalWarning, stacklevel=3)
+        flip = flip or bool(smeta.get("flip_test"))
+        if smeta.get("model_sha256") == meta.get("model_sha256") and isinstance(smeta.get("tensor"), str) \
+                and smeta["tensor"] != adapter.tensor_name:
+            raise PosecalInputError(f"the head's training store {train_store} holds features of tensor "
+                                    f"{smeta['tensor']!r}, not of {adapter.tensor_name!r} (edited?)", file=hfile,
+                                    field="model_tensor")
         if isinstance(smeta.get("joint_map"), list) and smeta["joint_map"] != jmap.tolist():
             raise PosecalInputError(f"joint map of the training store {smeta['joint_map']} differs from the "
                                     f"model's {jmap.tolist()}", file=hfile)
-    return str(pooling), jmap
+    if flip:
+        warnings.warn("the head was fitted on flip-test features; the exported graph computes "
+                      "single-pass features", PosecalWarning, stacklevel=4)
 
 
 def _graft_sources(adapter: Any) -> dict[str, Any]:
@@ -715,6 +732,21 @@ def _same_model(meta: dict[str, Any], head_dir: str | os.PathLike, model: str | 
                                 file=str(Path(head_dir) / "head.json"), field="model_sha256")
 
 
+def _load_adapter(model: str | os.PathLike, meta: dict[str, Any], head_dir: str | os.PathLike, **kw: Any) -> Any:
+    """:func:`posecal.models.adapters.base.load_adapter` at the head's ``model_tensor``; a tensor the model lacks
+    is named as the head's field (export has no ``--tensor`` flag: the head chose the tensor)."""
+    from posecal.models.adapters.base import load_adapter
+
+    try:
+        return load_adapter(model, tensor=meta.get("model_tensor"), **kw)
+    except PosecalInputError as e:
+        if e.field != "--tensor":
+            raise
+        raise PosecalInputError(f"the head's feature tensor {meta.get('model_tensor')!r} is not in the model "
+                                f"{Path(model).name}: {e.message}", file=str(Path(head_dir) / "head.json"),
+                                field="model_tensor") from None
+
+
 def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out: str | os.PathLike, *,
                       heatmap_output: str | None = None, fuse: bool = True,
                       model_card: str | os.PathLike | dict | None = None, input_size: Any = None) -> dict[str, Any]:
@@ -735,7 +767,7 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
 
     from posecal._util import write_bytes_atomic
     from posecal.ccnet.targets import uses_evidence
-    from posecal.models.adapters.base import find_model_kind, load_adapter
+    from posecal.models.adapters.base import find_model_kind
     from posecal.models.adapters.onnx import OnnxAdapter
 
     if find_model_kind(model) != "onnx":
@@ -743,7 +775,7 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
                                 field="--model")
     arrs, meta = head_arrays(head_dir)
     _same_model(meta, head_dir, model)
-    adapter = load_adapter(model, tensor=meta.get("model_tensor"), model_card=model_card, input_size=input_size)
+    adapter = _load_adapter(model, meta, head_dir, model_card=model_card, input_size=input_size)
     if heatmap_output is not None or not hasattr(adapter, "card"):
         adapter = OnnxAdapter(model, tensor=meta.get("model_tensor"), output=heatmap_output)
     src = _graft_sources(adapter)
@@ -838,17 +870,25 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
 
     from posecal._util import write_bytes_atomic
     from posecal.ccnet.targets import uses_evidence
-    from posecal.models.adapters.base import load_adapter
+    from posecal.models.adapters.base import find_model_kind
 
     arrs, meta = head_arrays(head_dir)
-    if meta.get("head") == "kpt_inst" or (uses_evidence(meta) and meta.get("pooling") in ("heatmap", "gap")):
+    _same_model(meta, head_dir, model)  # another model's head: say that first
+    evidence = uses_evidence(meta) and meta.get("pooling") in ("heatmap", "gap")
+    if meta.get("head") == "kpt_inst" or evidence:
+        hfile = str(Path(head_dir) / "head.json")
+        if find_model_kind(model) != "onnx":  # nothing to graft onto: name what can be exported
+            what = ("also reads the instance evidence (keypoint-score statistics and the box score)" if evidence else
+                    "has an instance gate (fitted for the instance evidence)")
+            raise PosecalInputError(f"this {meta.get('head')!r} head {what}, which a head-only ONNX does not take, "
+                                    f"and {Path(model).name} cannot be grafted: fit a --head kpt (or --head fc on a "
+                                    "gap store) head to export it", file=hfile, field="head")
         raise PosecalInputError(f"this {meta.get('head')!r} head also reads the instance evidence (keypoint-score "
                                 "statistics and the box score; its model card asks for it), which a head-only "
                                 "ONNX does not take: graft it onto the ONNX model (posecal export without "
                                 "--head-only); --head-only is for models that cannot be grafted (TFLite)",
-                                file=str(Path(head_dir) / "head.json"), field="head")
-    _same_model(meta, head_dir, model)
-    adapter = load_adapter(model, tensor=meta.get("model_tensor"), model_card=model_card, input_size=input_size)
+                                file=hfile, field="head")
+    adapter = _load_adapter(model, meta, head_dir, model_card=model_card, input_size=input_size)
     probe = adapter.predict(np.zeros((1, adapter.input_size[1], adapter.input_size[0], 3), np.uint8))
     pooling, jmap = check_head_against_model(meta, head_dir, adapter, model, probe.features)
     K, C = int(meta["num_keypoints"]), int(probe.features.shape[1])
