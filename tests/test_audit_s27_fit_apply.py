@@ -289,3 +289,15 @@ def test_context_stage_saturates_without_numpy_warnings():
         warnings.simplefilter("error")
         out = st.transform(np.array([0.5, 0.9]), np.ones((2, len(CONTEXT_NAMES))))
     assert np.array_equal(out, [0.0, 0.0])
+
+
+def test_kpt_inst_head_on_a_store_without_instance_evidence_is_refused(tmp_path, capsys):
+    """Before: `fit --head kpt_inst` on a store whose model card asks for no instance evidence (EfficientPose;
+    here a synthetic store) trained its instance gate on the last 6 *feature* channels as if they were the box
+    score and keypoint-score statistics, rc 0. Now one line naming --head; with the card's evidence it fits."""
+    s = make_store(tmp_path / "S", N=48, C=8)
+    rc = main(["fit", "--store", str(s), "--out", str(tmp_path / "h"), "--head", "kpt_inst", "--steps", "2"])
+    _one_error(rc, capsys.readouterr().err, "field '--head'", "head 'kpt_inst' reads the instance evidence")
+    assert not (tmp_path / "h").exists()
+    _edit_meta(s, model_card_ccnet={"evidence": True, "pooling": "heatmap"})
+    assert main(["fit", "--store", str(s), "--out", str(tmp_path / "h2"), "--head", "kpt_inst", "--steps", "2"]) == 0

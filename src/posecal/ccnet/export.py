@@ -726,6 +726,8 @@ def _same_model(meta: dict[str, Any], head_dir: str | os.PathLike, model: str | 
     from posecal.models.store import file_sha256
 
     want = meta.get("model_sha256")
+    if not Path(model).is_file():  # a missing model is named when it is opened, after the head's own problems
+        return
     if isinstance(want, str) and len(want) == 64 and file_sha256(model) != want:
         raise PosecalInputError(f"the head was fitted on another model (sha256 {want[:12]}…, tensor "
                                 f"{meta.get('model_tensor')!r}), not on {Path(model).name}",
@@ -877,7 +879,11 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
     evidence = uses_evidence(meta) and meta.get("pooling") in ("heatmap", "gap")
     if meta.get("head") == "kpt_inst" or evidence:
         hfile = str(Path(head_dir) / "head.json")
-        if find_model_kind(model) != "onnx":  # nothing to graft onto: name what can be exported
+        try:
+            kind = find_model_kind(model)
+        except PosecalInputError:  # a missing model is named when it is opened, after the head's own problems
+            kind = None
+        if kind != "onnx":  # nothing to graft onto: name what can be exported
             what = ("also reads the instance evidence (keypoint-score statistics and the box score)" if evidence else
                     "has an instance gate (fitted for the instance evidence)")
             raise PosecalInputError(f"this {meta.get('head')!r} head {what}, which a head-only ONNX does not take, "

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from posecal.ccnet import HEAD_KINDS
-from posecal.ccnet.targets import StoreData, default_head, head_inputs, load_store, metric_masks
+from posecal.ccnet.targets import StoreData, default_head, head_inputs, load_store, metric_masks, uses_evidence
 from posecal.errors import PosecalInputError, PosecalWarning
 from posecal.rescore.aggregate import instance_score
 
@@ -307,6 +307,12 @@ def fit_from_stores(stores: Sequence[StoreData], recipe: Recipe | None = None, v
     if recipe.head == "kpt_inst" and recipe.evidence:
         raise PosecalInputError("head 'kpt_inst' reads the instance evidence as its last input channels; it takes "
                                 "no further evidence columns (--evidence none)", file=train.path, field="--evidence")
+    if recipe.head == "kpt_inst" and not uses_evidence(train.meta):
+        # its gate would read the last feature channels as box score and keypoint-score statistics
+        raise PosecalInputError("head 'kpt_inst' reads the instance evidence (box score, keypoint-score "
+                                "statistics), which this store does not hold: its model card does not ask for it "
+                                "(ccnet.evidence); fit --head kpt, or describe the model with a card whose "
+                                "ccnet.evidence is true and extract again", file=train.path, field="--head")
     if recipe.evidence.count("pose") > 1:
         raise PosecalInputError("'pose' evidence given twice", field="--evidence")
     if recipe.steps < 1 or recipe.batch_size < 1:
