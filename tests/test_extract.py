@@ -354,3 +354,22 @@ def test_user_card_for_a_tflite_model_says_what_it_does_not_follow(shared_dir, l
     (tmp_path / "same.json").write_text(json.dumps(same))
     assert _extract(shared_dir, data, tmp_path / "S2", "--model-card", str(tmp_path / "same.json")) == 0
     assert "not read for a TFLite model" not in capsys.readouterr().err
+
+
+def test_a_tensor_in_another_layout_than_the_cards_is_read_by_its_shape(shared, mini, tmp_path):
+    """MoveNet's graph holds the same map twice: `re_lu_2/Relu:0` channels-last (the card's layout) and, before
+    its Transpose, `re_lu_2/Relu_raw_output___6:0` channels-first. Before: `--tensor` of the raw one was read in
+    the card's NHWC layout (64 'channels' of a 24 × 64 grid, pooled over the wrong axes); now the axes whose
+    ratio is the input's H/W are the spatial ones, and both give the same pooled features, bit for bit."""
+    from posecal.models.store import FeatureStore
+
+    model = shared("models", "movenet", "movenet-thunder.onnx")
+    base = "StatefulPartitionedCall/center_net_mobile_net_v2fpn_feature_extractor/model_1/re_lu_2/"
+    feats = []
+    for i, t in enumerate((base + "Relu:0", base + "Relu_raw_output___6:0")):
+        assert main(["extract", "--model", str(model), "--data", str(tmp_path / "data.json"), "--images",
+                     str(tmp_path / "img"), "--out", str(tmp_path / f"S{i}"), "--tensor", t]) == 0
+        fs = FeatureStore.open(tmp_path / f"S{i}")
+        feats.append(fs.read(fs.feature_name))
+    assert feats[0].shape[-1] == 24
+    np.testing.assert_array_equal(feats[0], feats[1])

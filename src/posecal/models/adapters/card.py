@@ -120,7 +120,26 @@ class CardAdapter:
         self._batch = inp.get("batch")
         self.preprocessing = {k: inp[k] for k in ("layout", "dtype", "color", "scale", "mean", "std")}
         self.preprocessing["card"] = card["name"]
+        if tensor is not None and tensor != (feat or {}).get("name"):
+            self._infer_tensor_layout()
         self._dry_run()
+
+    def _infer_tensor_layout(self) -> None:
+        """A ``--tensor`` other than the card's: its layout from its shape where the shape tells — the pair of
+        axes whose ratio is the input's H/W is the spatial one (a graph can mix layouts, e.g. MoveNet's raw NCHW
+        maps beside its NHWC features); else the graph's (the card's feature, heatmap or input layout)."""
+        W, H = self.input_size
+        try:
+            raw = self._run(prepare_input(np.zeros((1, H, W, 3), np.uint8), self.card["input"]))
+        except Exception:  # noqa: BLE001 - a card that does not fit the model is named by _dry_run
+            return
+        shape = np.shape(raw[self._fetch.index(self.tensor_name)])
+        if len(shape) != 4:
+            return
+        _, a, b, c = shape
+        nhwc, nchw = a * W == b * H and a > 1, b * W == c * H and b > 1
+        if nhwc != nchw:
+            self._feat_layout = self.feature_layout = "NHWC" if nhwc else "NCHW"
 
     def _dry_run(self) -> None:
         """Run blank crops once (two when the card says the batch is free), so a card that does not fit the
