@@ -665,7 +665,7 @@ def _graft_sources(adapter: Any) -> dict[str, Any]:
     hm = card.get("heatmaps") or ({"name": out["name"], "layout": out["layout"]}
                                   if out["type"] == "heatmaps" else None)
     return {"feat": adapter.tensor_name,
-            "feat_layout": adapter.feature_layout,  # another tensor (--tensor) in the card's layout too
+            "feat_layout": adapter.feature_layout,  # another tensor (--tensor): its layout as the adapter read it
             "hm": hm["name"] if hm else None, "hm_layout": hm["layout"] if hm else "NCHW",
             "input": card["input"]["name"],
             "coords": out if out["type"] == "coordinates" else None}
