@@ -228,3 +228,47 @@ def test_apply_cli_evaluate_gives_identical_ar(det_apply, capsys):
         stats[name] = orjson.loads(capsys.readouterr().out)["coco"]
     for key in ("AR", "AR50", "AR75", "ARm", "ARl"):
         assert stats["kept"][key] == stats["before"][key], key
+
+
+def test_records_without_a_positive_keypoint_score_keep_them_for_xtcocotools():
+    """xtcocotools (MMPose's evaluator, `--flavor xtcocotools`) drops detections whose keypoint scores are all
+    <= 0. Before, apply wrote ŝ > 0 over them, so they took part after rescoring and AR moved under that flavor
+    (a synthetic store: 0.875 -> 0.958); now such a record keeps its scores, and AR is identical."""
+    from posecal.ccnet.apply import rescore_records
+    from posecal.io.coco import load_gt, load_results
+    from posecal.metrics.cocoeval import evaluate
+
+    rng = np.random.default_rng(0)
+    K, n_img = 17, 6
+    names = [f"k{i}" for i in range(K)]
+    imgs = [{"id": i, "width": 640, "height": 480, "file_name": f"{i}.jpg"} for i in range(1, n_img + 1)]
+    anns, recs = [], []
+    for i in range(1, n_img + 1):
+        xy = rng.uniform(100, 300, (K, 2))
+        anns.append({"id": i, "image_id": i, "category_id": 1, "iscrowd": 0, "num_keypoints": K, "area": 20000.0,
+                     "bbox": [100, 100, 200, 200],
+                     "keypoints": np.concatenate([xy, np.full((K, 1), 2.0)], 1).ravel().tolist()})
+        for j in range(3):  # a good detection, a worse one, a poor one per image
+            p = xy + rng.normal(0, 3 + 15 * j, xy.shape)
+            sc = np.zeros(K) if j == 0 and i % 2 else rng.uniform(0.1, 1, K)  # every other best: all scores 0
+            recs.append({"image_id": i, "category_id": 1, "score": float(1 - 0.3 * j),
+                         "keypoints": np.concatenate([p, sc[:, None]], 1).ravel().tolist()})
+    gt = load_gt({"images": imgs, "annotations": anns, "categories": [{"id": 1, "name": "person",
+                                                                        "keypoints": names}]})
+    s_hat = rng.uniform(0.2, 0.9, (len(recs), K))
+    new = rescore_records(recs, s_hat, rng.uniform(0.5, 1, (len(recs), K)),
+                          instance=np.array([r["score"] for r in recs]))
+    for r, n in zip(recs, new, strict=True):
+        if max(r["keypoints"][2::3]) <= 0:
+            assert n["keypoints"] == r["keypoints"]
+        else:
+            np.testing.assert_array_equal(n["keypoints"][2::3], s_hat[recs.index(r)])
+    before = evaluate(gt, load_results(recs, gt), flavor="xtcocotools", sigmas=np.full(K, 0.05), warn=False)
+    after = evaluate(gt, load_results(new, gt), flavor="xtcocotools", sigmas=np.full(K, 0.05), warn=False)
+    ar = ("AR", "AR50", "AR75", "ARm", "ARl")
+    assert [after.stats[k] for k in ar] == [before.stats[k] for k in ar]
+    # the rows kept out by xtcocotools are the ones whose scores stayed <= 0: without that, AR moved
+    moved = [dict(r, keypoints=n["keypoints"][:2] + [0.5] + n["keypoints"][3:]) if max(r["keypoints"][2::3]) <= 0
+             else n for r, n in zip(recs, new, strict=True)]
+    third = evaluate(gt, load_results(moved, gt), flavor="xtcocotools", sigmas=np.full(K, 0.05), warn=False)
+    assert [third.stats[k] for k in ar] != [before.stats[k] for k in ar]

@@ -44,7 +44,9 @@ def rescore_records(
     """New records: record i gets ``score`` = ĉ_i, keypoint scores ŝ_i (if ``keypoint_scores``) and
     ``visibility`` = v̂_i. ``s_hat``/``v_hat`` are (N, K) with N = len(records); ``box_score`` (N,)
     optionally multiplies ĉ; ``instance`` (N,) replaces ĉ (the context stage's scores,
-    :mod:`posecal.ccnet.context`). The input records are not modified."""
+    :mod:`posecal.ccnet.context`). A record whose keypoint scores are all <= 0 keeps them (xtcocotools drops
+    such detections: replacing them would change which detections it evaluates, and its AR). The input records
+    are not modified."""
     s = np.asarray(s_hat, np.float64)
     v = np.asarray(v_hat, np.float64)
     if s.shape[0] != len(records) or v.shape != s.shape:
@@ -65,7 +67,9 @@ def rescore_records(
                 f"expected a list of {3 * K} numbers", file=file, record=i, field="keypoints"
             )
         new = copy.copy(rec)
-        if keypoint_scores:
+        # a record whose keypoint scores are all <= 0 keeps them: xtcocotools (MMPose's evaluator) drops such
+        # detections, and ŝ > 0 would let them take part after rescoring, so AR would move under it
+        if keypoint_scores and any(isinstance(x, (int, float)) and x > 0 for x in kp[2::3]):
             kp = list(kp)
             for k in range(K):
                 kp[3 * k + 2] = float(s[i, k])
