@@ -272,3 +272,17 @@ def test_records_without_a_positive_keypoint_score_keep_them_for_xtcocotools():
              else n for r, n in zip(recs, new, strict=True)]
     third = evaluate(gt, load_results(moved, gt), flavor="xtcocotools", sigmas=np.full(K, 0.05), warn=False)
     assert [third.stats[k] for k in ar] != [before.stats[k] for k in ar]
+
+
+def test_rescore_keeps_keypoint_scores_of_records_without_a_positive_one():
+    """The same rule for `posecal rescore`'s writers (RescoreResult.to_records): before, the closed form wrote
+    l²/(σ²+l²) > 0 over a record whose keypoint scores were all 0, which xtcocotools then stopped dropping."""
+    from posecal.io.coco import load_results
+    from posecal.rescore.base import RescoreResult
+
+    recs = [{"image_id": 1, "category_id": 1, "score": 0.9, "keypoints": [10.0, 20.0, 0.0] * 17},
+            {"image_id": 1, "category_id": 1, "score": 0.8, "keypoints": [10.0, 20.0, 0.5] * 17}]
+    pred = load_results(recs)
+    out = RescoreResult(np.full((2, 17), 0.7), np.array([0.6, 0.5])).to_records(pred)
+    assert out[0]["keypoints"] == recs[0]["keypoints"] and out[0]["score"] == 0.6
+    assert out[1]["keypoints"][2::3] == [0.7] * 17 and out[1]["score"] == 0.5

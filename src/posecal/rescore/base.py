@@ -53,13 +53,16 @@ class RescoreResult:
     instance_scores: np.ndarray
 
     def to_records(self, pred: CocoResults) -> list[dict]:
-        """Copies of ``pred``'s records with the new scores; x, y and every other field unchanged."""
+        """Copies of ``pred``'s records with the new scores; x, y and every other field unchanged. A record
+        whose keypoint scores are all <= 0 keeps them: xtcocotools (MMPose's evaluator) drops such detections,
+        and new positive scores would let them take part, changing its AR."""
         out = []
         kps = self.keypoint_scores
         for i, rec in enumerate(_records_of(pred)):
             r = dict(rec)
             kp = list(rec["keypoints"])
-            kp[2::3] = [float(v) for v in kps[i]]
+            if any(isinstance(v, (int, float)) and v > 0 for v in kp[2::3]):
+                kp[2::3] = [float(v) for v in kps[i]]
             r["keypoints"] = kp
             r["score"] = float(self.instance_scores[i])
             out.append(r)
