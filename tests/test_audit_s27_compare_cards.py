@@ -248,3 +248,24 @@ def test_empty_onnx_file_with_a_card_is_named_as_not_onnx(tmp_path, capsys, task
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "m.onnx: field '--model': not an ONNX model (empty graph)" in err[0], err
     assert not (tmp_path / "o.json").exists() and not (tmp_path / "S").exists()
+
+
+def test_compare_warns_what_evaluate_warns_about_its_files(tmp_path, capsys):
+    """Before: a gt annotation with id 0 that a detection matches (pycocotools counts it as a false positive,
+    `posecal evaluate` says so) went unmentioned by compare: its per-image evaluation ran with warn=False and
+    its JSON `warnings` list stayed empty. Now the evaluator's warnings appear once, naming the file."""
+    from posecal.cli import main as cli_main
+
+    gt, res = make_coco_set(4, n_images=4, max_gts=3, max_dets=6, gt_id_zero=True)  # a seed whose id 0 matches
+    g, r = tmp_path / "gt.json", tmp_path / "r.json"
+    g.write_text(json.dumps(gt))
+    r.write_text(json.dumps(res))
+    rc = cli_main(["evaluate", "--gt", str(g), "--pred", str(r)])
+    ev_err = capsys.readouterr().err
+    assert rc == 0 and "id 0 was matched" in ev_err, ev_err
+    rc = cli_main(["compare", "--gt", str(g), str(r), str(r), "--resamples", "20", "--json"])
+    out = capsys.readouterr()
+    assert rc == 0
+    doc = json.loads(out.out)
+    said = [w for w in doc["warnings"] if "id 0 was matched" in w]
+    assert [w[:2] for w in said] == ["A ", "B "] and all(str(r) in w for w in said), doc["warnings"]  # once each

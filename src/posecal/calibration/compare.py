@@ -80,6 +80,7 @@ class PerImageEval:
     inst_conf: np.ndarray
     inst_oks: np.ndarray
     stats: dict[str, float] = field(default_factory=dict)
+    eval_warnings: list[str] = field(default_factory=list)  # the evaluator's own (e.g. a gt with id 0 matched)
 
 
 def _csr(image_index: np.ndarray, n_images: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +137,10 @@ def per_image_eval(gt: Any, res: Any, *, sigmas: Any = None, use_area: bool | No
     if not isinstance(res, CocoResults):
         res = load_results(res, gt)
     kw = evaluation_settings(gt, sigmas=sigmas, use_area=use_area, flavor=flavor)
-    ev = evaluate(gt, res, warn=False, **kw)
+    with warnings.catch_warnings(record=True) as caught:  # what posecal evaluate would warn about these files
+        warnings.simplefilter("always")
+        ev = evaluate(gt, res, **kw)
+    said = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, PosecalWarning)))
     img_ids = np.asarray(gt.image_ids, np.int64)
     I = img_ids.size
     cats = np.asarray(ev.cat_ids, np.int64)
@@ -161,7 +165,7 @@ def per_image_eval(gt: Any, res: Any, *, sigmas: Any = None, use_area: bool | No
         det_score=np.asarray(res.score, np.float64)[d], det_tp=np.asarray(ev.det_tp[:, d], bool),
         det_ig=np.asarray(ev.det_ignored[:, d], bool), npig=npig, inst_image=p_img[p_order],
         inst_start=inst_start, inst_conf=pairs.confidence[p_order], inst_oks=pairs.oks[p_order],
-        stats=dict(ev.stats),
+        stats=dict(ev.stats), eval_warnings=said,
     )
 
 
@@ -427,6 +431,7 @@ def compare(gt: Any, res_a: Any, res_b: Any, *, resamples: int = 1000, seed: int
     if names["A"] == names["B"]:
         names = {w: f"{w} ({n})" for w, n in names.items()}
     notes = _odd_inputs(gt, {"A": pa, "B": pb}, names)
+    notes += list(dict.fromkeys(f"{names[w]}: {m}" for w, pe in (("A", pa), ("B", pb)) for m in pe.eval_warnings))
     for msg in notes:
         warnings.warn(msg, PosecalWarning, stacklevel=2)
     rng = np.random.default_rng(seed)
