@@ -271,6 +271,31 @@ def fit_context_stage(stores: Sequence[StoreData], recipe: Recipe, *, folds: int
     return stage, meta
 
 
+def _check_recipe(recipe: Recipe, train: StoreData, feat_name: str) -> None:
+    """The recipe fits the store: its head reads the store's feature tensor (and, for ``kpt_inst``, the
+    instance evidence the store holds), its evidence suits the head, steps and batch size are positive."""
+    if HEAD_KINDS.get(recipe.head) != feat_name:
+        raise PosecalInputError(f"head {recipe.head!r} reads {HEAD_KINDS.get(recipe.head)}, the store has "
+                                f"{feat_name}", file=train.path, field="--head")
+    if recipe.head == "kpt_pose" and (not recipe.evidence or recipe.evidence[-1] != "pose"):
+        raise PosecalInputError("head 'kpt_pose' reads the 'pose' evidence: give it last (--evidence pose, or "
+                                "e.g. score,pose), or fit the plain per-keypoint head (--head kpt)",
+                                file=train.path, field="--evidence")
+    if recipe.head == "kpt_inst" and recipe.evidence:
+        raise PosecalInputError("head 'kpt_inst' reads the instance evidence as its last input channels; it takes "
+                                "no further evidence columns (--evidence none)", file=train.path, field="--evidence")
+    if recipe.head == "kpt_inst" and not uses_evidence(train.meta):
+        # its gate would read the last feature channels as box score and keypoint-score statistics
+        raise PosecalInputError("head 'kpt_inst' reads the instance evidence (box score, keypoint-score "
+                                "statistics), which this store does not hold: its model card does not ask for it "
+                                "(ccnet.evidence); fit --head kpt, or describe the model with a card whose "
+                                "ccnet.evidence is true and extract again", file=train.path, field="--head")
+    if recipe.evidence.count("pose") > 1:
+        raise PosecalInputError("'pose' evidence given twice", field="--evidence")
+    if recipe.steps < 1 or recipe.batch_size < 1:
+        raise PosecalInputError("steps and batch size must be >= 1", field="--steps/--batch-size")
+
+
 def fit_from_stores(stores: Sequence[StoreData], recipe: Recipe | None = None, val: StoreData | None = None, *,
                     device: str = "cpu", threads: int | None = None, show_progress: bool = True,
                     verbose: bool = False, context: bool = True) -> tuple[Any, dict[str, Any]]:
@@ -297,26 +322,7 @@ def fit_from_stores(stores: Sequence[StoreData], recipe: Recipe | None = None, v
     train = stores[0]
     feat_name = train.head_meta["feature_tensor"]
     recipe = recipe or default_recipe(train.meta, feat_name)
-    if HEAD_KINDS.get(recipe.head) != feat_name:
-        raise PosecalInputError(f"head {recipe.head!r} reads {HEAD_KINDS.get(recipe.head)}, the store has "
-                                f"{feat_name}", file=train.path, field="--head")
-    if recipe.head == "kpt_pose" and (not recipe.evidence or recipe.evidence[-1] != "pose"):
-        raise PosecalInputError("head 'kpt_pose' reads the 'pose' evidence: give it last (--evidence pose, or "
-                                "e.g. score,pose), or fit the plain per-keypoint head (--head kpt)",
-                                file=train.path, field="--evidence")
-    if recipe.head == "kpt_inst" and recipe.evidence:
-        raise PosecalInputError("head 'kpt_inst' reads the instance evidence as its last input channels; it takes "
-                                "no further evidence columns (--evidence none)", file=train.path, field="--evidence")
-    if recipe.head == "kpt_inst" and not uses_evidence(train.meta):
-        # its gate would read the last feature channels as box score and keypoint-score statistics
-        raise PosecalInputError("head 'kpt_inst' reads the instance evidence (box score, keypoint-score "
-                                "statistics), which this store does not hold: its model card does not ask for it "
-                                "(ccnet.evidence); fit --head kpt, or describe the model with a card whose "
-                                "ccnet.evidence is true and extract again", file=train.path, field="--head")
-    if recipe.evidence.count("pose") > 1:
-        raise PosecalInputError("'pose' evidence given twice", field="--evidence")
-    if recipe.steps < 1 or recipe.batch_size < 1:
-        raise PosecalInputError("steps and batch size must be >= 1", field="--steps/--batch-size")
+    _check_recipe(recipe, train, feat_name)
     threads = threads or (1 if feat_name != "features_spatial" else None)
     if threads:
         torch.set_num_threads(threads)
