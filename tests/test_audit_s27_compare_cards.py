@@ -34,6 +34,7 @@ from posecal.calibration.metrics import pearson
 from posecal.errors import PosecalInputError
 from posecal.keypoints import COCO17
 from posecal.models.cards import BUILTIN_CARDS, validate_card
+from test_detect_hostile import _card
 from test_hostile_inputs import _one_error, _run, _write
 
 SP_MODEL = ("models", "simplepose", "ultralight-nano-simplepose.onnx")
@@ -124,15 +125,8 @@ def test_level_just_below_one_is_not_labelled_100(level, label):
 
 # --- model cards: static checks -----------------------------------------------------------------------------
 def _mut(card: dict, path: tuple, value) -> dict:
-    c = copy.deepcopy(card)
-    o = c
-    for k in path[:-1]:
-        o = o[k]
-    if value is KeyError:
-        del o[path[-1]]
-    else:
-        o[path[-1]] = value
-    return c
+    """A deep copy of ``card`` with the field at ``path`` set to ``value`` (KeyError: removed)."""
+    return _card(path, value)(copy.deepcopy(card))
 
 
 _COORD_NO_HM = {**copy.deepcopy(MN), "heatmaps": None}

@@ -19,6 +19,7 @@ import pytest
 from _cocogen import make_coco_set
 from conftest import shared_path
 from posecal.cli import main
+from test_hostile_inputs import _one_error
 
 
 def _run(argv: list) -> tuple[int, str, str]:
@@ -29,14 +30,6 @@ def _run(argv: list) -> tuple[int, str, str]:
         except SystemExit as e:
             rc = e.code
     return rc, out.getvalue(), err.getvalue()
-
-
-def _one_error(rc: int, err: str, *needles: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ": warning: " not in ln]
-    assert rc == 2 and len(lines) == 1 and ": error: " in lines[0] and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def _strict(path: Path) -> dict:
