@@ -52,13 +52,18 @@ class RescoreResult:
     keypoint_scores: np.ndarray
     instance_scores: np.ndarray
 
-    def to_records(self, pred: CocoResults) -> list[dict]:
+    def to_records(self, pred: PredLike) -> list[dict]:
         """Copies of ``pred``'s records with the new scores; x, y and every other field unchanged. A record
         whose keypoint scores are all <= 0 keeps them: xtcocotools (MMPose's evaluator) drops such detections,
-        and new positive scores would let them take part, changing its AR."""
+        and new positive scores would let them take part, changing its AR. ``pred`` is what ``transform`` was
+        given: :class:`CocoResults`, a results file or its list of records."""
         out = []
         kps = self.keypoint_scores
-        for i, rec in enumerate(_records_of(pred)):
+        recs = _records_of(pred)
+        if len(recs) != len(self.instance_scores):
+            raise ValueError(f"to_records: {len(recs)} records for {len(self.instance_scores)} rescored rows "
+                             "(give the results that were transformed)")
+        for i, rec in enumerate(recs):
             r = dict(rec)
             kp = list(rec["keypoints"])
             if any(isinstance(v, (int, float)) and v > 0 for v in kp[2::3]):
@@ -69,7 +74,8 @@ class RescoreResult:
         return out
 
 
-def _records_of(pred: CocoResults) -> list[dict]:
+def _records_of(pred: PredLike) -> list[dict]:
+    pred = _as_pred(pred)  # a path or a list of records, as ``transform`` takes them
     if pred.records:
         return pred.records
     from posecal.io.coco import results_to_records
@@ -140,6 +146,34 @@ def _aggregate_for(
             )
         v = _checked_visibility(pred, v)
     return instance_score(s, mode, None if mode in _NO_BOX_SCORE else _bbox_score(pred), thr, v)
+
+
+def _finite_param(name: str, v: object, *, positive: bool = False) -> float:
+    """A float constructor parameter, finite (and > 0 with ``positive``); ``ValueError`` naming it otherwise —
+    as the CLI's argument types and :meth:`Rescorer.from_json` check them (a NaN ``target_sigma`` or
+    threshold made NaN or all-zero scores without a word)."""
+    f = float(v)  # type: ignore[arg-type]
+    if not np.isfinite(f) or (positive and f <= 0):
+        raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, not {v!r}")
+    return f
+
+
+def _size_param(name: str, v: object) -> tuple[int, int]:
+    """``(W, H)``: two whole numbers >= 1, else ``ValueError``."""
+    t = tuple(v)  # type: ignore[arg-type]
+    if len(t) != 2 or not all(np.isfinite(float(x)) and float(x) >= 1 and float(x).is_integer() for x in t):
+        raise ValueError(f"{name} must be (W, H), two whole numbers >= 1, not {v!r}")
+    return int(t[0]), int(t[1])
+
+
+def _sigmas_param(v: object) -> np.ndarray | None:
+    """OKS constants ``(K,)``, finite and > 0, or ``None``; ``ValueError`` otherwise."""
+    if v is None:
+        return None
+    s = np.asarray(v, dtype=np.float64)
+    if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s) & (s > 0)):
+        raise ValueError(f"sigmas must be a list of K finite OKS constants > 0; got shape {s.shape}")
+    return s
 
 
 def _json_value(v: object) -> object:

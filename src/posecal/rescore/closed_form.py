@@ -20,6 +20,9 @@ from posecal.rescore.base import (
     _aggregate_for,
     _as_gt,
     _as_pred,
+    _finite_param,
+    _sigmas_param,
+    _size_param,
     register_rescorer,
 )
 from posecal.rescore.matching import match_to_gt, oks_sigmas_for
@@ -85,15 +88,16 @@ class ClosedFormRescorer(Rescorer):
             raise ValueError(f"model must be 'heatmap' or 'rle', not {model!r}")
         if aggregate not in INSTANCE_SCORE_MODES:
             raise ValueError(f"unknown aggregation {aggregate!r}")
-        self.area, self.model, self.target_sigma = area, model, float(target_sigma)
-        self.heatmap_size = tuple(int(v) for v in heatmap_size)
-        self.input_size = tuple(int(v) for v in input_size)
+        self.area, self.model = area, model
+        self.target_sigma = _finite_param("target_sigma", target_sigma, positive=True)
+        self.heatmap_size = _size_param("heatmap_size", heatmap_size)
+        self.input_size = _size_param("input_size", input_size)
         self.padding, self.aggregate, self.keypoint_score_thr = (
-            float(padding),
+            _finite_param("padding", padding, positive=True),
             aggregate,
-            float(keypoint_score_thr),
+            _finite_param("keypoint_score_thr", keypoint_score_thr),
         )
-        self.sigmas = None if sigmas is None else np.asarray(sigmas, dtype=np.float64)
+        self.sigmas = _sigmas_param(sigmas)
         self.mean_area = None if mean_area is None else float(mean_area)
 
     def fit(self, pred: PredLike | None, gt: GtLike = None, **kw: object) -> ClosedFormRescorer:

@@ -22,6 +22,8 @@ from posecal.rescore.base import (
     _aggregate_for,
     _as_gt,
     _as_pred,
+    _finite_param,
+    _sigmas_param,
     register_rescorer,
 )
 from posecal.rescore.matching import matched_keypoint_pairs
@@ -73,8 +75,9 @@ class _KeypointMapRescorer(Rescorer):
     ):
         if aggregate not in INSTANCE_SCORE_MODES:
             raise ValueError(f"unknown aggregation {aggregate!r}")
-        self.aggregate, self.keypoint_score_thr = aggregate, float(keypoint_score_thr)
-        self.sigmas = None if sigmas is None else np.asarray(sigmas, dtype=np.float64)
+        self.aggregate = aggregate
+        self.keypoint_score_thr = _finite_param("keypoint_score_thr", keypoint_score_thr)
+        self.sigmas = _sigmas_param(sigmas)
 
     def map_scores(self, s: np.ndarray) -> np.ndarray:  # pragma: no cover
         """Calibrated keypoint scores of raw scores ``s`` (any shape)."""
@@ -171,7 +174,7 @@ class LogLogRescorer(_KeypointMapRescorer):
         min_score: float = 1e-4,
     ):
         super().__init__(aggregate, keypoint_score_thr, sigmas)
-        self.min_score = float(min_score)
+        self.min_score = _finite_param("min_score", min_score, positive=True)
         self.coef_: np.ndarray | None = None
 
     def fit(self, pred: PredLike, gt: GtLike = None, **kw: object) -> LogLogRescorer:

@@ -22,9 +22,12 @@ def oks_sigmas_for(pred: CocoResults, gt: CocoGroundTruth | None, sigmas: ArrayL
 
     Raises :class:`PosecalInputError` when none is known for ``pred``'s K.
     """
-    if sigmas is not None:
-        return np.asarray(sigmas, dtype=np.float64)
     K = pred.keypoints.shape[1]
+    if sigmas is not None:
+        s = np.asarray(sigmas, dtype=np.float64)
+        if s.shape != (K,):  # (was numpy's "operands could not be broadcast together")
+            raise PosecalInputError(f"{s.size} OKS sigmas for {K} keypoints", pred.path, None, "sigmas")
+        return s
     if gt is not None and gt.keypoint_set is not None and gt.keypoint_set.num_keypoints == K:
         return gt.keypoint_set.sigmas
     ks = find_keypoint_set(None, K)

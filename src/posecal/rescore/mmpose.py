@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import ClassVar
 
 from posecal.rescore.aggregate import instance_score
-from posecal.rescore.base import GtLike, PredLike, Rescorer, RescoreResult, _as_pred, _bbox_score, register_rescorer
+from posecal.rescore.base import (
+    GtLike,
+    PredLike,
+    Rescorer,
+    RescoreResult,
+    _as_pred,
+    _bbox_score,
+    _finite_param,
+    register_rescorer,
+)
 
 __all__ = ["MMPOSE_MODES", "MMPoseRescorer"]
 
@@ -31,7 +40,7 @@ class MMPoseRescorer(Rescorer):
     def __init__(self, mode: str = "bbox_keypoint", keypoint_score_thr: float = 0.2):
         if mode not in MMPOSE_MODES:
             raise ValueError(f"unknown MMPose score mode {mode!r}")
-        self.mode, self.keypoint_score_thr = mode, float(keypoint_score_thr)
+        self.mode, self.keypoint_score_thr = mode, _finite_param("keypoint_score_thr", keypoint_score_thr)
 
     @property
     def method(self) -> str:  # type: ignore[override]

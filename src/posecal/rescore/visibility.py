@@ -39,6 +39,8 @@ class VisibilityRescorer(Rescorer):
         """Keypoint scores ``(D, K)`` unchanged; instance scores ``(D,)`` weighted by the visibility."""
         pred = _as_pred(pred)
         v = visibility if visibility is not None else pred.visibility
+        if v is None and len(pred) == 0:  # no records: no scores (as every other method), not "record 0"
+            v = np.zeros(pred.keypoints.shape[:2])
         if v is None:
             raise PosecalInputError(
                 "visibility rescoring needs a 'visibility' list per record", pred.path, 0, "visibility"

@@ -188,8 +188,9 @@ def fit_gaussian(heatmaps: ArrayLike, radius: int = 5, rel_threshold: float = 0.
     log-domain residuals match the linear-domain least-squares ones to first order; exact for a noiseless
     Gaussian). When the fit is not concave or has fewer than 4 usable pixels, the width falls back to the
     second moment ``w^2 = sum h r^2 / (2 sum h)`` of the positive part of the window (``ok`` False); when
-    the window has no positive value at all, ``w = radius`` (maximal uncertainty). Widths are therefore
-    always finite and positive.
+    the window has no positive value at all, ``w = radius`` (maximal uncertainty). Widths of finite heatmaps
+    are therefore always finite and positive; a heatmap holding a NaN or infinite value has no defined peak
+    and gets NaN amplitude, centre and width (``ok`` False), as the ``"peak"`` estimator gives NaN there.
 
     Args:
         heatmaps: ``(..., H, W)``.
@@ -204,6 +205,10 @@ def fit_gaussian(heatmaps: ArrayLike, radius: int = 5, rel_threshold: float = 0.
     H, W = h.shape[-2:]
     flat = h.reshape(-1, H, W)
     n = flat.shape[0]
+    P = (2 * radius + 1) ** 2  # window pixels (explicit: reshape(0, -1) is ambiguous for an empty batch)
+    bad = ~np.isfinite(flat).all(axis=(1, 2))  # NaN/inf anywhere: argmax and peak undefined -> NaN below
+    if bad.any():
+        flat = np.where(bad[:, None, None], 0.0, flat)
     coords, peak = decode_argmax(flat)
     cx, cy = coords[:, 0].astype(int), coords[:, 1].astype(int)
     off = np.arange(-radius, radius + 1)
@@ -217,11 +222,11 @@ def fit_gaussian(heatmaps: ArrayLike, radius: int = 5, rel_threshold: float = 0.
     wgt = np.where(use, vals, 0.0) ** 2
     xs, ys = ox.astype(np.float64), oy.astype(np.float64)  # relative to the argmax, for conditioning
     basis = np.stack([np.ones_like(xs), xs, ys, xs**2 + ys**2], axis=-1).reshape(-1, 4)  # (P, 4)
-    lv = np.log(np.where(use, vals, 1.0)).reshape(n, -1)
-    wf = wgt.reshape(n, -1)
+    lv = np.log(np.where(use, vals, 1.0)).reshape(n, P)
+    wf = wgt.reshape(n, P)
     A = np.einsum("np,pi,pj->nij", wf, basis, basis)
     rhs = np.einsum("np,pi,np->ni", wf, basis, lv)
-    nuse = use.reshape(n, -1).sum(1)
+    nuse = use.reshape(n, P).sum(1)
     good = nuse >= 4
     A[~good] = np.eye(4)
     rhs[~good] = 0.0
@@ -239,7 +244,7 @@ def fit_gaussian(heatmaps: ArrayLike, radius: int = 5, rel_threshold: float = 0.
         amp = np.exp(coef[:, 0] + (x0**2 + y0**2) / (2 * w2))
     amp = np.where(np.isfinite(amp), amp, peak)
     # fallback: second moment of the positive window about the argmax
-    pos = np.clip(vals, 0.0, None).reshape(n, -1)
+    pos = np.clip(vals, 0.0, None).reshape(n, P)
     r2 = (xs**2 + ys**2).reshape(-1)
     msum = pos.sum(1)
     mom_w2 = np.where(msum > 0, (pos * r2).sum(1) / (2 * np.where(msum > 0, msum, 1.0)), float(radius) ** 2)
@@ -248,6 +253,8 @@ def fit_gaussian(heatmaps: ArrayLike, radius: int = 5, rel_threshold: float = 0.
     x0 = np.where(ok, x0, 0.0) + cx
     y0 = np.where(ok, y0, 0.0) + cy
     amp = np.where(ok, amp, peak)
+    amp, x0, y0, w2 = (np.where(bad, np.nan, v) for v in (amp, x0, y0, w2))
+    ok &= ~bad
     return {
         "amplitude": amp.reshape(lead),
         "center": np.stack([x0, y0], -1).reshape(*lead, 2),
@@ -276,7 +283,8 @@ def estimate_sigma(
             heatmap pixels.
         radius: window half-size for ``"fit"``.
     Returns:
-        sigma ``(N, K)`` — image pixels if ``scale`` is given, heatmap pixels otherwise. Non-negative, finite.
+        sigma ``(N, K)`` — image pixels if ``scale`` is given, heatmap pixels otherwise. Non-negative; NaN (no
+        estimate) where a heatmap holds a NaN or infinite value (``"fit"``) or a peak is NaN (``"peak"``).
     """
     lt2 = float(target_sigma) ** 2
     if method == "peak":
