@@ -165,9 +165,15 @@ def _remaining_mean(key: np.ndarray, error: np.ndarray) -> np.ndarray:
     Returns shape (N,).
     """
     order = np.argsort(key, kind="stable")
-    e = _tie_mean(key[order], error[order])
+    return _remaining_mean_sorted(key[order], error[order])
+
+
+def _remaining_mean_sorted(sorted_key: np.ndarray, error_in_key_order: np.ndarray) -> np.ndarray:
+    """:func:`_remaining_mean` of inputs already in stable ``key`` order (``posecal compare``'s bootstrap
+    orders each resample from one sort of the full data, :mod:`posecal.calibration.compare`)."""
+    e = _tie_mean(sorted_key, error_in_key_order)
     suffix = np.cumsum(e[::-1])[::-1]  # suffix[n] = sum of e[n:]
-    n_left = np.arange(key.size, 0, -1)
+    n_left = np.arange(sorted_key.size, 0, -1)
     return suffix / n_left
 
 

@@ -74,21 +74,32 @@ def crop_box_area(bbox: np.ndarray, input_size: tuple[int, int], padding: float 
 
 def oks_nms_per_image(image_id: np.ndarray, keypoints: np.ndarray, keypoint_scores: np.ndarray,
                       scores: np.ndarray, sigmas: np.ndarray, thr: float = 0.9,
-                      areas: np.ndarray | None = None) -> np.ndarray:
+                      areas: np.ndarray | None = None, show_progress: bool = False) -> np.ndarray:
     """Sorted row indices kept by :func:`oks_nms` run image by image (MMPose's CocoMetric step).
 
     image_id (N,), keypoints (N, K, 2) image px, keypoint_scores (N, K), scores (N,) instance scores, areas (N,)
     px² (top-down: :func:`crop_box_area`, as MMPose; default: the keypoint extent, MMPose's rule for
-    predictions without an area).
+    predictions without an area). ``show_progress``: a progress bar over the images on stderr (when stderr is a
+    terminal or ``POSECAL_PROGRESS=1``).
     """
     image_id = np.asarray(image_id)
     kp3 = np.concatenate([np.asarray(keypoints, np.float64),
                           np.asarray(keypoint_scores, np.float64)[..., None]], axis=-1)
     areas = keypoint_extent_area(keypoints) if areas is None else np.asarray(areas, np.float64)
+    scores = np.asarray(scores)
+    # each image's rows (ascending) from one sort: not a scan of every row per image (O(N x images))
+    _, inv = np.unique(image_id, return_inverse=True)
+    inv = inv.ravel()
+    by_image = np.argsort(inv, kind="stable")
+    bounds = np.cumsum(np.bincount(inv))[:-1] if inv.size else np.zeros(0, np.int64)
+    groups = np.split(by_image, bounds)
+    if show_progress:
+        from posecal._util import progress  # tqdm: only when asked (this module is numpy only)
+
+        groups = progress(groups, desc="OKS-NMS", unit="image")
     keep = []
-    for iid in np.unique(image_id):
-        rows = np.flatnonzero(image_id == iid)
-        k = oks_nms(kp3[rows], np.asarray(scores)[rows], areas[rows], thr, sigmas)
+    for rows in groups:
+        k = oks_nms(kp3[rows], scores[rows], areas[rows], thr, sigmas)
         keep.append(rows[k])
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
 
