@@ -187,12 +187,15 @@ def _probe_writable(folder: Path, raw: str, field: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: PathLike, flag: str = "--out") -> Iterator[Path]:
+def atomic_dir(path: PathLike, flag: str = "--out", *, stale: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success its files move into ``path`` (created if needed).
 
     A new ``path`` appears in one rename; into an existing folder each file is renamed in (files only,
-    one level). On failure the temporary folder and everything in it are removed, and ``path`` is
-    left as it was.
+    one level), and the names in ``stale`` that the new files do not include are removed (an earlier
+    output's optional file). The move holds an exclusive lock on ``path``'s parent folder, and Ctrl-C /
+    SIGTERM are held back meanwhile, so two runs writing the same ``path`` at once leave one run's files,
+    never a mix. On failure the temporary folder and everything in it are removed, and ``path`` is left
+    as it was.
     """
     from posecal._util import current_umask
 
@@ -202,20 +205,55 @@ def atomic_dir(path: PathLike, flag: str = "--out") -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
-        if not path.exists():
-            os.replace(tmp, path)
-        else:
-            files = sorted(tmp.iterdir())
-            for f in files:  # every clash first: a file moved in before a failing one would stay replaced
-                t = path / f.name
-                if t.is_dir() or (t.exists() and not t.is_file()):
-                    raise PosecalInputError(f"{t} exists and is not a file; nothing was written", file=str(path),
-                                            field=flag)
-            for f in files:
-                os.replace(f, path / f.name)
+        with _folder_lock(path.parent), signals_deferred():
+            _move_in(tmp, path, flag, stale)
+    except OSError as e:
+        if e.filename is None:  # a failed write (no space, quota) names no file: the error line names `path`
+            e.filename = str(path)
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_in(tmp: Path, path: Path, flag: str, stale: tuple[str, ...]) -> None:
+    """:func:`atomic_dir`'s commit: ``tmp`` becomes ``path``, or its files move into the existing ``path``."""
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    files = sorted(tmp.iterdir())
+    for f in files:  # every clash first: a file moved in before a failing one would stay replaced
+        t = path / f.name
+        if t.is_dir() or (t.exists() and not t.is_file()):
+            raise PosecalInputError(f"{t} exists and is not a file; nothing was written", file=str(path),
+                                    field=flag)
+    for f in files:
+        os.replace(f, path / f.name)
+    for name in stale:
+        old = path / name
+        if name not in {f.name for f in files} and old.is_file():
+            old.unlink()
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder`` itself (blocking: the holder only renames a few files), where the
+    platform and file system offer one; otherwise no lock."""
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # e.g. ENOLCK on some network file systems: go on unlocked
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager

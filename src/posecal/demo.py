@@ -118,7 +118,7 @@ changed: only the confidences differ between rows. <a href="demo.json">demo.json
 <h2>Provenance</h2><ul>{prov}</ul><h2>Reliability diagrams</h2>{figs}
 </body></html>
 """
-    write_bytes_atomic(out / "index.html", page.encode())
+    write_bytes_atomic(out / "index.html", page.encode(errors="backslashreplace"))
 
 
 def write_outputs(out: Path, doc: dict[str, Any]) -> None:

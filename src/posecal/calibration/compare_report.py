@@ -180,7 +180,7 @@ def write_compare_report(res: CompareResult, pes: dict[str, PerImageEval], out_d
         for name, fn in FIGURES.items():
             _draw(plt, fn, pes, tmp / name)
         write_json_atomic(tmp / "compare.json", {**res.to_dict(), "files": names})
-        write_bytes_atomic(tmp / "index.html", _html(res, names).encode())
+        write_bytes_atomic(tmp / "index.html", _html(res, names).encode(errors="backslashreplace"))
         mode = _file_mode()
         for p in tmp.iterdir():
             os.chmod(p, mode)

@@ -295,7 +295,7 @@ def write_report(
     written["metrics.json"] = out / "metrics.json"
     figs = [f for f in FIGURES if f in written and (out / f).is_file()]
     sources = {"ground truth": doc.get("gt"), "predictions": doc.get("pred")}
-    write_bytes_atomic(out / "index.html", _html(a, figs, coco, title, sources).encode())
+    write_bytes_atomic(out / "index.html", _html(a, figs, coco, title, sources).encode(errors="backslashreplace"))
     written["index.html"] = out / "index.html"
     mode = _file_mode()
     for p in written.values():  # the atomic temporary files are 0600; a report is meant to be shared

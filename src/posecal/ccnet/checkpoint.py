@@ -34,8 +34,10 @@ __all__ = ["FORMAT", "COMPARED_KEYS", "save_head", "load_head", "check_compatibl
 
 FORMAT = "posecal-ccnet/1"
 WEIGHTS, META, CONTEXT = "head.safetensors", "head.json", "context.safetensors"
-COMPARED_KEYS = ("keypoint_set", "feature_tensor", "feature_shape", "pooling", "model_tensor", "model_sha256")
-"""Metadata that must agree between a head and the store (or model) it is applied to."""
+COMPARED_KEYS = ("keypoint_set", "feature_tensor", "feature_shape", "pooling", "model_tensor", "model_sha256",
+                 "keypoint_names", "keypoint_sigmas")
+"""Metadata that must agree between a head and the store (or model) it is applied to (the last two: a
+``custom`` keypoint set's, see :data:`posecal.keypoints.CUSTOM`)."""
 
 AGGREGATIONS = ("sum(v_hat*s_hat)/sum(v_hat)", "sum(v_hat*s_hat)/sum(v_hat) * box_score")
 """The ``aggregation`` values :func:`posecal.ccnet.fit.fit_from_stores` writes (the second with ``box_score``)."""
@@ -89,7 +91,8 @@ def save_head(head_dir: str | os.PathLike, head: CCNetHead, meta: dict[str, obje
         },
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    with atomic_dir(head_dir) as d:  # both files or neither
+    # both files or neither; an earlier head's context stage, left in the same folder, is removed with the move
+    with atomic_dir(head_dir, stale=(CONTEXT,)) as d:
         with atomic_path(d / WEIGHTS) as tmp:
             Path(tmp).write_bytes(_canonical(save(tensors, metadata={"format": FORMAT, "head": head.kind})))
             os.chmod(tmp, 0o666 & ~current_umask())  # a head is meant to be shared
@@ -103,15 +106,12 @@ def save_head(head_dir: str | os.PathLike, head: CCNetHead, meta: dict[str, obje
         else:
             full.pop("context", None)
         write_json_atomic(d / META, full)
-    stale = Path(head_dir) / CONTEXT
-    if stage is None and stale.is_file():  # an earlier head's stage, left by saving into the same folder
-        stale.unlink()
 
 
 def load_head(head_dir: str | os.PathLike) -> tuple[CCNetHead, dict[str, object]]:
     """Load a head saved by :func:`save_head`; raise :class:`PosecalInputError` on anything malformed
     (see the module docstring for what is checked)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     d = Path(head_dir)
     mpath, wpath = d / META, d / WEIGHTS
@@ -132,8 +132,9 @@ def load_head(head_dir: str | os.PathLike) -> tuple[CCNetHead, dict[str, object]
         head = CCNetHead(meta["head"], int(meta["in_channels"]), int(meta["num_keypoints"]))
     except PosecalInputError as e:  # e.g. kpt_pose / kpt_inst with too few channels
         raise PosecalInputError(e.message, file=str(mpath), field="in_channels") from None
+    blob = wpath.read_bytes()  # not load_file(path): safetensors refuses a path that is not valid UTF-8
     try:
-        state = load_file(str(wpath))
+        state = dict(sorted(load(blob).items()))  # in name order, as load_file gives them
     except Exception as e:  # safetensors raises its own error types
         raise PosecalInputError(f"unreadable safetensors: {e}", file=str(wpath)) from None
     _check_state(state, head.state_dict(), meta["head"], wpath)
@@ -267,14 +268,15 @@ def _check_state(state: dict[str, Any], want: dict[str, Any], kind: str, wpath: 
 
 def _load_context(path: Path) -> object:
     import numpy as np
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load
 
     from posecal.ccnet.context import ContextStage
 
     if not path.is_file():
         raise PosecalInputError("missing file (head.json names a context stage)", file=str(path))
+    blob = path.read_bytes()  # bytes, not a path: safetensors refuses a path that is not valid UTF-8
     try:
-        arrs = load_file(str(path))
+        arrs = dict(sorted(load(blob).items()))  # in name order, as load_file gives them
     except Exception as e:  # safetensors raises its own error types
         raise PosecalInputError(f"unreadable safetensors: {e}", file=str(path)) from None
     for k, a in arrs.items():

@@ -87,10 +87,23 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0 if args.command is None else 2
+    _lenient_stdout()
     if sys.stdout is None:  # started with stdout closed (`>&-`): tables go nowhere (as print() drops them)...
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the process's stdout from here on
         args._stdout_closed = True  # ... and results asked for on stdout are refused (_run_command)
     return _run_command(args)
+
+
+def _lenient_stdout() -> None:
+    """A file name that is not valid UTF-8 (``b"bad\\xff.json"``, which Python holds as ``"bad\\udcff.json"``)
+    printed in a table crashed under a UTF-8 locale, whose stdout encodes strictly: print it backslash-escaped,
+    as stderr does (the C locale's ``surrogateescape`` is kept: it gives the name's own bytes back)."""
+    out = sys.stdout
+    if out is not None and getattr(out, "errors", None) == "strict" and hasattr(out, "reconfigure"):
+        try:
+            out.reconfigure(errors="backslashreplace")
+        except (ValueError, OSError):  # e.g. a closed stream
+            pass
 
 
 def _deepest_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
@@ -136,6 +149,9 @@ def _run_command(args: argparse.Namespace) -> int:
                                                  "there; give a file name" if value == "-" else
                                                  "stdout is closed (started with >&-): the JSON has nowhere to go",
                                                  field=f"--{flag}"))
+    refused = _dash_refused(args)
+    if refused is not None:
+        return _error(cmd, refused)
     with warnings.catch_warnings(record=True) as caught:
         try:
             rc = int(args._run(args) or 0)
@@ -147,12 +163,75 @@ def _run_command(args: argparse.Namespace) -> int:
                 if rc is None:
                     raise
                 return rc
-            print("interrupted", file=sys.stderr)
-            return 130
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+            return _interrupted(e)
+        except KeyboardInterrupt as e:
+            return _interrupted(e)
     return _flush_warnings(cmd, caught, rc)
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by SIGTERM / SIGHUP (``kill``, a closed terminal, a batch system's time limit)
+    while a command runs: a KeyboardInterrupt, so the clean-up that Ctrl-C gets runs too (temporary files and
+    folders removed, resumable work kept), and the exit code is the shell's 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt_code(e: BaseException | None) -> int:
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, Terminated):
+            return 128 + e.signum
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return 130
+
+
+def _interrupted(e: BaseException) -> int:
+    code = _interrupt_code(e)
+    print("interrupted" if code == 130 else f"terminated (signal {code - 128})", file=sys.stderr)
+    return code
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM / SIGHUP raise :class:`Terminated` (main thread, POSIX) instead of ending the process on the spot,
+    which left temporary files and folders (``.OUT.xxxx.tmp``) behind. Signals the caller chose to ignore stay
+    ignored; elsewhere a no-op."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, handler)
+
+
+# outputs for which '-' is no stdout: (command, argparse dest) -> what must be named instead. Without this a
+# file or folder literally called "-" was written (and the clobber checks, which skip '-', were bypassed);
+# `apply --out -`, `rescore --out -` and `evaluate --json -` do write to stdout; fit and export refuse on their own
+DASH_REFUSED: dict[tuple[str, str], str] = {
+    ("convert", "out"): "file", ("detect", "out"): "file", ("rescore", "save_calibrator"): "file",
+    ("extract", "out"): "folder", ("study", "out"): "folder", ("demo", "out"): "folder",
+    ("evaluate", "report"): "folder", ("compare", "report"): "folder",
+}
+
+
+def _dash_refused(args: argparse.Namespace) -> PosecalInputError | None:
+    """The error for an output given as '-' where the command cannot write to stdout (``./-`` names a file)."""
+    for (cmd, dest), kind in DASH_REFUSED.items():
+        if args.command == cmd and getattr(args, dest, None) == "-":
+            flag = "--" + dest.replace("_", "-")
+            return PosecalInputError(f"'-' (stdout) is not supported here: give a {kind} name (./- for one "
+                                     "called '-')", field=flag)
+    return None
 
 
 def _caused_by_interrupt(e: BaseException) -> bool:
@@ -180,6 +259,9 @@ def _other_error(cmd: str, e: Exception) -> int | None:
         return _error(cmd, f"needs {pkg}, which is not installed: pip install 'posecal[{extra}]'")
     if not isinstance(e, (OSError, RecursionError, MemoryError)) or os.environ.get("POSECAL_DEBUG"):
         return None  # a bug, or a developer asking for the traceback behind the one line
+    if isinstance(e, BrokenPipeError) and e.filename is None:  # stdout's reader exited (`| head -1`)
+        _stdout_gone()
+        return _error(cmd, f"stdout: {e.strerror or 'Broken pipe'}")
     if isinstance(e, OSError):
         return _error(cmd, _os_error(e))
     return _error(cmd, "input nested too deeply (RecursionError)" if isinstance(e, RecursionError)
@@ -202,6 +284,34 @@ def _flush_warnings(cmd: str, caught: list, rc: int) -> int:
     return rc
 
 
+def _stdout_gone() -> None:
+    """Point fd 1 at /dev/null once stdout's reader has gone (``| head -1``): what is still buffered then goes
+    nowhere instead of failing again in the interpreter's last flush (Python's multi-line "Exception ignored
+    ... BrokenPipeError" and exit 120)."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _final_flush(rc: int) -> int:
+    """Flush stdout before the interpreter does, so that a failure there (its reader exited, a full disk) is
+    the usual one error line naming stdout and exit 2, not Python's "Exception ignored" message and exit 120."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except (OSError, ValueError) as e:
+        _stdout_gone()
+        first = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+        name = f"posecal {first}" if first in SUBCOMMANDS else "posecal"
+        what = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        sys.stderr.write(f"{name}: error: stdout: {what}\n")
+        return rc or 2
+    return rc
+
+
 def console_main() -> None:
     """The process entry point (the ``posecal`` script and ``python -m posecal``): :func:`main`, then exit.
 
@@ -218,16 +328,19 @@ def console_main() -> None:
     # a warning that escapes the per-command handler is still one line, without source paths or code lines
     warnings.formatwarning = lambda message, category, filename, lineno, line=None: (  # type: ignore[assignment]
         f"posecal: warning: {one_line(message)}\n")
+    _terminate_as_interrupt()
     try:
         rc = main()
-    except KeyboardInterrupt:  # Ctrl-C before main's own handler is in place (while modules load)
-        sys.stderr.write("posecal: interrupted\n")
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # Ctrl-C before main's own handler is in place (while modules load)
+        code = _interrupt_code(e)
+        sys.stderr.write("posecal: interrupted\n" if code == 130 else f"posecal: terminated (signal {code - 128})\n")
+        sys.exit(code)
     except Exception as e:
         if not _caused_by_interrupt(e):
             raise
         sys.stderr.write("posecal: interrupted\n")
-        sys.exit(130)
+        sys.exit(_interrupt_code(e))
+    rc = _final_flush(rc)
     if rc == 0 and getattr(sys.modules.get("posecal.cli.evaluate"), "_finished_plain", False):
         try:
             sys.stdout.flush()
