@@ -29,6 +29,9 @@ __all__ = [
     "JOINT_ALIASES",
     "find_keypoint_set",
     "get_keypoint_set",
+    "CUSTOM",
+    "custom_keypoint_set",
+    "keypoint_set_from_meta",
 ]
 
 
@@ -230,3 +233,33 @@ def find_keypoint_set(names: Sequence[str] | None, num_keypoints: int | None = N
         hits = [s for s in KEYPOINT_SETS.values() if s.num_keypoints == num_keypoints]
         return hits[0] if len(hits) == 1 else None
     return None
+
+
+CUSTOM = "custom"
+"""``keypoint_set`` of a store (``meta.json``) or head (``head.json``) whose keypoints are the data file's own
+names with OKS sigmas given to ``posecal extract --sigmas``; both files then carry ``keypoint_names`` and
+``keypoint_sigmas``."""
+
+
+def custom_keypoint_set(names: Sequence[str], sigmas: Sequence[float]) -> KeypointSet:
+    """A keypoint set posecal does not know: the data's ``names`` (flip pairs from left/right prefixes, case,
+    space and dash insensitive) with the user's OKS ``sigmas``. Raises ValueError when the lengths differ."""
+    ks = _make(CUSTOM, [str(n) for n in names], [float(s) for s in sigmas])
+    return KeypointSet(ks.name, ks.names, ks.sigmas, _pairs([_norm(n) for n in ks.names]), ks.parts)
+
+
+def keypoint_set_from_meta(meta: dict) -> KeypointSet:
+    """The keypoint set a store's ``meta.json`` or a head's ``head.json`` names: a known set by its name, or
+    (``keypoint_set`` = :data:`CUSTOM`) the set its ``keypoint_names`` and ``keypoint_sigmas`` spell. Raises
+    KeyError (with a message) when neither is there."""
+    name = str(meta.get("keypoint_set"))
+    if name != CUSTOM:
+        return get_keypoint_set(name)
+    names, sigmas = meta.get("keypoint_names"), meta.get("keypoint_sigmas")
+    ok = (isinstance(names, list) and isinstance(sigmas, list) and len(names) == len(sigmas) > 0
+          and all(isinstance(s, (int, float)) and not isinstance(s, bool) and np.isfinite(s) and s > 0
+                  for s in sigmas))
+    if not ok:
+        raise KeyError("keypoint_set 'custom' needs keypoint_names and keypoint_sigmas (finite, > 0), one per "
+                       "keypoint (edited?)")
+    return custom_keypoint_set(names, sigmas)

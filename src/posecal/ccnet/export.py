@@ -574,7 +574,7 @@ def check_head_against_model(meta: dict[str, Any], head_dir: str | os.PathLike, 
     mismatch with :class:`PosecalInputError`. Returns (pooling, joint map model → head keypoint set).
     ``allow_evidence``: the caller computes the head's evidence columns itself (the studies do; a model
     graph cannot)."""
-    from posecal.keypoints import get_keypoint_set
+    from posecal.keypoints import keypoint_set_from_meta
     from posecal.models.adapters.joints import joint_map
     from posecal.models.store import file_sha256
 
@@ -612,9 +612,9 @@ def check_head_against_model(meta: dict[str, Any], head_dir: str | os.PathLike, 
     if diffs:
         raise PosecalInputError("head does not fit this model: " + "; ".join(diffs), file=hfile)
     try:
-        ks = get_keypoint_set(str(meta.get("keypoint_set")))
+        ks = keypoint_set_from_meta(meta)
     except KeyError as e:
-        raise PosecalInputError(str(e), file=hfile, field="keypoint_set") from None
+        raise PosecalInputError(str(e.args[0]) if e.args else str(e), file=hfile, field="keypoint_set") from None
     if ks.num_keypoints != int(meta["num_keypoints"]):
         raise PosecalInputError("num_keypoints differs from the keypoint set", file=hfile,
                                 field="num_keypoints")

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from posecal.errors import PosecalInputError
+from posecal.keypoints import CUSTOM
 from posecal.rescore.aggregate import instance_score
 
 
@@ -181,6 +182,8 @@ def store_head_meta(meta: dict[str, Any], feature_name: str | None) -> dict[str,
         shape[-1] += 6 if len(shape) == 2 else K + 5
     out = {
         "keypoint_set": meta.get("keypoint_set"),
+        **({k: meta.get(k) for k in ("keypoint_names", "keypoint_sigmas")} if meta.get("keypoint_set") == CUSTOM
+           else {}),  # a skeleton posecal does not know (extract --sigmas) travels into head.json
         "feature_tensor": feature_name,
         "feature_shape": shape,
         "pooling": meta.get("pooling"),
@@ -349,7 +352,7 @@ def check_finite_rows(arr: np.ndarray, path: str | os.PathLike, name: str) -> No
 def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> StoreData:
     """Open a store and compute the CCNet targets (see module docstring)."""
     from posecal.io.coco import load_gt
-    from posecal.keypoints import get_keypoint_set
+    from posecal.keypoints import keypoint_set_from_meta
     from posecal.models.store import FeatureStore
 
     fs = FeatureStore.open(path)
@@ -365,7 +368,7 @@ def load_store(path: str, *, need_gt: bool = True, features: bool = True) -> Sto
             raise PosecalInputError(f"expected a string, got {str(meta[key])[:60]!r} (edited?)",
                                     file=str(Path(path) / "meta.json"), field=key)
     try:
-        ks = get_keypoint_set(str(meta.get("keypoint_set")))
+        ks = keypoint_set_from_meta(meta)
     except KeyError as e:
         raise PosecalInputError(str(e.args[0]) if e.args else str(e), file=str(Path(path) / "meta.json"),
                                 field="keypoint_set") from None

@@ -15,7 +15,8 @@ import sys
 from collections.abc import Callable
 
 __all__ = ["positive_int", "nonneg_int", "threads", "finite_float", "positive_float", "nonneg_float", "unit_float",
-           "device", "one_line", "PosecalArgumentParser", "plain_help", "sigmas_arg"]
+           "device", "one_line", "PosecalArgumentParser", "plain_help", "sigmas_arg",
+           "sigma_tokens"]
 
 
 # -- validators --------------------------------------------------------------------------------------
@@ -159,6 +160,12 @@ def plain_help(parser: argparse.ArgumentParser) -> None:
                 plain_help(sp)
 
 
+def sigma_tokens(sigmas: list[str]) -> list[str]:
+    """The numbers of ``--sigmas`` values: space and/or comma separated, a list in brackets allowed (as MMPose's
+    metainfo writes ``sigmas=[0.026, 0.025, ...]``)."""
+    return [t for s in sigmas for t in s.replace(",", " ").replace("[", " ").replace("]", " ").split()]
+
+
 def sigmas_arg(sigmas: list[str] | None, keypoint_set: str | None, K: int, what: str):
     """``--sigmas S ...`` (space and/or comma separated) or ``--keypoint-set NAME`` as OKS constants ``(K,)``
     float64 for ``what`` ("the ground truth", "the predictions") with K keypoints; ``(None, None)`` when
@@ -169,7 +176,7 @@ def sigmas_arg(sigmas: list[str] | None, keypoint_set: str | None, K: int, what:
     from posecal.errors import PosecalInputError
 
     if sigmas:
-        toks = [t for s in sigmas for t in s.replace(",", " ").split()]
+        toks = sigma_tokens(sigmas)
         try:
             vals = np.array([float(t) for t in toks], dtype=np.float64)
         except ValueError:

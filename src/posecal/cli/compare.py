@@ -61,7 +61,9 @@ def _level(s: str) -> float:
 
 def _numbers(text: str) -> bool:
     """``text`` is one or more numbers, comma and/or space separated (what ``--sigmas`` takes)."""
-    toks = text.replace(",", " ").split()
+    from posecal.cli._args import sigma_tokens
+
+    toks = sigma_tokens([text])
     try:
         [float(t) for t in toks]
     except ValueError:

@@ -5,6 +5,7 @@
         [--flip] [--augment N --seed S]
         [--shard i/n] [--skip-missing] [--tensor NAME] [--model-kind K] [--allow-missing-joints]
         [--input-size W H]                    # a TorchScript .pt model without a card giving its size
+        [--sigmas S ...]                      # OKS sigmas of DATA's own skeleton (names posecal does not know)
     posecal extract --merge --out STORE        # combine STORE.shard-<i>-of-<n> written with --shard
 
 The same pipeline is available from Python as :func:`posecal.models.extract.extract` (any
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from posecal._util import dumps_json
-from posecal.cli._args import nonneg_int, positive_float, positive_int, threads, unit_float
+from posecal.cli._args import nonneg_int, positive_float, positive_int, sigma_tokens, sigmas_arg, threads, unit_float
 from posecal.errors import PosecalInputError, PosecalWarning
 from posecal.models.adapters.pooling import POOLINGS
 from posecal.models.extract import extract, parse_shard, shard_dir
@@ -74,6 +75,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--target-sigma", type=positive_float, default=None,
                    help="training-target Gaussian sigma in heatmap px for sigma-hat (default per model kind)")
     p.add_argument("--sigma-method", choices=["fit", "peak"], default="fit", help="sigma-hat estimator")
+    p.add_argument("--sigmas", nargs="+", metavar="S", default=None,
+                   help="OKS sigmas, one per keypoint of DATA (space or comma separated): a skeleton posecal "
+                   "does not know (an animal's, a robot's) is taken as it is, by its categories[0].keypoints "
+                   "names; the store carries the sigmas to fit, apply, export and study")
     p.add_argument("--chunk-size", type=positive_int, default=64)
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--threads", type=threads, default=None)
@@ -145,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, model_sha256=file_sha256(args.model),
                       target_sigma=args.target_sigma, sigma_method=args.sigma_method,
                       oks_nms_thr=None if args.oks_nms >= 1 else args.oks_nms,
-                      max_per_image=args.max_per_image or None)
+                      max_per_image=args.max_per_image or None, sigmas=_sigmas(args.sigmas))
     if res is None:
         msg = (f"shard {shard[0]}/{shard[1]} written to {out}; "
                f"merge with: posecal extract --merge --out {args.out}")
@@ -153,6 +158,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _report(res, args)
     return 0
+
+
+def _sigmas(sigmas: list[str] | None) -> list[float] | None:
+    """``--sigmas`` as numbers (checked: finite, > 0); their count is checked against DATA's keypoints."""
+    if not sigmas:
+        return None
+    n = len(sigma_tokens(sigmas))
+    return [float(x) for x in sigmas_arg(sigmas, None, n, "DATA")[0]]
 
 
 def _named_out(out: str) -> str:

@@ -140,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", PosecalWarning)
         pred = load_results(pred_src, gt)
     sigmas = _sigmas(args, pred.keypoints.shape[1])
+    if sigmas is None and store is not None and not args.calibrator:
+        sigmas = _store_sigmas(args, store.meta)
     fitted_on = None
     if store is not None:
         if store.num_instances != len(pred):
@@ -186,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
             r.fit(pred, gt)
             fitted_on = _skeleton(pred, gt)
     out = _transform(r, pred, gt, sigma, args.calibrator)
+    _warn_all_zero(args, pred, out)
     records = out.to_records(pred)
     nms = None
     if args.oks_nms is not None:
@@ -195,6 +198,19 @@ def run(args: argparse.Namespace) -> int:
     _write_outputs(args, r, records, fitted_on)
     _print_summary(args, r, pred, out, pred_src, store_sigma=sigma is not None, nms=nms)
     return 0
+
+
+def _warn_all_zero(args: argparse.Namespace, pred: Any, out: Any) -> None:
+    """Warn when every new instance score is 0 although some old one was not: the file then ranks nothing (AP
+    near 0). Seen with ``loglog`` fitted on many background detections: every new keypoint score fell below
+    ``--keypoint-score-thr`` and MMPose's ``bbox_keypoint`` rule gives 0 when no keypoint passes."""
+    new, old = np.asarray(out.instance_scores), np.asarray(pred.score)
+    if new.size and not np.any(new > 0) and np.any(old > 0):
+        warnings.warn(f"--method {args.method}: every new instance score is 0 ({int(np.sum(old > 0))} of "
+                      f"{old.size} were > 0), so the output ranks nothing; with --aggregate "
+                      f"{getattr(args, 'aggregate', None) or 'bbox_keypoint'} no new keypoint score may pass "
+                      f"--keypoint-score-thr {args.keypoint_score_thr} (lower it or choose another --aggregate)",
+                      PosecalWarning, stacklevel=2)
 
 
 def _oks_nms(args: argparse.Namespace, pred: Any, out: Any, gt: Any, sigmas: np.ndarray | None,
@@ -224,7 +240,7 @@ def _oks_nms(args: argparse.Namespace, pred: Any, out: Any, gt: Any, sigmas: np.
     else:
         areas = keypoint_extent_area(pred.keypoints[..., :2])
     keep = oks_nms_per_image(pred.image_id, pred.keypoints[..., :2], out.keypoint_scores, out.instance_scores,
-                             np.asarray(sigmas, np.float64), args.oks_nms, areas)
+                             np.asarray(sigmas, np.float64), args.oks_nms, areas, show_progress=True)
     return keep, {"thr": args.oks_nms, "area": mode, "kept": int(len(keep)), "removed": int(len(pred) - len(keep))}
 
 
@@ -234,6 +250,23 @@ def _sigmas(args: argparse.Namespace, K: int) -> np.ndarray | None:
     from posecal.cli._args import sigmas_arg
 
     return sigmas_arg(args.sigmas, args.keypoint_set, K, "the predictions")[0]
+
+
+def _store_sigmas(args: argparse.Namespace, meta: dict[str, Any]) -> np.ndarray | None:
+    """The OKS sigmas a store extracted with ``--sigmas`` carries (a skeleton posecal does not know), when the
+    method or --oks-nms reads sigmas; else None."""
+    from posecal.keypoints import CUSTOM, keypoint_set_from_meta
+    from posecal.rescore import rescorer_class
+
+    if meta.get("keypoint_set") != CUSTOM:
+        return None
+    if "sigmas" not in rescorer_class(args.method)().get_params() and args.oks_nms is None:
+        return None
+    try:
+        return keypoint_set_from_meta(meta).sigmas
+    except KeyError as e:
+        raise PosecalInputError(str(e.args[0]), f"{args.store}/meta.json", None,
+                                "keypoint_sigmas") from None
 
 
 def _skeleton(pred: Any, gt: Any) -> dict[str, Any]:

@@ -4,6 +4,7 @@
         [--radii 0 8 16 ...] [--limit N] [--blur-sigma S]          # Fig. 3: occluders / blurs at one joint
         [--model-card CARD.json]                                   # a model without a built-in card
         [--input-size W H]                                         # a TorchScript .pt model (or its card)
+        [--sigmas S ...]                                           # DATA's own skeleton, as extract --sigmas
     posecal study visibility --store STORE [--head HEAD_DIR] --out DIR [--tau T]
                                                     # Fig. 4: visible vs occluded; AP by aggregation
 """
@@ -14,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from posecal.cli._args import nonneg_float, nonneg_int, positive_int, threads
+from posecal.cli._args import nonneg_float, nonneg_int, positive_int, sigma_tokens, sigmas_arg, threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -35,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     o.add_argument("--limit", type=nonneg_int, default=100, help="at most N instances (0: all)")
     o.add_argument("--blur-sigma", type=nonneg_float, default=6.0, help="Gaussian blur sigma, input px (at most 1e6)")
     o.add_argument("--model-card", default=None, help="model card JSON (default: built-in card by SHA-256)")
+    o.add_argument("--sigmas", nargs="+", metavar="S", default=None,
+                   help="OKS sigmas, one per keypoint of DATA, for a skeleton posecal does not know (as posecal "
+                   "extract --sigmas)")
     o.add_argument("--threads", type=threads, default=None)
     o.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     v = s.add_parser("visibility", help="visible vs occluded confidence; AP by aggregation (Fig. 4)")
@@ -44,6 +48,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     v.add_argument("--tau", type=nonneg_float, default=0.2, help="threshold of the tau aggregation (>= 0)")
     v.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     return p
+
+
+def _sigmas(sigmas: list[str] | None) -> list[float] | None:
+    """``--sigmas`` as numbers (finite, > 0); their count is checked against DATA's keypoints."""
+    if not sigmas:
+        return None
+    n = len(sigma_tokens(sigmas))
+    return [float(x) for x in sigmas_arg(sigmas, None, n, "DATA")[0]]
 
 
 def _check_head(head: str | None) -> None:
@@ -88,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         res = occlusion_study(args.model, args.data, args.images, args.joint, head=args.head,
                               radii=args.radii or DEFAULT_RADII, limit=args.limit or None,
                               blur_sigma=args.blur_sigma, threads=args.threads, model_card=args.model_card,
-                              input_size=args.input_size)
+                              input_size=args.input_size, sigmas=_sigmas(args.sigmas))
         with atomic_dir(out) as tmp:  # both files or neither
             plot_occlusion(res, tmp / "occlusion.png")
             write_json_atomic(tmp / "occlusion.json", res)

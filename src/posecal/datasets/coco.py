@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,8 +160,9 @@ def check_ref_kind(images: list[tuple[int | str, str]], anns: Any, file: str | N
                                 file=file, record="images[0]", field="id")
 
 
-def read_coco(src: str | os.PathLike | dict[str, Any], *, file: str | None = None) -> dict[str, Any]:
-    """Load and validate a COCO keypoints file; returns the dict.
+def read_coco(src: str | os.PathLike | dict[str, Any], *, file: str | None = None,
+              sigmas: Sequence[float] | None = None) -> dict[str, Any]:
+    """Load and validate a COCO keypoints file; returns the dict. ``sigmas``: as :func:`keypoint_set` takes.
 
     Checks: ``images``/``annotations``/``categories`` present, ``categories[0].keypoints`` names a known
     keypoint set or every annotation's keypoint count matches one (else error), keypoints length 3K; what
@@ -184,7 +185,7 @@ def read_coco(src: str | os.PathLike | dict[str, Any], *, file: str | None = Non
     cat_ids = _check_categories(d["categories"], file)
     check_ref_kind(images, d["annotations"], file)
     _check_annotations(d["annotations"], cat_ids, file, bool(images) and isinstance(images[0][0], str))
-    keypoint_set(d, file=file)
+    keypoint_set(d, file=file, sigmas=sigmas)
     return d
 
 
@@ -296,16 +297,21 @@ def check_converted(d: dict[str, Any], *, file: str | None = None, split: str | 
                                         record=a.get("id", r), field=key)
 
 
-def keypoint_set(d: dict[str, Any], *, file: str | None = None) -> KeypointSet:
+def keypoint_set(d: dict[str, Any], *, file: str | None = None,
+                 sigmas: Sequence[float] | None = None) -> KeypointSet:
     """Keypoint set of a COCO dict: by the keypoint category's ``keypoints`` names (``categories[0]``, or the
     first category that names keypoints: :func:`posecal._util.keypoint_category_index`), else by keypoint count.
 
     A count that matches no known set, or two sets (e.g. 14: LSP14 and CrowdPose14) without names, raises.
+    With ``sigmas`` (OKS sigmas, one per keypoint: ``posecal extract --sigmas``) the set is the data's own:
+    its keypoint names with these sigmas (:func:`posecal.keypoints.custom_keypoint_set`), any skeleton.
     """
     from posecal.keypoints import KEYPOINT_SETS
 
     c0 = keypoint_category_record(d)
     names = c0.get("keypoints") if c0 is not None else None
+    if sigmas is not None:
+        return _custom_set(d, names, sigmas, file)
     if names:
         ks = find_keypoint_set(names)
         if ks is not None:
@@ -332,19 +338,49 @@ def keypoint_set(d: dict[str, Any], *, file: str | None = None) -> KeypointSet:
                                     "keypoints to it", file=file, field="categories[0].keypoints")
         elif names:
             warnings.warn(f"{file}: categories[0].keypoints names match no known keypoint set; taken as "
-                          f"{sets[0].name} by its keypoint count ({k}), with that set's order and OKS sigmas",
-                          PosecalWarning, stacklevel=2)
+                          f"{sets[0].name} by its keypoint count ({k}), with that set's order and OKS sigmas "
+                          f"({_OWN_SET_HINT})", PosecalWarning, stacklevel=2)
         return sets[0]
     if not sets:
-        raise PosecalInputError(f"{n3} keypoint values ({n3 / 3:g} keypoints) match no keypoint set",
+        raise PosecalInputError(f"{n3} keypoint values ({n3 / 3:g} keypoints) match no keypoint set"
+                                + (f" ({_OWN_SET_HINT})" if names and n3 % 3 == 0 else ""),
                                 file=file, record=0, field="keypoints")
     if names:  # named, but not as any known set (e.g. AI Challenger: LSP's joints in its own order)
         raise PosecalInputError(f"the names ({', '.join(map(str, names[:3]))}, …) match no known keypoint set"
                                 f"{_same_joints_hint(names)} and {k} keypoints fit "
                                 f"{', '.join(s.name for s in sets)}: rename and reorder the keypoints to one of "
-                                "these sets", file=file, field="categories[0].keypoints")
+                                f"these sets ({_OWN_SET_HINT})", file=file, field="categories[0].keypoints")
     raise PosecalInputError(f"{k} keypoints fit {', '.join(s.name for s in sets)}; name them in "
                             "categories[0].keypoints", file=file, field="categories")
+
+
+_OWN_SET_HINT = "a skeleton of your own: give its OKS sigmas, posecal extract --sigmas S ..."
+
+
+def _custom_set(d: dict[str, Any], names: Any, sigmas: Sequence[float], file: str | None) -> KeypointSet:
+    """The data's own keypoint set: ``names`` (categories[0].keypoints) with ``sigmas``, checked against
+    the first annotation's keypoint count."""
+    from posecal.keypoints import custom_keypoint_set
+
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise PosecalInputError("--sigmas needs the keypoint names: a list of non-empty strings", file=file,
+                                field="categories[0].keypoints")
+    dup = next((n for i, n in enumerate(names) if _norm_name(n) in {_norm_name(m) for m in names[:i]}), None)
+    if dup is not None:
+        raise PosecalInputError(f"keypoint name {dup!r} appears twice (names are compared case, space and "
+                                "dash insensitively)", file=file, field="categories[0].keypoints")
+    if len(sigmas) != len(names):
+        raise PosecalInputError(f"{len(sigmas)} OKS sigmas for {len(names)} keypoint names", file=file,
+                                field="--sigmas")
+    if not all(np.isfinite(float(x)) and float(x) > 0 for x in sigmas):
+        raise PosecalInputError("OKS sigmas must be finite and > 0", file=file, field="--sigmas")
+    for r, a in enumerate(d.get("annotations", [])):
+        kp = a.get("keypoints") if isinstance(a, dict) else None
+        if isinstance(kp, list) and kp and len(kp) != 3 * len(names):
+            raise PosecalInputError(f"{len(kp)} keypoint values, expected {3 * len(names)} ({len(names)} "
+                                    "keypoints named in categories[0].keypoints)", file=file,
+                                    record=a.get("id", r), field="keypoints")
+    return custom_keypoint_set(names, sigmas)
 
 
 def _norm_name(n: object) -> str:
@@ -456,7 +492,8 @@ def keypoint_category(d: dict[str, Any]) -> int:
 
 def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, file: str | None = None,
               min_keypoints: int = 1, boxes_file: str | None = None,
-              image_size: Callable[[str], tuple[int, int] | None] | None = None) -> list[Instance]:
+              image_size: Callable[[str], tuple[int, int] | None] | None = None,
+              sigmas: Sequence[float] | None = None) -> list[Instance]:
     """Instances to crop, in a stable order (annotation file order, or detection file order).
 
     With ``boxes=None`` every non-crowd gt annotation with at least ``min_keypoints`` labelled keypoints
@@ -467,7 +504,7 @@ def instances(d: dict[str, Any], *, boxes: list[dict[str, Any]] | None = None, f
     every gt box: larger than 1000× the image is an error, one entirely outside it a warning; a box whose
     larger side is under :data:`MIN_BOX_PX` cannot be cropped (an error).
     """
-    ks = keypoint_set(d, file=file)
+    ks = keypoint_set(d, file=file, sigmas=sigmas)
     imgs = {image_key(im["id"]): im for im in d["images"]}
     if boxes is None:
         return _gt_instances(d, ks, imgs, file, min_keypoints, image_size)

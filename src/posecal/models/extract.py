@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import orjson
 
 from posecal._util import dumps_json, progress
 from posecal.errors import PosecalInputError, PosecalWarning
+from posecal.keypoints import CUSTOM
 from posecal.models.adapters.pooling import POOLINGS, STORE_FIELD, pool_features
 from posecal.models.cards import crop_aspect
 
@@ -336,6 +337,7 @@ def _settings(adapter, plan: _Plan, ks, d_info: dict[str, Any]) -> dict[str, Any
         "tensor": adapter.tensor_name,
         "keypoint_set": ks.name,
         "keypoint_names": list(ks.names),
+        **({"keypoint_sigmas": [float(x) for x in ks.sigmas]} if ks.name == CUSTOM else {}),
         "model_joints": list(adapter.joint_names),
         "joint_map": plan.jmap.tolist(),
         "input_size": list(adapter.input_size),
@@ -405,12 +407,12 @@ def oks_nms_store(src, out: str | os.PathLike, *, thr: float | None = OKS_NMS_TH
     (COCO's keypoint ``maxDets`` = 20: the evaluator never looks further, so a rescoring cannot swap
     detections in or out of the evaluated set). ``thr`` None: no OKS-NMS (``--oks-nms 1``), the cut only.
     Returns the new FeatureStore."""
-    from posecal.keypoints import get_keypoint_set
+    from posecal.keypoints import keypoint_set_from_meta
     from posecal.models.nms import crop_box_area, oks_nms_per_image
     from posecal.models.store import StoreWriter
     from posecal.rescore.aggregate import instance_score
 
-    ks = get_keypoint_set(src.meta["keypoint_set"])
+    ks = keypoint_set_from_meta(src.meta)
     kp, sc = src.read("keypoints"), src.read("scores")
     score = instance_score(sc, "bbox_keypoint", src.read("box_score"))
     iid = src.read("image_id")
@@ -524,17 +526,19 @@ def _joint_map(adapter: Any, ks: Any, d: dict[str, Any], data_file: str, allow_m
 
 
 def _read_inputs(data: str | os.PathLike | dict, data_file: str, boxes: str | os.PathLike | list | None,
-                 img_dir: Path, skip_missing: bool, skip_bad_images: bool) -> tuple:
+                 img_dir: Path, skip_missing: bool, skip_bad_images: bool,
+                 sigmas: Sequence[float] | None = None) -> tuple:
     """Stage 1 as a whole: (data, keypoint set, detections | None, boxes' provenance, instances to crop,
     missing image names, bad images) — refused in one line when nothing is left to crop."""
     from posecal.datasets.coco import image_key, instances, keypoint_category, keypoint_set, read_coco, show_id
 
-    d = read_coco(data, file=data_file)
+    d = read_coco(data, file=data_file, sigmas=sigmas)
     listed = {image_key(im["id"]) for im in d["images"]}
-    ks = keypoint_set(d, file=data_file)
+    ks = keypoint_set(d, file=data_file, sigmas=sigmas)
     det, boxes_src = _read_boxes(boxes)
     header_size = _header_size(img_dir)
     insts = instances(d, boxes=det, file=data_file, boxes_file=str(boxes) if det is not None else None,
+                      sigmas=sigmas,
                       image_size=header_size)
     insts, d, missing, bad = _usable_images(insts, d, img_dir, skip_missing=skip_missing,
                                             skip_bad_images=skip_bad_images)
@@ -598,9 +602,12 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
             batch_size: int = 16,
             model_sha256: str | None = None, data_file: str | None = None, show_progress: bool | None = None,
             target_sigma: float | None = None, sigma_method: str = "fit", oks_nms_thr: float | None = OKS_NMS_THR,
-            max_per_image: int | None = MAX_PER_IMAGE):
+            max_per_image: int | None = MAX_PER_IMAGE, sigmas: Sequence[float] | None = None):
     """Top-down extraction into a store (see :mod:`posecal.models.store`). Returns the FeatureStore (or None
     for a shard n > 1). Resumes a partial store with the same settings.
+
+    ``sigmas`` (OKS sigmas, one per keypoint): the data's keypoints are its own set, whatever their names
+    (``--sigmas``; :func:`posecal.datasets.coco.keypoint_set`), and the store carries them.
 
     With detection ``boxes`` each box is cropped like a gt box (the model's aspect, padding from its card or
     1.25), the box score is folded into the instance score (``bbox_keypoint``) and MMPose's OKS-NMS
@@ -620,7 +627,7 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
     data_file = data_file or (str(data) if not isinstance(data, dict) else "<dict>")
     img_dir = Path(images)
     d, ks, det, boxes_src, insts, missing, bad = _read_inputs(data, data_file, boxes, img_dir, skip_missing,
-                                                              skip_bad_images)
+                                                              skip_bad_images, sigmas)
     # string image ids (all or none, checked by read_coco): the arrays hold each image's code, its position in
     # the sorted ids of the images the store's gt.json lists (load_gt's coding of that file), and meta.json the
     # ids themselves (image_id_strings), which predictions.json and every result written from the store carry

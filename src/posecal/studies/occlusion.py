@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from posecal.errors import PosecalInputError
+from posecal.keypoints import CUSTOM, KeypointSet
 
 if TYPE_CHECKING:
     from posecal.ccnet.heads import CCNetHead
@@ -94,17 +95,30 @@ class StudyModel:
     sigmas: np.ndarray | None = None  # the keypoint set's OKS sigmas (closed-form / pose evidence)
 
 
+def _check_custom_head(hmeta: dict, ks: KeypointSet, head: str | os.PathLike) -> None:
+    """A head fitted on a keypoint set posecal does not know must have been fitted on these names and sigmas."""
+    if ks.name != CUSTOM:
+        return
+    if [str(n) for n in hmeta.get("keypoint_names") or []] != list(ks.names):
+        raise PosecalInputError(f"head keypoints {hmeta.get('keypoint_names')!r} != data {list(ks.names)!r}",
+                                file=str(head), field="keypoint_names")
+    if hmeta.get("keypoint_sigmas") != [float(x) for x in ks.sigmas]:
+        raise PosecalInputError(f"head OKS sigmas {hmeta.get('keypoint_sigmas')!r} != --sigmas "
+                                f"{[float(x) for x in ks.sigmas]!r}", file=str(head), field="keypoint_sigmas")
+
+
 def select_instances(data: str | os.PathLike | dict, joint: str, radii: Sequence[float],
-                     limit: int | None) -> StudyInstances:
+                     limit: int | None, sigmas: Sequence[float] | None = None) -> StudyInstances:
     """Read ``data`` and keep its instances with ``joint`` labelled visible (v = 2), at most ``limit``.
+    ``sigmas``: the OKS sigmas of a keypoint set posecal does not know (:func:`posecal.datasets.coco.keypoint_set`).
 
     Raises :class:`PosecalInputError` for an unknown joint, a negative or empty ``radii`` or no instance.
     """
     from posecal.datasets.coco import instances, keypoint_set, read_coco
 
     file = str(data) if not isinstance(data, dict) else "<dict>"
-    d = read_coco(data, file=file)
-    ks = keypoint_set(d, file=file)
+    d = read_coco(data, file=file, sigmas=sigmas)
+    ks = keypoint_set(d, file=file, sigmas=sigmas)
     if joint not in ks.names:
         raise PosecalInputError(f"unknown joint {joint!r}; {ks.name} has {', '.join(ks.names)}", file=file,
                                 field="--joint")
@@ -115,7 +129,7 @@ def select_instances(data: str | os.PathLike | dict, joint: str, radii: Sequence
     if not np.isfinite(max(radii) * max(radii)):  # the disc test squares r (and the plot's axis overflows)
         raise PosecalInputError(f"radius {max(radii):g} input px is too large (its square overflows; a radius "
                                 "beyond the crop's diagonal already covers the whole crop)", field="--radii")
-    insts = [i for i in instances(d, file=file) if i.keypoints[j, 2] == 2]
+    insts = [i for i in instances(d, file=file, sigmas=sigmas) if i.keypoints[j, 2] == 2]
     if limit is not None:
         insts = insts[:limit]
     if not insts:
@@ -141,6 +155,7 @@ def open_model(model: str | os.PathLike, head: str | os.PathLike | None, sel: St
         if hmeta.get("keypoint_set") != sel.ks.name:
             raise PosecalInputError(f"head keypoint set {hmeta.get('keypoint_set')!r} != data {sel.ks.name!r}",
                                     file=str(head), field="keypoint_set")
+        _check_custom_head(hmeta, sel.ks, head)
         if hmeta.get("model_tensor") and hmeta["model_tensor"] != adapter.tensor_name:
             out.adapter = load_adapter(model, tensor=hmeta["model_tensor"], num_threads=threads,
                                        model_card=model_card, input_size=input_size)
@@ -250,8 +265,10 @@ def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, im
                     fill: tuple[int, int, int] = (128, 128, 128), blur_sigma: float = 6.0, batch_size: int = 16,
                     threads: int | None = None, show_progress: bool | None = None,
                     model_card: str | os.PathLike | dict | None = None,
-                    input_size: Sequence[int] | None = None) -> dict[str, object]:
-    """Run the study (see the module docstring); returns the JSON-ready result.
+                    input_size: Sequence[int] | None = None,
+                    sigmas: Sequence[float] | None = None) -> dict[str, object]:
+    """Run the study (see the module docstring); returns the JSON-ready result. ``sigmas``: the OKS sigmas
+    of ``data``'s own keypoints when posecal does not know its set (as ``posecal extract --sigmas``).
 
     ``data``: COCO keypoints JSON (e.g. ``posecal convert lsp``); instances are its gt boxes, in file order,
     those with ``joint`` visible (v = 2), at most ``limit``. ``radii`` in input px of the model crop.
@@ -272,7 +289,7 @@ def occlusion_study(model: str | os.PathLike, data: str | os.PathLike | dict, im
     if not (0 <= blur_sigma <= MAX_BLUR_SIGMA):  # PIL's Gaussian blur fails beyond ~1e11 px
         raise PosecalInputError(f"must be in [0, {MAX_BLUR_SIGMA:g}] input px (a blur much wider than the crop "
                                 f"already averages it whole), got {blur_sigma:g}", field="--blur-sigma")
-    sel = select_instances(data, joint, radii, limit)
+    sel = select_instances(data, joint, radii, limit, sigmas)
     m = open_model(model, head, sel, threads, model_card=model_card, input_size=input_size)
     insts, j, ks = sel.insts, sel.j, sel.ks
     crops, Ms = crop_instances(insts, images, m.adapter.input_size, getattr(m.adapter, "card", None))

@@ -51,7 +51,7 @@ def visibility_study(store: str | os.PathLike, *, head: str | os.PathLike | None
     """Run the study on a feature store with gt (see the module docstring); returns the JSON-ready result
     and, under ``"_arrays"``, the per-keypoint arrays the plot uses (dropped from the JSON)."""
     from posecal.io.coco import load_gt, load_results
-    from posecal.keypoints import get_keypoint_set
+    from posecal.keypoints import keypoint_set_from_meta
     from posecal.metrics.cocoeval import evaluate
     from posecal.metrics.oks import keypoint_oks
     from posecal.models.store import FeatureStore
@@ -63,9 +63,10 @@ def visibility_study(store: str | os.PathLike, *, head: str | os.PathLike | None
 
     gt = with_oks_area(load_gt(fs.gt_path))
     try:
-        ks = get_keypoint_set(str(fs.meta.get("keypoint_set")))
+        ks = keypoint_set_from_meta(fs.meta)
     except KeyError as e:
-        raise PosecalInputError(str(e), file=str(store), field="keypoint_set") from None
+        raise PosecalInputError(str(e.args[0]) if e.args else str(e), file=str(store),
+                                field="keypoint_set") from None
     records = fs.predictions
     row_of = {int(a): i for i, a in enumerate(gt.ann_id)}
     g = np.array([row_of.get(int(a), -1) for a in fs.read("ann_id")], dtype=np.int64)

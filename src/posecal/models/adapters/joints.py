@@ -57,8 +57,9 @@ def joint_map(model_joints: Sequence[str], dataset_joints: Sequence[str], *,
 
 
 def flip_index(names: Sequence[str]) -> np.ndarray:
-    """Permutation (K,) swapping left_/right_ (and mouth_left/mouth_right) partners."""
-    idx = {n: i for i, n in enumerate(names)}
+    """Permutation (K,) swapping left_/right_ (and mouth_left/mouth_right) partners; names compared case, space
+    and dash insensitively (a card's ``"Left Ear"`` and ``"Right Ear"`` are partners)."""
+    idx = {str(n).strip().lower().replace(" ", "_").replace("-", "_"): i for i, n in enumerate(names)}
     perm = np.arange(len(names))
     for n, i in idx.items():
         for a, b in (("left", "right"), ("right", "left")):
