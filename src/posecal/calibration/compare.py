@@ -269,14 +269,7 @@ def _accumulate(score: np.ndarray, tp: np.ndarray, ig: np.ndarray, npig: int) ->
     fp_sum = np.cumsum(fps, axis=1).astype(np.float64)
     rc = tp_sum / npig
     pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
-    env = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-    recall[:] = rc[:, -1]
-    n = score.size
-    for t in range(T):
-        k = np.searchsorted(rc[t], REC_THRS, side="left")
-        valid = k < n
-        precision[t, valid] = env[t, k[valid]]
-    return precision, recall
+    return _read_precision(precision, recall, rc, pr)
 
 
 def _accumulate_sparse(n: int, pos: np.ndarray, tps: np.ndarray, ig: np.ndarray,
@@ -301,12 +294,20 @@ def _accumulate_sparse(n: int, pos: np.ndarray, tps: np.ndarray, ig: np.ndarray,
     tp_sum = tp_cum.astype(np.float64)
     rc = tp_sum / npig
     pr = np.where(tps, tp_sum / (fp_sum + tp_sum + np.spacing(1)), 0.0)
+    return _read_precision(precision, recall, rc, pr)
+
+
+def _read_precision(precision: np.ndarray, recall: np.ndarray, rc: np.ndarray,
+                    pr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """pycocotools' last step: the precision envelope of ``pr (T, n)`` read at the first place each recall
+    threshold is reached in ``rc (T, n)`` (0 where it never is), into ``precision (T, R)``; ``recall (T,)`` the
+    final recall. Fills and returns the two arrays."""
     env = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
     recall[:] = rc[:, -1]
-    m = pos.size
-    for t in range(T):
+    n = rc.shape[1]
+    for t in range(rc.shape[0]):
         k = np.searchsorted(rc[t], REC_THRS, side="left")
-        valid = k < m
+        valid = k < n
         precision[t, valid] = env[t, k[valid]]
     return precision, recall
 
