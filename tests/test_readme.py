@@ -42,3 +42,18 @@ def test_two_stage_crop_example_runs_and_finds_the_person(shared):
     err = np.linalg.norm(xy - gt[:, :2], axis=1)
     assert env["crops"].shape == (1, env["H"], env["W"], 3)
     assert np.median(err) < 0.1 * max(w, h), err  # the crop holds the person: the model finds the joints
+
+
+def test_simulation_example_runs_and_the_closed_form_raises_ap(capsys):
+    """The first Python block (simulation → closed form → evaluate) runs as written and prints what it says."""
+    import warnings
+
+    from posecal.errors import PosecalWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PosecalWarning)  # heatmap maxima above 1: warned, legal
+        env: dict = {}
+        exec(compile(_block("simulate(2000"), "README.md", "exec"), env)  # noqa: S102 - the README's own example
+    words = capsys.readouterr().out.split()
+    assert words[0] == "AP" and words[1] == "before" and words[3] == "after", words
+    assert float(words[4]) > float(words[2])

@@ -132,8 +132,10 @@ def run(args: argparse.Namespace) -> int:
     for g, d in res["confidence_by_visibility"].items():
         parts = [f"{k} {v['mean']:.3f}" for k, v in d.items() if v["mean"] is not None]
         print(f"  {g:<9} mean " + ", ".join(parts))
-    print("  AP (%) by aggregation: " + "  ".join(VARIANTS))
+    print("  AP (%) by aggregation:")  # one column per aggregation, each value under its name
+    print(f"  {'':<6} " + "  ".join(f"{v:>{max(len(v), 6)}}" for v in VARIANTS))
     for n, row in res["AP"].items():
-        print(f"  {n:<6} " + "  ".join("n/a" if row[v] is None else f"{100 * row[v]:.2f}" for v in VARIANTS))
+        print(f"  {n:<6} " + "  ".join(f"{'n/a' if row[v] is None else f'{100 * row[v]:.2f}':>{max(len(v), 6)}}"
+                                       for v in VARIANTS))
     print(f"written: {out / 'visibility.png'}, {out / 'visibility.json'}")
     return 0
