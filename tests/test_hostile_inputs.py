@@ -70,7 +70,7 @@ def test_extreme_sigmas_are_refused_not_crashed(coco):
     _, _, gp, pred = coco
     for s in ("1e200", "1e-320"):
         rc, _, err = _run(["evaluate", "--gt", gp, "--pred", pred, "--sigmas", *[s] + ["0.05"] * 16])
-        _one_error(rc, err, "'sigmas'", "out of range")
+        _one_error(rc, err, "sigmas'", "out of range")  # field '--sigmas' (checked with the flag, s28)
     # large but representable sigmas run (the candidate-pair bound no longer overflows a Python float)
     rc, _, err = _run(["evaluate", "--gt", gp, "--pred", pred, "--sigmas", *["1e100"] + ["0.05"] * 16])
     assert rc == 0, err

@@ -84,6 +84,8 @@ def refuse_clobber(inputs: Mapping[str, PathLike | None | list], outputs: Mappin
 
 
 REPORT_SUFFIXES = (".html", ".json", ".png")
+PROBE_PREFIX = ".posecal-probe."
+"""Name prefix of the empty file :func:`_probe_writable` creates and removes at once."""
 
 
 def check_report_folder(path: PathLike, inputs: Mapping[str, PathLike | None | list], *,
@@ -99,7 +101,8 @@ def check_report_folder(path: PathLike, inputs: Mapping[str, PathLike | None | l
             raise PosecalInputError(f"holds the input {iflag}; it would be replaced", file=str(d), field=field)
     if not d.is_dir():
         return
-    entries = sorted(d.iterdir())
+    # another posecal run's writability probe (:func:`_probe_writable`), there for an instant, is not foreign
+    entries = sorted(e for e in d.iterdir() if not e.name.startswith(PROBE_PREFIX))
     if not entries:
         return
     foreign = [e.name for e in entries if e.is_dir() or not e.name.endswith(REPORT_SUFFIXES)]
@@ -131,12 +134,14 @@ def _nearest_existing(p: Path) -> Path:
 
 
 def check_creatable(path: PathLike, kind: str = "file", *, field: str = "--out",
-                    allow_existing_dir: bool = True) -> None:
+                    allow_existing_dir: bool = True, sibling: bool = False) -> None:
     """Check, before any long work, that ``path`` can be written as a ``kind`` ('file' or 'dir').
 
     file: ``path`` must not be a folder; its nearest existing ancestor must be a writable folder (missing
     parents are created at write time). dir: ``path`` must not be a file and (if it exists) be a writable
-    folder, or its nearest existing ancestor must be a writable folder.
+    folder, or its nearest existing ancestor must be a writable folder. ``sibling``: the folder is built in a
+    temporary sibling (:func:`atomic_dir`, :func:`replace_dir`), so an existing ``path``'s parent must be
+    writable too.
     """
     raw = os.fspath(path)
     if raw == "":
@@ -161,6 +166,8 @@ def check_creatable(path: PathLike, kind: str = "file", *, field: str = "--out",
             if not allow_existing_dir:
                 raise PosecalInputError("folder exists", file=raw, field=field)
             _probe_writable(p, raw, field)
+            if sibling:
+                _probe_writable(p.parent, raw, field, " (the output is built next to it, then moved in)")
             return
     else:  # pragma: no cover - programming error
         raise ValueError(kind)
@@ -172,18 +179,19 @@ def check_creatable(path: PathLike, kind: str = "file", *, field: str = "--out",
         raise PosecalInputError("file name too long", file=raw, field=field)
 
 
-def _probe_writable(folder: Path, raw: str, field: str) -> None:
+def _probe_writable(folder: Path, raw: str, field: str, why: str = "") -> None:
     """Create and remove a temporary file in ``folder`` (``os.access`` says yes to root even on read-only or
-    virtual file systems); PosecalInputError if that fails."""
+    virtual file systems); PosecalInputError if that fails (``why`` ends its message)."""
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise PosecalInputError(f"cannot create: folder {folder} is not writable", file=raw, field=field)
+        raise PosecalInputError(f"cannot create: folder {folder} is not writable{why}", file=raw, field=field)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".posecal-probe.", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=folder)
     except OSError as e:
-        raise PosecalInputError(f"cannot create files in {folder}: {e.strerror or e}", file=raw,
+        raise PosecalInputError(f"cannot create files in {folder}: {e.strerror or e}{why}", file=raw,
                                 field=field) from None
     os.close(fd)
-    os.unlink(tmp)
+    with contextlib.suppress(FileNotFoundError):  # a concurrent run replaced the (report) folder meanwhile
+        os.unlink(tmp)
 
 
 @contextlib.contextmanager

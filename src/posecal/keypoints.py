@@ -32,6 +32,8 @@ __all__ = [
     "CUSTOM",
     "custom_keypoint_set",
     "keypoint_set_from_meta",
+    "keypoint_names_problem",
+    "oks_sigmas_problem",
 ]
 
 
@@ -257,9 +259,44 @@ def keypoint_set_from_meta(meta: dict) -> KeypointSet:
         return get_keypoint_set(name)
     names, sigmas = meta.get("keypoint_names"), meta.get("keypoint_sigmas")
     ok = (isinstance(names, list) and isinstance(sigmas, list) and len(names) == len(sigmas) > 0
-          and all(isinstance(s, (int, float)) and not isinstance(s, bool) and np.isfinite(s) and s > 0
-                  for s in sigmas))
+          and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in sigmas))
     if not ok:
         raise KeyError("keypoint_set 'custom' needs keypoint_names and keypoint_sigmas (finite, > 0), one per "
                        "keypoint (edited?)")
+    problem = keypoint_names_problem(names) or oks_sigmas_problem(sigmas)
+    if problem is not None:
+        raise KeyError(f"keypoint_set 'custom': {problem} (edited?)")
     return custom_keypoint_set(names, sigmas)
+
+
+def keypoint_names_problem(names: Sequence[object]) -> str | None:
+    """Why ``names`` cannot name a custom keypoint set (not non-empty strings, or one twice as compared case,
+    space and dash insensitively), or None."""
+    if not all(isinstance(n, str) and n.strip() for n in names):
+        bad = next(n for n in names if not (isinstance(n, str) and n.strip()))
+        return f"keypoint_names must be non-empty strings, got {bad!r}"
+    seen: set[str] = set()
+    for n in names:
+        if _norm(str(n)) in seen:
+            return f"keypoint name {n!r} appears twice (names are compared case, space and dash insensitively)"
+        seen.add(_norm(str(n)))
+    return None
+
+
+def oks_sigmas_problem(sigmas: Sequence[float]) -> str | None:
+    """Why ``sigmas`` cannot be OKS sigmas, or None: each must be finite and > 0 with ``(2σ)²`` a normal float
+    (the OKS falloff divides by it: an overflow makes every OKS 1, an underflow 0/0), as
+    :func:`posecal.metrics.cocoeval.evaluate` requires."""
+    try:
+        s = np.asarray([float(x) for x in sigmas], dtype=np.float64)
+    except (OverflowError, TypeError, ValueError):
+        return f"OKS sigmas must be finite numbers > 0, got {list(sigmas)[:8]!r}"
+    if not (np.isfinite(s) & (s > 0)).all():
+        return f"OKS sigmas must be finite and > 0, got {next(x for x in s if not (np.isfinite(x) and x > 0)):g}"
+    with np.errstate(over="ignore", under="ignore"):
+        var = (2 * s) ** 2
+    bad = ~((var >= np.finfo(np.float64).tiny) & np.isfinite(var))
+    if bad.any():
+        return (f"OKS sigma {s[bad][0]:g} out of range: (2σ)² must be a positive finite float (1e-150 < σ < 1e150 "
+                "is safe)")
+    return None

@@ -164,8 +164,27 @@ def _check_meta(meta: Any, mpath: Path) -> None:
     if not isinstance(kind, str) or kind not in HEAD_KINDS:
         raise bad(f"unknown head kind {kind!r}; choose one of {sorted(HEAD_KINDS)}", "head")
     _check_meta_types(meta, kind, bad)
+    _check_custom_set(meta, bad)
     ev = _check_evidence(meta, kind, bad)
     _check_width(meta, kind, ev, bad)
+
+
+def _check_custom_set(meta: dict[str, Any], bad: Any) -> None:
+    """A head fitted on a ``custom`` keypoint set (``extract --sigmas``) carries its names and OKS sigmas, one per
+    keypoint, as :func:`posecal.keypoints.keypoint_set_from_meta` reads them (a missing one is not skipped by
+    :func:`check_compatible`'s comparison)."""
+    from posecal.keypoints import CUSTOM, keypoint_names_problem, keypoint_set_from_meta
+
+    if meta.get("keypoint_set") != CUSTOM:
+        return
+    try:
+        ks = keypoint_set_from_meta(meta)
+    except KeyError as e:
+        names = meta.get("keypoint_names")
+        named = isinstance(names, list) and names and keypoint_names_problem(names) is None
+        raise bad(str(e.args[0]) if e.args else str(e), "keypoint_sigmas" if named else "keypoint_names") from None
+    if ks.num_keypoints != meta["num_keypoints"]:
+        raise bad(f"{ks.num_keypoints} keypoint names for num_keypoints {meta['num_keypoints']}", "keypoint_names")
 
 
 def _check_meta_types(meta: dict[str, Any], kind: str, bad: Any) -> None:
@@ -300,7 +319,8 @@ def check_compatible(
     for key in COMPARED_KEYS:
         a, b = head_meta.get(key), store_meta.get(key)
         if a is None or b is None:
-            if key in ("keypoint_set", "feature_tensor", "feature_shape") and a != b:
+            custom = head_meta.get("keypoint_set") == store_meta.get("keypoint_set") == "custom"
+            if (key in ("keypoint_set", "feature_tensor", "feature_shape") or custom) and a != b:
                 diffs.append(f"{key}: head {a!r} vs store {b!r}")
             continue
         if key == "feature_shape":

@@ -166,6 +166,15 @@ def sigma_tokens(sigmas: list[str]) -> list[str]:
     return [t for s in sigmas for t in s.replace(",", " ").replace("[", " ").replace("]", " ").split()]
 
 
+def _brackets_ok(sigmas: list[str]) -> bool:
+    """``--sigmas`` values hold no bracket, or one list: ``[`` first and ``]`` last (``[[0.1]]``, ``]0.1[`` or
+    ``[0.1],[0.2]`` are refused rather than read as numbers)."""
+    text = " ".join(sigmas).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return "[" not in text and "]" not in text
+
+
 def sigmas_arg(sigmas: list[str] | None, keypoint_set: str | None, K: int, what: str):
     """``--sigmas S ...`` (space and/or comma separated) or ``--keypoint-set NAME`` as OKS constants ``(K,)``
     float64 for ``what`` ("the ground truth", "the predictions") with K keypoints; ``(None, None)`` when
@@ -176,6 +185,9 @@ def sigmas_arg(sigmas: list[str] | None, keypoint_set: str | None, K: int, what:
     from posecal.errors import PosecalInputError
 
     if sigmas:
+        if not _brackets_ok(sigmas):
+            raise PosecalInputError(f"malformed brackets in {' '.join(sigmas)!r}: give the numbers space or comma "
+                                    "separated, or as one list [S, S, ...]", None, None, "--sigmas")
         toks = sigma_tokens(sigmas)
         try:
             vals = np.array([float(t) for t in toks], dtype=np.float64)
@@ -184,6 +196,11 @@ def sigmas_arg(sigmas: list[str] | None, keypoint_set: str | None, K: int, what:
         if len(vals) != K or not (np.isfinite(vals) & (vals > 0)).all():
             raise PosecalInputError(f"expected {K} finite OKS sigmas > 0 (one per keypoint of {what}), got "
                                     f"{' '.join(toks)!r}", None, None, "--sigmas")
+        from posecal.keypoints import oks_sigmas_problem
+
+        problem = oks_sigmas_problem(vals)  # (2σ)² over- or underflowing: every OKS 1, or 0/0
+        if problem is not None:
+            raise PosecalInputError(problem, None, None, "--sigmas")
         return vals, "--sigmas"
     if keypoint_set:
         from posecal.keypoints import get_keypoint_set

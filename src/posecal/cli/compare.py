@@ -88,7 +88,7 @@ def _is_sigmas_flag(p: argparse.ArgumentParser, name: str) -> bool:
 
 
 def _join_sigmas(p: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """Rewrite ``--sigmas a b c`` as ``--sigmas=a,b,c``, taking only the values that are numbers.
+    """Rewrite ``--sigmas a b c`` as ``--sigmas="a b c"``, taking only the values that are numbers.
 
     argparse gives a ``nargs='+'`` option every following non-flag word, so ``--sigmas a b A.json B.json``
     would swallow the result files; joined, the files stay positionals. Nothing after ``--`` is touched."""
@@ -107,7 +107,7 @@ def _join_sigmas(p: argparse.ArgumentParser, argv: list[str]) -> list[str]:
                 vals.append(argv[j])
                 j += 1
             if vals:
-                out.append("--sigmas=" + ",".join(vals))
+                out.append("--sigmas=" + " ".join(vals))  # as typed (an error quotes it); spaces separate too
                 i = j
                 continue
         out.append(t)
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
             raise PosecalInputError("needs matplotlib: pip install 'posecal[report]'", field="--report")
 
         check_report_folder(args.report, paths)  # not an input, none inside it, nothing of the user's lost
-        check_creatable(args.report, "dir", field="--report")  # its folder writable, before the bootstrap
+        check_creatable(args.report, "dir", field="--report", sibling=True)  # writable, before the bootstrap
     gt = load_gt(args.gt)
     sigmas, _ = _parse_sigmas(args, gt)  # --sigmas / --keypoint-set / the gt's set, exactly as evaluate
     use_area, flavor = getattr(args, "use_area", None), getattr(args, "flavor", None)

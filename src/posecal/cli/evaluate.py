@@ -313,7 +313,7 @@ def check_outputs(args: argparse.Namespace) -> None:
                                 None, "--json")
     check_report_folder(d, {"--gt": args.gt, "--pred": args.pred})  # a folder, no input inside, nothing lost
     _check_writable_dir(d.parent if str(d.parent) else Path("."), str(d), "--report")
-    check_creatable(d, "dir", field="--report")  # files can really be created there (root, read-only mounts)
+    check_creatable(d, "dir", field="--report", sibling=True)  # files can really be created (root, ro mounts)
 
 
 def _check_writable_file(path: str, flag: str) -> None:

@@ -127,7 +127,7 @@ def _check_before_training(args: argparse.Namespace) -> None:
                                 "stdout: give a folder name", field="--out")
     refuse_clobber({"--store": args.store, "--val-store": args.val_store}, {"--out": args.out},
                    dir_outputs={"--out": ["head.json", "head.safetensors"]})
-    check_creatable(args.out, "dir")
+    check_creatable(args.out, "dir", sibling=True)  # atomic_dir builds the head next to it
     _check_device(args.device)
     seen: dict[str, str] = {}
     for s in args.store:

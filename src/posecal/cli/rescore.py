@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         pred = load_results(pred_src, gt)
     sigmas = _sigmas(args, pred.keypoints.shape[1])
     if sigmas is None and store is not None and not args.calibrator:
-        sigmas = _store_sigmas(args, store.meta)
+        sigmas = _store_sigmas(args, store.meta, pred.keypoints.shape[1])
     fitted_on = None
     if store is not None:
         if store.num_instances != len(pred):
@@ -252,9 +252,9 @@ def _sigmas(args: argparse.Namespace, K: int) -> np.ndarray | None:
     return sigmas_arg(args.sigmas, args.keypoint_set, K, "the predictions")[0]
 
 
-def _store_sigmas(args: argparse.Namespace, meta: dict[str, Any]) -> np.ndarray | None:
+def _store_sigmas(args: argparse.Namespace, meta: dict[str, Any], K: int) -> np.ndarray | None:
     """The OKS sigmas a store extracted with ``--sigmas`` carries (a skeleton posecal does not know), when the
-    method or --oks-nms reads sigmas; else None."""
+    method or --oks-nms reads sigmas; else None. Refused unless one per keypoint of the predictions (``K``)."""
     from posecal.keypoints import CUSTOM, keypoint_set_from_meta
     from posecal.rescore import rescorer_class
 
@@ -263,10 +263,14 @@ def _store_sigmas(args: argparse.Namespace, meta: dict[str, Any]) -> np.ndarray 
     if "sigmas" not in rescorer_class(args.method)().get_params() and args.oks_nms is None:
         return None
     try:
-        return keypoint_set_from_meta(meta).sigmas
+        sigmas = keypoint_set_from_meta(meta).sigmas
     except KeyError as e:
         raise PosecalInputError(str(e.args[0]), f"{args.store}/meta.json", None,
                                 "keypoint_sigmas") from None
+    if len(sigmas) != K:
+        raise PosecalInputError(f"{len(sigmas)} OKS sigmas for {K} keypoints in the predictions (edited?)",
+                                f"{args.store}/meta.json", None, "keypoint_sigmas")
+    return sigmas
 
 
 def _skeleton(pred: Any, gt: Any) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         ins = {"--store": args.store, "--head": args.head}
     refuse_clobber(ins, {"--out": out}, dir_outputs={"--out": [f"{args.study}.png", f"{args.study}.json"]})
-    check_creatable(out, "dir")
+    check_creatable(out, "dir", sibling=True)  # atomic_dir builds the files next to it
     _check_head(args.head)
     if args.study == "occlusion":
         from posecal.studies.occlusion import DEFAULT_RADII, occlusion_study, plot_occlusion

@@ -360,7 +360,7 @@ _OWN_SET_HINT = "a skeleton of your own: give its OKS sigmas, posecal extract --
 def _custom_set(d: dict[str, Any], names: Any, sigmas: Sequence[float], file: str | None) -> KeypointSet:
     """The data's own keypoint set: ``names`` (categories[0].keypoints) with ``sigmas``, checked against
     the first annotation's keypoint count."""
-    from posecal.keypoints import custom_keypoint_set
+    from posecal.keypoints import custom_keypoint_set, oks_sigmas_problem
 
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
         raise PosecalInputError("--sigmas needs the keypoint names: a list of non-empty strings", file=file,
@@ -372,14 +372,20 @@ def _custom_set(d: dict[str, Any], names: Any, sigmas: Sequence[float], file: st
     if len(sigmas) != len(names):
         raise PosecalInputError(f"{len(sigmas)} OKS sigmas for {len(names)} keypoint names", file=file,
                                 field="--sigmas")
-    if not all(np.isfinite(float(x)) and float(x) > 0 for x in sigmas):
-        raise PosecalInputError("OKS sigmas must be finite and > 0", file=file, field="--sigmas")
+    problem = oks_sigmas_problem(sigmas)
+    if problem is not None:
+        raise PosecalInputError(problem, file=file, field="--sigmas")
     for r, a in enumerate(d.get("annotations", [])):
         kp = a.get("keypoints") if isinstance(a, dict) else None
         if isinstance(kp, list) and kp and len(kp) != 3 * len(names):
             raise PosecalInputError(f"{len(kp)} keypoint values, expected {3 * len(names)} ({len(names)} "
                                     "keypoints named in categories[0].keypoints)", file=file,
                                     record=a.get("id", r), field="keypoints")
+    known = find_keypoint_set(names)
+    if known is not None:  # allowed (other OKS sigmas for a known skeleton), but the set is no longer the known one
+        warnings.warn(f"{file}: categories[0].keypoints are {known.name}'s; --sigmas replaces its OKS sigmas and "
+                      f"the keypoint set is 'custom' (heads fitted on it fit only data extracted with these "
+                      f"names and sigmas; without --sigmas it is {known.name})", PosecalWarning, stacklevel=3)
     return custom_keypoint_set(names, sigmas)
 
 

@@ -67,6 +67,10 @@ def visibility_study(store: str | os.PathLike, *, head: str | os.PathLike | None
     except KeyError as e:
         raise PosecalInputError(str(e.args[0]) if e.args else str(e), file=str(store),
                                 field="keypoint_set") from None
+    if ks.num_keypoints != gt.num_joints:  # an edited meta.json: the arrays, not the set, say what was extracted
+        raise PosecalInputError(f"{ks.name} has {ks.num_keypoints} keypoints but the store's gt.json "
+                                f"{gt.num_joints} (edited?)", file=str(Path(store) / "meta.json"),
+                                field="keypoint_set")
     records = fs.predictions
     row_of = {int(a): i for i, a in enumerate(gt.ann_id)}
     g = np.array([row_of.get(int(a), -1) for a in fs.read("ann_id")], dtype=np.int64)
