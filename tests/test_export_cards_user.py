@@ -243,3 +243,22 @@ def test_keypoints_the_model_lacks_are_masked_in_apply_export_and_study(world):
     st = visibility_study(store, head=head)
     assert (st["_arrays"]["ccnet"][:, miss] == 0).all() and (st["_arrays"]["vhat"][:, miss] == 0).all()
     np.testing.assert_allclose(st["_arrays"]["ccnet"], s, rtol=1e-6, atol=1e-7)
+
+
+def test_allow_missing_joints_refuses_a_model_with_no_joint_of_the_data(world):
+    """Every keypoint of DATA missing from the model: --allow-missing-joints wrote a store whose scores were all 0
+    (nothing to calibrate, a silent wrong-model mistake); now one line naming the data file's keypoints, exit 2,
+    no store (audit, session 28)."""
+    from posecal.models.cards import BUILTIN_CARDS
+    from test_hostile_inputs import _one_error
+
+    card = copy.deepcopy(BUILTIN_CARDS["ultralight-nano-simplepose"])
+    card["sha256"] = None
+    card["keypoints"] = [f"mouse_{i}" for i in range(17)]  # the built-in card names a set ("coco17")
+    d = world["dir"] / "nojoint"
+    d.mkdir()
+    cpath = _write(d / "card.json", card)
+    rc, _, err = _run(["extract", "--model", world["model"], "--model-card", cpath, "--data", world["data"],
+                       "--images", world["images"], "--out", d / "S", "--allow-missing-joints"])
+    _one_error(rc, err, "no joint for any of its 17 keypoints", "categories[0].keypoints")
+    assert not (d / "S").exists()

@@ -515,6 +515,11 @@ def _joint_map(adapter: Any, ks: Any, d: dict[str, Any], data_file: str, allow_m
     model = getattr(adapter, "kind", "model")
     jmap = joint_map(adapter.joint_names, ks.names, allow_missing=True, model=model, file=data_file)
     lacking = jmap < 0
+    if lacking.all():  # --allow-missing-joints would store scores of 0 everywhere: nothing to calibrate
+        raise PosecalInputError(f"{model} has no joint for any of its {len(ks.names)} keypoints (model joints: "
+                                f"{', '.join(list(adapter.joint_names)[:6])}"
+                                f"{', …' if len(adapter.joint_names) > 6 else ''}): wrong model or data?",
+                                data_file, None, "categories[0].keypoints")
     if lacking.any() and not allow_missing:
         annotated = annotated_mask(d, ks)
         if (lacking & annotated).any():
