@@ -7,6 +7,7 @@ import contextlib
 import copy
 import io
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -584,6 +585,7 @@ def test_ctrl_c_while_modules_load_is_one_line_exit_130(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "main", interrupted)
+    monkeypatch.setattr(cli, "_exit_interrupted", sys.exit)  # in-process: os._exit would end pytest itself
     with pytest.raises(SystemExit) as e:
         cli.console_main()
     assert e.value.code == 130

@@ -237,9 +237,10 @@ def _move_in(tmp: Path, path: Path, flag: str, stale: tuple[str, ...]) -> None:
                                     field=flag)
     for f in files:
         os.replace(f, path / f.name)
+    written = {f.name for f in files}
     for name in stale:
         old = path / name
-        if name not in {f.name for f in files} and old.is_file():
+        if name not in written and old.is_file():
             old.unlink()
 
 

@@ -328,7 +328,7 @@ def _det_plans(pe: PerImageEval) -> tuple[list[_SortPlan], np.ndarray, np.ndarra
     return got
 
 
-def accumulate_images(pe: PerImageEval, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def accumulate_images(pe: PerImageEval, images: np.ndarray | _Draw) -> tuple[np.ndarray, np.ndarray]:
     """``(precision (T, R, C), recall (T, C))`` for area ``all`` of the dataset made of ``images`` (indices
     into ``pe.image_ids``, with repeats, in this order), as pycocotools' ``accumulate`` (−1: no gt)."""
     draw = images if isinstance(images, _Draw) else _Draw(np.asarray(images, np.int64), pe.image_ids.size)
@@ -345,7 +345,7 @@ def accumulate_images(pe: PerImageEval, images: np.ndarray) -> tuple[np.ndarray,
     return prec, rec
 
 
-def resample_ap_ar(pe: PerImageEval, images: np.ndarray) -> tuple[float, float]:
+def resample_ap_ar(pe: PerImageEval, images: np.ndarray | _Draw) -> tuple[float, float]:
     """COCO AP and AR (area all) of the dataset made of ``images`` (indices into ``pe.image_ids``, with
     repeats, in this order), exactly as the evaluator computes them on that rebuilt dataset."""
     prec, rec = accumulate_images(pe, images)

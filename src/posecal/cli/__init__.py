@@ -179,19 +179,30 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-def _interrupt_code(e: BaseException | None) -> int:
+def _in_chain(e: BaseException | None, cls: type[BaseException]) -> BaseException | None:
+    """The first ``cls`` in ``e``'s chain of causes / contexts (``e`` itself first), or None."""
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
-        if isinstance(e, Terminated):
-            return 128 + e.signum
+        if isinstance(e, cls):
+            return e
         seen.add(id(e))
         e = e.__cause__ or e.__context__
-    return 130
+    return None
+
+
+def _interrupt_code(e: BaseException | None) -> int:
+    """128 + the signal number for a :class:`Terminated` in ``e``'s chain, else 130 (Ctrl-C)."""
+    t = _in_chain(e, Terminated)
+    return 130 if t is None else 128 + t.signum  # type: ignore[attr-defined]
+
+
+def _interrupt_message(code: int) -> str:
+    return "interrupted" if code == 130 else f"terminated (signal {code - 128})"
 
 
 def _interrupted(e: BaseException) -> int:
     code = _interrupt_code(e)
-    print("interrupted" if code == 130 else f"terminated (signal {code - 128})", file=sys.stderr)
+    print(_interrupt_message(code), file=sys.stderr)
     return code
 
 
@@ -238,14 +249,7 @@ def _caused_by_interrupt(e: BaseException) -> bool:
     """Whether ``e`` was raised because of a Ctrl-C: Python wraps a KeyboardInterrupt that lands in some places
     (``__set_name__`` while a class body runs, e.g. while torch lazily imports a module on first use) into a
     RuntimeError whose cause is the interrupt."""
-    seen: set[int] = set()
-    cur: BaseException | None = e
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, KeyboardInterrupt):
-            return True
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return False
+    return _in_chain(e, KeyboardInterrupt) is not None
 
 
 def _other_error(cmd: str, e: Exception) -> int | None:
@@ -312,6 +316,23 @@ def _final_flush(rc: int) -> int:
     return rc
 
 
+def _exit_interrupted(code: int) -> None:
+    """End the process with ``code`` after an interrupt that posecal handled (its clean-up has run).
+
+    ``os._exit`` after flushing stdout / stderr, not ``sys.exit``: CPython (3.11) remembers a KeyboardInterrupt
+    that surfaced inside code run through ``PyRun_String`` (as extension modules run some of their Python) even
+    when posecal then caught it, and at exit kills the process with SIGINT instead of returning ``code``: the
+    shell saw 130 in most runs and -2 (killed by SIGINT) in about one in ten (Ctrl-C 1.5 s or 4.5 s into a
+    ``posecal fit`` on two busy cores)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def console_main() -> None:
     """The process entry point (the ``posecal`` script and ``python -m posecal``): :func:`main`, then exit.
 
@@ -333,13 +354,16 @@ def console_main() -> None:
         rc = main()
     except KeyboardInterrupt as e:  # Ctrl-C before main's own handler is in place (while modules load)
         code = _interrupt_code(e)
-        sys.stderr.write("posecal: interrupted\n" if code == 130 else f"posecal: terminated (signal {code - 128})\n")
-        sys.exit(code)
+        sys.stderr.write(f"posecal: {_interrupt_message(code)}\n")
+        _exit_interrupted(code)
     except Exception as e:
         if not _caused_by_interrupt(e):
             raise
-        sys.stderr.write("posecal: interrupted\n")
-        sys.exit(_interrupt_code(e))
+        code = _interrupt_code(e)  # SIGTERM wrapped like a Ctrl-C: "terminated", as its exit code says
+        sys.stderr.write(f"posecal: {_interrupt_message(code)}\n")
+        _exit_interrupted(code)
+    if rc >= 128:  # main handled a Ctrl-C / SIGTERM / SIGHUP (130, 128 + n) and has cleaned up
+        _exit_interrupted(rc)
     rc = _final_flush(rc)
     if rc == 0 and getattr(sys.modules.get("posecal.cli.evaluate"), "_finished_plain", False):
         try:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 __all__ = ["positive_int", "nonneg_int", "threads", "finite_float", "positive_float", "nonneg_float", "unit_float",
            "device", "one_line", "PosecalArgumentParser", "plain_help", "sigmas_arg",
-           "sigma_tokens"]
+           "sigma_tokens", "data_sigmas_arg"]
 
 
 # -- validators --------------------------------------------------------------------------------------
@@ -214,3 +214,12 @@ def sigmas_arg(sigmas: list[str] | None, keypoint_set: str | None, K: int, what:
                                     None, None, "--keypoint-set")
         return kset.sigmas, kset.name
     return None, None
+
+
+def data_sigmas_arg(sigmas: list[str] | None) -> list[float] | None:
+    """``--sigmas`` of ``extract`` and ``study occlusion`` (DATA's own skeleton) as numbers, checked as
+    :func:`sigmas_arg` checks them (finite, > 0); their count is checked against DATA's keypoints later."""
+    if not sigmas:
+        return None
+    n = len(sigma_tokens(sigmas))
+    return [float(x) for x in sigmas_arg(sigmas, None, n, "DATA")[0]]

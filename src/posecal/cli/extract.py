@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from posecal._util import dumps_json
-from posecal.cli._args import nonneg_int, positive_float, positive_int, sigma_tokens, sigmas_arg, threads, unit_float
+from posecal.cli._args import data_sigmas_arg, nonneg_int, positive_float, positive_int, threads, unit_float
 from posecal.errors import PosecalInputError, PosecalWarning
 from posecal.models.adapters.pooling import POOLINGS
 from posecal.models.extract import extract, parse_shard, shard_dir
@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_per_image < 0:
         raise PosecalInputError("must be >= 0", field="--max-per-image")
     shard = parse_shard(args.shard)
+    sigmas = data_sigmas_arg(args.sigmas)  # before the model loads and is hashed
     out = Path(args.out) if shard[1] == 1 else shard_dir(args.out, *shard)
     refuse_clobber({"--model": args.model, "--data": args.data, "--images": args.images,
                     "--boxes": None if args.boxes == "gt" else args.boxes}, {"--out": out})
@@ -150,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, model_sha256=file_sha256(args.model),
                       target_sigma=args.target_sigma, sigma_method=args.sigma_method,
                       oks_nms_thr=None if args.oks_nms >= 1 else args.oks_nms,
-                      max_per_image=args.max_per_image or None, sigmas=_sigmas(args.sigmas))
+                      max_per_image=args.max_per_image or None, sigmas=sigmas)
     if res is None:
         msg = (f"shard {shard[0]}/{shard[1]} written to {out}; "
                f"merge with: posecal extract --merge --out {args.out}")
@@ -158,14 +159,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _report(res, args)
     return 0
-
-
-def _sigmas(sigmas: list[str] | None) -> list[float] | None:
-    """``--sigmas`` as numbers (checked: finite, > 0); their count is checked against DATA's keypoints."""
-    if not sigmas:
-        return None
-    n = len(sigma_tokens(sigmas))
-    return [float(x) for x in sigmas_arg(sigmas, None, n, "DATA")[0]]
 
 
 def _named_out(out: str) -> str:

@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             r.fit(pred, gt)
             fitted_on = _skeleton(pred, gt)
     out = _transform(r, pred, gt, sigma, args.calibrator)
-    _warn_all_zero(args, pred, out)
+    _warn_all_zero(args, r, pred, out)
     records = out.to_records(pred)
     nms = None
     if args.oks_nms is not None:
@@ -200,16 +200,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warn_all_zero(args: argparse.Namespace, pred: Any, out: Any) -> None:
+def _warn_all_zero(args: argparse.Namespace, r: Any, pred: Any, out: Any) -> None:
     """Warn when every new instance score is 0 although some old one was not: the file then ranks nothing (AP
     near 0). Seen with ``loglog`` fitted on many background detections: every new keypoint score fell below
-    ``--keypoint-score-thr`` and MMPose's ``bbox_keypoint`` rule gives 0 when no keypoint passes."""
+    ``--keypoint-score-thr`` and MMPose's ``bbox_keypoint`` rule gives 0 when no keypoint passes. The
+    aggregation and threshold named are the rescorer's own (a ``--calibrator`` keeps those it was saved with)."""
     new, old = np.asarray(out.instance_scores), np.asarray(pred.score)
     if new.size and not np.any(new > 0) and np.any(old > 0):
+        params = r.get_params()
+        aggregate = params.get("aggregate") or params.get("mode") or args.aggregate
+        thr = params.get("keypoint_score_thr", args.keypoint_score_thr)
         warnings.warn(f"--method {args.method}: every new instance score is 0 ({int(np.sum(old > 0))} of "
                       f"{old.size} were > 0), so the output ranks nothing; with --aggregate "
-                      f"{getattr(args, 'aggregate', None) or 'bbox_keypoint'} no new keypoint score may pass "
-                      f"--keypoint-score-thr {args.keypoint_score_thr} (lower it or choose another --aggregate)",
+                      f"{aggregate} no new keypoint score may pass "
+                      f"--keypoint-score-thr {thr} (lower it or choose another --aggregate)",
                       PosecalWarning, stacklevel=2)
 
 

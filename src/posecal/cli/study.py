@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from posecal.cli._args import nonneg_float, nonneg_int, positive_int, sigma_tokens, sigmas_arg, threads
+from posecal.cli._args import data_sigmas_arg, nonneg_float, nonneg_int, positive_int, threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -48,14 +48,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     v.add_argument("--tau", type=nonneg_float, default=0.2, help="threshold of the tau aggregation (>= 0)")
     v.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     return p
-
-
-def _sigmas(sigmas: list[str] | None) -> list[float] | None:
-    """``--sigmas`` as numbers (finite, > 0); their count is checked against DATA's keypoints."""
-    if not sigmas:
-        return None
-    n = len(sigma_tokens(sigmas))
-    return [float(x) for x in sigmas_arg(sigmas, None, n, "DATA")[0]]
 
 
 def _check_head(head: str | None) -> None:
@@ -100,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         res = occlusion_study(args.model, args.data, args.images, args.joint, head=args.head,
                               radii=args.radii or DEFAULT_RADII, limit=args.limit or None,
                               blur_sigma=args.blur_sigma, threads=args.threads, model_card=args.model_card,
-                              input_size=args.input_size, sigmas=_sigmas(args.sigmas))
+                              input_size=args.input_size, sigmas=data_sigmas_arg(args.sigmas))
         with atomic_dir(out) as tmp:  # both files or neither
             plot_occlusion(res, tmp / "occlusion.png")
             write_json_atomic(tmp / "occlusion.json", res)

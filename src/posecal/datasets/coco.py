@@ -360,15 +360,14 @@ _OWN_SET_HINT = "a skeleton of your own: give its OKS sigmas, posecal extract --
 def _custom_set(d: dict[str, Any], names: Any, sigmas: Sequence[float], file: str | None) -> KeypointSet:
     """The data's own keypoint set: ``names`` (categories[0].keypoints) with ``sigmas``, checked against
     the first annotation's keypoint count."""
-    from posecal.keypoints import custom_keypoint_set, oks_sigmas_problem
+    from posecal.keypoints import custom_keypoint_set, keypoint_names_problem, oks_sigmas_problem
 
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
         raise PosecalInputError("--sigmas needs the keypoint names: a list of non-empty strings", file=file,
                                 field="categories[0].keypoints")
-    dup = next((n for i, n in enumerate(names) if _norm_name(n) in {_norm_name(m) for m in names[:i]}), None)
+    dup = keypoint_names_problem(names)  # non-empty strings by now: only a name twice is left to find
     if dup is not None:
-        raise PosecalInputError(f"keypoint name {dup!r} appears twice (names are compared case, space and "
-                                "dash insensitively)", file=file, field="categories[0].keypoints")
+        raise PosecalInputError(dup, file=file, field="categories[0].keypoints")
     if len(sigmas) != len(names):
         raise PosecalInputError(f"{len(sigmas)} OKS sigmas for {len(names)} keypoint names", file=file,
                                 field="--sigmas")

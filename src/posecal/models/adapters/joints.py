@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from posecal.errors import PosecalInputError
-from posecal.keypoints import JOINT_ALIASES
+from posecal.keypoints import JOINT_ALIASES, _norm
 
 EFFICIENTPOSE16 = (
     "head_top", "upper_neck", "right_shoulder", "right_elbow", "right_wrist", "thorax", "left_shoulder",
@@ -59,7 +59,7 @@ def joint_map(model_joints: Sequence[str], dataset_joints: Sequence[str], *,
 def flip_index(names: Sequence[str]) -> np.ndarray:
     """Permutation (K,) swapping left_/right_ (and mouth_left/mouth_right) partners; names compared case, space
     and dash insensitively (a card's ``"Left Ear"`` and ``"Right Ear"`` are partners)."""
-    idx = {str(n).strip().lower().replace(" ", "_").replace("-", "_"): i for i, n in enumerate(names)}
+    idx = {_norm(str(n)): i for i, n in enumerate(names)}
     perm = np.arange(len(names))
     for n, i in idx.items():
         for a, b in (("left", "right"), ("right", "left")):
