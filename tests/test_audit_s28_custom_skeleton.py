@@ -109,15 +109,22 @@ def _model(base: Path, names: list[str]) -> tuple[Path, Path]:
     return path, base / "card.json"
 
 
-@pytest.fixture(scope="module")
-def mouse(tmp_path_factory):
-    base = tmp_path_factory.mktemp("s28_custom")
+def _mouse_store(base: Path, *sigma_args: str) -> dict:
+    """The mouse dataset, model and card under ``base`` and ``base/STORE`` extracted with ``--sigmas
+    *sigma_args``."""
     data = _dataset(base, NAMES)
     model, card = _model(base, NAMES)
     store = base / "STORE"
     rc, _, err = _run(["extract", "--model", model, "--model-card", card, "--data", data, "--images",
-                       base / "images", "--out", store, "--sigmas", ",".join(map(str, SIGMAS))])
+                       base / "images", "--out", store, "--sigmas", *sigma_args])
     assert rc == 0, err
+    return {"base": base, "data": data, "model": model, "card": card, "store": store}
+
+
+@pytest.fixture(scope="module")
+def mouse(tmp_path_factory):
+    m = _mouse_store(tmp_path_factory.mktemp("s28_custom"), ",".join(map(str, SIGMAS)))
+    base, data, model, card, store = m["base"], m["data"], m["model"], m["card"], m["store"]
     head = base / "HEAD"
     rc, _, err = _run(["fit", "--store", store, "--out", head, "--steps", "20"])
     assert rc == 0, err

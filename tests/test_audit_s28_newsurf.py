@@ -31,20 +31,13 @@ from pathlib import Path
 import pytest
 
 from posecal.errors import PosecalInputError, PosecalWarning
-from test_audit_s28_custom_skeleton import NAMES, SIGMAS, _dataset, _model
+from test_audit_s28_custom_skeleton import NAMES, SIGMAS, _mouse_store
 from test_hostile_inputs import _one_error, _run
 
 
 @pytest.fixture(scope="module")
 def mouse(tmp_path_factory):
-    base = tmp_path_factory.mktemp("s28_newsurf")
-    data = _dataset(base, NAMES)
-    model, card = _model(base, NAMES)
-    store = base / "STORE"
-    rc, _, err = _run(["extract", "--model", model, "--model-card", card, "--data", data, "--images",
-                       base / "images", "--out", store, "--sigmas", *map(str, SIGMAS)])
-    assert rc == 0, err
-    return {"base": base, "data": data, "model": model, "card": card, "store": store}
+    return _mouse_store(tmp_path_factory.mktemp("s28_newsurf"), *map(str, SIGMAS))
 
 
 def _edited_store(mouse, tmp_path: Path, **meta_edits) -> Path:
