@@ -8,24 +8,18 @@ with a traceback after the model had run."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from posecal.keypoints import LSP14
 from test_hostile_inputs import _one_error, _run, _write
+from test_rescore_audit_s24 import _refused as _refused_s24
 from test_rescore_audit_s24 import _skeleton_world, world  # noqa: F401  (module fixture)
 
 
 def _refused(argv: list, *needles: str) -> str:
-    """Exit 2, one error line naming ``needles``, and no --out / --save-calibrator written."""
-    outs = [Path(argv[i + 1]) for i, a in enumerate(argv) if a in ("--out", "--save-calibrator") and argv[i + 1]]
-    for p in outs:
-        p.unlink(missing_ok=True)
-    rc, _, err = _run(argv)
-    line = _one_error(rc, err, *needles)
-    assert not any(p.exists() for p in outs), line
-    return line
+    """Exit 2, one error line naming ``needles``, and no --out / --save-calibrator written (empty paths skipped)."""
+    return _refused_s24(argv, None, *needles)
 
 
 def test_rescore_empty_flag_values_are_refused_not_read_as_absent(world):  # noqa: F811

@@ -35,7 +35,7 @@ def world(tmp_path_factory) -> Path:
 
 def _refused(argv: list, d: Path, *needles: str) -> str:
     """Exit 2, one error line naming ``needles``, and no --out / --save-calibrator written."""
-    outs = [Path(argv[i + 1]) for i, a in enumerate(argv) if a in ("--out", "--save-calibrator")]
+    outs = [Path(argv[i + 1]) for i, a in enumerate(argv) if a in ("--out", "--save-calibrator") and argv[i + 1]]
     for p in outs:
         p.unlink(missing_ok=True)
     rc, _, err = _run(argv)
