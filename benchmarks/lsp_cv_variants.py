@@ -23,6 +23,9 @@ visibility, like the default recipe; only the named factor changes:
 * ``georank``    ``geo`` + a pairwise instance-ranking loss (``georank3``: weight 3): for 200 000 random pairs
   of training people, softplus(−10 (ĉ_i − ĉ_j) sign(g_i − g_j)) weighted by |g_i − g_j|, where ĉ = Σv̂ŝ/Σv̂ and
   g = the fraction of AP's ten OKS thresholds the person's instance OKS passes (what AP rewards);
+* ``geogap``     ``geo`` with the crop's global average-pooled features (``posecal extract --pooling gap`` of the
+  same people, given by ``--gap``) appended to the pose MLP's input; ``geogapk``: appended to every keypoint's
+  features instead (global context of the crop: background, blur, clutter);
 * ``geoinst``    ``geo`` + the ``inst`` loss; ``geo128``: pose MLP hidden 128; ``geo2``: two hidden layers (64, 64);
   ``geoev``: ``geo`` + the ``ev`` columns.
 
@@ -30,6 +33,7 @@ Besides the pooled AP the table gives the AP of the held-out LSPET images and of
 separately (LSP-style people), each against the stores' own score on the same images.
 
     PYTHONPATH=src nice python3 benchmarks/lsp_cv_variants.py --work /tmp/ccnet [--variants lin,mlp,...]
+        [--gap GAP_LSPET --gap GAP_LSP_TRAIN]     # the gap variants: stores of the same people, --pooling gap
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ import time
 import numpy as np
 
 VARIANTS = ("lin", "mlp", "shared", "inst", "ev", "geo", "weight5", "swapdrop", "swapfix", "tied", "tiedgeo",
-            "geoinst", "geo128", "geo2", "geoev", "georank", "georank3")
-GEO = ("geo", "swapdrop", "swapfix", "tiedgeo", "geoinst", "geo128", "geoev", "geo2", "georank", "georank3")
+            "geoinst", "geo128", "geo2", "geoev", "georank", "georank3", "geogap", "geogapk")
+GEO = ("geo", "geogap", "geogapk", "swapdrop", "swapfix", "tiedgeo", "geoinst", "geo128", "geoev", "geo2", "georank",
+       "georank3")
 RANK = {"georank": 1.0, "georank3": 3.0}  # weight of the pairwise instance-ranking loss
 RANK_PAIRS, RANK_TEMP = 200_000, 10.0
 TIED = ("tied", "tiedgeo")
@@ -168,6 +173,22 @@ def _fit(variant, X, GI, T, V, w, seed=0):
     return predict
 
 
+def _gap_features(paths, gap_paths) -> np.ndarray:
+    """(N, C) global-average-pooled features of the same rows as the stores at ``paths`` (checked row by row)."""
+    from posecal.models.store import FeatureStore
+
+    if len(gap_paths) != len(paths):
+        raise SystemExit(f"the gap variants need --gap once per store ({len(paths)}), got {len(gap_paths)}")
+    out = []
+    for p, gp in zip(paths, gap_paths, strict=True):
+        a, g = FeatureStore.open(p), FeatureStore.open(gp)
+        if g.meta.get("pooling") != "gap" or not np.array_equal(a.read("ann_id"), g.read("ann_id")) \
+                or not np.allclose(a.read("keypoints"), g.read("keypoints")):
+            raise SystemExit(f"{gp}: not a --pooling gap store of the same rows as {p}")
+        out.append(g.read(g.feature_name).reshape(g.num_instances, -1))
+    return np.concatenate(out).astype(np.float32)
+
+
 def _mirrored_targets(paths, stores) -> tuple[np.ndarray, np.ndarray]:
     """(N, K) keypoint OKS and visibility against each person's left/right-mirrored annotation."""
     from posecal.keypoints import get_keypoint_set
@@ -189,7 +210,10 @@ def _mirrored_targets(paths, stores) -> tuple[np.ndarray, np.ndarray]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/ccnet")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(v for v in VARIANTS if not v.startswith("geogap")))
+    ap.add_argument("--gap", action="append", default=[],
+                    help="the gap variants: `posecal extract --pooling gap` stores of STORE_LSPET's and "
+                         "STORE_LSP_TRAIN's people, in that order")
     args = ap.parse_args()
     import torch
 
@@ -209,6 +233,9 @@ def main() -> None:
     ev = np.concatenate([evidence_columns(d.path, ("score", "cf", "log_sigma"), d.sigmas) for d in stores])
     GI = _geometry(paths, stores, ev)
     variants = args.variants.split(",")
+    if unknown := sorted(set(variants) - set(VARIANTS)):
+        ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    gap = _gap_features(paths, args.gap) if {"geogap", "geogapk"} & set(variants) else None
     Tm = Vm = swap = None
     if {"swapdrop", "swapfix"} & set(variants):  # only the swap variants need the mirrored targets
         Tm, Vm = _mirrored_targets(paths, stores)
@@ -221,6 +248,9 @@ def main() -> None:
     for variant in variants:
         t0 = time.perf_counter()
         Xv = np.concatenate([X, ev], -1) if variant in ("ev", "geoev") else X
+        if variant == "geogapk":
+            Xv = np.concatenate([X, np.broadcast_to(gap[:, None, :], (*X.shape[:2], gap.shape[1]))], -1)
+        GIv = np.concatenate([GI, gap], 1) if variant == "geogap" else GI
         res = {n: [] for n in part}
         for f, h in enumerate(held):
             tr = np.flatnonzero(folds != f)
@@ -231,8 +261,8 @@ def main() -> None:
                 m = swap[tr]
                 Tt[m], Vt[m] = Tm[tr][m], Vm[tr][m]
             w = np.where(store_of[tr] == 1, 5.0 if variant == "weight5" else 1.0, 1.0)
-            pred = _fit(variant, Xv[tr], GI[tr], Tt, Vt, w)
-            s, v = pred(Xv[h], GI[h])
+            pred = _fit(variant, Xv[tr], GIv[tr], Tt, Vt, w)
+            s, v = pred(Xv[h], GIv[h])
             c = instance_score(s, "visibility", None, visibility=v)
             for n, st in part.items():
                 m = np.ones(len(h), bool) if st is None else store_of[h] == st
