@@ -30,13 +30,14 @@ TARGETS = (0.90, 0.95, 0.98)
 
 def coverage_at(c: np.ndarray, correct: np.ndarray, target: float) -> float:
     """Largest share of the N pairs kept by one threshold (keep ``c >= t``) whose kept pairs are at least
-    ``target`` correct; 0 if none. ``c (N,)``, ``correct (N,)`` boolean."""
-    o = np.argsort(-c, kind="stable")
-    cs, ok = c[o], correct[o]
-    last = np.r_[np.flatnonzero(cs[1:] != cs[:-1]), cs.size - 1]  # a threshold keeps whole tie groups
-    prec = np.cumsum(ok)[last] / (last + 1)
-    good = np.flatnonzero(prec >= target)
-    return float((last[good[-1]] + 1) / cs.size) if good.size else 0.0
+    ``target`` correct; 0 if none (:func:`posecal.calibration.metrics.threshold_at_precision`, what
+    ``posecal evaluate --report`` reports as "keypoint thresholds"). ``c (N,)``, ``correct (N,)`` boolean."""
+    from posecal.calibration.metrics import MetricUndefined, threshold_at_precision
+
+    try:
+        return threshold_at_precision(c, correct, target).kept
+    except MetricUndefined:
+        return 0.0
 
 
 def keypoint_table(gt_path: str, pred_path: str, taus=TAUS, boot: int = 0, seed: int = 0) -> dict:

@@ -17,7 +17,14 @@ from numpy.typing import ArrayLike
 
 from posecal._util import progress
 from posecal.calibration import metrics as M
-from posecal.calibration.pairs import InstancePairs, KeypointPairs, instance_pairs, keypoint_pairs, oracle_oks
+from posecal.calibration.pairs import (
+    InstancePairs,
+    KeypointPairs,
+    instance_pairs,
+    keypoint_pairs,
+    oracle_oks,
+    person_keypoint_pairs,
+)
 from posecal.errors import PosecalInputError
 
 NO_GT = "no labelled ground truth to evaluate"
@@ -39,6 +46,7 @@ __all__ = [
     "explain_no_pairs",
     "format_summary",
     "instance_pck",
+    "keypoint_threshold_metrics",
     "oracle_bound",
     "pair_counts",
     "random_bound",
@@ -49,6 +57,11 @@ __all__ = [
     "summary_rows",
     "visibility_metrics",
 ]
+
+THRESHOLD_TARGETS = (0.90, 0.95, 0.98)
+"""Shares of correct keypoints (keypoint OKS >= :data:`CORRECT_OKS`) for which the audit reports the threshold."""
+CORRECT_OKS = 0.5
+"""A keypoint is *correct* for the thresholds when its OKS term (Eq. 7) reaches COCO's loosest threshold."""
 
 PAIRS_DOC = (
     "instance: every detection counted at OKS 0.50 (within maxDets=20, not matched to an ignored gt); "
@@ -166,18 +179,19 @@ def oracle_bound(
     are the OKS-threshold indices of 0.5 and 0.75, each ``pr`` is precision ``(101,)`` over recall."""
     from posecal.metrics.cocoeval import evaluate
 
-    n_det = int(np.asarray(res.score).size)
-    cat = None
-    cats = np.unique(np.asarray(res.category_id)) if n_det else np.array([])
-    if cats.size == 1:
-        cat = int(cats[0])
     # also for empty results: the AP of nothing is 0, as pycocotools reports it
-    oracle_scores = oracle_oks(gt, res, sigmas, category_id=cat, gt_area=gt_area)
+    oracle_scores = oracle_oks(gt, res, sigmas, category_id=_single_category(res), gt_area=gt_area)
     ev_o = evaluate(gt, res, scores=oracle_scores, **evaluate_kwargs)
     m: dict[str, object] = {}
     _set(m, "oracle_AP", lambda: _ap(ev_o.stats, "AP"))
     _set(m, "oracle_AP50", lambda: _ap(ev_o.stats, "AP50"))
     return m, {0.5: _pr(ev_o, thr_index[0]), 0.75: _pr(ev_o, thr_index[1])}
+
+
+def _single_category(res: CocoResults) -> int | None:
+    """The results' category id when they hold exactly one, else None (every category)."""
+    cats = np.unique(np.asarray(res.category_id)) if np.asarray(res.score).size else np.array([])
+    return int(cats[0]) if cats.size == 1 else None
 
 
 def random_bound(
@@ -326,6 +340,31 @@ def aurc_metrics(inst: InstancePairs, kp: KeypointPairs) -> dict[str, object]:
     return m
 
 
+def keypoint_threshold_metrics(kp: KeypointPairs, targets: Sequence[float] = THRESHOLD_TARGETS) -> dict[str, object]:
+    """For practitioners who drop keypoints below a confidence threshold: for each required share of
+    correct keypoints (``targets``; correct = keypoint OKS >= :data:`CORRECT_OKS`), the threshold on the
+    keypoint confidence that keeps the most keypoints with at least that share correct among them, the share
+    kept and the share correct (:func:`posecal.calibration.metrics.threshold_at_precision`). ``kp``: the labelled
+    keypoints of every detection that is some person's (:func:`posecal.calibration.pairs.person_keypoint_pairs`:
+    poorly localised people included). The choice is empirical on these pairs: fit it on validation data, not
+    on the data it will be judged on."""
+    lab = kp.labelled
+    c, correct = kp.score[lab], kp.oks[lab] >= CORRECT_OKS
+    rows: list[dict[str, object]] = []
+    for t in targets:
+        try:
+            r = M.threshold_at_precision(c, correct, t).to_dict()
+        except M.MetricUndefined as e:
+            why = e.reason if c.size else "no labelled keypoint of a detection matched to a person"
+            r = {"target": float(t), "threshold": None, "threshold_reason": why}
+        rows.append(r)
+    return {"correct": f"keypoint OKS >= {CORRECT_OKS:g}", "n_keypoints": int(c.size),
+            "share_correct": float(correct.mean()) if c.size else None,
+            "pairs": "the labelled keypoints of every detection matched one to one to a person (greedy by OKS, any "
+                     "OKS > 0): poorly localised people included, duplicates and false positives left out",
+            "targets": rows}
+
+
 def visibility_metrics(kp: KeypointPairs) -> dict[str, object]:
     """Predicted visibility (when the results carry it) and the raw keypoint score as detectors of
     ``gt v > 0``: AUROC, AP and Brier score."""
@@ -418,7 +457,9 @@ def run_audit(
     Stages, each a function of this module: :func:`ranking_metrics`, :func:`oracle_bound`,
     :func:`random_bound`, the pairs (:func:`instance_pairs`, :func:`keypoint_pairs`), :func:`pair_counts`,
     :func:`correlation_metrics`, :func:`ause_metrics`, :func:`calibration_error_metrics`,
-    :func:`aurc_metrics`, :func:`visibility_metrics`, :func:`score_by_visibility`, :func:`explain_no_pairs`.
+    :func:`aurc_metrics`, :func:`keypoint_threshold_metrics` (on
+    :func:`posecal.calibration.pairs.person_keypoint_pairs`), :func:`visibility_metrics`,
+    :func:`score_by_visibility`, :func:`explain_no_pairs`.
     """
     from posecal.metrics.cocoeval import evaluate
 
@@ -466,6 +507,8 @@ def run_audit(
     m.update(m_e)
     curves["instance_confidence"] = inst.confidence
     m.update(aurc_metrics(inst, kp))
+    m["keypoint_thresholds"] = keypoint_threshold_metrics(
+        person_keypoint_pairs(gt, res, sigmas, _single_category(res), gt_area, pck_alpha))
     vis = visibility_metrics(kp)
     m["visibility"] = vis
     m["keypoint_score_by_visibility"], curves["score_by_visibility"] = score_by_visibility(kp)
@@ -507,6 +550,7 @@ def summary_rows(m: dict[str, object]) -> list[tuple[str, str, str]]:
         ),
         ("AURC", _v(m, "aurc", 4), "risk 1 − OKS over coverage; lower is better"),
         ("visibility AUROC", _v(vis, "auroc"), vis.get("auroc_reason") or "predicted visibility vs gt v > 0"),
+        _threshold_row(m.get("keypoint_thresholds") or {}, 0.95),
     ]
     by_reason: dict[str, list[str]] = {}
     for k in PRIMARY_KEYS:
@@ -518,6 +562,17 @@ def summary_rows(m: dict[str, object]) -> list[tuple[str, str, str]]:
         ]
         rows.append(("n/a because", "", "; ".join(parts)))
     return rows
+
+
+def _threshold_row(kt: dict[str, object], target: float) -> tuple[str, str, str]:
+    """The summary row of :func:`keypoint_threshold_metrics`' entry for ``target``."""
+    r = next((r for r in kt.get("targets", []) if r.get("target") == target), {})
+    label = f"kpt threshold {100 * target:g} %"
+    if r.get("threshold") is None:
+        return label, "n/a", str(r.get("threshold_reason") or "no keypoint pairs")
+    thr = f"{r['threshold']:.3f}" if abs(r["threshold"]) < 1e6 else f"{r['threshold']:.3g}"
+    return (label, f">= {thr} keeps {100 * r['kept']:.1f} %",
+            f"of keypoints, {100 * r['precision']:.1f} % of them OKS >= {CORRECT_OKS:g}")
 
 
 def format_summary(m: dict[str, object]) -> str:

@@ -24,6 +24,7 @@ __all__ = [
     "MetricUndefined",
     "Reliability",
     "Sparsification",
+    "ThresholdChoice",
     "aurc",
     "ause",
     "average_precision_binary",
@@ -35,6 +36,7 @@ __all__ = [
     "pearson",
     "sparsification",
     "spearman",
+    "threshold_at_precision",
 ]
 
 
@@ -255,6 +257,55 @@ def aurc(confidence: np.ndarray, risk: np.ndarray) -> float:
     rr = _tie_mean(-c[order], r[order])
     sel_risk = np.cumsum(rr) / np.arange(1, c.size + 1)
     return float(np.mean(sel_risk))
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """One confidence threshold chosen by :func:`threshold_at_precision`: keep the pairs with confidence
+    ``>= threshold``; ``kept`` is their share of all pairs, ``precision`` the share of correct ones among them
+    (both fractions), ``n_kept`` / ``n`` the counts."""
+
+    target: float
+    threshold: float
+    kept: float
+    precision: float
+    n_kept: int
+    n: int
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "threshold": self.threshold, "kept": self.kept,
+                "precision": self.precision, "n_kept": self.n_kept, "n": self.n}
+
+
+def threshold_at_precision(confidence: np.ndarray, correct: np.ndarray, target: float) -> ThresholdChoice:
+    """The confidence threshold that keeps the most pairs while at least ``target`` of the kept are correct.
+
+    Selective prediction at a required precision (risk–coverage, Geifman & El-Yaniv, NeurIPS 2017, without
+    their confidence bound: this is the empirical choice on the given pairs). ``confidence (N,)``,
+    ``correct (N,)`` booleans (e.g. keypoint OKS >= 0.5). A threshold keeps whole tie groups (``c >=
+    threshold``), so the result never depends on the order of the pairs; among thresholds that reach the
+    target, the one keeping the most pairs (the lowest) wins. :class:`MetricUndefined` when no threshold
+    reaches ``target`` (not even the most confident tie group) or there are no pairs.
+
+    >>> r = threshold_at_precision(np.array([.9, .8, .7, .6, .5]), np.array([1, 1, 0, 1, 0], bool), 0.75)
+    >>> r.threshold, r.kept, r.precision
+    (0.6, 0.8, 0.75)
+    """
+    if not 0.0 < float(target) <= 1.0:
+        raise ValueError(f"target must be in (0, 1], got {target}")
+    c, ok = _pair(confidence, correct, ("confidence", "correct"))
+    if not np.isin(ok, (0.0, 1.0)).all():
+        raise ValueError("correct must hold booleans (0 / 1)")
+    o = np.argsort(-c, kind="stable")
+    cs, oks = c[o], ok[o]
+    last = np.r_[np.flatnonzero(cs[1:] != cs[:-1]), cs.size - 1]  # the end of each tie group
+    prec = np.cumsum(oks)[last] / (last + 1)
+    good = np.flatnonzero(prec >= float(target) - 1e-12)
+    if not good.size:
+        raise MetricUndefined(f"no threshold keeps >= {float(target):g} correct")
+    i = last[good[-1]]
+    return ThresholdChoice(target=float(target), threshold=float(cs[i]), kept=float((i + 1) / c.size),
+                           precision=float(prec[good[-1]]), n_kept=int(i + 1), n=int(c.size))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from posecal.io.coco import CocoGroundTruth, CocoResults
     from posecal.metrics.cocoeval import CocoEvalResult
 
-__all__ = ["InstancePairs", "KeypointPairs", "instance_pairs", "keypoint_pairs", "best_oks", "oracle_oks"]
+__all__ = ["InstancePairs", "KeypointPairs", "instance_pairs", "keypoint_pairs", "best_oks", "best_match",
+           "oracle_oks", "person_keypoint_pairs"]
 
 
 @dataclass(frozen=True)
@@ -143,10 +144,25 @@ def best_oks(
     This is the *oracle confidence* of the paper's Fig. 1 (pycocotools-exact OKS,
     :func:`posecal.metrics.oks.oks_matrix`; ``gt_area (G,)`` replaces ``gt.area`` as in
     :func:`keypoint_pairs`); ``one_to_one``: :func:`oracle_oks`."""
+    return best_match(gt, res, sigmas, category_id, gt_area, one_to_one)[0]
+
+
+def best_match(
+    gt: CocoGroundTruth,
+    res: CocoResults,
+    sigmas: np.ndarray,
+    category_id: int | None = None,
+    gt_area: np.ndarray | None = None,
+    one_to_one: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`best_oks` and the gt row it comes from: ``(oks (D,), gt_index (D,))``, ``gt_index`` −1 where
+    the detection has no gt (no candidate in its image; with ``one_to_one``, also a duplicate or a false
+    positive left without one, or an OKS of 0)."""
     d_img = np.asarray(res.image_id, dtype=np.int64)
     out = np.zeros(d_img.size, dtype=np.float64)
+    idx = np.full(d_img.size, -1, dtype=np.int64)
     if d_img.size == 0:
-        return out
+        return out, idx
     g_ok = ~np.asarray(gt.iscrowd, dtype=bool) & (np.asarray(gt.keypoints)[..., 2] > 0).any(axis=-1)
     if category_id is not None:
         g_ok &= np.asarray(gt.category_id) == category_id
@@ -167,23 +183,30 @@ def best_oks(
         gi = g_sel[lo:hi]
         di = d_order[a:b]
         o = np.asarray(oks_matrix(dkp[di], np.asarray(gt.keypoints)[gi], area[gi], sigmas))
-        out[di] = o.max(axis=1) if not one_to_one else _greedy_one_to_one(o)
-    return out
+        if one_to_one:
+            out[di], col = _greedy_one_to_one(o, with_index=True)
+        else:
+            col = np.argmax(o, axis=1)
+            out[di] = o[np.arange(len(di)), col]
+        idx[di] = np.where(col >= 0, gi[np.maximum(col, 0)], -1)
+    return out, idx
 
 
-def _greedy_one_to_one(o: np.ndarray) -> np.ndarray:
+def _greedy_one_to_one(o: np.ndarray, with_index: bool = False):
     """``(d,)`` from an OKS matrix ``(d, g)``: the largest entry first, each detection and gt used once;
-    a detection left without a gt gets 0 (ties: the lower detection row, then the lower gt column)."""
+    a detection left without a gt gets 0 (ties: the lower detection row, then the lower gt column).
+    ``with_index``: also the ``(d,)`` gt column of each detection, −1 for none."""
     o = np.array(o, dtype=np.float64)
     out = np.zeros(o.shape[0])
+    col = np.full(o.shape[0], -1, dtype=np.int64)
     for _ in range(min(o.shape)):
         d, g = np.unravel_index(int(np.argmax(o)), o.shape)
         if o[d, g] <= 0 or not np.isfinite(o[d, g]):
             break
-        out[d] = o[d, g]
+        out[d], col[d] = o[d, g], g
         o[d, :] = -1.0
         o[:, g] = -1.0
-    return out
+    return (out, col) if with_index else out
 
 
 def oracle_oks(
@@ -200,3 +223,25 @@ def oracle_oks(
     :func:`best_oks` would also give duplicates their person's OKS and rank them above true matches, which is
     no upper bound."""
     return best_oks(gt, res, sigmas, category_id, gt_area, one_to_one=True)
+
+
+def person_keypoint_pairs(
+    gt: CocoGroundTruth,
+    res: CocoResults,
+    sigmas: np.ndarray,
+    category_id: int | None = None,
+    gt_area: np.ndarray | None = None,
+    pck_alpha: float = 0.1,
+) -> KeypointPairs:
+    """Keypoint pairs of every detection that is some person's, however badly it is localised: each image's
+    detections and its non-crowd gts with a labelled keypoint matched one to one, greedily by OKS (largest
+    first, any OKS > 0: :func:`oracle_oks`'s assignment), then :func:`keypoint_pairs` of those matches.
+
+    Unlike the evaluator's matches at OKS 0.50 (:func:`instance_pairs`), a person whose predicted pose is
+    poor (OKS < 0.5) keeps its keypoints here — a user thresholding keypoints cannot leave that person out;
+    a duplicate or a false positive has no person and no keypoint truth, and is left out."""
+    oks, g = best_match(gt, res, sigmas, category_id, gt_area, one_to_one=True)
+    d = np.flatnonzero(g >= 0)
+    inst = InstancePairs(det_index=d, gt_index=g[d], confidence=np.asarray(res.score, dtype=np.float64)[d],
+                         oks=oks[d])
+    return keypoint_pairs(inst, gt, res, sigmas, pck_alpha=pck_alpha, gt_area=gt_area)

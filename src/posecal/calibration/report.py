@@ -204,6 +204,27 @@ def _headline(m: dict[str, Any]) -> str:
     return f'<table class="headline">{"".join(cells)}</table>'
 
 
+def _thresholds(m: dict[str, Any]) -> str:
+    """The keypoint-threshold table (:func:`posecal.calibration.audit.keypoint_threshold_metrics`)."""
+    kt = m.get("keypoint_thresholds") or {}
+    rows = []
+    for r in kt.get("targets", []):
+        if r.get("threshold") is None:
+            rows.append(f"<tr><td>{_fmt(r.get('target'))}</td><td colspan=\"3\">n/a "
+                        f"({html.escape(str(r.get('threshold_reason') or ''))})</td></tr>")
+        else:
+            rows.append(f"<tr><td>{_fmt(r['target'])}</td><td>&ge; {_fmt(r['threshold'])}</td>"
+                        f"<td>{_fmt(r['kept'])} ({r['n_kept']} of {r['n']})</td><td>{_fmt(r['precision'])}</td></tr>")
+    if not rows:
+        return ""
+    return (f"<h2>Keypoint thresholds</h2><p>Drop keypoints whose confidence is below a threshold: for each required "
+            f"share of correct keypoints ({html.escape(str(kt.get('correct')))}), the threshold that keeps the most "
+            f"keypoints. Pairs: {html.escape(str(kt.get('pairs')))}; {kt.get('n_keypoints', 0)} keypoints, "
+            f"{_fmt(kt.get('share_correct'))} of them correct. Choose the threshold on validation data.</p>"
+            f"<table><tr><th>required share correct</th><th>threshold</th><th>share kept</th>"
+            f"<th>share correct among kept</th></tr>{''.join(rows)}</table>")
+
+
 def _html(a: Audit, figures: list[str], coco: dict[str, Any], title: str,
           sources: dict[str, str] | None = None) -> str:
     m = a.metrics
@@ -249,6 +270,7 @@ code{{background:#f4f4f4;padding:0 3px}}</style></head>
 <ul>{src}<li>pairs: {html.escape(m.get("pairs", ""))}</li><li>all numbers: <a href="metrics.json">metrics.json</a></li>
 </ul>
 <h2>Headline</h2>{_headline(m)}<ul>{notes}</ul>
+{_thresholds(m)}
 <h2>Figures</h2>{figs}
 <details><summary>All {len(rows)} calibration metrics</summary>
 <table><tr><th>metric</th><th>value</th><th>why n/a</th></tr>{"".join(rows)}</table></details>
