@@ -20,6 +20,7 @@ from posecal.calibration import metrics as M
 from posecal.calibration.pairs import (
     InstancePairs,
     KeypointPairs,
+    best_match,
     instance_pairs,
     keypoint_pairs,
     oracle_oks,
@@ -172,15 +173,20 @@ def oracle_bound(
     evaluate_kwargs: dict[str, object],
     gt_area: np.ndarray | None,
     thr_index: tuple[int, int],
+    *,
+    oracle_scores: np.ndarray | None = None,
 ) -> tuple[dict[str, object], dict[float, np.ndarray]]:
     """AP with oracle confidence (:func:`posecal.calibration.pairs.oracle_oks`: each person's one matched
     detection scored by its OKS, duplicates and false positives 0): the upper bound of the paper's Fig. 1.
     Returns ``({"oracle_AP", "oracle_AP50"}, {0.5: pr, 0.75: pr})``; ``thr_index``
-    are the OKS-threshold indices of 0.5 and 0.75, each ``pr`` is precision ``(101,)`` over recall."""
+    are the OKS-threshold indices of 0.5 and 0.75, each ``pr`` is precision ``(101,)`` over recall.
+    ``oracle_scores (D,)``: that confidence if already computed (``run_audit`` shares the assignment with the
+    keypoint thresholds)."""
     from posecal.metrics.cocoeval import evaluate
 
     # also for empty results: the AP of nothing is 0, as pycocotools reports it
-    oracle_scores = oracle_oks(gt, res, sigmas, category_id=_single_category(res), gt_area=gt_area)
+    if oracle_scores is None:
+        oracle_scores = oracle_oks(gt, res, sigmas, category_id=_single_category(res), gt_area=gt_area)
     ev_o = evaluate(gt, res, scores=oracle_scores, **evaluate_kwargs)
     m: dict[str, object] = {}
     _set(m, "oracle_AP", lambda: _ap(ev_o.stats, "AP"))
@@ -484,7 +490,8 @@ def run_audit(
     curves["recall"] = np.linspace(0.0, 1.0, 101)
     pr: dict[str, dict[float, np.ndarray]] = {"original": {0.5: _pr(ev, thr[0]), 0.75: _pr(ev, thr[1])}}
     curves["pr"] = pr
-    m_o, pr["oracle"] = oracle_bound(gt, res, sigmas, kw, gt_area, thr)
+    person = best_match(gt, res, sigmas, _single_category(res), gt_area, one_to_one=True)  # oracle_oks + gt rows
+    m_o, pr["oracle"] = oracle_bound(gt, res, sigmas, kw, gt_area, thr, oracle_scores=person[0])
     m.update(m_o)
     m_r, pr_r = random_bound(gt, res, kw, n_random, seed, thr)
     m.update(m_r)
@@ -508,7 +515,7 @@ def run_audit(
     curves["instance_confidence"] = inst.confidence
     m.update(aurc_metrics(inst, kp))
     m["keypoint_thresholds"] = keypoint_threshold_metrics(
-        person_keypoint_pairs(gt, res, sigmas, _single_category(res), gt_area, pck_alpha))
+        person_keypoint_pairs(gt, res, sigmas, gt_area=gt_area, pck_alpha=pck_alpha, match=person))
     vis = visibility_metrics(kp)
     m["visibility"] = vis
     m["keypoint_score_by_visibility"], curves["score_by_visibility"] = score_by_visibility(kp)

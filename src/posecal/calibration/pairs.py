@@ -232,15 +232,17 @@ def person_keypoint_pairs(
     category_id: int | None = None,
     gt_area: np.ndarray | None = None,
     pck_alpha: float = 0.1,
+    match: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> KeypointPairs:
     """Keypoint pairs of every detection that is some person's, however badly it is localised: each image's
     detections and its non-crowd gts with a labelled keypoint matched one to one, greedily by OKS (largest
     first, any OKS > 0: :func:`oracle_oks`'s assignment), then :func:`keypoint_pairs` of those matches.
+    ``match``: that assignment if already computed, ``best_match(..., one_to_one=True)`` of the same arguments.
 
     Unlike the evaluator's matches at OKS 0.50 (:func:`instance_pairs`), a person whose predicted pose is
     poor (OKS < 0.5) keeps its keypoints here — a user thresholding keypoints cannot leave that person out;
     a duplicate or a false positive has no person and no keypoint truth, and is left out."""
-    oks, g = best_match(gt, res, sigmas, category_id, gt_area, one_to_one=True)
+    oks, g = match if match is not None else best_match(gt, res, sigmas, category_id, gt_area, one_to_one=True)
     d = np.flatnonzero(g >= 0)
     inst = InstancePairs(det_index=d, gt_index=g[d], confidence=np.asarray(res.score, dtype=np.float64)[d],
                          oks=oks[d])
