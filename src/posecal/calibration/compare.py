@@ -27,6 +27,9 @@ for CrowdPose files, 0.53·w·h of the gt box for files without ``area``, the 17
 COCO-WholeBody ground truth), so A's and B's values are the AP/AR that command and the reference tool give.
 
 Intervals are percentile intervals of the resampled Δ = B − A (default 1000 resamples, 95 %, seeded).
+The same draws also resample the keypoint thresholds of ``posecal evaluate --report`` (for 90 / 95 / 98 % of
+the kept keypoints correct, OKS >= 0.5, the share of keypoints one threshold on each file's keypoint confidence
+keeps): :attr:`CompareResult.keypoint_thresholds`, each image's keypoints weighted by its draw count.
 ``P(B better)`` is the fraction of resamples where B beats A with exact ties (Δ == 0) counted as half, so a
 metric B cannot change (ΔAR when B only reorders scores) reads 0.5, not 0; ``p_tied`` is the tied fraction.
 """
@@ -39,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from posecal.calibration.audit import THRESHOLD_TARGETS
 from posecal.calibration.metrics import MetricUndefined, _remaining_mean_sorted, ause, pearson
 from posecal.calibration.pairs import instance_pairs
 from posecal.errors import PosecalInputError, PosecalWarning
@@ -444,6 +448,8 @@ class CompareResult:
     use_area: bool = True  # OKS scale: the gt 'area' (True) or 0.53·w·h of the gt box
     keypoints: str = "all"  # "body": COCO-WholeBody ground truth evaluated on its 17 body keypoints
     warnings: list[str] = field(default_factory=list)  # odd inputs (also warned): see compare()
+    # the keypoint thresholds of A and B and Δ = B − A of the share kept, with intervals (module docstring)
+    keypoint_thresholds: dict[str, Any] = field(default_factory=dict)
 
     def all_tied(self, m: str) -> bool:
         """Every resample gave Δ exactly 0 for ``m`` (B cannot differ from A there)."""
@@ -464,6 +470,7 @@ class CompareResult:
                             "resamples_used": self.used(m),
                             **{f"{w.lower()}_reason": self.undefined[w][m] for w in ("A", "B")
                                if m in self.undefined.get(w, {})}} for m in METRICS},
+            "keypoint_thresholds": {k: v for k, v in self.keypoint_thresholds.items() if k != "samples"},
         }
 
     def used(self, m: str) -> int:
@@ -550,6 +557,94 @@ def _odd_inputs(gt: Any, pes: dict[str, PerImageEval], names: dict[str, str]) ->
     return out
 
 
+@dataclass(frozen=True)
+class _KeypointPlan:
+    """One file's keypoint pairs for the thresholds (:func:`posecal.calibration.pairs.person_keypoint_pairs`,
+    labelled keypoints only), sorted once by confidence (descending, stable): ``image (N,)`` image index,
+    ``correct (N,)`` keypoint OKS >= 0.5, ``ends (G,)`` the last row of each tie group, ``threshold (G,)``
+    its confidence."""
+
+    image: np.ndarray
+    correct: np.ndarray
+    ends: np.ndarray
+    threshold: np.ndarray
+
+    @classmethod
+    def build(cls, confidence: np.ndarray, correct: np.ndarray, image: np.ndarray) -> _KeypointPlan:
+        """The plan of pairs ``confidence (N,)``, ``correct (N,)`` bool, ``image (N,)`` image index."""
+        o = np.argsort(-np.asarray(confidence, np.float64), kind="stable")
+        cs = np.asarray(confidence, np.float64)[o]
+        ends = np.r_[np.flatnonzero(cs[1:] != cs[:-1]), cs.size - 1] if cs.size else np.zeros(0, np.int64)
+        return cls(image=np.asarray(image, np.int64)[o], correct=np.asarray(correct, bool)[o], ends=ends,
+                   threshold=cs[ends])
+
+    def kept(self, counts: np.ndarray, targets: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """``(kept (T,), threshold (T,))`` for images drawn ``counts (I,)`` times: per target, the largest
+        share of the drawn keypoints one threshold keeps with at least that share correct among them (0 when
+        none does; :func:`posecal.calibration.metrics.threshold_at_precision` on the resampled pairs) and
+        that threshold (NaN when none). NaN kept when no keypoint is drawn."""
+        w = counts[self.image].astype(np.float64)
+        cw = np.cumsum(w)[self.ends] if w.size else np.zeros(0)
+        T = len(targets)
+        if not cw.size or cw[-1] == 0:
+            return np.full(T, np.nan), np.full(T, np.nan)
+        cc = np.cumsum(w * self.correct)[self.ends]
+        prec = np.divide(cc, cw, out=np.full(cw.shape, -1.0), where=cw > 0)
+        prec[np.diff(cw, prepend=0.0) == 0] = -1.0  # a tie group none of whose images was drawn is no threshold
+        kept, thr = np.zeros(T), np.full(T, np.nan)
+        for i, t in enumerate(targets):
+            good = np.flatnonzero(prec >= t - 1e-12)
+            if good.size:
+                kept[i], thr[i] = cw[good[-1]] / cw[-1], self.threshold[good[-1]]
+        return kept, thr
+
+
+def _keypoint_plan(gt: Any, res: Any, sigmas: Any, use_area: bool, image_ids: np.ndarray) -> _KeypointPlan:
+    """The :class:`_KeypointPlan` of ``res``: the pairs ``posecal evaluate --report`` thresholds (all of the
+    results' keypoints with ``sigmas`` or the gt's set — COCO-WholeBody's 133 too —, OKS on the evaluator's
+    area: the gt 'area' or, ``use_area`` False, 0.53·w·h of the gt box)."""
+    from posecal.calibration.audit import CORRECT_OKS, _single_category, resolve_sigmas
+    from posecal.calibration.pairs import person_keypoint_pairs
+
+    area = None if use_area else 0.53 * gt.bbox[:, 2] * gt.bbox[:, 3]
+    kp = person_keypoint_pairs(gt, res, resolve_sigmas(gt, sigmas), _single_category(res), area)
+    lab = kp.labelled
+    img = np.searchsorted(image_ids, np.asarray(res.image_id, np.int64)[kp.det_index])
+    return _KeypointPlan.build(kp.score[lab], kp.oks[lab] >= CORRECT_OKS, np.broadcast_to(img[:, None], lab.shape)[lab])
+
+
+def _threshold_block(plans: dict[str, _KeypointPlan], samples: np.ndarray, level: float,
+                     targets: tuple[float, ...], n_images: int) -> dict[str, Any]:
+    """The ``keypoint_thresholds`` block of :class:`CompareResult` from the full-data plans and the
+    ``samples (R, T)`` of Δ kept (B − A)."""
+    from posecal.calibration.audit import CORRECT_OKS
+
+    out: dict[str, Any] = {"correct": f"keypoint OKS >= {CORRECT_OKS:g}",
+                           "pairs": "the labelled keypoints of every detection matched one to one to a person "
+                                    "(greedy by OKS, any OKS > 0), as posecal evaluate --report",
+                           "targets": []}
+    ones = np.ones(n_images, np.int64)
+    full = {w: p.kept(ones, targets) for w, p in plans.items()}
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+
+    def num(x: float) -> float | None:
+        return float(x) if np.isfinite(x) else None
+
+    for i, t in enumerate(targets):
+        s = samples[:, i]
+        ok = s[np.isfinite(s)]
+        row = {"target": float(t), **{w.lower(): {"kept": num(full[w][0][i]), "threshold": num(full[w][1][i])}
+                                      for w in ("A", "B")}}
+        d = full["B"][0][i] - full["A"][0][i]
+        row["delta"] = num(d)
+        row["interval"] = [num(v) for v in np.percentile(ok, q)] if ok.size and np.isfinite(d) else [None, None]
+        row["p_better"] = num((np.sum(ok > 0) + 0.5 * np.sum(ok == 0)) / ok.size) if ok.size else None
+        row["resamples_used"] = int(ok.size)
+        out["targets"].append(row)
+    out["samples"] = samples
+    return out
+
+
 def compare(gt: Any, res_a: Any, res_b: Any, *, resamples: int = 1000, seed: int = 0, level: float = 0.95,
             sigmas: Any = None, use_area: bool | None = None, flavor: str | None = None,
             show_progress: bool = False) -> CompareResult:
@@ -595,11 +690,16 @@ def compare(gt: Any, res_a: Any, res_b: Any, *, resamples: int = 1000, seed: int
     notes += list(dict.fromkeys(f"{names[w]}: {m}" for w, pe in (("A", pa), ("B", pb)) for m in pe.eval_warnings))
     for msg in notes:
         warnings.warn(msg, PosecalWarning, stacklevel=2)
+    plans = {w: _keypoint_plan(gt, r, sigmas, settings["use_area"], pa.image_ids) for w, r in res.items()}
+    kpt_samples = np.full((resamples, len(THRESHOLD_TARGETS)), np.nan)
     rng = np.random.default_rng(seed)
     samples = {m: np.empty(resamples) for m in METRICS}
     bar = progress(total=resamples, desc="bootstrap", disable=not show_progress or None)
     for r in range(resamples):
-        draw = _Draw(rng.integers(0, I, size=I), I)  # shared by both files' re-accumulations
+        idx = rng.integers(0, I, size=I)
+        draw = _Draw(idx, I)  # shared by both files' re-accumulations
+        counts = np.bincount(idx, minlength=I)
+        kpt_samples[r] = plans["B"].kept(counts, THRESHOLD_TARGETS)[0] - plans["A"].kept(counts, THRESHOLD_TARGETS)[0]
         ap_a, ar_a = _defined(resample_ap_ar(pa, draw))
         ap_b, ar_b = _defined(resample_ap_ar(pb, draw))
         pr_a, au_a = _calib(pa, draw)
@@ -626,4 +726,5 @@ def compare(gt: Any, res_a: Any, res_b: Any, *, resamples: int = 1000, seed: int
                          a=a, b=b, delta=delta, interval=interval, p_better=p_better, resamples=resamples,
                          seed=seed, level=level, images=I, samples=samples, p_tied=p_tied,
                          flavor=settings["flavor"], use_area=settings["use_area"],
-                         keypoints=settings["keypoints"] or "all", warnings=notes)
+                         keypoints=settings["keypoints"] or "all", warnings=notes,
+                         keypoint_thresholds=_threshold_block(plans, kpt_samples, level, THRESHOLD_TARGETS, I))

@@ -122,6 +122,27 @@ def _cell(v: float | None, signed: bool = False) -> str:
     return f"{v:+.4f}" if signed else f"{v:.4f}"
 
 
+def _threshold_table(kt: dict, pct: str) -> str:
+    """The keypoint-threshold rows (:attr:`CompareResult.keypoint_thresholds`) as an HTML section."""
+    e = html.escape
+    if not kt:
+        return ""
+    head = ("<h2>Keypoint thresholds</h2><p>For a user who drops keypoints below a confidence threshold: the share "
+            "of keypoints one threshold on each file's keypoint confidence keeps while at least the required share "
+            f"of the kept ones is correct ({e(str(kt.get('correct')))}; pairs: {e(str(kt.get('pairs')))}). Higher "
+            "is better; the same image resamples as above.</p>")
+    rows = []
+    for r in kt.get("targets", []):
+        lo, hi = (v if v is not None else float("nan") for v in r["interval"])
+        excl = np.isfinite(lo) and np.isfinite(hi) and (lo > 0 or hi < 0)
+        rows.append(f"<tr><td>{_cell(r['target'])}</td>"
+                    + "".join(f"<td>{_cell(r[w]['kept'])} (&ge; {_cell(r[w]['threshold'])})</td>" for w in ("a", "b"))
+                    + f"<td><b>{_cell(r['delta'], True)}</b></td><td>[{_cell(lo, True)}, {_cell(hi, True)}]"
+                    f"{' *' if excl else ''}</td><td>{_cell(r['p_better'])}</td></tr>")
+    return (head + f"<table><tr><th>required share correct</th><th>A kept (threshold)</th><th>B kept (threshold)"
+            f"</th><th>Δ = B − A</th><th>{pct} % interval</th><th>P(B better)</th></tr>{''.join(rows)}</table>")
+
+
 def _html(res: CompareResult, names: dict[str, str]) -> str:
     e = html.escape
     rows = []
@@ -157,6 +178,7 @@ the same draws for A and B), seed {res.seed}; AP/AR recomputed exactly per resam
 Interval: {pct} % percentile interval (the {lo_q:.10g}th and {hi_q:.10g}th percentiles of the resampled Δ,
 linear interpolation). * = the interval excludes 0. P(B better): fraction of resamples where B beats A,
 ties (Δ exactly 0) counted as half; "all tied": B equals A on every resample.</p>{left_p}
+{_threshold_table(res.keypoint_thresholds, pct)}
 {figs}</body></html>"""
 
 

@@ -156,6 +156,17 @@ def _fmt(v: float | None, signed: bool = False) -> str:
     return f"{v:+.4f}" if signed else f"{v:.4f}"
 
 
+def _print_thresholds(kt: dict, pct: str) -> None:
+    """The keypoint-threshold rows of ``posecal compare`` (:attr:`CompareResult.keypoint_thresholds`)."""
+    print(f"share of keypoints one threshold keeps with >= X of them correct ({kt['correct']}):")
+    print(f"{'X':<8} {'A':>8} {'B':>8} {'B - A':>9}  {pct} % interval{'':>6} P(B better)   thresholds A, B")
+    for r in kt["targets"]:
+        lo, hi = (v if v is not None else float("nan") for v in r["interval"])
+        thr = ", ".join(_fmt(r[w]["threshold"]) for w in ("a", "b"))
+        print(f"{r['target']:<8.2f} {_fmt(r['a']['kept']):>8} {_fmt(r['b']['kept']):>8} "
+              f"{_fmt(r['delta'], True):>9}  [{_fmt(lo, True)}, {_fmt(hi, True)}]  {_fmt(r['p_better']):>11}   {thr}")
+
+
 def run(args: argparse.Namespace) -> int:
     from posecal._util import dumps_json
     from posecal.calibration.compare import INTERVAL_METHOD, METRICS, compare, level_label, per_image_eval
@@ -209,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
     left_out = [f"{m} {res.resamples - res.used(m)}" for m in METRICS if 0 < res.used(m) < res.resamples]
     if left_out:
         print(f"resamples left out (Δ undefined: no person drawn, or fewer than 2 pairs): {', '.join(left_out)}")
+    _print_thresholds(res.keypoint_thresholds, pct)
     if args.report is not None:
         print(f"posecal compare: report written to {args.report}/index.html", file=sys.stderr)
     return 0
