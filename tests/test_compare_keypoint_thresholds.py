@@ -99,3 +99,20 @@ def test_cli_prints_and_writes_the_thresholds(files, tmp_path, capsys):
     assert [r["target"] for r in doc["keypoint_thresholds"]["targets"]] == [0.9, 0.95, 0.98]
     assert "samples" not in doc["keypoint_thresholds"]
     assert "Keypoint thresholds" in (rep / "index.html").read_text()
+
+
+def test_a_threshold_near_the_float_limit_prints_short(files, tmp_path, capsys):
+    from posecal.cli import main
+
+    gt, pa, _ = files
+    d = perturb_gt(json.loads(gt.read_text()), seed=5)  # mostly well localised people
+    for r in d:  # 1e308 on the best keypoints (legal: warned, kept as it is), 0 elsewhere: the threshold is 1e308
+        r["keypoints"][2::3] = [1e308 if s > 0.9 else 0.0 for s in r["keypoints"][2::3]]
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps(d))
+    rep = tmp_path / "rep"
+    assert main(["compare", "--gt", str(gt), str(pa), str(huge), "--resamples", "20", "--report", str(rep)]) == 0
+    out = capsys.readouterr().out
+    assert "1e+308" in out and max(len(line) for line in out.splitlines()) < 200
+    page = (rep / "index.html").read_text()
+    assert "1e+308" in page and "0" * 300 not in page

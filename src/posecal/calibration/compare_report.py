@@ -119,6 +119,8 @@ FIGURES = {"pr_curves.png": _fig_pr, "reliability.png": _fig_reliability, "spars
 def _cell(v: float | None, signed: bool = False) -> str:
     if v is None or not np.isfinite(v):
         return "n/a"
+    if abs(v) >= 1e6:  # a keypoint threshold can be any legal score, up to ±1.8e308: not 309 digits
+        return f"{v:+.4g}" if signed else f"{v:.4g}"
     return f"{v:+.4f}" if signed else f"{v:.4f}"
 
 

@@ -153,6 +153,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _fmt(v: float | None, signed: bool = False) -> str:
     if v is None or not math.isfinite(v):
         return "n/a"
+    if abs(v) >= 1e6:  # a keypoint threshold can be any legal score, up to ±1.8e308: not 309 digits
+        return f"{v:+.4g}" if signed else f"{v:.4g}"
     return f"{v:+.4f}" if signed else f"{v:.4f}"
 
 
