@@ -103,8 +103,9 @@ def test_person_pairs_keep_a_poorly_localised_person_and_drop_its_duplicate():
     np.testing.assert_allclose(kp.oks[1].mean(), O[1, 1], rtol=1e-9)
 
 
-def _independent_thresholds(gt: dict, dets: list, targets) -> list:
-    """Greedy one-to-one by OKS per image, OKS from its textbook formula, then the brute-force threshold."""
+def _independent_thresholds(gt: dict, dets: list, targets, keypoint: int | None = None) -> list:
+    """Greedy one-to-one by OKS per image, OKS from its textbook formula, then the brute-force threshold (of one
+    ``keypoint`` type's pairs only, if given)."""
     from posecal.keypoints import COCO17
 
     var = (2 * COCO17.sigmas) ** 2
@@ -129,8 +130,9 @@ def _independent_thresholds(gt: dict, dets: list, targets) -> list:
                 continue
             used_d.add(i)
             used_g.add(j)
-            conf.extend(p[i, lab[j], 2])
-            ok.extend(kpt[i, j, lab[j]] >= 0.5)
+            sel = lab[j] & (np.arange(17) == keypoint) if keypoint is not None else lab[j]
+            conf.extend(p[i, sel, 2])
+            ok.extend(kpt[i, j, sel] >= 0.5)
     c, o = np.array(conf), np.array(ok, bool)
     return [_brute(c, o, t) for t in targets]
 
@@ -162,5 +164,16 @@ def test_evaluate_report_has_the_keypoint_thresholds(tmp_path, capsys):
             assert (row["threshold"], row["n_kept"]) == (pytest.approx(w[0]), w[1])
             assert row["precision"] == pytest.approx(w[2])
     assert any(w is not None for w in want)  # the check compared at least one threshold
+    per = kt["per_keypoint"]
+    assert [p["keypoint"] for p in per] == gt["categories"][0]["keypoints"]
+    compared = 0
+    for k in (0, 9, 16):  # nose, left wrist, right ankle: each keypoint type's own threshold
+        for row, w in zip(per[k]["targets"], _independent_thresholds(gt, dets, (0.90, 0.95, 0.98), k), strict=True):
+            if w is None:
+                assert row["threshold"] is None
+            else:
+                assert (row["threshold"], row["n_kept"]) == (pytest.approx(w[0]), w[1])
+                compared += 1
+    assert compared
     assert "kpt threshold 95 %" in out
     assert "Keypoint thresholds" in (rep / "index.html").read_text()

@@ -194,6 +194,16 @@ def oracle_bound(
     return m, {0.5: _pr(ev_o, thr_index[0]), 0.75: _pr(ev_o, thr_index[1])}
 
 
+def _keypoint_names(gt: CocoGroundTruth, K: int) -> list[str] | None:
+    """The K keypoint names: the gt's keypoint set's, else its first category's ``keypoints`` (None if neither
+    has K)."""
+    ks = getattr(gt, "keypoint_set", None)
+    if ks is not None and ks.num_keypoints == K:
+        return list(ks.names)
+    names = (gt.categories[0].get("keypoints") if gt.categories else None) or []
+    return [str(n) for n in names] if len(names) == K else None
+
+
 def _single_category(res: CocoResults) -> int | None:
     """The results' category id when they hold exactly one, else None (every category)."""
     cats = np.unique(np.asarray(res.category_id)) if np.asarray(res.score).size else np.array([])
@@ -346,16 +356,8 @@ def aurc_metrics(inst: InstancePairs, kp: KeypointPairs) -> dict[str, object]:
     return m
 
 
-def keypoint_threshold_metrics(kp: KeypointPairs, targets: Sequence[float] = THRESHOLD_TARGETS) -> dict[str, object]:
-    """For practitioners who drop keypoints below a confidence threshold: for each required share of
-    correct keypoints (``targets``; correct = keypoint OKS >= :data:`CORRECT_OKS`), the threshold on the
-    keypoint confidence that keeps the most keypoints with at least that share correct among them, the share
-    kept and the share correct (:func:`posecal.calibration.metrics.threshold_at_precision`). ``kp``: the labelled
-    keypoints of every detection that is some person's (:func:`posecal.calibration.pairs.person_keypoint_pairs`:
-    poorly localised people included). The choice is empirical on these pairs: fit it on validation data, not
-    on the data it will be judged on."""
-    lab = kp.labelled
-    c, correct = kp.score[lab], kp.oks[lab] >= CORRECT_OKS
+def _threshold_rows(c: np.ndarray, correct: np.ndarray, targets: Sequence[float]) -> list[dict[str, object]]:
+    """:func:`posecal.calibration.metrics.threshold_at_precision` for each target, JSON-ready (null + reason)."""
     rows: list[dict[str, object]] = []
     for t in targets:
         try:
@@ -364,11 +366,36 @@ def keypoint_threshold_metrics(kp: KeypointPairs, targets: Sequence[float] = THR
             why = e.reason if c.size else "no labelled keypoint of a detection matched to a person"
             r = {"target": float(t), "threshold": None, "threshold_reason": why}
         rows.append(r)
+    return rows
+
+
+def keypoint_threshold_metrics(kp: KeypointPairs, targets: Sequence[float] = THRESHOLD_TARGETS,
+                               names: Sequence[str] | None = None) -> dict[str, object]:
+    """For practitioners who drop keypoints below a confidence threshold: for each required share of
+    correct keypoints (``targets``; correct = keypoint OKS >= :data:`CORRECT_OKS`), the threshold on the
+    keypoint confidence that keeps the most keypoints with at least that share correct among them, the share
+    kept and the share correct (:func:`posecal.calibration.metrics.threshold_at_precision`). ``kp``: the labelled
+    keypoints of every detection that is some person's (:func:`posecal.calibration.pairs.person_keypoint_pairs`:
+    poorly localised people included). ``"per_keypoint"``: the same for each keypoint type alone (``names``,
+    K of them; default ``kp0`` …), with its count, share correct and mean confidence — a per-joint threshold.
+    The choice is empirical on these pairs: fit it on validation data, not on the data it will be judged on."""
+    lab = kp.labelled
+    correct_all = kp.oks >= CORRECT_OKS
+    c, correct = kp.score[lab], correct_all[lab]
+    K = kp.score.shape[1] if kp.score.ndim == 2 else 0
+    names = list(names) if names is not None and len(names) == K else [f"kp{k}" for k in range(K)]
+    per = []
+    for k in range(K):
+        m = lab[:, k]
+        ck, ok = kp.score[m, k], correct_all[m, k]
+        per.append({"keypoint": names[k], "n": int(m.sum()), "share_correct": float(ok.mean()) if m.any() else None,
+                    "mean_confidence": M.finite_mean(ck) if m.any() else None,
+                    "targets": _threshold_rows(ck, ok, targets)})
     return {"correct": f"keypoint OKS >= {CORRECT_OKS:g}", "n_keypoints": int(c.size),
             "share_correct": float(correct.mean()) if c.size else None,
             "pairs": "the labelled keypoints of every detection matched one to one to a person (greedy by OKS, any "
                      "OKS > 0): poorly localised people included, duplicates and false positives left out",
-            "targets": rows}
+            "targets": _threshold_rows(c, correct, targets), "per_keypoint": per}
 
 
 def visibility_metrics(kp: KeypointPairs) -> dict[str, object]:
@@ -515,7 +542,8 @@ def run_audit(
     curves["instance_confidence"] = inst.confidence
     m.update(aurc_metrics(inst, kp))
     m["keypoint_thresholds"] = keypoint_threshold_metrics(
-        person_keypoint_pairs(gt, res, sigmas, gt_area=gt_area, pck_alpha=pck_alpha, match=person))
+        person_keypoint_pairs(gt, res, sigmas, gt_area=gt_area, pck_alpha=pck_alpha, match=person),
+        names=_keypoint_names(gt, sigmas.size))
     vis = visibility_metrics(kp)
     m["visibility"] = vis
     m["keypoint_score_by_visibility"], curves["score_by_visibility"] = score_by_visibility(kp)

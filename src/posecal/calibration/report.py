@@ -217,12 +217,27 @@ def _thresholds(m: dict[str, Any]) -> str:
                         f"<td>{_fmt(r['kept'])} ({r['n_kept']} of {r['n']})</td><td>{_fmt(r['precision'])}</td></tr>")
     if not rows:
         return ""
+    per = kt.get("per_keypoint") or []
+    targets = [r.get("target") for r in kt.get("targets", [])]
+
+    def cell(r: dict[str, Any]) -> str:
+        if r.get("threshold") is None:
+            return "<td>n/a</td>"
+        return f"<td>&ge; {_fmt(r['threshold'])}: {_fmt(r['kept'])}</td>"
+
+    per_rows = "".join(
+        f"<tr><td>{html.escape(str(p.get('keypoint')))}</td><td>{p.get('n')}</td><td>{_fmt(p.get('share_correct'))}</td>"
+        f"<td>{_fmt(p.get('mean_confidence'))}</td>{''.join(cell(r) for r in p.get('targets', []))}</tr>" for p in per)
+    per_table = ("<details><summary>Per keypoint type (a threshold for each joint)</summary><table><tr><th>keypoint"
+                 "</th><th>labelled</th><th>share correct</th><th>mean confidence</th>"
+                 + "".join(f"<th>{_fmt(t)} correct: threshold: share kept</th>" for t in targets)
+                 + f"</tr>{per_rows}</table></details>") if per else ""
     return (f"<h2>Keypoint thresholds</h2><p>Drop keypoints whose confidence is below a threshold: for each required "
             f"share of correct keypoints ({html.escape(str(kt.get('correct')))}), the threshold that keeps the most "
             f"keypoints. Pairs: {html.escape(str(kt.get('pairs')))}; {kt.get('n_keypoints', 0)} keypoints, "
             f"{_fmt(kt.get('share_correct'))} of them correct. Choose the threshold on validation data.</p>"
             f"<table><tr><th>required share correct</th><th>threshold</th><th>share kept</th>"
-            f"<th>share correct among kept</th></tr>{''.join(rows)}</table>")
+            f"<th>share correct among kept</th></tr>{''.join(rows)}</table>{per_table}")
 
 
 def _html(a: Audit, figures: list[str], coco: dict[str, Any], title: str,
