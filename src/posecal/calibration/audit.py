@@ -393,8 +393,10 @@ def keypoint_threshold_metrics(kp: KeypointPairs, targets: Sequence[float] = THR
                     "targets": _threshold_rows(ck, ok, targets)})
     return {"correct": f"keypoint OKS >= {CORRECT_OKS:g}", "n_keypoints": int(c.size),
             "share_correct": float(correct.mean()) if c.size else None,
-            "pairs": "the labelled keypoints of every detection matched one to one to a person (greedy by OKS, any "
-                     "OKS > 0): poorly localised people included, duplicates and false positives left out",
+            "pairs": "the labelled keypoints of every detection matched one to one to a person of its image and "
+                     "category (greedy by OKS, any OKS > 0): poorly localised people included; a detection left "
+                     "without a person (a duplicate, a false positive where every person has a better match) left "
+                     "out, a false positive where a person was missed counted (its keypoints incorrect)",
             "targets": _threshold_rows(c, correct, targets), "per_keypoint": per}
 
 

@@ -124,6 +124,13 @@ def _cell(v: float | None, signed: bool = False) -> str:
     return f"{v:+.4f}" if signed else f"{v:.4f}"
 
 
+def _kept_cell(d: dict) -> str:
+    """One file's share kept and its threshold; none reaches the target: kept 0 and no threshold to show."""
+    if d.get("threshold") is None:
+        return "n/a" if d.get("kept") is None else f"{_cell(d['kept'])} (no threshold reaches it)"
+    return f"{_cell(d['kept'])} (&ge; {_cell(d['threshold'])})"
+
+
 def _threshold_table(kt: dict, pct: str) -> str:
     """The keypoint-threshold rows (:attr:`CompareResult.keypoint_thresholds`) as an HTML section."""
     e = html.escape
@@ -138,7 +145,7 @@ def _threshold_table(kt: dict, pct: str) -> str:
         lo, hi = (v if v is not None else float("nan") for v in r["interval"])
         excl = np.isfinite(lo) and np.isfinite(hi) and (lo > 0 or hi < 0)
         rows.append(f"<tr><td>{_cell(r['target'])}</td>"
-                    + "".join(f"<td>{_cell(r[w]['kept'])} (&ge; {_cell(r[w]['threshold'])})</td>" for w in ("a", "b"))
+                    + "".join(f"<td>{_kept_cell(r[w])}</td>" for w in ("a", "b"))
                     + f"<td><b>{_cell(r['delta'], True)}</b></td><td>[{_cell(lo, True)}, {_cell(hi, True)}]"
                     f"{' *' if excl else ''}</td><td>{_cell(r['p_better'])}</td></tr>")
     return (head + f"<table><tr><th>required share correct</th><th>A kept (threshold)</th><th>B kept (threshold)"

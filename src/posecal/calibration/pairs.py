@@ -52,7 +52,8 @@ class InstancePairs:
 @dataclass(frozen=True)
 class KeypointPairs:
     """M matched detections × K keypoints: ``det_index (M,)``, ``gt_index (M,)``, ``score (M, K)``
-    keypoint score, ``oks (M, K)`` per-keypoint OKS (NaN where gt v == 0), ``gt_v (M, K)`` int in {0,1,2},
+    keypoint score, ``oks (M, K)`` per-keypoint OKS (NaN where gt v == 0), ``gt_v (M, K)`` int in {0,1,2}
+    (a fractional flag v > 0 rounds up: labelled, as the OKS counts it),
     ``visibility (M, K) | None`` predicted visibility, ``pck (M, K)`` PCK@``pck_alpha`` (NaN where
     v == 0 or the gt box is empty)."""
 
@@ -124,7 +125,7 @@ def keypoint_pairs(
         gt_index=g,
         score=pred[..., 2],
         oks=oks,
-        gt_v=gk[..., 2].astype(np.int64),
+        gt_v=np.where(gk[..., 2] > 0, np.ceil(gk[..., 2]), 0).astype(np.int64),  # v > 0 labelled, as the OKS
         visibility=None if vis is None else np.asarray(vis, dtype=np.float64)[det].reshape(-1, k),
         pck=pck_correct(pred, gk, box_size(bbox), pck_alpha),
         pck_alpha=pck_alpha,
@@ -156,7 +157,8 @@ def best_match(
     one_to_one: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`best_oks` and the gt row it comes from: ``(oks (D,), gt_index (D,))``, ``gt_index`` −1 where
-    the detection has no gt (no candidate in its image; with ``one_to_one``, also a duplicate or a false
+    the detection has no gt (no candidate in its image and category — a detection is only ever matched to a
+    gt of its own ``category_id``, as the evaluator does; with ``one_to_one``, also a duplicate or a false
     positive left without one, or an OKS of 0)."""
     d_img = np.asarray(res.image_id, dtype=np.int64)
     out = np.zeros(d_img.size, dtype=np.float64)
@@ -166,15 +168,16 @@ def best_match(
     g_ok = ~np.asarray(gt.iscrowd, dtype=bool) & (np.asarray(gt.keypoints)[..., 2] > 0).any(axis=-1)
     if category_id is not None:
         g_ok &= np.asarray(gt.category_id) == category_id
-    g_img = np.asarray(gt.image_id, dtype=np.int64)
     g_sel = np.flatnonzero(g_ok)
-    order = np.argsort(g_img[g_sel], kind="stable")
+    # a detection is matched within its image and its own category, as the evaluator does (useCats)
+    d_key, g_key = _image_category_keys(res, d_img, gt, g_sel)
+    order = np.argsort(g_key, kind="stable")
     g_sel = g_sel[order]
-    g_sorted = g_img[g_sel]
+    g_sorted = g_key[order]
     dkp = np.asarray(res.keypoints, dtype=np.float64)
     area = np.asarray(gt.area if gt_area is None else gt_area, dtype=np.float64)
-    d_order = np.argsort(d_img, kind="stable")
-    imgs, d_start = np.unique(d_img[d_order], return_index=True)
+    d_order = np.argsort(d_key, kind="stable")
+    imgs, d_start = np.unique(d_key[d_order], return_index=True)
     d_end = np.r_[d_start[1:], d_img.size]
     for img, a, b in zip(imgs, d_start, d_end, strict=True):
         lo, hi = np.searchsorted(g_sorted, img, "left"), np.searchsorted(g_sorted, img, "right")
@@ -190,6 +193,17 @@ def best_match(
             out[di] = o[np.arange(len(di)), col]
         idx[di] = np.where(col >= 0, gi[np.maximum(col, 0)], -1)
     return out, idx
+
+
+def _image_category_keys(res: CocoResults, d_img: np.ndarray, gt: CocoGroundTruth,
+                         g_sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One integer per (image, category) pair: ``(D,)`` of the detections and ``(len(g_sel),)`` of the gt rows
+    ``g_sel``."""
+    d_cat = np.asarray(res.category_id, dtype=np.int64).reshape(-1)
+    g_pair = np.c_[np.asarray(gt.image_id, dtype=np.int64)[g_sel], np.asarray(gt.category_id, dtype=np.int64)[g_sel]]
+    _, inv = np.unique(np.r_[np.c_[d_img, d_cat], g_pair.reshape(-1, 2)], axis=0, return_inverse=True)
+    inv = np.asarray(inv).reshape(-1)
+    return inv[:d_img.size], inv[d_img.size:]
 
 
 def _greedy_one_to_one(o: np.ndarray, with_index: bool = False):
@@ -240,8 +254,10 @@ def person_keypoint_pairs(
     ``match``: that assignment if already computed, ``best_match(..., one_to_one=True)`` of the same arguments.
 
     Unlike the evaluator's matches at OKS 0.50 (:func:`instance_pairs`), a person whose predicted pose is
-    poor (OKS < 0.5) keeps its keypoints here — a user thresholding keypoints cannot leave that person out;
-    a duplicate or a false positive has no person and no keypoint truth, and is left out."""
+    poor (OKS < 0.5) keeps its keypoints here — a user thresholding keypoints cannot leave that person out.
+    A detection left without a person (a duplicate, or a false positive in an image whose people all have a
+    better-matching detection) has no keypoint truth and is left out; a false positive in an image where a
+    person has no detection takes that person (any OKS > 0), and its keypoints count as incorrect."""
     oks, g = match if match is not None else best_match(gt, res, sigmas, category_id, gt_area, one_to_one=True)
     d = np.flatnonzero(g >= 0)
     inst = InstancePairs(det_index=d, gt_index=g[d], confidence=np.asarray(res.score, dtype=np.float64)[d],

@@ -31,6 +31,14 @@ pearson, ause, each ``{"a", "b", "delta", "interval": [lo, hi], "p_better", "p_t
 a value that is undefined is ``null`` (never NaN), and then ``a_reason`` / ``b_reason`` says why for the file
 that lacks it.
 
+Last, the keypoint thresholds of ``posecal evaluate --report`` for both files: for 90 / 95 / 98 % of the kept
+keypoints correct (keypoint OKS >= 0.5), the share of the file's keypoints one confidence threshold keeps (0
+when none reaches it) and that threshold, and Δ kept = B − A over the same image draws. Pairs: the labelled
+keypoints of every detection matched one to one to a person of its image and category (greedily by OKS, any
+OKS > 0; all 133 keypoints of COCO-WholeBody); each file's share is of its own matched people's keypoints (a
+file that misses people is judged on fewer). JSON: ``keypoint_thresholds`` ``{"correct", "pairs", "targets":
+[{"target", "a": {"kept", "threshold"}, "b", "delta", "interval", "p_better", "resamples_used"}]}``.
+
 ``--sigmas`` and ``--keypoint-set`` work as in ``posecal evaluate`` (space- or comma-separated sigmas).
 Before the result files, the sigma list ends at the first value that is not a number:
 ``--sigmas 0.026 0.035 A.json B.json`` reads two sigmas and two files (a file named like a number: put
