@@ -609,7 +609,8 @@ def _threshold_row(kt: dict[str, object], target: float) -> tuple[str, str, str]
         return label, "n/a", str(r.get("threshold_reason") or "no keypoint pairs")
     thr = f"{r['threshold']:.3f}" if abs(r["threshold"]) < 1e6 else f"{r['threshold']:.3g}"
     return (label, f">= {thr} keeps {100 * r['kept']:.1f} %",
-            f"of keypoints, {100 * r['precision']:.1f} % of them OKS >= {CORRECT_OKS:g}")
+            f"of the {r['n']} keypoints of people's detections, {100 * r['precision']:.1f} % of those kept "
+            f"OKS >= {CORRECT_OKS:g}")
 
 
 def format_summary(m: dict[str, object]) -> str:

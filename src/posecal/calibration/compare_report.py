@@ -144,7 +144,7 @@ def _threshold_table(kt: dict, pct: str) -> str:
     for r in kt.get("targets", []):
         lo, hi = (v if v is not None else float("nan") for v in r["interval"])
         excl = np.isfinite(lo) and np.isfinite(hi) and (lo > 0 or hi < 0)
-        rows.append(f"<tr><td>{_cell(r['target'])}</td>"
+        rows.append(f"<tr><td>{100 * r['target']:g} %</td>"
                     + "".join(f"<td>{_kept_cell(r[w])}</td>" for w in ("a", "b"))
                     + f"<td><b>{_cell(r['delta'], True)}</b></td><td>[{_cell(lo, True)}, {_cell(hi, True)}]"
                     f"{' *' if excl else ''}</td><td>{_cell(r['p_better'])}</td></tr>")

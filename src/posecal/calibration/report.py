@@ -204,16 +204,21 @@ def _headline(m: dict[str, Any]) -> str:
     return f'<table class="headline">{"".join(cells)}</table>'
 
 
+def _pct(v: Any) -> str:
+    """A target share as a percentage (0.95 -> '95 %')."""
+    return f"{100 * v:g} %" if isinstance(v, float) and math.isfinite(v) else _fmt(v)
+
+
 def _thresholds(m: dict[str, Any]) -> str:
     """The keypoint-threshold table (:func:`posecal.calibration.audit.keypoint_threshold_metrics`)."""
     kt = m.get("keypoint_thresholds") or {}
     rows = []
     for r in kt.get("targets", []):
         if r.get("threshold") is None:
-            rows.append(f"<tr><td>{_fmt(r.get('target'))}</td><td colspan=\"3\">n/a "
+            rows.append(f"<tr><td>{_pct(r.get('target'))}</td><td colspan=\"3\">n/a "
                         f"({html.escape(str(r.get('threshold_reason') or ''))})</td></tr>")
         else:
-            rows.append(f"<tr><td>{_fmt(r['target'])}</td><td>&ge; {_fmt(r['threshold'])}</td>"
+            rows.append(f"<tr><td>{_pct(r['target'])}</td><td>&ge; {_fmt(r['threshold'])}</td>"
                         f"<td>{_fmt(r['kept'])} ({r['n_kept']} of {r['n']})</td><td>{_fmt(r['precision'])}</td></tr>")
     if not rows:
         return ""
@@ -230,7 +235,7 @@ def _thresholds(m: dict[str, Any]) -> str:
         f"<td>{_fmt(p.get('mean_confidence'))}</td>{''.join(cell(r) for r in p.get('targets', []))}</tr>" for p in per)
     per_table = ("<details><summary>Per keypoint type (a threshold for each joint)</summary><table><tr><th>keypoint"
                  "</th><th>labelled</th><th>share correct</th><th>mean confidence</th>"
-                 + "".join(f"<th>{_fmt(t)} correct: threshold: share kept</th>" for t in targets)
+                 + "".join(f"<th>{_pct(t)} correct: threshold: share kept</th>" for t in targets)
                  + f"</tr>{per_rows}</table></details>") if per else ""
     return (f"<h2>Keypoint thresholds</h2><p>Drop keypoints whose confidence is below a threshold: for each required "
             f"share of correct keypoints ({html.escape(str(kt.get('correct')))}), the threshold that keeps the most "
