@@ -246,10 +246,14 @@ def _model_passes(adapter, plan: _Plan, crops: np.ndarray, Ms: np.ndarray, flips
             feats[r] = feats[r][:, :, ::-1]
             if hms is not None:
                 hms[r] = hms[r][plan.mflip][:, :, ::-1]
-        cur = [img_xy, scores, feats.astype(np.float64), None if hms is None else hms.astype(np.float64)]
+        # features, the largest array, are averaged in float64 only when there are two passes (--flip)
+        cur = [img_xy, scores, feats if len(passes) == 1 else feats.astype(np.float64),
+               None if hms is None else hms.astype(np.float64)]
         acc = cur if acc is None else [a + c if a is not None else None for a, c in zip(acc, cur, strict=True)]
-    img_xy, scores, feats, hms = (None if a is None else a / len(passes) for a in acc)
-    return img_xy, scores, feats.astype(np.float32), hms
+    if len(passes) > 1:
+        acc = [None if a is None else a / len(passes) for a in acc]
+    img_xy, scores, feats, hms = acc
+    return img_xy, scores, feats.astype(np.float32, copy=False), hms
 
 
 # stage 4: model joints -> dataset keypoints, sigma-hat, pooling

@@ -33,17 +33,22 @@ ALIASES = JOINT_ALIASES
 
 def joint_map(model_joints: Sequence[str], dataset_joints: Sequence[str], *,
               allow_missing: bool = False, model: str = "model", file: str | None = None) -> np.ndarray:
-    """Index (K_data,) into the model's joints for each dataset keypoint, by name; -1 where missing.
+    """Index (K_data,) into the model's joints for each dataset keypoint, by name (case, space and dash
+    insensitive, as keypoint-set recognition and :func:`flip_index`: AIC's ``"Right Shoulder"`` is
+    ``right_shoulder``); -1 where missing.
 
     A dataset keypoint the model lacks raises :class:`PosecalInputError` naming it, unless
     ``allow_missing`` (then -1: such keypoints get score 0 downstream); ``file`` (the dataset's) is named in
     that error.
     """
-    idx = {n: i for i, n in enumerate(model_joints)}
+    idx: dict[str, int] = {}
+    for i, n in enumerate(model_joints):
+        idx.setdefault(_norm(str(n)), i)
     out = np.full(len(dataset_joints), -1, dtype=np.int64)
     missing = []
     for k, name in enumerate(dataset_joints):
-        for cand in (name, *ALIASES.get(name, ())):
+        key = _norm(str(name))
+        for cand in (key, *ALIASES.get(key, ())):
             if cand in idx:
                 out[k] = idx[cand]
                 break
