@@ -840,6 +840,8 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
     m.metadata_props.add(key="posecal_ccnet_head", value=str(meta["head"]))
     m.metadata_props.add(key="posecal_keypoint_set", value=str(meta.get("keypoint_set")))
     m.metadata_props.add(key="posecal_pooling", value=pooling)
+    for k, v in _extra_meta(meta).items():
+        m.metadata_props.add(key=k, value=v)
     if meta.get("context") is not None:
         m.metadata_props.add(key="posecal_context_stage", value=CONTEXT_NOTE)
     onnx.checker.check_model(m)
@@ -849,10 +851,44 @@ def export_calibrated(model: str | os.PathLike, head_dir: str | os.PathLike, out
                 "head": meta["head"], "model_tensor": adapter.tensor_name, "added_nodes": len(b.nodes),
                 "mode": "grafted", "inputs": [i.name for i in m.graph.input if i.name not in
                                               {t.name for t in m.graph.initializer}],
-                "opset": opset, "filter_rank": rank, "fused_into_model_conv": fused}
+                "opset": opset, "filter_rank": rank, "fused_into_model_conv": fused,
+                "keypoint_names": _keypoint_names(meta)}
+    if meta.get("box_score") is True:
+        out_meta["box_score_note"] = BOX_SCORE_NOTE
     if meta.get("context") is not None:
         out_meta["context_stage"] = CONTEXT_NOTE
     return out_meta
+
+
+BOX_SCORE_NOTE = ("the head was fitted with --box-score: posecal apply multiplies instance_confidence by the "
+                  "detector's box score, the graph does not; multiply it outside the graph to get apply's score")
+
+
+def _extra_meta(meta: dict[str, Any]) -> dict[str, str]:
+    """Metadata both exports record besides the head kind, keypoint set and pooling: the names of the K output
+    keypoints in order (``posecal_keypoint_names``, comma-separated) and, for a ``fit --box-score`` head, the rule
+    that apply's instance score is ĉ × the box score (``posecal_box_score``)."""
+    extra = {"posecal_keypoint_names": ",".join(_keypoint_names(meta))}
+    if meta.get("box_score") is True:
+        extra["posecal_box_score"] = BOX_SCORE_NOTE
+    return extra
+
+
+def _keypoint_names(meta: dict[str, Any]) -> list[str]:
+    """The head's K keypoint names, the order of its outputs (the head was checked against its set before)."""
+    from posecal.keypoints import keypoint_set_from_meta
+
+    return list(keypoint_set_from_meta(meta).names)
+
+
+def _heatmap_source(adapter: Any) -> str:
+    """The model tensor a head-only ONNX's ``heatmaps`` input comes from (for the summary and its metadata)."""
+    tfl = getattr(adapter, "_pool_out", None)  # TFLite: the heatmap output at the feature grid
+    if isinstance(tfl, str):
+        return tfl
+    if hasattr(adapter, "card") or hasattr(adapter, "output_name"):
+        return str(_graft_sources(adapter)["hm"])
+    return "the model's heatmap output"
 
 
 CONTEXT_NOTE = ("not in the graph: instance_confidence is the head's score of one crop; the head's context stage "
@@ -917,7 +953,8 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
     m.ir_version = 8
     for k, v in (("posecal_ccnet_head", meta["head"]), ("posecal_keypoint_set", meta.get("keypoint_set")),
                  ("posecal_pooling", pooling), ("posecal_model_tensor", adapter.tensor_name),
-                 ("posecal_joint_order", ",".join(adapter.joint_names))):
+                 ("posecal_joint_order", ",".join(adapter.joint_names)), *_extra_meta(meta).items(),
+                 *((("posecal_heatmap_tensor", _heatmap_source(adapter)),) if use_hm else ())):
         m.metadata_props.add(key=k, value=str(v))
     if meta.get("context") is not None:
         m.metadata_props.add(key="posecal_context_stage", value=CONTEXT_NOTE)
@@ -927,7 +964,12 @@ def export_head_only(model: str | os.PathLike, head_dir: str | os.PathLike, out:
     res = {"out": str(out), "inputs": [i.name for i in inputs], "outputs": list(OUTPUTS), "K": K,
            "pooling": pooling, "head": meta["head"], "model_tensor": adapter.tensor_name,
            "added_nodes": len(b.nodes), "mode": "head-only", "filter_rank": rank,
-           "fused_into_model_conv": False}
+           "fused_into_model_conv": False, "keypoint_names": _keypoint_names(meta),
+           "joint_order": list(adapter.joint_names)}
+    if use_hm:
+        res["heatmap_tensor"] = _heatmap_source(adapter)
+    if meta.get("box_score") is True:
+        res["box_score_note"] = BOX_SCORE_NOTE
     if meta.get("context") is not None:
         res["context_stage"] = CONTEXT_NOTE
     return res

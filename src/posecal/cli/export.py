@@ -69,14 +69,17 @@ def run(args: argparse.Namespace) -> int:
             print("box_score (B,) float32: the detector's score of each crop's box (1.0 for gt boxes or "
                   "single-person crops); the head reads it with the keypoint-score statistics")
     else:
-        print(f"{args.out}: head-only ONNX ({summary['head']}, {summary['pooling']} pooling); inputs "
-              + ", ".join(summary["inputs"]) + f" from {summary['model_tensor']}; outputs: "
-              + ", ".join(summary["outputs"]))
+        src = {"features": summary["model_tensor"], "heatmaps": summary.get("heatmap_tensor")}
+        print(f"{args.out}: head-only ONNX ({summary['head']}, {summary['pooling']} pooling); inputs: "
+              + ", ".join(f"{i} from {src[i]}" if src.get(i) else i for i in summary["inputs"])
+              + " (channels-first: transpose NHWC tensors); outputs: " + ", ".join(summary["outputs"]))
     if (summary.get("filter_rank") or summary.get("fused_into_model_conv")) and not args.json:
         what = f"{summary['filter_rank']} maps (filter rank)" if summary.get("filter_rank") else "filters"
         where = ("in the model's own last convolution (widened; its outputs checked unchanged)"
                  if summary.get("fused_into_model_conv") else "by a separate convolution")
         print(f"the head's {what} are computed {where}")
+    if summary.get("box_score_note") and not args.json:
+        print(f"note: {summary['box_score_note']}")
     if summary.get("context_stage") and not args.json:
         print(f"note: the head's context stage is {summary['context_stage']}")
     elif not args.json:
