@@ -7,18 +7,21 @@ Metadata keys: ``format`` (``"posecal-ccnet/1"``), ``head`` (kind), ``in_channel
 ``model_sha256``, ``normalisation`` ({"mean", "std"} summary; the exact values are the
 ``feat_mean``/``feat_std`` tensors), ``train`` (config), ``metrics`` (validation), ``aggregation``, and
 ``context`` when the head carries the learned-NMS stage (:mod:`posecal.ccnet.context`), whose parameters
-are ``HEAD_DIR/context.safetensors`` (float64 ``mean``, ``std``, ``coef``).
+are ``HEAD_DIR/context.safetensors`` (float64 ``mean``, ``std``, ``coef``); ``weights_sha256`` (and
+``context_sha256``): the SHA-256 of those files as saved.
 
 :func:`load_head` refuses (:class:`PosecalInputError` naming ``head.json`` / ``head.safetensors`` /
 ``context.safetensors`` and the field or tensor) a head whose metadata has the wrong types, whose
 ``evidence`` does not fit its input width (``in_channels`` = ``feature_shape[-1]`` +
 :func:`posecal.ccnet.targets.evidence_width`), whose ``context`` entry and ``context.safetensors`` disagree,
 or whose tensors are not floating point, not finite, larger than :data:`MAX_ABS` in magnitude, or
-(``feat_std``) below :data:`MIN_STD`.
+(``feat_std``) below :data:`MIN_STD` — and then a sound weights file that is not the one saved with this
+head.json (another head's file of the same shapes; heads saved before the hashes existed are not checked).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,8 @@ __all__ = ["FORMAT", "COMPARED_KEYS", "save_head", "load_head", "check_compatibl
 
 FORMAT = "posecal-ccnet/1"
 WEIGHTS, META, CONTEXT = "head.safetensors", "head.json", "context.safetensors"
+WEIGHTS_SHA, CONTEXT_SHA = "weights_sha256", "context_sha256"
+"""head.json keys: the SHA-256 of ``head.safetensors`` / ``context.safetensors`` as saved (checked on load)."""
 COMPARED_KEYS = ("keypoint_set", "feature_tensor", "feature_shape", "pooling", "model_tensor", "model_sha256",
                  "keypoint_names", "keypoint_sigmas")
 """Metadata that must agree between a head and the store (or model) it is applied to (the last two: a
@@ -91,21 +96,39 @@ def save_head(head_dir: str | os.PathLike, head: CCNetHead, meta: dict[str, obje
         },
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    weights = _canonical(save(tensors, metadata={"format": FORMAT, "head": head.kind}))
+    full[WEIGHTS_SHA] = hashlib.sha256(weights).hexdigest()  # load_head refuses another head's weights file
+    full.pop(CONTEXT_SHA, None)
     # both files or neither; an earlier head's context stage, left in the same folder, is removed with the move
     with atomic_dir(head_dir, stale=(CONTEXT,)) as d:
         with atomic_path(d / WEIGHTS) as tmp:
-            Path(tmp).write_bytes(_canonical(save(tensors, metadata={"format": FORMAT, "head": head.kind})))
+            Path(tmp).write_bytes(weights)
             os.chmod(tmp, 0o666 & ~current_umask())  # a head is meant to be shared
         stage = getattr(head, "context_stage", None)
         if stage is not None:
             from safetensors.numpy import save as save_np
 
+            blob = _canonical(save_np(stage.arrays(), metadata={"format": FORMAT}))
+            full[CONTEXT_SHA] = hashlib.sha256(blob).hexdigest()
             with atomic_path(d / CONTEXT) as tmp:
-                Path(tmp).write_bytes(_canonical(save_np(stage.arrays(), metadata={"format": FORMAT})))
+                Path(tmp).write_bytes(blob)
                 os.chmod(tmp, 0o666 & ~current_umask())
         else:
             full.pop("context", None)
         write_json_atomic(d / META, full)
+
+
+def _check_sha(meta: dict[str, Any], key: str, blob: bytes, path: Path, mpath: Path) -> None:
+    """``path``'s bytes against ``meta[key]`` (a head saved before the key existed has none: not checked)."""
+    want = meta.get(key)
+    if want is None:
+        return
+    if not isinstance(want, str):
+        raise PosecalInputError(f"expected a SHA-256 hex string, got {str(want)[:60]!r}", file=str(mpath), field=key)
+    if hashlib.sha256(blob).hexdigest() != want.lower():
+        raise PosecalInputError(f"the file does not match head.json's {key} (another head's file, or edited? "
+                                f"restore the head's own file, or remove {key} from head.json to use this one)",
+                                file=str(path), field=key)
 
 
 def load_head(head_dir: str | os.PathLike) -> tuple[CCNetHead, dict[str, object]]:
@@ -138,10 +161,12 @@ def load_head(head_dir: str | os.PathLike) -> tuple[CCNetHead, dict[str, object]
     except Exception as e:  # safetensors raises its own error types
         raise PosecalInputError(f"unreadable safetensors: {e}", file=str(wpath)) from None
     _check_state(state, head.state_dict(), meta["head"], wpath)
-    head.load_state_dict(state)
+    _check_sha(meta, WEIGHTS_SHA, blob, wpath, mpath)  # a sound file, but is it this head's? (after the checks
+    head.load_state_dict(state)                        # that name what is wrong inside a damaged one)
     head.eval()
     if meta.get("context") is not None:
         head.context_stage = _load_context(d / CONTEXT)
+        _check_sha(meta, CONTEXT_SHA, (d / CONTEXT).read_bytes(), d / CONTEXT, mpath)
     return head, meta
 
 
