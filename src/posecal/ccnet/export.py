@@ -729,9 +729,34 @@ def _same_model(meta: dict[str, Any], head_dir: str | os.PathLike, model: str | 
     if not Path(model).is_file():  # a missing model is named when it is opened, after the head's own problems
         return
     if isinstance(want, str) and len(want) == 64 and file_sha256(model) != want:
+        _check_readable(model)  # a damaged (e.g. truncated) copy of the right model: say that, not "another model"
         raise PosecalInputError(f"the head was fitted on another model (sha256 {want[:12]}…, tensor "
                                 f"{meta.get('model_tensor')!r}), not on {Path(model).name}",
                                 file=str(Path(head_dir) / "head.json"), field="model_sha256")
+
+
+def _check_readable(model: str | os.PathLike) -> None:
+    """Parse ``model`` as the format its content announces; one error line naming the file if it cannot be."""
+    import zipfile
+
+    from posecal.models.adapters.base import find_model_kind
+
+    kind = find_model_kind(model)
+    if kind == "onnx":
+        import onnx
+
+        try:
+            proto = onnx.load_model(str(model), load_external_data=False)
+        except Exception as e:
+            raise PosecalInputError(f"not an ONNX model: {e}", file=str(model), field="--model") from None
+        if not proto.graph.node:
+            raise PosecalInputError("not an ONNX model (empty graph)", file=str(model), field="--model")
+    elif kind == "tflite":
+        from posecal.models.adapters.tflite import read_model
+
+        read_model(Path(model).read_bytes(), file=str(model))
+    elif not zipfile.is_zipfile(model):
+        raise PosecalInputError("not a readable PyTorch archive", file=str(model), field="--model")
 
 
 def _load_adapter(model: str | os.PathLike, meta: dict[str, Any], head_dir: str | os.PathLike, **kw: Any) -> Any:
