@@ -1,7 +1,7 @@
 """``posecal detect``: person boxes from a detector model over an image folder, as COCO detection results.
 
     posecal detect --model DET.onnx --images DIR [--data DATA.json] --out DET.json
-        [--score-thr 0.05] [--max-per-image 100] [--model-card CARD.json] [--skip-bad-images] [--json]
+        [--score-thr 0.05] [--max-per-image 100] [--model-card CARD.json] [--skip-bad-images] [--skip-missing] [--json]
 
 With ``--data``, image ids come from it (file_name -> id; string ids are written as the same strings) and,
 when it has person annotations, the recall of the gt boxes at IoU 0.5 is printed. Without it, ids are the
@@ -36,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-images", action="store_true",
                    help="give images that cannot be decoded (empty, corrupt, truncated, too large) no detection, "
                    "with one warning, instead of stopping at the first")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="with --data: leave out its images missing from --images (one warning; the recall "
+                   "counts the gt of the images detected on), as extract --skip-missing does")
     p.add_argument("--threads", type=threads, default=None, help="onnxruntime threads, 1-1024")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     return p
@@ -44,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from posecal._outputs import check_creatable, real, refuse_clobber
     from posecal._util import dumps_json, write_json_atomic
-    from posecal.datasets.coco import keypoint_category
+    from posecal.datasets.coco import image_key, keypoint_category
     from posecal.errors import PosecalInputError
     from posecal.models.adapters.base import find_model_kind
     from posecal.models.cards import card_for_model
@@ -70,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
                                 file=args.model, field="--model-card")
     data = read_data(args.data) if args.data else None
     cat = args.category_id if args.category_id is not None else keypoint_category(data) if data else 1
-    pairs = image_ids(args.images, data, data_file=args.data)
+    if args.skip_missing and data is None:
+        raise PosecalInputError("needs --data (without it, the images are the folder's own files)",
+                                field="--skip-missing")
+    pairs = image_ids(args.images, data, data_file=args.data, skip_missing=args.skip_missing)
     det = NanoDetDetector(args.model, card, num_threads=args.threads, card_file=args.model_card)
     dets = detect_folder(det, pairs, args.images, score_thr=args.score_thr, max_per_image=args.max_per_image,
                          skip_bad_images=args.skip_bad_images, category_id=cat,
@@ -78,7 +84,12 @@ def run(args: argparse.Namespace) -> int:
     summary = {"out": args.out, "images": len(pairs), "detections": len(dets),
                "per_image": round(len(dets) / max(len(pairs), 1), 2), "model": card["name"]}
     if data is not None and any(a.get("category_id", cat) == cat for a in data.get("annotations", [])):
-        rec, n = recall_at_iou(dets, data, 0.5, category_id=cat)
+        seen = data
+        if args.skip_missing:  # the gt of the images detected on
+            ran = {image_key(i) for i, _ in pairs}
+            seen = {**data, "annotations": [a for a in data.get("annotations", [])
+                                            if image_key(a["image_id"]) in ran]}
+        rec, n = recall_at_iou(dets, seen, 0.5, category_id=cat)
         summary["recall_iou50"], summary["gt_boxes"] = round(rec, 4), n
     write_json_atomic(args.out, dets, indent=False)
     if args.json:

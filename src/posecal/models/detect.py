@@ -313,9 +313,10 @@ def _listed_images(img_dir: Path) -> list[str]:
 
 
 def image_ids(images: str | os.PathLike, data: dict[str, Any] | None, *,
-              data_file: str | None = None) -> list[tuple[int | str, str]]:
+              data_file: str | None = None, skip_missing: bool = False) -> list[tuple[int | str, str]]:
     """(image_id, file_name) pairs to run on (see the module docstring for the id rule). ``data``'s image
-    records are checked as :func:`read_data` does (``data_file`` names it in the errors)."""
+    records are checked as :func:`read_data` does (``data_file`` names it in the errors). An image of ``data``
+    missing from the folder is an error, or with ``skip_missing`` left out with one warning counting them."""
     img_dir = Path(images)
     if not img_dir.is_dir():
         raise PosecalInputError("not a folder" if img_dir.exists() else "image folder not found", file=str(img_dir),
@@ -325,9 +326,20 @@ def image_ids(images: str | os.PathLike, data: dict[str, Any] | None, *,
         if not out:
             raise PosecalInputError("no image records: nothing to detect on", file=data_file, field="images")
         missing = [f for _, f in out if not (img_dir / f).is_file()]
-        if missing:
-            raise PosecalInputError(f"{len(missing)} image(s) of the dataset missing: {', '.join(missing[:5])}",
+        if missing and (not skip_missing or len(missing) == len(out)):
+            raise PosecalInputError(f"{len(missing)} image(s) of the dataset missing: {', '.join(missing[:5])}"
+                                    + (" (all of them)" if skip_missing else " (--skip-missing leaves them out)"),
                                     file=str(img_dir), field="--images")
+        if missing:
+            import warnings
+
+            from posecal.errors import PosecalWarning
+
+            warnings.warn(f"{img_dir}: {len(missing)} of {len(out)} image(s) of the dataset missing, skipped "
+                          f"(first: {missing[0]}); the recall counts the gt of the images detected on only",
+                          PosecalWarning, stacklevel=2)
+            gone = set(missing)
+            out = [(i, f) for i, f in out if f not in gone]
         _warn_size_mismatch(data, img_dir, data_file)
         return out
     files = _listed_images(img_dir)
