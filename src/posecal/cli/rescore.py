@@ -73,7 +73,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--keypoint-set", metavar="NAME", help="take the OKS sigmas from a named set (coco17, ...)")
     p.add_argument("--oks-nms", type=unit_float, default=None, metavar="THR",
                    help="after rescoring, MMPose's OKS-NMS per image at this threshold (CocoMetric: 0.9) on the new "
-                   "instance scores; suppressed records are dropped from --out (so AR can change). Default: none")
+                   "instance scores; suppressed records are dropped from --out (so AR can change); the rest keep "
+                   "their order, except that an image's equal scores are written in MMPose's keep order (so COCOeval "
+                   "ranks them as on MMPose's file). Default: none")
     p.add_argument("--nms-area", choices=("auto", "crop-box", "extent"), default="auto",
                    help="--oks-nms areas: crop-box = each record's bbox at the --input-size aspect x --padding "
                    "(MMPose's bbox_scales, top-down); extent = the predicted keypoints' extent (MMPose's rule "
@@ -224,7 +226,7 @@ def _oks_nms(args: argparse.Namespace, pred: Any, out: Any, gt: Any, sigmas: np.
     calibrator's own ``params.sigmas``), else the gt's keypoint set, else the one set with the predictions'
     keypoint count."""
     from posecal.keypoints import find_keypoint_set
-    from posecal.models.nms import crop_box_area, keypoint_extent_area, oks_nms_per_image
+    from posecal.models.nms import crop_box_area, keypoint_extent_area, oks_nms_per_image, ties_as_kept
 
     K = pred.keypoints.shape[1]
     if sigmas is None:
@@ -244,7 +246,10 @@ def _oks_nms(args: argparse.Namespace, pred: Any, out: Any, gt: Any, sigmas: np.
     else:
         areas = keypoint_extent_area(pred.keypoints[..., :2])
     keep = oks_nms_per_image(pred.image_id, pred.keypoints[..., :2], out.keypoint_scores, out.instance_scores,
-                             np.asarray(sigmas, np.float64), args.oks_nms, areas, show_progress=True)
+                             np.asarray(sigmas, np.float64), args.oks_nms, areas, show_progress=True,
+                             kept_order=True)
+    # file order, but an image's equal scores in MMPose's keep order: COCOeval then ranks them as on its file
+    keep = ties_as_kept(keep, pred.image_id, out.instance_scores)
     return keep, {"thr": args.oks_nms, "area": mode, "kept": int(len(keep)), "removed": int(len(pred) - len(keep))}
 
 

@@ -364,9 +364,46 @@ def _settings(adapter, plan: _Plan, ks, d_info: dict[str, Any]) -> dict[str, Any
     }
 
 
+def _image_digest(plan: _Plan, img_dir: Path) -> Callable[[range], str]:
+    """``rows -> digest``: SHA-256 over the names and SHA-256s of the image files the rows are cropped from
+    (each distinct file once, in row order), recorded with every chunk in the store's index."""
+    import hashlib
+    from functools import cache
+
+    from posecal.models.store import file_sha256
+
+    sha = cache(lambda name: file_sha256(img_dir / name))
+
+    def digest(rows: range) -> str:
+        names = dict.fromkeys(plan.insts[r // plan.n_copies].file_name for r in rows)
+        return hashlib.sha256("".join(f"{n}\t{sha(n)}\n" for n in names).encode()).hexdigest()
+
+    return digest
+
+
+def _redo_replaced_images(plan: _Plan, writer, digest: Callable[[range], str]) -> None:
+    """A resumed store's finished chunks whose images were replaced since (another file under the same name:
+    the recorded digest differs) are recomputed, with a warning naming them; what a run from scratch on the
+    current files writes. Chunks of a store written before digests were recorded are taken as they are."""
+    changed, names = [], []
+    for j in writer.finished_chunks():
+        rows = range(*writer.chunk_rows(j))
+        was = writer.input_digest(j)
+        if was is not None and was != digest(rows):
+            changed.append(j)
+            names += [n for n in dict.fromkeys(plan.insts[r // plan.n_copies].file_name for r in rows)
+                      if n not in names]
+    if changed:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        writer.redo_chunks(changed, f"an image they were cropped from was replaced since they were written "
+                                    f"({'one of ' if len(names) > 1 else ''}{shown})")
+
+
 def _write_chunks(adapter, plan: _Plan, writer, img_dir: Path, show_progress: bool | None) -> None:
     from posecal.models.crop import load_image
 
+    digest = _image_digest(plan, img_dir)
+    _redo_replaced_images(plan, writer, digest)
     pending = writer.pending_chunks()
     total_rows = sum(writer.chunk_rows(j)[1] - writer.chunk_rows(j)[0] for j in pending)
     bar = progress(total=total_rows, desc="extract", unit="crop",
@@ -389,19 +426,21 @@ def _write_chunks(adapter, plan: _Plan, writer, img_dir: Path, show_progress: bo
         arrays = _chunk_arrays(plan, rows, Ms, *outs)
         if gt_kp is not None:
             arrays["gt_keypoints"] = gt_kp
-        writer.write_chunk(j, arrays)
+        writer.write_chunk(j, arrays, input_digest=digest(rows))
         bar.update(len(rows))
     bar.close()
 
 
 # stage 5 (detections only): MMPose's OKS-NMS, once, so that rescoring never changes which detections exist
 def top_per_image(image_id: np.ndarray, score: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """Sorted subset of ``rows``: the ``k`` best by ``score`` in each image (ties: earlier row first)."""
-    out = []
+    """Subset of ``rows`` in their given order: the ``k`` best by ``score`` in each image (ties: the one earlier
+    in ``rows`` first, as COCOeval's stable sort ranks a file written in that order)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    chosen = np.zeros(len(image_id), dtype=bool)
     for i in np.unique(image_id[rows]):
         r = rows[image_id[rows] == i]
-        out.append(r[np.argsort(-score[r], kind="stable")[:k]])
-    return np.sort(np.concatenate(out)) if out else rows
+        chosen[r[np.argsort(-score[r], kind="stable")[:k]]] = True
+    return rows[chosen[rows]]
 
 
 def oks_nms_store(src, out: str | os.PathLike, *, thr: float | None = OKS_NMS_THR, chunk_size: int = 64,
@@ -410,9 +449,12 @@ def oks_nms_store(src, out: str | os.PathLike, *, thr: float | None = OKS_NMS_TH
     score, :func:`posecal.models.nms.oks_nms_per_image`), then the ``max_per_image`` best of each image
     (COCO's keypoint ``maxDets`` = 20: the evaluator never looks further, so a rescoring cannot swap
     detections in or out of the evaluated set). ``thr`` None: no OKS-NMS (``--oks-nms 1``), the cut only.
+    Rows stay in ``src``'s order, except that an image's rows of equal score take MMPose's OKS-NMS keep order
+    (:func:`posecal.models.nms.ties_as_kept`): COCOeval's stable sort then ranks, and cuts at 20, the
+    ``predictions.json`` as it does MMPose CocoMetric's file of the same detections.
     Returns the new FeatureStore."""
     from posecal.keypoints import keypoint_set_from_meta
-    from posecal.models.nms import crop_box_area, oks_nms_per_image
+    from posecal.models.nms import crop_box_area, oks_nms_per_image, ties_as_kept
     from posecal.models.store import StoreWriter
     from posecal.rescore.aggregate import instance_score
 
@@ -425,7 +467,9 @@ def oks_nms_store(src, out: str | os.PathLike, *, thr: float | None = OKS_NMS_TH
     W, H = src.meta["input_size"]
     area = crop_box_area(src.read("bbox"), (float(crop.get("aspect", W / H)), 1.0), float(crop.get("padding", 1.25)))
     keep = (np.arange(src.num_instances) if thr is None  # --oks-nms 1: every box, then the top per image
-            else oks_nms_per_image(iid, kp, sc, score, ks.sigmas, thr, areas=area))
+            else oks_nms_per_image(iid, kp, sc, score, ks.sigmas, thr, areas=area, kept_order=True))
+    if thr is not None:  # row order, but an image's equal scores in MMPose's keep order (COCOeval ranks them so)
+        keep = ties_as_kept(keep, iid, score)
     if max_per_image:
         keep = top_per_image(iid, score, keep, max_per_image)
     settings = {k: src.meta[k] for k in src.meta if k not in _META_BOOKKEEPING and k != MERGE_POST}

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["box_nms", "crop_box_area", "keypoint_extent_area", "oks_iou", "oks_nms", "oks_nms_per_image"]
+__all__ = ["box_nms", "crop_box_area", "keypoint_extent_area", "oks_iou", "oks_nms", "oks_nms_per_image",
+           "ties_as_kept"]
 
 
 def oks_iou(g: np.ndarray, d: np.ndarray, a_g: float, a_d: np.ndarray, sigmas: np.ndarray,
@@ -74,13 +75,16 @@ def crop_box_area(bbox: np.ndarray, input_size: tuple[int, int], padding: float 
 
 def oks_nms_per_image(image_id: np.ndarray, keypoints: np.ndarray, keypoint_scores: np.ndarray,
                       scores: np.ndarray, sigmas: np.ndarray, thr: float = 0.9,
-                      areas: np.ndarray | None = None, show_progress: bool = False) -> np.ndarray:
+                      areas: np.ndarray | None = None, show_progress: bool = False,
+                      kept_order: bool = False) -> np.ndarray:
     """Sorted row indices kept by :func:`oks_nms` run image by image (MMPose's CocoMetric step).
 
     image_id (N,), keypoints (N, K, 2) image px, keypoint_scores (N, K), scores (N,) instance scores, areas (N,)
     px² (top-down: :func:`crop_box_area`, as MMPose; default: the keypoint extent, MMPose's rule for
     predictions without an area). ``show_progress``: a progress bar over the images on stderr (when stderr is a
-    terminal or ``POSECAL_PROGRESS=1``).
+    terminal or ``POSECAL_PROGRESS=1``). ``kept_order``: each image's rows in the order :func:`oks_nms` keeps
+    them (highest score first, ties as its ``argsort()[::-1]`` leaves them: the order MMPose writes them), images
+    in ascending id order, instead of sorted.
     """
     image_id = np.asarray(image_id)
     kp3 = np.concatenate([np.asarray(keypoints, np.float64),
@@ -101,7 +105,31 @@ def oks_nms_per_image(image_id: np.ndarray, keypoints: np.ndarray, keypoint_scor
     for rows in groups:
         k = oks_nms(kp3[rows], scores[rows], areas[rows], thr, sigmas)
         keep.append(rows[k])
-    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+    if not keep:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate(keep) if kept_order else np.sort(np.concatenate(keep))
+
+
+def ties_as_kept(kept: np.ndarray, image_id: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Rows ``kept`` (each image's in :func:`oks_nms`' keep order, :func:`oks_nms_per_image` with
+    ``kept_order=True``) in file order, except that rows of one image with equal ``scores`` take their places
+    in keep order.
+
+    COCOeval ranks an image's detections by a stable sort on the score, so equal scores keep their file
+    order; MMPose's ``CocoMetric`` writes each image's detections in OKS-NMS keep order, where equal scores
+    come out of ``argsort()[::-1]`` (reversed). Written in this order, the file ranks exactly as MMPose's
+    does, and every other record stays where it was.
+    """
+    kept = np.asarray(kept, dtype=np.int64)
+    rank = np.empty(len(scores), dtype=np.int64)
+    rank[kept] = np.arange(len(kept))
+    slots = np.sort(kept)
+    img, sc = np.asarray(image_id)[slots], np.asarray(scores, dtype=np.float64)[slots] + 0.0  # -0.0 == 0.0
+    by_slot = np.lexsort((np.arange(len(slots)), sc, img))  # tie groups, each in file order
+    by_rank = np.lexsort((rank[slots], sc, img))  # the same groups, each in keep order
+    out = np.empty_like(slots)
+    out[by_slot] = slots[by_rank]
+    return out
 
 
 def box_nms(boxes: np.ndarray, scores: np.ndarray, thr: float = 0.6) -> np.ndarray:
