@@ -384,17 +384,20 @@ def _image_digest(plan: _Plan, img_dir: Path) -> Callable[[range], str]:
 def _redo_replaced_images(plan: _Plan, writer, digest: Callable[[range], str]) -> None:
     """A resumed store's finished chunks whose images were replaced since (another file under the same name:
     the recorded digest differs) are recomputed, with a warning naming them; what a run from scratch on the
-    current files writes. Chunks of a store written before digests were recorded are taken as they are."""
-    changed, names = [], []
+    current files writes. A chunk without a digest (a store begun by an earlier posecal) is taken as it is, with
+    the digest of the current files."""
+    changed: list[int] = []
+    names: dict[str, None] = {}  # the changed chunks' images, in order
     for j in writer.finished_chunks():
         rows = range(*writer.chunk_rows(j))
-        was = writer.input_digest(j)
-        if was is not None and was != digest(rows):
+        was, now = writer.input_digest(j), digest(rows)
+        if was is None:
+            writer.set_input_digest(j, now)
+        elif was != now:
             changed.append(j)
-            names += [n for n in dict.fromkeys(plan.insts[r // plan.n_copies].file_name for r in rows)
-                      if n not in names]
+            names.update(dict.fromkeys(plan.insts[r // plan.n_copies].file_name for r in rows))
     if changed:
-        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        shown = ", ".join(list(names)[:3]) + (", ..." if len(names) > 3 else "")
         writer.redo_chunks(changed, f"an image they were cropped from was replaced since they were written "
                                     f"({'one of ' if len(names) > 1 else ''}{shown})")
 
@@ -426,7 +429,8 @@ def _write_chunks(adapter, plan: _Plan, writer, img_dir: Path, show_progress: bo
         arrays = _chunk_arrays(plan, rows, Ms, *outs)
         if gt_kp is not None:
             arrays["gt_keypoints"] = gt_kp
-        writer.write_chunk(j, arrays, input_digest=digest(rows))
+        writer.set_input_digest(j, digest(rows))
+        writer.write_chunk(j, arrays)
         bar.update(len(rows))
     bar.close()
 

@@ -8,7 +8,9 @@ A store is a **directory**::
       predictions.json   COCO results of the raw model, row i = instance i (finalize)
       gt.json            the ground truth the instances came from (when given)
       index.json         atomic progress index: settings (+fingerprint), chunk size, finished chunks and
-                         the SHA-256 of every chunk file (verified when reading, resuming and merging)
+                         the SHA-256 of every chunk file (verified when reading, resuming and merging);
+                         ``extract``: per chunk a digest of its image files (``input_digests``: a resumed
+                         run recomputes a chunk whose image was replaced since)
       arrays/<name>/<j:06d>.npy   chunk j of array <name>: rows [j*chunk_size, min((j+1)*chunk_size, N))
       .lock              held (``flock``, exclusive) by the one process writing the store
 
@@ -146,6 +148,7 @@ def describe_settings_diff(old: dict[str, Any], new: dict[str, Any], keys: list[
 
 
 LOCK_NAME = ".lock"
+INPUTS_KEY = "input_digests"  # index.json: chunk -> digest of the files it was computed from (extract: its images)
 
 
 class StoreLockedError(PosecalInputError):
@@ -525,6 +528,7 @@ class StoreWriter:
         self._arrays_info: dict[str, dict[str, Any]] = {}
         self._done: set[int] = set()
         self._sums: dict[int, dict[str, str]] = {}
+        self._inputs: dict[int, str] = {}  # chunk -> digest of the input files it was computed from
         self._lock_file = None
         self._open()
 
@@ -540,6 +544,7 @@ class StoreWriter:
 
     # -- index -----------------------------------------------------------------------------
     def _index_obj(self) -> dict[str, Any]:
+        inputs = {f"{j:06d}": self._inputs[j] for j in sorted(self._done) if j in self._inputs}
         return {
             "format": FORMAT,
             "fingerprint": self.fingerprint,
@@ -550,6 +555,7 @@ class StoreWriter:
             "arrays": self._arrays_info,
             "chunks": sorted(self._done),
             "checksums": {f"{j:06d}": self._sums[j] for j in sorted(self._done)},
+            **({INPUTS_KEY: inputs} if inputs else {}),
         }
 
     def _open(self) -> None:
@@ -604,6 +610,7 @@ class StoreWriter:
         """Take over the finished chunks of an index; a chunk whose files are missing, damaged (checksum) or
         of the wrong shape is dropped, so it is recomputed."""
         arrays, chunks, sums = idx.get("arrays", {}), idx.get("chunks", []), idx.get("checksums") or {}
+        inputs = idx.get(INPUTS_KEY)
         if not isinstance(arrays, dict) or not isinstance(chunks, list) or not isinstance(sums, dict) or not all(
                 isinstance(v, dict) and isinstance(k, str) and "/" not in k and not k.startswith(".")
                 for k, v in arrays.items()):
@@ -624,6 +631,9 @@ class StoreWriter:
             else:
                 self._done.add(j)
                 self._sums[j] = got
+                digest = inputs.get(f"{j:06d}") if isinstance(inputs, dict) else None
+                if isinstance(digest, str):
+                    self._inputs[j] = digest
         if not self._done:
             self._arrays_info = {}  # nothing trustworthy left: the first chunk written defines the arrays
         if dropped:
@@ -677,6 +687,39 @@ class StoreWriter:
     def pending_chunks(self) -> list[int]:
         """This shard's chunks not yet on disk, in order."""
         return [j for j in self.my_chunks() if j not in self._done]
+
+    def finished_chunks(self) -> list[int]:
+        """This shard's chunks already on disk (taken over from the index on resume, or written), in order."""
+        return [j for j in self.my_chunks() if j in self._done]
+
+    def input_digest(self, j: int) -> str | None:
+        """The digest of chunk j's input files recorded with it (None: not recorded)."""
+        return self._inputs.get(j)
+
+    def set_input_digest(self, j: int, digest: str) -> None:
+        """Record, with chunk j when :meth:`write_chunk` writes it, a digest of the input files it is computed
+        from (``extract``: its images), in the index (``input_digests``), so that a resumed run can tell when
+        one of them has changed since (:meth:`input_digest`, :meth:`redo_chunks`)."""
+        self._inputs[j] = str(digest)
+
+    def redo_chunks(self, chunks: Sequence[int], reason: str) -> None:
+        """Forget finished chunks (e.g. an input file they were computed from has changed since), so they are
+        pending again; warns with ``reason``."""
+        chunks = [j for j in chunks if j in self._done]
+        if not chunks:
+            return
+        for j in chunks:
+            self._done.discard(j)
+            self._sums.pop(j, None)
+            self._inputs.pop(j, None)
+        self._write_index()
+        import warnings
+
+        from posecal.errors import PosecalWarning
+
+        warnings.warn(f"{self.path}: recomputing {len(chunks)} chunk(s) "
+                      f"({', '.join(map(str, chunks[:5]))}{' ...' if len(chunks) > 5 else ''}): {reason}",
+                      PosecalWarning, stacklevel=2)
 
     def write_chunk(self, j: int, arrays: dict[str, np.ndarray]) -> None:
         """Write chunk j: each array has ``stop - start`` rows; same names/shapes/dtypes every chunk."""
@@ -961,6 +1004,7 @@ def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
                                     else " (an interrupted merge? delete it and merge again)"), file=str(outp))
     settings_src = ref["settings"]
     sums: dict[int, dict[str, str]] = {}
+    inputs: dict[str, str] = {}
     outp.mkdir(parents=True, exist_ok=True)
     lock = _lock(outp)
     try:
@@ -968,11 +1012,15 @@ def merge_stores(shards: Iterable[str | os.PathLike], out: str | os.PathLike,
             for j in ix["chunks"]:
                 sums[j] = _copy_chunk(s, outp, j, arrays, (ix.get("checksums") or {}).get(f"{j:06d}") or {},
                                       move)
+                digest = ix.get(INPUTS_KEY).get(f"{j:06d}") if isinstance(ix.get(INPUTS_KEY), dict) else None
+                if isinstance(digest, str):
+                    inputs[f"{j:06d}"] = digest
         index = {
             "format": FORMAT, "fingerprint": ref["fingerprint"], "settings": settings_src,
             "num_instances": ref["num_instances"],
             "chunk_size": ref["chunk_size"], "shard": [0, 1], "arrays": arrays, "chunks": list(range(num_chunks)),
             "checksums": {f"{j:06d}": sums[j] for j in range(num_chunks)},
+            **({INPUTS_KEY: dict(sorted(inputs.items()))} if inputs else {}),  # as an unsharded run's index
         }
         write_json_atomic(outp / "index.json", index)
         if category_id is None:  # the data's keypoint category, not COCO's person 1 (extract's own choice)
