@@ -91,7 +91,7 @@ def test_check_report_folder(tmp_path):
     check_report_folder(tmp_path / "empty", {})
     old = tmp_path / "old"
     old.mkdir()
-    for f in ("index.html", "metrics.json", "a.png"):
+    for f in ("index.html", "metrics.json", "pr_curves.png"):
         (old / f).write_text("x")
     # before: any index.html made a folder "a previous report", so a user's site folder (index.html,
     # data.json, logo.png) was deleted as a whole by `--report` into it
@@ -110,7 +110,7 @@ def test_check_report_folder(tmp_path):
     only_json = tmp_path / "results"
     only_json.mkdir()
     (only_json / "pred.json").write_text("[]")
-    with pytest.raises(PosecalInputError, match="no index.html"):
+    with pytest.raises(PosecalInputError, match="holds .pred.json.: not a posecal report"):
         check_report_folder(only_json, {})
     (tmp_path / "file").write_text("x")
     with pytest.raises(PosecalInputError, match="not a folder"):

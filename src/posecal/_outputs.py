@@ -84,6 +84,11 @@ def refuse_clobber(inputs: Mapping[str, PathLike | None | list], outputs: Mappin
 
 
 REPORT_SUFFIXES = (".html", ".json", ".png")
+REPORT_FILES = frozenset({"index.html", "metrics.json", "compare.json", "pr_curves.png", "reliability.png",
+                          "sparsification.png", "visibility_scores.png"})
+"""Every name an ``evaluate`` / ``compare`` report has ever written: any other file in a report folder is the
+user's (e.g. ``evaluate --json REP/baseline.json``, a prediction file kept with its report), and replacing the
+folder would delete it."""
 PROBE_PREFIX = ".posecal-probe."
 """Name prefix of the empty file :func:`_probe_writable` creates and removes at once."""
 
@@ -91,7 +96,7 @@ PROBE_PREFIX = ".posecal-probe."
 def check_report_folder(path: PathLike, inputs: Mapping[str, PathLike | None | list], *,
                         field: str = "--report") -> None:
     """Refuse a report folder that replacing would lose data: ``path`` may be new, empty, or a previous
-    posecal report (an ``index.html`` and only ``.html``/``.json``/``.png`` files), and must not hold an
+    posecal report (an ``index.html`` and only files of :data:`REPORT_FILES`), and must not hold an
     input. Report writers replace the folder as a whole, so anything else in it would be deleted."""
     d = Path(path)
     if d.exists() and not d.is_dir():
@@ -105,7 +110,7 @@ def check_report_folder(path: PathLike, inputs: Mapping[str, PathLike | None | l
     entries = sorted(e for e in d.iterdir() if not e.name.startswith(PROBE_PREFIX))
     if not entries:
         return
-    foreign = [e.name for e in entries if e.is_dir() or not e.name.endswith(REPORT_SUFFIXES)]
+    foreign = [e.name for e in entries if e.is_dir() or e.name not in REPORT_FILES]
     if foreign or not (d / "index.html").is_file() or not _posecal_page(d / "index.html"):
         what = (f"holds {foreign[0]!r}" if foreign else "is not empty and holds no index.html"
                 if not (d / "index.html").is_file() else "holds an index.html that posecal did not write")

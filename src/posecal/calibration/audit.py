@@ -364,7 +364,10 @@ def _threshold_rows(c: np.ndarray, correct: np.ndarray, targets: Sequence[float]
             r = M.threshold_at_precision(c, correct, t).to_dict()
         except M.MetricUndefined as e:
             why = e.reason if c.size else "no labelled keypoint of a detection matched to a person"
-            r = {"target": float(t), "threshold": None, "threshold_reason": why}
+            # the same keys as a reached target (pipelines index them): no threshold keeps nothing, as compare
+            # counts it; with no pairs at all the share is undefined
+            r = {"target": float(t), "threshold": None, "kept": 0.0 if c.size else None, "precision": None,
+                 "n_kept": 0, "n": int(c.size), "threshold_reason": why}
         rows.append(r)
     return rows
 

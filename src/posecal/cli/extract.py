@@ -8,6 +8,10 @@
         [--sigmas S ...]                      # OKS sigmas of DATA's own skeleton (names posecal does not know)
     posecal extract --merge --out STORE        # combine STORE.shard-<i>-of-<n> written with --shard
 
+An interrupted or killed run resumes when the same command is run again (the finished store is byte-identical to
+an uninterrupted run's); other settings (model, data, --pooling, --flip, ...) are refused, and the chunks of an
+image replaced since they were written are recomputed, with a warning (docs/design.md, "Integrity").
+
 The same pipeline is available from Python as :func:`posecal.models.extract.extract` (any
 :class:`PoseAdapter`, e.g. a ``TorchAdapter`` around an in-memory module).
 """
@@ -117,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             raise PosecalInputError(f"no shard stores {out.name}.shard-*-of-* found", file=str(out.parent))
         refuse_clobber({"shard": [str(x) for x in shards]}, {"--out": out})
         check_creatable(out, "dir")
-        with _removed_on_failure(out):
+        with _removed_on_failure(out, resumable=False):  # a half-merged store only blocks the next merge
             store = merge_shards(shards, out)
         _report(store, args)
         return 0
@@ -173,10 +177,11 @@ def _named_out(out: str) -> str:
 
 
 @contextlib.contextmanager
-def _removed_on_failure(out: Path) -> Iterator[None]:
+def _removed_on_failure(out: Path, *, resumable: bool = True) -> Iterator[None]:
     """A store this run creates (and its ``OUT.all`` staging store of detection crops) is removed if the run
     fails (an existing partial store is kept: its finished chunks are valid and a re-run resumes them; an
-    existing empty folder is emptied again). A killed or interrupted run (SIGKILL, Ctrl-C) leaves it to resume."""
+    existing empty folder is emptied again). A killed or interrupted run (SIGKILL, Ctrl-C) leaves it to resume;
+    with ``resumable=False`` (``--merge``, which a re-run refuses to continue) Ctrl-C removes it too."""
     from posecal.models.store import LOCK_NAME, StoreLockedError
 
     def empty_dir(p: Path) -> bool:  # an empty folder given as --out (a lock file aside) is the run's to fill
@@ -192,7 +197,9 @@ def _removed_on_failure(out: Path) -> Iterator[None]:
         yield
     except StoreLockedError:
         raise  # another process's store: never touched
-    except Exception:
+    except BaseException as e:
+        if resumable and not isinstance(e, Exception):  # Ctrl-C: the finished chunks are kept for the re-run
+            raise
         for path, new in ((out, fresh), (stage, fresh_stage)):
             if new and path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

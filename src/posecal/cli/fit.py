@@ -141,6 +141,34 @@ def _check_before_training(args: argparse.Namespace) -> None:
                                 file=args.val_store, field="--val-store")
 
 
+def _rows_key(d: Any) -> tuple[str, str] | None:
+    """What identifies a store's rows: the SHA-256 of its ``predictions.json`` and ``gt.json`` (meta.json's
+    ``files``, checked when the store is opened); None for a store written before they were recorded."""
+    f = d.meta.get("files") or {}
+    k = (f.get("predictions.json"), f.get("gt.json"))
+    return k if all(isinstance(x, str) for x in k) else None
+
+
+def _refuse_same_rows(args: argparse.Namespace, stores: list, val: Any) -> None:
+    """Two folders holding the same rows (a copy of a store, or one extraction run twice into two folders)
+    would weigh those rows double, or measure the validation metrics on training rows: refused, as the same
+    folder given twice is (:func:`_check_before_training`)."""
+    seen: dict[tuple[str, str], str] = {}
+    for p, d in zip(args.store, stores, strict=True):
+        k = _rows_key(d)
+        if k is not None and k in seen:
+            raise PosecalInputError(f"holds the same rows as {seen[k]!r} (the same predictions.json and gt.json: "
+                                    "a copy, or the same extraction run twice); they would weigh double",
+                                    file=p, field="--store")
+        if k is not None:
+            seen[k] = p
+    k = _rows_key(val) if val is not None else None
+    if k is not None and k in seen:
+        raise PosecalInputError(f"holds the same rows as the training store {seen[k]!r}: the validation "
+                                "metrics would be measured on training rows; give a held-out store",
+                                file=args.val_store, field="--val-store")
+
+
 def _check_cv_folds(stores: list, args: argparse.Namespace) -> None:
     """Every ``--cv`` fold leaves rows with a target to train on (images without a labelled person count as
     images but teach nothing): else one line before the first fit, not a misleading 'no row of the store has
@@ -190,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check_before_training(args)
     stores, val = load_training_stores(args.store, args.val_store)
+    _refuse_same_rows(args, stores, val)
     recipe = _recipe(args, stores)
     cv = None
     if args.cv:
