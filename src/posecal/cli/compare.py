@@ -177,6 +177,23 @@ def _print_thresholds(kt: dict, pct: str) -> None:
               f"{_fmt(r['delta'], True):>9}  [{_fmt(lo, True)}, {_fmt(hi, True)}]  {_fmt(r['p_better']):>11}   {thr}")
 
 
+def _warn_same_file(a: str, b: str) -> None:
+    """A and B with the same bytes (the same file twice, a typo in a script): every delta is 0 by construction;
+    the run goes on (a legal, if pointless, input) with one warning."""
+    import filecmp
+    import warnings
+
+    from posecal.errors import PosecalWarning
+
+    try:
+        same = filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return
+    if same:
+        warnings.warn(f"{b}: the same content as A ({a}): every difference is 0 by construction",
+                      PosecalWarning, stacklevel=2)
+
+
 def run(args: argparse.Namespace) -> int:
     from posecal._util import dumps_json
     from posecal.calibration.compare import INTERVAL_METHOD, METRICS, compare, level_label, per_image_eval
@@ -203,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
                                 "--flavor pycocotools or xtcocotools to use it", None, None, "--use-area")
     kw = {"sigmas": sigmas, "use_area": use_area, "flavor": flavor}
     ra, rb = load_results(args.a, gt), load_results(args.b, gt)
+    _warn_same_file(args.a, args.b)
     res = compare(gt, ra, rb, resamples=args.resamples, seed=args.seed, level=args.level, show_progress=True,
                   **kw)
     if args.report is not None:

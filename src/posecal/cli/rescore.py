@@ -390,20 +390,24 @@ def _write_outputs(args: argparse.Namespace, r: Any, records: list, fitted_on: d
     """The results (``--out``, ``-`` = stdout) and the calibrator (``--save-calibrator``): both or neither —
     each goes to a temporary sibling, renamed in only when both are written; with ``--out -`` the results
     are serialised completely before the first byte goes to stdout."""
+    from posecal._outputs import signals_deferred
     from posecal._util import atomic_path, dumps_json
     from posecal.io.coco import save_results
 
     to_stdout = args.out == "-"
     payload = dumps_json(records) if to_stdout else None
-    with (contextlib.nullcontext() if to_stdout else atomic_path(args.out)) as tmp_out, \
-            (atomic_path(args.save_calibrator) if args.save_calibrator else contextlib.nullcontext()) as tmp_cal:
-        if tmp_out is not None:
-            save_results(tmp_out, records)
-        if tmp_cal is not None:
-            from posecal._util import write_json_atomic
+    with contextlib.ExitStack() as renames:  # exits after both renames below: a Ctrl-C between them waits
+        with (contextlib.nullcontext() if to_stdout else atomic_path(args.out)) as tmp_out, \
+                (atomic_path(args.save_calibrator) if args.save_calibrator else contextlib.nullcontext()) as tmp_cal:
+            if tmp_out is not None:
+                save_results(tmp_out, records)
+            if tmp_cal is not None:
+                from posecal._util import write_json_atomic
 
-            # what it was fitted on, so a later --calibrator on another skeleton is warned about
-            write_json_atomic(tmp_cal, {**r.to_json(), "fitted_on": fitted_on})
+                # what it was fitted on, so a later --calibrator on another skeleton is warned about
+                write_json_atomic(tmp_cal, {**r.to_json(), "fitted_on": fitted_on})
+            if tmp_out is not None and tmp_cal is not None:
+                renames.enter_context(signals_deferred())
     if payload is not None:
         sys.stdout.buffer.write(payload + b"\n")
         sys.stdout.flush()
