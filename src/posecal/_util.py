@@ -99,13 +99,43 @@ def write_json_atomic(path: str | os.PathLike, obj: object, indent: bool = True)
     write_bytes_atomic(path, dumps_json(obj, indent=indent))
 
 
+class _LogLines:
+    """A file for tqdm that turns its carriage-return redraws into whole lines (for log files)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.last = f, ""
+
+    def write(self, s: str) -> None:
+        line = s.replace("\r", "").strip()
+        if line and line != self.last:  # tqdm redraws the final state on close
+            self.f.write(line + "\n")
+            self.f.flush()
+            self.last = line
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", **kw: object) -> tqdm:
-    """tqdm progress bar on stderr; silent when stderr is not a terminal unless POSECAL_PROGRESS=1."""
+    """tqdm progress bar on stderr; silent when stderr is not a terminal, unless ``POSECAL_PROGRESS=1`` (the bar
+    anyway) or ``POSECAL_PROGRESS=log``: plain lines for log files (``desc: n/total (p %), elapsed, left``), the
+    first and last and one every ``POSECAL_PROGRESS_INTERVAL`` seconds (default 30) in between."""
     from tqdm.auto import tqdm
 
+    mode = os.environ.get("POSECAL_PROGRESS")
     disable = kw.pop("disable", None)
     if disable is None:
-        disable = not (sys.stderr.isatty() or os.environ.get("POSECAL_PROGRESS") == "1")
+        disable = not (sys.stderr.isatty() or mode in ("1", "log"))
+    if mode == "log" and not disable:
+        try:
+            every = max(float(os.environ.get("POSECAL_PROGRESS_INTERVAL", "30")), 0.0)
+        except ValueError:
+            every = 30.0
+        kw = {**kw, "mininterval": every, "maxinterval": max(every, 10.0), "miniters": 1, "dynamic_ncols": False,
+              "bar_format": "{desc}: {n_fmt}/{total_fmt} ({percentage:.0f} %), {elapsed} elapsed, {remaining} left"
+              if total is not None or iterable is not None and hasattr(iterable, "__len__")
+              else "{desc}: {n_fmt}, {elapsed} elapsed"}
+        return tqdm(iterable, total=total, desc=desc, file=_LogLines(sys.stderr), **kw)
     return tqdm(iterable, total=total, desc=desc, disable=disable, file=sys.stderr, **kw)
 
 
