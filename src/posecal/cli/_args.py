@@ -146,6 +146,17 @@ class _PlainMixin:
     def format_help(self) -> str:
         return plain_text(super().format_help())  # type: ignore[misc]
 
+    def _get_help_string(self, action: argparse.Action) -> str:
+        """The help of an option that takes values ends with its default (``(default: 48 64)``) unless it
+        already says one: the README promises that ``--help`` lists every flag with its default."""
+        text = super()._get_help_string(action) or ""  # type: ignore[misc]
+        d = action.default
+        if (not action.option_strings or action.required or action.nargs == 0 or d is None
+                or d is argparse.SUPPRESS or "default" in text.lower()):
+            return text
+        shown = " ".join(map(str, d)) if isinstance(d, (list, tuple)) else str(d)
+        return f"{text} (default: {shown.replace('%', '%%')})" if text else f"default: {shown.replace('%', '%%')}"
+
 
 def plain_help(parser: argparse.ArgumentParser) -> None:
     """Make ``parser`` (and its sub-parsers, recursively) render help as plain text and fail in one line."""

@@ -25,8 +25,9 @@ than 2 pairs: no Pearson/AUSE) is left out, not counted as a tie; ``resamples_us
 
 ``--json`` prints one object (the same as ``compare.json`` of ``--report``): ``resamples``, ``seed``,
 ``level``, ``images`` (gt images drawn from), ``interval_method`` ("percentile"), ``flavor``, ``use_area``,
-``keypoints`` ("all", or "body" for COCO-WholeBody), ``warnings`` (the warning lines, a list), ``metrics``
-and ``files`` ({"A", "B", "gt"}; plus ``report`` with ``--report``). ``metrics`` has the keys AP, AR,
+``keypoints`` ("all", or "body" for COCO-WholeBody), ``warnings`` (the warning lines, a list), ``metrics``,
+``keypoint_thresholds`` (below) and ``files`` ({"A", "B", "gt"}); with ``--report``, ``--json`` also gives
+``report`` (the folder; compare.json itself has no such key). ``metrics`` has the keys AP, AR,
 pearson, ause, each ``{"a", "b", "delta", "interval": [lo, hi], "p_better", "p_tied", "resamples_used"}``;
 a value that is undefined is ``null`` (never NaN), and then ``a_reason`` / ``b_reason`` says why for the file
 that lacks it.

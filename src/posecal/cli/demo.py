@@ -51,7 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="CCNet training steps (default: 2000 simulation; LSP: the default fit recipe's)")
     p.add_argument("--n-train", type=positive_int, default=4000, help="simulation: train instances")
     p.add_argument("--n-test", type=positive_int, default=2000, help="simulation: test instances")
-    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="simulation: data (train 2·seed+1, test 2·seed+2) and CCNet seed; --lsp: augmentation and "
+                   "CCNet seed")
     p.add_argument("--threads", type=threads, default=None, help="model / torch threads")
     p.add_argument("--json", action="store_true", help="print the before/after table as JSON on stdout")
     return p

@@ -39,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--skip-missing", action="store_true",
                    help="with --data: leave out its images missing from --images (one warning; the recall "
                    "counts the gt of the images detected on), as extract --skip-missing does")
-    p.add_argument("--threads", type=threads, default=None, help="onnxruntime threads, 1-1024")
+    p.add_argument("--threads", type=threads, default=None,
+                   help="onnxruntime threads, 1-1024 (default: onnxruntime's own)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     return p
 

@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored crop")
     p.add_argument("--augment", type=nonneg_int, default=0, metavar="N",
                    help="N jittered copies per instance (flip, scale/rotation, occluders), for CCNet")
-    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0, help="--augment: seed of the jitter (per row)")
     p.add_argument("--shard", default=None, metavar="i/n",
                    help="write shard i of n to OUT.shard-i-of-n (default from RANK/WORLD_SIZE when n > 1)")
     p.add_argument("--merge", action="store_true", help="merge OUT.shard-*-of-n into OUT")
@@ -83,9 +83,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="OKS sigmas, one per keypoint of DATA (space or comma separated): a skeleton posecal "
                    "does not know (an animal's, a robot's) is taken as it is, by its categories[0].keypoints "
                    "names; the store carries the sigmas to fit, apply, export and study")
-    p.add_argument("--chunk-size", type=positive_int, default=64)
-    p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--threads", type=threads, default=None)
+    p.add_argument("--chunk-size", type=positive_int, default=64,
+                   help="rows per store chunk (the unit of resume and --shard)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="crops per model call")
+    p.add_argument("--threads", type=threads, default=None,
+                   help="model runtime threads, 1-1024 (default: the runtime's own)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(_option_defaults={a.dest: a.default for a in p._actions if a.option_strings})
     return p

@@ -52,7 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, action="append",
                    help="feature store directory (from posecal extract); repeat to train on several stores "
                    "of the same model/tensor/pooling (e.g. LSPET and LSP train, or a plain and an --augment store)")
-    p.add_argument("--out", required=True, help="head directory to write (head.safetensors + head.json)")
+    p.add_argument("--out", required=True, help="head directory to write (head.safetensors + head.json; with "
+                   "detection stores also context.safetensors)")
     p.add_argument("--val-store", help="store to validate on (AP, Pearson) during training")
     p.add_argument("--head", choices=["fc", "conv_gap", "conv_sigmoid_gap", "kpt", "kpt_inst", "kpt_pose"],
                    help="head kind; default: the recipe's")
@@ -64,16 +65,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "--lr 1e-3 --weight-decay 0); lbfgs: full batch; default: the recipe's")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="Adam steps or L-BFGS iterations (default: the recipe's)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="Adam batch size")
-    p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate")
-    p.add_argument("--lam", type=nonneg_float, default=None, help="visibility loss weight λ (Eq. 21)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="Adam batch size (default: the recipe's)")
+    p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default: the recipe's)")
+    p.add_argument("--lam", type=nonneg_float, default=None,
+                   help="visibility loss weight λ (Eq. 21; default: the recipe's, 0.2)")
     p.add_argument("--conf-loss", choices=["mse", "bce"], default=None,
-                   help="confidence loss: MSE (Eq. 19) or BCE on the soft OKS target (App. C)")
-    p.add_argument("--weight-decay", type=nonneg_float, default=None)
-    p.add_argument("--seed", type=nonneg_int, default=None)
+                   help="confidence loss: MSE (Eq. 19) or BCE on the soft OKS target (App. C); default: the "
+                   "recipe's, mse")
+    p.add_argument("--weight-decay", type=nonneg_float, default=None, help="L2 weight decay (default: the recipe's)")
+    p.add_argument("--seed", type=nonneg_int, default=None, help="training seed (default: the recipe's, 0)")
     p.add_argument("--eval-every", type=nonneg_int, default=None,
-                   help="steps between validations (0: 10 per run)")
-    p.add_argument("--box-score", action="store_true", default=None, help="multiply ĉ by the box score")
+                   help="steps between validations (0: 10 per run; default: the recipe's, 0)")
+    p.add_argument("--box-score", action="store_true", default=None,
+                   help="multiply ĉ by the box score (default: the recipe's, off)")
     p.add_argument("--filter-rank", type=nonneg_int, default=None, metavar="R",
                    help="kpt / kpt_inst heads: project the per-keypoint linear map to rank R after training, so "
                    "an exported graph computes R maps per pixel instead of 2K (0, or R >= min(2K, C): full rank; "

@@ -40,7 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="feature store directory (posecal extract): its predictions.json, gt.json and, "
         "for closed-form, its sigma_hat (image px) replace the score-derived sigma",
     )
-    p.add_argument("--method", required=True, choices=RESCORERS)
+    p.add_argument("--method", required=True, choices=RESCORERS,
+                   help="closed-form (Eq. 12), isotonic / loglog (fitted on --fit-gt --fit-pred, or a "
+                   "--calibrator), an MMPose score mode, or visibility")
     p.add_argument(
         "--gt", help="ground truth of PRED (needed for closed-form --area gt; used for --area mean)"
     )
@@ -56,8 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--target-sigma", type=positive_float, default=2.0, help="closed-form: heatmap target l~ (heatmap px)"
     )
-    p.add_argument("--heatmap-size", type=positive_int, nargs=2, default=(48, 64), metavar=("W", "H"))
-    p.add_argument("--input-size", type=positive_int, nargs=2, default=(192, 256), metavar=("W", "H"))
+    p.add_argument("--heatmap-size", type=positive_int, nargs=2, default=(48, 64), metavar=("W", "H"),
+                   help="closed-form, sigma from the scores (no store sigma_hat): the model's heatmap size")
+    p.add_argument("--input-size", type=positive_int, nargs=2, default=(192, 256), metavar=("W", "H"),
+                   help="the model's input size: closed-form's crops, and the --oks-nms crop-box aspect")
     p.add_argument("--padding", type=positive_float, default=1.25, help="closed-form: top-down crop padding")
     p.add_argument(
         "--aggregate",
@@ -65,7 +69,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default="bbox_keypoint",
         help="instance aggregation of the new keypoint scores (closed-form, isotonic, loglog)",
     )
-    p.add_argument("--keypoint-score-thr", type=finite_float, default=0.2)
+    p.add_argument("--keypoint-score-thr", type=finite_float, default=0.2,
+                   help="bbox_keypoint (--aggregate, mmpose-bbox_keypoint): mean of the keypoint scores above "
+                   "this (MMPose)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--sigmas", nargs="+", metavar="S",
                    help="OKS sigmas, one per keypoint (space or comma separated), for keypoint sets posecal does "

@@ -39,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     o.add_argument("--sigmas", nargs="+", metavar="S", default=None,
                    help="OKS sigmas, one per keypoint of DATA, for a skeleton posecal does not know (as posecal "
                    "extract --sigmas)")
-    o.add_argument("--threads", type=threads, default=None)
+    o.add_argument("--threads", type=threads, default=None,
+                   help="model runtime threads, 1-1024 (default: the runtime's own)")
     o.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     v = s.add_parser("visibility", help="visible vs occluded confidence; AP by aggregation (Fig. 4)")
     v.add_argument("--store", required=True, help="feature store with gt (posecal extract)")
