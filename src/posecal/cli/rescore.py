@@ -60,9 +60,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--heatmap-size", type=positive_int, nargs=2, default=(48, 64), metavar=("W", "H"),
                    help="closed-form, sigma from the scores (no store sigma_hat): the model's heatmap size")
-    p.add_argument("--input-size", type=positive_int, nargs=2, default=(192, 256), metavar=("W", "H"),
-                   help="the model's input size: closed-form's crops, and the --oks-nms crop-box aspect")
-    p.add_argument("--padding", type=positive_float, default=1.25, help="closed-form: top-down crop padding")
+    p.add_argument("--input-size", type=positive_int, nargs=2, default=None, metavar=("W", "H"),
+                   help="the model's input size: closed-form's crops (default: 192 256), and the --oks-nms crop-box "
+                   "aspect (default: the --store's crop aspect, else 192 256)")
+    p.add_argument("--padding", type=positive_float, default=None,
+                   help="top-down crop padding: closed-form's (default: 1.25) and the --oks-nms crop boxes' "
+                   "(default: the --store's, else 1.25)")
     p.add_argument(
         "--aggregate",
         choices=AGGREGATES,
@@ -132,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
     _check_empty(args)
     _check_outputs(args)
     _check_flags(args)
+    # --oks-nms crop boxes: the sizes given, else the store's own crop (as extract's OKS-NMS), else SimplePose's
+    args.nms_crop = (tuple(args.input_size) if args.input_size is not None else None, args.padding)
+    args.input_size = tuple(args.input_size) if args.input_size is not None else (192, 256)
+    args.padding = args.padding if args.padding is not None else 1.25
     if args.pred is None and args.store is None:
         raise PosecalInputError("give --pred or --store", None, None, "--pred")
     store = sigma = None
@@ -225,6 +232,29 @@ def _warn_all_zero(args: argparse.Namespace, r: Any, pred: Any, out: Any) -> Non
                       PosecalWarning, stacklevel=2)
 
 
+def _nms_crop(args: argparse.Namespace) -> tuple[tuple[float, float], float]:
+    """The (W, H) aspect and padding of the --oks-nms crop boxes: ``--input-size`` / ``--padding`` when given,
+    else the ``--store``'s crop (``meta.json``: ``crop.aspect``, ``crop.padding``, ``input_size``, what its own
+    OKS-NMS used), else 192 x 256 and 1.25."""
+    size, pad = getattr(args, "nms_crop", (None, None))
+    meta = {}
+    if args.store:
+        from posecal.models.store import FeatureStore
+
+        meta = FeatureStore.open(args.store).meta
+    crop = meta.get("crop") if isinstance(meta.get("crop"), dict) else {}
+    if size is None:
+        if "aspect" in crop:
+            size = (float(crop["aspect"]), 1.0)
+        elif isinstance(meta.get("input_size"), list | tuple) and len(meta["input_size"]) == 2:
+            size = (float(meta["input_size"][0]), float(meta["input_size"][1]))
+        else:
+            size = (192.0, 256.0)
+    if pad is None:
+        pad = float(crop["padding"]) if "padding" in crop else 1.25
+    return size, pad
+
+
 def _oks_nms(args: argparse.Namespace, pred: Any, out: Any, gt: Any, sigmas: np.ndarray | None,
              pred_src: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Rows kept by MMPose CocoMetric's OKS-NMS (:func:`posecal.models.nms.oks_nms_per_image`) on the new
@@ -248,7 +278,7 @@ def _oks_nms(args: argparse.Namespace, pred: Any, out: Any, gt: Any, sigmas: np.
     if mode == "crop-box":
         if pred.bbox is None or not np.isfinite(pred.bbox).all():
             raise PosecalInputError("--nms-area crop-box needs a bbox on every record", pred_src, None, "bbox")
-        areas = crop_box_area(pred.bbox, tuple(args.input_size), args.padding)
+        areas = crop_box_area(pred.bbox, *_nms_crop(args))
     else:
         areas = keypoint_extent_area(pred.keypoints[..., :2])
     keep = oks_nms_per_image(pred.image_id, pred.keypoints[..., :2], out.keypoint_scores, out.instance_scores,
