@@ -87,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "ranks them as on MMPose's file). Default: none")
     p.add_argument("--nms-area", choices=("auto", "crop-box", "extent"), default="auto",
                    help="--oks-nms areas: crop-box = each record's bbox at the --input-size aspect x --padding "
-                   "(MMPose's bbox_scales, top-down); extent = the predicted keypoints' extent (MMPose's rule "
+                   "(MMPose's bbox_scales, top-down; without those flags, the --store's own crop); extent = the predicted keypoints' extent (MMPose's rule "
                    "without boxes); auto (default): crop-box when every record has a bbox, else extent")
     p.add_argument("--fit-gt", help="ground truth to fit a learned calibrator on")
     p.add_argument("--fit-pred", help="results to fit a learned calibrator on (with --fit-gt)")
