@@ -19,11 +19,12 @@ feature store's pooling in the graph, so the head sees exactly what it was train
 * ``spatial``: a float16 round trip (the store keeps spatial features as float16);
 * ``heatmap``: per model joint, the positive part of the heatmap output resampled to the feature grid
   (nearest centre) and normalised to sum 1 (uniform if no positive value) weights the features
-  (float32 in the graph, float64 in the store), then the joints are mapped to the dataset keypoints
-  (missing ones get zero features). The ``kpt`` heads that read these features are linear in them, so the
-  graph applies the head's weights first, as a 1×1 Conv on the feature map in the layout the runtime
+  (float32 in the graph, float64 for channels-last maps and in the store), then the joints are mapped to the
+  dataset keypoints (missing ones get zero features). The ``kpt`` heads that read these features are linear in
+  them, so the graph applies the head's weights first, as a 1×1 Conv on the feature map in the layout the runtime
   already holds it in (a MatMul for channels-last maps), and pools the 2K head channels
-  (:func:`_heatmap_kpt`): the feature map is never transposed, copied or reordered.
+  (:func:`_heatmap_kpt`): the feature map is never transposed or reordered (a channels-last one is cast to
+  float64 once, for the pooling).
 
 Keypoints the model lacks (``extract --allow-missing-joints``: joint map −1) get ŝ = v̂ = 0 in every mode, as
 ``posecal apply`` gives them (:func:`posecal.ccnet.apply.mask_missing`), so they take no part in ĉ.
@@ -191,10 +192,10 @@ def _heatmap_kpt(b: _Builder, feat: str, feat_layout: str, hm: str, hm_layout: s
     transposed or copied — the model's own last Conv when ``fuse(W)`` can widen it with the 2K filters
     (:func:`_fuse_into_conv`; the bias is then left to the caller), else one of the graft's. A channels-last map (B,
     h, w, C) already is a (P, C) matrix per instance: it is pooled directly, (K, P) @ (P, C), then each keypoint's
-    (1, C) @ (C, 2) (no copy either; the bias is left to the caller). Keypoints the model lacks (``jmap`` −1) get
-    zero filters: pooled feature 0, z = b, as in the store. ``feat`` (B, C, h, w) [NCHW] or (B, h, w, C) [NHWC];
-    ``hm`` in its own layout, model joint order (J maps). Returns t (B, 2K) in (k, j) order and whether it includes
-    b.
+    (1, C) @ (C, 2), both in float64 (one cast copy; the bias is left to the caller). Keypoints the model lacks
+    (``jmap`` −1) get zero filters: pooled feature 0, z = b, as in the store. ``feat`` (B, C, h, w) [NCHW] or
+    (B, h, w, C) [NHWC]; ``hm`` in its own layout, model joint order (J maps). Returns t (B, 2K) in (k, j) order
+    and whether it includes b.
 
     A channels-first map with a head of filter rank ``rank`` (:func:`posecal.ccnet.heads.project_filter_rank`, 0 <
     rank < 2K) is read through the factorisation (2K, C) = A (2K, r) · B (r, C): r maps g = B f per pixel, pooled
@@ -241,10 +242,14 @@ def _heatmap_kpt(b: _Builder, feat: str, feat_layout: str, hm: str, hm_layout: s
         return b.op("Reshape", [b.op("MatMul", [g, wts]), flat]), with_bias  # (B, K, 2, 1) -> (B, 2K)
     wts = _heatmap_weights(b, hm, hm_layout, hm_hw, feat_hw, jsel, J, opset, [0, K, P])
     f = b.op("Reshape", [feat, b.const("shape", np.array([0, P, C], np.int64))])
-    x = b.op("MatMul", [wts, f])  # (B, K, C): the pooled features
+    # pooled and weighted in float64, as the store pools: a float32 sum over MoveNet's 64×64 pixels, times folded
+    # weights of a few hundred, put ŝ 1.2e-5 from posecal apply on a coco-mini crop (2e-6 in float64)
+    f64 = b.onnx.TensorProto.DOUBLE
+    x = b.op("MatMul", [b.op("Cast", [wts], to=f64), b.op("Cast", [f], to=f64)])  # (B, K, C): the pooled features
     x = b.op("Reshape", [x, b.const("shape", np.array([0, K, 1, C], np.int64))])
-    Wt = np.ascontiguousarray(Wk.transpose(0, 2, 1))  # (K, C, 2)
-    return b.op("Reshape", [b.op("MatMul", [x, b.const("weight", Wt)]), flat]), False  # (B, K, 1, 2) -> (B, 2K)
+    Wt = np.ascontiguousarray(Wk.transpose(0, 2, 1)).astype(np.float64)  # (K, C, 2)
+    z = b.op("MatMul", [x, b.const("weight", Wt)])  # (B, K, 1, 2)
+    return b.op("Reshape", [b.op("Cast", [z], to=b.onnx.TensorProto.FLOAT), flat]), False  # -> (B, 2K)
 
 
 def _factor(M: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -911,6 +916,8 @@ def _heatmap_source(adapter: Any) -> str:
     tfl = getattr(adapter, "_pool_out", None)  # TFLite: the heatmap output at the feature grid
     if isinstance(tfl, str):
         return tfl
+    if str(getattr(adapter, "kind", "")).startswith("torch"):  # PyTorch: the card's output.name is not read
+        return "the model's (first) output"
     if hasattr(adapter, "card") or hasattr(adapter, "output_name"):
         return str(_graft_sources(adapter)["hm"])
     return "the model's heatmap output"

@@ -87,8 +87,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "ranks them as on MMPose's file). Default: none")
     p.add_argument("--nms-area", choices=("auto", "crop-box", "extent"), default="auto",
                    help="--oks-nms areas: crop-box = each record's bbox at the --input-size aspect x --padding "
-                   "(MMPose's bbox_scales, top-down; without those flags, the --store's own crop); extent = the predicted keypoints' extent (MMPose's rule "
-                   "without boxes); auto (default): crop-box when every record has a bbox, else extent")
+                   "(MMPose's bbox_scales, top-down; without those flags, the --store's own crop); extent = the "
+                   "predicted keypoints' extent (MMPose's rule without boxes); auto (default): crop-box when every "
+                   "record has a bbox, else extent")
     p.add_argument("--fit-gt", help="ground truth to fit a learned calibrator on")
     p.add_argument("--fit-pred", help="results to fit a learned calibrator on (with --fit-gt)")
     g = p.add_mutually_exclusive_group()
@@ -135,10 +136,7 @@ def run(args: argparse.Namespace) -> int:
     _check_empty(args)
     _check_outputs(args)
     _check_flags(args)
-    # --oks-nms crop boxes: the sizes given, else the store's own crop (as extract's OKS-NMS), else SimplePose's
-    args.nms_crop = (tuple(args.input_size) if args.input_size is not None else None, args.padding)
-    args.input_size = tuple(args.input_size) if args.input_size is not None else (192, 256)
-    args.padding = args.padding if args.padding is not None else 1.25
+    _resolve_crop_flags(args)
     if args.pred is None and args.store is None:
         raise PosecalInputError("give --pred or --store", None, None, "--pred")
     store = sigma = None
@@ -230,6 +228,14 @@ def _warn_all_zero(args: argparse.Namespace, r: Any, pred: Any, out: Any) -> Non
                       f"{aggregate} no new keypoint score may pass "
                       f"--keypoint-score-thr {thr} (lower it or choose another --aggregate)",
                       PosecalWarning, stacklevel=2)
+
+
+def _resolve_crop_flags(args: argparse.Namespace) -> None:
+    """``--input-size`` / ``--padding`` not given: closed-form's defaults (192 x 256, 1.25); the --oks-nms crop
+    boxes remember what was given (``args.nms_crop``) and otherwise take the store's own crop (:func:`_nms_crop`)."""
+    args.nms_crop = (tuple(args.input_size) if args.input_size is not None else None, args.padding)
+    args.input_size = tuple(args.input_size) if args.input_size is not None else (192, 256)
+    args.padding = args.padding if args.padding is not None else 1.25
 
 
 def _nms_crop(args: argparse.Namespace) -> tuple[tuple[float, float], float]:

@@ -93,12 +93,17 @@ BUILTIN_CARDS: dict[str, dict[str, Any]] = {
     },
     # TFLite models: run by the TFLite adapter (kind recognised from the card); cards describe them
     **{n: {"format": CARD_FORMAT, "task": "pose", "name": n, "sha256": h, "backend_kind": "efficientpose",
-           "input": {"name": "input", "layout": "NHWC", "dtype": "float32", "size": [s, s], "batch": 1,
+           "input": {"name": "input_res1", "layout": "NHWC", "dtype": "float32", "size": [s, s], "batch": 1,
                      **_IMAGENET},
            "crop": {"padding": 1.25, "aspect": "input"}, "keypoints": "mpii16",
            "output": {"type": "heatmaps", "name": "pass3_detection2_confs/BiasAdd", "layout": "NHWC",
                       "subpixel": False},
-           "heatmaps": None, "features": None, "target_sigma": 1.0}
+           "heatmaps": None, "features": None, "target_sigma": s / 256}
+       # target width: 1.0 heatmap px for I's 32×32 maps (the narrowest fitted widths on LSP crops), scaled with
+       # the map size, 0.875 for RT's 28×28 and 1.4375 for II's 46×46: the fitted widths' 5th percentiles on 40
+       # LSP train crops (every 25th) are 0.91 / 1.04 / 1.53 px (40 LSP test crops: 0.91 / 1.04 / 1.54). One width
+       # for all three left half of RT's σ̂ at 0 (measured, not selected, on 300 LSP test people: RT's closed form
+       # −0.05 → +0.6 AP against raw, II's −2.4 → −0.4)
        for n, h, s in (
            ("EfficientPoseRT", "baf3da751c55517b7072a13f37ad5ce89d2dee813a7f0038ce90a7c8776d63b7", 224),
            ("EfficientPoseI", "fc5aac01a3b10b00f110acf862ff241cfa687f66a54ed022784c946218d5d54b", 256),

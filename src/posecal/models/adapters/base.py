@@ -172,6 +172,8 @@ def _tflite_adapter(path: str | os.PathLike, card: dict | None, user_card: str |
                           f"posecal runs {Path(path).name} with its {adapter.kind} decoder (its own input, "
                           f"outputs and joint order); the card's backend_kind, sha256, crop, target_sigma and "
                           "ccnet are followed", PosecalWarning, stacklevel=3)
+    if card is not None:  # what extract / study read from it: crop, target_sigma, ccnet (the decoder does the rest)
+        adapter.card = card
     return adapter
 
 
