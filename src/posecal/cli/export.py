@@ -2,9 +2,9 @@
 
 An ONNX model gets the CCNet head grafted onto its penultimate tensor: one onnxruntime session returns the
 original outputs plus ``keypoint_confidence (B, K)``, ``keypoint_visibility (B, K)`` and
-``instance_confidence (B,)``. A TFLite model (``--model X.tflite``) cannot be grafted: the output is a
-head-only ONNX with inputs ``features (B, C, h, w)`` [and ``heatmaps (B, J, h', w')``], run after the TFLite
-model (two-stage use, see :mod:`posecal.ccnet.export`).
+``instance_confidence (B,)``. A TFLite model (``--model X.tflite``) or a PyTorch one (``.pt``, ``.pt2``) is not
+grafted: the output is a head-only ONNX with inputs ``features (B, C, h, w)`` [and ``heatmaps (B, J, h', w')``],
+run after the model (two-stage use, see :mod:`posecal.ccnet.export`: ``run_two_stage``).
 
 A model without a built-in card takes ``--model-card CARD.json``, as for ``posecal extract`` (the head must
 have been fitted on stores extracted with the same card); a TorchScript ``.pt`` takes ``--input-size W H``.
@@ -24,7 +24,7 @@ from posecal.errors import PosecalInputError
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="graft a CCNet head onto an ONNX model (head-only ONNX for TFLite)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="pose model (.onnx: grafted; .tflite: head-only ONNX)")
+    p.add_argument("--model", required=True, help="pose model (.onnx: grafted; .tflite, .pt, .pt2: head-only ONNX)")
     p.add_argument("--head", required=True, help="head directory from posecal fit")
     p.add_argument("--out", required=True, help="ONNX file to write (a file name: '-' is refused)")
     p.add_argument("--model-card", default=None,

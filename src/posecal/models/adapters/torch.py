@@ -7,8 +7,10 @@ pre-hook). Default: the input of the last 1×1 ``Conv2d`` / ``Linear`` whose out
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,20 @@ from posecal.models.adapters.generic import (
 )
 
 MMPOSE_DEFAULT_TENSOR = "head.final_layer:input"
+
+
+def heatmap_output(out: Any, model_file: str | None = None) -> Any:
+    """The heatmaps of a module's output: a tensor, or the first element of a tuple/list; anything else (a
+    dict, None) is one error naming ``model_file`` (the in-memory module when None)."""
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    if not hasattr(out, "ndim"):
+        what = (f"a dict (keys: {_show([str(k) for k in out], 5)})" if isinstance(out, dict)
+                else f"a {type(out).__name__}")
+        raise PosecalInputError(f"the model returns {what}; posecal reads its heatmaps (B, J, h, w): a tensor, or "
+                                "a tuple/list whose first element is one (wrap the module to return that)",
+                                file=model_file, field="--model")
+    return out
 
 
 def _is_head_layer(m) -> bool:
@@ -63,6 +79,7 @@ class TorchAdapter:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.module = module.eval()
+        self._model_file = model_file
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self._input = None
         if input_spec is not None:  # a model card's input: colour order, scale, mean, std (NCHW float32)
@@ -108,8 +125,8 @@ class TorchAdapter:
         self.joint_names = default_joint_names(J, joint_names)
 
     def _forward(self, x):
-        out = self.module(x)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        mf = getattr(self, "_model_file", None)
+        return heatmap_output(self.module(x), None if mf is None else str(mf))
 
     def _discover(self) -> str:
         import torch
@@ -420,27 +437,14 @@ def onnx_tensor_candidates(model: Any, output: str) -> list[str]:
 def _load_script(p: Path, module, size: tuple[int, int], t, t_file, t_field, num_threads, cs, cf, card, given,
                  feat_layout) -> Any:
     import tempfile
-    import warnings
     from copy import deepcopy
-
-    import onnx
-    import torch
 
     from posecal.models.adapters.onnx import head_node
 
     W, H = size
     with tempfile.TemporaryDirectory(prefix="posecal-ts-") as tmp:
         onnx_path = Path(tmp) / (p.stem + ".onnx")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(module, (torch.zeros(1, 3, H, W),), str(onnx_path), dynamo=False,
-                                  input_names=["input"], output_names=["heatmaps"],
-                                  dynamic_axes={"input": {0: "b"}, "heatmaps": {0: "b"}})
-            om = onnx.load_model(str(onnx_path))
-        except Exception as e:
-            raise PosecalInputError(f"the TorchScript model fails on a (1, 3, {H}, {W}) input: {_first_line(e)}",
-                                    file=str(p), field="--model") from None
+        om = _script_to_onnx(module, p, (W, H), onnx_path)
         g = om.graph
         cands = onnx_tensor_candidates(om, "heatmaps")
         hint = (" (a TorchScript model runs as its ONNX conversion: its tensors are named as in that graph"
@@ -482,6 +486,55 @@ def _load_script(p: Path, module, size: tuple[int, int], t, t_file, t_field, num
     ad.path = p
     ad.kind = "torchscript-heatmap"
     return ad
+
+
+@contextlib.contextmanager
+def _stdout_fd_silenced() -> Iterator[None]:
+    """File descriptor 1 to the null device for the block: torch.onnx's TorchScript exporter prints its whole IR
+    graph there (from C++) when a conversion fails, and posecal's stdout is its table or ``--json``."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout at all: nothing to guard
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
+def _script_to_onnx(module: Any, p: Path, size: tuple[int, int], onnx_path: Path) -> Any:
+    """The in-memory ONNX conversion of the TorchScript ``module`` (file ``p``) for (B, 3, H, W) crops, its output
+    ``heatmaps``; a module that fails to run, returns no heatmap tensor or cannot be converted is one error."""
+    import warnings
+
+    import onnx
+    import torch
+
+    W, H = size
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, 3, H, W))
+    except Exception as e:
+        raise PosecalInputError(f"the TorchScript model fails on a (1, 3, {H}, {W}) input: {_first_line(e)}",
+                                file=str(p), field="--model") from None
+    heatmap_output(out, str(p))  # a dict output: say what is read, not what the ONNX exporter lacks
+    try:
+        with warnings.catch_warnings(), _stdout_fd_silenced():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (torch.zeros(1, 3, H, W),), str(onnx_path), dynamo=False,
+                              input_names=["input"], output_names=["heatmaps"],
+                              dynamic_axes={"input": {0: "b"}, "heatmaps": {0: "b"}})
+        return onnx.load_model(str(onnx_path))
+    except Exception as e:
+        raise PosecalInputError(f"the TorchScript model cannot be converted for a (1, 3, {H}, {W}) input: "
+                                f"{_first_line(e)}", file=str(p), field="--model") from None
 
 
 def _first_line(e: BaseException) -> str:
