@@ -32,6 +32,7 @@ __all__ = [
     "CUSTOM",
     "custom_keypoint_set",
     "keypoint_set_from_meta",
+    "mirror_name",
     "keypoint_names_problem",
     "oks_sigmas_problem",
 ]
@@ -73,14 +74,34 @@ class KeypointSet:
         return self.sigmas[list(self.parts[part])]
 
 
+_SIDE_TOKENS = {"l": "r", "r": "l", "lt": "rt", "rt": "lt"}
+
+
+def mirror_name(name: str) -> str:
+    """The name of a keypoint's mirror partner, on a normalised name (lower case, ``_`` separated): ``left`` and
+    ``right`` swapped wherever they occur (``left_ear``, ``ear_left``, ``leftear``, ``mouth_left``) and the side
+    tokens ``l``/``r`` (``l_paw``, ``paw_r``: animal-pose style); the name itself when it has no side.
+
+    >>> mirror_name("ear_left"), mirror_name("l_forepaw"), mirror_name("tail_base")
+    ('ear_right', 'r_forepaw', 'tail_base')
+    """
+    swapped = name.replace("left", "\0").replace("right", "left").replace("\0", "right")
+    return "_".join(_SIDE_TOKENS.get(t, t) for t in swapped.split("_"))
+
+
+def _is_left(name: str) -> bool:
+    return "left" in name or any(t in ("l", "lt") for t in name.split("_"))
+
+
 def _pairs(names: Sequence[str]) -> tuple[tuple[int, int], ...]:
-    """Flip pairs from left_/right_ (or 'Left '/'Right ') name prefixes."""
+    """Flip pairs (left, right) of names that are each other's :func:`mirror_name` (``left_eye`` /
+    ``right_eye``, ``ear_l`` / ``ear_r``, ...)."""
     idx = {n: i for i, n in enumerate(names)}
     out = []
     for n, i in idx.items():
-        for left, right in (("left_", "right_"), ("l_", "r_")):
-            if n.startswith(left) and right + n[len(left):] in idx:
-                out.append((i, idx[right + n[len(left):]]))
+        m = mirror_name(n)
+        if m != n and m in idx and _is_left(n):
+            out.append((i, idx[m]))
     return tuple(sorted(out))
 
 

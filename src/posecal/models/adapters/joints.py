@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from posecal.errors import PosecalInputError
-from posecal.keypoints import JOINT_ALIASES, _norm
+from posecal.keypoints import JOINT_ALIASES, _norm, mirror_name
 
 EFFICIENTPOSE16 = (
     "head_top", "upper_neck", "right_shoulder", "right_elbow", "right_wrist", "thorax", "left_shoulder",
@@ -62,13 +62,13 @@ def joint_map(model_joints: Sequence[str], dataset_joints: Sequence[str], *,
 
 
 def flip_index(names: Sequence[str]) -> np.ndarray:
-    """Permutation (K,) swapping left_/right_ (and mouth_left/mouth_right) partners; names compared case, space
-    and dash insensitively (a card's ``"Left Ear"`` and ``"Right Ear"`` are partners)."""
+    """Permutation (K,) swapping mirror partners (:func:`posecal.keypoints.mirror_name`: ``left_ear`` /
+    ``right_ear``, ``mouth_left`` / ``mouth_right``, ``L_paw`` / ``R_paw``, ``ear_l`` / ``ear_r``); names compared
+    case, space and dash insensitively (a card's ``"Left Ear"`` and ``"Right Ear"`` are partners)."""
     idx = {_norm(str(n)): i for i, n in enumerate(names)}
     perm = np.arange(len(names))
     for n, i in idx.items():
-        for a, b in (("left", "right"), ("right", "left")):
-            m = n.replace(a, b)
-            if m != n and m in idx:
-                perm[i] = idx[m]
+        m = mirror_name(n)
+        if m != n and m in idx:
+            perm[i] = idx[m]
     return perm
