@@ -48,7 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="store directory")
     p.add_argument("--pooling", choices=POOLINGS, default=None,
                    help="gap: (C); heatmap: heatmap-weighted per keypoint (K, C); spatial: (C, H, W) float16 "
-                   "(default: the model card's, else heatmap: what fit's default recipe reads)")
+                   "(default: the model card's, else heatmap, what fit's default recipe reads; gap for a model without "
+                   "heatmap outputs)")
     p.add_argument("--boxes", default="gt", help="'gt' or a COCO detection results JSON (posecal detect); "
                    "detections get the box score folded into the instance score and OKS-NMS 0.9")
     p.add_argument("--model-card", default=None, help="model card JSON, for any model file (.onnx, .pt, .pt2, "
@@ -146,10 +147,9 @@ def run(args: argparse.Namespace) -> int:
     adapter = load_adapter(args.model, tensor=args.tensor, model_kind=args.model_kind,
                            num_threads=args.threads, input_size=args.input_size, model_card=args.model_card)
     with _removed_on_failure(out):
-        # default: the model card's pooling, else heatmap pooling (what fit's default recipe reads)
-        pooling = args.pooling or ((getattr(adapter, "card", None) or {}).get("ccnet") or {}).get("pooling") \
-            or "heatmap"
-        res = extract(adapter, args.data, args.images, out, pooling=pooling, boxes=args.boxes,
+        # default (pooling None): the model card's pooling, else heatmap pooling (what fit's default recipe reads)
+        # for a heatmap model, gap for a coordinate one (posecal.models.extract.extract)
+        res = extract(adapter, args.data, args.images, out, pooling=args.pooling, boxes=args.boxes,
                       flip=args.flip,
                       augment=args.augment, seed=args.seed, shard=shard, skip_missing=args.skip_missing,
                       skip_bad_images=args.skip_bad_images,

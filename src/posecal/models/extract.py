@@ -652,6 +652,17 @@ def _finished_store(out: str | os.PathLike, settings: dict[str, Any], post: dict
     return done
 
 
+def default_pooling(adapter: Any) -> str:
+    """``heatmap`` when ``adapter`` returns heatmaps (one probe run on a blank crop), else ``gap`` (also for a
+    stand-in model that cannot run a blank crop: its real crops then tell nothing before the store is planned)."""
+    W, H = adapter.input_size
+    try:
+        probe = adapter.predict(np.zeros((1, int(H), int(W), 3), np.uint8))
+    except Exception:  # noqa: BLE001 - a model that fails on a blank crop fails (and is named) on the real ones
+        return "gap"
+    return "heatmap" if getattr(probe, "heatmaps", None) is not None else "gap"
+
+
 def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, out: str | os.PathLike, *,
             pooling: str | None = None, boxes: str | os.PathLike | list | None = None, flip: bool = False,
             augment: int = 0, seed: int = 0, shard: tuple[int, int] = (0, 1), skip_missing: bool = False,
@@ -662,6 +673,10 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
             max_per_image: int | None = MAX_PER_IMAGE, sigmas: Sequence[float] | None = None):
     """Top-down extraction into a store (see :mod:`posecal.models.store`). Returns the FeatureStore (or None
     for a shard n > 1). Resumes a partial store with the same settings.
+
+    ``pooling`` (``heatmap``, ``gap`` or ``spatial``): default the model card's ``ccnet.pooling``, else ``heatmap``
+    for a model with heatmap outputs (what ``fit``'s default recipe reads) and ``gap`` for one without (a
+    coordinate-regression model; :func:`default_pooling` probes it), as ``posecal extract``.
 
     ``sigmas`` (OKS sigmas, one per keypoint): the data's keypoints are its own set, whatever their names
     (``--sigmas``; :func:`posecal.datasets.coco.keypoint_set`), and the store carries them.
@@ -676,7 +691,7 @@ def extract(adapter, data: str | os.PathLike | dict, images: str | os.PathLike, 
     from posecal.models.store import StoreWriter, file_sha256
 
     card = getattr(adapter, "card", None)
-    pooling = pooling or ((card or {}).get("ccnet") or {}).get("pooling") or "gap"
+    pooling = pooling or ((card or {}).get("ccnet") or {}).get("pooling") or default_pooling(adapter)
     if pooling not in POOLINGS:
         raise PosecalInputError(f"unknown pooling {pooling!r}", field="--pooling")
     if augment < 0:
