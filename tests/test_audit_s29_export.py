@@ -54,6 +54,7 @@ def test_head_only_names_the_heatmap_tensor_and_raw_tflite_wiring_equals_two_sta
     meta = _meta(out)
     assert meta["posecal_heatmap_tensor"] == "pass3_detection2_confs/BiasAdd"
     assert meta["posecal_keypoint_names"].split(",") == list(LSP14.names)
+    assert [float(v) for v in meta["posecal_keypoint_sigmas"].split(",")] == LSP14.sigmas.tolist()
 
     # the README's recipe without posecal: the tensors the metadata names, NHWC -> NCHW, first J heatmap channels
     it = Interpreter(model_path=str(w["model"]),

@@ -97,6 +97,8 @@ def test_export_of_a_carded_torch_model_is_a_head_only_onnx_equal_to_apply(mouse
     assert summary["heatmap_tensor"] == "the model's (first) output"
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert meta["posecal_keypoint_names"] == ",".join(NAMES) and meta["posecal_keypoint_set"] == "custom"
+    # the skeleton's OKS sigmas travel with it (ŝ is an expected OKS under them)
+    assert [float(v) for v in meta["posecal_keypoint_sigmas"].split(",")] == [float(v) for v in SIGMAS]
     assert meta["posecal_heatmap_tensor"] == "the model's (first) output"
 
     # the head-only ONNX on the model's features gives what apply --reorder wrote

@@ -896,9 +896,14 @@ BOX_SCORE_NOTE = ("the head was fitted with --box-score: posecal apply multiplie
 
 def _extra_meta(meta: dict[str, Any]) -> dict[str, str]:
     """Metadata both exports record besides the head kind, keypoint set and pooling: the names of the K output
-    keypoints in order (``posecal_keypoint_names``, comma-separated) and, for a ``fit --box-score`` head, the rule
-    that apply's instance score is ĉ × the box score (``posecal_box_score``)."""
-    extra = {"posecal_keypoint_names": ",".join(_keypoint_names(meta))}
+    keypoints in order (``posecal_keypoint_names``, comma-separated), their OKS sigmas in the same order
+    (``posecal_keypoint_sigmas``, comma-separated ``repr`` floats: ŝ is an expected OKS under these, and a custom
+    skeleton's are the user's ``--sigmas``) and, for a ``fit --box-score`` head, the rule that apply's instance
+    score is ĉ × the box score (``posecal_box_score``)."""
+    from posecal.keypoints import keypoint_set_from_meta
+
+    extra = {"posecal_keypoint_names": ",".join(_keypoint_names(meta)),
+             "posecal_keypoint_sigmas": ",".join(repr(float(v)) for v in keypoint_set_from_meta(meta).sigmas)}
     if meta.get("box_score") is True:
         extra["posecal_box_score"] = BOX_SCORE_NOTE
     return extra
