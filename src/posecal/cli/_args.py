@@ -112,12 +112,13 @@ def device(text: str) -> str:
 
 
 # -- one-line messages -------------------------------------------------------------------------------
-_BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+_BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]")
 
 
 def one_line(text: object) -> str:
     """``str(text)`` with control and line-break characters escaped (``\\n``, ``\\x1b``...), so a message
-    naming a file whose name holds a newline stays one line."""
+    naming a file whose name holds a newline stays one line; lone surrogates (a file name that is not UTF-8,
+    as Python decodes it) are escaped too (``\\udcff``), so the line can be written to any UTF-8 stream."""
     return _BREAKS.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), str(text))
 
 
