@@ -130,6 +130,24 @@ def _os_error(e: OSError) -> str:
     return ": ".join([*(os.fsdecode(n) if isinstance(n, bytes) else str(n) for n in names), what])
 
 
+# positional paths (command, argparse dest) -> the name an error gives them (their metavar)
+POSITIONAL_PATHS: dict[tuple[str, str], str] = {("compare", "a"): "A.json", ("compare", "b"): "B.json",
+                                                ("convert", "src"): "src"}
+
+
+def _empty_path(args: argparse.Namespace) -> PosecalInputError | None:
+    """The error for a path given as '' (``Path("")`` is ".": an empty path would silently mean the cwd),
+    one of several (``fit --store A --store ''``) or a positional one included; None when there is none."""
+    for flag in ("out", "report", "json", "gt", "pred", "store", "head", "model", "data", "images", "boxes"):
+        value = getattr(args, flag, None)
+        if value == "" or (isinstance(value, list) and "" in value):
+            return PosecalInputError("empty path", field=f"--{flag}")
+    for (cmd, dest), name in POSITIONAL_PATHS.items():
+        if args.command == cmd and getattr(args, dest, None) == "":
+            return PosecalInputError("empty path", field=name)
+    return None
+
+
 def _run_command(args: argparse.Namespace) -> int:
     """Run a subcommand under the error contract: a failure on user input is ONE stderr line and exit 2
     (``PosecalInputError``; ``OSError`` on a user path: unreadable, unwritable, a folder, no space; input
@@ -139,9 +157,9 @@ def _run_command(args: argparse.Namespace) -> int:
     import warnings
 
     cmd = args.command
-    for flag in ("out", "report", "json", "gt", "pred", "store", "head", "model", "data", "images", "boxes"):
-        if getattr(args, flag, None) == "":  # Path("") is "." : an empty path would silently mean the cwd
-            return _error(cmd, PosecalInputError("empty path", field=f"--{flag}"))
+    empty = _empty_path(args)
+    if empty is not None:
+        return _error(cmd, empty)
     for flag in ("out", "json"):  # results on a closed stdout would be lost without a word
         value = getattr(args, flag, None)
         if getattr(args, "_stdout_closed", False) and (value == "-" or value is True):

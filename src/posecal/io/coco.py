@@ -320,7 +320,9 @@ def _column(recs: list[dict], key: str, file, what: str, default: Any = KeyError
             if type(r) is not dict:
                 raise PosecalInputError(f"{what} must be a JSON object", file, i, None) from None
             if key not in r and default is KeyError:
-                rid = r.get("id", i) if what == "annotation" else i
+                # "record 0" alone could be an annotation: name the list of an image or category record
+                lists = {"image": "images", "category": "categories"}
+                rid = r.get("id", i) if what == "annotation" else f"{lists[what]}[{i}]" if what in lists else i
                 raise PosecalInputError("missing field", file, rid, key) from None
         return [r.get(key, default) for r in recs]
 

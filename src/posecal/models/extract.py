@@ -582,6 +582,23 @@ def _joint_map(adapter: Any, ks: Any, d: dict[str, Any], data_file: str, allow_m
     return jmap
 
 
+def _check_as_fit_reads(d: dict[str, Any], data_file: str) -> None:
+    """The data read as ``fit`` and ``evaluate`` will read the store's gt.json (a copy of it): what they refuse
+    (an annotation without ``category_id``, a category without ``id``, ...) is refused here, naming the data
+    file, before the model runs — not by ``fit`` after the extraction, naming the store's gt.json. Areas on
+    only some annotations are warned about (``fit`` refuses such a store; ``evaluate`` needs --no-use-area)."""
+    from posecal.io.coco import load_gt
+    from posecal.metrics.cocoeval import oks_area
+
+    with warnings.catch_warnings():  # load_gt's own warnings repeat read_coco's
+        warnings.simplefilter("ignore")
+        gt = load_gt(d, file=data_file)
+    try:
+        oks_area(gt)
+    except PosecalInputError as e:
+        warnings.warn(f"{e}; `posecal fit` refuses a store of this data", PosecalWarning, stacklevel=3)
+
+
 def _read_inputs(data: str | os.PathLike | dict, data_file: str, boxes: str | os.PathLike | list | None,
                  img_dir: Path, skip_missing: bool, skip_bad_images: bool,
                  sigmas: Sequence[float] | None = None) -> tuple:
@@ -590,6 +607,7 @@ def _read_inputs(data: str | os.PathLike | dict, data_file: str, boxes: str | os
     from posecal.datasets.coco import image_key, instances, keypoint_category, keypoint_set, read_coco, show_id
 
     d = read_coco(data, file=data_file, sigmas=sigmas)
+    _check_as_fit_reads(d, data_file)
     listed = {image_key(im["id"]) for im in d["images"]}
     ks = keypoint_set(d, file=data_file, sigmas=sigmas)
     det, boxes_src = _read_boxes(boxes)
