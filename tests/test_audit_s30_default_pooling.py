@@ -14,7 +14,7 @@ import json
 import numpy as np
 
 from posecal.models.extract import extract
-from test_audit_s30_pipeline import _BrightModel, _data, _image
+from test_audit_s30_pipeline import _BrightModel, _data, folder  # noqa: F401  (fixture: 6 images)
 
 
 class _HeatModel(_BrightModel):
@@ -32,27 +32,19 @@ class _HeatModel(_BrightModel):
                            heatmaps=hm.reshape(B, 2, 8, 8).astype(np.float32))
 
 
-def _folder(tmp_path):
-    img = tmp_path / "img"
-    img.mkdir()
-    for i in range(3):
-        _image(img / f"{i}.png", i)
-    return img
-
-
-def test_library_default_is_heatmap_for_a_heatmap_model_and_gap_otherwise(tmp_path):
-    img = _folder(tmp_path)
+def test_library_default_is_heatmap_for_a_heatmap_model_and_gap_otherwise(folder, tmp_path):  # noqa: F811
+    img = folder
     heat = extract(_HeatModel(), _data(3), img, tmp_path / "H", allow_missing_joints=True, model_sha256="0")
     coord = extract(_BrightModel(), _data(3), img, tmp_path / "C", allow_missing_joints=True, model_sha256="0")
     assert heat.meta["pooling"] == "heatmap"  # was: gap (the CLI's default is heatmap)
     assert coord.meta["pooling"] == "gap"
 
 
-def test_cli_default_on_a_coordinate_model_is_gap(tmp_path, monkeypatch):
+def test_cli_default_on_a_coordinate_model_is_gap(folder, tmp_path, monkeypatch):  # noqa: F811
     import posecal.models.adapters.base as base
     from posecal.cli import main
 
-    img = _folder(tmp_path)
+    img = folder
     data = tmp_path / "d.json"
     data.write_text(json.dumps(_data(3)))
     monkeypatch.setattr(base, "load_adapter", lambda *a, **k: _BrightModel())
